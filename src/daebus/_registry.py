@@ -1,0 +1,200 @@
+"""The registration tables and decorators shared by :class:`Daebus` and :class:`Blueprint`.
+
+Every decorator calls an explicit ``add_*`` twin and returns the function unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from .exceptions import SetupError
+from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("daebus")
+
+
+def _check_name(kind: str, name: object) -> str:
+    if not isinstance(name, str) or not name:
+        raise SetupError(f"{kind} name must be a non-empty string, got {name!r}")
+    return name
+
+
+class Registry:
+    """Handler tables plus the decorators that fill them."""
+
+    def __init__(self) -> None:
+        #: action name -> handler. Internal; use ``add_action``.
+        self.action_handlers: dict[str, Callable[..., Any]] = {}
+        #: channel or glob pattern -> listener. Internal; use ``add_listener``.
+        self.listen_handlers: dict[str, Callable[..., Any]] = {}
+        #: ``@background`` jobs by name. ``tasks[name].interval = s`` reschedules.
+        self.background_tasks = BackgroundTasks()
+        #: ``@thread`` tasks by name. Internal; use ``add_thread``.
+        self.thread_tasks: dict[str, ThreadTask] = {}
+        #: workflow name -> handler (``@workflow``). Internal.
+        self.workflow_handlers: dict[str, Callable[..., Any]] = {}
+        self._on_start_handlers: list[Callable[..., Any]] = []
+        self._on_stop_handlers: list[Callable[..., Any]] = []
+
+    # -- actions ---------------------------------------------------------------------
+    @overload
+    def action(self, name: F) -> F: ...
+    @overload
+    def action(self, name: str | None = None) -> Callable[[F], F]: ...
+
+    def action(self, name: str | Callable[..., Any] | None = None) -> Any:
+        """Register an action handler: requests whose ``action`` is ``name`` call it.
+
+        The handler takes no arguments and reads ``request``; it answers with
+        ``response.send(...)`` / ``response.error(...)``, by returning a value (sent as
+        the final reply if none was sent), by raising (sent as an error reply), or by
+        yielding parts of a streamed reply::
+
+            @app.action("echo")
+            def echo():
+                return request.payload
+
+        ``@app.action`` without a name uses the function's name.
+        """
+        if callable(name):
+            self.add_action(name.__name__, name)
+            return name
+
+        def decorator(func: F) -> F:
+            self.add_action(name or func.__name__, func)
+            return func
+
+        return decorator
+
+    def add_action(self, name: str, func: Callable[..., Any]) -> None:
+        """Register ``func`` as the handler of action ``name`` (replaces, with a warning)."""
+        _check_name("action", name)
+        if name in self.action_handlers and self.action_handlers[name] is not func:
+            logger.warning("action %r is registered again; the new handler replaces it", name)
+        self.action_handlers[name] = func
+
+    # -- listeners -------------------------------------------------------------------
+    def listen(self, channel: str) -> Callable[[F], F]:
+        """Register a listener for broadcasts on ``channel``, a name or a glob (``user:*``).
+
+        The listener gets the decoded message, and the actual channel as a second
+        argument if it takes two (also ``request.channel``)::
+
+            @app.listen("sensors:*")
+            def on_reading(data, channel):
+                ...
+        """
+
+        def decorator(func: F) -> F:
+            self.add_listener(channel, func)
+            return func
+
+        return decorator
+
+    def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
+        """Register ``func`` for ``channel`` (replaces, with a warning)."""
+        _check_name("channel", channel)
+        if channel in self.listen_handlers and self.listen_handlers[channel] is not func:
+            logger.warning("channel %r has a listener already; the new one replaces it", channel)
+        self.listen_handlers[channel] = func
+
+    # -- background jobs -------------------------------------------------------------
+    def background(self, name: str, interval: float) -> Callable[[F], F]:
+        """Run the function every ``interval`` seconds, first one interval after start::
+
+            @app.background("heartbeat", 60)
+            def heartbeat():
+                broadcast.send("monitoring", {"alive": True})
+        """
+
+        def decorator(func: F) -> F:
+            self.add_background(name, interval, func)
+            return func
+
+        return decorator
+
+    def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
+        """Register a background job (a job of the same name is replaced, with a warning)."""
+        _check_name("background task", name)
+        old = self.background_tasks.add(BackgroundTask(name, interval, func))
+        if old is not None and old.func is not func:
+            logger.warning("background task %r is registered again; the new one replaces it", name)
+
+    # -- threads ---------------------------------------------------------------------
+    def thread(self, name: str, auto_start: bool = True) -> Callable[[F], F]:
+        """Run the function in its own thread; it gets ``running``, a callable to poll::
+
+            @app.thread("worker")
+            def worker(running):
+                while running():
+                    do_some_work()
+        """
+
+        def decorator(func: F) -> F:
+            self.add_thread(name, func, auto_start)
+            return func
+
+        return decorator
+
+    def add_thread(self, name: str, func: Callable[..., Any], auto_start: bool = True) -> None:
+        """Register a thread task (replaces one of the same name, with a warning)."""
+        _check_name("thread", name)
+        if name in self.thread_tasks and self.thread_tasks[name].func is not func:
+            logger.warning("thread %r is registered again; the new one replaces it", name)
+        self.thread_tasks[name] = ThreadTask(name, func, auto_start)
+
+    # -- workflows (0.0.31 leftover) -------------------------------------------------
+    def workflow(self, workflow_name: str) -> Callable[[F], F]:
+        """Register a handler for requests on ``<service>.workflows`` (as an action is)."""
+
+        def decorator(func: F) -> F:
+            self.workflow_handlers[_check_name("workflow", workflow_name)] = func
+            return func
+
+        return decorator
+
+    # -- lifecycle hooks -------------------------------------------------------------
+    @overload
+    def on_start(self, func: F) -> F: ...
+    @overload
+    def on_start(self, func: None = None) -> Callable[[F], F]: ...
+
+    def on_start(self, func: Callable[..., Any] | None = None) -> Any:
+        """Run the function once the service is started and subscribed.
+
+        Works as ``@app.on_start()`` (0.0.31) and as ``@app.on_start``.
+        """
+        if func is not None:
+            self.add_on_start(func)
+            return func
+
+        def decorator(f: F) -> F:
+            self.add_on_start(f)
+            return f
+
+        return decorator
+
+    def add_on_start(self, func: Callable[..., Any]) -> None:
+        """Register a start hook."""
+        self._on_start_handlers.append(func)
+
+    @overload
+    def on_stop(self, func: F) -> F: ...
+    @overload
+    def on_stop(self, func: None = None) -> Callable[[F], F]: ...
+
+    def on_stop(self, func: Callable[..., Any] | None = None) -> Any:
+        """Run the function while the service stops, after in-flight handlers finished."""
+        if func is not None:
+            self._on_stop_handlers.append(func)
+            return func
+
+        def decorator(f: F) -> F:
+            self._on_stop_handlers.append(f)
+            return f
+
+        return decorator

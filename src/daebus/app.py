@@ -1,0 +1,493 @@
+"""The :class:`Daebus` app: what a service registers, and how it runs and stops."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import config, context
+from ._logging import configure_for_run
+from ._registry import Registry
+from ._runtime import ServiceRuntime
+from .blueprint import Blueprint
+from .exceptions import SetupError, TransportError
+from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_cache
+from .transport import Transport, _shared
+
+__all__ = ["Daebus"]
+
+log = logging.getLogger("daebus.app")
+
+_RETRY_DELAY_MAX = 1.0
+_REPORT_EVERY = 10.0
+
+
+class Daebus(Registry):
+    """A service: actions, listeners, background jobs, threads and hooks on one Redis.
+
+    Args:
+        name: names the app's logger (``daebus.<name>``); the service's channel is the
+            ``service`` given to :meth:`run`.
+        max_workers: threads running plain ``def`` handlers.
+        max_in_flight: messages handled at once before the reader waits (back-pressure);
+            defaults to four per worker.
+        max_message_size: largest request, reply or broadcast in bytes.
+        shutdown_timeout: seconds a stop waits for in-flight handlers and threads.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        max_workers: int = 10,
+        *,
+        max_in_flight: int | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        shutdown_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if max_workers < 1:
+            raise SetupError("max_workers must be at least 1")
+        self.name = name
+        self.max_workers = max_workers
+        self.max_in_flight = max_in_flight or max_workers * 4
+        self.max_message_size = max_message_size
+        self.shutdown_timeout = shutdown_timeout
+        self.logger = logging.getLogger(f"daebus.{name}")
+        self.service: str | None = None
+        self.debug = False
+        self.broadcast = PubSubBroadcast(app=self)
+        #: name -> thread of each started ``@thread`` task (0.0.31's attribute).
+        self.threads: dict[str, threading.Thread] = {}
+        self.http: Any = None
+        self.websocket: Any = None
+        self._components: list[Any] = []
+        self._pending_routes: list[tuple[str, list[str], Callable[..., Any]]] = []
+        self._pending_sockets: dict[str, Callable[..., Any]] = {}
+        self._running = False
+        self._runtime: ServiceRuntime | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._signals = 0
+
+    def __repr__(self) -> str:
+        state = f"running as {self.service!r}" if self._running else "stopped"
+        return f"<Daebus {self.name!r} {state}>"
+
+    # -- per-message state, read from the current context ----------------------------
+    @property
+    def request(self) -> Any:
+        """The request of the message this thread or task is handling (None outside one)."""
+        ctx = context.current_context()
+        return ctx.request if ctx is not None and ctx.app is self else None
+
+    @property
+    def response(self) -> Any:
+        """The response of the message this thread or task is handling (None outside one)."""
+        ctx = context.current_context()
+        return ctx.response if ctx is not None and ctx.app is self else None
+
+    @property
+    def cache(self) -> Any:
+        """The service's Redis client (redis-py, ``decode_responses=True``); None before run."""
+        runtime = self._runtime
+        if runtime is None:
+            return None
+        blocking_client = getattr(runtime.transport, "blocking_client", None)
+        return blocking_client() if blocking_client is not None else None
+
+    @property
+    def redis(self) -> Any:
+        """Alias of :attr:`cache` (0.0.31's attribute)."""
+        return self.cache
+
+    @property
+    def thread_pool(self) -> Any:
+        """The worker pool running plain ``def`` handlers (None when not running)."""
+        return self._runtime.executor if self._runtime is not None else None
+
+    @property
+    def redis_url(self) -> str | None:
+        """The URL of the server the running service uses."""
+        return self._runtime.transport.url if self._runtime is not None else None
+
+    @property
+    def transport(self) -> Transport | None:
+        """The transport of the running service."""
+        return self._runtime.transport if self._runtime is not None else None
+
+    def is_running(self) -> bool:
+        """True from start until the service begins to stop."""
+        return self._running
+
+    # -- registration that also works while running ----------------------------------
+    def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
+        """Register a listener; while running, the channel is subscribed at once."""
+        super().add_listener(channel, func)
+        self._call_in_loop(lambda runtime: runtime.subscribe_listener(channel))
+
+    def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
+        """Register a background job; while running, it is scheduled at once."""
+        super().add_background(name, interval, func)
+        task = self.background_tasks[name]
+        runtime = self._runtime
+        if runtime is not None:
+            runtime.loop.call_soon_threadsafe(runtime.schedule, task)
+
+    def add_thread(self, name: str, func: Callable[..., Any], auto_start: bool = True) -> None:
+        """Register a thread task; while running, an auto-start task starts at once."""
+        super().add_thread(name, func, auto_start)
+        if self._running and auto_start:
+            self.start_thread(name)
+
+    def _call_in_loop(self, make: Callable[[ServiceRuntime], Any]) -> None:
+        runtime = self._runtime
+        if runtime is None:
+            return
+        if threading.get_ident() == runtime.loop_thread:
+            runtime.loop.create_task(make(runtime))
+        else:
+            asyncio.run_coroutine_threadsafe(make(runtime), runtime.loop).result(10)
+
+    # -- composition -----------------------------------------------------------------
+    def attach(self, component: Any) -> Any:
+        """Attach a component (``DaebusHttp``, ``DaebusWebSocket``); returns it."""
+        attach = getattr(component, "attach", None)
+        if not callable(attach):
+            raise TypeError(f"{type(component).__name__} cannot be attached: it has no attach()")
+        attach(self)
+        self._components.append(component)
+        return component
+
+    def register_blueprint(self, blueprint: Blueprint) -> Daebus:
+        """Copy a blueprint's handlers into the app; on a clash the blueprint wins."""
+        tables: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+            ("action", blueprint.action_handlers, self.action_handlers),
+            ("listener", blueprint.listen_handlers, self.listen_handlers),
+            ("workflow", blueprint.workflow_handlers, self.workflow_handlers),
+        ]
+        for kind, source, target in tables:
+            for key, func in source.items():
+                if key in target and target[key] is not func:
+                    log.warning(
+                        "blueprint %r replaces the app's %s %r", blueprint.name, kind, key
+                    )
+        for name, func in blueprint.action_handlers.items():
+            self.action_handlers[name] = func
+        for channel, func in blueprint.listen_handlers.items():
+            self.listen_handlers[channel] = func
+            self._call_in_loop(lambda runtime, ch=channel: runtime.subscribe_listener(ch))
+        self.workflow_handlers.update(blueprint.workflow_handlers)
+        for task in blueprint.background_tasks:
+            if task.name in self.background_tasks:
+                log.warning(
+                    "blueprint %r replaces the background task %r", blueprint.name, task.name
+                )
+            self.add_background(task.name, task.interval, task.func)
+        for name, thread_task in blueprint.thread_tasks.items():
+            if name in self.thread_tasks:
+                log.warning("blueprint %r replaces the thread %r", blueprint.name, name)
+            self.add_thread(name, thread_task.func, thread_task.auto_start)
+        self._on_start_handlers.extend(blueprint._on_start_handlers)
+        self._on_stop_handlers.extend(blueprint._on_stop_handlers)
+        self._pending_routes.extend(blueprint.routes)
+        self._pending_sockets.update(blueprint.socket_handlers)
+        for component in self._components:
+            apply = getattr(component, "apply_blueprints", None)
+            if callable(apply):
+                apply(self)
+        return self
+
+    # -- threads ---------------------------------------------------------------------
+    def start_thread(self, name: str) -> bool:
+        """Start a registered thread task; False if unknown or already running."""
+        task = self.thread_tasks.get(name)
+        if task is None:
+            log.warning("no thread task named %r", name)
+            return False
+        if task.is_alive():
+            log.warning("thread task %r is already running", name)
+            return False
+        task.stop_requested.clear()
+        ctx = context.MessageContext(self)
+        thread = threading.Thread(
+            target=self._run_thread, args=(task, ctx), name=f"daebus_{name}", daemon=True
+        )
+        task.thread = thread
+        self.threads[name] = thread
+        thread.start()
+        return True
+
+    def _run_thread(self, task: Any, ctx: context.MessageContext) -> None:
+        def running() -> bool:
+            return self._running and not task.stop_requested.is_set()
+
+        with context.bind(ctx):
+            try:
+                if task.takes_running:
+                    task.func(running)
+                else:
+                    task.func()
+            except Exception:
+                log.exception("thread task %r failed", task.name)
+
+    def stop_thread(self, name: str, timeout: float = 5.0) -> bool:
+        """Ask a thread task to stop (its ``running()`` turns false) and wait for it.
+
+        Returns True once the thread has ended, False if unknown or still alive.
+        """
+        task = self.thread_tasks.get(name)
+        if task is None:
+            log.warning("no thread task named %r", name)
+            return False
+        task.stop_requested.set()
+        if task.thread is not None and task.thread is not threading.current_thread():
+            task.thread.join(timeout)
+        if task.is_alive():
+            log.warning("thread task %r did not stop within %.1fs", name, timeout)
+            return False
+        return True
+
+    def _join_threads(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for task in self.thread_tasks.values():
+            task.stop_requested.set()
+        for task in self.thread_tasks.values():
+            thread = task.thread
+            if thread is None or thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("thread task %r is still running at shutdown", task.name)
+
+    # -- publishing for broadcast ----------------------------------------------------
+    def _publisher(self) -> Any:
+        runtime = self._runtime
+        if runtime is not None:
+            return runtime.publisher
+        return standalone_cache()
+
+    def _publish_many(self, messages: list[tuple[str, bytes]]) -> Any:
+        runtime = self._runtime
+        if runtime is None:
+            client = standalone_cache()
+            pipe = client.pipeline(transaction=False)
+            for channel, data in messages:
+                pipe.publish(channel, data)
+            return [int(n) for n in pipe.execute()]
+        if threading.get_ident() == runtime.loop_thread:
+            return asyncio.ensure_future(runtime.transport.publish_many(messages))
+        return asyncio.run_coroutine_threadsafe(
+            runtime.transport.publish_many(messages), runtime.loop
+        ).result()
+
+    # -- running ---------------------------------------------------------------------
+    def run(
+        self,
+        service: str,
+        debug: bool = False,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        *,
+        redis_url: str | None = None,
+    ) -> None:
+        """Run the service until SIGTERM or SIGINT, then stop cleanly and return.
+
+        Redis is ``redis_url``, else ``redis_host``/``redis_port``, else
+        ``$DAEBUS_REDIS_URL``, else localhost:6379. ``debug=True`` logs every message.
+        If logging is not configured yet, it is set up to print to stderr.
+        """
+        configure_for_run(debug)
+        handle_signals = threading.current_thread() is threading.main_thread()
+        asyncio.run(
+            self.serve(
+                service,
+                debug=debug,
+                redis_host=redis_host,
+                redis_port=redis_port,
+                redis_url=redis_url,
+                handle_signals=handle_signals,
+            )
+        )
+
+    def start(
+        self,
+        service: str,
+        *,
+        redis_url: str | None = None,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        debug: bool = False,
+        ready_timeout: float = 30.0,
+    ) -> None:
+        """Run the service on a background thread; return once it is subscribed and ready.
+
+        Stop it with :meth:`stop`. Handy in tests and when embedding a service.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise SetupError(f"app {self.name!r} is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                asyncio.run(
+                    self.serve(
+                        service,
+                        debug=debug,
+                        redis_url=redis_url,
+                        redis_host=redis_host,
+                        redis_port=redis_port,
+                        on_ready=ready.set,
+                    )
+                )
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+
+        self._thread = threading.Thread(target=main, name=f"daebus-app-{service}", daemon=True)
+        self._thread.start()
+        if not ready.wait(ready_timeout):
+            self.stop()
+            raise TransportError(f"service {service!r} was not ready within {ready_timeout}s")
+        if failure:
+            raise failure[0]
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the service (from any thread): drain in-flight work, stop threads, close.
+
+        Blocks until it has stopped when the service runs on another thread.
+        """
+        loop, event = self._loop, self._stop_event
+        if loop is not None and event is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:
+                pass  # the loop closed meanwhile
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout if timeout is not None else self.shutdown_timeout + 5)
+
+    async def serve(
+        self,
+        service: str,
+        *,
+        redis_url: str | None = None,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        debug: bool = False,
+        handle_signals: bool = False,
+        on_ready: Callable[[], Any] | None = None,
+    ) -> None:
+        """Run the service on the current event loop until :meth:`stop` (or a signal)."""
+        if not isinstance(service, str) or not service:
+            raise SetupError("service must be a non-empty string")
+        if self._runtime is not None:
+            raise SetupError(f"app {self.name!r} is already running")
+        url = config.resolve_redis_url(redis_url, redis_host, redis_port)
+        self.service = service
+        self.debug = debug
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_event = asyncio.Event()
+        self._signals = 0
+        if handle_signals:
+            self._install_signal_handlers(loop)
+        transport = _shared.acquire(url)
+        try:
+            if not await self._connect(transport):
+                return
+            self._running = True
+            runtime = self._runtime = ServiceRuntime(self, service, transport)
+            context._register_running(self)
+            try:
+                await runtime.start()
+                for component in self._components:
+                    start = getattr(component, "start_async", None)
+                    if callable(start):
+                        await start(self)
+                log.info("service %r started", service)
+                if on_ready is not None:
+                    on_ready()
+                await self._stop_event.wait()
+                log.info("service %r stopping", service)
+            finally:
+                self._running = False
+                for component in reversed(self._components):
+                    stop = getattr(component, "stop_async", None)
+                    if callable(stop):
+                        try:
+                            await stop()
+                        except Exception:
+                            log.exception("stopping %r failed", component)
+                await runtime.shutdown(self.shutdown_timeout)
+                context._unregister_running(self)
+                self._runtime = None
+                log.info("service %r stopped", service)
+        finally:
+            self._running = False
+            await _shared.release(transport)
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    try:
+                        loop.remove_signal_handler(signum)
+                    except (NotImplementedError, RuntimeError):
+                        pass
+            self._loop = None
+
+    async def _connect(self, transport: Transport) -> bool:
+        """Connect, retrying until Redis answers; False if asked to stop meanwhile."""
+        assert self._stop_event is not None
+        delay = 0.05
+        first_failure: float | None = None
+        last_report = 0.0
+        while not self._stop_event.is_set():
+            try:
+                await transport.connect()
+            except TransportError as exc:
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = last_report = now
+                    log.warning("waiting for Redis: %s (retrying)", exc)
+                elif now - last_report >= _REPORT_EVERY:
+                    last_report = now
+                    log.warning("still waiting for Redis after %.0fs: %s", now - first_failure, exc)
+                try:
+                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, _RETRY_DELAY_MAX)
+                continue
+            if first_failure is not None:
+                log.warning("Redis at %s is reachable now", transport.url)
+            return True
+        return False
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, self._on_signal, signum)
+            except (NotImplementedError, RuntimeError):
+                signal.signal(
+                    signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s)
+                )
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("received %s; stopping (send it again to stop at once)", name)
+            if self._stop_event is not None:
+                self._stop_event.set()
+            return
+        log.warning("received %s again; abandoning in-flight work", name)
+        runtime = self._runtime
+        if runtime is not None:
+            for task in list(runtime.in_flight):
+                task.cancel()
+            self.shutdown_timeout = 0.0

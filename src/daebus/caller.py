@@ -1,0 +1,455 @@
+"""Calling services: :class:`DaebusCaller` (blocking) and :class:`AsyncDaebusCaller`.
+
+A caller has one reply channel, ``caller:<uuid4>``, for its lifetime. Each request gets
+a fresh id; replies are routed by id to whoever waits for them (a future or a queue, never
+a polling loop). A streamed reply is a run of non-final parts and one final reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from . import config, context, protocol
+from ._portal import get_portal
+from .encoding import dumps
+from .exceptions import (
+    CallTimeoutError,
+    MessageTooLargeError,
+    RemoteError,
+    ServiceUnavailableError,
+)
+from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
+from .transport import Delivery, Subscription, Transport, _shared
+
+__all__ = ["AsyncDaebusCaller", "DaebusCaller"]
+
+flow = logging.getLogger("daebus.flow")
+
+ReplySink = Callable[[protocol.Reply], None]
+
+
+def _resolve_url(
+    redis_url: str | None, redis_host: str | None, redis_port: int | None
+) -> str:
+    """Explicit settings, else the running app's server, else the environment/default."""
+    if redis_url or redis_host is not None or redis_port is not None:
+        return config.resolve_redis_url(redis_url, redis_host, redis_port)
+    app = context._find_app()
+    if app is not None and app.redis_url is not None:
+        return app.redis_url
+    return config.resolve_redis_url()
+
+
+class AsyncDaebusCaller:
+    """Calls one service from asyncio code::
+
+        async with AsyncDaebusCaller("billing") as billing:
+            total = await billing.send_request("charge", {"cents": 700})
+            async for part in billing.stream("export", {}):
+                ...
+
+    Redis is ``redis_url``, else ``redis_host``/``redis_port``, else the running app's
+    server, else ``$DAEBUS_REDIS_URL``, else localhost:6379. It connects on first use
+    and, after :meth:`aclose`, again on next use.
+    """
+
+    def __init__(
+        self,
+        target_service: str,
+        *,
+        redis_url: str | None = None,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        timeout: float = 5,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.target_service = target_service
+        self.timeout = timeout
+        self.max_message_size = max_message_size
+        self.response_channel = protocol.new_reply_channel()
+        self.logger = logging.getLogger(f"daebus.caller:{target_service}")
+        #: request id -> where its replies go. Internal.
+        self.pending: dict[Any, ReplySink] = {}
+        self._settings = (redis_url, redis_host, redis_port)
+        self._transport: Transport | None = None
+        self._subscription: Subscription | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.target_service!r} via {self.response_channel}>"
+
+    @property
+    def connected(self) -> bool:
+        """True while subscribed to the reply channel."""
+        return self._subscription is not None
+
+    def resolve_url(self) -> str:
+        """The server this caller uses (see the class docstring for the order)."""
+        return _resolve_url(*self._settings)
+
+    async def connect(self, url: str | None = None) -> None:
+        """Subscribe to the reply channel (idempotent). Raises ``TransportError``."""
+        if self._subscription is not None:
+            return
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._subscription is not None:
+                return
+            transport = _shared.acquire(url or self.resolve_url())
+            try:
+                await transport.connect()
+                self._subscription = await transport.subscribe(
+                    self.response_channel, self._on_reply
+                )
+            except BaseException:
+                await _shared.release(transport)
+                raise
+            self._transport = transport
+
+    async def aclose(self) -> None:
+        """Unsubscribe and release the connection; the caller reconnects if used again."""
+        subscription, self._subscription = self._subscription, None
+        transport, self._transport = self._transport, None
+        if subscription is not None:
+            await subscription.unsubscribe()
+        if transport is not None:
+            await _shared.release(transport)
+
+    async def __aenter__(self) -> AsyncDaebusCaller:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- replies ---------------------------------------------------------------------
+    def _on_reply(self, delivery: Delivery) -> None:
+        try:
+            reply = protocol.decode_reply(delivery.data)
+        except protocol.BadMessageError as exc:
+            self.logger.warning("ignored a malformed reply on %s: %s", delivery.channel, exc)
+            return
+        try:
+            sink = self.pending.get(reply.request_id)
+        except TypeError:  # an unhashable request_id
+            sink = None
+        if sink is None:
+            self.logger.debug("ignored a reply for unknown request %r", reply.request_id)
+            return
+        if reply.final:
+            # The first final reply wins; anything after it is ignored.
+            self.pending.pop(reply.request_id, None)
+        if flow.isEnabledFor(logging.DEBUG):
+            flow.debug(
+                "<- %s %s request_id=%s final=%s",
+                self.target_service,
+                reply.status,
+                reply.request_id,
+                reply.final,
+            )
+        sink(reply)
+
+    # -- requests --------------------------------------------------------------------
+    def _encode_request(self, action: str, payload: Any, request_id: str) -> bytes:
+        data = protocol.encode_request(
+            action, payload, self.response_channel, request_id, self.target_service
+        )
+        if len(data) > self.max_message_size:
+            raise MessageTooLargeError(
+                f"request of {len(data)} bytes is over the {self.max_message_size}-byte limit"
+            )
+        return data
+
+    def _unavailable(self, action: str) -> ServiceUnavailableError:
+        return ServiceUnavailableError(
+            f"Request to {self.target_service}.{action} reached no one: no service is "
+            f"subscribed to the channel {protocol.service_channel(self.target_service)!r}"
+        )
+
+    def _timed_out(self, action: str, timeout: float) -> CallTimeoutError:
+        return CallTimeoutError(
+            f"Request to {self.target_service}.{action} timed out after {timeout}s"
+        )
+
+    def _raise_error(self, action: str, reply: protocol.Reply) -> None:
+        raise RemoteError(
+            reply.error_message,
+            service=self.target_service,
+            action=action,
+            request_id=reply.request_id,
+            payload=reply.payload,
+        )
+
+    async def _exchange(
+        self, action: str, payload: Any, timeout: float | None
+    ) -> AsyncIterator[protocol.Reply]:
+        await self.connect()
+        assert self._transport is not None
+        wait = timeout or self.timeout
+        request_id = protocol.new_request_id()
+        data = self._encode_request(action, payload, request_id)
+        replies: asyncio.Queue[protocol.Reply] = asyncio.Queue()
+        self.pending[request_id] = replies.put_nowait
+        try:
+            count = await self._transport.publish(
+                protocol.service_channel(self.target_service), data
+            )
+            if count == 0:
+                raise self._unavailable(action)
+            while True:
+                try:
+                    reply = await asyncio.wait_for(replies.get(), wait)
+                except asyncio.TimeoutError:
+                    raise self._timed_out(action, wait) from None
+                yield reply
+                if reply.final:
+                    return
+        finally:
+            self.pending.pop(request_id, None)
+
+    async def send_request(
+        self,
+        action: str,
+        payload: Any = None,
+        timeout: float | None = None,
+        on_progress: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Call ``action`` and return the final reply's payload.
+
+        ``on_progress`` gets the payload of each streamed part (it may be async).
+        ``timeout`` is how long to wait for the reply, or for the next part of a
+        streamed reply; None or 0 means the caller's default.
+
+        Raises:
+            RemoteError: the service answered with an error.
+            CallTimeoutError: no reply in time.
+            ServiceUnavailableError: no service is subscribed to the channel.
+        """
+        if payload is None:
+            payload = {}
+        async for reply in self._exchange(action, payload, timeout):
+            if not reply.final:
+                if on_progress is not None:
+                    try:
+                        result = on_progress(reply.payload)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        self.logger.exception("on_progress callback failed")
+                continue
+            if reply.is_error:
+                self._raise_error(action, reply)
+            return reply.payload
+        raise AssertionError("unreachable: the exchange ends with a final reply")
+
+    async def stream(
+        self, action: str, payload: Any = None, timeout: float | None = None
+    ) -> AsyncIterator[Any]:
+        """Call ``action`` and yield each part of the reply, the final one last."""
+        async for reply in self._exchange(action, {} if payload is None else payload, timeout):
+            if reply.final and reply.is_error:
+                self._raise_error(action, reply)
+            yield reply.payload
+
+    async def send_message(self, channel: str, payload: Any) -> int:
+        """Publish ``payload`` on any ``channel``; returns the receiver count.
+
+        If nobody listens on ``channel`` and the service this caller targets is running,
+        the message goes to the service as a fire-and-forget request for the action
+        named ``channel`` (the docs of 0.0.31 used it so).
+        """
+        await self.connect()
+        assert self._transport is not None
+        count = await self._transport.publish(channel, dumps(payload))
+        if count == 0 and channel != self.target_service:
+            count = await self._transport.publish(
+                protocol.service_channel(self.target_service),
+                self._fire_and_forget(channel, payload),
+            )
+        return count
+
+    async def send_to_service(self, payload: Any, action: str | None = None) -> int:
+        """Send a fire-and-forget request for ``action`` (no reply is awaited)."""
+        await self.connect()
+        assert self._transport is not None
+        data = self._fire_and_forget(action, payload) if action else dumps(payload)
+        return await self._transport.publish(
+            protocol.service_channel(self.target_service), data
+        )
+
+    def _fire_and_forget(self, action: str, payload: Any) -> bytes:
+        return protocol.encode_request(
+            action, payload, None, protocol.new_request_id(), self.target_service
+        )
+
+
+class DaebusCaller:
+    """Calls one service from ordinary (threaded) code::
+
+        with DaebusCaller("hello-service") as caller:
+            print(caller.send_request("hello", {"name": "Daebus"}))
+
+    The same arguments as daebus 0.0.31, plus ``redis_url``. Safe to share between
+    threads. Replies are routed by a background event loop shared by all callers in the
+    process; the waiting thread blocks on a queue, so ``on_progress`` runs in the
+    thread that called :meth:`send_request`.
+    """
+
+    def __init__(
+        self,
+        target_service: str,
+        redis_host: str | None = None,
+        redis_port: int | None = None,
+        timeout: float = 5,
+        *,
+        redis_url: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self._core = AsyncDaebusCaller(
+            target_service,
+            redis_url=redis_url,
+            redis_host=redis_host,
+            redis_port=redis_port,
+            timeout=timeout,
+            max_message_size=max_message_size,
+        )
+        self.target_service = target_service
+        self.response_channel = self._core.response_channel
+        self.logger = self._core.logger
+        self.pending_requests = self._core.pending
+
+    def __repr__(self) -> str:
+        return f"<DaebusCaller {self.target_service!r} via {self.response_channel}>"
+
+    @property
+    def timeout(self) -> float:
+        """The default timeout, in seconds."""
+        return self._core.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._core.timeout = value
+
+    @property
+    def redis(self) -> Any:
+        """A redis-py client on the caller's server (connects the caller)."""
+        return self._transport().blocking_client()  # type: ignore[attr-defined]
+
+    def connect(self) -> DaebusCaller:
+        """Connect now rather than on first use. Raises ``TransportError``."""
+        self._transport()
+        return self
+
+    def _transport(self) -> Transport:
+        core = self._core
+        transport = core._transport
+        if transport is None or core._subscription is None:
+            # Resolve here, in the calling thread, where the app context is visible.
+            get_portal().call(core.connect(core.resolve_url()))
+            transport = core._transport
+        assert transport is not None
+        return transport
+
+    def close(self) -> None:
+        """Release the connection; the caller reconnects if it is used again."""
+        if self._core._subscription is not None or self._core._transport is not None:
+            get_portal().call(self._core.aclose())
+
+    def __enter__(self) -> DaebusCaller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _exchange(
+        self, action: str, payload: Any, timeout: float | None
+    ) -> Iterator[protocol.Reply]:
+        transport = self._transport()
+        core = self._core
+        wait = timeout or core.timeout
+        request_id = protocol.new_request_id()
+        data = core._encode_request(action, payload, request_id)
+        replies: queue.SimpleQueue[protocol.Reply] = queue.SimpleQueue()
+        core.pending[request_id] = replies.put
+        try:
+            count = transport.publish_blocking(
+                protocol.service_channel(self.target_service), data
+            )
+            if count == 0:
+                raise core._unavailable(action)
+            while True:
+                try:
+                    reply = replies.get(timeout=wait)
+                except queue.Empty:
+                    raise core._timed_out(action, wait) from None
+                yield reply
+                if reply.final:
+                    return
+        finally:
+            core.pending.pop(request_id, None)
+
+    def send_request(
+        self,
+        action: str,
+        payload: Any = None,
+        timeout: float | None = None,
+        on_progress: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """Call ``action`` and return the final reply's payload.
+
+        ``on_progress`` gets the payload of each streamed part, in this thread.
+        ``timeout`` is how long to wait for the reply, or for the next part of a
+        streamed reply; None or 0 means the caller's default.
+
+        Raises:
+            RemoteError: the service answered with an error (``str(e)`` is its message).
+            CallTimeoutError: no reply in time (a ``TimeoutError``).
+            ServiceUnavailableError: no service is subscribed to the channel.
+        """
+        for reply in self._exchange(action, {} if payload is None else payload, timeout):
+            if not reply.final:
+                if on_progress is not None:
+                    try:
+                        on_progress(reply.payload)
+                    except Exception:
+                        self.logger.exception("on_progress callback failed")
+                continue
+            if reply.is_error:
+                self._core._raise_error(action, reply)
+            return reply.payload
+        raise AssertionError("unreachable: the exchange ends with a final reply")
+
+    def stream(self, action: str, payload: Any = None, timeout: float | None = None) -> Iterator[Any]:
+        """Call ``action`` and yield each part of the reply, the final one last."""
+        for reply in self._exchange(action, {} if payload is None else payload, timeout):
+            if reply.final and reply.is_error:
+                self._core._raise_error(action, reply)
+            yield reply.payload
+
+    def send_message(self, channel: str, payload: Any) -> int:
+        """Publish ``payload`` on any ``channel``; returns the receiver count.
+
+        If nobody listens on ``channel``, the message goes to the target service as a
+        fire-and-forget request for the action named ``channel`` (as the docs of 0.0.31
+        used it).
+        """
+        transport = self._transport()
+        count = transport.publish_blocking(channel, dumps(payload))
+        if count == 0 and channel != self.target_service:
+            count = transport.publish_blocking(
+                protocol.service_channel(self.target_service),
+                self._core._fire_and_forget(channel, payload),
+            )
+        return count
+
+    def send_to_service(self, payload: Any, action: str | None = None) -> int:
+        """Send a fire-and-forget request for ``action`` (no reply is awaited)."""
+        transport = self._transport()
+        data = self._core._fire_and_forget(action, payload) if action else dumps(payload)
+        return transport.publish_blocking(protocol.service_channel(self.target_service), data)

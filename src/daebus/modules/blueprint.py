@@ -1,0 +1,5 @@
+"""0.0.31's ``daebus.modules.blueprint``."""
+
+from ..blueprint import Blueprint
+
+__all__ = ["Blueprint"]

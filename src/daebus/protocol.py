@@ -1,0 +1,178 @@
+"""The wire protocol of daebus 0.0.31: channel names and the request/response envelopes.
+
+Every channel name and every envelope is built here and nowhere else.
+
+- A service listens on the channel named exactly as the service.
+- A caller listens on ``caller:<uuid4>`` for its replies.
+- A request is ``{"action", "payload", "reply_to", "request_id", "service"}``.
+- A reply is ``{"status", "payload", "request_id", "final"}``; ``final`` missing means
+  true, errors are ``status: "error"`` with ``payload: {"error": message}``.
+- A request without ``reply_to`` is answered on ``<service>.responses``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from . import encoding
+
+__all__ = [
+    "ENVELOPE_KEYS",
+    "STATUS_ERROR",
+    "STATUS_PROGRESS",
+    "STATUS_SUCCESS",
+    "BadMessageError",
+    "Reply",
+    "decode_object",
+    "decode_reply",
+    "encode_reply",
+    "encode_request",
+    "error_payload",
+    "fallback_reply_channel",
+    "is_pattern",
+    "new_reply_channel",
+    "new_request_id",
+    "request_payload",
+    "service_channel",
+    "workflow_channel",
+]
+
+STATUS_SUCCESS = "success"
+STATUS_ERROR = "error"
+STATUS_PROGRESS = "progress"
+
+#: The keys of a request envelope; anything else at the top level of a request that has
+#: no ``payload`` key is the flat shape 0.0.31's ``send_to_service`` produced.
+ENVELOPE_KEYS = frozenset({"action", "payload", "reply_to", "request_id", "service"})
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class BadMessageError(ValueError):
+    """Bytes from the wire that are not a JSON object (logged and dropped, or answered)."""
+
+
+def service_channel(service: str) -> str:
+    """The channel a service receives its requests on: the bare service name."""
+    return service
+
+
+def workflow_channel(service: str) -> str:
+    """The channel of ``@app.workflow`` messages for a service."""
+    return f"{service}.workflows"
+
+
+def new_reply_channel() -> str:
+    """A fresh per-caller reply channel, ``caller:<uuid4>``."""
+    return f"caller:{uuid.uuid4()}"
+
+
+def fallback_reply_channel(service: Any) -> str:
+    """Where a request without ``reply_to`` is answered (``None.responses`` if no service)."""
+    return f"{service}.responses"
+
+
+def new_request_id() -> str:
+    """A fresh request id (a UUID4 string, as 0.0.31 sends)."""
+    return str(uuid.uuid4())
+
+
+def is_pattern(channel: str) -> bool:
+    """True if ``channel`` is a Redis glob pattern (``user:*``) rather than a plain name."""
+    return not _GLOB_CHARS.isdisjoint(channel)
+
+
+def encode_request(
+    action: str, payload: Any, reply_to: str | None, request_id: str | None, service: str
+) -> bytes:
+    """Encode the 5-key request envelope, in 0.0.31's key order."""
+    return encoding.dumps(
+        {
+            "action": action,
+            "payload": payload,
+            "reply_to": reply_to,
+            "request_id": request_id,
+            "service": service,
+        }
+    )
+
+
+def encode_reply(status: str, payload: Any, request_id: Any, final: bool) -> bytes:
+    """Encode the 4-key reply envelope, in 0.0.31's key order."""
+    return encoding.dumps(
+        {"status": status, "payload": payload, "request_id": request_id, "final": final}
+    )
+
+
+def error_payload(error: Any) -> dict[str, str]:
+    """The payload of an error reply: ``{"error": str(error)}``."""
+    return {"error": str(error)}
+
+
+def decode_object(data: bytes | str) -> dict[str, Any]:
+    """Decode a message that must be a JSON object.
+
+    Raises:
+        BadMessageError: the bytes are not UTF-8 JSON, or the JSON is not an object.
+    """
+    try:
+        value = encoding.loads(data)
+    except ValueError as exc:
+        raise BadMessageError(f"not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadMessageError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def request_payload(message: dict[str, Any]) -> Any:
+    """The payload of a decoded request, tolerant of 0.0.31's variants.
+
+    A string payload is JSON-decoded when it is JSON (0.0.31 did so) and kept as the
+    string otherwise; a request without a ``payload`` key is the flat shape, whose
+    non-envelope keys are the payload.
+    """
+    if "payload" not in message:
+        return {k: v for k, v in message.items() if k not in ENVELOPE_KEYS}
+    payload = message["payload"]
+    if isinstance(payload, str):
+        try:
+            return encoding.loads(payload)
+        except ValueError:
+            return payload
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One decoded reply message."""
+
+    status: str
+    payload: Any
+    request_id: Any
+    final: bool
+
+    @property
+    def is_error(self) -> bool:
+        """True for an error reply."""
+        return self.status == STATUS_ERROR
+
+    @property
+    def error_message(self) -> str:
+        """The error text of an error reply (0.0.31's ``payload.error``)."""
+        if isinstance(self.payload, dict):
+            return str(self.payload.get("error", "Unknown error"))
+        return str(self.payload) if self.payload is not None else "Unknown error"
+
+
+def decode_reply(data: bytes | str) -> Reply:
+    """Decode a reply envelope; a missing ``final`` means final, as in 0.0.31."""
+    message = decode_object(data)
+    final = message.get("final", True)
+    return Reply(
+        status=str(message.get("status", STATUS_SUCCESS)),
+        payload=message.get("payload", {}),
+        request_id=message.get("request_id"),
+        final=final is not False,
+    )

@@ -1,0 +1,209 @@
+"""The request, response and broadcast objects of pub/sub messages (0.0.31's classes)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from . import config, protocol
+from .exceptions import MessageTooLargeError
+
+if TYPE_CHECKING:
+    import redis
+
+    from .app import Daebus
+
+__all__ = ["PubSubBroadcast", "PubSubRequest", "PubSubResponse", "Publisher"]
+
+#: The default limit on one encoded message, in bytes (requests, replies, broadcasts).
+DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+
+class Publisher(Protocol):
+    """Anything with redis-py's ``publish(channel, data)``."""
+
+    def publish(self, channel: str, data: bytes) -> Any:
+        """Publish ``data``; the result is the receiver count (or an awaitable of it)."""
+
+
+class PubSubRequest:
+    """A request (or broadcast) received over pub/sub.
+
+    Attributes:
+        raw: the whole decoded message.
+        payload: the request's payload (see :func:`daebus.protocol.request_payload`).
+        reply_to, request_id, service, action: the envelope fields, None when absent.
+        channel: the channel it arrived on; pattern: the glob that matched, if any.
+    """
+
+    def __init__(self, data: str | bytes | dict[str, Any]) -> None:
+        if isinstance(data, str | bytes):
+            data = protocol.decode_object(data)
+        elif not isinstance(data, dict):
+            raise TypeError(f"a request must be a dict or JSON text, not {type(data).__name__}")
+        self.raw: Any = data
+        self.payload: Any = protocol.request_payload(data)
+        self.reply_to: str | None = data.get("reply_to") or None
+        self.request_id: Any = data.get("request_id")
+        self.service: Any = data.get("service")
+        self.action: Any = data.get("action")
+        self.channel: str | None = None
+        self.pattern: str | None = None
+
+    @classmethod
+    def from_broadcast(cls, value: Any, channel: str, pattern: str | None) -> PubSubRequest:
+        """A request for a listener: ``payload`` is the message itself if it is not a dict."""
+        if isinstance(value, dict):
+            self = cls(value)
+        else:
+            self = cls({})
+            self.raw = self.payload = value
+        self.channel = channel
+        self.pattern = pattern
+        return self
+
+    @property
+    def reply_channel(self) -> str:
+        """Where replies go: ``reply_to``, else ``<service>.responses``."""
+        return self.reply_to or protocol.fallback_reply_channel(self.service)
+
+    def __repr__(self) -> str:
+        return f"<PubSubRequest service={self.service!r} request_id={self.request_id!r}>"
+
+
+class PubSubResponse:
+    """Answers one request: ``send``/``success``, ``progress`` and ``error``.
+
+    In a plain ``def`` handler each call publishes before it returns and gives the
+    receiver count. In an ``async def`` handler it returns an awaitable of that count;
+    the publishes happen in call order whether or not they are awaited.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher | redis.Redis,
+        request: PubSubRequest,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.publisher = publisher
+        self.request = request
+        self.max_message_size = max_message_size
+        #: True once a final reply went out; later replies are still sent but ignored.
+        self.final_sent = False
+        self.sent = 0
+        self._last: asyncio.Future[int] | None = None
+
+    def send(self, payload: Any, final: bool = True) -> Any:
+        """Reply with ``status: "success"``; ``final=False`` marks one part of a stream."""
+        return self._send(protocol.STATUS_SUCCESS, payload, final)
+
+    def success(self, payload: Any, final: bool = True, **_ignored: Any) -> Any:
+        """Alias of :meth:`send` (0.0.31's proxy had it; its class did not)."""
+        return self._send(protocol.STATUS_SUCCESS, payload, final)
+
+    def error(self, err: Any, final: bool = True) -> Any:
+        """Reply with ``status: "error"`` and ``payload: {"error": str(err)}``."""
+        return self._send(protocol.STATUS_ERROR, protocol.error_payload(err), final)
+
+    def progress(self, payload: Any, progress_percentage: float | None = None) -> Any:
+        """Send a non-final part; a percentage is clamped to 0..100 and added to it."""
+        if progress_percentage is not None:
+            percentage = max(0.0, min(100.0, float(progress_percentage)))
+            if isinstance(payload, dict):
+                payload = {**payload, "progress_percentage": percentage}
+            else:
+                payload = {"data": payload, "progress_percentage": percentage}
+        return self._send(protocol.STATUS_SUCCESS, payload, False)
+
+    def _send(self, status: str, payload: Any, final: bool) -> Any:
+        data = protocol.encode_reply(status, payload, self.request.request_id, final)
+        if len(data) > self.max_message_size:
+            raise MessageTooLargeError(
+                f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
+            )
+        result = self.publisher.publish(self.request.reply_channel, data)
+        self.sent += 1
+        if final:
+            self.final_sent = True
+        if asyncio.isfuture(result):
+            self._last = result
+        return result
+
+    async def flush(self) -> None:
+        """Wait until every reply sent from async code has been published.
+
+        Replies are published in order, so waiting for the last one is enough.
+        """
+        if self._last is not None:
+            await asyncio.shield(self._last)
+
+    def __repr__(self) -> str:
+        return f"<PubSubResponse to {self.request.reply_channel!r}>"
+
+
+class PubSubBroadcast:
+    """Publishes any JSON value to any channel: ``send(channel, data) -> receiver count``."""
+
+    def __init__(
+        self,
+        custom_redis_client: Publisher | redis.Redis | None = None,
+        *,
+        app: Daebus | None = None,
+    ) -> None:
+        self._client = custom_redis_client
+        self._app = app
+
+    def _publisher(self) -> Publisher | redis.Redis:
+        if self._client is not None:
+            return self._client
+        if self._app is not None:
+            return self._app._publisher()
+        return standalone_cache()
+
+    def send(self, channel: str, payload: Any) -> Any:
+        """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
+
+        Raises:
+            ValueError: ``channel`` is empty or not a string.
+            SerializationError: ``payload`` cannot be encoded.
+        """
+        if not isinstance(channel, str) or not channel:
+            raise ValueError("channel must be a non-empty string")
+        data = protocol.encoding.dumps(payload)
+        return self._publisher().publish(channel, data)
+
+    def send_many(self, messages: Any) -> Any:
+        """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts."""
+        encoded = [(channel, protocol.encoding.dumps(payload)) for channel, payload in messages]
+        if self._app is not None and self._client is None:
+            return self._app._publish_many(encoded)
+        pipe = self._publisher().pipeline(transaction=False)  # type: ignore[union-attr]
+        for channel, data in encoded:
+            pipe.publish(channel, data)
+        return [int(n) for n in pipe.execute()]
+
+    def __repr__(self) -> str:
+        return f"<PubSubBroadcast app={self._app!r}>"
+
+
+_standalone: dict[str, redis.Redis] = {}
+_standalone_lock = threading.Lock()
+
+
+def standalone_cache() -> redis.Redis:
+    """A client for code running outside any app, on ``$DAEBUS_REDIS_URL`` or localhost."""
+    from .transport.redis import sync_client
+
+    url = config.resolve_redis_url()
+    with _standalone_lock:
+        client = _standalone.get(url)
+        if client is None:
+            client = _standalone[url] = sync_client(url, decode_responses=True)
+        return client
+
+
+def standalone_broadcast() -> PubSubBroadcast:
+    """``broadcast`` for code running outside any app."""
+    return PubSubBroadcast(standalone_cache())

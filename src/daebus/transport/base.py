@@ -1,0 +1,163 @@
+"""The transport interface: publish bytes to channels, deliver bytes from channels.
+
+Request/reply, envelopes and dispatch live above this, so every transport gets them for
+free. A transport belongs to one event loop; only :meth:`Transport.publish_blocking` may
+be called from other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Delivery", "DeliveryHandler", "Subscription", "Transport"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as it came off the wire."""
+
+    channel: str
+    data: bytes
+    #: The glob pattern that matched, for pattern subscriptions; None otherwise.
+    pattern: str | None = None
+
+
+#: Called on the transport's loop for each message. Returning an awaitable makes the
+#: transport wait for it before reading the next message: that is how back-pressure
+#: reaches the socket.
+DeliveryHandler = Callable[[Delivery], Awaitable[None] | None]
+
+
+class Subscription:
+    """A handler subscribed to one channel or pattern; :meth:`unsubscribe` removes it."""
+
+    __slots__ = ("_transport", "handler", "name", "pattern")
+
+    def __init__(
+        self, transport: Transport, name: str, pattern: bool, handler: DeliveryHandler
+    ) -> None:
+        self._transport = transport
+        self.name = name
+        self.pattern = pattern
+        self.handler = handler
+
+    async def unsubscribe(self) -> None:
+        """Stop delivering to this handler (idempotent)."""
+        await self._transport._remove_subscription(self)
+
+    def __repr__(self) -> str:
+        kind = "pattern" if self.pattern else "channel"
+        return f"<Subscription {kind}={self.name!r}>"
+
+
+class Transport(ABC):
+    """Base of the transports; subclasses implement the wire-level operations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # (is_pattern, name) -> handlers, in subscription order. Internal.
+        self._subscriptions: dict[tuple[bool, str], list[Subscription]] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect (idempotent). Raises :class:`~daebus.TransportError` if unreachable."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Drop every subscription and connection (idempotent)."""
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- publishing ------------------------------------------------------------------
+    async def publish(self, channel: str, data: bytes) -> int:
+        """Publish one message; return how many subscribers received it."""
+        return await self.publish_nowait(channel, data)
+
+    @abstractmethod
+    def publish_nowait(self, channel: str, data: bytes) -> asyncio.Future[int]:
+        """Queue one message for publishing, on the transport's loop.
+
+        Messages queued this way are published in the order they were queued; the
+        future gives the receiver count.
+        """
+
+    @abstractmethod
+    def publish_blocking(self, channel: str, data: bytes) -> int:
+        """Publish from a thread that is not the transport's loop; blocks until sent."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Publish several messages in order; return each one's receiver count."""
+        return [await self.publish(channel, data) for channel, data in messages]
+
+    # -- subscribing -----------------------------------------------------------------
+    async def subscribe(
+        self, name: str, handler: DeliveryHandler, *, pattern: bool = False
+    ) -> Subscription:
+        """Deliver messages on channel (or glob pattern) ``name`` to ``handler``.
+
+        Several handlers may share a channel; each gets every message.
+        """
+        subscription = Subscription(self, name, pattern, handler)
+        key = (pattern, name)
+        handlers = self._subscriptions.setdefault(key, [])
+        handlers.append(subscription)
+        if len(handlers) == 1:
+            try:
+                await self._add(name, pattern)
+            except BaseException:
+                self._subscriptions.pop(key, None)
+                raise
+        return subscription
+
+    async def _remove_subscription(self, subscription: Subscription) -> None:
+        key = (subscription.pattern, subscription.name)
+        handlers = self._subscriptions.get(key)
+        if not handlers or subscription not in handlers:
+            return
+        handlers.remove(subscription)
+        if not handlers:
+            del self._subscriptions[key]
+            await self._remove(subscription.name, subscription.pattern)
+
+    @abstractmethod
+    async def _add(self, name: str, pattern: bool) -> None:
+        """Start receiving a channel or pattern on the wire."""
+
+    @abstractmethod
+    async def _remove(self, name: str, pattern: bool) -> None:
+        """Stop receiving a channel or pattern on the wire."""
+
+    def _deliver(self, delivery: Delivery) -> Awaitable[None] | None:
+        """Hand one message to its handlers; never raises."""
+        key = (delivery.pattern is not None, delivery.pattern or delivery.channel)
+        pending: list[Awaitable[None]] = []
+        for subscription in tuple(self._subscriptions.get(key, ())):
+            try:
+                result = subscription.handler(delivery)
+            except Exception:
+                logger.exception("handler for %s failed", delivery.channel)
+                continue
+            if result is not None:
+                pending.append(result)
+        if not pending:
+            return None
+        if len(pending) == 1:
+            return pending[0]
+        return _wait_all(pending)
+
+
+async def _wait_all(pending: list[Awaitable[None]]) -> None:
+    for awaitable in pending:
+        await awaitable
