@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine
@@ -37,10 +38,8 @@ class Portal:
         """Cancel the portal's tasks (closing their connections) and stop its loop."""
         if not self.thread.is_alive():
             return
-        try:
+        with contextlib.suppress(Exception):
             asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(timeout)
-        except Exception:  # noqa: S110 - best effort at interpreter exit
-            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
 

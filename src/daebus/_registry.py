@@ -104,11 +104,14 @@ class Registry:
 
     # -- background jobs -------------------------------------------------------------
     def background(self, name: str, interval: float) -> Callable[[F], F]:
-        """Run the function every ``interval`` seconds, first one interval after start::
+        """Run the function every ``interval`` seconds, first one interval after start.
 
-            @app.background("heartbeat", 60)
-            def heartbeat():
-                broadcast.send("monitoring", {"alive": True})
+        Example::
+
+
+        @app.background("heartbeat", 60)
+        def heartbeat():
+            broadcast.send("monitoring", {"alive": True})
         """
 
         def decorator(func: F) -> F:
@@ -126,12 +129,15 @@ class Registry:
 
     # -- threads ---------------------------------------------------------------------
     def thread(self, name: str, auto_start: bool = True) -> Callable[[F], F]:
-        """Run the function in its own thread; it gets ``running``, a callable to poll::
+        """Run the function in its own thread; it gets ``running``, a callable to poll.
 
-            @app.thread("worker")
-            def worker(running):
-                while running():
-                    do_some_work()
+        Example::
+
+
+        @app.thread("worker")
+        def worker(running):
+            while running():
+                do_some_work()
         """
 
         def decorator(func: F) -> F:

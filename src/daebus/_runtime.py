@@ -420,7 +420,9 @@ class ServiceRuntime:
         pending = set(self.in_flight) | set(self.schedules.values())
         if pending:
             logger.info("waiting for %d in-flight handler(s) to finish", len(self.in_flight))
-            done, still = await asyncio.wait(pending, timeout=max(0.0, deadline - self.loop.time()))
+            _done, still = await asyncio.wait(
+                pending, timeout=max(0.0, deadline - self.loop.time())
+            )
             if still:
                 logger.warning(
                     "%d handler(s) still running after %.1fs; abandoning them", len(still), timeout

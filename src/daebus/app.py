@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -129,7 +131,7 @@ class Daebus(Registry):
     def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
         """Register a listener; while running, the channel is subscribed at once."""
         super().add_listener(channel, func)
-        self._call_in_loop(lambda runtime: runtime.subscribe_listener(channel))
+        self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
 
     def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
         """Register a background job; while running, it is scheduled at once."""
@@ -174,14 +176,12 @@ class Daebus(Registry):
         for kind, source, target in tables:
             for key, func in source.items():
                 if key in target and target[key] is not func:
-                    log.warning(
-                        "blueprint %r replaces the app's %s %r", blueprint.name, kind, key
-                    )
+                    log.warning("blueprint %r replaces the app's %s %r", blueprint.name, kind, key)
         for name, func in blueprint.action_handlers.items():
             self.action_handlers[name] = func
         for channel, func in blueprint.listen_handlers.items():
             self.listen_handlers[channel] = func
-            self._call_in_loop(lambda runtime, ch=channel: runtime.subscribe_listener(ch))
+            self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
         self.workflow_handlers.update(blueprint.workflow_handlers)
         for task in blueprint.background_tasks:
             if task.name in self.background_tasks:
@@ -365,10 +365,8 @@ class Daebus(Registry):
         """
         loop, event = self._loop, self._stop_event
         if loop is not None and event is not None and not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(event.set)
-            except RuntimeError:
-                pass  # the loop closed meanwhile
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout if timeout is not None else self.shutdown_timeout + 5)
@@ -434,10 +432,8 @@ class Daebus(Registry):
             await _shared.release(transport)
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
-                    try:
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
                         loop.remove_signal_handler(signum)
-                    except (NotImplementedError, RuntimeError):
-                        pass
             self._loop = None
 
     async def _connect(self, transport: Transport) -> bool:
@@ -457,10 +453,8 @@ class Daebus(Registry):
                 elif now - last_report >= _REPORT_EVERY:
                     last_report = now
                     log.warning("still waiting for Redis after %.0fs: %s", now - first_failure, exc)
-                try:
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop_event.wait(), delay)
-                except asyncio.TimeoutError:
-                    pass
                 delay = min(delay * 2, _RETRY_DELAY_MAX)
                 continue
             if first_failure is not None:
@@ -473,9 +467,7 @@ class Daebus(Registry):
             try:
                 loop.add_signal_handler(signum, self._on_signal, signum)
             except (NotImplementedError, RuntimeError):
-                signal.signal(
-                    signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s)
-                )
+                signal.signal(signum, lambda s, _f: loop.call_soon_threadsafe(self._on_signal, s))
 
     def _on_signal(self, signum: int) -> None:
         self._signals += 1
@@ -491,3 +483,7 @@ class Daebus(Registry):
             for task in list(runtime.in_flight):
                 task.cancel()
             self.shutdown_timeout = 0.0
+
+
+def _subscribe_listener(runtime: ServiceRuntime, *, channel: str) -> Any:
+    return runtime.subscribe_listener(channel)

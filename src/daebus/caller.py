@@ -33,9 +33,7 @@ flow = logging.getLogger("daebus.flow")
 ReplySink = Callable[[protocol.Reply], None]
 
 
-def _resolve_url(
-    redis_url: str | None, redis_host: str | None, redis_port: int | None
-) -> str:
+def _resolve_url(redis_url: str | None, redis_host: str | None, redis_port: int | None) -> str:
     """Explicit settings, else the running app's server, else the environment/default."""
     if redis_url or redis_host is not None or redis_port is not None:
         return config.resolve_redis_url(redis_url, redis_host, redis_port)
@@ -46,7 +44,10 @@ def _resolve_url(
 
 
 class AsyncDaebusCaller:
-    """Calls one service from asyncio code::
+    """Calls one service from asyncio code.
+
+    Example::
+
 
         async with AsyncDaebusCaller("billing") as billing:
             total = await billing.send_request("charge", {"cents": 700})
@@ -99,7 +100,7 @@ class AsyncDaebusCaller:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
-            if self._subscription is not None:
+            if self.connected:  # another task connected while we waited
                 return
             transport = _shared.acquire(url or self.resolve_url())
             try:
@@ -279,9 +280,7 @@ class AsyncDaebusCaller:
         await self.connect()
         assert self._transport is not None
         data = self._fire_and_forget(action, payload) if action else dumps(payload)
-        return await self._transport.publish(
-            protocol.service_channel(self.target_service), data
-        )
+        return await self._transport.publish(protocol.service_channel(self.target_service), data)
 
     def _fire_and_forget(self, action: str, payload: Any) -> bytes:
         return protocol.encode_request(
@@ -290,7 +289,10 @@ class AsyncDaebusCaller:
 
 
 class DaebusCaller:
-    """Calls one service from ordinary (threaded) code::
+    """Calls one service from ordinary (threaded) code.
+
+    Example::
+
 
         with DaebusCaller("hello-service") as caller:
             print(caller.send_request("hello", {"name": "Daebus"}))
@@ -378,9 +380,7 @@ class DaebusCaller:
         replies: queue.SimpleQueue[protocol.Reply] = queue.SimpleQueue()
         core.pending[request_id] = replies.put
         try:
-            count = transport.publish_blocking(
-                protocol.service_channel(self.target_service), data
-            )
+            count = transport.publish_blocking(protocol.service_channel(self.target_service), data)
             if count == 0:
                 raise core._unavailable(action)
             while True:
@@ -425,7 +425,9 @@ class DaebusCaller:
             return reply.payload
         raise AssertionError("unreachable: the exchange ends with a final reply")
 
-    def stream(self, action: str, payload: Any = None, timeout: float | None = None) -> Iterator[Any]:
+    def stream(
+        self, action: str, payload: Any = None, timeout: float | None = None
+    ) -> Iterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
         for reply in self._exchange(action, {} if payload is None else payload, timeout):
             if reply.final and reply.is_error:

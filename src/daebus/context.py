@@ -217,8 +217,9 @@ class _CacheProxy:
 
     def _target(self) -> redis.Redis:
         app = _find_app()
-        if app is not None and app.cache is not None:
-            return app.cache
+        client: redis.Redis | None = app.cache if app is not None else None
+        if client is not None:
+            return client
         from .pubsub import standalone_cache
 
         return standalone_cache()

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import config, protocol
+from . import config, encoding, protocol
 from .exceptions import MessageTooLargeError
 
 if TYPE_CHECKING:
@@ -44,7 +44,8 @@ class PubSubRequest:
             raise TypeError(f"a request must be a dict or JSON text, not {type(data).__name__}")
         self.raw: Any = data
         self.payload: Any = protocol.request_payload(data)
-        self.reply_to: str | None = data.get("reply_to") or None
+        # Any: it comes off the wire unchecked; dispatch refuses a non-string one.
+        self.reply_to: Any = data.get("reply_to") or None
         self.request_id: Any = data.get("request_id")
         self.service: Any = data.get("service")
         self.action: Any = data.get("action")
@@ -159,7 +160,8 @@ class PubSubBroadcast:
         if self._client is not None:
             return self._client
         if self._app is not None:
-            return self._app._publisher()
+            publisher: Publisher = self._app._publisher()
+            return publisher
         return standalone_cache()
 
     def send(self, channel: str, payload: Any) -> Any:
@@ -171,12 +173,12 @@ class PubSubBroadcast:
         """
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty string")
-        data = protocol.encoding.dumps(payload)
+        data = encoding.dumps(payload)
         return self._publisher().publish(channel, data)
 
     def send_many(self, messages: Any) -> Any:
         """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts."""
-        encoded = [(channel, protocol.encoding.dumps(payload)) for channel, payload in messages]
+        encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
         if self._app is not None and self._client is None:
             return self._app._publish_many(encoded)
         pipe = self._publisher().pipeline(transaction=False)  # type: ignore[union-attr]

@@ -8,6 +8,7 @@ tries), subscribes every channel and pattern again, and says so in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -107,10 +108,8 @@ class RedisTransport(Transport):
         for task in (self._reader, self._writer):
             if task is not None:
                 task.cancel()
-                try:
+                with contextlib.suppress(asyncio.CancelledError):
                     await task
-                except asyncio.CancelledError:
-                    pass
         self._reader = self._writer = None
         for _, _, future in self._outbox:
             if not future.done():
@@ -178,7 +177,7 @@ class RedisTransport(Transport):
     def publish_blocking(self, channel: str, data: bytes) -> int:
         """PUBLISH from any thread through a thread-safe blocking connection pool."""
         try:
-            return int(self.blocking_client().publish(channel, data))  # type: ignore[arg-type]
+            return int(self.blocking_client().publish(channel, data))
         except RedisError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
@@ -242,20 +241,20 @@ class RedisTransport(Transport):
             if not channels and not patterns:
                 await pubsub.ping()
         except BaseException:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
 
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
-            except (RedisError, OSError):
-                pass
 
     async def _reconnect(self, error: BaseException | None) -> None:
         """Reopen the subscriber connection, retrying until it works or we close."""
+        if self._closed:
+            return
         if error is not None:
             logger.warning(
                 "lost the subscriber connection to %s (%s); reconnecting", self.url, error
@@ -300,11 +299,9 @@ class RedisTransport(Transport):
             try:
                 message = await pubsub.get_message(timeout=None)
             except (RedisError, OSError) as exc:
-                if self._closed:
-                    return
                 await self._reconnect(exc)
                 continue
-            if message is None:
+            if not message:
                 continue
             kind = message["type"]
             if kind == "message":
