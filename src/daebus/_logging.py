@@ -21,7 +21,12 @@ def configure_for_run(debug: bool = False) -> None:
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format=FORMAT)
     if debug:
-        direct_logger.setLevel(logging.DEBUG)
+        enable_debug_logging()
+
+
+def enable_debug_logging() -> None:
+    """Log at DEBUG for daebus: every message in and out goes to ``daebus.flow``."""
+    direct_logger.setLevel(logging.DEBUG)
 
 
 def set_log_level(level: int | str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import config, context
-from ._logging import configure_for_run
+from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
 from ._runtime import ServiceRuntime
 from .blueprint import Blueprint
@@ -390,6 +390,8 @@ class Daebus(Registry):
         url = config.resolve_redis_url(redis_url, redis_host, redis_port)
         self.service = service
         self.debug = debug
+        if debug:
+            enable_debug_logging()
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop_event = asyncio.Event()

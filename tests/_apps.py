@@ -1,0 +1,55 @@
+"""Fixtures-in-waiting for tests that run apps in-process and call them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from _helpers import unique_name
+from daebus import Daebus, DaebusCaller
+
+
+class Apps:
+    """Starts apps on a server and stops every one of them at teardown."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._apps: list[Daebus] = []
+        self._callers: list[DaebusCaller] = []
+
+    def start(self, app: Daebus, service: str | None = None, **options: object) -> str:
+        """Start ``app`` as ``service`` (a unique name by default); returns the name."""
+        service = service or unique_name(app.name)
+        options.setdefault("redis_url", self.url)
+        app.start(service, **options)  # type: ignore[arg-type]
+        self._apps.append(app)
+        return service
+
+    def caller(self, service: str, **options: object) -> DaebusCaller:
+        """A caller of ``service`` on the same server, closed at teardown."""
+        options.setdefault("redis_url", self.url)
+        caller = DaebusCaller(service, **options)  # type: ignore[arg-type]
+        self._callers.append(caller)
+        return caller
+
+    def close(self) -> None:
+        for caller in self._callers:
+            caller.close()
+        for app in reversed(self._apps):
+            app.stop()
+
+
+def apps_fixture(url_fixture: str = "redis_url") -> Callable[..., Iterator[Apps]]:
+    """Build an ``apps`` fixture bound to the server fixture named ``url_fixture``."""
+
+    @pytest.fixture
+    def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:
+        value = request.getfixturevalue(url_fixture)
+        manager = Apps(value if isinstance(value, str) else value.url)
+        try:
+            yield manager
+        finally:
+            manager.close()
+
+    return apps

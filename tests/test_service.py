@@ -1,0 +1,557 @@
+"""A service and its callers over a real server: replies, streams, errors, bad input.
+
+Each numbered bug of 0.0.31 (reference §5) that this covers is named in the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import decimal
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from _apps import Apps, apps_fixture
+from _helpers import Subscription, unique_name, wait_for
+from daebus import (
+    AsyncDaebusCaller,
+    Blueprint,
+    CallTimeoutError,
+    Daebus,
+    RemoteError,
+    ServiceUnavailableError,
+    broadcast,
+    get_daemon,
+    request,
+    response,
+)
+
+apps = apps_fixture()
+
+
+def raw_request(url: str, service: str, message: Any, *, raw: bytes | None = None) -> Any:
+    """Publish a hand-made request and return the first reply on its reply channel."""
+    reply_to = f"caller:{uuid.uuid4()}"
+    if isinstance(message, dict):
+        message = {**message, "reply_to": reply_to}
+    with Subscription(url, reply_to) as sub:
+        client = redis.Redis.from_url(url)
+        try:
+            client.publish(service, raw if raw is not None else json.dumps(message))
+        finally:
+            client.close()
+        return sub.get_json(timeout=5)
+
+
+def echo_app() -> Daebus:
+    app = Daebus("echo")
+
+    @app.action("echo")
+    def echo() -> Any:
+        return response.send(request.payload)
+
+    return app
+
+
+# -- replies ------------------------------------------------------------------------
+def test_plain_reply_return_value_and_async_handler(apps: Apps) -> None:
+    app = Daebus("replies")
+
+    @app.action("send")
+    def send() -> Any:
+        return response.send({"got": request.payload})
+
+    @app.action("returned")
+    def returned() -> Any:
+        return [request.payload, "returned"]
+
+    @app.action("nothing")
+    def nothing() -> None:
+        pass
+
+    @app.action("async_send")
+    async def async_send() -> None:
+        await asyncio.sleep(0)
+        await response.send({"async": request.payload})
+
+    @app.action("async_return")
+    async def async_return() -> Any:
+        return {"async_return": request.payload}
+
+    caller = apps.caller(apps.start(app))
+    assert caller.send_request("send", {"a": 1}) == {"got": {"a": 1}}
+    assert caller.send_request("returned", 5) == [5, "returned"]
+    assert caller.send_request("nothing") is None
+    assert caller.send_request("async_send", "x") == {"async": "x"}
+    assert caller.send_request("async_return", [1]) == {"async_return": [1]}
+
+
+def test_streamed_reply_arrives_in_order(apps: Apps) -> None:
+    app = Daebus("stream")
+
+    @app.action("sends")
+    def sends() -> Any:
+        for i in range(20):
+            response.send({"i": i}, final=False)
+        return response.send({"done": True})
+
+    @app.action("progress")
+    def progress() -> Any:
+        response.progress({"step": 1}, progress_percentage=150)
+        response.progress("half", progress_percentage=50)
+        return "finished"
+
+    @app.action("generator")
+    def generator() -> Any:
+        for i in range(3):
+            yield {"g": i}
+        return {"total": 3}
+
+    @app.action("async_generator")
+    async def async_generator() -> Any:
+        for i in range(3):
+            yield i
+
+    @app.action("async_sends")
+    async def async_sends() -> None:
+        for i in range(20):
+            response.send(i, final=False)  # not awaited: order is still kept
+        response.send("last")
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    parts: list[Any] = []
+    assert caller.send_request("sends", on_progress=parts.append) == {"done": True}
+    assert parts == [{"i": i} for i in range(20)]
+    assert list(caller.stream("progress")) == [
+        {"step": 1, "progress_percentage": 100.0},
+        {"data": "half", "progress_percentage": 50.0},
+        "finished",
+    ]
+    assert list(caller.stream("generator")) == [{"g": 0}, {"g": 1}, {"g": 2}, {"total": 3}]
+    assert list(caller.stream("async_generator")) == [0, 1, 2, None]
+    assert list(caller.stream("async_sends")) == [*range(20), "last"]
+
+
+def test_timeout_is_per_part_of_a_stream(apps: Apps) -> None:
+    app = Daebus("slowstream")
+
+    @app.action("slow")
+    def slow() -> Any:
+        for i in range(4):
+            time.sleep(0.3)
+            response.send(i, final=False)
+        return "done"
+
+    caller = apps.caller(apps.start(app), timeout=1)
+    # 1.2 s in all, but never more than 0.3 s between two parts.
+    assert caller.send_request("slow") == "done"
+
+
+def test_async_caller(apps: Apps) -> None:
+    service = apps.start(echo_app())
+
+    async def main() -> tuple[Any, list[Any]]:
+        async with AsyncDaebusCaller(service, redis_url=apps.url) as caller:
+            results = await asyncio.gather(
+                *(caller.send_request("echo", {"n": n}) for n in range(50))
+            )
+            assert [r["n"] for r in results] == list(range(50))
+            with pytest.raises(RemoteError, match="Unknown action 'nope'"):
+                await caller.send_request("nope")
+            return await caller.send_request("echo", "x"), [p async for p in caller.stream("echo")]
+
+    assert asyncio.run(main()) == ("x", [{}])
+
+
+# -- B1: every failure gets a prompt error reply, and nothing dies -------------------------
+def test_b1_handler_exception_is_an_error_reply(apps: Apps) -> None:
+    app = Daebus("raises")
+
+    @app.action("boom")
+    def boom() -> None:
+        raise ValueError("kaboom")
+
+    @app.action("async_boom")
+    async def async_boom() -> None:
+        raise KeyError("missing")
+
+    @app.action("bare")
+    def bare() -> None:
+        raise RuntimeError
+
+    @app.action("after_parts")
+    def after_parts() -> None:
+        response.send(1, final=False)
+        raise ValueError("half way")
+
+    caller = apps.caller(apps.start(app), timeout=30)
+    with pytest.raises(RemoteError, match="^kaboom$") as info:
+        caller.send_request("boom")
+    assert info.value.action == "boom"
+    with pytest.raises(RemoteError, match="missing"):
+        caller.send_request("async_boom")
+    with pytest.raises(RemoteError, match="^RuntimeError$"):
+        caller.send_request("bare")
+    parts: list[Any] = []
+    with pytest.raises(RemoteError, match="half way"):
+        caller.send_request("after_parts", on_progress=parts.append)
+    assert parts == [1]
+
+
+def test_b1_unknown_and_missing_action(apps: Apps) -> None:
+    service = apps.start(echo_app())
+    caller = apps.caller(service, timeout=30)
+    with pytest.raises(RemoteError, match=f"Unknown action 'nope' for service '{service}'"):
+        caller.send_request("nope")
+    reply = raw_request(apps.url, service, {"payload": {}, "request_id": "r1"})
+    assert reply == {
+        "status": "error",
+        "payload": {"error": "request has no action"},
+        "request_id": "r1",
+        "final": True,
+    }
+    reply = raw_request(apps.url, service, {"action": 7, "request_id": "r2"})
+    assert reply["status"] == "error"
+    assert "action must be a string" in reply["payload"]["error"]
+
+
+def test_b1_unserialisable_reply_is_an_error_reply(apps: Apps) -> None:
+    app = Daebus("unserialisable")
+
+    @app.action("send_object")
+    def send_object() -> Any:
+        return response.send({"when": object()})
+
+    @app.action("return_object")
+    def return_object() -> Any:
+        return {"lock": threading.Lock()}
+
+    caller = apps.caller(apps.start(app), timeout=30)
+    with pytest.raises(RemoteError, match="not JSON serializable"):
+        caller.send_request("send_object")
+    with pytest.raises(RemoteError, match="could not encode the reply"):
+        caller.send_request("return_object")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"not json", b"\xff\xfe\x00invalid utf-8", b"[1, 2, 3]", b'"a string"', b"{"],
+    ids=["text", "non-utf8", "list", "string", "truncated"],
+)
+def test_b1_malformed_messages_do_not_kill_the_service(apps: Apps, garbage: bytes) -> None:
+    service = apps.start(echo_app())
+    client = redis.Redis.from_url(apps.url)
+    try:
+        assert client.publish(service, garbage) == 1
+    finally:
+        client.close()
+    assert apps.caller(service).send_request("echo", {"still": "alive"}) == {"still": "alive"}
+
+
+def test_oversized_request_is_refused_with_an_error(apps: Apps) -> None:
+    app = echo_app()
+    app.max_message_size = 1000
+    service = apps.start(app)
+    reply = raw_request(apps.url, service, {"action": "echo", "payload": "x" * 2000})
+    assert reply["status"] == "error"
+    assert "over the 1000-byte limit" in reply["payload"]["error"]
+    assert apps.caller(service).send_request("echo", "small") == "small"
+
+
+def test_string_payload_and_flat_shape_are_tolerated(apps: Apps) -> None:
+    service = apps.start(echo_app())
+    reply = raw_request(apps.url, service, {"action": "echo", "payload": '{"a": 1}'})
+    assert reply["payload"] == {"a": 1}
+    reply = raw_request(apps.url, service, {"action": "echo", "payload": "plain text"})
+    assert reply["payload"] == "plain text"
+    reply = raw_request(apps.url, service, {"action": "echo", "x": 1, "y": [2]})
+    assert reply["payload"] == {"x": 1, "y": [2]}
+
+
+def test_no_subscriber_fails_fast_and_a_slow_handler_times_out(apps: Apps) -> None:
+    with pytest.raises(ServiceUnavailableError, match="reached no one"):
+        apps.caller(unique_name("nobody"), timeout=30).send_request("x")
+    app = Daebus("slow")
+    release = threading.Event()
+
+    @app.action("slow")
+    def slow() -> str:
+        release.wait(5)
+        return "late"
+
+    caller = apps.caller(apps.start(app))
+    with pytest.raises(CallTimeoutError, match=r"timed out after 0\.2s") as info:
+        caller.send_request("slow", timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
+    release.set()
+
+
+# -- B4: futures; the first final reply wins ------------------------------------------
+def test_b4_first_final_reply_wins(apps: Apps) -> None:
+    app = Daebus("finals")
+
+    @app.action("twice")
+    def twice() -> None:
+        response.send({"first": 1})
+        response.send({"second": 2})
+
+    caller = apps.caller(apps.start(app))
+    assert caller.send_request("twice") == {"first": 1}
+    assert caller.pending_requests == {}
+
+
+# -- B5/B30: no leakage between concurrent requests -------------------------------------
+def test_b5_concurrent_requests_each_get_their_own_payload(apps: Apps) -> None:
+    app = Daebus("concurrent", max_workers=20)
+
+    @app.action("echo_slowly")
+    def echo_slowly() -> None:
+        seen = app.request.payload
+        time.sleep(0.001 * (seen["n"] % 5))  # interleave handlers
+        assert request.payload is seen
+        app.response.success({"n": seen["n"], "id": request.request_id})
+
+    @app.action("async_echo")
+    async def async_echo() -> Any:
+        seen = request.payload
+        await asyncio.sleep(0.001 * (seen["n"] % 5))
+        return {"n": request.payload["n"], "app_n": app.request.payload["n"]}
+
+    caller = apps.caller(apps.start(app))
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def worker(start: int) -> None:
+        for n in range(start, 200, 8):
+            try:
+                action = "echo_slowly" if n % 2 else "async_echo"
+                results[n] = caller.send_request(action, {"n": n}, timeout=20)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert sorted(results) == list(range(200))
+    for n, result in results.items():
+        assert result["n"] == n
+        if "app_n" in result:
+            assert result["app_n"] == n
+
+
+# -- B3: one Redis for everything -------------------------------------------------------
+def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> None:
+    app = Daebus("one-redis")
+
+    @app.action("announce")
+    def announce() -> int:
+        request_count = broadcast.send("announcements", {"hello": request.payload})
+        app.cache.set("announced", "yes")
+        return int(request_count)
+
+    manager = Apps(private_redis.url)
+    try:
+        service = manager.start(app, redis_url=None, redis_host="127.0.0.1",
+                                redis_port=private_redis.port)
+        with Subscription(private_redis.url, "announcements") as sub:
+            assert manager.caller(service).send_request("announce", "x") == 1
+            assert sub.get_json() == {"hello": "x"}
+        client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+        assert client.get("announced") == "yes"
+        client.close()
+    finally:
+        manager.close()
+
+
+# -- listeners -------------------------------------------------------------------------
+def test_listeners_channels_patterns_and_bad_messages(apps: Apps) -> None:
+    app = Daebus("listeners")
+    seen: list[Any] = []
+    prefix = unique_name("ev")
+
+    @app.listen(f"{prefix}.plain")
+    def plain(data: Any) -> None:
+        seen.append(("plain", data, request.channel))
+
+    @app.listen(f"{prefix}:*")
+    def pattern(data: Any, channel: str) -> None:
+        seen.append(("pattern", data, channel))
+
+    @app.listen(f"{prefix}.async")
+    async def asynchronous(data: Any) -> None:
+        seen.append(("async", data, request.channel))
+
+    apps.start(app)
+    publisher = redis.Redis.from_url(apps.url)
+    try:
+        assert publisher.publish(f"{prefix}.plain", b"not json") == 1
+        assert publisher.publish(f"{prefix}.plain", json.dumps({"a": 1})) == 1
+        assert publisher.publish(f"{prefix}:x", json.dumps([1, 2])) == 1
+        assert publisher.publish(f"{prefix}.async", json.dumps("s")) == 1
+    finally:
+        publisher.close()
+    wait_for(lambda: len(seen) == 3, message=f"three deliveries, got {seen}")
+    assert sorted(seen, key=str) == sorted(
+        [
+            ("plain", {"a": 1}, f"{prefix}.plain"),
+            ("pattern", [1, 2], f"{prefix}:x"),
+            ("async", "s", f"{prefix}.async"),
+        ],
+        key=str,
+    )
+
+
+def test_listener_added_while_running_is_subscribed(apps: Apps) -> None:
+    app = Daebus("late")
+    apps.start(app)
+    got = threading.Event()
+    channel = unique_name("late")
+    app.add_listener(channel, lambda data: got.set())
+    assert broadcast.send(channel, {"x": 1}) == 1
+    assert got.wait(5)
+
+
+# -- B7/B8: one-way messages reach the action -------------------------------------------
+def test_b7_b8_send_to_service_and_send_message_reach_the_action(apps: Apps) -> None:
+    app = Daebus("oneway")
+    got: list[Any] = []
+
+    @app.action("log_event")
+    def log_event() -> None:
+        got.append(("log_event", request.payload))
+
+    @app.action("record_metric")
+    def record_metric() -> None:
+        got.append(("record_metric", request.payload))
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    assert caller.send_to_service({"level": "info"}, action="log_event") == 1
+    metric_channel = unique_name("record_metric")
+    app.add_action(metric_channel, record_metric)
+    assert caller.send_message(metric_channel, {"name": "api_request"}) == 1
+    wait_for(lambda: len(got) == 2)
+    assert sorted(got, key=str) == [
+        ("log_event", {"level": "info"}),
+        ("record_metric", {"name": "api_request"}),
+    ]
+    # With a listener on the channel, send_message is a plain broadcast.
+    with Subscription(apps.url, metric_channel) as sub:
+        assert caller.send_message(metric_channel, {"v": 2}) == 1
+        assert sub.get_json() == {"v": 2}
+    time.sleep(0.1)  # a wrong extra delivery to the action would show up here
+    assert len(got) == 2
+
+
+# -- B9: workflows --------------------------------------------------------------------
+def test_b9_workflow_messages_are_handled(apps: Apps) -> None:
+    app = Daebus("workflows")
+
+    @app.workflow("onboard")
+    def onboard() -> Any:
+        return {"onboarded": request.payload}
+
+    service = apps.start(app)
+    reply = raw_request(
+        apps.url, f"{service}.workflows", {"workflow": "onboard", "payload": 1, "request_id": "w"}
+    )
+    assert reply["payload"] == {"onboarded": 1}
+
+
+# -- B13: several apps in one process -----------------------------------------------------
+def test_b13_two_apps_in_one_process(apps: Apps) -> None:
+    first, second = Daebus("first"), Daebus("second")
+    for app in (first, second):
+
+        @app.action("whoami")
+        def whoami() -> str:
+            return str(get_daemon().name)
+
+    one, two = apps.start(first), apps.start(second)
+    assert apps.caller(one).send_request("whoami") == "first"
+    assert apps.caller(two).send_request("whoami") == "second"
+
+
+# -- B20: one encoder for everything ----------------------------------------------------
+def test_b20_one_encoder_for_replies_and_broadcasts(apps: Apps) -> None:
+    app = Daebus("encoder")
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    value = {
+        "when": when,
+        "day": when.date(),
+        "price": decimal.Decimal("19.99"),
+        "raw": b"bytes",
+        "id": uuid.UUID(int=1),
+        "tags": {"a"},
+    }
+    expected = {
+        "when": "2024-01-02T03:04:05",
+        "day": "2024-01-02",
+        "price": 19.99,
+        "raw": "bytes",
+        "id": "00000000-0000-0000-0000-000000000001",
+        "tags": ["a"],
+    }
+    channel = unique_name("enc")
+
+    @app.action("value")
+    def reply() -> Any:
+        broadcast.send(channel, value)
+        return response.send(value)
+
+    service = apps.start(app)
+    with Subscription(apps.url, channel) as sub:
+        assert apps.caller(service).send_request("value") == expected
+        assert sub.get_json() == expected
+
+
+# -- blueprints, hooks, context --------------------------------------------------------
+def test_blueprint_actions_listeners_and_hooks(apps: Apps) -> None:
+    bp = Blueprint("users")
+    events: list[Any] = []
+    channel = unique_name("user_events")
+
+    @bp.action("get_user")
+    def get_user() -> Any:
+        return {"id": request.payload.get("id"), "name": "Example User"}
+
+    @bp.listen(channel)
+    def on_user_event(data: Any) -> None:
+        events.append(data)
+
+    @bp.on_start()
+    def started() -> None:
+        events.append("started")
+
+    app = Daebus("bp")
+    assert app.register_blueprint(bp) is app
+    service = apps.start(app)
+    assert events == ["started"]
+    assert apps.caller(service).send_request("get_user", {"id": 7}) == {
+        "id": 7,
+        "name": "Example User",
+    }
+    broadcast.send(channel, {"type": "user_created"})
+    wait_for(lambda: len(events) == 2)
+    assert events[1] == {"type": "user_created"}
+
+
+def test_context_outside_handlers() -> None:
+    from daebus import ContextError
+
+    with pytest.raises(ContextError, match="Daebus not initialized"):
+        get_daemon()
+    with pytest.raises(ContextError):
+        request.payload  # noqa: B018
+    with pytest.raises(ContextError):
+        response.send({})
