@@ -361,8 +361,9 @@ def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> N
 
     manager = Apps(private_redis.url)
     try:
-        service = manager.start(app, redis_url=None, redis_host="127.0.0.1",
-                                redis_port=private_redis.port)
+        service = manager.start(
+            app, redis_url=None, redis_host="127.0.0.1", redis_port=private_redis.port
+        )
         with Subscription(private_redis.url, "announcements") as sub:
             assert manager.caller(service).send_request("announce", "x") == 1
             assert sub.get_json() == {"hello": "x"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
 from redis.retry import Retry
@@ -43,10 +44,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def _command_retry() -> Retry:
-    # A short retry rides over a server restart's first refused connect without
-    # stalling a handler for seconds (redis-py's default backoff goes up to 10 s).
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+# A short retry rides over a server restart (a stale pooled connection, a first refused
+# connect) without stalling a handler for seconds, as redis-py's default backoff would.
+# The asyncio client needs redis.asyncio's Retry: with the blocking one it never retries.
+_RETRY_BACKOFF = {"cap": 0.5, "base": 0.05}
+_RETRIES = 3
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:
@@ -55,7 +57,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
         normalize_url(url),
         socket_connect_timeout=_CONNECT_TIMEOUT,
         socket_timeout=_COMMAND_TIMEOUT,
-        retry=_command_retry(),
+        retry=Retry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
         retry_on_error=[RedisConnectionError],
         health_check_interval=30,
         **options,
@@ -93,7 +95,7 @@ class RedisTransport(Transport):
                 self._url,
                 socket_connect_timeout=_CONNECT_TIMEOUT,
                 socket_timeout=_COMMAND_TIMEOUT,
-                retry=_command_retry(),
+                retry=AsyncRetry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
                 retry_on_error=[RedisConnectionError],
             )
         try:
@@ -228,7 +230,9 @@ class RedisTransport(Transport):
         if self._listener_client is None:
             # No retries here: the reader owns reconnecting, and must hear about a drop.
             self._listener_client = aioredis.Redis.from_url(
-                self._url, socket_connect_timeout=_CONNECT_TIMEOUT, retry=Retry(NoBackoff(), 0)
+                self._url,
+                socket_connect_timeout=_CONNECT_TIMEOUT,
+                retry=AsyncRetry(NoBackoff(), 0),
             )
         pubsub = self._listener_client.pubsub(ignore_subscribe_messages=True)
         channels = [name for is_pattern, name in self._subscriptions if not is_pattern]

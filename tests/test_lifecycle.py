@@ -1,0 +1,311 @@
+"""Starting, stopping and surviving: Redis restarts, signals, jobs, threads, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from _apps import Apps, apps_fixture
+from _helpers import ServiceProcess, Subscription, unique_name, wait_for
+from daebus import Daebus, DaebusCaller, DaebusError, broadcast, request, response
+
+apps = apps_fixture()
+
+
+# -- B2: Redis going away ----------------------------------------------------------------
+@pytest.mark.slow
+def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) -> None:
+    app = Daebus("survivor")
+    heard: list[Any] = []
+    channel = unique_name("heartbeat")
+
+    @app.action("echo")
+    def echo() -> Any:
+        return request.payload
+
+    @app.listen(channel)
+    def on_heartbeat(data: Any) -> None:
+        heard.append(data)
+
+    manager = Apps(private_redis.url)
+    stop_traffic = threading.Event()
+    outcomes: list[str] = []
+    try:
+        service = manager.start(app)
+        caller = manager.caller(service, timeout=1)
+        assert caller.send_request("echo", 1) == 1
+
+        def traffic() -> None:  # requests keep coming through the outage
+            while not stop_traffic.is_set():
+                try:
+                    caller.send_request("echo", "t")
+                    outcomes.append("ok")
+                except DaebusError as exc:
+                    outcomes.append(type(exc).__name__)
+                    time.sleep(0.05)
+
+        thread = threading.Thread(target=traffic, daemon=True)
+        thread.start()
+        wait_for(lambda: "ok" in outcomes)
+        private_redis.stop()
+        time.sleep(5)  # the outage itself, not a wait for a message
+        private_redis.start()
+        restarted = time.monotonic()
+
+        def answers() -> bool:
+            try:
+                return bool(caller.send_request("echo", "back", timeout=0.5) == "back")
+            except DaebusError:
+                return False
+
+        wait_for(answers, timeout=3.0, interval=0.05, message="no answer within 3 s of restart")
+        recovered_after = time.monotonic() - restarted
+        stop_traffic.set()
+        thread.join(5)
+        publisher = DaebusCaller("unused", redis_url=private_redis.url)
+        try:
+            wait_for(lambda: publisher.send_message(channel, {"beat": 1}) == 1, timeout=3)
+        finally:
+            publisher.close()
+        wait_for(lambda: heard, message="the listener does not receive after the restart")
+        assert heard[-1] == {"beat": 1}
+        assert recovered_after < 3.0
+        assert outcomes.count("ok") >= 2
+    finally:
+        stop_traffic.set()
+        manager.close()
+
+
+def test_service_waits_for_redis_at_start(private_redis: Any) -> None:
+    private_redis.stop()
+    app = Daebus("patient")
+    app.add_action("ping", lambda: "pong")
+    manager = Apps(private_redis.url)
+    starter = threading.Thread(target=manager.start, args=(app, "patient-svc"), daemon=True)
+    try:
+        starter.start()
+        time.sleep(0.5)  # let it retry against the stopped server
+        assert not app.is_running()
+        private_redis.start()
+        starter.join(10)
+        assert app.is_running()
+        assert manager.caller("patient-svc").send_request("ping") == "pong"
+    finally:
+        manager.close()
+
+
+# -- B12: SIGTERM and SIGINT drain and exit 0 --------------------------------------------
+SERVICE_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from daebus import Daebus, request
+
+    marker = Path(sys.argv[2])
+    app = Daebus("graceful")
+
+    @app.action("slow")
+    def slow():
+        time.sleep(1.0)
+        return "finished"
+
+    @app.thread("worker")
+    def worker(running):
+        while running():
+            time.sleep(0.01)
+        marker.write_text("thread saw running() false")
+
+    @app.on_stop
+    def bye():
+        with marker.open("a") as f:
+            f.write("; on_stop ran")
+
+    app.run(service=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_b12_signal_drains_in_flight_work_and_exits_0(
+    redis_url: str, tmp_path: Path, sig: int
+) -> None:
+    service = unique_name("graceful")
+    marker = tmp_path / "marker"
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE_SCRIPT)
+    with ServiceProcess(script, args=[service, str(marker)], redis_url=redis_url) as proc:
+        proc.wait_ready(service)
+        caller = DaebusCaller(service, redis_url=redis_url, timeout=10)
+        result: list[Any] = []
+        call = threading.Thread(target=lambda: result.append(caller.send_request("slow")))
+        call.start()
+        wait_for(lambda: "slow" in proc.output() or time.sleep(0.3) is None, timeout=2)
+        assert proc.terminate(sig=sig, timeout=15) == 0
+        call.join(10)
+        caller.close()
+        assert result == ["finished"], proc.output()
+        assert marker.read_text() == "thread saw running() false; on_stop ran"
+        assert "stopped" in proc.output()
+
+
+# -- B10: stop_thread works ------------------------------------------------------------------
+def test_b10_stop_thread_stops_the_thread(apps: Apps) -> None:
+    app = Daebus("threads")
+    loops = {"count": 0}
+    running = "a user global the 0.0.31 stop_thread would clobber"
+
+    @app.thread("worker")
+    def worker(running: Any) -> None:
+        while running():
+            loops["count"] += 1
+            time.sleep(0.005)
+
+    @app.thread("manual", auto_start=False)
+    def manual() -> None:  # a thread without `running` polls app.is_running()
+        while app.is_running() and not app.thread_tasks["manual"].stop_requested.is_set():
+            time.sleep(0.005)
+
+    apps.start(app)
+    wait_for(lambda: loops["count"] > 2)
+    assert app.stop_thread("worker", timeout=5) is True
+    assert not app.threads["worker"].is_alive()
+    assert running.startswith("a user global")
+    assert app.start_thread("worker") is True
+    assert app.start_thread("worker") is False  # already running
+    assert app.start_thread("missing") is False
+    assert app.start_thread("manual") is True
+    assert app.stop_thread("manual") is True
+
+
+# -- B11: debug logs the message flow ------------------------------------------------------
+def test_b11_debug_logs_message_flow(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("debugging")
+    app.add_action("echo", lambda: request.payload)
+    caplog.set_level(logging.DEBUG, logger="daebus.flow")
+    service = apps.start(app, debug=True)
+    assert apps.caller(service).send_request("echo", {"traced": True}) == {"traced": True}
+    flow = [r.getMessage() for r in caplog.records if r.name == "daebus.flow"]
+    assert any(m.startswith(f"-> {service} echo") and "traced" in m for m in flow), flow
+    assert any(m.startswith(f"<- {service} success") for m in flow), flow
+    logging.getLogger("daebus").setLevel(logging.NOTSET)
+
+
+# -- B26: background jobs -------------------------------------------------------------------
+def test_b26_background_jobs_reschedule_and_duplicates_do_not_crash(apps: Apps) -> None:
+    app = Daebus("jobs")
+    runs: list[str] = []
+    channel = unique_name("jobs")
+
+    @app.background("cleanup", 3600)
+    def first_cleanup() -> None:
+        runs.append("first")
+
+    @app.background("cleanup", 3600)  # same name: replaces, with a warning
+    def cleanup() -> None:
+        runs.append("cleanup")
+        broadcast.send(channel, {"run": len(runs)})
+
+    @app.background("async_job", 3600)
+    async def async_job() -> None:
+        await asyncio.sleep(0)
+        runs.append("async")
+
+    @app.background("failing", 0.05)
+    def failing() -> None:
+        raise RuntimeError("job failed, schedule keeps going")
+
+    assert [task.name for task in app.background_tasks] == ["cleanup", "async_job", "failing"]
+    name, interval, func = app.background_tasks["cleanup"]
+    assert (name, interval, func) == ("cleanup", 3600, cleanup)
+    with Subscription(apps.url, channel) as sub:
+        apps.start(app)
+        time.sleep(0.2)
+        assert runs == []  # first run one interval after start
+        app.background_tasks["cleanup"].interval = 0.05
+        app.background_tasks["async_job"].interval = 0.05
+        assert sub.get_json()["run"] >= 1
+        wait_for(lambda: runs.count("cleanup") >= 3 and "async" in runs)
+    assert "first" not in runs
+
+
+# -- B27: nothing configured at import ------------------------------------------------------
+def test_b27_import_does_not_configure_logging() -> None:
+    code = "import logging, daebus; r = logging.getLogger(); print(len(r.handlers), r.level)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", str(logging.WARNING)]
+
+
+# -- B28: bounded in-flight work -----------------------------------------------------------
+def test_b28_in_flight_messages_are_bounded(apps: Apps) -> None:
+    app = Daebus("bounded", max_in_flight=3)
+    entered: list[int] = []
+    gate = threading.Event()
+
+    @app.action("wait")
+    async def wait() -> int:
+        entered.append(request.payload)
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        return int(request.payload)
+
+    service = apps.start(app)
+    caller = apps.caller(service, timeout=20)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(caller.send_request("wait", n)))
+        for n in range(10)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(entered) == 3)
+    time.sleep(0.3)  # a fourth message would be admitted by now if the limit leaked
+    assert len(entered) == 3
+    assert app._runtime is not None and app._runtime.active == 3
+    gate.set()
+    for thread in threads:
+        thread.join(20)
+    assert sorted(results) == list(range(10))
+
+
+# -- B29: callers are reusable after close -----------------------------------------------------
+def test_b29_caller_reconnects_after_close_even_inside_a_handler(apps: Apps) -> None:
+    backend = Daebus("backend")
+    backend.add_action("get", lambda: {"value": request.payload})
+    backend_service = apps.start(backend)
+    module_level = DaebusCaller(backend_service)  # no URL: uses the running app's server
+
+    front = Daebus("front")
+
+    @front.action("proxy")
+    def proxy() -> None:
+        try:
+            response.send(module_level.send_request("get", request.payload))
+        finally:
+            module_level.close()  # the messaging guide does this
+
+    caller = apps.caller(apps.start(front))
+    assert caller.send_request("proxy", 1) == {"value": 1}
+    assert caller.send_request("proxy", 2) == {"value": 2}
+    with DaebusCaller(backend_service, redis_url=apps.url) as scoped:
+        assert scoped.send_request("get", 3) == {"value": 3}
+    assert scoped.send_request("get", 4) == {"value": 4}  # reconnects after the with block
+    scoped.close()
+
+
+def test_start_twice_and_stop_idempotent(apps: Apps) -> None:
+    app = Daebus("once")
+    service = apps.start(app)
+    with pytest.raises(DaebusError, match="already running"):
+        app.start(service, redis_url=apps.url)
+    app.stop()
+    app.stop()
+    assert not app.is_running()
