@@ -70,7 +70,7 @@ def dumps(obj: Any) -> bytes:
             raise SerializationError(str(exc)) from exc
     # Python ints are unbounded but orjson's are not; the stdlib handles the rare big one.
     try:
-        return json.dumps(obj, default=_default, separators=(",", ":")).encode()
+        return json.dumps(obj, cls=DaebusJSONEncoder, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
         raise SerializationError(str(exc)) from exc
 

@@ -1,0 +1,122 @@
+"""The wire format of 0.0.31, byte for byte where it matters."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from daebus import PubSubRequest, PubSubResponse, protocol
+
+
+def test_request_envelope_has_the_five_keys_in_order() -> None:
+    data = protocol.encode_request("echo", {"a": 1}, "caller:x", "r-1", "svc1")
+    assert list(json.loads(data)) == ["action", "payload", "reply_to", "request_id", "service"]
+    assert json.loads(data) == {
+        "action": "echo",
+        "payload": {"a": 1},
+        "reply_to": "caller:x",
+        "request_id": "r-1",
+        "service": "svc1",
+    }
+
+
+def test_reply_envelope_has_the_four_keys_in_order() -> None:
+    data = protocol.encode_reply("success", {"v": 1}, "r-1", False)
+    assert list(json.loads(data)) == ["status", "payload", "request_id", "final"]
+    assert json.loads(data)["final"] is False
+
+
+def test_channel_names() -> None:
+    assert protocol.service_channel("svc1") == "svc1"
+    assert re.fullmatch(
+        r"caller:[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}",
+        protocol.new_reply_channel(),
+    )
+    assert protocol.fallback_reply_channel("svc1") == "svc1.responses"
+    assert protocol.fallback_reply_channel(None) == "None.responses"
+    assert protocol.workflow_channel("svc1") == "svc1.workflows"
+    assert (
+        protocol.is_pattern("user:*") and protocol.is_pattern("a?c") and protocol.is_pattern("[ab]")
+    )
+    assert not protocol.is_pattern("user:1")
+
+
+def test_decode_reply_defaults_final_to_true() -> None:
+    reply = protocol.decode_reply(b'{"status": "error", "payload": {"error": "bad"}}')
+    assert reply.final and reply.is_error and reply.error_message == "bad"
+    assert protocol.decode_reply(b'{"status": "success", "final": false}').final is False
+    assert protocol.decode_reply(b'{"status": "error", "payload": "x"}').error_message == "x"
+
+
+@pytest.mark.parametrize("bad", [b"nope", b"\xff", b"[1]", b"1", b'"s"'])
+def test_decode_object_rejects_what_is_not_a_json_object(bad: bytes) -> None:
+    with pytest.raises(protocol.BadMessageError):
+        protocol.decode_object(bad)
+
+
+def test_pubsub_request_fields_and_payload_variants() -> None:
+    request = PubSubRequest(
+        {"action": "a", "payload": {"x": 1}, "reply_to": "c", "request_id": "r"}
+    )
+    assert (request.payload, request.reply_to, request.request_id, request.service) == (
+        {"x": 1},
+        "c",
+        "r",
+        None,
+    )
+    assert PubSubRequest({"action": "a"}).payload == {}
+    assert PubSubRequest({"action": "a", "payload": None}).payload is None
+    assert PubSubRequest({"action": "a", "payload": "[1, 2]"}).payload == [1, 2]
+    assert PubSubRequest({"action": "a", "payload": "words"}).payload == "words"
+    assert PubSubRequest({"action": "a", "x": 1}).payload == {"x": 1}  # flat send_to_service
+    assert PubSubRequest('{"action": "a", "data": 2}').raw == {"action": "a", "data": 2}
+    with pytest.raises(ValueError):
+        PubSubRequest("not json")
+    with pytest.raises(TypeError):
+        PubSubRequest(42)  # type: ignore[arg-type]
+
+
+class FakePublisher:
+    """Records publishes; stands in for a redis client (the unit here has no wire)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, dict[str, object]]] = []
+
+    def publish(self, channel: str, data: bytes) -> int:
+        self.published.append((channel, json.loads(data)))
+        return 1
+
+
+def test_pubsub_response_send_error_progress_and_fallback_channel() -> None:
+    publisher = FakePublisher()
+    response = PubSubResponse(publisher, PubSubRequest({"request_id": "r", "service": "s"}))
+    assert response.send({"ok": 1}, final=False) == 1
+    response.progress({"step": 1}, progress_percentage=-5)
+    response.error(ValueError("bad input"))
+    assert publisher.published == [
+        (
+            "s.responses",
+            {"status": "success", "payload": {"ok": 1}, "request_id": "r", "final": False},
+        ),
+        (
+            "s.responses",
+            {
+                "status": "success",
+                "payload": {"step": 1, "progress_percentage": 0.0},
+                "request_id": "r",
+                "final": False,
+            },
+        ),
+        (
+            "s.responses",
+            {
+                "status": "error",
+                "payload": {"error": "bad input"},
+                "request_id": "r",
+                "final": True,
+            },
+        ),
+    ]
+    assert response.final_sent

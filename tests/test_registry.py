@@ -1,0 +1,109 @@
+"""Registration: decorators, their add_* twins, blueprints, 0.0.31's table shapes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+import daebus
+from daebus import Blueprint, Daebus, SetupError
+
+
+def test_decorators_register_and_return_the_function() -> None:
+    app = Daebus("reg")
+
+    def handler() -> None: ...
+
+    assert app.action("a")(handler) is handler
+    assert app.action(handler) is handler  # bare form: the function's name
+    assert app.listen("ch")(handler) is handler
+    assert app.background("job", 5)(handler) is handler
+    assert app.thread("t", auto_start=False)(handler) is handler
+    assert app.on_start()(handler) is handler
+    assert app.on_start(handler) is handler
+    assert app.action_handlers == {"a": handler, "handler": handler}
+    assert app.listen_handlers == {"ch": handler}
+    assert app.thread_tasks["t"]["func"] is handler
+    assert app.thread_tasks["t"]["auto_start"] is False
+    assert app._on_start_handlers == [handler, handler]
+    assert list(app.background_tasks[0]) == ["job", 5.0, handler]
+
+
+def test_new_app_is_empty_and_not_running() -> None:
+    app = Daebus("empty")
+    assert app.action_handlers == {} and app.listen_handlers == {}
+    assert app.background_tasks == [] and len(app.background_tasks) == 0
+    assert not app.is_running() and app.request is None and app.response is None
+    assert app.max_workers == 10 and Daebus("big", max_workers=20).max_workers == 20
+
+
+@pytest.mark.parametrize(("name", "interval"), [("", 0), (None, -1), (3, "60"), ("x", True)])
+def test_bad_names_and_intervals_are_refused(name: object, interval: object) -> None:
+    app = Daebus("bad")
+    if name != "x":
+        with pytest.raises(SetupError):
+            app.add_action(name, lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(SetupError):
+        app.add_background("job", interval, lambda: None)  # type: ignore[arg-type]
+
+
+def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("bpapp")
+    bp = Blueprint("users")
+
+    def app_get() -> None: ...
+
+    def bp_get() -> None: ...
+
+    app.add_action("get_user", app_get)
+    bp.add_action("get_user", bp_get)
+    bp.add_background("cleanup", 60, bp_get)
+    bp.add_thread("monitor", bp_get)
+    bp.route("/users", methods=["get", "POST"])(bp_get)
+    bp.socket_connect()(bp_get)
+    bp.on_start()(bp_get)
+    with caplog.at_level(logging.WARNING, logger="daebus"):
+        assert app.register_blueprint(bp) is app
+    assert app.action_handlers["get_user"] is bp_get
+    assert "replaces the app's action 'get_user'" in caplog.text
+    assert app.background_tasks["cleanup"].func is bp_get
+    assert app.thread_tasks["monitor"].func is bp_get
+    assert app._on_start_handlers == [bp_get]
+    assert app._pending_routes == [("/users", ["GET", "POST"], bp_get)]
+    assert app._pending_sockets == {"connect": bp_get}
+
+
+def test_exported_members_are_sorted_and_complete() -> None:
+    exported = daebus.__all__
+    assert exported == sorted(exported, key=lambda name: (name.startswith("_"), name)) or (
+        exported == sorted(exported)
+    )
+    for name in exported:
+        assert hasattr(daebus, name), name
+    for name in (
+        "Daebus",
+        "DaebusCaller",
+        "Blueprint",
+        "request",
+        "response",
+        "broadcast",
+        "cache",
+        "logger",
+        "direct_logger",
+        "get_daemon",
+        "PubSubRequest",
+        "PubSubResponse",
+    ):
+        assert name in exported
+
+
+def test_legacy_module_paths_import() -> None:
+    from daebus.modules.caller import DaebusCaller
+    from daebus.modules.context import request
+    from daebus.modules.logger import get_logger, set_log_level
+    from daebus.modules.pubsub import PubSubBroadcast
+
+    assert DaebusCaller is daebus.DaebusCaller and request is daebus.request
+    assert PubSubBroadcast is daebus.PubSubBroadcast
+    assert get_logger("x").name == "daebus.x" and callable(set_log_level)
