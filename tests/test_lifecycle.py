@@ -269,7 +269,8 @@ def test_b28_in_flight_messages_are_bounded(apps: Apps) -> None:
     wait_for(lambda: len(entered) == 3)
     time.sleep(0.3)  # a fourth message would be admitted by now if the limit leaked
     assert len(entered) == 3
-    assert app._runtime is not None and app._runtime.active == 3
+    assert app._runtime is not None
+    assert app._runtime.active == 3
     gate.set()
     for thread in threads:
         thread.join(20)

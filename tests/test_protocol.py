@@ -37,15 +37,17 @@ def test_channel_names() -> None:
     assert protocol.fallback_reply_channel("svc1") == "svc1.responses"
     assert protocol.fallback_reply_channel(None) == "None.responses"
     assert protocol.workflow_channel("svc1") == "svc1.workflows"
-    assert (
-        protocol.is_pattern("user:*") and protocol.is_pattern("a?c") and protocol.is_pattern("[ab]")
-    )
+    assert protocol.is_pattern("user:*")
+    assert protocol.is_pattern("a?c")
+    assert protocol.is_pattern("[ab]")
     assert not protocol.is_pattern("user:1")
 
 
 def test_decode_reply_defaults_final_to_true() -> None:
     reply = protocol.decode_reply(b'{"status": "error", "payload": {"error": "bad"}}')
-    assert reply.final and reply.is_error and reply.error_message == "bad"
+    assert reply.final
+    assert reply.is_error
+    assert reply.error_message == "bad"
     assert protocol.decode_reply(b'{"status": "success", "final": false}').final is False
     assert protocol.decode_reply(b'{"status": "error", "payload": "x"}').error_message == "x"
 
@@ -72,7 +74,7 @@ def test_pubsub_request_fields_and_payload_variants() -> None:
     assert PubSubRequest({"action": "a", "payload": "words"}).payload == "words"
     assert PubSubRequest({"action": "a", "x": 1}).payload == {"x": 1}  # flat send_to_service
     assert PubSubRequest('{"action": "a", "data": 2}').raw == {"action": "a", "data": 2}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not valid UTF-8 JSON"):
         PubSubRequest("not json")
     with pytest.raises(TypeError):
         PubSubRequest(42)  # type: ignore[arg-type]

@@ -32,10 +32,15 @@ def test_decorators_register_and_return_the_function() -> None:
 
 def test_new_app_is_empty_and_not_running() -> None:
     app = Daebus("empty")
-    assert app.action_handlers == {} and app.listen_handlers == {}
-    assert app.background_tasks == [] and len(app.background_tasks) == 0
-    assert not app.is_running() and app.request is None and app.response is None
-    assert app.max_workers == 10 and Daebus("big", max_workers=20).max_workers == 20
+    assert app.action_handlers == {}
+    assert app.listen_handlers == {}
+    assert app.background_tasks == []
+    assert len(app.background_tasks) == 0
+    assert not app.is_running()
+    assert app.request is None
+    assert app.response is None
+    assert app.max_workers == 10
+    assert Daebus("big", max_workers=20).max_workers == 20
 
 
 @pytest.mark.parametrize(("name", "interval"), [("", 0), (None, -1), (3, "60"), ("x", True)])
@@ -104,6 +109,8 @@ def test_legacy_module_paths_import() -> None:
     from daebus.modules.logger import get_logger, set_log_level
     from daebus.modules.pubsub import PubSubBroadcast
 
-    assert DaebusCaller is daebus.DaebusCaller and request is daebus.request
+    assert DaebusCaller is daebus.DaebusCaller
+    assert request is daebus.request
     assert PubSubBroadcast is daebus.PubSubBroadcast
-    assert get_logger("x").name == "daebus.x" and callable(set_log_level)
+    assert get_logger("x").name == "daebus.x"
+    assert callable(set_log_level)
