@@ -192,12 +192,12 @@ def test_b1_handler_exception_is_an_error_reply(apps: Apps) -> None:
         raise ValueError("half way")
 
     caller = apps.caller(apps.start(app), timeout=30)
-    with pytest.raises(RemoteError, match="^kaboom$") as info:
+    with pytest.raises(RemoteError, match=r"^kaboom$") as info:
         caller.send_request("boom")
     assert info.value.action == "boom"
     with pytest.raises(RemoteError, match="missing"):
         caller.send_request("async_boom")
-    with pytest.raises(RemoteError, match="^RuntimeError$"):
+    with pytest.raises(RemoteError, match=r"^RuntimeError$"):
         caller.send_request("bare")
     parts: list[Any] = []
     with pytest.raises(RemoteError, match="half way"):
