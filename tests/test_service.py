@@ -556,3 +556,44 @@ def test_context_outside_handlers() -> None:
         request.payload  # noqa: B018
     with pytest.raises(ContextError):
         response.send({})
+
+
+def test_async_handlers_at_the_in_flight_limit_can_await_other_services(apps: Apps) -> None:
+    inner = Daebus("inner")
+    inner.add_action("double", lambda: request.payload * 2)
+    inner_service = apps.start(inner)
+    outer = Daebus("outer", max_in_flight=2)
+
+    @outer.action("via_inner")
+    async def via_inner() -> Any:
+        # The caller's replies must not wait behind the requests the limit holds back.
+        async with AsyncDaebusCaller(inner_service) as caller:
+            await asyncio.sleep(0.05)
+            return await caller.send_request("double", request.payload)
+
+    caller = apps.caller(apps.start(outer), timeout=10)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(caller.send_request("via_inner", n)))
+        for n in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert sorted(results) == [0, 2, 4, 6, 8, 10]
+
+
+def test_async_thread_task_gets_running(apps: Apps) -> None:
+    app = Daebus("async-thread")
+    beats: list[int] = []
+
+    @app.thread("beat")
+    async def beat(running: Any) -> None:
+        while running():
+            beats.append(1)
+            await asyncio.sleep(0.01)
+
+    apps.start(app)
+    wait_for(lambda: len(beats) >= 3)
+    assert app.stop_thread("beat") is True

@@ -15,11 +15,11 @@ from typing import Any
 from . import config, context
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
-from ._runtime import ServiceRuntime
+from ._runtime import ServiceRuntime, is_async_callable
 from .blueprint import Blueprint
 from .exceptions import SetupError, TransportError
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_cache
-from .transport import Transport, _shared
+from .transport import Transport, transport_from_url
 
 __all__ = ["Daebus"]
 
@@ -229,10 +229,11 @@ class Daebus(Registry):
 
         with context.bind(ctx):
             try:
-                if task.takes_running:
-                    task.func(running)
+                args = (running,) if task.takes_running else ()
+                if is_async_callable(task.func):
+                    asyncio.run(task.func(*args))
                 else:
-                    task.func()
+                    task.func(*args)
             except Exception:
                 log.exception("thread task %r failed", task.name)
 
@@ -367,6 +368,9 @@ class Daebus(Registry):
         if loop is not None and event is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(event.set)
+        current = context.current_context()
+        if current is not None and current.app is self:
+            return  # called from one of our own handlers: waiting would wait for itself
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout if timeout is not None else self.shutdown_timeout + 5)
@@ -398,7 +402,9 @@ class Daebus(Registry):
         self._signals = 0
         if handle_signals:
             self._install_signal_handlers(loop)
-        transport = _shared.acquire(url)
+        # Not shared with callers: back-pressure pauses this connection's reader, and a
+        # caller waiting on it for a reply would then wait for ever.
+        transport = transport_from_url(url)
         try:
             if not await self._connect(transport):
                 return
@@ -431,7 +437,7 @@ class Daebus(Registry):
                 log.info("service %r stopped", service)
         finally:
             self._running = False
-            await _shared.release(transport)
+            await transport.close()
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     with contextlib.suppress(NotImplementedError, RuntimeError):

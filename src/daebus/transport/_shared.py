@@ -1,4 +1,4 @@
-"""Transports shared within one event loop, so a process keeps one connection per server."""
+"""Transports shared by the callers on one event loop: one connection per server."""
 
 from __future__ import annotations
 
