@@ -597,3 +597,18 @@ def test_async_thread_task_gets_running(apps: Apps) -> None:
     apps.start(app)
     wait_for(lambda: len(beats) >= 3)
     assert app.stop_thread("beat") is True
+
+
+def test_publishing_on_a_closed_transport_fails_instead_of_hanging(redis_url: str) -> None:
+    from daebus import TransportError
+    from daebus.transport import RedisTransport
+
+    async def main() -> None:
+        transport = RedisTransport(redis_url)
+        await transport.connect()
+        assert await transport.publish(unique_name("nobody"), b"{}") == 0
+        await transport.close()
+        with pytest.raises(TransportError, match="is closed"):
+            await asyncio.wait_for(transport.publish_nowait("x", b"{}"), 5)
+
+    asyncio.run(main())

@@ -131,6 +131,9 @@ class RedisTransport(Transport):
     def publish_nowait(self, channel: str, data: bytes) -> asyncio.Future[int]:
         """Queue a PUBLISH; queued messages go out in order, batched into pipelines."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(TransportError(f"{self!r} is closed"))
+            return future
         self._outbox.append((channel, data, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
