@@ -612,3 +612,29 @@ def test_publishing_on_a_closed_transport_fails_instead_of_hanging(redis_url: st
             await asyncio.wait_for(transport.publish_nowait("x", b"{}"), 5)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"action": "echo", "payload": {"a": 1,, "reply_to": "REPLY", "request_id": "r9"}',
+        b'{"action": "echo", "payload": "\xff\xfe", "reply_to": "REPLY", "request_id": "r9"}',
+    ],
+    ids=["malformed-json", "non-utf8"],
+)
+def test_b1_malformed_request_with_a_readable_reply_to_gets_an_error(
+    apps: Apps, raw: bytes
+) -> None:
+    service = apps.start(echo_app())
+    reply_to = f"caller:{uuid.uuid4()}"
+    with Subscription(apps.url, reply_to) as sub:
+        client = redis.Redis.from_url(apps.url)
+        try:
+            client.publish(service, raw.replace(b"REPLY", reply_to.encode()))
+        finally:
+            client.close()
+        reply = sub.get_json(timeout=5)
+    assert reply["status"] == "error"
+    assert reply["request_id"] == "r9"
+    assert reply["payload"]["error"].startswith("malformed request: not valid UTF-8 JSON")
+    assert apps.caller(service).send_request("echo", 1) == 1

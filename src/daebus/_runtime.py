@@ -173,11 +173,19 @@ class ServiceRuntime:
         try:
             message = protocol.decode_object(delivery.data)
         except protocol.BadMessageError as exc:
-            logger.warning(
-                "dropped a message on %r that cannot be answered (%s): %s",
-                delivery.channel,
-                exc,
-                _preview(delivery.data),
+            address = protocol.recover_reply_address(delivery.data)
+            if address is None:
+                logger.warning(
+                    "dropped a message on %r that cannot be answered (%s): %s",
+                    delivery.channel,
+                    exc,
+                    _preview(delivery.data),
+                )
+                return
+            reply_to, request_id = address
+            malformed = PubSubRequest({"reply_to": reply_to, "request_id": request_id})
+            await self._refuse(
+                PubSubResponse(self.publisher, malformed), f"malformed request: {exc}"
             )
             return
         request = PubSubRequest(message)

@@ -12,6 +12,7 @@ Every channel name and every envelope is built here and nowhere else.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "is_pattern",
     "new_reply_channel",
     "new_request_id",
+    "recover_reply_address",
     "request_payload",
     "service_channel",
     "workflow_channel",
@@ -48,6 +50,10 @@ STATUS_PROGRESS = "progress"
 ENVELOPE_KEYS = frozenset({"action", "payload", "reply_to", "request_id", "service"})
 
 _GLOB_CHARS = frozenset("*?[")
+# A plain JSON string field (no escapes), found in bytes that did not decode as JSON.
+_FIELD = r'"{}"\s*:\s*"([^"\\\x00-\x1f]{{1,200}})"'
+_REPLY_TO = re.compile(_FIELD.format("reply_to").encode())
+_REQUEST_ID = re.compile(_FIELD.format("request_id").encode())
 
 
 class BadMessageError(ValueError):
@@ -124,6 +130,21 @@ def decode_object(data: bytes | str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadMessageError(f"expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def recover_reply_address(data: bytes) -> tuple[str, str | None] | None:
+    """``(reply_to, request_id)`` of a request that is not valid JSON, if they can be read.
+
+    Lets a malformed request still get an error reply instead of a timeout.
+    """
+    reply_to = _REPLY_TO.search(data)
+    if reply_to is None:
+        return None
+    request_id = _REQUEST_ID.search(data)
+    return (
+        reply_to.group(1).decode("utf-8", "replace"),
+        request_id.group(1).decode("utf-8", "replace") if request_id else None,
+    )
 
 
 def request_payload(message: dict[str, Any]) -> Any:
