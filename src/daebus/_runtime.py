@@ -93,6 +93,8 @@ class ServiceRuntime:
         self.in_flight: set[asyncio.Task[Any]] = set()
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.schedules: dict[str, asyncio.Task[None]] = {}
+        # The loop only keeps weak references to tasks: hold on to fire-and-forget ones.
+        self._side_tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
 
     # -- start -----------------------------------------------------------------------
@@ -130,6 +132,11 @@ class ServiceRuntime:
         self.subscriptions[kind, name] = await self.transport.subscribe(
             name, handler, pattern=kind == "listener" and protocol.is_pattern(name)
         )
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to a fire-and-forget task until it finishes."""
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     async def subscribe_listener(self, channel: str) -> None:
         """Start receiving broadcasts for a listener's channel or pattern."""

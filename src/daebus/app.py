@@ -152,7 +152,7 @@ class Daebus(Registry):
         if runtime is None:
             return
         if threading.get_ident() == runtime.loop_thread:
-            runtime.loop.create_task(make(runtime))
+            runtime.keep(runtime.loop.create_task(make(runtime)))
         else:
             asyncio.run_coroutine_threadsafe(make(runtime), runtime.loop).result(10)
 
