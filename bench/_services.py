@@ -1,0 +1,120 @@
+"""The bench's child processes: ``python bench/_services.py ROLE --url URL ...``.
+
+Roles:
+    daebus-service   a Daebus app: actions ``echo`` (def), ``echo_async`` (async def),
+                     ``stream`` / ``stream_async`` (100 parts then a final reply),
+                     ``report``; with ``--listen CH`` also a listener tallying broadcasts
+                     (``async def``, or ``def`` with ``--sync-listener``).
+    daebus-caller    a DaebusCaller, connected, one call made, then idle.
+    bare-responder   the bare redis-py responder (see _baseline.py).
+    bare-listener    the bare redis-py broadcast listener.
+    bare-caller      a bare caller, one call made, then idle.
+
+Each ends by itself after ``--ttl`` seconds (SIGALRM's default action: no thread, no
+timer wake-ups before then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from _common import ECHO_PAYLOAD, STREAM_PARTS, Tally
+
+
+def daebus_service(url: str, service: str, listen: str | None, sync_listener: bool) -> None:
+    from daebus import Daebus, request, response
+
+    app = Daebus("bench")
+    tally = Tally()
+
+    @app.action("echo")
+    def echo() -> Any:
+        return request.payload
+
+    @app.action("echo_async")
+    async def echo_async() -> Any:
+        return request.payload
+
+    @app.action("stream")
+    def stream() -> None:
+        parts = int(request.payload.get("parts", STREAM_PARTS))
+        for part in range(parts):
+            response.send({"part": part}, final=False)
+        response.send({"done": True})
+
+    @app.action("stream_async")
+    async def stream_async() -> None:
+        parts = int(request.payload.get("parts", STREAM_PARTS))
+        for part in range(parts):
+            response.send({"part": part}, final=False)  # published in order, not awaited
+        await response.send({"done": True})
+
+    @app.action("report")
+    def report() -> Any:
+        return {**tally.report(request.payload.get("run")), "pid": os.getpid()}
+
+    if listen is not None:
+        if sync_listener:
+            lock = threading.Lock()
+
+            @app.listen(listen)
+            def on_message(data: Any) -> None:
+                with lock:
+                    tally.add(data)
+
+        else:
+
+            @app.listen(listen)
+            async def on_message_async(data: Any) -> None:
+                tally.add(data)
+
+    app.run(service=service, redis_url=url)
+
+
+def daebus_caller(url: str, target: str, ready: str) -> None:
+    from daebus import DaebusCaller
+
+    caller = DaebusCaller(target, redis_url=url).connect()
+    caller.send_request("echo", ECHO_PAYLOAD)
+    Path(ready).write_text("ready\n")
+    threading.Event().wait()  # idle until killed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role")
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--ttl", type=int, required=True)
+    parser.add_argument("--name", help="service name or channel")
+    parser.add_argument("--listen")
+    parser.add_argument("--sync-listener", action="store_true")
+    parser.add_argument("--ready", help="file to create once ready")
+    args = parser.parse_args()
+    signal.alarm(max(1, args.ttl))
+
+    if args.role == "daebus-service":
+        daebus_service(args.url, args.name, args.listen, args.sync_listener)
+    elif args.role == "daebus-caller":
+        daebus_caller(args.url, args.name, args.ready)
+    else:
+        import _baseline
+
+        if args.role == "bare-responder":
+            _baseline.responder_main(args.url, args.name)
+        elif args.role == "bare-listener":
+            _baseline.listener_main(args.url, args.name)
+        elif args.role == "bare-caller":
+            _baseline.idle_caller_main(args.url, args.name, args.ready)
+        else:
+            parser.error(f"unknown role {args.role!r}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
