@@ -8,6 +8,7 @@ that turns false when the service stops or :meth:`Daebus.stop_thread` asks it to
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import threading
@@ -21,6 +22,8 @@ __all__ = ["BackgroundTask", "BackgroundTasks", "ThreadTask", "accepts_arguments
 logger = logging.getLogger(__name__)
 
 
+# Cached: dispatch asks for every message, and inspect.signature costs ~10 us.
+@functools.lru_cache(maxsize=1024)
 def accepts_arguments(func: Callable[..., Any], count: int) -> bool:
     """True if ``func`` can be called with ``count`` positional arguments."""
     try:
