@@ -66,6 +66,31 @@ def _check(reply: Any) -> None:
         raise AssertionError(f"wrong echo reply: {reply!r}")
 
 
+def _summary_rows(
+    variants: dict[str, str],
+    samples: dict[str, list[float]],
+    usage: dict[str, dict[str, float]],
+) -> list[dict[str, Any]]:
+    """One row per variant: its timing summary, ratios to the baseline, CPU per call."""
+    base = summarize(samples[BASELINE])
+    rows = []
+    for key, label in variants.items():
+        stats = summarize(samples[key])
+        rows.append(
+            {
+                "variant": key,
+                "label": label,
+                **stats,
+                **{
+                    f"{figure}_ratio": ratio(stats[f"{figure}_us"], base[f"{figure}_us"])
+                    for figure in ("p50", "p99", "mean")
+                },
+                **_per_call(usage[key], _service_of(key), stats["n"]),
+            }
+        )
+    return rows
+
+
 def _per_call(usage: dict[str, float], service: str, calls: int) -> dict[str, float | None]:
     """CPU microseconds per call of caller, service and server; server commands per call."""
     if not calls:
@@ -151,21 +176,7 @@ def latency(bench: Bench) -> dict[str, Any]:
         bare.close()
         caller.close()
         meter.close()
-    rows = []
-    base = summarize(samples[BASELINE])
-    for key, label in LATENCY_VARIANTS.items():
-        stats = summarize(samples[key])
-        rows.append(
-            {
-                "variant": key,
-                "label": label,
-                **stats,
-                "p50_ratio": ratio(stats["p50_us"], base["p50_us"]),
-                "p99_ratio": ratio(stats["p99_us"], base["p99_us"]),
-                "mean_ratio": ratio(stats["mean_us"], base["mean_us"]),
-                **_per_call(usage[key], _service_of(key), stats["n"]),
-            }
-        )
+    rows = _summary_rows(LATENCY_VARIANTS, samples, usage)
     return {"rows": rows, "baseline": BASELINE, "primary": PRIMARY}
 
 
@@ -381,19 +392,6 @@ def stream(bench: Bench) -> dict[str, Any]:
         bare.close()
         caller.close()
         meter.close()
-    rows = []
-    base = summarize(samples[BASELINE])
-    for key, label in STREAM_VARIANTS.items():
-        stats = summarize(samples[key])
-        rows.append(
-            {
-                "variant": key,
-                "label": label,
-                **stats,
-                "p50_ratio": ratio(stats["p50_us"], base["p50_us"]),
-                "mean_ratio": ratio(stats["mean_us"], base["mean_us"]),
-                # per stream of STREAM_PARTS + 1 messages
-                **_per_call(usage[key], _service_of(key), stats["n"]),
-            }
-        )
+    # CPU figures are per stream of STREAM_PARTS + 1 messages.
+    rows = _summary_rows(STREAM_VARIANTS, samples, usage)
     return {"rows": rows, "baseline": BASELINE, "primary": PRIMARY, "parts": STREAM_PARTS}
