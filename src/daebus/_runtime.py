@@ -10,13 +10,14 @@ pressure goes back to the socket instead of into an unbounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -235,7 +236,7 @@ class ServiceRuntime:
             return
         ctx = context.MessageContext(self.app, "pubsub", request, response)
         try:
-            result = await self.invoke(handler, ctx, (), response)
+            result = await self.invoke(handler, ctx, (), response, reply=True)
             await response.flush()
             if not response.final_sent and request.reply_to is not None:
                 await self._reply(response, result)
@@ -313,8 +314,15 @@ class ServiceRuntime:
         args: tuple[Any, ...],
         response: PubSubResponse | None = None,
         executor: ThreadPoolExecutor | None = None,
+        *,
+        reply: bool = False,
     ) -> Any:
-        """Call a handler with ``ctx`` current: on the loop if async, else in a worker."""
+        """Call a handler with ``ctx`` current: on the loop if async, else in a worker.
+
+        With ``reply``, a worker sends the returned value as the reply itself (when the
+        handler sent no final reply): the caller has its answer without waiting for
+        the hop back to the loop.
+        """
         token = context.push(ctx)
         try:
             if inspect.isasyncgenfunction(func):
@@ -326,28 +334,52 @@ class ServiceRuntime:
                 return await func(*args)
             copied = contextvars.copy_context()
             return await self.loop.run_in_executor(
-                executor or self.executor, copied.run, self._call_sync, func, args, response
+                executor or self.executor,
+                copied.run,
+                self._call_sync,
+                func,
+                args,
+                response,
+                reply,
             )
         finally:
             context.pop(token)
 
     def _call_sync(
-        self, func: Callable[..., Any], args: tuple[Any, ...], response: PubSubResponse | None
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        response: PubSubResponse | None,
+        reply: bool,
     ) -> Any:
         result = func(*args)
         if inspect.isgenerator(result):
-            while True:
-                try:
-                    part = next(result)
-                except StopIteration as stop:
-                    return stop.value
-                if response is not None:
-                    response.send(part, final=False)
-        if inspect.isawaitable(result):
+            result = self._drive(result, response)
+        elif inspect.isawaitable(result):
             # A plain function that returned an awaitable (e.g. a decorator around an
             # async def): finish it on the loop.
-            return asyncio.run_coroutine_threadsafe(_await(result), self.loop).result()
+            result = asyncio.run_coroutine_threadsafe(_await(result), self.loop).result()
+        if (
+            reply
+            and response is not None
+            and not response.final_sent
+            and response.request.reply_to is not None
+        ):
+            # On failure the loop tries again and turns it into an error reply.
+            with contextlib.suppress(SerializationError, TransportError):
+                response.send(result)
         return result
+
+    @staticmethod
+    def _drive(generator: Generator[Any, Any, Any], response: PubSubResponse | None) -> Any:
+        """Send each part a generator handler yields; return its return value."""
+        while True:
+            try:
+                part = next(generator)
+            except StopIteration as stop:
+                return stop.value
+            if response is not None:
+                response.send(part, final=False)
 
     async def run_hook(self, hook: Callable[..., Any], what: str) -> None:
         """Run a start/stop hook with the app context; failures are logged."""

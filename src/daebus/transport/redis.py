@@ -1,4 +1,4 @@
-"""Redis (and Valkey) pub/sub transport, on redis-py's asyncio client with hiredis.
+"""Redis (and Valkey) pub/sub transport: lean asyncio connections parsed by hiredis.
 
 One subscriber connection carries every channel and pattern of the transport. When it
 drops, the reader reconnects with a capped backoff (never more than a second between
@@ -12,16 +12,16 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisError
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from ..exceptions import TransportError
+from ._resp import BlockingConnection, Endpoint, RespConnection, open_connection, pack
 from .base import Delivery, Transport
 
 __all__ = ["RedisTransport", "normalize_url"]
@@ -46,7 +46,6 @@ def normalize_url(url: str) -> str:
 
 # A short retry rides over a server restart (a stale pooled connection, a first refused
 # connect) without stalling a handler for seconds, as redis-py's default backoff would.
-# The asyncio client needs redis.asyncio's Retry: with the blocking one it never retries.
 _RETRY_BACKOFF = {"cap": 0.5, "base": 0.05}
 _RETRIES = 3
 
@@ -65,23 +64,33 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
 
 
 class RedisTransport(Transport):
-    """Pub/sub over a Redis-compatible server (``redis://``, ``rediss://``, ``unix://``)."""
+    """Pub/sub over a Redis-compatible server (``redis://``, ``rediss://``, ``unix://``).
+
+    Two connections: one publishes (commands pipelined, replies matched in order), one
+    subscribes (every channel and pattern; it reconnects on its own). Both are
+    :class:`~daebus.transport._resp.RespConnection`; blocking publishes from other
+    threads and the app's ``cache`` use a redis-py client.
+    """
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._url = normalize_url(url)
-        self._publisher: aioredis.Redis | None = None
-        self._listener_client: aioredis.Redis | None = None
-        self._pubsub: Any = None  # redis.asyncio.client.PubSub; untyped in redis-py
+        self._endpoint = Endpoint.from_url(self._url)
+        self._closed = False
+        self._publisher: RespConnection | None = None
+        # PUBLISHes made while the publisher (re)connects, flushed in order once it is up.
+        self._outbox: list[tuple[bytes, asyncio.Future[int]]] = []
+        self._connecting: asyncio.Task[None] | None = None
+        self._publisher_lock = asyncio.Lock()
+        self._subscriber: RespConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        # Resolved after each attempt of the reader to (re)connect: True once subscribed.
+        self._attempt: asyncio.Future[bool] | None = None
         self._sync: redis.Redis | None = None
         self._sync_lock = threading.Lock()
-        # Serialises SUBSCRIBE/UNSUBSCRIBE with a reconnect's re-subscription.
-        self._wire_lock = asyncio.Lock()
-        self._closed = False
-        self._outbox: list[tuple[str, bytes, asyncio.Future[int]]] = []
-        self._outbox_ready = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
+        # publish_blocking's connections: one per thread that publishes.
+        self._local = threading.local()
+        self._blocking: dict[BlockingConnection, threading.Thread] = {}
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.url}>"
@@ -90,100 +99,110 @@ class RedisTransport(Transport):
     async def connect(self) -> None:
         """Open the publishing connection and check the server answers."""
         self._closed = False
-        if self._publisher is None:
-            self._publisher = aioredis.Redis.from_url(
-                self._url,
-                socket_connect_timeout=_CONNECT_TIMEOUT,
-                socket_timeout=_COMMAND_TIMEOUT,
-                retry=AsyncRetry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
-                retry_on_error=[RedisConnectionError],
-            )
-        try:
-            await self._publisher.ping()
-        except RedisError as exc:
-            raise TransportError(f"cannot reach Redis at {self.url}: {exc}") from exc
+        await (await self._open_publisher()).send("PING")
+
+    async def _open_publisher(self) -> RespConnection:
+        async with self._publisher_lock:
+            publisher = self._publisher
+            if publisher is None or not publisher.is_open:
+                publisher = await open_connection(self._endpoint)
+                if self._stopped():
+                    publisher.close()
+                    raise TransportError(f"{self!r} is closed")
+                self._publisher = publisher
+                self._flush_outbox(publisher)
+            return publisher
 
     async def close(self) -> None:
         """Stop the reader and close every connection."""
         self._closed = True
         self._subscriptions.clear()
-        for task in (self._reader, self._writer):
+        for task in (self._reader, self._connecting):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reader = self._writer = None
-        for _, _, future in self._outbox:
-            if not future.done():
-                future.set_exception(TransportError("transport closed"))
-        self._outbox = []
-        await self._drop_pubsub()
-        for client in (self._publisher, self._listener_client):
-            if client is not None:
-                await client.aclose()
-        self._publisher = self._listener_client = None
+        self._reader = self._connecting = None
+        self._fail_outbox(TransportError("transport closed"))
+        for connection in (self._subscriber, self._publisher):
+            if connection is not None:
+                connection.close()
+                await asyncio.shield(connection.lost)
+        self._subscriber = self._publisher = None
         with self._sync_lock:
             sync, self._sync = self._sync, None
+            blocking = list(self._blocking)
+            self._blocking.clear()
         if sync is not None:
             sync.close()
+        for blocking_connection in blocking:
+            blocking_connection.close()
 
     # -- publishing ------------------------------------------------------------------
     def publish_nowait(self, channel: str, data: bytes) -> asyncio.Future[int]:
-        """Queue a PUBLISH; queued messages go out in order, batched into pipelines."""
+        """Send a PUBLISH; everything sent in one loop iteration goes out in one write."""
+        packed = pack("PUBLISH", channel, data)
+        publisher = self._publisher
+        if publisher is not None and not self._outbox and publisher.is_open:
+            return publisher.send_packed(packed)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._closed:
             future.set_exception(TransportError(f"{self!r} is closed"))
             return future
-        self._outbox.append((channel, data, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write_forever(), name=f"daebus-writer {self.url}"
+        self._outbox.append((packed, future))
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(
+                self._reconnect_publisher(), name=f"daebus-publisher {self.url}"
             )
-        self._outbox_ready.set()
         return future
 
-    async def publish_many(self, messages: Any) -> list[int]:
-        """Publish several messages in order, in as few round trips as possible."""
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Publish several messages in order, in one write and one round trip."""
         futures = [self.publish_nowait(channel, data) for channel, data in messages]
-        return list(await asyncio.gather(*futures))
+        return [int(count) for count in await asyncio.gather(*futures)]
 
-    async def _write_forever(self) -> None:
-        # One writer per transport: everything queued while a round trip is in flight
-        # goes out in the next pipeline, so publishes keep their order and batch up
-        # under load without waiting for anything at low load.
-        while not self._closed:
-            await self._outbox_ready.wait()
-            self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
-            if not batch:
-                continue
+    async def _reconnect_publisher(self) -> None:
+        # A short retry rides over a server restart without stalling a handler for long.
+        delay = _RECONNECT_FIRST_DELAY
+        for attempt in range(_RETRIES + 1):
             try:
-                if self._publisher is None:
-                    await self.connect()
-                assert self._publisher is not None
-                if len(batch) == 1:
-                    channel, data, _ = batch[0]
-                    results: list[Any] = [await self._publisher.publish(channel, data)]
-                else:
-                    pipe = self._publisher.pipeline(transaction=False)
-                    for channel, data, _ in batch:
-                        pipe.publish(channel, data)
-                    results = await pipe.execute()
-            except (RedisError, OSError, TransportError) as exc:
-                error = TransportError(f"PUBLISH failed: {exc}")
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, _, future), count in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(int(count))
+                await self._open_publisher()
+                return
+            except TransportError as exc:
+                if attempt == _RETRIES or self._closed:
+                    self._fail_outbox(TransportError(f"PUBLISH failed: {exc}"))
+                    return
+            await asyncio.sleep(delay)
+            delay *= 2
+
+    def _flush_outbox(self, publisher: RespConnection) -> None:
+        outbox, self._outbox = self._outbox, []
+        for packed, future in outbox:
+            if not future.done():
+                _chain(publisher.send_packed(packed), future)
+
+    def _fail_outbox(self, error: TransportError) -> None:
+        outbox, self._outbox = self._outbox, []
+        for _, future in outbox:
+            if not future.done():
+                future.set_exception(error)
 
     def publish_blocking(self, channel: str, data: bytes) -> int:
-        """PUBLISH from any thread through a thread-safe blocking connection pool."""
+        """PUBLISH from any thread, on that thread's own blocking connection."""
+        connection: BlockingConnection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = BlockingConnection(
+                self._endpoint, _COMMAND_TIMEOUT
+            )
+            with self._sync_lock:
+                # Close the connections of threads that have ended since.
+                for ended in [c for c, t in self._blocking.items() if not t.is_alive()]:
+                    del self._blocking[ended]
+                    ended.close()
+                self._blocking[connection] = threading.current_thread()
         try:
-            return int(self.blocking_client().publish(channel, data))
-        except RedisError as exc:
+            return int(connection.command(pack("PUBLISH", channel, data)))
+        except TransportError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
     def blocking_client(self) -> redis.Redis:
@@ -196,88 +215,82 @@ class RedisTransport(Transport):
 
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:
-        async with self._wire_lock:
-            try:
-                if self._pubsub is None:
-                    await self._open_pubsub()  # subscribes everything, this name included
-                elif pattern:
-                    await self._pubsub.psubscribe(name)
-                else:
-                    await self._pubsub.subscribe(name)
-            except (RedisError, OSError) as exc:
-                # The name is in the tables: the reader's reconnect will subscribe it.
-                logger.debug("subscribing %s deferred until reconnect: %s", name, exc)
+        # The name is in the tables already: a reader that is still (re)connecting
+        # subscribes it with everything else.
         if self._reader is None or self._reader.done():
+            self._attempt = asyncio.get_running_loop().create_future()
             self._reader = asyncio.get_running_loop().create_task(
                 self._read_forever(), name=f"daebus-reader {self.url}"
             )
+        subscriber = self._subscriber
+        if subscriber is None:
+            assert self._attempt is not None
+            await asyncio.shield(self._attempt)
+            return
+        command = "PSUBSCRIBE" if pattern else "SUBSCRIBE"
+        with contextlib.suppress(TransportError):  # lost: the reconnect subscribes it
+            subscriber.send_unanswered(pack(command, name))
+            await subscriber.send("PING")
 
     async def _remove(self, name: str, pattern: bool) -> None:
-        async with self._wire_lock:
-            if self._pubsub is None:
-                return
-            try:
-                if pattern:
-                    await self._pubsub.punsubscribe(name)
-                else:
-                    await self._pubsub.unsubscribe(name)
-            except RedisError:
-                # The reader is reconnecting; the name is already out of the tables, so it
-                # will not be subscribed again.
-                pass
+        subscriber = self._subscriber
+        if subscriber is None:
+            return  # the name is out of the tables: a reconnect will not subscribe it
+        command = "PUNSUBSCRIBE" if pattern else "UNSUBSCRIBE"
+        with contextlib.suppress(TransportError):
+            subscriber.send_unanswered(pack(command, name))
+            await subscriber.send("PING")
 
-    async def _open_pubsub(self) -> None:
-        """Open a subscriber connection and subscribe every known channel and pattern."""
-        if self._pubsub is not None:
-            return  # another task got there first
-        if self._listener_client is None:
-            # No retries here: the reader owns reconnecting, and must hear about a drop.
-            self._listener_client = aioredis.Redis.from_url(
-                self._url,
-                socket_connect_timeout=_CONNECT_TIMEOUT,
-                retry=AsyncRetry(NoBackoff(), 0),
-            )
-        pubsub = self._listener_client.pubsub(ignore_subscribe_messages=True)
+    async def _subscribe_all(self, subscriber: RespConnection) -> None:
         channels = [name for is_pattern, name in self._subscriptions if not is_pattern]
         patterns = [name for is_pattern, name in self._subscriptions if is_pattern]
-        try:
-            if channels:
-                await pubsub.subscribe(*channels)
-            if patterns:
-                await pubsub.psubscribe(*patterns)
-            if not channels and not patterns:
-                await pubsub.ping()
-        except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            raise
-        self._pubsub = pubsub
+        if channels:
+            subscriber.send_unanswered(pack("SUBSCRIBE", *channels))
+        if patterns:
+            subscriber.send_unanswered(pack("PSUBSCRIBE", *patterns))
+        await subscriber.send("PING")
 
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _reconnect(self, error: BaseException | None) -> None:
-        """Reopen the subscriber connection, retrying until it works or we close."""
-        if self._closed:
-            return
-        if error is not None:
-            logger.warning(
-                "lost the subscriber connection to %s (%s); reconnecting", self.url, error
+    def _on_push(self, message: list[Any]) -> Awaitable[None] | None:
+        if message[0] == b"message":
+            delivery = Delivery(message[1].decode("utf-8", "replace"), message[2])
+        else:
+            delivery = Delivery(
+                message[2].decode("utf-8", "replace"),
+                message[3],
+                message[1].decode("utf-8", "replace"),
             )
-        down_since = last_report = time.monotonic()
+        return self._deliver(delivery)
+
+    def _stopped(self) -> bool:
+        # A method, not the attribute: close() may set it while the reader awaits.
+        return self._closed
+
+    def _attempted(self, subscribed: bool) -> None:
+        attempt, self._attempt = self._attempt, asyncio.get_running_loop().create_future()
+        if attempt is not None and not attempt.done():
+            attempt.set_result(subscribed)
+
+    async def _read_forever(self) -> None:
+        """Keep a subscribed connection up: connect, subscribe everything, wait, repeat."""
+        down_since: float | None = None
+        last_report = 0.0
         delay = _RECONNECT_FIRST_DELAY
-        await self._drop_pubsub()
         while not self._closed:
-            await asyncio.sleep(delay)
             try:
-                async with self._wire_lock:
-                    await self._open_pubsub()
-            except (RedisError, OSError) as exc:
-                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
+                subscriber = await open_connection(self._endpoint, on_push=self._on_push)
+                self._subscriber = subscriber
+                try:
+                    await self._subscribe_all(subscriber)
+                except BaseException:
+                    self._subscriber = None
+                    subscriber.close()
+                    raise
+            except TransportError as exc:
+                self._attempted(False)
                 now = time.monotonic()
-                if now - last_report >= _STILL_DOWN_LOG_EVERY:
+                if down_since is None:
+                    down_since = last_report = now
+                elif now - last_report >= _STILL_DOWN_LOG_EVERY:
                     last_report = now
                     logger.warning(
                         "still cannot reach %s after %.0f s (%s); retrying every %.1f s",
@@ -286,44 +299,43 @@ class RedisTransport(Transport):
                         exc,
                         delay,
                     )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RECONNECT_MAX_DELAY)
                 continue
-            channels = sum(1 for is_pattern, _ in self._subscriptions if not is_pattern)
-            logger.warning(
-                "reconnected to %s after %.1f s; re-subscribed %d channel(s) and %d pattern(s)",
-                self.url,
-                time.monotonic() - down_since,
-                channels,
-                len(self._subscriptions) - channels,
-            )
-            return
-
-    async def _read_forever(self) -> None:
-        while not self._closed:
-            pubsub = self._pubsub
-            if pubsub is None:
-                await self._reconnect(None)
-                continue
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except (RedisError, OSError) as exc:
-                await self._reconnect(exc)
-                continue
-            if not message:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                delivery = Delivery(message["channel"].decode("utf-8", "replace"), message["data"])
-            elif kind == "pmessage":
-                delivery = Delivery(
-                    message["channel"].decode("utf-8", "replace"),
-                    message["data"],
-                    message["pattern"].decode("utf-8", "replace"),
+            if down_since is not None:
+                channels = sum(1 for is_pattern, _ in self._subscriptions if not is_pattern)
+                logger.warning(
+                    "reconnected to %s after %.1f s; re-subscribed %d channel(s) and %d pattern(s)",
+                    self.url,
+                    time.monotonic() - down_since,
+                    channels,
+                    len(self._subscriptions) - channels,
                 )
-            else:
-                continue
-            waiter = self._deliver(delivery)
-            if waiter is not None:
-                try:
-                    await waiter
-                except Exception:
-                    logger.exception("handler for %s failed", delivery.channel)
+            down_since = None
+            delay = _RECONNECT_FIRST_DELAY
+            self._attempted(True)
+            error = await asyncio.shield(subscriber.lost)
+            if self._subscriber is subscriber:
+                self._subscriber = None
+            if self._stopped():
+                return
+            down_since = last_report = time.monotonic()
+            logger.warning(
+                "lost the subscriber connection to %s (%s); reconnecting",
+                self.url,
+                error or "closed by the server",
+            )
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[int]) -> None:
+    def copy(done: asyncio.Future[Any]) -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            target.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(int(done.result()))
+
+    source.add_done_callback(copy)

@@ -1,0 +1,397 @@
+"""A lean RESP2 connection on asyncio: the hot path of the Redis transport.
+
+redis-py's asyncio client spends most of a pub/sub round trip in its own machinery
+(retry and timeout wrappers around every command, a stream reader and a parser call per
+message). This connection is an :class:`asyncio.Protocol`: every chunk the socket gives
+is fed to a ``hiredis.Reader``, which yields every complete reply in it; replies resolve
+futures in the order their commands were sent, and pub/sub messages go straight to a
+callback. Writes made during one loop iteration go out in one ``send``.
+
+URLs are parsed by redis-py (``redis.connection.parse_url``), so ``redis://``,
+``rediss://`` and ``unix://`` mean exactly what they mean to redis-py. Commands other
+than the few the transport needs (and the app's ``cache``) stay on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+from redis.connection import SSLConnection, parse_url
+
+from ..exceptions import TransportError
+
+__all__ = [
+    "BlockingConnection",
+    "Endpoint",
+    "PushHandler",
+    "RespConnection",
+    "open_connection",
+    "pack",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Called with each pub/sub message (``[b"message", channel, data]`` or
+#: ``[b"pmessage", pattern, channel, data]``). An awaitable result pauses reading
+#: until it is done: back-pressure reaches the socket.
+PushHandler = Callable[[list[Any]], Awaitable[Any] | None]
+
+_MESSAGE_KINDS = frozenset({b"message", b"pmessage"})
+_CONFIRMATION_KINDS = frozenset({b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"})
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect, parsed once from a URL."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> Endpoint:
+        """Parse ``redis://``, ``rediss://`` or ``unix://`` the way redis-py does."""
+        options = parse_url(url)  # type: ignore[no-untyped-call]
+        context = None
+        if options.get("connection_class") is SSLConnection:
+            context = _ssl_context(options)
+        return cls(
+            host=str(options.get("host") or "localhost"),
+            port=int(options.get("port") or 6379),
+            path=options.get("path"),
+            db=int(options.get("db") or 0),
+            username=options.get("username"),
+            password=options.get("password"),
+            ssl_context=context,
+        )
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    if options.get("ssl_certfile"):
+        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    requirement = str(options.get("ssl_cert_reqs", "required")).lower()
+    if requirement in {"none", "cert_none"}:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif requirement in {"optional", "cert_optional"}:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_OPTIONAL
+    if str(options.get("ssl_check_hostname", "")).lower() in {"false", "0", "no"}:
+        context.check_hostname = False
+    return context
+
+
+def pack(*args: str | bytes | int) -> bytes:
+    """One command in RESP, packed by hiredis."""
+    packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub wants a 1-tuple
+    return packed
+
+
+class RespConnection(asyncio.Protocol):
+    """One connection: commands in, replies out in order, pushes to ``on_push``."""
+
+    def __init__(self, on_push: PushHandler | None = None, reply_timeout: float = 10.0) -> None:
+        self._on_push = on_push
+        self._reply_timeout = reply_timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._replies = 0  # replies resolved so far: the watchdog's sign of progress
+        self._parser = hiredis.Reader()
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._outgoing: list[bytes] = []
+        self._flush_pending = False
+        self._paused = False
+        self._loop = asyncio.get_running_loop()
+        #: Resolved with the error (or None) when the connection is gone.
+        self.lost: asyncio.Future[BaseException | None] = self._loop.create_future()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; let the kernel notice a peer that vanished silently."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse every complete reply in the chunk."""
+        self._parser.feed(data)
+        self._drain()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail whatever still waits for a reply."""
+        self._transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        error = TransportError(f"connection lost: {exc}" if exc else "connection closed")
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    # -- replies ---------------------------------------------------------------------
+    def _drain(self) -> None:
+        parser = self._parser
+        while not self._paused:
+            try:
+                reply = parser.gets()
+            except hiredis.ProtocolError as exc:
+                logger.error("protocol error from the server: %s", exc)
+                self.close()
+                return
+            if reply is False:
+                return
+            if self._on_push is not None and type(reply) is list and reply:
+                kind = reply[0]
+                if kind in _MESSAGE_KINDS:
+                    waiter = self._on_push(reply)
+                    if waiter is not None:
+                        self._pause_until(waiter)
+                    continue
+                if kind in _CONFIRMATION_KINDS:
+                    continue
+            self._resolve(reply)
+
+    def _resolve(self, reply: Any) -> None:
+        if not self._waiters:
+            logger.warning("reply with no command waiting for it: %r", reply)
+            return
+        waiter = self._waiters.popleft()
+        self._replies += 1
+        if waiter.done():
+            return
+        if isinstance(reply, hiredis.ReplyError):
+            waiter.set_exception(TransportError(str(reply)))
+        else:
+            waiter.set_result(reply)
+
+    def _pause_until(self, waiter: Awaitable[Any]) -> None:
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+        asyncio.ensure_future(waiter).add_done_callback(self._resume)
+
+    def _resume(self, done: asyncio.Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            logger.error("message handler failed", exc_info=done.exception())
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resume_reading()
+        self._drain()
+
+    # -- commands --------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        """True until the connection is lost or closed."""
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, *args: str | bytes | int) -> asyncio.Future[Any]:
+        """Send one command; the future gets its reply (or a TransportError)."""
+        return self.send_packed(pack(*args))
+
+    def send_packed(self, packed: bytes) -> asyncio.Future[Any]:
+        """Send one packed command; the future gets its reply (or a TransportError)."""
+        if not self.is_open:
+            raise TransportError("not connected")
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters.append(waiter)
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(
+                self._reply_timeout, self._check_progress, self._replies
+            )
+        self._outgoing.append(packed)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+        return waiter
+
+    def _check_progress(self, replies_before: int) -> None:
+        # Armed while commands wait: a server that answers nothing for a whole period
+        # is stalled (stopped, or its host gone): drop the connection, fail the waiters.
+        self._watchdog = None
+        if not self._waiters:
+            return
+        if self._replies == replies_before:
+            logger.warning("no reply for %.0f s: dropping the connection", self._reply_timeout)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        self._watchdog = self._loop.call_later(
+            self._reply_timeout, self._check_progress, self._replies
+        )
+
+    def send_unanswered(self, packed: bytes) -> None:
+        """Send command(s) whose replies never come as replies (SUBSCRIBE and the like)."""
+        if not self.is_open:
+            raise TransportError("not connected")
+        self._outgoing.append(packed)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None and outgoing:
+            self._transport.write(b"".join(outgoing))
+
+    def close(self) -> None:
+        """Close the connection (idempotent); waiters fail."""
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def open_connection(
+    endpoint: Endpoint, *, on_push: PushHandler | None = None, timeout: float = 2.0
+) -> RespConnection:
+    """Connect, authenticate and select the database; raise TransportError on failure."""
+    loop = asyncio.get_running_loop()
+
+    def factory() -> RespConnection:
+        return RespConnection(on_push)
+
+    try:
+        if endpoint.path:
+            opening = loop.create_unix_connection(factory, endpoint.path, ssl=endpoint.ssl_context)
+        else:
+            opening = loop.create_connection(
+                factory,
+                endpoint.host,
+                endpoint.port,
+                ssl=endpoint.ssl_context,
+                server_hostname=endpoint.host if endpoint.ssl_context else None,
+            )
+        _, connection = await asyncio.wait_for(opening, timeout)
+    except asyncio.TimeoutError:
+        raise TransportError(f"no answer from {endpoint} within {timeout}s") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
+    try:
+        handshake: list[asyncio.Future[Any]] = []
+        if endpoint.password is not None:
+            credentials = (
+                (endpoint.username, endpoint.password)
+                if endpoint.username
+                else (endpoint.password,)
+            )
+            handshake.append(connection.send("AUTH", *credentials))
+        if endpoint.db:
+            handshake.append(connection.send("SELECT", endpoint.db))
+        handshake.append(connection.send("PING"))
+        await asyncio.wait_for(asyncio.gather(*handshake), timeout)
+    except asyncio.TimeoutError:
+        connection.close()
+        raise TransportError(f"{endpoint} accepted the connection but did not answer") from None
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+class BlockingConnection:
+    """A blocking connection for one thread: send a command, read its reply.
+
+    What :meth:`RedisTransport.publish_blocking` uses from handler threads: a PUBLISH
+    costs a ``sendall`` and a ``recv``, without redis-py's per-command machinery.
+    """
+
+    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._parser = hiredis.Reader()
+
+    def _connect(self) -> socket.socket:
+        endpoint = self._endpoint
+        try:
+            if endpoint.path:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(self._timeout)
+                sock.connect(endpoint.path)
+            else:
+                sock = socket.create_connection((endpoint.host, endpoint.port), self._timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.settimeout(self._timeout)
+            if endpoint.ssl_context is not None:
+                sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
+        self._sock = sock
+        self._parser = hiredis.Reader()
+        try:
+            if endpoint.password is not None:
+                user = (endpoint.username,) if endpoint.username else ()
+                self._roundtrip(pack("AUTH", *user, endpoint.password))
+            if endpoint.db:
+                self._roundtrip(pack("SELECT", endpoint.db))
+        except BaseException:
+            self.close()
+            raise
+        return sock
+
+    def command(self, packed: bytes) -> Any:
+        """Send one packed command and return its reply.
+
+        A connection the server closed while it sat idle (a restart) is replaced before
+        sending; one lost while a command is in flight fails it: it may have run.
+        """
+        if self._sock is None or _closed_by_peer(self._sock):
+            self.close()
+            self._connect()
+        return self._roundtrip(packed)
+
+    def _roundtrip(self, packed: bytes) -> Any:
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.sendall(packed)
+            reply = self._parser.gets()
+            while reply is False:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise OSError("connection closed by the server")
+                self._parser.feed(chunk)
+                reply = self._parser.gets()
+        except (OSError, hiredis.ProtocolError) as exc:
+            self.close()
+            raise TransportError(f"{self._endpoint}: {exc}") from exc
+        if isinstance(reply, hiredis.ReplyError):
+            raise TransportError(str(reply))
+        return reply
+
+    def close(self) -> None:
+        """Close the socket (idempotent); the next command reconnects."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """True if the idle socket has hit end of file (or an error) already."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and not sock.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
