@@ -69,6 +69,14 @@ class Publisher:
             return future
         return runtime.transport.publish_blocking(channel, data)
 
+    def publish_detached(self, channel: str, data: bytes) -> None:
+        """Publish without waiting for the receiver count (off the loop)."""
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            self.publish(channel, data)
+        else:
+            runtime.transport.publish_detached(channel, data)
+
 
 def _report_failure(channel: str, future: asyncio.Future[int]) -> None:
     if not future.cancelled() and future.exception() is not None:
@@ -367,7 +375,7 @@ class ServiceRuntime:
         ):
             # On failure the loop tries again and turns it into an error reply.
             with contextlib.suppress(SerializationError, TransportError):
-                response.send(result)
+                response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
         return result
 
     @staticmethod

@@ -22,6 +22,7 @@ from .exceptions import (
     MessageTooLargeError,
     RemoteError,
     ServiceUnavailableError,
+    TransportError,
 )
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from .transport import Delivery, Subscription, Transport, _shared
@@ -377,17 +378,27 @@ class DaebusCaller:
         wait = timeout or core.timeout
         request_id = protocol.new_request_id()
         data = core._encode_request(action, payload, request_id)
-        replies: queue.SimpleQueue[protocol.Reply] = queue.SimpleQueue()
+        replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
         core.pending[request_id] = replies.put
         try:
-            count = transport.publish_blocking(protocol.service_channel(self.target_service), data)
-            if count == 0:
-                raise core._unavailable(action)
+            # Published by the portal's loop, which pipelines the requests of every
+            # thread; this thread only wakes up for replies (or a failed publish).
+            get_portal().loop.call_soon_threadsafe(
+                _publish_request,
+                transport,
+                protocol.service_channel(self.target_service),
+                data,
+                replies.put,
+            )
             while True:
                 try:
                     reply = replies.get(timeout=wait)
                 except queue.Empty:
                     raise core._timed_out(action, wait) from None
+                if isinstance(reply, BaseException):
+                    if isinstance(reply, _NoReceiverError):
+                        raise core._unavailable(action)
+                    raise reply
                 yield reply
                 if reply.final:
                     return
@@ -455,3 +466,26 @@ class DaebusCaller:
         transport = self._transport()
         data = self._core._fire_and_forget(action, payload) if action else dumps(payload)
         return transport.publish_blocking(protocol.service_channel(self.target_service), data)
+
+
+class _NoReceiverError(Exception):
+    """Internal: a request reached no subscriber."""
+
+
+def _publish_request(
+    transport: Transport, channel: str, data: bytes, put: Callable[[Any], None]
+) -> None:
+    """On the transport's loop: publish a request; tell ``put`` if nobody got it."""
+
+    def published(future: asyncio.Future[int]) -> None:
+        if future.cancelled():
+            put(TransportError("the request was not published: the caller is closing"))
+        elif future.exception() is not None:
+            put(future.exception())
+        elif future.result() == 0:
+            put(_NoReceiverError())
+
+    try:
+        transport.publish_nowait(channel, data).add_done_callback(published)
+    except Exception as exc:  # a transport closed under us
+        put(exc)

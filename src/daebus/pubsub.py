@@ -118,13 +118,16 @@ class PubSubResponse:
                 payload = {"data": payload, "progress_percentage": percentage}
         return self._send(protocol.STATUS_SUCCESS, payload, False)
 
-    def _send(self, status: str, payload: Any, final: bool) -> Any:
+    def _send(self, status: str, payload: Any, final: bool, *, detached: bool = False) -> Any:
         data = protocol.encode_reply(status, payload, self.request.request_id, final)
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
                 f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
             )
-        result = self.publisher.publish(self.request.reply_channel, data)
+        publish = self.publisher.publish
+        if detached:  # the runtime's own final reply: nobody reads the receiver count
+            publish = getattr(self.publisher, "publish_detached", publish)
+        result = publish(self.request.reply_channel, data)
         self.sent += 1
         if final:
             self.final_sent = True

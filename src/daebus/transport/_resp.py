@@ -15,6 +15,7 @@ than the few the transport needs (and the app's ``cache``) stay on redis-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import select
 import socket
@@ -309,6 +310,10 @@ async def open_connection(
     return connection
 
 
+# Commands sent without waiting before their replies are read anyway.
+_MAX_UNREAD = 256
+
+
 class BlockingConnection:
     """A blocking connection for one thread: send a command, read its reply.
 
@@ -321,6 +326,7 @@ class BlockingConnection:
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._parser = hiredis.Reader()
+        self._unread = 0  # replies owed to commands sent without waiting
 
     def _connect(self) -> socket.socket:
         endpoint = self._endpoint
@@ -340,12 +346,15 @@ class BlockingConnection:
             raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
         self._sock = sock
         self._parser = hiredis.Reader()
+        self._unread = 0
         try:
             if endpoint.password is not None:
                 user = (endpoint.username,) if endpoint.username else ()
-                self._roundtrip(pack("AUTH", *user, endpoint.password))
+                self._send(pack("AUTH", *user, endpoint.password))
+                self._read()
             if endpoint.db:
-                self._roundtrip(pack("SELECT", endpoint.db))
+                self._send(pack("SELECT", endpoint.db))
+                self._read()
         except BaseException:
             self.close()
             raise
@@ -357,16 +366,52 @@ class BlockingConnection:
         A connection the server closed while it sat idle (a restart) is replaced before
         sending; one lost while a command is in flight fails it: it may have run.
         """
+        self._ready()
+        self._send(packed)
+        return self._read()
+
+    def send_only(self, packed: bytes) -> None:
+        """Send one packed command without waiting for its reply.
+
+        The reply is read (and an error reply logged) before the next command's.
+        """
+        self._ready()
+        self._send(packed)
+        self._unread += 1
+        if self._unread >= _MAX_UNREAD:
+            self._read_unread()
+
+    def _ready(self) -> None:
+        if self._unread:
+            with contextlib.suppress(TransportError):  # closed: reconnect below
+                self._read_unread()
         if self._sock is None or _closed_by_peer(self._sock):
             self.close()
             self._connect()
-        return self._roundtrip(packed)
 
-    def _roundtrip(self, packed: bytes) -> Any:
+    def _read_unread(self) -> None:
+        while self._unread:
+            self._unread -= 1
+            try:
+                self._read()
+            except TransportError as exc:
+                if self._sock is None:
+                    self._unread = 0
+                    raise
+                logger.warning("a command sent without waiting failed: %s", exc)
+
+    def _send(self, packed: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(packed)
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"{self._endpoint}: {exc}") from exc
+
+    def _read(self) -> Any:
         sock = self._sock
         assert sock is not None
         try:
-            sock.sendall(packed)
             reply = self._parser.gets()
             while reply is False:
                 chunk = sock.recv(65536)

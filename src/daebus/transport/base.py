@@ -97,6 +97,10 @@ class Transport(ABC):
     def publish_blocking(self, channel: str, data: bytes) -> int:
         """Publish from a thread that is not the transport's loop; blocks until sent."""
 
+    def publish_detached(self, channel: str, data: bytes) -> None:
+        """Like :meth:`publish_blocking`, but need not wait for the receiver count."""
+        self.publish_blocking(channel, data)
+
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish several messages in order; return each one's receiver count."""
         return [await self.publish(channel, data) for channel, data in messages]

@@ -189,6 +189,19 @@ class RedisTransport(Transport):
 
     def publish_blocking(self, channel: str, data: bytes) -> int:
         """PUBLISH from any thread, on that thread's own blocking connection."""
+        try:
+            return int(self._thread_connection().command(pack("PUBLISH", channel, data)))
+        except TransportError as exc:
+            raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
+
+    def publish_detached(self, channel: str, data: bytes) -> None:
+        """PUBLISH from any thread without waiting for the receiver count."""
+        try:
+            self._thread_connection().send_only(pack("PUBLISH", channel, data))
+        except TransportError as exc:
+            raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
+
+    def _thread_connection(self) -> BlockingConnection:
         connection: BlockingConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = BlockingConnection(
@@ -200,10 +213,7 @@ class RedisTransport(Transport):
                     del self._blocking[ended]
                     ended.close()
                 self._blocking[connection] = threading.current_thread()
-        try:
-            return int(connection.command(pack("PUBLISH", channel, data)))
-        except TransportError as exc:
-            raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
+        return connection
 
     def blocking_client(self) -> redis.Redis:
         """The transport's blocking client (created on first use; thread-safe)."""
