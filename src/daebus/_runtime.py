@@ -18,10 +18,10 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from . import context, encoding, protocol
+from ._workers import WorkerPool
 from .exceptions import SerializationError, TransportError
 from .pubsub import PubSubRequest, PubSubResponse
 from .scheduler import BackgroundTask, accepts_arguments
@@ -93,9 +93,9 @@ class ServiceRuntime:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.publisher = Publisher(self)
-        self.executor = ThreadPoolExecutor(app.max_workers, thread_name_prefix=f"daebus_{service}")
+        self.executor = WorkerPool(self.loop, app.max_workers, f"daebus_{service}")
         # Jobs and hooks get their own threads, so a busy worker pool cannot starve them.
-        self.job_executor = ThreadPoolExecutor(8, thread_name_prefix=f"daebus_{service}_job")
+        self.job_executor = WorkerPool(self.loop, 8, f"daebus_{service}_job")
         self.capacity = app.max_in_flight
         self.active = 0
         self.slot_free = asyncio.Event()
@@ -321,7 +321,7 @@ class ServiceRuntime:
         ctx: context.MessageContext,
         args: tuple[Any, ...],
         response: PubSubResponse | None = None,
-        executor: ThreadPoolExecutor | None = None,
+        executor: WorkerPool | None = None,
         *,
         reply: bool = False,
     ) -> Any:
@@ -341,8 +341,7 @@ class ServiceRuntime:
             if is_async_callable(func):
                 return await func(*args)
             copied = contextvars.copy_context()
-            return await self.loop.run_in_executor(
-                executor or self.executor,
+            return await (executor or self.executor).run(
                 copied.run,
                 self._call_sync,
                 func,
