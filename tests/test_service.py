@@ -374,6 +374,22 @@ def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> N
         manager.close()
 
 
+def test_broadcast_outside_any_app_sends_and_sends_many(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Plain scripts publish on $DAEBUS_REDIS_URL, one message or a batch in one round trip.
+    monkeypatch.setenv("DAEBUS_REDIS_URL", redis_url)
+    channel = unique_name("plain-script")
+    with Subscription(redis_url, channel) as sub:
+        assert broadcast.send(channel, {"n": 0}) == 1
+        assert broadcast.send_many([(channel, {"n": n}) for n in range(1, 301)]) == [1] * 300
+        assert broadcast.send_many([(unique_name("nobody"), {"n": -1})]) == [0]
+        assert [sub.get_json()["n"] for _ in range(301)] == list(range(301))
+    app = Daebus("not-running")  # an app that is not running publishes the same way
+    assert app.broadcast.send(unique_name("nobody"), [1]) == 0
+    assert app.broadcast.send_many([(unique_name("nobody"), [2])]) == [0]
+
+
 # -- listeners -------------------------------------------------------------------------
 def test_listeners_channels_patterns_and_bad_messages(apps: Apps) -> None:
     app = Daebus("listeners")

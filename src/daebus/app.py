@@ -18,7 +18,7 @@ from ._registry import Registry
 from ._runtime import ServiceRuntime, is_async_callable
 from .blueprint import Blueprint
 from .exceptions import SetupError, TransportError
-from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_cache
+from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_publisher
 from .transport import Transport, transport_from_url
 
 __all__ = ["Daebus"]
@@ -271,16 +271,12 @@ class Daebus(Registry):
         runtime = self._runtime
         if runtime is not None:
             return runtime.publisher
-        return standalone_cache()
+        return standalone_publisher()
 
     def _publish_many(self, messages: list[tuple[str, bytes]]) -> Any:
         runtime = self._runtime
         if runtime is None:
-            client = standalone_cache()
-            pipe = client.pipeline(transaction=False)
-            for channel, data in messages:
-                pipe.publish(channel, data)
-            return [int(n) for n in pipe.execute()]
+            return standalone_publisher().publish_many(messages)
         if threading.get_ident() == runtime.loop_thread:
             return asyncio.ensure_future(runtime.transport.publish_many(messages))
         return asyncio.run_coroutine_threadsafe(

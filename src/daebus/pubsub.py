@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import redis
 
     from .app import Daebus
+    from .transport import Transport
 
 __all__ = ["PubSubBroadcast", "PubSubRequest", "PubSubResponse", "Publisher"]
 
@@ -165,7 +166,7 @@ class PubSubBroadcast:
         if self._app is not None:
             publisher: Publisher = self._app._publisher()
             return publisher
-        return standalone_cache()
+        return standalone_publisher()
 
     def send(self, channel: str, payload: Any) -> Any:
         """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
@@ -182,9 +183,11 @@ class PubSubBroadcast:
     def send_many(self, messages: Any) -> Any:
         """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts."""
         encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
-        if self._app is not None and self._client is None:
-            return self._app._publish_many(encoded)
-        pipe = self._publisher().pipeline(transaction=False)  # type: ignore[union-attr]
+        if self._client is None:
+            if self._app is not None:
+                return self._app._publish_many(encoded)
+            return standalone_publisher().publish_many(encoded)
+        pipe = self._client.pipeline(transaction=False)  # type: ignore[union-attr]
         for channel, data in encoded:
             pipe.publish(channel, data)
         return [int(n) for n in pipe.execute()]
@@ -209,6 +212,40 @@ def standalone_cache() -> redis.Redis:
         return client
 
 
+class StandalonePublisher:
+    """Publishing for code outside any app.
+
+    Blocking calls on the per-thread connections of a transport that is never
+    connected (no event loop is involved).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def publish(self, channel: str, data: bytes) -> int:
+        """Publish one message; return the receiver count."""
+        return self.transport.publish_blocking(channel, data)
+
+    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int]:
+        """Publish a batch in one round trip; return each receiver count."""
+        return self.transport.publish_many_blocking(messages)
+
+
+_publishers: dict[str, StandalonePublisher] = {}
+
+
+def standalone_publisher() -> StandalonePublisher:
+    """The publisher for code outside any app, on the resolved server."""
+    from .transport import transport_from_url
+
+    url = config.resolve_redis_url()
+    with _standalone_lock:
+        publisher = _publishers.get(url)
+        if publisher is None:
+            publisher = _publishers[url] = StandalonePublisher(transport_from_url(url))
+        return publisher
+
+
 def standalone_broadcast() -> PubSubBroadcast:
     """``broadcast`` for code running outside any app."""
-    return PubSubBroadcast(standalone_cache())
+    return PubSubBroadcast()

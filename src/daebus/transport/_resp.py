@@ -370,6 +370,20 @@ class BlockingConnection:
         self._send(packed)
         return self._read()
 
+    def pipeline(self, commands: list[bytes]) -> list[Any]:
+        """Send packed commands in one write; return their replies (errors as exceptions)."""
+        self._ready()
+        self._send(b"".join(commands))
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(self._read())
+            except TransportError as exc:
+                if self._sock is None:
+                    raise
+                replies.append(exc)
+        return replies
+
     def send_only(self, packed: bytes) -> None:
         """Send one packed command without waiting for its reply.
 

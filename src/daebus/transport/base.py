@@ -101,6 +101,10 @@ class Transport(ABC):
         """Like :meth:`publish_blocking`, but need not wait for the receiver count."""
         self.publish_blocking(channel, data)
 
+    def publish_many_blocking(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """:meth:`publish_many` from a thread that is not the transport's loop."""
+        return [self.publish_blocking(channel, data) for channel, data in messages]
+
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish several messages in order; return each one's receiver count."""
         return [await self.publish(channel, data) for channel, data in messages]

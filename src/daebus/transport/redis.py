@@ -194,6 +194,18 @@ class RedisTransport(Transport):
         except TransportError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
+    def publish_many_blocking(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """PUBLISH a batch from any thread in one write and one round trip."""
+        commands = [pack("PUBLISH", channel, data) for channel, data in messages]
+        try:
+            replies = self._thread_connection().pipeline(commands)
+        except TransportError as exc:
+            raise TransportError(f"PUBLISH of {len(commands)} message(s) failed: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, TransportError):
+                raise TransportError(f"PUBLISH failed: {reply}")
+        return [int(reply) for reply in replies]
+
     def publish_detached(self, channel: str, data: bytes) -> None:
         """PUBLISH from any thread without waiting for the receiver count."""
         try:
