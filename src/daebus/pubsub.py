@@ -205,6 +205,9 @@ def standalone_cache() -> redis.Redis:
     from .transport.redis import sync_client
 
     url = config.resolve_redis_url()
+    if url.startswith("memory://"):
+        cache: redis.Redis = standalone_publisher().transport.blocking_client()  # type: ignore[attr-defined]
+        return cache
     with _standalone_lock:
         client = _standalone.get(url)
         if client is None:

@@ -16,8 +16,18 @@ __all__ = [
 
 
 def transport_from_url(url: str) -> Transport:
-    """Build the transport a URL names (``redis://``, ``rediss://``, ``unix://``, ``valkey://``)."""
+    """Build the transport a URL names.
+
+    ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` and ``valkeys://`` are Redis
+    pub/sub; ``memory://`` (or ``memory://<name>``) is the in-process broker of that name.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in {"redis", "rediss", "unix", "valkey", "valkeys"}:
         return RedisTransport(url)
-    raise ValueError(f"unsupported transport URL {url!r}: expected redis://, rediss:// or unix://")
+    if scheme == "memory":
+        from .memory import MemoryTransport
+
+        return MemoryTransport(url)
+    raise ValueError(
+        f"unsupported transport URL {url!r}: expected redis://, rediss://, unix:// or memory://"
+    )

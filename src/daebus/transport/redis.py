@@ -237,6 +237,8 @@ class RedisTransport(Transport):
 
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:
+        if self._closed:
+            raise TransportError(f"{self!r} is closed: connect() it again first")
         # The name is in the tables already: a reader that is still (re)connecting
         # subscribes it with everything else.
         if self._reader is None or self._reader.done():

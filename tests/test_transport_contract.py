@@ -1,0 +1,499 @@
+"""One contract, every transport: the same tests run on ``memory://`` and on a real server.
+
+A test that passes on one transport and fails on the other is a semantic difference between
+them, which is a bug: code tested on ``memory://`` must behave the same on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from _helpers import unique_name
+from daebus import TransportError
+from daebus.transport import Delivery, Transport, transport_from_url
+from daebus.transport.memory import forget
+
+T = TypeVar("T")
+
+#: How long a test waits to be sure something did *not* arrive (a message already
+#: delivered elsewhere, or a handler still gated). Only ever used for absence.
+QUIET = 0.2
+
+
+@pytest.fixture(params=["memory", "redis"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of each transport: a private in-memory broker, then the test server."""
+    if request.param == "memory":
+        memory_url = f"memory://{unique_name('contract')}"
+        yield memory_url
+        forget(memory_url)
+    else:
+        yield request.getfixturevalue("redis_url")
+
+
+@pytest.fixture
+def ns() -> str:
+    """A prefix for this test's channels: the Redis server is shared by every test."""
+    return unique_name("ct") + ":"
+
+
+class Recorder:
+    """A delivery handler that records what it gets, on any loop or thread."""
+
+    def __init__(self, result: Callable[[Delivery], Awaitable[None] | None] | None = None) -> None:
+        self.deliveries: list[Delivery] = []
+        self.threads: list[int] = []
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self._result = result
+        self._changed = threading.Condition()
+
+    def __call__(self, delivery: Delivery) -> Awaitable[None] | None:
+        with self._changed:
+            self.deliveries.append(delivery)
+            self.threads.append(threading.get_ident())
+            self.loops.append(asyncio.get_running_loop())
+            self._changed.notify_all()
+        return self._result(delivery) if self._result is not None else None
+
+    @property
+    def data(self) -> list[bytes]:
+        return [delivery.data for delivery in self.deliveries]
+
+    def wait_sync(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.deliveries) >= count, timeout):
+                raise AssertionError(
+                    f"got {len(self.deliveries)} of {count} message(s) within {timeout}s: "
+                    f"{self.deliveries!r}"
+                )
+            return list(self.deliveries)
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        """Wait until at least ``count`` deliveries arrived; return them all."""
+        return await asyncio.to_thread(self.wait_sync, count, timeout)
+
+
+async def settled_count(
+    transport: Transport, channel: str, expected: int, timeout: float = 5.0
+) -> int:
+    """Publish a probe until the receiver count is ``expected`` (Redis drops a closed
+    connection's subscriptions when it notices the close, not at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        count = await transport.publish(channel, b"probe")
+        if count == expected or time.monotonic() > deadline:
+            return count
+        await asyncio.sleep(0.01)
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, for transports on another loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def other_loop() -> Iterator[LoopThread]:
+    loop_thread = LoopThread()
+    try:
+        yield loop_thread
+    finally:
+        loop_thread.close()
+
+
+@pytest.fixture
+async def open_transport(url: str) -> Any:
+    """A factory of connected transports on ``url``, all closed after the test."""
+    transports: list[Transport] = []
+
+    async def make() -> Transport:
+        transport = transport_from_url(url)
+        await transport.connect()
+        transports.append(transport)
+        return transport
+
+    yield make
+    for transport in transports:
+        await transport.close()
+
+
+Open = Callable[[], Awaitable[Transport]]
+
+# (pattern, channel, delivered?) — Redis's glob rules, checked against a real server.
+GLOB_CASES: list[tuple[str, str, bool]] = [
+    ("*", "anything", True),
+    ("user:*", "user:42", True),
+    ("user:*", "user:", True),  # * matches nothing, except when the channel is empty
+    ("user:*", "users:42", False),
+    ("*:created", "user:created", True),
+    ("a*b*c", "a-b-c", True),
+    ("a*b*c", "abc", True),
+    ("a*b*c", "acb", False),
+    ("a**", "a", True),
+    ("?", "x", True),
+    ("?", "", False),
+    ("?", "xy", False),
+    ("a?c", "abc", True),
+    ("a?c", "ac", False),
+    ("?", "é", False),  # ? is one byte; é is two in UTF-8
+    ("??", "é", True),
+    ("[abc]", "b", True),
+    ("[abc]", "d", False),
+    ("[^abc]", "d", True),
+    ("[^abc]", "a", False),
+    ("[!abc]", "!", True),  # ! does not negate (fnmatch's way); it is a member
+    ("[!abc]", "d", False),
+    ("[a-c]x", "bx", True),
+    ("[a-c]x", "dx", False),
+    ("[c-a]", "b", True),  # a reversed range is the same range
+    ("[^a-c]", "d", True),
+    ("[^a-c]", "b", False),
+    ("[a-]", "^", True),  # "a-]" is the range from ] to a
+    ("[a-]", "-", False),
+    ("[]", "]", False),  # an empty class matches nothing
+    ("[]a]", "a", False),
+    ("[abc", "b", True),  # an unclosed class runs to the end of the pattern
+    ("[\\]]", "]", True),
+    ("[\\^a]", "^", True),
+    ("\\*", "*", True),
+    ("\\*", "x", False),
+    ("\\?", "?", True),
+    ("\\[a]", "[a]", True),
+    ("a\\", "a\\", True),  # a trailing backslash is itself
+    ("\\a", "a", True),
+    ("[*]", "*", True),
+    ("[*]", "x", False),
+    ("*.responses", "svc.responses", True),
+    ("caller:*", "caller:", True),
+    ("ü*", "über", True),
+]
+
+
+class TestTransportContract:
+    """What every transport promises (``daebus.transport.base.Transport``)."""
+
+    async def test_publish_reaches_a_subscriber_on_its_loop(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        publisher, subscriber = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "events", recorder)
+
+        assert await publisher.publish(ns + "events", b"hello") == 1
+
+        (delivery,) = await recorder.wait(1)
+        assert delivery == Delivery(ns + "events", b"hello", None)
+        assert recorder.loops == [asyncio.get_running_loop()]
+
+    async def test_no_subscriber_means_zero_receivers(self, open_transport: Open, ns: str) -> None:
+        publisher = await open_transport()
+        assert await publisher.publish(ns + "nobody", b"x") == 0
+        assert publisher.publish_blocking(ns + "nobody", b"x") == 0
+
+    async def test_a_publisher_receives_its_own_messages(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        recorder = Recorder()
+        await transport.subscribe(ns + "self", recorder)
+        assert await transport.publish(ns + "self", b"me") == 1
+        await recorder.wait(1)
+
+    async def test_receivers_are_counted_per_connection_and_per_pattern(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        first, second, publisher = (
+            await open_transport(),
+            await open_transport(),
+            await open_transport(),
+        )
+        on_first, on_second = Recorder(), Recorder()
+        await first.subscribe(ns + "orders:1", on_first)
+        await first.subscribe(ns + "orders:*", on_first, pattern=True)
+        await first.subscribe(ns + "orders:?", on_first, pattern=True)
+        await first.subscribe(ns + "invoices:*", on_first, pattern=True)
+        await second.subscribe(ns + "orders:1", on_second)
+
+        assert await publisher.publish(ns + "orders:1", b"o") == 4
+
+        got = await on_first.wait(3)
+        assert sorted((d.channel, d.pattern or "") for d in got) == [
+            (ns + "orders:1", ""),
+            (ns + "orders:1", ns + "orders:*"),
+            (ns + "orders:1", ns + "orders:?"),
+        ]
+        assert [d.pattern for d in await on_second.wait(1)] == [None]
+        assert await publisher.publish(ns + "orders:12", b"o") == 1  # orders:* only
+
+    async def test_handlers_sharing_a_channel_share_one_subscription(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorders = [Recorder(), Recorder(), Recorder()]
+        subscriptions = [await subscriber.subscribe(ns + "shared", r) for r in recorders]
+
+        assert await publisher.publish(ns + "shared", b"1") == 1
+        for recorder in recorders:
+            assert (await recorder.wait(1))[0].data == b"1"
+
+        await subscriptions[0].unsubscribe()
+        await subscriptions[0].unsubscribe()  # idempotent
+        assert await publisher.publish(ns + "shared", b"2") == 1
+        assert [d.data for d in await recorders[1].wait(2)] == [b"1", b"2"]
+        assert [d.data for d in await recorders[2].wait(2)] == [b"1", b"2"]
+
+        await subscriptions[1].unsubscribe()
+        await subscriptions[2].unsubscribe()
+        assert await settled_count(publisher, ns + "shared", 0) == 0
+        await asyncio.sleep(QUIET)
+        assert recorders[0].data == [b"1"]
+        assert recorders[1].data == [b"1", b"2"]
+
+    async def test_unsubscribing_a_pattern(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        subscription = await subscriber.subscribe(ns + "p:*", recorder, pattern=True)
+        assert await publisher.publish(ns + "p:1", b"1") == 1
+        await recorder.wait(1)
+
+        await subscription.unsubscribe()
+        assert await settled_count(publisher, ns + "p:2", 0) == 0
+        await asyncio.sleep(QUIET)
+        assert recorder.data == [b"1"]
+
+    async def test_glob_rules_are_redis_rules(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        # One literal prefix per case, so that no case's pattern matches another's channel.
+        for number, (pattern, _, _) in enumerate(GLOB_CASES):
+            await subscriber.subscribe(f"{ns}{number:03d}|{pattern}", recorder, pattern=True)
+
+        counts = {}
+        for number, (_, channel, _) in enumerate(GLOB_CASES):
+            counts[number] = await publisher.publish(f"{ns}{number:03d}|{channel}", b"g")
+
+        expected = {number: int(hit) for number, (_, _, hit) in enumerate(GLOB_CASES)}
+        wrong = {
+            GLOB_CASES[n][:2]: (counts[n], expected[n]) for n in counts if counts[n] != expected[n]
+        }
+        assert not wrong, f"(pattern, channel): (count, expected): {wrong}"
+        delivered = await recorder.wait(sum(expected.values()))
+        assert sorted(d.channel for d in delivered) == sorted(
+            f"{ns}{n:03d}|{GLOB_CASES[n][1]}" for n, hit in expected.items() if hit
+        )
+        for delivery in delivered:
+            prefix = delivery.channel.split("|", 1)[0]
+            assert delivery.pattern is not None
+            assert delivery.pattern.startswith(prefix + "|")
+
+    async def test_a_star_does_not_match_an_empty_channel(self, open_transport: Open) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe("*", recorder, pattern=True)
+        assert await publisher.publish("", b"empty") == 0
+
+    async def test_a_channel_name_is_never_a_pattern(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "a*", recorder)  # pattern=False: literally "a*"
+        assert await publisher.publish(ns + "ab", b"no") == 0
+        assert await publisher.publish(ns + "a*", b"yes") == 1
+        (delivery,) = await recorder.wait(1)
+        assert (delivery.channel, delivery.pattern, delivery.data) == (ns + "a*", None, b"yes")
+
+    async def test_one_publishers_messages_arrive_in_order(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "seq", recorder)
+        await subscriber.subscribe(ns + "seq*", recorder, pattern=True)
+        messages = [str(i).encode() for i in range(300)]
+
+        futures = [publisher.publish_nowait(ns + "seq", m) for m in messages]
+        assert await asyncio.gather(*futures) == [2] * len(messages)
+
+        got = await recorder.wait(2 * len(messages))
+        # Each message once for the channel, then once for the pattern, as Redis sends it.
+        assert [(d.data, d.pattern) for d in got] == [
+            (m, pattern) for m in messages for pattern in (None, ns + "seq*")
+        ]
+
+    async def test_publish_many_keeps_order_and_counts(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "m:a", recorder)
+        await subscriber.subscribe(ns + "m:*", recorder, pattern=True)
+        batch = [(ns + "m:a", b"1"), (ns + "m:b", b"2"), (ns + "none", b"3"), (ns + "m:a", b"4")]
+
+        assert await publisher.publish_many(batch) == [2, 1, 0, 2]
+        assert await publisher.publish_many([]) == []
+
+        got = await recorder.wait(5)
+        assert [d.data for d in got] == [b"1", b"1", b"2", b"4", b"4"]
+
+    async def test_publish_blocking_from_other_threads(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "threads", recorder)
+
+        def send(prefix: str) -> list[int]:
+            return [
+                publisher.publish_blocking(ns + "threads", f"{prefix}{i}".encode())
+                for i in range(50)
+            ]
+
+        counts = await asyncio.gather(*(asyncio.to_thread(send, p) for p in "abc"))
+        assert counts == [[1] * 50] * 3
+
+        got = await recorder.wait(150)
+        for prefix in "abc":
+            mine = [d.data for d in got if d.data.startswith(prefix.encode())]
+            assert mine == [f"{prefix}{i}".encode() for i in range(50)]
+        assert set(recorder.loops) == {asyncio.get_running_loop()}
+
+    async def test_an_awaitable_from_a_handler_holds_back_the_next_message(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        subscriber, watcher, publisher = (
+            await open_transport(),
+            await open_transport(),
+            await open_transport(),
+        )
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def wait_for_gate() -> None:
+            await gate
+
+        recorder = Recorder(lambda d: wait_for_gate() if d.data == b"first" else None)
+        seen_elsewhere = Recorder()
+        await subscriber.subscribe(ns + "bp", recorder)
+        await watcher.subscribe(ns + "bp", seen_elsewhere)
+
+        for data in (b"first", b"second", b"third"):
+            assert await publisher.publish(ns + "bp", data) == 2
+        await seen_elsewhere.wait(3)  # all three were sent...
+        await asyncio.sleep(QUIET)
+        assert recorder.data == [b"first"]  # ...but the gated reader holds them back
+
+        gate.set_result(None)
+        assert [d.data for d in await recorder.wait(3)] == [b"first", b"second", b"third"]
+
+    async def test_failing_handlers_do_not_stop_delivery(
+        self, open_transport: Open, ns: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+
+        def explode(delivery: Delivery) -> None:
+            raise RuntimeError("handler broke")
+
+        async def fail_later() -> None:
+            raise RuntimeError("awaitable broke")
+
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "err", explode)
+        await subscriber.subscribe(ns + "err", Recorder(lambda d: fail_later()))
+        await subscriber.subscribe(ns + "err", recorder)
+
+        assert await publisher.publish(ns + "err", b"1") == 1
+        assert await publisher.publish(ns + "err", b"2") == 1
+        assert [d.data for d in await recorder.wait(2)] == [b"1", b"2"]
+        assert "handler broke" in caplog.text or "failed" in caplog.text
+
+    async def test_binary_payloads_and_unicode_channels_round_trip(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        channel = ns + "bïnärÿ:✓"
+        await subscriber.subscribe(channel, recorder)
+        payloads = [bytes(range(256)), b"", b"\x00\xff" * 300_000, "é✓".encode()]
+
+        for payload in payloads:
+            assert await publisher.publish(channel, payload) == 1
+
+        got = await recorder.wait(len(payloads))
+        assert [d.data for d in got] == payloads
+        assert {d.channel for d in got} == {channel}
+
+    async def test_close_drops_subscriptions_and_is_idempotent(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "closing", recorder)
+        await subscriber.subscribe(ns + "closing*", recorder, pattern=True)
+        assert await publisher.publish(ns + "closing", b"before") == 2
+        await recorder.wait(2)
+
+        await subscriber.close()
+        await subscriber.close()
+
+        assert await settled_count(publisher, ns + "closing", 0) == 0
+        await asyncio.sleep(QUIET)
+        assert recorder.data == [b"before", b"before"]
+        with pytest.raises(TransportError):
+            await subscriber.publish(ns + "closing", b"from a closed transport")
+
+    async def test_subscribing_on_a_closed_transport_fails_at_once(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        await transport.close()
+        with pytest.raises(TransportError):
+            await asyncio.wait_for(transport.subscribe(ns + "closed", Recorder()), 0.5)
+
+    async def test_a_closed_transport_connects_again(self, open_transport: Open, ns: str) -> None:
+        subscriber, publisher = await open_transport(), await open_transport()
+        await subscriber.subscribe(ns + "old", Recorder())
+        await subscriber.close()
+
+        await subscriber.connect()
+        recorder = Recorder()
+        await subscriber.subscribe(ns + "again", recorder)
+        assert await publisher.publish(ns + "again", b"back") == 1
+        assert [d.data for d in await recorder.wait(1)] == [b"back"]
+        assert await settled_count(publisher, ns + "old", 0) == 0
+        assert await subscriber.publish(ns + "again", b"me too") == 1
+        await recorder.wait(2)
+
+    async def test_transports_on_different_loops_and_threads(
+        self, open_transport: Open, url: str, ns: str, other_loop: LoopThread
+    ) -> None:
+        here = await open_transport()
+        there = transport_from_url(url)
+        at_there, at_here = Recorder(), Recorder()
+        other_loop.run(there.connect())
+        try:
+            other_loop.run(there.subscribe(ns + "to-there", at_there))
+            await here.subscribe(ns + "to-here", at_here)
+
+            assert await here.publish(ns + "to-there", b"ping") == 1
+            assert [d.data for d in await at_there.wait(1)] == [b"ping"]
+            assert at_there.loops == [other_loop.loop]
+            assert at_there.threads == [other_loop.thread.ident]
+
+            assert other_loop.run(there.publish(ns + "to-here", b"pong")) == 1
+            assert there.publish_blocking(ns + "to-here", b"from this thread") == 1
+            got = await at_here.wait(2)
+            assert [d.data for d in got] == [b"pong", b"from this thread"]
+            assert set(at_here.loops) == {asyncio.get_running_loop()}
+        finally:
+            other_loop.run(there.close())
