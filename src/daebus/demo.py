@@ -1,28 +1,36 @@
-"""Two services talking: ``python -m daebus.demo``.
+"""Two services talking: ``daebus demo`` (or ``python -m daebus.demo``).
 
 ``inventory`` streams a stock count and broadcasts what it did; ``shop`` answers an
-order by calling ``inventory`` and listens to its broadcasts. With no Redis configured
-(``$DAEBUS_REDIS_URL``), it runs on a private embedded server.
+order by calling ``inventory`` and listens to its broadcasts. Both are ordinary apps:
+``daebus run daebus.demo:inventory`` runs one on its own. Given no server
+(``--redis-url``, ``$DAEBUS_REDIS_URL``), the demo runs on a private embedded one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import sys
+import queue
+import signal
 import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
+
+import click
 
 from . import Daebus, DaebusCaller, broadcast, request, response
 from .config import ENV_REDIS_URL
 from .server import EmbeddedServer
 
+__all__ = ["configured_url", "inventory", "main", "run", "shop"]
+
 inventory = Daebus("inventory")
 shop = Daebus("shop")
 shop_inventory = DaebusCaller("inventory")
-heard: list[Any] = []
-heard_event = threading.Event()
+#: What the shop's listener heard, in order.
+heard: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
 
 @inventory.action("stock")
@@ -47,49 +55,120 @@ def order() -> Any:
 @shop.listen("inventory.events")
 def on_inventory_event(event: Any) -> None:
     """Remember what the inventory service announced."""
-    heard.append(event)
-    heard_event.set()
+    heard.put(event)
+
+
+def _say(text: str, **style: Any) -> None:
+    click.secho(text, **style)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def configured_url(redis_url: str | None = None) -> str | None:
+    """The server the demo was given: ``redis_url``, else ``$DAEBUS_REDIS_URL``, else None."""
+    return redis_url or os.environ.get(ENV_REDIS_URL) or None
 
 
 @contextlib.contextmanager
-def _redis_url() -> Iterator[str]:
-    url = os.environ.get(ENV_REDIS_URL)
+def _server(redis_url: str | None) -> Iterator[str]:
+    url = configured_url(redis_url)
     if url:
+        # Fail now if it is down, rather than when the services give up waiting for it.
+        DaebusCaller("inventory", redis_url=url).connect().close()
         yield url
         return
     with EmbeddedServer() as server:
-        print(f"no {ENV_REDIS_URL} set: started an embedded server at {server.url}")
+        _say(f"no server given: started a private embedded server at {server.url}", dim=True)
         yield server.url
 
 
-def main() -> int:
-    """Run the demo; returns the exit code."""
-    with _redis_url() as url:
+def run(redis_url: str | None = None, *, keep_running: bool = False) -> int:
+    """Start both services, show them talking, stop them; returns the exit code.
+
+    ``redis_url`` defaults to ``$DAEBUS_REDIS_URL``, else a private embedded server.
+    With ``keep_running`` the services run on after the exchange until SIGINT or
+    SIGTERM. Raises ``DaebusError`` when a server cannot be started or reached.
+    """
+    with _server(redis_url) as url:
+        while not heard.empty():  # left over from an earlier run in this process
+            heard.get_nowait()
         inventory.start("inventory", redis_url=url)
-        shop.start("shop", redis_url=url)
         try:
-            with DaebusCaller("shop", redis_url=url) as caller:
-                parts: list[Any] = []
-                print("caller -> inventory.stock {'item': 'gizmo'} (a streamed reply)")
-                with DaebusCaller("inventory", redis_url=url) as direct:
-                    for part in direct.stream("stock", {"item": "gizmo"}):
-                        parts.append(part)
-                        print(f"  part: {part}")
-                print("caller -> shop.order {'item': 'widget'} (shop calls inventory)")
-                result = caller.send_request("order", {"item": "widget"})
-                print(f"  reply: {result}")
-                if not heard_event.wait(5):
-                    print("the shop's listener heard nothing", file=sys.stderr)
-                    return 1
-                print(f"shop's listener heard on inventory.events: {heard[0]}")
-            ok = result == {"item": "widget", "in_stock": 6, "warehouses": 3} and len(parts) == 4
-            print("demo OK" if ok else "demo FAILED")
-            return 0 if ok else 1
+            shop.start("shop", redis_url=url)
+            try:
+                ok = _exchange(url)
+                if ok and keep_running:
+                    _wait_for_interrupt(url)
+            finally:
+                shop.stop()
         finally:
             shop_inventory.close()
-            shop.stop()
             inventory.stop()
+    return 0 if ok else 1
+
+
+def _exchange(url: str) -> bool:
+    with DaebusCaller("inventory", redis_url=url) as direct:
+        _say('you -> inventory.stock {"item": "gizmo"}: a streamed reply', bold=True)
+        parts: list[Any] = []
+
+        def show_part(part: Any) -> None:
+            parts.append(part)
+            _say(f"  part:  {_json(part)}", fg="cyan")
+
+        counted = direct.send_request("stock", {"item": "gizmo"}, on_progress=show_part)
+        _say(f"  reply: {_json(counted)}", fg="green")
+    with DaebusCaller("shop", redis_url=url) as caller:
+        _say('you -> shop.order {"item": "widget"}: the shop calls inventory.stock', bold=True)
+        ordered = caller.send_request("order", {"item": "widget"})
+        _say(f"  reply: {_json(ordered)}", fg="green")
+    try:
+        event = heard.get(timeout=5)
+    except queue.Empty:
+        _say("the shop's listener heard nothing on inventory.events", fg="red", err=True)
+        return False
+    _say(f"the shop's listener heard on inventory.events: {_json(event)}", fg="magenta")
+    ok = (
+        len(parts) == 3
+        and counted == {"item": "gizmo", "total": 6}
+        and ordered == {"item": "widget", "in_stock": 6, "warehouses": 3}
+    )
+    _say("demo OK" if ok else "demo FAILED", fg="green" if ok else "red", bold=True)
+    return ok
+
+
+def _wait_for_interrupt(url: str) -> None:
+    """Block until SIGINT or SIGTERM, saying how to talk to the services meanwhile."""
+    _say(f"\nThe services keep running on {url}. In another shell, try:")
+    _say(f'  daebus call --redis-url {url} shop order \'{{"item": "widget"}}\'')
+    _say(f"  daebus listen --redis-url {url} 'inventory.*'")
+    _say("Press Ctrl-C to stop.", dim=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in _STOP_SIGNALS}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    _say("stopping", dim=True)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def main() -> None:
+    """``python -m daebus.demo``: the ``daebus demo`` command, options included."""
+    from .cli import color_from_env, demo_command
+
+    demo_command.main(prog_name="python -m daebus.demo", color=color_from_env())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
