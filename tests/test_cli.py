@@ -568,3 +568,29 @@ def test_demo_keep_running_serves_until_ctrl_c(private_redis: RedisServer) -> No
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == {"item": "bolt", "in_stock": 6, "warehouses": 3}
         assert proc.terminate(signal.SIGINT) == 0, proc.output()
+
+
+# -- daebus server ---------------------------------------------------------------------
+def test_server_status_stop_and_a_second_foreground_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daebus.server import SharedServer
+
+    monkeypatch.setenv("DAEBUS_RUNTIME_DIR", str(tmp_path))
+    shared = SharedServer(tmp_path)
+    try:
+        result = invoke("server", "--status")
+        assert result.exit_code == 0
+        assert result.output.startswith("not running")
+        status = shared.ensure()
+        result = invoke("server", "--status")
+        assert result.output.strip() == f"running at {status.url} (pid {status.pid})"
+        # A second server in the foreground is refused while one runs.
+        result = invoke("server")
+        assert result.exit_code == 1
+        assert "already running" in result.output
+        result = invoke("server", "--stop")
+        assert result.output.strip() == f"stopped pid {status.pid}"
+        assert not shared.status().running
+    finally:
+        shared.stop()

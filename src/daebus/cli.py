@@ -497,8 +497,34 @@ def _print_message(channel: bytes, data: bytes, terminal: bool) -> None:
 
 
 # -- daebus server -----------------------------------------------------------------------
-# `daebus server` (run the shared embedded server in the foreground) goes here once
-# daebus.server has the shared-server API: one more @cli.command() with --redis-url.
+@cli.command(short_help="Run, inspect or stop the shared embedded server.")
+@click.option("--status", "show_status", is_flag=True, help="Say whether it runs, and where.")
+@click.option("--stop", is_flag=True, help="Stop the shared server if it runs.")
+def server(show_status: bool, stop: bool) -> None:
+    """Run the shared embedded server in the foreground until Ctrl-C.
+
+    It is the server every daebus process of yours uses when nothing is configured and
+    nothing answers on localhost:6379 (a unix socket in your runtime folder).
+    """
+    from .exceptions import TransportError
+    from .server import run_shared_server, shared_server_status, stop_shared_server
+
+    if show_status:
+        status = shared_server_status()
+        if status.running:
+            click.echo(f"running at {status.url} (pid {status.pid})")
+        else:
+            click.echo(f"not running (it would be at {status.url})")
+        return
+    if stop:
+        pid = stop_shared_server()
+        click.echo(f"stopped pid {pid}" if pid is not None else "not running")
+        return
+    try:
+        code = run_shared_server()
+    except TransportError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 # -- daebus demo -------------------------------------------------------------------------
