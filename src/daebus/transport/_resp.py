@@ -213,18 +213,13 @@ class RespConnection(asyncio.Protocol):
 
     def send_packed(self, packed: bytes) -> asyncio.Future[Any]:
         """Send one packed command; the future gets its reply (or a TransportError)."""
-        if not self.is_open:
-            raise TransportError("not connected")
+        self.send_unanswered(packed)
         waiter: asyncio.Future[Any] = self._loop.create_future()
         self._waiters.append(waiter)
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(
                 self._reply_timeout, self._check_progress, self._replies
             )
-        self._outgoing.append(packed)
-        if not self._flush_pending:
-            self._flush_pending = True
-            self._loop.call_soon(self._flush)
         return waiter
 
     def _check_progress(self, replies_before: int) -> None:
