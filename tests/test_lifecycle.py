@@ -17,7 +17,15 @@ import pytest
 
 from _apps import Apps, apps_fixture
 from _helpers import ServiceProcess, Subscription, unique_name, wait_for
-from daebus import Daebus, DaebusCaller, DaebusError, broadcast, request, response
+from daebus import (
+    AsyncDaebusCaller,
+    Daebus,
+    DaebusCaller,
+    DaebusError,
+    broadcast,
+    request,
+    response,
+)
 
 apps = apps_fixture()
 
@@ -300,6 +308,54 @@ def test_b29_caller_reconnects_after_close_even_inside_a_handler(apps: Apps) -> 
         assert scoped.send_request("get", 3) == {"value": 3}
     assert scoped.send_request("get", 4) == {"value": 4}  # reconnects after the with block
     scoped.close()
+
+
+def test_close_from_one_thread_does_not_cut_off_another_threads_request(apps: Apps) -> None:
+    # A module-level caller shared by threads: one thread closes it (as the messaging
+    # guide does after each use) while another thread's request is still in flight.
+    gate = threading.Event()
+    backend = Daebus("slow-backend")
+
+    @backend.action("slow")
+    def slow() -> str:
+        gate.wait(10)
+        return "done"
+
+    shared = apps.caller(apps.start(backend), timeout=10)
+    results: list[object] = []
+    worker = threading.Thread(target=lambda: results.append(shared.send_request("slow")))
+    worker.start()
+    wait_for(lambda: bool(shared.pending_requests))
+    shared.close()  # deferred: a request is in flight
+    assert shared._core.connected
+    gate.set()
+    worker.join(10)
+    assert results == ["done"]
+    wait_for(lambda: not shared._core.connected)  # the last request out closed it
+    gate.clear()
+    gate.set()
+    assert shared.send_request("slow") == "done"  # and it reconnects when used again
+    shared.close()
+    assert not shared._core.connected
+
+
+async def test_aclose_waits_for_requests_in_flight_on_other_tasks(apps: Apps) -> None:
+    backend = Daebus("slow-async-backend")
+
+    @backend.action("slow")
+    async def slow() -> str:
+        return "done"
+
+    name = apps.start(backend)
+    caller = AsyncDaebusCaller(name, redis_url=apps.url, timeout=10)
+    # Hold a request open by streaming: the generator is in flight until exhausted.
+    stream = caller.stream("slow")
+    first = await stream.__anext__()
+    assert first == "done"
+    await caller.aclose()  # deferred
+    assert caller.connected
+    await stream.aclose()
+    assert not caller.connected
 
 
 def test_start_twice_and_stop_idempotent(apps: Apps) -> None:

@@ -8,10 +8,12 @@ a polling loop). A streamed reply is a run of non-final parts and one final repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator
+import threading
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from typing import Any
 
 from . import config, context, protocol
@@ -81,6 +83,12 @@ class AsyncDaebusCaller:
         self._transport: Transport | None = None
         self._subscription: Subscription | None = None
         self._connecting: asyncio.Lock | None = None
+        # Requests in flight, from any thread. close() while some are in flight is
+        # carried out by the last of them to finish, so that a caller shared by
+        # threads is never closed under another thread's request.
+        self._use_lock = threading.Lock()
+        self._in_flight = 0
+        self._close_deferred = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.target_service!r} via {self.response_channel}>"
@@ -115,9 +123,17 @@ class AsyncDaebusCaller:
             self._transport = transport
 
     async def aclose(self) -> None:
-        """Unsubscribe and release the connection; the caller reconnects if used again."""
-        subscription, self._subscription = self._subscription, None
-        transport, self._transport = self._transport, None
+        """Unsubscribe and release the connection; the caller reconnects if used again.
+
+        Requests in flight (from other tasks or threads) finish first: the last of them
+        to finish closes the caller.
+        """
+        with self._use_lock:
+            if self._in_flight:
+                self._close_deferred = True
+                return
+            subscription, self._subscription = self._subscription, None
+            transport, self._transport = self._transport, None
         if subscription is not None:
             await subscription.unsubscribe()
         if transport is not None:
@@ -129,6 +145,20 @@ class AsyncDaebusCaller:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    def _begin_use(self) -> None:
+        with self._use_lock:
+            self._in_flight += 1
+            self._close_deferred = False  # used again: a close() before this is moot
+
+    def _end_use(self) -> bool:
+        """Count a request out; True if a deferred close is now due."""
+        with self._use_lock:
+            self._in_flight -= 1
+            due = self._in_flight == 0 and self._close_deferred
+            if due:
+                self._close_deferred = False
+            return due
 
     # -- replies ---------------------------------------------------------------------
     def _on_reply(self, delivery: Delivery) -> None:
@@ -190,30 +220,36 @@ class AsyncDaebusCaller:
 
     async def _exchange(
         self, action: str, payload: Any, timeout: float | None
-    ) -> AsyncIterator[protocol.Reply]:
-        await self.connect()
-        assert self._transport is not None
-        wait = timeout or self.timeout
-        request_id = protocol.new_request_id()
-        data = self._encode_request(action, payload, request_id)
-        replies: asyncio.Queue[protocol.Reply] = asyncio.Queue()
-        self.pending[request_id] = replies.put_nowait
+    ) -> AsyncGenerator[protocol.Reply, None]:
+        # Use with contextlib.aclosing, so that the finally clauses run on exit.
+        self._begin_use()
         try:
-            count = await self._transport.publish(
-                protocol.service_channel(self.target_service), data
-            )
-            if count == 0:
-                raise self._unavailable(action)
-            while True:
-                try:
-                    reply = await asyncio.wait_for(replies.get(), wait)
-                except asyncio.TimeoutError:
-                    raise self._timed_out(action, wait) from None
-                yield reply
-                if reply.final:
-                    return
+            await self.connect()
+            assert self._transport is not None
+            wait = timeout or self.timeout
+            request_id = protocol.new_request_id()
+            data = self._encode_request(action, payload, request_id)
+            replies: asyncio.Queue[protocol.Reply] = asyncio.Queue()
+            self.pending[request_id] = replies.put_nowait
+            try:
+                count = await self._transport.publish(
+                    protocol.service_channel(self.target_service), data
+                )
+                if count == 0:
+                    raise self._unavailable(action)
+                while True:
+                    try:
+                        reply = await asyncio.wait_for(replies.get(), wait)
+                    except asyncio.TimeoutError:
+                        raise self._timed_out(action, wait) from None
+                    yield reply
+                    if reply.final:
+                        return
+            finally:
+                self.pending.pop(request_id, None)
         finally:
-            self.pending.pop(request_id, None)
+            if self._end_use():
+                await self.aclose()
 
     async def send_request(
         self,
@@ -235,29 +271,32 @@ class AsyncDaebusCaller:
         """
         if payload is None:
             payload = {}
-        async for reply in self._exchange(action, payload, timeout):
-            if not reply.final:
-                if on_progress is not None:
-                    try:
-                        result = on_progress(reply.payload)
-                        if inspect.isawaitable(result):
-                            await result
-                    except Exception:
-                        self.logger.exception("on_progress callback failed")
-                continue
-            if reply.is_error:
-                self._raise_error(action, reply)
-            return reply.payload
+        async with contextlib.aclosing(self._exchange(action, payload, timeout)) as replies:
+            async for reply in replies:
+                if not reply.final:
+                    if on_progress is not None:
+                        try:
+                            result = on_progress(reply.payload)
+                            if inspect.isawaitable(result):
+                                await result
+                        except Exception:
+                            self.logger.exception("on_progress callback failed")
+                    continue
+                if reply.is_error:
+                    self._raise_error(action, reply)
+                return reply.payload
         raise AssertionError("unreachable: the exchange ends with a final reply")
 
     async def stream(
         self, action: str, payload: Any = None, timeout: float | None = None
     ) -> AsyncIterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
-        async for reply in self._exchange(action, {} if payload is None else payload, timeout):
-            if reply.final and reply.is_error:
-                self._raise_error(action, reply)
-            yield reply.payload
+        exchange = self._exchange(action, {} if payload is None else payload, timeout)
+        async with contextlib.aclosing(exchange) as replies:
+            async for reply in replies:
+                if reply.final and reply.is_error:
+                    self._raise_error(action, reply)
+                yield reply.payload
 
     async def send_message(self, channel: str, payload: Any) -> int:
         """Publish ``payload`` on any ``channel``; returns the receiver count.
@@ -372,38 +411,52 @@ class DaebusCaller:
 
     def _exchange(
         self, action: str, payload: Any, timeout: float | None
-    ) -> Iterator[protocol.Reply]:
-        transport = self._transport()
+    ) -> Generator[protocol.Reply, None, None]:
+        with self._in_use():
+            transport = self._transport()
+            core = self._core
+            wait = timeout or core.timeout
+            request_id = protocol.new_request_id()
+            data = core._encode_request(action, payload, request_id)
+            replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
+            core.pending[request_id] = replies.put
+            try:
+                # Published by the portal's loop, which pipelines the requests of every
+                # thread; this thread only wakes up for replies (or a failed publish).
+                get_portal().loop.call_soon_threadsafe(
+                    _publish_request,
+                    transport,
+                    protocol.service_channel(self.target_service),
+                    data,
+                    replies.put,
+                )
+                while True:
+                    try:
+                        reply = replies.get(timeout=wait)
+                    except queue.Empty:
+                        raise core._timed_out(action, wait) from None
+                    if isinstance(reply, BaseException):
+                        if isinstance(reply, _NoReceiverError):
+                            raise core._unavailable(action)
+                        raise reply
+                    yield reply
+                    if reply.final:
+                        return
+            finally:
+                core.pending.pop(request_id, None)
+
+    @contextlib.contextmanager
+    def _in_use(self) -> Iterator[None]:
         core = self._core
-        wait = timeout or core.timeout
-        request_id = protocol.new_request_id()
-        data = core._encode_request(action, payload, request_id)
-        replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
-        core.pending[request_id] = replies.put
+        core._begin_use()  # before looking at the connection: close() now waits for us
         try:
-            # Published by the portal's loop, which pipelines the requests of every
-            # thread; this thread only wakes up for replies (or a failed publish).
-            get_portal().loop.call_soon_threadsafe(
-                _publish_request,
-                transport,
-                protocol.service_channel(self.target_service),
-                data,
-                replies.put,
-            )
-            while True:
-                try:
-                    reply = replies.get(timeout=wait)
-                except queue.Empty:
-                    raise core._timed_out(action, wait) from None
-                if isinstance(reply, BaseException):
-                    if isinstance(reply, _NoReceiverError):
-                        raise core._unavailable(action)
-                    raise reply
-                yield reply
-                if reply.final:
-                    return
+            yield
         finally:
-            core.pending.pop(request_id, None)
+            if core._end_use():
+                try:
+                    get_portal().call(core.aclose())
+                except Exception:
+                    self.logger.exception("closing the caller after its last request failed")
 
     def send_request(
         self,
@@ -423,27 +476,31 @@ class DaebusCaller:
             CallTimeoutError: no reply in time (a ``TimeoutError``).
             ServiceUnavailableError: no service is subscribed to the channel.
         """
-        for reply in self._exchange(action, {} if payload is None else payload, timeout):
-            if not reply.final:
-                if on_progress is not None:
-                    try:
-                        on_progress(reply.payload)
-                    except Exception:
-                        self.logger.exception("on_progress callback failed")
-                continue
-            if reply.is_error:
-                self._core._raise_error(action, reply)
-            return reply.payload
+        exchange = self._exchange(action, {} if payload is None else payload, timeout)
+        with contextlib.closing(exchange) as replies:
+            for reply in replies:
+                if not reply.final:
+                    if on_progress is not None:
+                        try:
+                            on_progress(reply.payload)
+                        except Exception:
+                            self.logger.exception("on_progress callback failed")
+                    continue
+                if reply.is_error:
+                    self._core._raise_error(action, reply)
+                return reply.payload
         raise AssertionError("unreachable: the exchange ends with a final reply")
 
     def stream(
         self, action: str, payload: Any = None, timeout: float | None = None
     ) -> Iterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
-        for reply in self._exchange(action, {} if payload is None else payload, timeout):
-            if reply.final and reply.is_error:
-                self._core._raise_error(action, reply)
-            yield reply.payload
+        exchange = self._exchange(action, {} if payload is None else payload, timeout)
+        with contextlib.closing(exchange) as replies:
+            for reply in replies:
+                if reply.final and reply.is_error:
+                    self._core._raise_error(action, reply)
+                yield reply.payload
 
     def send_message(self, channel: str, payload: Any) -> int:
         """Publish ``payload`` on any ``channel``; returns the receiver count.
@@ -452,20 +509,22 @@ class DaebusCaller:
         fire-and-forget request for the action named ``channel`` (as the docs of 0.0.31
         used it).
         """
-        transport = self._transport()
-        count = transport.publish_blocking(channel, dumps(payload))
-        if count == 0 and channel != self.target_service:
-            count = transport.publish_blocking(
-                protocol.service_channel(self.target_service),
-                self._core._fire_and_forget(channel, payload),
-            )
-        return count
+        with self._in_use():
+            transport = self._transport()
+            count = transport.publish_blocking(channel, dumps(payload))
+            if count == 0 and channel != self.target_service:
+                count = transport.publish_blocking(
+                    protocol.service_channel(self.target_service),
+                    self._core._fire_and_forget(channel, payload),
+                )
+            return count
 
     def send_to_service(self, payload: Any, action: str | None = None) -> int:
         """Send a fire-and-forget request for ``action`` (no reply is awaited)."""
-        transport = self._transport()
         data = self._core._fire_and_forget(action, payload) if action else dumps(payload)
-        return transport.publish_blocking(protocol.service_channel(self.target_service), data)
+        with self._in_use():
+            transport = self._transport()
+            return transport.publish_blocking(protocol.service_channel(self.target_service), data)
 
 
 class _NoReceiverError(Exception):
