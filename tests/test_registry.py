@@ -75,8 +75,8 @@ def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFix
     assert app.background_tasks["cleanup"].func is bp_get
     assert app.thread_tasks["monitor"].func is bp_get
     assert app._on_start_handlers == [bp_get]
-    assert app._pending_routes == [("/users", ["GET", "POST"], bp_get)]
-    assert app._pending_sockets == {"connect": bp_get}
+    assert app.routes == [("/users", ["GET", "POST"], bp_get)]
+    assert app.socket_handlers == {"connect": bp_get}
 
 
 def test_exported_members_are_sorted_and_complete() -> None:
@@ -114,3 +114,34 @@ def test_legacy_module_paths_import() -> None:
     assert PubSubBroadcast is daebus.PubSubBroadcast
     assert get_logger("x").name == "daebus.x"
     assert callable(set_log_level)
+
+
+def test_routes_and_socket_handlers_register_before_any_component_is_attached() -> None:
+    app = Daebus("order")
+    seen: list[tuple[int, int]] = []
+
+    class Component:
+        def attach(self, app: Daebus) -> None:
+            pass
+
+        def refresh_handlers(self, app: Daebus) -> None:
+            seen.append((len(app.routes), len(app.socket_handlers)))
+
+    @app.route("/a", methods=["GET", "post"])
+    def a(req: object) -> None: ...
+
+    @app.socket("ping")
+    def ping(data: object, client_id: str) -> None: ...
+
+    app.attach(Component())
+    assert seen == [(1, 1)]  # attached late, it still sees what came before
+
+    @app.route("/b")
+    def b(req: object) -> None: ...
+
+    assert seen[-1] == (2, 1)
+    assert app.routes[0] == ("/a", ["GET", "POST"], a)
+    with pytest.raises(SetupError):
+        app.route("no-slash")(a)
+    with pytest.raises(SetupError):
+        app.route("/x", methods="GET")(a)  # type: ignore[arg-type]

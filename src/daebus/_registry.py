@@ -39,6 +39,12 @@ class Registry:
         self.workflow_handlers: dict[str, Callable[..., Any]] = {}
         self._on_start_handlers: list[Callable[..., Any]] = []
         self._on_stop_handlers: list[Callable[..., Any]] = []
+        #: ``(path, methods, handler)`` HTTP routes, in registration order; served by
+        #: an attached ``DaebusHttp`` whenever it is attached. Internal; use ``add_route``.
+        self.routes: list[tuple[str, list[str], Callable[..., Any]]] = []
+        #: WebSocket message type -> handler, served by an attached ``DaebusWebSocket``.
+        #: Internal; use ``add_socket_handler``.
+        self.socket_handlers: dict[str, Callable[..., Any]] = {}
 
     # -- actions ---------------------------------------------------------------------
     @overload
@@ -204,3 +210,56 @@ class Registry:
             return f
 
         return decorator
+
+    # -- HTTP routes and WebSocket handlers ------------------------------------------
+    def route(self, path: str, methods: list[str] | None = None) -> Callable[[F], F]:
+        """Register an HTTP route; ``methods`` default to ``["GET"]``.
+
+        The handler is called as ``handler(req, **path_params)``. Several routes may
+        share a path with different methods. Works before or after ``DaebusHttp`` is
+        attached.
+        """
+
+        def decorator(func: F) -> F:
+            self.add_route(path, methods, func)
+            return func
+
+        return decorator
+
+    def add_route(self, path: str, methods: list[str] | None, func: Callable[..., Any]) -> None:
+        """Register ``func`` for ``path`` and ``methods`` (default ``["GET"]``)."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise SetupError(f"a route path must be a string starting with '/', got {path!r}")
+        if isinstance(methods, str):
+            raise SetupError(f"methods must be a list of method names, got {methods!r}")
+        names = [_check_name("HTTP method", m).upper() for m in (methods or ["GET"])]
+        self.routes.append((path, names, func))
+
+    def socket(self, message_type: str) -> Callable[[F], F]:
+        """Register the WebSocket handler of messages ``{"type": message_type}``.
+
+        The handler is called as ``handler(data, client_id)``; a value it returns is
+        sent back as ``{"type": "response", "data": value}``.
+        """
+
+        def decorator(func: F) -> F:
+            self.add_socket_handler(message_type, func)
+            return func
+
+        return decorator
+
+    def add_socket_handler(self, message_type: str, func: Callable[..., Any]) -> None:
+        """Register ``func`` for WebSocket messages of ``message_type`` (replaces)."""
+        self.socket_handlers[_check_name("socket message type", message_type)] = func
+
+    def socket_connect(self) -> Callable[[F], F]:
+        """Register the WebSocket connect handler (it may reject the connection)."""
+        return self.socket("connect")
+
+    def socket_disconnect(self) -> Callable[[F], F]:
+        """Register the WebSocket disconnect handler."""
+        return self.socket("disconnect")
+
+    def socket_register(self) -> Callable[[F], F]:
+        """Register the handler of WebSocket ``register`` messages."""
+        return self.socket("register")

@@ -68,8 +68,6 @@ class Daebus(Registry):
         self.http: Any = None
         self.websocket: Any = None
         self._components: list[Any] = []
-        self._pending_routes: list[tuple[str, list[str], Callable[..., Any]]] = []
-        self._pending_sockets: dict[str, Callable[..., Any]] = {}
         self._running = False
         self._runtime: ServiceRuntime | None = None
         self._stop_event: asyncio.Event | None = None
@@ -156,6 +154,24 @@ class Daebus(Registry):
         else:
             asyncio.run_coroutine_threadsafe(make(runtime), runtime.loop).result(10)
 
+    def add_route(self, path: str, methods: list[str] | None, func: Callable[..., Any]) -> None:
+        """Register an HTTP route; an attached ``DaebusHttp`` serves it at once."""
+        super().add_route(path, methods, func)
+        self._handlers_changed()
+
+    def add_socket_handler(self, message_type: str, func: Callable[..., Any]) -> None:
+        """Register a WebSocket handler; an attached ``DaebusWebSocket`` uses it at once."""
+        super().add_socket_handler(message_type, func)
+        self._handlers_changed()
+
+    def _handlers_changed(self) -> None:
+        # Components pick up app.routes / app.socket_handlers whenever they change, so
+        # the order of attach(), route() and register_blueprint() does not matter.
+        for component in self._components:
+            refresh = getattr(component, "refresh_handlers", None)
+            if callable(refresh):
+                refresh(self)
+
     # -- composition -----------------------------------------------------------------
     def attach(self, component: Any) -> Any:
         """Attach a component (``DaebusHttp``, ``DaebusWebSocket``); returns it."""
@@ -164,6 +180,7 @@ class Daebus(Registry):
             raise TypeError(f"{type(component).__name__} cannot be attached: it has no attach()")
         attach(self)
         self._components.append(component)
+        self._handlers_changed()
         return component
 
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
@@ -195,12 +212,14 @@ class Daebus(Registry):
             self.add_thread(name, thread_task.func, thread_task.auto_start)
         self._on_start_handlers.extend(blueprint._on_start_handlers)
         self._on_stop_handlers.extend(blueprint._on_stop_handlers)
-        self._pending_routes.extend(blueprint.routes)
-        self._pending_sockets.update(blueprint.socket_handlers)
-        for component in self._components:
-            apply = getattr(component, "apply_blueprints", None)
-            if callable(apply):
-                apply(self)
+        self.routes.extend(blueprint.routes)
+        for message_type, func in blueprint.socket_handlers.items():
+            if self.socket_handlers.get(message_type, func) is not func:
+                log.warning(
+                    "blueprint %r replaces the socket handler %r", blueprint.name, message_type
+                )
+            self.socket_handlers[message_type] = func
+        self._handlers_changed()
         return self
 
     # -- threads ---------------------------------------------------------------------
