@@ -358,6 +358,30 @@ async def test_aclose_waits_for_requests_in_flight_on_other_tasks(apps: Apps) ->
     assert not caller.connected
 
 
+def test_stop_cancels_async_handlers_still_waiting_after_the_timeout(apps: Apps) -> None:
+    # Async handlers start eagerly and continue as tasks once they wait: those tasks
+    # are drained, then cancelled, like any other.
+    app = Daebus("stuck", shutdown_timeout=0.2)
+    entered = threading.Event()
+    unwound: list[str] = []
+
+    @app.action("stuck")
+    async def stuck() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            unwound.append(request.payload)  # its own context, even when cancelled
+            raise
+
+    caller = apps.caller(apps.start(app))
+    caller.send_to_service("one", action="stuck")
+    assert entered.wait(10)
+    app.stop()
+    assert unwound == ["one"]
+    assert not app.is_running()
+
+
 def test_start_twice_and_stop_idempotent(apps: Apps) -> None:
     app = Daebus("once")
     service = apps.start(app)

@@ -15,6 +15,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -48,6 +49,31 @@ def is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
         getattr(func, "__call__", None)  # noqa: B004 - we want the method, not callable()
     )
+
+
+# Eager start needs create_task(context=...), new in Python 3.11.
+_EAGER = sys.version_info >= (3, 11)
+
+_ASYNC, _ASYNC_GENERATOR, _SYNC = "async", "async generator", "sync"
+_kinds: dict[Any, str] = {}
+
+
+def _kind_of(func: Callable[..., Any]) -> str:
+    """How a handler is called; remembered per handler (the inspection costs ~8 us)."""
+    try:
+        return _kinds[func]
+    except (KeyError, TypeError):
+        pass
+    if inspect.isasyncgenfunction(func):
+        kind = _ASYNC_GENERATOR
+    elif is_async_callable(func):
+        kind = _ASYNC
+    else:
+        kind = _SYNC
+    with contextlib.suppress(TypeError):  # an unhashable callable: not remembered
+        if len(_kinds) < 10_000:
+            _kinds[func] = kind
+    return kind
 
 
 def _error_text(exc: BaseException) -> str:
@@ -165,15 +191,42 @@ class ServiceRuntime:
         self._spawn(work)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        # Started eagerly, as Python 3.12's eager tasks are: the message's coroutine runs
+        # at once, in its own context, up to its first real wait. A message handled
+        # without waiting (most listeners, async actions whose reply is only queued)
+        # costs no task and no extra turn of the loop; the others become a task there.
         self.active += 1
-        task = self.loop.create_task(work())
+        coroutine = work()
+        if not _EAGER:
+            task = self.loop.create_task(coroutine)
+            self.in_flight.add(task)
+            task.add_done_callback(self._finished)
+            return
+        ctx = contextvars.copy_context()
+        try:
+            waiting_on = ctx.run(coroutine.send, None)
+        except StopIteration:
+            self._release_slot()
+            return
+        except BaseException as exc:
+            self._release_slot()
+            if isinstance(exc, Exception):
+                logger.error("message task failed", exc_info=exc)
+                return
+            raise
+        task = self.loop.create_task(  # type: ignore[call-arg,unused-ignore]
+            _Resumed(coroutine, waiting_on), context=ctx
+        )
         self.in_flight.add(task)
         task.add_done_callback(self._finished)
 
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.in_flight.discard(task)
+    def _release_slot(self) -> None:
         self.active -= 1
         self.slot_free.set()
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.in_flight.discard(task)
+        self._release_slot()
         if not task.cancelled() and task.exception() is not None:
             logger.error("message task failed", exc_info=task.exception())
 
@@ -333,13 +386,14 @@ class ServiceRuntime:
         """
         token = context.push(ctx)
         try:
-            if inspect.isasyncgenfunction(func):
+            kind = _kind_of(func)
+            if kind is _ASYNC:
+                return await func(*args)
+            if kind is _ASYNC_GENERATOR:
                 async for part in func(*args):
                     if response is not None:
                         await _maybe_await(response.send(part, final=False))
                 return None
-            if is_async_callable(func):
-                return await func(*args)
             copied = contextvars.copy_context()
             return await (executor or self.executor).run(
                 copied.run,
@@ -490,6 +544,40 @@ class ServiceRuntime:
             await self.run_hook(hook, "stop")
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _Resumed(Coroutine[Any, Any, Any]):
+    """A coroutine already stepped once, handed to a task to finish.
+
+    The task's first step gets what the coroutine yielded at its first wait (the future
+    it waits on); every later step, and any exception thrown in (cancellation), goes to
+    the coroutine itself.
+    """
+
+    __slots__ = ("_coroutine", "_first", "_started")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
+        self._coroutine = coroutine
+        self._first: Any = waiting_on
+        self._started = False
+
+    def send(self, value: Any) -> Any:
+        if not self._started:
+            self._started = True
+            first, self._first = self._first, None
+            return first
+        return self._coroutine.send(value)
+
+    def throw(self, *exc_info: Any) -> Any:
+        self._started = True
+        self._first = None
+        return self._coroutine.throw(*exc_info)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        raise TypeError("_Resumed is driven by a task, not awaited")
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
