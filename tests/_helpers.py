@@ -170,7 +170,8 @@ class ServiceProcess:
     gets ``DAEBUS_REDIS_URL=<redis_url>``, unbuffered output, and its stdout and stderr go
     to files (see `output()`). As a context manager it starts the process, always kills it
     on exit, and prints the captured output when the block raised, so the failure report
-    shows what the service said.
+    shows what the service said. With `redis_url=None` the child gets no
+    ``DAEBUS_REDIS_URL`` at all: it finds its server as an unconfigured process does.
     """
 
     def __init__(
@@ -180,7 +181,7 @@ class ServiceProcess:
         code: str | None = None,
         module: str | None = None,
         args: Sequence[str] = (),
-        redis_url: str,
+        redis_url: str | None,
         python: str | os.PathLike[str] = sys.executable,
         env: Mapping[str, str] | None = None,
         inherit_env: bool = True,
@@ -208,7 +209,10 @@ class ServiceProcess:
         self.env = dict(os.environ) if inherit_env else {}
         if env:
             self.env.update(env)
-        self.env["DAEBUS_REDIS_URL"] = redis_url
+        if redis_url is None:
+            self.env.pop("DAEBUS_REDIS_URL", None)
+        else:
+            self.env["DAEBUS_REDIS_URL"] = redis_url
         self.env["PYTHONUNBUFFERED"] = "1"
         self._own_dir = log_dir is None
         self._dir = Path(log_dir or tempfile.mkdtemp(prefix=f"daebus-{self.name}-"))
@@ -251,9 +255,17 @@ class ServiceProcess:
         """Whether the child has been started and has not exited."""
         return self._proc is not None and self._proc.poll() is None
 
-    def wait_ready(self, channel: str, timeout: float = 10.0, count: int = 1) -> None:
-        """Wait until `channel` has `count` subscribers, failing fast if the child dies."""
-        client = redis.Redis.from_url(self.redis_url)
+    def wait_ready(
+        self, channel: str, timeout: float = 10.0, count: int = 1, *, url: str | None = None
+    ) -> None:
+        """Wait until `channel` has `count` subscribers, failing fast if the child dies.
+
+        The server is `url`, else the child's `redis_url`.
+        """
+        url = url or self.redis_url
+        if url is None:
+            raise ValueError("the child has no redis_url: say which server to watch (url=)")
+        client = redis.Redis.from_url(url)
 
         def ready() -> bool:
             if not self.is_running():

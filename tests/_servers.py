@@ -314,3 +314,37 @@ class ExternalRedis:
         finally:
             with contextlib.suppress(Exception):
                 client.close()
+
+
+# -- the shared embedded server (daebus.server.SharedServer) -------------------------------
+
+
+def shared_server_pids(directory: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line names the socket in `directory`."""
+    from daebus.server import SOCKET_NAME
+
+    needle = str(directory / SOCKET_NAME).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_shared_servers(directory: Path) -> None:
+    """SIGKILL every shared server of the runtime folder `directory` (its pid file's too)."""
+    from daebus.server import PID_NAME
+
+    candidates = set(shared_server_pids(directory)) if Path("/proc").is_dir() else set()
+    with contextlib.suppress(OSError, ValueError):
+        candidates.add(int((directory / PID_NAME).read_text()))
+    for pid in candidates:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -3,14 +3,13 @@
 Commands that return run in-process through click's CliRunner; those that run until a
 signal (``run``, ``listen``, ``demo --keep-running``), and the streamed output of
 ``call``, run as real subprocesses. Every command is given ``--redis-url`` of a test
-server (but ``daebus demo`` on its private embedded server): nothing here may reach a
-Redis on localhost:6379.
+server: nothing here may reach a Redis on localhost:6379. The commands with nothing
+configured (``daebus demo``, ``daebus run``) are in test_zero_setup.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -537,22 +536,6 @@ def test_demo_shows_the_exchange(redis_url: str) -> None:
     assert out.rstrip().endswith("demo OK")
     # It can run again in the same process.
     assert invoke("demo", "--redis-url", redis_url).exit_code == 0
-
-
-@pytest.mark.parametrize("command", [["daebus.demo"], ["daebus.cli", "demo"]])
-def test_demo_runs_on_a_private_embedded_server(command: list[str]) -> None:
-    # No $DAEBUS_REDIS_URL here (conftest clears it), and no --redis-url.
-    assert "DAEBUS_REDIS_URL" not in os.environ
-    done = subprocess.run(
-        [sys.executable, "-m", *command],
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "started a private embedded server at redis://127.0.0.1:" in done.stdout
-    assert done.stdout.rstrip().endswith("demo OK")
 
 
 def test_demo_keep_running_serves_until_ctrl_c(private_redis: RedisServer) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from _helpers import unique_name
+from _helpers import unique_name, wait_for
 from daebus import (
     AsyncDaebusCaller,
     Daebus,
@@ -28,6 +28,7 @@ from daebus import (
     request,
     response,
 )
+from daebus.pubsub import standalone_cache
 from daebus.transport import Delivery, transport_from_url
 from daebus.transport._glob import glob_match
 from daebus.transport.memory import MemoryTransport, Published, broker_for, forget
@@ -418,3 +419,58 @@ def test_default_memory_url_serves_a_single_process_app(monkeypatch: pytest.Monk
             assert caller.send_request("ping") == "pong"
     finally:
         app.stop()
+
+
+# -- cache and broadcast outside any app (daebus.pubsub.standalone_*) ------------------------
+
+
+def test_the_cache_outside_any_app_is_the_store_the_app_sees(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAEBUS_REDIS_URL", url)
+    # No app runs: `cache` is the standalone client on $DAEBUS_REDIS_URL's broker.
+    cache.set("orders:tea", 10)
+    outside = standalone_cache()
+    assert outside.get("orders:tea") == "10"
+    app = shop_app()
+    app.start("shop")  # no URL: $DAEBUS_REDIS_URL as well
+    try:
+        assert app.redis_url == url
+        assert outside is not app.cache
+        with DaebusCaller("shop") as caller:
+            assert caller.send_request("order", {"item": "tea"}) == {"ok": True, "count": 11}
+        assert outside.get("orders:tea") == "11"
+        # Its PUBLISH goes through the broker: the app's listener hears it.
+        assert outside.publish("shop:restock:tea", '{"n": 5}') == 1
+        wait_for(lambda: app.orders, timeout=5)  # type: ignore[attr-defined]
+        assert app.orders == [("shop:restock:tea", {"n": 5})]  # type: ignore[attr-defined]
+    finally:
+        app.stop()
+    assert cache.get("orders:tea") == "11"  # no app runs again: the standalone client
+
+
+def test_the_cache_outside_any_app_follows_a_forgotten_broker(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DAEBUS_REDIS_URL", url)
+    cache.set("orders:tea", 10)
+    forget(url)  # as a test client does, so that the next test starts afresh
+    assert cache.get("orders:tea") is None
+    cache.set("orders:tea", 20)
+    app = shop_app()
+    app.start("shop")
+    try:
+        with DaebusCaller("shop") as caller:
+            assert caller.send_request("order", {"item": "tea"}) == {"ok": True, "count": 21}
+        assert standalone_cache().get("orders:tea") == "21"
+        assert broadcast.send("shop:restock:tea", {"n": 1}) == 1  # the one app's broadcast
+    finally:
+        app.stop()
+    # Broadcasts from outside any app reach the new broker's subscribers too.
+    got: list[Published] = []
+    stop = broker_for(url).monitor(got.append)
+    try:
+        assert broadcast.send("shop:news", {"n": 2}) == 0
+    finally:
+        stop()
+    assert [p.channel for p in got] == ["shop:news"]

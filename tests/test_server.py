@@ -8,7 +8,6 @@ may have on localhost:6379 is neither used nor touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -24,7 +23,7 @@ import pytest
 import redis
 
 from _helpers import unique_name, wait_for, wait_subscribed
-from _servers import free_port
+from _servers import free_port, kill_shared_servers, shared_server_pids
 from daebus import Daebus, DaebusCaller, protocol
 from daebus.config import resolve_redis_url
 from daebus.exceptions import TransportError
@@ -42,32 +41,6 @@ from daebus.transport import Delivery, transport_from_url
 pytestmark = pytest.mark.timeout(60)
 
 
-def _server_pids(directory: Path) -> list[int]:
-    """Live (non-zombie) processes whose command line names the socket in `directory`."""
-    needle = str(directory / SOCKET_NAME).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if needle in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kill_servers(directory: Path) -> None:
-    candidates = set(_server_pids(directory)) if Path("/proc").is_dir() else set()
-    with contextlib.suppress(OSError, ValueError):
-        candidates.add(int((directory / PID_NAME).read_text()))
-    for pid in candidates:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def shared_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A runtime folder of this test's own; any server started in it is killed at the end."""
@@ -77,7 +50,7 @@ def shared_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield path
     finally:
-        _kill_servers(path)
+        kill_shared_servers(path)
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -162,7 +135,7 @@ def test_nothing_answering_starts_the_shared_server(
     assert f"(started it, pid {status.pid}; nothing answered on {dead_default})" in caplog.text
     assert caplog.text.count("started the shared") == 1
     if Path("/proc").is_dir():
-        assert _server_pids(shared_dir) == [status.pid]
+        assert shared_server_pids(shared_dir) == [status.pid]
     # Private to the user, nothing on disk but the pid file, the lock and the log.
     assert (shared_dir.stat().st_mode & 0o777) == 0o700
     assert sorted(p.name for p in shared_dir.iterdir()) == sorted(
@@ -333,7 +306,7 @@ def test_processes_starting_together_start_one_server(
     assert sum("(started it, pid" in text for text in errors) == 1, errors
     assert sum("(already running, pid" in text for text in errors) == count - 1, errors
     if Path("/proc").is_dir():
-        assert _server_pids(shared_dir) == [status.pid]
+        assert shared_server_pids(shared_dir) == [status.pid]
 
 
 def test_a_server_that_died_is_replaced(server: SharedServer, shared_dir: Path) -> None:

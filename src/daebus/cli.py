@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 import redis
@@ -420,13 +421,12 @@ def _stopped_by_sigterm() -> Iterator[None]:
 def _listen(url: str, patterns: list[str]) -> None:
     # A plain redis-py PubSub rather than daebus's transport: here we can wait for the
     # server to confirm the subscriptions, and so say "listening" only once it is true.
+    options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
+    if urlsplit(url).scheme.lower() != "unix":
+        # A unix socket connection (the shared server's) takes no keepalive option.
+        options["socket_keepalive"] = True
     try:
-        client = redis.Redis.from_url(
-            normalize_url(url),
-            socket_connect_timeout=2.0,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-        )
+        client = redis.Redis.from_url(normalize_url(url), **options)
     except ValueError as exc:
         raise Failure(f"bad Redis URL {url!r}: {exc}") from None
     terminal = _is_terminal()
@@ -532,7 +532,11 @@ def server(show_status: bool, stop: bool) -> None:
 @click.option(
     "--keep-running", is_flag=True, help="Keep the services running after the demo, until Ctrl-C."
 )
-@redis_url_option("The server. Default: $DAEBUS_REDIS_URL, else a private embedded server.")
+@redis_url_option(
+    "The server. Default: $DAEBUS_REDIS_URL, else daebus's shared embedded server "
+    "(never a Redis on localhost:6379 that was not named: it may run real services "
+    "called shop or inventory)."
+)
 @click.pass_context
 def demo_command(ctx: click.Context, keep_running: bool, redis_url: str | None) -> None:
     """Start two example services, make them talk, print the exchange."""

