@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import threading
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 __all__ = ["Portal", "get_portal"]
+
+logger = logging.getLogger("daebus.portal")
 
 
 class Portal:
@@ -25,6 +29,9 @@ class Portal:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
+        self._batch: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
+        self._batch_lock = threading.Lock()
+        self._batch_pending = False
         self.thread = threading.Thread(target=self._main, name="daebus-portal", daemon=True)
         self.thread.start()
         self._started.wait()
@@ -42,6 +49,35 @@ class Portal:
             asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(timeout)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)
+
+    def call_soon_batched(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` on the loop soon, from any thread, in call order.
+
+        Unlike ``call_soon_threadsafe``, calls made while an earlier one still waits
+        to run do not wake the loop again: under load, one wake-up runs them all.
+        """
+        self._batch.append((func, args))
+        with self._batch_lock:
+            if self._batch_pending:
+                return
+            self._batch_pending = True
+        try:
+            self.loop.call_soon_threadsafe(self._run_batch)
+        except RuntimeError:  # the loop is closed
+            with self._batch_lock:
+                self._batch_pending = False
+            raise
+
+    def _run_batch(self) -> None:
+        with self._batch_lock:
+            self._batch_pending = False
+        batch = self._batch
+        while batch:
+            func, args = batch.popleft()
+            try:
+                func(*args)
+            except Exception:
+                logger.exception("a call on the daebus portal failed")
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the portal's loop and wait for its result."""

@@ -421,15 +421,18 @@ class DaebusCaller:
             replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
             core.pending[request_id] = replies.put
             try:
-                # Published by the portal's loop, which pipelines the requests of every
-                # thread; this thread only wakes up for replies (or a failed publish).
-                get_portal().loop.call_soon_threadsafe(
-                    _publish_request,
-                    transport,
-                    protocol.service_channel(self.target_service),
-                    data,
-                    replies.put,
-                )
+                channel = protocol.service_channel(self.target_service)
+                if core._in_flight == 1:
+                    # Alone: publish from this thread, as a hand-written loop would; a
+                    # hop to the portal's loop would cost more than the round trip.
+                    if transport.publish_blocking(channel, data) == 0:
+                        raise core._unavailable(action)
+                else:
+                    # Published by the portal's loop, which pipelines the requests of
+                    # every thread; this one only wakes up for replies (or a failure).
+                    get_portal().call_soon_batched(
+                        _publish_request, transport, channel, data, replies.put
+                    )
                 while True:
                     try:
                         reply = replies.get(timeout=wait)

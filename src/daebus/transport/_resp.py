@@ -20,6 +20,9 @@ import logging
 import select
 import socket
 import ssl
+import struct
+import sys
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -307,6 +310,9 @@ async def open_connection(
 
 # Commands sent without waiting before their replies are read anyway.
 _MAX_UNREAD = 256
+# A connection idle this long is checked for a server that closed it (a restart) before
+# it is used again. A busy one is not: the check is a system call per message.
+_CHECK_AFTER_IDLE = 1.0
 
 
 class BlockingConnection:
@@ -322,6 +328,7 @@ class BlockingConnection:
         self._sock: socket.socket | None = None
         self._parser = hiredis.Reader()
         self._unread = 0  # replies owed to commands sent without waiting
+        self._last_used = 0.0
 
     def _connect(self) -> socket.socket:
         endpoint = self._endpoint
@@ -334,9 +341,10 @@ class BlockingConnection:
                 sock = socket.create_connection((endpoint.host, endpoint.port), self._timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.settimeout(self._timeout)
             if endpoint.ssl_context is not None:
                 sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
+            else:
+                _use_kernel_timeouts(sock, self._timeout)
         except OSError as exc:
             raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
         self._sock = sock
@@ -382,19 +390,21 @@ class BlockingConnection:
     def send_only(self, packed: bytes) -> None:
         """Send one packed command without waiting for its reply.
 
-        The reply is read (and an error reply logged) before the next command's.
+        Replies are read (and error replies logged) in batches, or before the next
+        command's: a run of these costs one system call each.
         """
-        self._ready()
-        self._send(packed)
-        self._unread += 1
         if self._unread >= _MAX_UNREAD:
             self._read_unread()
+        self._ready(read_unread=False)
+        self._send(packed)
+        self._unread += 1
 
-    def _ready(self) -> None:
-        if self._unread:
+    def _ready(self, *, read_unread: bool = True) -> None:
+        idle = time.monotonic() - self._last_used >= _CHECK_AFTER_IDLE
+        if self._unread and (read_unread or idle):
             with contextlib.suppress(TransportError):  # closed: reconnect below
                 self._read_unread()
-        if self._sock is None or _closed_by_peer(self._sock):
+        if self._sock is None or (idle and _closed_by_peer(self._sock)):
             self.close()
             self._connect()
 
@@ -411,6 +421,7 @@ class BlockingConnection:
 
     def _send(self, packed: bytes) -> None:
         assert self._sock is not None
+        self._last_used = time.monotonic()
         try:
             self._sock.sendall(packed)
         except OSError as exc:
@@ -440,6 +451,22 @@ class BlockingConnection:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+def _use_kernel_timeouts(sock: socket.socket, timeout: float) -> None:
+    """Make ``sock`` blocking with the timeout enforced by the kernel, where possible.
+
+    A Python socket with a timeout polls before every send and receive: two system
+    calls, each giving up the GIL, where one does.
+    """
+    if not sys.platform.startswith("linux"):
+        sock.settimeout(timeout)
+        return
+    seconds = int(timeout)
+    timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    sock.settimeout(None)
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:

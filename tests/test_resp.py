@@ -1,0 +1,78 @@
+"""The blocking RESP connection that handler threads publish on."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from _helpers import unique_name
+from daebus import TransportError
+from daebus.transport import _resp
+from daebus.transport._resp import BlockingConnection, Endpoint, pack
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in accepted:
+            sock.close()
+        listener.close()
+
+
+def test_a_server_that_never_answers_times_out(silent_server: str) -> None:
+    connection = BlockingConnection(Endpoint.from_url(silent_server), timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(TransportError):
+        connection.command(pack("PING"))
+    assert time.monotonic() - started < 5
+
+
+def test_replies_of_unanswered_sends_are_read_in_order(redis_url: str) -> None:
+    connection = BlockingConnection(Endpoint.from_url(redis_url), timeout=5)
+    key = unique_name("counter")
+    try:
+        for _ in range(_resp._MAX_UNREAD * 2 + 3):  # past the batch size, twice
+            connection.send_only(pack("INCR", key))
+        # The next command's reply is its own, not one owed to a send_only.
+        assert connection.command(pack("GET", key)) == str(_resp._MAX_UNREAD * 2 + 3).encode()
+    finally:
+        connection.command(pack("DEL", key))
+        connection.close()
+
+
+def test_an_idle_connection_closed_by_a_restart_is_replaced(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_resp, "_CHECK_AFTER_IDLE", 0.0)  # every use counts as idle
+    connection = BlockingConnection(Endpoint.from_url(private_redis.url), timeout=5)
+    connection.send_only(pack("PUBLISH", "c", "before"))
+    assert connection.command(pack("PING")) == b"PONG"
+    private_redis.restart()
+    assert connection.command(pack("PUBLISH", "c", "after")) == 0
+    connection.send_only(pack("PUBLISH", "c", "and again"))
+    assert connection.command(pack("PING")) == b"PONG"
+    connection.close()
