@@ -654,3 +654,25 @@ def test_b1_malformed_request_with_a_readable_reply_to_gets_an_error(
     assert reply["request_id"] == "r9"
     assert reply["payload"]["error"].startswith("malformed request: not valid UTF-8 JSON")
     assert apps.caller(service).send_request("echo", 1) == 1
+
+
+def test_async_handlers_run_inside_a_task_from_their_first_line(apps: Apps) -> None:
+    # asyncio.timeout, TaskGroup and many client libraries need the current task.
+    app = Daebus("in-a-task")
+    seen: list[bool] = []
+
+    @app.action("timed")
+    async def timed() -> str:
+        seen.append(asyncio.current_task() is not None)
+        return await asyncio.wait_for(asyncio.sleep(0, "ok"), 5)
+
+    @app.listen(unique_name("tasks"))
+    async def on_message(data: Any) -> None:
+        seen.append(asyncio.current_task() is not None)
+
+    channel = next(iter(app.listen_handlers))
+    caller = apps.caller(apps.start(app))
+    assert caller.send_request("timed") == "ok"
+    assert caller.send_message(channel, {"n": 1}) == 1
+    wait_for(lambda: len(seen) == 2)
+    assert seen == [True, True]

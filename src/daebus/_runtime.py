@@ -51,8 +51,20 @@ def is_async_callable(func: Any) -> bool:
     )
 
 
-# Eager start needs create_task(context=...), new in Python 3.11.
-_EAGER = sys.version_info >= (3, 11)
+if sys.version_info >= (3, 12):
+
+    def _new_task(
+        loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        return asyncio.Task(coroutine, loop=loop, eager_start=True)
+
+else:  # eager tasks are new in 3.12
+
+    def _new_task(
+        loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coroutine)
+
 
 _ASYNC, _ASYNC_GENERATOR, _SYNC = "async", "async generator", "sync"
 _kinds: dict[Any, str] = {}
@@ -191,32 +203,14 @@ class ServiceRuntime:
         self._spawn(work)
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        # Started eagerly, as Python 3.12's eager tasks are: the message's coroutine runs
-        # at once, in its own context, up to its first real wait. A message handled
-        # without waiting (most listeners, async actions whose reply is only queued)
-        # costs no task and no extra turn of the loop; the others become a task there.
+        # On Python 3.12+ the task starts eagerly: the message's handler runs at once, up
+        # to its first real wait, and one that never waits (most listeners, async
+        # actions whose reply is only queued) costs no extra turn of the loop.
         self.active += 1
-        coroutine = work()
-        if not _EAGER:
-            task = self.loop.create_task(coroutine)
-            self.in_flight.add(task)
-            task.add_done_callback(self._finished)
+        task = _new_task(self.loop, work())
+        if task.done():
+            self._finished(task)
             return
-        ctx = contextvars.copy_context()
-        try:
-            waiting_on = ctx.run(coroutine.send, None)
-        except StopIteration:
-            self._release_slot()
-            return
-        except BaseException as exc:
-            self._release_slot()
-            if isinstance(exc, Exception):
-                logger.error("message task failed", exc_info=exc)
-                return
-            raise
-        task = self.loop.create_task(  # type: ignore[call-arg,unused-ignore]
-            _Resumed(coroutine, waiting_on), context=ctx
-        )
         self.in_flight.add(task)
         task.add_done_callback(self._finished)
 
@@ -544,40 +538,6 @@ class ServiceRuntime:
             await self.run_hook(hook, "stop")
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _Resumed(Coroutine[Any, Any, Any]):
-    """A coroutine already stepped once, handed to a task to finish.
-
-    The task's first step gets what the coroutine yielded at its first wait (the future
-    it waits on); every later step, and any exception thrown in (cancellation), goes to
-    the coroutine itself.
-    """
-
-    __slots__ = ("_coroutine", "_first", "_started")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
-        self._coroutine = coroutine
-        self._first: Any = waiting_on
-        self._started = False
-
-    def send(self, value: Any) -> Any:
-        if not self._started:
-            self._started = True
-            first, self._first = self._first, None
-            return first
-        return self._coroutine.send(value)
-
-    def throw(self, *exc_info: Any) -> Any:
-        self._started = True
-        self._first = None
-        return self._coroutine.throw(*exc_info)
-
-    def close(self) -> None:
-        self._coroutine.close()
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        raise TypeError("_Resumed is driven by a task, not awaited")
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
