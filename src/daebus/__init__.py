@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._logging import direct_logger
 from .app import Daebus
 from .blueprint import Blueprint
@@ -22,7 +24,38 @@ from .exceptions import (
 )
 from .pubsub import PubSubBroadcast, PubSubRequest, PubSubResponse
 
+if TYPE_CHECKING:
+    from .http import DaebusHttp, HttpRequest, HttpResponse
+    from .websocket import DaebusWebSocket, WebSocketRequest, WebSocketResponse
+
 __version__ = "0.1.0"
+
+# HTTP and WebSocket load aiohttp (a third of a second): only when first asked for, so
+# that services and the command line that do not use them start fast.
+_LAZY = {
+    "DaebusHttp": ".http",
+    "HttpRequest": ".http",
+    "HttpResponse": ".http",
+    "DaebusWebSocket": ".websocket",
+    "WebSocketRequest": ".websocket",
+    "WebSocketResponse": ".websocket",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'daebus' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AsyncDaebusCaller",
@@ -33,7 +66,11 @@ __all__ = [
     "Daebus",
     "DaebusCaller",
     "DaebusError",
+    "DaebusHttp",
     "DaebusJSONEncoder",
+    "DaebusWebSocket",
+    "HttpRequest",
+    "HttpResponse",
     "MessageTooLargeError",
     "PubSubBroadcast",
     "PubSubRequest",
@@ -43,6 +80,8 @@ __all__ = [
     "ServiceUnavailableError",
     "SetupError",
     "TransportError",
+    "WebSocketRequest",
+    "WebSocketResponse",
     "__version__",
     "broadcast",
     "cache",

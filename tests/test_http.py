@@ -1,0 +1,1050 @@
+"""DaebusHttp against real HTTP clients, with services running on the test Valkey.
+
+The examples of the HTTP guide and the HTTP parts of the blueprint guide (examples/http/)
+come first, then one test per 0.0.31 bug fixed (reference §5: B6, H1-H8), then the rest
+of the behaviour. Clients: the stdlib's http.client (and raw sockets, for clients that
+misbehave) and aiohttp's ClientSession (multipart uploads, keep-alive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from _apps import Apps, apps_fixture
+from _helpers import ServiceProcess, wait_for
+from _servers import free_port
+from daebus import (
+    Blueprint,
+    Daebus,
+    DaebusHttp,
+    HttpRequest,
+    HttpResponse,
+    SetupError,
+    request,
+    response,
+)
+
+apps = apps_fixture()
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+_NO_BODY = object()
+
+
+def fetch(
+    base: str,
+    path: str = "/",
+    method: str = "GET",
+    *,
+    json_body: Any = _NO_BODY,
+    body: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 5.0,
+) -> Reply:
+    """One request on a fresh HTTP/1.1 connection."""
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    headers = dict(headers or {})
+    if json_body is not _NO_BODY:
+        body = json.dumps(json_body)
+        headers.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        reply = conn.getresponse()
+        return Reply(reply.status, reply.headers, reply.read())
+    finally:
+        conn.close()
+
+
+def serve(apps: Apps, app: Daebus, **options: Any) -> DaebusHttp:
+    """Attach a DaebusHttp on a free loopback port (unless one is attached) and start."""
+    http_component = app.http
+    if http_component is None:
+        options.setdefault("port", 0)
+        options.setdefault("host", "127.0.0.1")
+        http_component = app.attach(DaebusHttp(**options))
+    else:
+        http_component.port = 0
+        http_component.host = "127.0.0.1"
+    apps.start(app)
+    assert http_component.port != 0
+    return http_component
+
+
+def load_example(relpath: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """Import ``examples/<relpath>`` as a fresh module (its own app, its own state)."""
+    path = EXAMPLES / relpath
+    name = f"daebus_http_example_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def serve_example(apps: Apps, relpath: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run an example's app in-process, its DaebusHttp moved to a free loopback port."""
+    module = load_example(relpath, monkeypatch)
+    return serve(apps, module.app).url
+
+
+def raw_connection(base: str) -> socket.socket:
+    parts = urllib.parse.urlsplit(base)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=5.0)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (AssertionError if not)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        raise AssertionError(f"the server kept the connection open; got {data!r}") from None
+    return data
+
+
+# -- the HTTP guide -------------------------------------------------------------------------
+
+
+def test_guide_status(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = load_example("http/status.py", monkeypatch)
+    assert module.http.host == "0.0.0.0"
+    assert module.http.port == 8080
+    assert module.app.http is module.http
+    base = serve(apps, module.app).url
+    reply = fetch(base, "/status")
+    assert reply.status == 200
+    assert reply.header("Content-Type") == "application/json"
+    body = reply.json()
+    assert body["status"] == "healthy"
+    assert isinstance(body["timestamp"], float)
+
+
+def test_guide_create_user(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/create_user.py", monkeypatch)
+    reply = fetch(base, "/users", "POST", json_body={"name": "Ada", "email": "ada@example.com"})
+    assert reply.status == 201
+    user = reply.json()
+    assert user["name"] == "Ada"
+    assert user["email"] == "ada@example.com"
+    uuid.UUID(user["id"])
+
+
+def test_guide_request_object(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/request_data.py", monkeypatch)
+    got = fetch(base, "/api/data?kind=lamp", headers={"User-Agent": "guide-test"}).json()
+    assert got == {
+        "method": "GET",
+        "path": "/api/data",
+        "content_type": None,
+        "user_agent": "guide-test",
+        "data": {"kind": "lamp"},
+    }
+    posted = fetch(base, "/api/data", "POST", json_body={"a": [1, 2]}).json()
+    assert posted["method"] == "POST"
+    assert posted["content_type"] == "application/json"
+    assert posted["data"] == {"a": [1, 2]}
+
+
+def test_guide_url_parameters(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/user_by_id.py", monkeypatch)
+    found = fetch(base, "/users/123")
+    assert found.status == 200
+    assert found.json() == {"id": "123", "name": "John Doe", "email": "john@example.com"}
+    missing = fetch(base, "/users/999")
+    assert missing.status == 404
+    assert missing.json() == {"error": "User not found"}
+
+
+def test_guide_query_parameters(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/search.py", monkeypatch)
+    got = fetch(base, "/search?q=lamp&limit=2&offset=3").json()
+    assert got == {
+        "query": "lamp",
+        "limit": 2,
+        "offset": 3,
+        "results": ["lamp result 3", "lamp result 4"],
+    }
+    assert fetch(base, "/search").json()["limit"] == 10
+
+
+def test_guide_response_send(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/send_data.py", monkeypatch)
+    reply = fetch(base, "/data")
+    assert reply.status == 200
+    assert reply.json() == {"items": [1, 2, 3], "count": 3}
+
+
+def test_guide_authentication(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/protected.py", monkeypatch)
+    assert fetch(base, "/protected").status == 401
+    forged = fetch(base, "/protected", headers={"Authorization": "Bearer forged"})
+    assert forged.status == 403
+    assert forged.json() == {"error": "Invalid token"}
+    # Header names are case-insensitive now (0.0.31 looked them up in a plain dict).
+    ok = fetch(base, "/protected", headers={"authorization": "Bearer valid-token"})
+    assert ok.status == 200
+    assert ok.json() == {"message": "You have access to this protected resource"}
+
+
+def test_guide_return_styles(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/return_styles.py", monkeypatch)
+    example = fetch(base, "/example")
+    assert (example.status, example.json()) == (200, {"message": "Success"})
+    missing = fetch(base, "/missing")
+    assert (missing.status, missing.json()) == (404, {"error": "Not found"})
+    as_tuple = fetch(base, "/tuple")
+    assert (as_tuple.status, as_tuple.json()) == (200, {"data": "example"})
+
+
+def test_guide_cors(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/cors.py", monkeypatch)
+    origin = "http://localhost:3000"
+    preflight = fetch(
+        base,
+        "/api/items",
+        "OPTIONS",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status == 204
+    assert preflight.header("Access-Control-Allow-Origin") == origin
+    assert preflight.header("Access-Control-Allow-Credentials") == "true"
+    assert preflight.header("Access-Control-Allow-Methods") == "GET, POST"
+    assert preflight.header("Access-Control-Allow-Headers") == "Content-Type, Authorization"
+    assert preflight.header("Access-Control-Max-Age") == "3600"
+    assert "Origin" in (preflight.header("Vary") or "")
+
+    actual = fetch(base, "/api/items", headers={"Origin": origin})
+    assert actual.status == 200
+    assert actual.header("Access-Control-Allow-Origin") == origin
+    assert actual.header("Access-Control-Allow-Credentials") == "true"
+    assert actual.header("Access-Control-Expose-Headers") == "X-Total-Count"
+    assert "Origin" in (actual.header("Vary") or "")
+
+    # CORS headers only when there is an Origin.
+    plain = fetch(base, "/api/items")
+    assert plain.status == 200
+    assert plain.header("Access-Control-Allow-Origin") is None
+    assert plain.header("Access-Control-Allow-Credentials") is None
+
+
+def test_guide_blueprint_routes_registered_after_attach(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = serve_example(apps, "http/blueprint_users.py", monkeypatch)
+    assert fetch(base, "/users").json() == {"users": ["alice", "bob"]}
+    assert fetch(base, "/users/7").json() == {"user_id": "7"}
+
+
+def test_guide_type_hints(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/type_hints.py", monkeypatch)
+    reply = fetch(base, "/typed")
+    assert (reply.status, reply.json()) == (200, {"path": "/typed", "typed": True})
+
+
+def test_guide_secure_unpacks_response_send(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/secure.py", monkeypatch)
+    reply = fetch(base, "/secure", headers={"User-Agent": "ua/1"})
+    assert (reply.status, reply.json()) == (200, {"secret": "42", "user_agent": "ua/1"})
+
+
+def test_guide_require_auth_decorator(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/require_auth.py", monkeypatch)
+    assert fetch(base, "/api/profile/settings").status == 401
+    assert fetch(base, "/api/profile/settings", headers={"Authorization": "x"}).status == 403
+    ok = fetch(base, "/api/profile/settings", headers={"Authorization": "Bearer secret-key"})
+    assert (ok.status, ok.json()) == (200, {"user": "alice", "section": "settings"})
+
+
+def test_guide_complete_example(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/complete.py", monkeypatch)
+    assert fetch(base, "/").json()["endpoints"] == [
+        "GET /users",
+        "GET /users/<user_id>",
+        "POST /users",
+    ]
+    # 0.0.31 answered 404 here: the POST route had replaced the GET one (B6).
+    listed = fetch(base, "/users")
+    assert listed.status == 200
+    assert listed.json() == {"users": [{"id": "1", "name": "Alice"}, {"id": "2", "name": "Bob"}]}
+    assert fetch(base, "/users/2").json() == {"id": "2", "name": "Bob"}
+    assert fetch(base, "/users/9").status == 404
+    refused = fetch(base, "/users", "POST", json_body={})
+    assert (refused.status, refused.json()) == (400, {"error": "Name is required"})
+    created = fetch(base, "/users", "POST", json_body={"name": "Cleo"})
+    assert (created.status, created.json()) == (201, {"id": "3", "name": "Cleo"})
+    assert len(fetch(base, "/users").json()["users"]) == 3
+    # allowed_origins "*": a literal *, whatever the origin.
+    cors = fetch(base, "/users", headers={"Origin": "https://anywhere.example"})
+    assert cors.header("Access-Control-Allow-Origin") == "*"
+    preflight = fetch(
+        base,
+        "/users",
+        "OPTIONS",
+        headers={"Origin": "https://anywhere.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.header("Access-Control-Allow-Methods") == "GET, POST"
+
+
+def test_guide_complete_example_runs_as_a_program(redis_url: str) -> None:
+    # As a user runs it (app.run, signals), on a free port instead of 8080.
+    port = free_port()
+    path = str(EXAMPLES / "http" / "complete.py")
+    code = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('complete', {path!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        f"module.http.port = {port}\n"
+        "module.http.host = '127.0.0.1'\n"
+        "module.app.run(service='user_api_program')\n"
+    )
+    base = f"http://127.0.0.1:{port}"
+    with ServiceProcess(code=code, redis_url=redis_url, name="http_complete") as proc:
+
+        def answers() -> Reply | None:
+            assert proc.is_running(), proc.output()
+            try:
+                return fetch(base, "/users", timeout=1.0)
+            except OSError:
+                return None
+
+        reply = wait_for(answers, timeout=15.0, message="the HTTP server never answered")
+        assert reply.status == 200
+        assert len(reply.json()["users"]) == 2
+        assert proc.terminate(signal.SIGTERM, timeout=15.0) == 0, proc.output()
+        assert f"HTTP listening on 127.0.0.1:{port}" in proc.output()
+
+
+def test_overview_status_route(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/overview_status.py", monkeypatch)
+    reply = fetch(base, "/api/status")
+    assert (reply.status, reply.json()) == (200, {"status": "operational", "version": "1.0.0"})
+
+
+# -- the blueprint guide --------------------------------------------------------------------
+
+
+def test_blueprint_guide_routes(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = serve_example(apps, "http/blueprint_routes.py", monkeypatch)
+    assert fetch(base, "/api/users/42").json() == {"id": "42", "name": "Ada"}
+    assert fetch(base, "/api/users/1").status == 404
+    # GET and POST on one path (B6).
+    assert fetch(base, "/api/users").json() == {"users": [{"id": "42", "name": "Ada"}]}
+    created = fetch(base, "/api/users", "POST", json_body={"name": "Bo"})
+    assert (created.status, created.json()) == (201, {"id": "101", "name": "Bo"})
+    assert len(fetch(base, "/api/users").json()["users"]) == 2
+    assert fetch(base, "/api/products/p1").json()["price"] == 25
+    assert fetch(base, "/api/products/p2").json() == {"error": "Product not found"}
+
+
+def test_blueprint_guide_complete_example(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="daebus")
+    module = load_example("http/blueprint_complete.py", monkeypatch)
+    built: list[Daebus] = []
+    # main() builds the app and runs it; keep the app and run it here instead.
+    monkeypatch.setattr(module.Daebus, "run", lambda app, **_kw: built.append(app))
+    module.main()
+    (app,) = built
+    base = serve(apps, app).url
+    wait_for(lambda: "Application starting..." in caplog.text)
+
+    assert fetch(base, "/api/users").json() == {"users": []}
+    no_email = fetch(base, "/api/users", "POST", json_body={"name": "Ada"})
+    assert (no_email.status, no_email.json()) == (400, {"error": "Email is required"})
+    created = fetch(base, "/api/users", "POST", json_body={"email": "a@x.org", "name": "Ada"})
+    assert created.status == 201
+    user = created.json()
+    assert user["id"].startswith("user_")
+    assert fetch(base, f"/api/users/{user['id']}").json() == user
+    assert fetch(base, "/api/users").json() == {"users": [user]}
+    unknown = fetch(base, "/api/users/nobody")
+    assert (unknown.status, unknown.json()) == (404, {"error": "User nobody not found"})
+
+    login = {"email": "user@example.com", "password": "password"}
+    granted = fetch(base, "/api/auth/login", "POST", json_body=login)
+    assert granted.status == 200
+    assert granted.json()["expires_in"] == 3600
+    assert granted.json()["token"] in module.tokens
+    denied = fetch(base, "/api/auth/login", "POST", json_body={**login, "password": "guess"})
+    assert (denied.status, denied.json()) == (401, {"error": "Invalid email or password"})
+
+
+# -- the 0.0.31 bugs, one test each -------------------------------------------------------
+
+
+def test_get_and_post_on_one_path(apps: Apps) -> None:  # B6
+    app = Daebus("one_path")
+
+    @app.route("/things", methods=["GET"])
+    def list_things(req: HttpRequest) -> Any:
+        return {"via": "get"}
+
+    @app.route("/things", methods=["post"])  # method names are case-insensitive
+    def add_thing(req: HttpRequest) -> Any:
+        return {"via": "post", "got": req.payload}, 201
+
+    base = serve(apps, app).url
+    assert fetch(base, "/things").json() == {"via": "get"}
+    posted = fetch(base, "/things", "POST", json_body={"n": 1})
+    assert (posted.status, posted.json()) == (201, {"via": "post", "got": {"n": 1}})
+
+
+def test_wrong_method_gets_405_with_allow(apps: Apps) -> None:  # H4
+    app = Daebus("wrong_method")
+    app.route("/only-get")(lambda req: {"ok": True})
+    base = serve(apps, app).url
+    reply = fetch(base, "/only-get", "PATCH", json_body={"x": 1})
+    assert reply.status == 405
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS"
+    assert reply.json() == {"error": "Method Not Allowed", "path": "/only-get", "method": "PATCH"}
+    # An unknown path is still a 404 with 0.0.31's body.
+    missing = fetch(base, "/nothing/here", "PATCH")
+    assert (missing.status, missing.json()) == (
+        404,
+        {"error": "Not Found", "path": "/nothing/here"},
+    )
+
+
+def test_head_answers_for_get_routes(apps: Apps) -> None:  # H4
+    app = Daebus("head")
+    calls: list[str] = []
+
+    @app.route("/doc")
+    def doc(req: HttpRequest) -> Any:
+        calls.append(req.method)
+        return {"title": "hello"}
+
+    base = serve(apps, app).url
+    got = fetch(base, "/doc")
+    head = fetch(base, "/doc", "HEAD")
+    assert head.status == 200
+    assert head.body == b""
+    assert head.header("Content-Length") == got.header("Content-Length") == str(len(got.body))
+    assert head.header("Content-Type") == "application/json"
+    assert calls == ["GET", "HEAD"]
+
+
+def test_options_without_cors_answers_allow(apps: Apps) -> None:
+    app = Daebus("options")
+    app.route("/x", methods=["GET", "PUT"])(lambda req: {})
+    base = serve(apps, app).url
+    reply = fetch(base, "/x", "OPTIONS", headers={"Origin": "https://a.example"})
+    assert reply.status == 204
+    assert reply.header("Allow") == "GET, HEAD, OPTIONS, PUT"
+    assert reply.header("Access-Control-Allow-Origin") is None
+    assert fetch(base, "/y", "OPTIONS").status == 404
+
+
+def test_malformed_json_gets_400_promptly(apps: Apps) -> None:  # H1
+    app = Daebus("bad_json")
+    called = threading.Event()
+
+    @app.route("/in", methods=["POST"])
+    def take(req: HttpRequest) -> Any:
+        called.set()
+        return {}
+
+    base = serve(apps, app).url
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5.0)
+    try:
+        body = b'{"name": "Ada",'
+        conn.request("POST", "/in", body=body, headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 400
+        error = json.loads(reply.read())["error"]
+        assert error.startswith("Malformed JSON body")
+        # The connection is still good for another request (keep-alive).
+        conn.request("POST", "/in", body=b"{}", headers={"Content-Type": "application/json"})
+        second = conn.getresponse()
+        assert (second.status, json.loads(second.read())) == (200, {})
+    finally:
+        conn.close()
+    assert called.is_set()
+
+
+def test_oversized_body_gets_413(apps: Apps) -> None:  # H2
+    app = Daebus("big_body")
+    calls: list[int] = []
+
+    @app.route("/up", methods=["POST"])
+    def up(req: HttpRequest) -> Any:
+        calls.append(len(req.body))
+        return {"n": len(req.body)}
+
+    base = serve(apps, app, max_body_size=1000).url
+    fits = fetch(base, "/up", "POST", body=b"x" * 1000, headers={"Content-Type": "text/plain"})
+    assert fits.json() == {"n": 1000}
+    declared = fetch(base, "/up", "POST", body=b"x" * 5000, headers={"Content-Type": "text/plain"})
+    assert declared.status == 413
+    assert declared.json()["max_size"] == 1000
+
+    # Chunked, with no Content-Length to refuse up front: cut off once over the limit.
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5.0)
+    try:
+        chunks = iter([b"y" * 600, b"y" * 600, b"y" * 600])
+        conn.request("POST", "/up", body=chunks, encode_chunked=True)
+        reply = conn.getresponse()
+        assert reply.status == 413
+        reply.read()
+    finally:
+        conn.close()
+    assert calls == [1000]
+
+
+def test_slow_body_is_cut_off(apps: Apps) -> None:  # H2: slowloris on the body
+    app = Daebus("slow_body")
+    called = threading.Event()
+    app.route("/in", methods=["POST"])(lambda req: called.set())
+    base = serve(apps, app, read_timeout=0.5).url
+    started = time.monotonic()
+    with contextlib.closing(raw_connection(base)) as sock:
+        sock.sendall(
+            b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"partial": '
+        )
+        answer = read_until_closed(sock, timeout=5.0)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert b"Request Timeout" in answer
+    assert time.monotonic() - started < 4.0
+    assert not called.is_set()
+
+
+def test_slow_request_head_is_cut_off(apps: Apps) -> None:  # H2: slowloris on the head
+    app = Daebus("slow_head")
+    app.route("/")(lambda req: {})
+    base = serve(apps, app, keepalive_timeout=0.5).url
+    started = time.monotonic()
+    with contextlib.closing(raw_connection(base)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert read_until_closed(sock, timeout=5.0) == b""
+    assert time.monotonic() - started < 4.0
+
+
+def test_cors_credentialed_request_from_unlisted_origin_gets_no_acao(apps: Apps) -> None:  # H6
+    app = Daebus("cors_list")
+    app.route("/me")(lambda req: {"user": "ada"})
+    config = {"allowed_origins": ["https://app.example"], "allow_credentials": True}
+    base = serve(apps, app, cors_config=config).url
+    evil = {"Origin": "https://evil.example", "Cookie": "session=1"}
+    reply = fetch(base, "/me", headers=evil)
+    assert reply.status == 200
+    assert reply.header("Access-Control-Allow-Origin") is None
+    assert reply.header("Access-Control-Allow-Credentials") is None
+    preflight = fetch(
+        base, "/me", "OPTIONS", headers={**evil, "Access-Control-Request-Method": "GET"}
+    )
+    assert preflight.header("Access-Control-Allow-Origin") is None
+    assert preflight.header("Access-Control-Allow-Methods") is None
+    good = fetch(base, "/me", headers={"Origin": "https://app.example"})
+    assert good.header("Access-Control-Allow-Origin") == "https://app.example"
+    assert good.header("Access-Control-Allow-Credentials") == "true"
+
+
+def test_cors_wildcard_with_credentials_never_reflects_the_origin(apps: Apps) -> None:  # H6
+    app = Daebus("cors_star")
+    app.route("/me")(lambda req: {"user": "ada"})
+    base = serve(apps, app, cors_config={"allowed_origins": "*", "allow_credentials": True}).url
+    for reply in (
+        fetch(base, "/me", headers={"Origin": "https://evil.example"}),
+        fetch(
+            base,
+            "/me",
+            "OPTIONS",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+        ),
+    ):
+        assert reply.header("Access-Control-Allow-Origin") == "*"
+        assert reply.header("Access-Control-Allow-Credentials") is None
+
+
+def test_path_parameters_are_percent_decoded_and_converted(apps: Apps) -> None:  # H5, H8
+    app = Daebus("params")
+    seen: list[Any] = []
+
+    @app.route("/files/<name>")
+    def file(req: HttpRequest, name: str) -> Any:
+        return {"name": name, "payload": req.payload}
+
+    @app.route("/items/<int:item_id>/<float:ratio>")
+    def item(req: HttpRequest, item_id: int, ratio: float) -> Any:
+        seen.append((item_id, ratio))
+        return {"item_id": item_id, "ratio": ratio}
+
+    @app.route("/tree/<path:rest>")
+    def tree(req: HttpRequest, rest: str) -> Any:
+        return {"rest": rest}
+
+    @app.route("/orders/<uuid:order>")
+    def order(req: HttpRequest, order: uuid.UUID) -> Any:
+        return {"order": order.hex}
+
+    base = serve(apps, app).url
+    got = fetch(base, "/files/caf%C3%A9%20au%2Flait").json()
+    # One segment, decoded; path parameters are also in the payload (as the guide says).
+    assert got == {"name": "café au/lait", "payload": {"name": "café au/lait"}}
+    assert fetch(base, "/items/7/0.5").json() == {"item_id": 7, "ratio": 0.5}
+    assert seen == [(7, 0.5)]
+    assert fetch(base, "/items/seven/0.5").status == 404
+    assert fetch(base, "/tree/a/b%20c/d").json() == {"rest": "a/b c/d"}
+    some = uuid.uuid4()
+    assert fetch(base, f"/orders/{some}").json() == {"order": some.hex}
+    assert fetch(base, "/orders/not-a-uuid").status == 404
+    assert fetch(base, "/files/").status == 404  # a parameter is never empty
+
+
+def test_route_definition_errors_fail_at_registration(apps: Apps) -> None:  # H8
+    app = Daebus("bad_routes")
+    app.attach(DaebusHttp(port=0))
+    with pytest.raises(SetupError, match="unknown converter 'integer'"):
+        app.route("/a/<integer:x>")(lambda req, x: {})
+    before = Daebus("bad_routes_before")
+
+    @before.route("/b")
+    def no_request_argument() -> Any:
+        return {}
+
+    with pytest.raises(SetupError, match=r"cannot be called as handler\(req\)"):
+        before.attach(DaebusHttp(port=0))
+    other = Daebus("bad_routes_blueprint")
+    other.attach(DaebusHttp(port=0))
+    bp = Blueprint("bad")
+    bp.route("/c/<x>")(lambda req: {})  # no parameter x
+    with pytest.raises(SetupError, match=r"handler\(req, x\)"):
+        other.register_blueprint(bp)
+
+
+def test_query_string_on_post_and_repeated_keys(apps: Apps) -> None:  # H5
+    app = Daebus("query")
+
+    @app.route("/q", methods=["GET", "POST", "DELETE"])
+    def q(req: HttpRequest) -> Any:
+        return {
+            "payload": req.payload,
+            "query": {key: req.query.getall(key) for key in req.query},
+            "params": req.params,
+        }
+
+    base = serve(apps, app).url
+    got = fetch(base, "/q?tag=a&tag=b&empty=").json()
+    assert got["payload"] == {"tag": "b", "empty": ""}
+    assert got["query"] == {"tag": ["a", "b"], "empty": [""]}
+    assert got["params"] == {"tag": "b", "empty": ""}
+    posted = fetch(base, "/q?page=2", "POST", json_body={"name": "Ada"}).json()
+    assert posted["payload"] == {"name": "Ada"}
+    assert posted["query"] == {"page": ["2"]}
+    # An empty JSON object is the payload (0.0.31 fell through to the query).
+    assert fetch(base, "/q?page=2", "POST", json_body={}).json()["payload"] == {}
+    assert fetch(base, "/q?x=1", "DELETE").json()["payload"] == {"x": "1"}
+
+
+async def test_multipart_form_with_a_file(apps: Apps) -> None:  # H3
+    app = Daebus("multipart")
+
+    @app.route("/upload", methods=["POST"])
+    def upload(req: HttpRequest) -> Any:
+        upload = req.files["photo"]
+        return {
+            "payload": req.payload,
+            "filename": upload.filename,
+            "content_type": upload.content_type,
+            "content": upload.file.read().decode(),
+            "tags": req.form.getall("tag"),
+        }
+
+    base = serve(apps, app).url
+    form = aiohttp.FormData()
+    form.add_field("title", "holiday")
+    form.add_field("tag", "sea")
+    form.add_field("tag", "sun")
+    form.add_field("photo", b"not really a jpeg", filename="beach.jpg", content_type="image/jpeg")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/upload", data=form) as reply,
+    ):
+        assert reply.status == 200
+        got = await reply.json()
+    assert got == {
+        "payload": {"title": "holiday", "tag": "sun"},
+        "filename": "beach.jpg",
+        "content_type": "image/jpeg",
+        "content": "not really a jpeg",
+        "tags": ["sea", "sun"],
+    }
+
+
+def test_form_body_on_put(apps: Apps) -> None:  # H5
+    app = Daebus("put_form")
+    app.route("/settings", methods=["PUT"])(lambda req: req.payload)
+    base = serve(apps, app).url
+    reply = fetch(
+        base,
+        "/settings",
+        "PUT",
+        body="volume=7&mute=&name=caf%C3%A9",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert reply.json() == {"volume": "7", "mute": "", "name": "café"}
+
+
+def test_failing_handler_gets_a_generic_500(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:  # H7
+    app = Daebus("fails")
+
+    @app.route("/boom")
+    def boom(req: HttpRequest) -> Any:
+        raise ValueError("db password is hunter2")
+
+    base = serve(apps, app).url
+    reply = fetch(base, "/boom")
+    assert reply.status == 500
+    assert reply.json() == {"error": "Internal Server Error"}
+    assert b"hunter2" not in reply.body
+    failure = next(r for r in caplog.records if "the handler" in r.getMessage())
+    assert failure.exc_info is not None  # logged with its traceback
+    assert "hunter2" in str(failure.exc_info[1])
+
+
+def test_failing_handler_shows_the_exception_in_debug(apps: Apps) -> None:
+    app = Daebus("fails_debug")
+    app.route("/boom")(lambda req: 1 / 0)
+    base = serve(apps, app, debug=True).url
+    reply = fetch(base, "/boom")
+    assert reply.status == 500
+    assert reply.json() == {
+        "error": "Internal Server Error",
+        "details": "ZeroDivisionError: division by zero",
+    }
+
+
+def test_sync_handlers_run_off_the_loop(apps: Apps) -> None:
+    app = Daebus("off_loop", max_workers=4)
+    release = threading.Event()
+    entered = threading.Event()
+    threads: dict[str, int] = {}
+
+    @app.route("/block")
+    def block(req: HttpRequest) -> Any:
+        threads["sync"] = threading.get_ident()
+        entered.set()
+        assert release.wait(10)
+        return {"released": True}
+
+    @app.route("/ping")
+    async def ping(req: HttpRequest) -> Any:
+        threads["async"] = threading.get_ident()
+        return {"pong": True}
+
+    base = serve(apps, app).url
+    blocked: list[Reply] = []
+    waiter = threading.Thread(target=lambda: blocked.append(fetch(base, "/block", timeout=10)))
+    waiter.start()
+    try:
+        assert entered.wait(5)
+        # The sync handler is still blocked, and the loop answers anyway.
+        assert fetch(base, "/ping").json() == {"pong": True}
+        assert not blocked
+    finally:
+        release.set()
+        waiter.join(10)
+    assert blocked[0].json() == {"released": True}
+    assert threads["sync"] != threads["async"]
+    assert threads["async"] != threading.get_ident()
+
+
+def test_request_and_response_proxies_in_sync_and_async_routes(apps: Apps) -> None:
+    app = Daebus("proxies")
+
+    @app.route("/sync/<name>", methods=["POST"])
+    def sync_route(req: HttpRequest, name: str) -> Any:
+        assert request.payload is req.payload
+        return response.send(
+            {
+                "name": name,
+                "payload": request.payload,
+                "method": request.method,
+                "request_id": request.request_id,
+                "service": request.service,
+                "reply_to": request.reply_to,
+            },
+            202,
+        )
+
+    @app.route("/async")
+    async def async_route(req: HttpRequest) -> Any:
+        await asyncio.sleep(0)
+        return response.error(f"no {request.payload['what']}", 422)
+
+    base = serve(apps, app).url
+    got = fetch(base, "/sync/ada", "POST", json_body={"n": 1})
+    assert got.status == 202
+    body = got.json()
+    assert body["request_id"].startswith("http-")
+    del body["request_id"]
+    assert body == {
+        "name": "ada",
+        "payload": {"n": 1, "name": "ada"},
+        "method": "POST",
+        "service": "http",
+        "reply_to": None,
+    }
+    err = fetch(base, "/async?what=luck")
+    assert (err.status, err.json()) == (422, {"status": "error", "error": "no luck"})
+
+
+def test_routes_registered_before_attach_and_by_blueprint_are_served(apps: Apps) -> None:  # B25
+    app = Daebus("order")
+    app.route("/early")(lambda req: {"early": True})
+    bp = Blueprint("bp")
+    bp.route("/from-blueprint", methods=["GET", "POST"])(lambda req: {"bp": req.method})
+    app.register_blueprint(bp)
+    http_component = app.attach(DaebusHttp(port=0, host="127.0.0.1"))
+    app.route("/late")(lambda req: {"late": True})
+    apps.start(app)
+    base = http_component.url
+    assert fetch(base, "/early").json() == {"early": True}
+    assert fetch(base, "/from-blueprint", "POST").json() == {"bp": "POST"}
+    assert fetch(base, "/late").json() == {"late": True}
+    # A route added while the service runs is served at once.
+    assert fetch(base, "/later").status == 404
+    app.route("/later")(lambda req: {"later": True})
+    assert fetch(base, "/later").json() == {"later": True}
+
+
+def test_port_taken_fails_the_start(apps: Apps) -> None:  # B24
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        app = Daebus("port_taken")
+        app.route("/")(lambda req: {})
+        app.attach(DaebusHttp(port=port, host="127.0.0.1"))
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}") as failure:
+            apps.start(app)
+        assert "another program" in str(failure.value)
+        assert not app.is_running()
+        assert not app.http.is_running
+
+
+def test_stop_does_not_wait_for_ever_on_a_stalled_request(apps: Apps) -> None:  # H1, H2
+    app = Daebus("stalled", shutdown_timeout=0.5)
+    app.route("/in", methods=["GET", "POST"])(lambda req: {})
+    base = serve(apps, app, read_timeout=60).url
+    with (
+        contextlib.closing(raw_connection(base)) as stalled,
+        contextlib.closing(raw_connection(base)) as idle,
+    ):
+        # An idle keep-alive connection, after one request...
+        idle.sendall(b"GET /in HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+        # ... and a request whose body never comes.
+        stalled.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+        wait_for(lambda: app.http._runner.server.requests_count == 2)
+        started = time.monotonic()
+        app.stop()
+        assert time.monotonic() - started < 5.0
+        assert not app.is_running()
+        read_until_closed(stalled, timeout=5.0)
+        assert read_until_closed(idle, timeout=5.0) == b""
+
+
+# -- the rest ---------------------------------------------------------------------------
+
+
+def test_port_zero_gives_the_real_port_and_keep_alive_works(apps: Apps) -> None:
+    app = Daebus("keepalive")
+    app.route("/n/<int:n>")(lambda req, n: {"n": n})
+    http_component = serve(apps, app)
+    assert http_component.port > 0
+    assert http_component.url == f"http://127.0.0.1:{http_component.port}"
+    conn = http.client.HTTPConnection("127.0.0.1", http_component.port, timeout=5.0)
+    try:
+        for n in range(3):
+            conn.request("GET", f"/n/{n}")
+            reply = conn.getresponse()
+            assert reply.version == 11
+            assert reply.getheader("Content-Length") == str(len(f'{{"n":{n}}}'))
+            assert json.loads(reply.read()) == {"n": n}
+            assert conn.sock is not None  # the same connection, kept alive
+    finally:
+        conn.close()
+
+
+def test_return_values(apps: Apps) -> None:
+    app = Daebus("returns")
+    app.route("/html")(lambda req: "<h1>hi</h1>")
+    app.route("/bytes")(lambda req: b"\x00\x01")
+    app.route("/none")(lambda req: None)
+    app.route("/three")(lambda req: ({"a": 1}, 203, {"X-Extra": "yes"}))
+    app.route("/raw")(lambda req: web.Response(text="raw!", status=299))
+
+    @app.route("/status")
+    def set_status(req: HttpRequest) -> Any:
+        response.set_status(201).set_header("X-Id", "7")
+        return {"created": True}
+
+    @app.route("/recorded")
+    def recorded(req: HttpRequest) -> Any:
+        response.send({"recorded": True}, 202)
+        return {"ignored": True}
+
+    @app.route("/unencodable")
+    def unencodable(req: HttpRequest) -> Any:
+        return {"x": object()}
+
+    base = serve(apps, app).url
+    html = fetch(base, "/html")
+    assert html.header("Content-Type") == "text/html; charset=utf-8"
+    assert html.body == b"<h1>hi</h1>"
+    raw_bytes = fetch(base, "/bytes")
+    assert raw_bytes.header("Content-Type") == "application/octet-stream"
+    assert raw_bytes.body == b"\x00\x01"
+    assert fetch(base, "/none").body == b"null"
+    three = fetch(base, "/three")
+    assert (three.status, three.json(), three.header("X-Extra")) == (203, {"a": 1}, "yes")
+    raw = fetch(base, "/raw")
+    assert (raw.status, raw.body) == (299, b"raw!")
+    status = fetch(base, "/status")
+    assert (status.status, status.json(), status.header("X-Id")) == (201, {"created": True}, "7")
+    assert fetch(base, "/recorded").json() == {"recorded": True}
+    assert fetch(base, "/unencodable").status == 500
+
+
+def test_http_response_by_hand() -> None:
+    resp = HttpResponse(None)
+    assert resp.send({"a": 1}) == ({"a": 1}, 200)
+    assert resp.error("nope") == ({"error": "nope"}, 400)
+    assert resp.get_response() == ({"status": "error", "error": "nope"}, 400)
+    assert resp.success([1], 201) == ([1], 201)
+    req = HttpRequest({"method": "post", "path": "/p", "headers": {"X-A": "1"}, "json": {}})
+    assert (req.method, req.payload, req.headers["x-a"]) == ("POST", {}, "1")
+
+
+def test_json_sent_as_text_plain_by_fetch_is_understood(apps: Apps) -> None:
+    app = Daebus("text_plain")
+    app.route("/in", methods=["POST"])(lambda req: {"payload": req.payload, "text": req.text})
+    base = serve(apps, app).url
+    # What a browser's fetch(url, {method: "POST", body: JSON.stringify(x)}) sends.
+    got = fetch(base, "/in", "POST", body='{"a": 1}', headers={"Content-Type": "text/plain"})
+    assert got.json() == {"payload": {"a": 1}, "text": '{"a": 1}'}
+    plain = fetch(base, "/in?q=1", "POST", body="hello", headers={"Content-Type": "text/plain"})
+    assert plain.json() == {"payload": {"q": "1"}, "text": "hello"}
+
+
+def test_static_files(apps: Apps, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    (site / "js").mkdir(parents=True)
+    (site / "index.html").write_text("<h1>kiosk</h1>")
+    (site / "js" / "app.js").write_text("console.log(1)")
+    (tmp_path / "secret.txt").write_text("secret")
+    (site / "link.txt").symlink_to(tmp_path / "secret.txt")
+    app = Daebus("static")
+    app.route("/api/ping")(lambda req: {"pong": True})
+    http_component = app.attach(DaebusHttp(port=0, host="127.0.0.1"))
+    http_component.static("/", site)
+    apps.start(app)
+    base = http_component.url
+    index = fetch(base, "/")
+    assert (index.status, index.body) == (200, b"<h1>kiosk</h1>")
+    assert index.header("Content-Type") == "text/html"
+    assert fetch(base, "/js/app.js").body == b"console.log(1)"
+    assert fetch(base, "/api/ping").json() == {"pong": True}  # routes win over files
+    assert fetch(base, "/../secret.txt").status == 404
+    assert fetch(base, "/%2E%2E/secret.txt").status == 404
+    assert fetch(base, "/link.txt").status == 404  # a link out of the folder
+    assert fetch(base, "/missing.css").status == 404
+    with pytest.raises(SetupError):
+        http_component.static("/x", tmp_path / "no-such-folder")
+
+
+def test_mounts_and_component_mounts(apps: Apps) -> None:
+    async def raw(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=f"raw {request.path}")
+
+    class Component:
+        def attach(self, app: Daebus) -> None:
+            pass
+
+        def http_mounts(self, app: Daebus) -> list[tuple[str, Any]]:
+            return [("/ws", raw)]
+
+    app = Daebus("mounts")
+    app.route("/api")(lambda req: {"api": True})
+    http_component = app.attach(DaebusHttp(port=0, host="127.0.0.1"))
+    http_component.mount("/raw", raw)
+    app.attach(Component())
+    apps.start(app)
+    base = http_component.url
+    assert fetch(base, "/raw").body == b"raw /raw"
+    assert fetch(base, "/ws").body == b"raw /ws"
+    assert fetch(base, "/api").json() == {"api": True}
+    assert fetch(base, "/raw", "HEAD").status == 200
+    not_get = fetch(base, "/ws", "POST")
+    assert (not_get.status, not_get.header("Allow")) == (405, "GET, HEAD, OPTIONS")
+
+
+def test_http_route_decorator_and_routes_attribute(apps: Apps) -> None:
+    http_component = DaebusHttp(port=0, host="127.0.0.1")
+    with pytest.raises(SetupError, match="not attached"):
+        http_component.route("/x")
+    app = Daebus("http_route")
+    app.attach(http_component)
+
+    @http_component.route("/x", methods=["GET", "PUT"])
+    def x(req: HttpRequest) -> Any:
+        return {"method": req.method}
+
+    assert http_component.routes == [("/x", ["GET", "PUT"], x)]
+    apps.start(app)
+    assert fetch(http_component.url, "/x", "PUT").json() == {"method": "PUT"}
