@@ -1,0 +1,654 @@
+"""WebSocket endpoints: :class:`DaebusWebSocket`, served by aiohttp on the service's loop.
+
+::
+
+    app = Daebus(__name__)
+    app.attach(DaebusHttp(port=8080))
+    app.attach(DaebusWebSocket())           # ws://<host>:8081/, any path
+
+    @app.socket("chat_message")
+    def handle_chat(data, client_id):
+        app.websocket.broadcast_to_all(data, message_type="chat_update")
+        return {"status": "delivered"}      # -> {"type": "response", "data": {...}}
+
+The frames are daebus 0.0.31's: a client sends ``{"type": t, "data": d}``; the server
+answers ``{"type": "response", "data": ...}`` with a handler's return value,
+``{"type": "error", "data": {"error": msg}}`` when a handler raised, and
+``{"type": "error", "error": msg}`` for protocol errors (bad JSON, no type, unknown
+type, rate limit with ``retry_after``).
+
+Plain ``def`` handlers run in the service's worker threads, ``async def`` ones on its
+event loop. Every sending method works from any thread (see :class:`DaebusWebSocket`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from . import context
+from ._socket_clients import ClientTable
+from ._socket_connection import RateLimiter, SocketData, WebSocketConnection
+from ._socket_dispatch import (
+    CLOSE_GOING_AWAY,
+    CLOSE_REJECTED,
+    RESERVED_MESSAGE_TYPES,
+    SocketDispatcher,
+    WebSocketRequest,
+    WebSocketResponse,
+    frame as encode_frame,
+)
+from .exceptions import SetupError
+
+if TYPE_CHECKING:
+    from .app import Daebus
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_REJECTED",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "RESERVED_MESSAGE_TYPES",
+    "DaebusWebSocket",
+    "SocketData",
+    "WebSocketConnection",
+    "WebSocketRequest",
+    "WebSocketResponse",
+]
+
+log = logging.getLogger("daebus.websocket")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: 0.0.31's limit (the ``websockets`` library's default).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+class DaebusWebSocket:
+    """WebSocket endpoints of a service, attached with ``app.attach(DaebusWebSocket())``.
+
+    Where it listens (0.0.31's rules, whatever the order of the ``attach`` calls):
+
+    - with ``DaebusHttp`` attached and no ``port``: the HTTP port + 1 (0 stays 0);
+    - ``port`` equal to the HTTP port: the HTTP port + 1, with a warning;
+    - without ``DaebusHttp``, ``port`` is required (the service fails to start without);
+    - ``path="/ws"`` with ``DaebusHttp`` attached and no ``port``: no port of its own,
+      it is served by ``DaebusHttp`` under that path (see :meth:`http_mounts`).
+
+    On its own port it accepts the upgrade on any path (or only ``path`` if given) and
+    answers plain HTTP with 426. A port that is taken makes the service fail to start
+    with ``OSError``.
+
+    Args:
+        port: the port to listen on (0: any free port; see :meth:`get_websocket_port`).
+        path: serve only this path; with ``DaebusHttp`` and no port, on the HTTP port.
+        host: address to bind; defaults to the HTTP component's host, else ``0.0.0.0``
+            (0.0.31's, so that kiosk browsers on the network can connect).
+        allowed_origins: browser origins allowed to connect (``"https://kiosk.local"``,
+            or ``"*"``); other browser origins are refused with 403 at the handshake.
+            Clients that send no Origin (not browsers) are always allowed. None (the
+            default, as in 0.0.31) allows every origin.
+        max_message_size: a bigger frame closes the connection with code 1009.
+        max_connections: more connections are refused with 503 (None: no limit).
+        heartbeat: seconds between pings; a client that does not answer is dropped.
+        send_timeout: how long a send from another thread waits for the frame to go out.
+        close_timeout: how long a close waits for the client's close handshake.
+        ssl_context: serve ``wss://`` with this context.
+
+    Connect handlers (``@app.socket_connect()``) are called as ``handler(data, client_id)``
+    right after the handshake, before any message of the client is handled. ``data`` holds
+    the handshake's query parameters (``ws://host:8081/?token=abc`` gives
+    ``data["token"] == "abc"``), and ``request.path``, ``request.query``,
+    ``request.headers`` and ``request.remote_address`` describe the handshake. Returning
+    ``False`` or raising refuses the client (an exception's text is sent first, as an
+    error frame): the connection is closed with code 1008 and no disconnect handler runs
+    for it. Any other value that is not None is sent as a ``response``. A client may
+    not send the ``connect`` or ``disconnect`` types itself.
+
+    Message handlers are called as ``handler(data, client_id)`` (or ``handler(data)``).
+    A dict ``data`` is a :class:`~daebus.websocket.SocketData`: the dict the client sent,
+    which also answers ``.data``, ``.payload``, ``.client_id`` and ``.message_type``, so
+    handlers written as ``handler(req, sid)`` reading ``req.data`` work too.
+
+    Client ids come from :meth:`set_client_id_generator` (default ``user_<uuid4>``); an
+    id already in use gets a ``_2``, ``_3``, ... suffix, so no connection replaces
+    another. Until the connect handler accepted it, a client can be sent to and looked
+    up by id, but it is not listed, counted nor reached by broadcasts.
+
+    The sending and closing methods work from any thread. From a thread other than the
+    event loop's (plain ``def`` handlers, actions, jobs, your own threads) they wait
+    (``send_timeout``) and return the real outcome: frames written, clients closed. On
+    the event loop (``async def`` code) they cannot wait: they queue the work and
+    return what was queued; await the ``*_async`` twins for the real outcome there.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        path: str | None = None,
+        host: str | None = None,
+        allowed_origins: str | Iterable[str] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_connections: int | None = 1000,
+        heartbeat: float | None = 20.0,
+        send_timeout: float = 5.0,
+        close_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
+            raise SetupError(f"port must be an int from 0 to 65535, got {port!r}")
+        if path is not None and (not isinstance(path, str) or not path.startswith("/")):
+            raise SetupError(f"path must be a string starting with '/', got {path!r}")
+        if max_connections is not None and max_connections < 1:
+            raise SetupError("max_connections must be at least 1 (or None for no limit)")
+        if max_message_size < 1:
+            raise SetupError("max_message_size must be at least 1")
+        self._requested_port = port
+        self._port = port
+        self.path = path
+        self._host = host
+        if isinstance(allowed_origins, str):
+            allowed_origins = [allowed_origins]
+        self.allowed_origins: frozenset[str] | None = (
+            None
+            if allowed_origins is None
+            else frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
+        )
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.heartbeat = heartbeat
+        self.send_timeout = send_timeout
+        self.close_timeout = close_timeout
+        self.ssl_context = ssl_context
+        self.logger = log
+        self.daemon: Daebus | None = None
+        #: ``on_connect`` / ``on_disconnect`` functions, called with ``(client_id)``.
+        self.connection_handlers: list[Callable[..., Any]] = []
+        self.disconnection_handlers: list[Callable[..., Any]] = []
+        self.client_id_generator: Callable[[Any, str], Any] | None = None
+        self._own_handlers: dict[str, Callable[..., Any]] = {}
+        self._limiter: RateLimiter | None = None
+        self._table = ClientTable(self)
+        self._dispatcher: SocketDispatcher | None = None
+        self._runner: web.ServerRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._bound_port: int | None = None
+        self._accepting = False
+        self._warned_same_port = False
+        self._seen_http_port: int | None = None
+
+    def __repr__(self) -> str:
+        where = self.path if self._mounted() else f"port {self.get_websocket_port()}"
+        return f"<DaebusWebSocket {where}, {len(self._table.accepted)} client(s)>"
+
+    # -- configuration ---------------------------------------------------------------
+    @property
+    def port(self) -> int | None:
+        """The port to listen on (resolved from the HTTP port when none was given)."""
+        return self._port
+
+    @port.setter
+    def port(self, value: int | None) -> None:
+        self._requested_port = value
+        self._port = value
+        self._warned_same_port = False
+        if self.daemon is not None:
+            self._port = self._resolve_port(self.daemon, final=False)
+
+    @property
+    def host(self) -> str:
+        """The address the server binds: the given host, else HTTP's, else ``0.0.0.0``."""
+        if self._host is not None:
+            return self._host
+        http = self.daemon.http if self.daemon is not None else None
+        http_host = getattr(http, "host", None)
+        return http_host if isinstance(http_host, str) and http_host else "0.0.0.0"
+
+    @host.setter
+    def host(self, value: str | None) -> None:
+        self._host = value
+
+    @property
+    def actual_port(self) -> int | None:
+        """The port clients connect to: the bound port once running."""
+        return self.get_websocket_port()
+
+    def get_websocket_port(self) -> int | None:
+        """The port clients connect to (the real one once started, also for port 0)."""
+        if self._bound_port is not None:
+            return self._bound_port
+        if self._mounted():
+            return self._http_port(bound=True)
+        return self._port
+
+    @property
+    def is_running(self) -> bool:
+        """True while connections are accepted."""
+        return self._accepting
+
+    @property
+    def server(self) -> web.ServerRunner | None:
+        """The aiohttp runner of the component's own server (None when mounted on HTTP)."""
+        return self._runner
+
+    def _http_port(self, *, bound: bool = False) -> int | None:
+        http = self.daemon.http if self.daemon is not None else None
+        if http is None:
+            return None
+        if bound:
+            actual = getattr(http, "actual_port", None)
+            if isinstance(actual, int) and actual:
+                return actual
+        port = getattr(http, "port", None)
+        return port if isinstance(port, int) else None
+
+    def _mounted(self) -> bool:
+        return (
+            self.path is not None
+            and self._requested_port is None
+            and self.daemon is not None
+            and self.daemon.http is not None
+        )
+
+    def _resolve_port(self, app: Daebus, *, final: bool) -> int | None:
+        wanted = self._requested_port
+        if app.http is None:
+            if wanted is None and final:
+                raise SetupError(
+                    "WebSocket port must be specified when DaebusHttp is not attached: "
+                    "DaebusWebSocket(port=...)"
+                )
+            return wanted
+        http_port = self._http_port()
+        if final and self._seen_http_port == 0:
+            http_port = 0  # HTTP asked for any free port and may have bound one since
+        elif not final:
+            self._seen_http_port = http_port
+        if wanted is None:
+            if http_port is None:
+                return None
+            if self.path is not None:
+                return http_port
+            return 0 if http_port == 0 else http_port + 1
+        if wanted == http_port and wanted != 0:
+            if not self._warned_same_port:
+                self._warned_same_port = True
+                log.warning(
+                    "WebSocket port %d is the HTTP port; using %d instead", wanted, wanted + 1
+                )
+            return wanted + 1
+        return wanted
+
+    # -- the component protocol --------------------------------------------------------
+    def attach(self, daemon: Daebus) -> None:
+        """Called by ``app.attach``: become ``app.websocket`` and take the app's handlers."""
+        if self.daemon is not None and self.daemon is not daemon:
+            raise SetupError("this DaebusWebSocket is already attached to another app")
+        self.daemon = daemon
+        daemon.websocket = self
+        own, self._own_handlers = self._own_handlers, {}
+        for message_type, func in own.items():
+            daemon.add_socket_handler(message_type, func)
+        self._port = self._resolve_port(daemon, final=False)
+
+    def refresh_handlers(self, daemon: Daebus) -> None:
+        """Called by the app when handlers or components change (picks up a late HTTP)."""
+        if daemon is self.daemon:
+            self._port = self._resolve_port(daemon, final=False)
+
+    def http_mounts(self, daemon: Daebus) -> list[tuple[str, Any]]:
+        """The ``(path, handler)`` pairs an attached ``DaebusHttp`` serves for us."""
+        if self.path is not None and self._mounted():
+            return [(self.path, self._handle)]
+        return []
+
+    async def start_async(self, daemon: Daebus) -> None:
+        """Start serving (called by the app once its runtime is up, on its loop)."""
+        if daemon is not self.daemon:
+            raise SetupError("start_async() called with an app this component is not attached to")
+        port = self._port = self._resolve_port(daemon, final=True)
+        runtime = daemon._runtime
+        if runtime is None:
+            raise SetupError("start_async() needs the app's runtime: start the app instead")
+        self._table.bind(runtime.loop)
+        self._dispatcher = SocketDispatcher(self, runtime)
+        if self._mounted():
+            self._accepting = True
+            log.info("WebSocket endpoint at %s on the HTTP port %s", self.path, self._http_port())
+            return
+        assert port is not None
+        runner = web.ServerRunner(
+            web.Server(self._handle, access_log=None), shutdown_timeout=self.close_timeout
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port, ssl_context=self.ssl_context)
+        self._accepting = True  # before listening: a first client must not get a 503
+        try:
+            await site.start()
+        except OSError as exc:
+            self._accepting = False
+            await runner.cleanup()
+            self._table.unbind()
+            self._dispatcher = None
+            raise OSError(
+                exc.errno,
+                f"DaebusWebSocket cannot listen on {self.host}:{port}: {exc.strerror or exc} "
+                "(is another program using this port? choose another with "
+                "DaebusWebSocket(port=...))",
+            ) from exc
+        self._runner, self._site = runner, site
+        addresses = runner.addresses
+        self._bound_port = int(addresses[0][1]) if addresses else port
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        log.info(
+            "WebSocket server listening on %s://%s:%s%s",
+            scheme,
+            self.host,
+            self._bound_port,
+            self.path or "",
+        )
+
+    async def stop_async(self) -> None:
+        """Close every client (1001, going away) and stop listening; never hangs."""
+        self._accepting = False
+        await self._table.close_all(
+            CLOSE_GOING_AWAY, "Server shutting down", timeout=self.close_timeout + 1
+        )
+        runner, self._runner, self._site = self._runner, None, None
+        if runner is not None:
+            try:
+                await asyncio.wait_for(runner.cleanup(), self.close_timeout + 1)
+            except Exception as exc:
+                log.warning("stopping the WebSocket server: %s", exc)
+        self._table.unbind()
+        self._bound_port = None
+        self._dispatcher = None
+
+    # -- registration ------------------------------------------------------------------
+    @property
+    def message_handlers(self) -> dict[str, Callable[..., Any]]:
+        """Message type -> handler: the app's ``socket_handlers`` once attached."""
+        return self.daemon.socket_handlers if self.daemon is not None else self._own_handlers
+
+    def socket(self, message_type: str) -> Callable[[F], F]:
+        """Register the handler of ``{"type": message_type}`` messages (as ``app.socket``)."""
+
+        def decorator(func: F) -> F:
+            if self.daemon is not None:
+                self.daemon.add_socket_handler(message_type, func)
+            else:
+                if not isinstance(message_type, str) or not message_type:
+                    raise SetupError(
+                        f"socket message type must be a non-empty string, got {message_type!r}"
+                    )
+                self._own_handlers[message_type] = func
+            return func
+
+        return decorator
+
+    def socket_connect(self) -> Callable[[F], F]:
+        """Register the connect handler (it may refuse the client by returning False)."""
+        return self.socket("connect")
+
+    def socket_disconnect(self) -> Callable[[F], F]:
+        """Register the disconnect handler."""
+        return self.socket("disconnect")
+
+    def socket_register(self) -> Callable[[F], F]:
+        """Register the handler of ``register`` messages."""
+        return self.socket("register")
+
+    def on_connect(self, func: F) -> F:
+        """Call ``func(client_id)`` for every accepted client (a plain decorator)."""
+        self.connection_handlers.append(func)
+        return func
+
+    def on_disconnect(self, func: F) -> F:
+        """Call ``func(client_id)`` when an accepted client has gone (a plain decorator)."""
+        self.disconnection_handlers.append(func)
+        return func
+
+    def set_client_id_generator(self, func: Callable[[Any, str], Any] | None) -> None:
+        """Make client ids with ``func(websocket, path)`` (None: back to ``user_<uuid4>``)."""
+        self.client_id_generator = func
+
+    def generate_client_id(self, websocket: Any, path: str) -> str:
+        """A new client's id from the generator, or ``user_<uuid4>`` if it fails."""
+        generator = self.client_id_generator
+        if generator is not None:
+            try:
+                client_id = generator(websocket, path)
+            except Exception:
+                log.exception("the client id generator failed; using a default id")
+            else:
+                if isinstance(client_id, str) and client_id:
+                    return client_id
+                log.warning(
+                    "the client id generator returned %r, not a string; using a default id",
+                    client_id,
+                )
+        return f"user_{uuid.uuid4()}"
+
+    # -- rate limiting -----------------------------------------------------------------
+    def enable_rate_limiting(self, max_messages: int = 60, window_seconds: float = 60) -> None:
+        """Allow each client at most ``max_messages`` in any ``window_seconds``.
+
+        Over the limit a message is answered with ``{"type": "error", "error": "Rate
+        limit exceeded", "retry_after": window_seconds}`` and not handled nor counted.
+        """
+        if max_messages < 1 or window_seconds <= 0:
+            raise SetupError("rate limiting needs max_messages >= 1 and window_seconds > 0")
+        self._limiter = RateLimiter(max_messages, window_seconds)
+
+    def disable_rate_limiting(self) -> None:
+        """Stop limiting clients."""
+        self._limiter = None
+
+    @property
+    def rate_limit_enabled(self) -> bool:
+        """Whether rate limiting is on."""
+        return self._limiter is not None
+
+    @property
+    def rate_limit_max_messages(self) -> int | None:
+        """Messages allowed per window (None when off)."""
+        return self._limiter.max_messages if self._limiter is not None else None
+
+    @property
+    def rate_limit_window(self) -> float | None:
+        """The window in seconds (None when off)."""
+        return self._limiter.window_seconds if self._limiter is not None else None
+
+    def is_rate_limited(self, client_id: str) -> bool:
+        """Whether the client's next message would be refused."""
+        limiter = self._limiter
+        return limiter is not None and limiter.is_limited(client_id)
+
+    def record_message_received(self, client_id: str) -> None:
+        """Count a message of the client against its limit (done for every frame)."""
+        limiter = self._limiter
+        if limiter is not None:
+            limiter.record(client_id)
+
+    # -- clients -----------------------------------------------------------------------
+    @property
+    def clients(self) -> dict[str, WebSocketConnection]:
+        """Client id -> connection of every accepted client (a snapshot)."""
+        return dict(self._table.accepted)
+
+    @property
+    def client_metadata(self) -> dict[str, dict[str, Any]]:
+        """Client id -> metadata of every accepted client (a snapshot)."""
+        return {cid: conn.metadata() for cid, conn in list(self._table.accepted.items())}
+
+    def get_clients(self) -> list[str]:
+        """The ids of the accepted clients."""
+        return list(self._table.accepted)
+
+    def get_client_count(self) -> int:
+        """How many clients are connected."""
+        return len(self._table.accepted)
+
+    def is_client_connected(self, client_id: str) -> bool:
+        """Whether ``client_id`` is an accepted client whose connection is open."""
+        connection = self._table.accepted.get(client_id)
+        return connection is not None and not connection.closed
+
+    def get_client_metadata(self, client_id: str) -> dict[str, Any] | None:
+        """``connected_at``, ``path``, ``remote_address``, ``secure``, counters...; or None."""
+        connection = self._table.lookup(client_id)
+        return connection.metadata() if connection is not None else None
+
+    def get_clients_by_filter(self, predicate: Callable[[str, dict[str, Any]], Any]) -> list[str]:
+        """The ids of the clients for which ``predicate(client_id, metadata)`` is true."""
+        return [cid for cid, meta in self.client_metadata.items() if predicate(cid, meta)]
+
+    # -- sending -----------------------------------------------------------------------
+    def _deliver(self, client_id: str, frame: bytes) -> Any:
+        return self._table.deliver(client_id, frame)
+
+    def send(self, data: Any, message_type: str = "response") -> None:
+        """Send to the client whose message is being handled (from its handler)."""
+        ctx = context.current_context()
+        request = ctx.request if ctx is not None else None
+        if not isinstance(request, WebSocketRequest):
+            log.error("websocket.send() called outside a WebSocket handler; nothing was sent")
+            return
+        self._table.deliver(request.client_id, encode_frame(message_type, data))
+
+    def send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
+        """Send ``{"type": message_type, "data": data}`` to one client.
+
+        Returns whether it was written (queued, on the event loop); False for an
+        unknown client.
+        """
+        return self._table.send([client_id], encode_frame(message_type, data))[client_id]
+
+    async def send_to_client_async(
+        self, client_id: str, data: Any, message_type: str = "message"
+    ) -> bool:
+        """Send to one client and wait until it is written; False if it could not be."""
+        results = await self.broadcast_to_clients_async([client_id], data, message_type)
+        return results[client_id]
+
+    def safe_send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
+        """:meth:`send_to_client` that never raises (False on any failure)."""
+        try:
+            return self.send_to_client(client_id, data, message_type)
+        except Exception:
+            log.exception("sending to client %s failed", client_id)
+            return False
+
+    def broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
+        """Send to every client; returns how many it was written (queued, on the loop) to."""
+        encoded = encode_frame(message_type, data)
+        return sum(self._table.send(list(self._table.accepted), encoded).values())
+
+    async def broadcast_to_all_async(self, data: Any, message_type: str = "broadcast") -> int:
+        """Send to every client and wait; returns how many it was written to."""
+        results = await self.broadcast_to_clients_async(
+            list(self._table.accepted), data, message_type
+        )
+        return sum(results.values())
+
+    def safe_broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
+        """:meth:`broadcast_to_all` that never raises (0 on any failure)."""
+        try:
+            return self.broadcast_to_all(data, message_type)
+        except Exception:
+            log.exception("broadcasting to all clients failed")
+            return 0
+
+    def broadcast_to_clients(
+        self, client_ids: Iterable[str], data: Any, message_type: str = "message"
+    ) -> dict[str, bool]:
+        """Send to some clients; returns client id -> written (False for unknown ids)."""
+        return self._table.send(list(client_ids), encode_frame(message_type, data))
+
+    async def broadcast_to_clients_async(
+        self, client_ids: Iterable[str], data: Any, message_type: str = "message"
+    ) -> dict[str, bool]:
+        """Send to some clients and wait; returns client id -> written."""
+        ids = list(client_ids)
+        encoded = encode_frame(message_type, data)
+        table = self._table
+        return await table.await_on_loop(
+            lambda: table.send_frames(ids, encoded), dict.fromkeys(ids, False)
+        )
+
+    # -- closing -----------------------------------------------------------------------
+    def disconnect_client(
+        self, client_id: str, code: int = 1000, reason: str = "Server closed connection"
+    ) -> bool:
+        """Close one client's connection (after what was sent to it before).
+
+        From another thread it returns once the close handshake is done; on the event
+        loop, once the close is queued. False if the client is not connected.
+        """
+        return self._table.close_from_anywhere([client_id], code, reason) == 1
+
+    def disconnect_all_clients(self, code: int = 1000, reason: str = "Server shutting down") -> int:
+        """Close every client's connection; returns how many were closed."""
+        return self._table.close_from_anywhere(list(self._table.accepted), code, reason)
+
+    def graceful_shutdown(self, timeout: float = 5.0, message: Any = None) -> int:
+        """Stop accepting, tell every client, close them all; returns how many were closed.
+
+        A dict ``message`` is sent first as ``{"type": "server_shutdown", "data":
+        message}`` (another value as ``{"message": str(value)}``). Clients are closed with
+        code 1001, and the call waits up to ``timeout`` seconds for them to go away
+        (from the event loop it only starts all this). The service itself keeps running.
+        """
+        ctx = context.current_context()
+        request = ctx.request if ctx is not None else None
+        # A handler's own client cannot be gone before the handler returns: not waited for.
+        skip = request.client_id if isinstance(request, WebSocketRequest) else None
+        table = self._table
+        if table.on_loop():
+            table.keep(self._graceful_shutdown(timeout, message, skip))
+            return len(table.everyone())
+        return table.call_on_loop(
+            lambda: self._graceful_shutdown(timeout, message, skip), 0, timeout + 1
+        )
+
+    async def graceful_shutdown_async(self, timeout: float = 5.0, message: Any = None) -> int:
+        """:meth:`graceful_shutdown`, awaited."""
+        return await self._table.await_on_loop(lambda: self._graceful_shutdown(timeout, message), 0)
+
+    async def _graceful_shutdown(
+        self, timeout: float, message: Any, skip: str | None = None
+    ) -> int:
+        self._accepting = False
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()  # stop listening; the runner is cleaned up when the app stops
+        if message:
+            if not isinstance(message, dict):
+                message = {"message": str(message)}
+            encoded = encode_frame("server_shutdown", message)
+            await self._table.send_frames(list(self._table.accepted), encoded)
+        count = await self._table.close_all(
+            CLOSE_GOING_AWAY, "Server shutting down", timeout=timeout, skip=skip
+        )
+        log.info("WebSocket server shut down; %d client(s) disconnected", count)
+        return count
+
+    # -- serving -----------------------------------------------------------------------
+    def _origin_allowed(self, origin: str | None) -> bool:
+        allowed = self.allowed_origins
+        if allowed is None or origin is None or "*" in allowed:
+            return True
+        return origin.rstrip("/").lower() in allowed
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The aiohttp handler of every connection (also mounted on the HTTP port)."""
+        dispatcher = self._dispatcher
+        if dispatcher is None or not self._accepting:
+            return web.Response(status=503, text="WebSocket server is not running\n")
+        return await dispatcher.handle(request)

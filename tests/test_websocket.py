@@ -1,0 +1,1615 @@
+"""DaebusWebSocket against real WebSocket clients (aiohttp's) and a real Redis.
+
+Every service runs in-process (``apps.start``) on the session's Valkey; clients connect
+over TCP with ``aiohttp.ClientSession.ws_connect``. Examples in
+``examples/websockets/`` are imported fresh and moved to free loopback ports first.
+Blocking calls (callers, ``apps.start`` aside) go through ``asyncio.to_thread``, so the
+test's client keeps answering the server (close handshakes) meanwhile. Nothing waits a
+fixed time: every wait is on a frame, a close, or a polled condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import types
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import WSMsgType, web
+
+import daebus
+from _apps import Apps, apps_fixture
+from _helpers import ServiceProcess, Subscription, wait_for
+from _servers import free_port
+from daebus import Blueprint, Daebus, DaebusWebSocket, request, response
+from daebus._socket_connection import RateLimiter, SocketData
+from daebus.websocket import WebSocketConnection, WebSocketRequest, WebSocketResponse
+
+apps = apps_fixture()
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "websockets"
+HOST = "127.0.0.1"
+FAST = 0.05
+
+HAS_HTTP = importlib.util.find_spec("daebus.http") is not None
+needs_http = pytest.mark.skipif(not HAS_HTTP, reason="daebus.http (DaebusHttp) is not there")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as client_session:
+        yield client_session
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="daebus")
+    return caplog
+
+
+def log_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in list(caplog.records)]
+
+
+def wait_log(caplog: pytest.LogCaptureFixture, text: str) -> str:
+    return wait_for(
+        lambda: next((m for m in log_messages(caplog) if text in m), None),
+        message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
+    )
+
+
+def ws_app(name: str = "ws", **options: Any) -> tuple[Daebus, DaebusWebSocket]:
+    """An app with a DaebusWebSocket on a free loopback port."""
+    app = Daebus(name)
+    websocket = DaebusWebSocket(port=0, host=HOST, **options)
+    app.attach(websocket)
+    return app, websocket
+
+
+def url(websocket: DaebusWebSocket, path: str = "/") -> str:
+    return f"ws://{HOST}:{websocket.get_websocket_port()}{path}"
+
+
+async def recv(client: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> Any:
+    """The next frame, JSON-decoded."""
+    msg = await client.receive(timeout)
+    assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type!r} {msg.data!r}"
+    return json.loads(msg.data)
+
+
+async def recv_close(
+    client: aiohttp.ClientWebSocketResponse, timeout: float = 5.0
+) -> tuple[int, str]:
+    """Wait for the server's close; returns its code and reason."""
+    msg = await client.receive(timeout)
+    assert msg.type is WSMsgType.CLOSE, f"expected a close, got {msg.type!r} {msg.data!r}"
+    return msg.data, msg.extra
+
+
+async def ask(client: aiohttp.ClientWebSocketResponse, message_type: str, data: Any = None) -> Any:
+    """Send a message and return the next frame."""
+    message: dict[str, Any] = {"type": message_type}
+    if data is not None:
+        message["data"] = data
+    await client.send_json(message)
+    return await recv(client)
+
+
+async def call(caller: daebus.DaebusCaller, action: str, payload: Any = None) -> Any:
+    return await asyncio.to_thread(caller.send_request, action, payload or {})
+
+
+def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """Import ``examples/websockets/<name>`` as a fresh module."""
+    path = EXAMPLES / name
+    module_name = f"daebus_ws_example_{path.stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, module_name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def move_to_free_ports(app: Daebus) -> None:
+    """Put an example's HTTP and WebSocket servers on free loopback ports."""
+    if app.http is not None:
+        app.http.port = 0
+        app.http.host = HOST
+    app.websocket.port = 0
+    app.websocket.host = HOST
+
+
+def serve(apps: Apps, app: Daebus) -> str:
+    """Start an example's app on free ports; returns its service name."""
+    move_to_free_ports(app)
+    return apps.start(app)
+
+
+def http_url(app: Daebus, path: str) -> str:
+    return f"http://{HOST}:{app.http.port}{path}"
+
+
+def fire_now(app: Daebus, job: str) -> None:
+    app.background_tasks[job].interval = FAST
+
+
+USER_ID = re.compile(r"user_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+# -- WebSocket guide: setting up and ports --------------------------------------------------
+
+
+async def test_guide_setup_http_plus_one(
+    apps: Apps,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    module = load_example("realtime_service.py", monkeypatch)
+    assert module.http.port == 8080
+    assert module.websocket.get_websocket_port() == 8081
+    assert module.app.websocket is module.websocket
+    serve(apps, module.app)
+    port = module.websocket.get_websocket_port()
+    assert port not in (0, 8081)
+    wait_log(logs, f"WebSocket server listening on ws://{HOST}:{port}")
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert await ask(client, "ping") == {"type": "response", "data": {"pong": True}}
+
+
+async def test_guide_explicit_port_and_standalone(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_example("custom_port.py", monkeypatch).websocket.get_websocket_port() == 9000
+    module = load_example("standalone.py", monkeypatch)
+    assert module.app.http is None
+    assert module.websocket.get_websocket_port() == 8080
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert (await ask(client, "ping"))["data"] == {"pong": True}
+
+    # Without DaebusHttp a port is required: the service does not start without one.
+    app = Daebus("no_port")
+    app.attach(DaebusWebSocket())
+    with pytest.raises(daebus.SetupError, match="WebSocket port must be specified"):
+        apps.start(app)
+
+
+def test_guide_same_port_moves_up_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    module = load_example("same_port.py", monkeypatch)
+    assert module.websocket.get_websocket_port() == 8081
+    assert "WebSocket server will listen on port 8081" in capsys.readouterr().out
+    wait_log(logs, "WebSocket port 8080 is the HTTP port; using 8081 instead")
+
+
+@needs_http
+async def test_guide_status_service(
+    apps: Apps,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    module = load_example("status_service.py", monkeypatch)
+    assert "HTTP on port 5000, WebSocket on port 5001" in capsys.readouterr().out
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        pong = await ask(client, "ping")
+        assert pong["type"] == "response"
+        assert pong["data"]["pong"] is True
+        async with session.get(http_url(module.app, "/api/status")) as reply:
+            status = await reply.json()
+        assert status == {
+            "status": "ok",
+            "websocket_port": module.websocket.get_websocket_port(),
+            "clients": 1,
+        }
+    page = (EXAMPLES / "status_client.html").read_text()
+    assert "new WebSocket('ws://localhost:5001')" in page
+    assert "type: 'ping'" in page
+
+
+# -- WebSocket guide: handlers --------------------------------------------------------------
+
+
+async def test_guide_handler_signature(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("handler_signature.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        reply = await ask(client, "chat_message", {"message": "Hello!", "room": "general"})
+    assert reply["type"] == "response"
+    assert reply["data"]["room"] == "general"
+    assert reply["data"]["message"] == "Hello!"
+    assert USER_ID.fullmatch(reply["data"]["from"])
+
+
+async def test_guide_chat_message_broadcasts_and_acknowledges(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("chat_message.py", monkeypatch)
+    serve(apps, module.app)
+    async with (
+        session.ws_connect(url(module.app.websocket)) as alice,
+        session.ws_connect(url(module.app.websocket)) as bob,
+    ):
+        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        await alice.send_json(
+            {"type": "chat_message", "data": {"message": "hi all", "sender": "Alice"}}
+        )
+        # In the order the handler did things: the broadcast, then its return value.
+        update = await recv(alice)
+        ack = await recv(alice)
+        assert update["type"] == "chat_update"
+        assert update["data"]["sender"] == "Alice"
+        assert update["data"]["message"] == "hi all"
+        assert ack["type"] == "response"
+        assert ack["data"]["status"] == "delivered"
+        assert (await recv(bob))["data"] == update["data"]
+
+
+async def test_guide_connection_events(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("connection_events.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        hello = await recv(client)
+        assert hello["type"] == "response"
+        assert hello["data"]["status"] == "connected"
+        client_id = hello["data"]["client_id"]
+        assert USER_ID.fullmatch(client_id)
+        assert abs(hello["data"]["server_time"] - time.time()) < 60
+        assert (await ask(client, "register"))["data"] == {"status": "registered"}
+        assert client_id in module.user_sessions
+    wait_for(lambda: client_id not in module.user_sessions, message="session not cleaned up")
+
+
+async def test_guide_register(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("register.py", monkeypatch)
+    serve(apps, module.app)
+    async with (
+        session.ws_connect(url(module.app.websocket)) as watcher,
+        session.ws_connect(url(module.app.websocket)) as john,
+    ):
+        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        await john.send_json({"type": "register", "data": {"user": {"username": "JohnDoe"}}})
+        update = {"type": "user_update", "data": {"user": "JohnDoe", "action": "joined"}}
+        assert await recv(john) == update
+        assert await recv(john) == {
+            "type": "response",
+            "data": {"status": "registered", "username": "JohnDoe"},
+        }
+        assert await recv(watcher) == update
+        # Without a username: a guest name from the client id.
+        guest = await ask(watcher, "register", {})
+        assert guest["type"] == "user_update"
+        assert guest["data"]["action"] == "joined"
+        assert re.fullmatch(r"Guest-user_[0-9a-f]{3}", guest["data"]["user"])
+        assert (await recv(watcher))["data"] == {
+            "status": "registered",
+            "username": guest["data"]["user"],
+        }
+        assert (await recv(john))["data"] == guest["data"]
+    assert sorted(s["username"] for s in module.user_sessions.values()) == sorted(
+        ["JohnDoe", guest["data"]["user"]]
+    )
+
+
+async def test_guide_get_data(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("get_data.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        found = await ask(client, "get_data", {"id": "r1"})
+        assert found["type"] == "response"
+        assert found["data"]["data"] == {"name": "first record"}
+        missing = await ask(client, "get_data", {"id": "nope"})
+        assert missing == {
+            "type": "response",
+            "data": {"error": "'No data with id nope'", "status": "error"},
+        }
+
+
+async def test_guide_notify_user_from_an_action(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("notify_user.py", monkeypatch)
+    service = serve(apps, module.app)
+    caller = apps.caller(service)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert (await ask(client, "register", {"user_id": "ada"}))["data"] == {
+            "status": "registered"
+        }
+        client_id = module.clients_by_user["ada"]
+        reply = await call(caller, "notify_user", {"user_id": "ada", "message": "hello"})
+        assert reply == {"delivered": True, "client_id": client_id}
+        notification = await recv(client)
+        assert notification["type"] == "notification"
+        assert notification["data"]["message"] == "hello"
+        with pytest.raises(daebus.RemoteError, match="User bob not connected"):
+            await call(caller, "notify_user", {"user_id": "bob", "message": "hello"})
+
+
+async def test_guide_system_status_job(
+    apps: Apps,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    module = load_example("system_status.py", monkeypatch)
+    serve(apps, module.app)
+    async with (
+        session.ws_connect(url(module.app.websocket)) as one,
+        session.ws_connect(url(module.app.websocket)) as two,
+    ):
+        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        fire_now(module.app, "system_status")
+        for client in (one, two):
+            status = await recv(client)
+            assert status["type"] == "system_status"
+            assert set(status["data"]) == {"cpu", "memory", "active_users", "timestamp"}
+        wait_log(logs, "Status broadcast sent to 2 clients")
+        module.app.background_tasks["system_status"].interval = 3600
+
+
+async def test_guide_client_management(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("client_management.py", monkeypatch)
+    service = serve(apps, module.app)
+    admin = apps.caller(service)
+    websocket = module.app.websocket
+    async with (
+        session.ws_connect(url(websocket)) as quiet,
+        session.ws_connect(url(websocket)) as busy,
+    ):
+        await ask(busy, "register", {"name": "busy"})
+        wait_for(lambda: websocket.get_client_count() == 2)
+        listing = await call(admin, "get_connected_clients")
+        assert listing["count"] == 2
+        busy_id = next(iter(module.user_sessions))
+        (quiet_id,) = set(listing["clients"]) - {busy_id}
+        assert listing["clients"][busy_id]["is_authenticated"] is True
+        assert listing["clients"][busy_id]["messages_received"] == 1
+        assert listing["clients"][quiet_id]["is_authenticated"] is False
+        assert listing["clients"][quiet_id]["remote_address"][0] == HOST
+        assert abs(listing["clients"][quiet_id]["connected_at"] - time.time()) < 60
+
+        assert await call(admin, "find_inactive_clients") == {"count": 0, "clients": []}
+        websocket.clients[quiet_id].last_activity = time.time() - 31 * 60
+        assert await call(admin, "find_inactive_clients") == {"count": 1, "clients": [quiet_id]}
+
+        kicked = await call(admin, "kick_client", {"client_id": quiet_id, "reason": "bye"})
+        assert kicked == {"success": True, "client_id": quiet_id}
+        notice = await recv(quiet)
+        assert notice["type"] == "disconnect_notice"
+        assert notice["data"]["reason"] == "bye"
+        assert await recv_close(quiet) == (1000, "Server closed connection")
+        wait_for(lambda: websocket.get_clients() == [busy_id])
+
+        again = await call(admin, "kick_client", {"client_id": quiet_id})
+        assert again == {"success": False, "client_id": quiet_id}
+        with pytest.raises(daebus.RemoteError, match="No client_id provided"):
+            await call(admin, "kick_client")
+
+
+async def test_guide_message_data(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("message_data.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket, "/app?x=1")) as client:
+        example = await ask(client, "example_message", {"username": "JohnDoe", "action": "view"})
+        assert example == {
+            "type": "response",
+            "data": {
+                "username": "JohnDoe",
+                "action": "view",
+                "message_type": "example_message",
+                "path": "/app",
+            },
+        }
+        advanced = await ask(client, "advanced_handler", {"username": "Ada"})
+        assert advanced["data"]["username"] == "Ada"
+        assert advanced["data"]["message_type"] == "advanced_handler"
+        assert advanced["data"]["payload"] == {
+            "type": "advanced_handler",
+            "data": {"username": "Ada"},
+        }
+        assert abs(advanced["data"]["connected_at"] - time.time()) < 60
+
+        (client_id,) = module.app.websocket.get_clients()
+        assert await ask(client, "async_operation", {"value": 21}) == {
+            "type": "response",
+            "data": {"result": 42, "client_id": client_id},
+        }
+        assert await ask(client, "fails") == {
+            "type": "error",
+            "data": {"error": "Something went wrong"},
+        }
+        # No return value, no frame: the next frame is the next message's answer.
+        await client.send_json({"type": "fire_and_forget", "data": {"note": "n1"}})
+        assert (await ask(client, "async_operation", {"value": 1}))["data"]["result"] == 2
+        assert module.seen == ["n1"]
+
+
+async def test_guide_rate_limiting_allows_exactly_sixty(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("rate_limiting.py", monkeypatch)
+    assert module.websocket.rate_limit_max_messages == 60
+    assert module.websocket.rate_limit_window == 60
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        for _ in range(61):
+            await client.send_json({"type": "ping"})
+        answers = [await recv(client) for _ in range(61)]
+    assert answers[:60] == [{"type": "response", "data": {"pong": True}}] * 60
+    assert answers[60] == {"type": "error", "error": "Rate limit exceeded", "retry_after": 60}
+
+
+async def test_guide_client_id_generator_with_a_clash(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("client_ids.py", monkeypatch)
+    # Both connections in "the same second": the generator gives them the same id.
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(time=lambda: 1700000000.5))
+    serve(apps, module.app)
+    async with (
+        session.ws_connect(url(module.app.websocket, "/chat")) as first,
+        session.ws_connect(url(module.app.websocket, "/other?room=1")) as second,
+    ):
+        wanted = f"client_{HOST}_1700000000"
+        assert await ask(first, "whoami") == {"type": "response", "data": {"client_id": wanted}}
+        assert await ask(second, "whoami") == {
+            "type": "response",
+            "data": {"client_id": f"{wanted}_2"},
+        }
+        assert sorted(module.websocket.get_clients()) == [wanted, f"{wanted}_2"]
+        assert module.websocket.get_client_metadata(f"{wanted}_2")["path"] == "/other"
+    assert module.paths == ["/chat", "/other"]
+
+
+async def test_guide_graceful_shutdown(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("graceful_shutdown.py", monkeypatch)
+    service = serve(apps, module.app)
+    websocket = module.app.websocket
+    admin = apps.caller(service)
+    address = url(websocket)
+    async with session.ws_connect(address) as one, session.ws_connect(address) as two:
+        wait_for(lambda: websocket.get_client_count() == 2)
+        started = time.monotonic()
+        assert await call(admin, "shutdown") == {"shutdown_initiated": True}
+        assert time.monotonic() - started < 4.0  # it did not sleep its 5 s timeout
+        for client in (one, two):
+            notice = await recv(client)
+            assert notice == {
+                "type": "server_shutdown",
+                "data": {
+                    "message": "Server is shutting down for maintenance",
+                    "expected_downtime": "10 minutes",
+                    "reconnect": False,
+                },
+            }
+            assert await recv_close(client) == (1001, "Server shutting down")
+    assert websocket.get_client_count() == 0
+    assert not websocket.is_running
+    with pytest.raises(aiohttp.ClientError):
+        async with session.ws_connect(address):
+            pass
+
+
+async def test_guide_blueprints(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("blueprints.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        welcome = await recv(client)
+        assert welcome["data"]["welcome"] is True
+        assert await ask(client, "join_room", {"room": "lobby"}) == {
+            "type": "response",
+            "data": {"joined": True, "room": "lobby"},
+        }
+        assert await ask(client, "send_message", {"room": "lobby", "text": "hi"}) == {
+            "type": "response",
+            "data": {"received": True, "room": "lobby"},
+        }
+    assert module.chat_rooms["lobby"] == [{"from": welcome["data"]["client_id"], "text": "hi"}]
+
+
+async def test_guide_authentication_rejects_without_a_valid_token(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("authentication.py", monkeypatch)
+    serve(apps, module.app)
+    base = url(module.app.websocket)
+    for address in (base, f"{base}?token=forged"):
+        async with session.ws_connect(address) as refused:
+            assert await recv_close(refused) == (1008, "Connection rejected")
+    async with session.ws_connect(f"{base}?token=secret-token-1") as client:
+        hello = await recv(client)
+        assert hello == {"type": "response", "data": {"authenticated": True, "user_id": "user_1"}}
+        assert (await ask(client, "whoami"))["data"]["user_id"] == "user_1"
+    headers = {"Authorization": "Bearer secret-token-2"}
+    async with session.ws_connect(base, headers=headers) as client:
+        assert (await recv(client))["data"]["user_id"] == "user_2"
+    wait_for(lambda: module.authenticated_users == {})
+
+
+async def test_guide_input_validation(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("input_validation.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert await ask(client, "update_profile", {"profile": {}}) == {
+            "type": "response",
+            "data": {"error": "Name is required", "status": "error"},
+        }
+        assert (await ask(client, "update_profile", {"profile": {"name": "A", "age": "x"}}))[
+            "data"
+        ] == {"error": "Age must be a number", "status": "error"}
+        updated = await ask(
+            client, "update_profile", {"profile": {"name": "A", "age": 3, "bio": "<b>hi</b>"}}
+        )
+        assert updated["data"] == {
+            "status": "updated",
+            "profile": {"name": "A", "age": 3, "bio": "&lt;b&gt;hi&lt;/b&gt;"},
+        }
+
+
+async def test_guide_complete_chat_example(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("chat_app.py", monkeypatch)
+    serve(apps, module.app)
+    address = url(module.app.websocket)
+    async with session.ws_connect(address) as ada, session.ws_connect(address) as bob:
+        ada_id = (await recv(ada))["data"]["client_id"]
+        bob_hello = await recv(bob)
+        assert bob_hello["data"]["status"] == "connected"
+        assert (await ask(ada, "register", {}))["data"] == {
+            "error": "Username is required",
+            "status": "error",
+        }
+        assert (await ask(ada, "register", {"username": "ada"}))["data"] == {
+            "status": "registered",
+            "username": "ada",
+            "available_rooms": [],
+        }
+        await ask(bob, "register", {"username": "bob"})
+        joined = await ask(ada, "join_room", {"room": "general"})
+        assert joined["data"] == {
+            "status": "joined",
+            "room": "general",
+            "members": 1,
+            "history": [],
+        }
+        assert (await ask(ada, "chat_message", {"room": "nope", "message": "x"}))["data"] == {
+            "error": "Room does not exist",
+            "status": "error",
+        }
+        assert (await ask(bob, "chat_message", {"room": "general", "message": "x"}))["data"] == {
+            "error": "Not a member of this room",
+            "status": "error",
+        }
+        await bob.send_json({"type": "join_room", "data": {"room": "general"}})
+        assert await recv(ada) == {
+            "type": "room_update",
+            "data": {"user": "bob", "action": "joined", "room": "general"},
+        }
+        assert (await recv(bob))["data"]["members"] == 2
+        sent = await ask(ada, "chat_message", {"room": "general", "message": " hello "})
+        assert sent["data"]["status"] == "sent"
+        new_message = await recv(bob)
+        assert new_message["type"] == "new_message"
+        assert new_message["data"]["sender"] == "ada"
+        assert new_message["data"]["text"] == "hello"
+        assert new_message["data"]["id"] == sent["data"]["message_id"]
+        assert new_message["data"]["id"].endswith(ada_id[:8])
+        if HAS_HTTP:
+            async with session.get(http_url(module.app, "/api/rooms")) as reply:
+                assert reply.status == 200
+                rooms = await reply.json()
+            assert rooms["count"] == 1
+            assert rooms["rooms"][0]["name"] == "general"
+            assert rooms["rooms"][0]["members"] == 2
+            assert rooms["rooms"][0]["message_count"] == 1
+        await ada.close()
+        assert await recv(bob) == {
+            "type": "room_update",
+            "data": {"user": "ada", "action": "left", "room": "general"},
+        }
+    wait_for(lambda: module.users == {})
+
+
+async def test_guide_javascript_client_message_types(
+    apps: Apps,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    page = (EXAMPLES / "client.html").read_text()
+    for needle in (
+        "type: 'register'",
+        "type: 'chat_message'",
+        "'chat_update'",
+        "'notification'",
+        "'system_status'",
+    ):
+        assert needle in page
+    module = load_example("client_service.py", monkeypatch)
+    service = serve(apps, module.app)
+    caller = apps.caller(service)
+    # What client.html does, step by step, from Python.
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        registered = await ask(client, "register", {"user": {"username": "JohnDoe"}})
+        assert registered["data"] == {"status": "registered", "username": "JohnDoe"}
+        await client.send_json(
+            {"type": "chat_message", "data": {"message": "hi", "sender": "JohnDoe"}}
+        )
+        assert await recv(client) == {
+            "type": "chat_update",
+            "data": {"sender": "JohnDoe", "message": "hi"},
+        }
+        assert (await recv(client))["type"] == "response"
+        assert await call(caller, "notify", {"username": "JohnDoe", "message": "ding"}) == {
+            "delivered": True
+        }
+        assert await recv(client) == {"type": "notification", "data": {"message": "ding"}}
+        fire_now(module.app, "system_status")
+        status = await recv(client)
+        assert status["type"] == "system_status"
+        assert status["data"]["active_users"] == 1
+        module.app.background_tasks["system_status"].interval = 3600
+
+
+# -- seed 002 (overview) and the blueprint guide ---------------------------------------------
+
+
+@needs_http
+async def test_seed_overview_complete_example(
+    apps: Apps,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+) -> None:
+    module = load_example("metrics_service.py", monkeypatch)
+    assert module.http.port == 8080
+    assert module.websocket.get_websocket_port() == 8081
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert await ask(client, "subscribe_metrics") == {
+            "type": "response",
+            "data": {"status": "subscribed", "update_interval": 10},
+        }
+        with Subscription(redis_url, "metrics_updates") as updates:
+            fire_now(module.app, "metrics_broadcast")
+            pushed = await recv(client)
+            assert pushed["type"] == "metrics_update"
+            assert set(pushed["data"]) == {"uptime", "requests", "broadcasts", "timestamp"}
+            published = updates.get_json()
+            assert set(published) == set(pushed["data"])
+            module.app.background_tasks["metrics_broadcast"].interval = 3600
+        async with session.get(http_url(module.app, "/api/metrics")) as reply:
+            assert reply.status == 200
+            assert set(await reply.json()) == {"uptime", "requests", "broadcasts"}
+
+
+async def test_seed_overview_socket_handler_reads_req_data(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("overview_socket.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        reply = await ask(client, "chat_message", {"message": "hello"})
+    assert reply["type"] == "response"
+    assert reply["data"]["status"] == "received"
+
+
+async def test_blueprint_guide_socket_handlers_before_attach(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("blueprint_handlers.py", monkeypatch)
+    serve(apps, module.app)
+    async with session.ws_connect(url(module.app.websocket)) as client:
+        assert await recv(client) == {"type": "response", "data": {"status": "connected"}}
+        assert len(module.connected) == 1
+        assert await ask(client, "user_update", {"name": "A", "email": "a@x"}) == {
+            "type": "response",
+            "data": {"status": "processed", "fields": ["email", "name"]},
+        }
+    wait_for(lambda: not module.connected, message="the disconnect handler did not run")
+
+
+async def test_blueprint_guide_ws_authenticate_reads_the_token(
+    apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = load_example("blueprint_auth.py", monkeypatch)
+    app = module.create_app()
+    service = serve(apps, app)
+    caller = apps.caller(service)
+    login = await call(caller, "login", {"email": "user@example.com", "password": "password"})
+    base = url(app.websocket)
+    async with session.ws_connect(f"{base}?token={login['token']}") as client:
+        assert await recv(client) == {
+            "type": "response",
+            "data": {"authenticated": True, "user_id": "user_1"},
+        }
+        assert (await ask(client, "get_users"))["data"]["users"][0]["id"] == "user_1"
+    async with session.ws_connect(base) as client:
+        assert (await recv(client))["data"] == {
+            "authenticated": False,
+            "message": "No authentication token provided",
+        }
+    async with session.ws_connect(f"{base}?token=forged") as client:
+        assert (await recv(client))["data"] == {
+            "authenticated": False,
+            "message": "Invalid or expired token",
+        }
+
+
+# -- fixed bugs -----------------------------------------------------------------------------
+
+
+async def test_blocking_sync_handler_does_not_delay_other_clients(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B16
+    app, websocket = ws_app()
+    entered, release = threading.Event(), threading.Event()
+
+    @app.socket("block")
+    def block(data: Any, client_id: str) -> Any:
+        entered.set()
+        assert release.wait(10), "never released"
+        return {"blocked": True}
+
+    @app.socket("ping")
+    def ping(data: Any, client_id: str) -> Any:
+        return {"pong": True}
+
+    apps.start(app)
+    async with (
+        session.ws_connect(url(websocket)) as slow,
+        session.ws_connect(url(websocket)) as fast,
+    ):
+        await slow.send_json({"type": "block"})
+        assert await asyncio.to_thread(entered.wait, 5)
+        # The other client is answered while the first handler still blocks its thread.
+        assert await ask(fast, "ping") == {"type": "response", "data": {"pong": True}}
+        assert not release.is_set()
+        release.set()
+        assert await recv(slow) == {"type": "response", "data": {"blocked": True}}
+
+
+async def test_connect_handler_rejects_a_connection_without_token(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B18
+    app, websocket = ws_app()
+    ran: list[str] = []
+
+    @app.socket_connect()
+    def authenticate(data: Any, client_id: str) -> Any:
+        ran.append(f"connect {request.path} {request.headers.get('X-Test')}")
+        if data.get("token") == "boom":
+            raise PermissionError("bad token")
+        if data.get("token") != "letmein":
+            return False
+        return {"authenticated": True, "query": dict(data)}
+
+    @app.socket_disconnect()
+    def disconnect(data: Any, client_id: str) -> None:
+        ran.append("disconnect")
+
+    websocket.on_disconnect(lambda client_id: ran.append("on_disconnect"))
+
+    @app.socket("ping")
+    def ping(data: Any, client_id: str) -> Any:
+        ran.append("ping")
+        return "pong"
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket, "/secure"), headers={"X-Test": "1"}) as client:
+        # A message sent at once is never handled for a refused client.
+        await client.send_json({"type": "ping"})
+        assert await recv_close(client) == (1008, "Connection rejected")
+    async with session.ws_connect(url(websocket, "/secure?token=boom")) as client:
+        assert await recv(client) == {"type": "error", "data": {"error": "bad token"}}
+        assert await recv_close(client) == (1008, "Connection rejected")
+    wait_for(lambda: websocket._table.pending == {})
+    assert websocket.get_client_count() == 0
+    async with session.ws_connect(url(websocket, "/secure?token=letmein&x=1")) as client:
+        assert await recv(client) == {
+            "type": "response",
+            "data": {"authenticated": True, "query": {"token": "letmein", "x": "1"}},
+        }
+        assert await ask(client, "ping") == {"type": "response", "data": "pong"}
+    wait_for(lambda: "on_disconnect" in ran)
+    assert ran == [
+        "connect /secure 1",
+        "connect /secure None",
+        "connect /secure None",
+        "ping",
+        "disconnect",
+        "on_disconnect",
+    ]
+
+
+async def test_client_cannot_trigger_the_lifecycle_handlers(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B19
+    app, websocket = ws_app()
+    ran: list[str] = []
+    app.socket_connect()(lambda data, client_id: ran.append("connect"))
+    app.socket_disconnect()(lambda data, client_id: ran.append("disconnect"))
+
+    @app.socket_register()
+    def register(data: Any, client_id: str) -> Any:
+        return {"registered": client_id}
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        for reserved in ("disconnect", "connect"):
+            assert await ask(client, reserved) == {
+                "type": "error",
+                "error": f"Message type '{reserved}' is reserved for the server",
+            }
+        (client_id,) = websocket.get_clients()
+        # "register" is an ordinary message type.
+        assert await ask(client, "register") == {
+            "type": "response",
+            "data": {"registered": client_id},
+        }
+        assert ran == ["connect"]
+    wait_for(lambda: ran == ["connect", "disconnect"])
+
+
+async def test_send_to_client_from_an_action_handler(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B17
+    app, websocket = ws_app()
+
+    @app.action("push")
+    def push() -> Any:
+        sent = app.websocket.send_to_client(
+            request.payload["client_id"], {"n": 1}, message_type="notification"
+        )
+        return {"sent": sent, "thread": threading.current_thread().name}
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    async with session.ws_connect(url(websocket)) as client:
+        wait_for(lambda: websocket.get_client_count() == 1)
+        (client_id,) = websocket.get_clients()
+        reply = await call(caller, "push", {"client_id": client_id})
+        assert reply["sent"] is True
+        assert reply["thread"].startswith("daebus_")  # a worker thread, not the loop
+        assert await recv(client) == {"type": "notification", "data": {"n": 1}}
+        assert (await call(caller, "push", {"client_id": "nobody"}))["sent"] is False
+
+
+async def test_broadcast_to_all_from_a_background_thread(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B17
+    app, websocket = ws_app()
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as one, session.ws_connect(url(websocket)) as two:
+        wait_for(lambda: websocket.get_client_count() == 2)
+        counts: list[int] = []
+        thread = threading.Thread(
+            target=lambda: counts.append(websocket.broadcast_to_all({"hi": 1}, "announce"))
+        )
+        thread.start()
+        for client in (one, two):
+            assert await recv(client) == {"type": "announce", "data": {"hi": 1}}
+        await asyncio.to_thread(thread.join, 5)
+        assert counts == [2]
+        # The async twin, awaited on another event loop than the server's.
+        assert await websocket.broadcast_to_all_async({"hi": 2}) == 2
+        for client in (one, two):
+            assert await recv(client) == {"type": "broadcast", "data": {"hi": 2}}
+
+
+async def test_disconnect_client_from_a_worker_thread(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B17
+    app, websocket = ws_app()
+    results: list[bool] = []
+
+    @app.socket("kick_me")
+    def kick_me(data: Any, client_id: str) -> None:
+        results.append(app.websocket.disconnect_client(client_id, code=4000, reason="kicked"))
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        await client.send_json({"type": "kick_me"})
+        assert await recv_close(client) == (4000, "kicked")
+    wait_for(lambda: results == [True], message=f"disconnect_client returned {results}")
+    wait_for(lambda: websocket.get_client_count() == 0)
+    assert await asyncio.to_thread(websocket.disconnect_client, "gone") is False
+
+
+async def test_response_send_from_sync_and_async_handlers(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B14
+    app, websocket = ws_app()
+    outcomes: list[Any] = []
+
+    @app.socket("sync")
+    def sync_handler(data: Any, client_id: str) -> Any:
+        outcomes.append(response.send({"step": 1}))
+        outcomes.append(response.progress({"step": 2}, progress_percentage=150))
+        outcomes.append(response.error("careful"))
+        app.websocket.send({"step": 3}, message_type="note")
+        return {"step": 4}
+
+    @app.socket("async")
+    async def async_handler(data: Any, client_id: str) -> Any:
+        assert await response.send({"step": 1}) is True
+        response.success({"step": 2})  # not awaited: sent all the same
+        await asyncio.sleep(0)
+        return {"step": 3}
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        await client.send_json({"type": "sync"})
+        assert [await recv(client) for _ in range(5)] == [
+            {"type": "response", "data": {"step": 1}},
+            {"type": "progress", "data": {"step": 2, "progress_percentage": 100.0}},
+            {"type": "error", "data": {"error": "careful"}},
+            {"type": "note", "data": {"step": 3}},
+            {"type": "response", "data": {"step": 4}},
+        ]
+        assert outcomes == [True, True, True]
+        await client.send_json({"type": "async"})
+        assert [await recv(client) for _ in range(3)] == [
+            {"type": "response", "data": {"step": n}} for n in (1, 2, 3)
+        ]
+
+
+async def test_request_is_right_after_an_await_with_interleaved_clients(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B15
+    app, websocket = ws_app()
+    inside: list[str] = []
+    both_inside = asyncio.Event()  # used on the server's loop only
+
+    @app.socket("who")
+    async def who(data: Any, client_id: str) -> Any:
+        before = request.client_id
+        inside.append(client_id)
+        if len(inside) == 2:
+            both_inside.set()
+        # Each handler awaits until the other one has started: they interleave.
+        await asyncio.wait_for(both_inside.wait(), 5)
+        return {"arg": client_id, "before": before, "after": request.client_id, "both": len(inside)}
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as one, session.ws_connect(url(websocket)) as two:
+        wait_for(lambda: websocket.get_client_count() == 2)
+        await one.send_json({"type": "who"})
+        await two.send_json({"type": "who"})
+        answers = [(await recv(one))["data"], (await recv(two))["data"]]
+    assert answers[0]["arg"] != answers[1]["arg"]
+    for answer in answers:
+        assert answer["both"] == 2
+        assert answer["before"] == answer["after"] == answer["arg"]
+
+
+def test_rate_limiter_allows_exactly_n_and_does_not_count_refusals() -> None:  # B22
+    limiter = RateLimiter(3, 10.0)
+    assert [limiter.allow("c", now=t) for t in (0.0, 1.0, 2.0, 3.0, 4.0)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert limiter.is_limited("c", now=9.9)
+    # Refusals at 3 and 4 were not counted: once the first message leaves the window, a
+    # client that kept sending is let through again.
+    assert not limiter.is_limited("c", now=10.0)
+    assert limiter.allow("c", now=10.0)
+    assert not limiter.allow("c", now=10.5)
+    _app, websocket = ws_app()
+    websocket.enable_rate_limiting(max_messages=2, window_seconds=60)
+    websocket.record_message_received("c")
+    assert not websocket.is_rate_limited("c")
+    websocket.record_message_received("c")
+    assert websocket.is_rate_limited("c")
+    with pytest.raises(daebus.SetupError):
+        websocket.enable_rate_limiting(max_messages=0)
+    big = RateLimiter(1500, 60.0)
+    assert all(big.allow("c", now=0.0) for _ in range(1500))
+    assert not big.allow("c", now=0.0)
+
+
+async def test_rate_limit_over_the_wire(apps: Apps, session: aiohttp.ClientSession) -> None:
+    app, websocket = ws_app()
+    app.socket("ping")(lambda data, client_id: "pong")
+    websocket.enable_rate_limiting(max_messages=3, window_seconds=30)
+    apps.start(app)
+    async with (
+        session.ws_connect(url(websocket)) as client,
+        session.ws_connect(url(websocket)) as other,
+    ):
+        answers = [await ask(client, "ping") for _ in range(4)]
+        assert answers[:3] == [{"type": "response", "data": "pong"}] * 3
+        assert answers[3] == {"type": "error", "error": "Rate limit exceeded", "retry_after": 30}
+        (limited,) = [cid for cid in websocket.get_clients() if websocket.is_rate_limited(cid)]
+        assert (await ask(other, "ping"))["data"] == "pong"  # per client
+        websocket.disable_rate_limiting()
+        assert not websocket.is_rate_limited(limited)
+        assert (await ask(client, "ping"))["data"] == "pong"
+
+
+async def test_origin_not_on_the_allow_list_is_refused(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # W1
+    app, websocket = ws_app(allowed_origins=["http://kiosk.local:8080"])
+    app.socket("ping")(lambda data, client_id: "pong")
+    apps.start(app)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        async with session.ws_connect(url(websocket), headers={"Origin": "https://evil.example"}):
+            pass
+    assert refused.value.status == 403
+    for headers in ({"Origin": "http://KIOSK.local:8080"}, {}):  # listed, or not a browser
+        async with session.ws_connect(url(websocket), headers=headers) as client:
+            assert (await ask(client, "ping"))["data"] == "pong"
+
+
+async def test_oversized_frame_closes_with_1009(apps: Apps, session: aiohttp.ClientSession) -> None:
+    app, websocket = ws_app(max_message_size=1024)
+    app.socket("echo")(lambda data, client_id: data)
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        assert (await ask(client, "echo", {"text": "x" * 900}))["data"]["text"] == "x" * 900
+        await client.send_json({"type": "echo", "data": {"text": "x" * 2048}})
+        code, _reason = await recv_close(client)
+    assert code == 1009
+    wait_for(lambda: websocket.get_client_count() == 0)
+
+
+async def test_connections_over_the_limit_are_refused(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # W1
+    app, websocket = ws_app(max_connections=1)
+    apps.start(app)
+    async with session.ws_connect(url(websocket)):
+        wait_for(lambda: websocket.get_client_count() == 1)
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            async with session.ws_connect(url(websocket)):
+                pass
+        assert refused.value.status == 503
+    wait_for(lambda: websocket.get_client_count() == 0)
+    async with session.ws_connect(url(websocket)):
+        pass
+
+
+async def test_protocol_errors_keep_their_shapes(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app, websocket = ws_app()
+    app.socket("echo")(lambda data, client_id: data)
+
+    @app.socket("boom")
+    def boom(data: Any, client_id: str) -> Any:
+        raise RuntimeError("ws kaboom")
+
+    app.socket("unencodable")(lambda data, client_id: object())
+    app.socket("nothing")(lambda data, client_id: None)
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        for sent, expected in [
+            ("notjson", {"type": "error", "error": "Invalid JSON"}),
+            ('{"data": 1}', {"type": "error", "error": "No message type provided"}),
+            ('{"type": ""}', {"type": "error", "error": "No message type provided"}),
+            (
+                '{"type": "nosuch"}',
+                {"type": "error", "error": "No handler found for message type 'nosuch'"},
+            ),
+            ('{"type": 5}', {"type": "error", "error": "No handler found for message type '5'"}),
+            ("[1, 2]", {"type": "error", "error": "Message must be a JSON object"}),  # W2
+            ('"text"', {"type": "error", "error": "Message must be a JSON object"}),
+            ('{"type": "boom"}', {"type": "error", "data": {"error": "ws kaboom"}}),
+            ('{"type": "echo"}', {"type": "response", "data": {}}),
+        ]:
+            await client.send_str(sent)
+            assert await recv(client) == expected, sent
+        # None returned (or null data echoed) sends nothing: the next frame is the next answer.
+        await client.send_str('{"type": "nothing"}')
+        await client.send_str('{"type": "echo", "data": null}')
+        await client.send_bytes(b'{"type": "echo", "data": [1, "b"]}')  # binary frames too
+        assert await recv(client) == {"type": "response", "data": [1, "b"]}
+        await client.send_bytes(b"\xff\xfe")
+        assert await recv(client) == {"type": "error", "error": "Invalid JSON"}
+        unencodable = await ask(client, "unencodable")
+        assert unencodable["type"] == "error"
+        assert unencodable["data"]["error"].startswith("could not encode the reply")
+
+
+async def test_plain_http_gets_426(apps: Apps, session: aiohttp.ClientSession) -> None:
+    app, websocket = ws_app()
+    apps.start(app)
+    async with session.get(f"http://{HOST}:{websocket.get_websocket_port()}/") as reply:
+        assert reply.status == 426
+        assert reply.headers["Upgrade"] == "websocket"
+
+
+async def test_metadata_has_the_real_path_and_scheme(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B23
+    app, websocket = ws_app()
+    generated: list[tuple[str, Any]] = []
+
+    def make_id(connection: Any, path: str) -> str:
+        generated.append((path, connection.query))
+        return "fixed"
+
+    websocket.set_client_id_generator(make_id)
+    apps.start(app)
+    async with (
+        session.ws_connect(url(websocket, "/live/feed?k=v")) as first,
+        session.ws_connect(url(websocket, "/other")) as second,
+    ):
+        wait_for(lambda: websocket.get_client_count() == 2)
+        assert sorted(websocket.get_clients()) == ["fixed", "fixed_2"]
+        meta = websocket.get_client_metadata("fixed")
+        assert meta is not None
+        assert meta["path"] == "/live/feed"
+        assert meta["secure"] is False
+        assert meta["remote_address"][0] == HOST
+        assert meta["messages_received"] == 0
+        assert meta["uptime_seconds"] >= 0
+        assert websocket.get_client_metadata("nobody") is None
+        assert websocket.is_client_connected("fixed_2")
+        assert isinstance(websocket.clients["fixed"], WebSocketConnection)
+        assert websocket.get_clients_by_filter(lambda cid, m: m["path"] == "/other") == ["fixed_2"]
+        await first.close()
+        await second.close()
+    assert generated == [("/live/feed", {"k": "v"}), ("/other", {})]
+    # A generator that fails or returns no string falls back to user_<uuid>.
+    websocket.set_client_id_generator(lambda ws, path: None)
+    assert USER_ID.fullmatch(websocket.generate_client_id(None, "/"))
+
+
+async def test_handlers_registered_in_any_order(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:  # B25
+    before = Blueprint("before")
+    before.socket("from_blueprint_before")(lambda data, client_id: "bp-before")
+    app = Daebus("order")
+    app.socket("on_app_before")(lambda data, client_id: "app-before")
+    app.register_blueprint(before)
+    websocket = DaebusWebSocket(port=0, host=HOST)
+    websocket.socket("on_component_before")(lambda data, client_id: "ws-before")
+    app.attach(websocket)
+    after = Blueprint("after")
+    after.socket("from_blueprint_after")(lambda data, client_id: "bp-after")
+    app.register_blueprint(after)
+    app.socket("on_app_after")(lambda data, client_id: "app-after")
+    websocket.socket("on_component_after")(lambda data, client_id: "ws-after")
+    assert websocket.message_handlers is app.socket_handlers
+    apps.start(app)
+    app.socket("while_running")(lambda data, client_id: "running")
+    async with session.ws_connect(url(websocket)) as client:
+        for name, answer in [
+            ("from_blueprint_before", "bp-before"),
+            ("on_app_before", "app-before"),
+            ("on_component_before", "ws-before"),
+            ("from_blueprint_after", "bp-after"),
+            ("on_app_after", "app-after"),
+            ("on_component_after", "ws-after"),
+            ("while_running", "running"),
+        ]:
+            assert await ask(client, name) == {"type": "response", "data": answer}
+
+
+async def test_handler_forms_and_socket_data(apps: Apps, session: aiohttp.ClientSession) -> None:
+    app, websocket = ws_app()
+    connected: list[str] = []
+    websocket.on_connect(connected.append)
+
+    @app.socket("two")
+    def two(req: Any, sid: str) -> Any:  # seed 002's style: req.data
+        assert isinstance(req, SocketData)
+        return {
+            "message": req.data.get("message"),
+            "same": req.data is req,
+            "payload": req.payload,
+            "client": req.client_id == sid == request.client_id,
+            "type": req.message_type,
+            "ws": req.websocket is request.websocket,
+        }
+
+    @app.socket("one")
+    def one(req: Any) -> Any:  # the one-argument style of an older 0.0.31 document
+        return {"client_id": req.client_id, "data": req}
+
+    app.socket("listdata")(lambda data, client_id: {"is_list": isinstance(data, list)})
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        wait_for(lambda: len(connected) == 1)
+        (client_id,) = connected
+        assert (await ask(client, "two", {"message": "hi"}))["data"] == {
+            "message": "hi",
+            "same": True,
+            "payload": {"type": "two", "data": {"message": "hi"}},
+            "client": True,
+            "type": "two",
+            "ws": True,
+        }
+        assert (await ask(client, "one", {"a": 1}))["data"] == {
+            "client_id": client_id,
+            "data": {"a": 1},
+        }
+        assert (await ask(client, "listdata", [1]))["data"] == {"is_list": True}
+
+
+def test_request_and_response_objects_keep_0031_signatures() -> None:
+    message = {"type": "chat", "data": {"x": 1}}
+    req = WebSocketRequest("c1", message, None)
+    assert (req.client_id, req.payload, req.message_type, req.data) == (
+        "c1",
+        message,
+        "chat",
+        {"x": 1},
+    )
+    assert WebSocketRequest("c1", {"type": "t"}).data == {}
+    assert req.query == {}
+    resp = WebSocketResponse(None, "c1")
+    assert resp.client_id == "c1"
+    assert callable(resp.send)
+    assert callable(resp.error)
+    assert callable(resp.progress)
+    assert daebus.WebSocketRequest is WebSocketRequest
+    assert daebus.WebSocketResponse is WebSocketResponse
+
+
+def test_sending_when_not_running_reports_nothing_sent() -> None:
+    _app, websocket = ws_app()
+    assert websocket.send_to_client("x", {}) is False
+    assert websocket.safe_send_to_client("x", {}) is False
+    assert websocket.broadcast_to_all({}) == 0
+    assert websocket.safe_broadcast_to_all({}) == 0
+    assert websocket.broadcast_to_clients(["a", "b"], {}) == {"a": False, "b": False}
+    assert websocket.disconnect_client("x") is False
+    assert websocket.disconnect_all_clients() == 0
+    assert websocket.graceful_shutdown(timeout=0.1) == 0
+    assert websocket.get_clients() == []
+    assert not websocket.is_running
+
+
+async def test_broadcast_to_clients_reports_each_id(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app, websocket = ws_app()
+
+    @app.socket("fan_out")
+    async def fan_out(data: Any, client_id: str) -> Any:
+        # On the loop the sync method only queues; the async twin waits for the writes.
+        queued = app.websocket.broadcast_to_clients([client_id, "ghost"], "q")
+        written = await app.websocket.broadcast_to_clients_async([client_id, "ghost"], "w")
+        return {"queued": queued, "written": written, "count": app.websocket.broadcast_to_all("b")}
+
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        await client.send_json({"type": "fan_out"})
+        frames = [await recv(client) for _ in range(4)]
+        (client_id,) = websocket.get_clients()
+        assert frames == [
+            {"type": "message", "data": "q"},
+            {"type": "message", "data": "w"},
+            {"type": "broadcast", "data": "b"},
+            {
+                "type": "response",
+                "data": {
+                    "queued": {client_id: True, "ghost": False},
+                    "written": {client_id: True, "ghost": False},
+                    "count": 1,
+                },
+            },
+        ]
+        results = await asyncio.to_thread(websocket.broadcast_to_clients, [client_id, "ghost"], 1)
+        assert results == {client_id: True, "ghost": False}
+        assert await recv(client) == {"type": "message", "data": 1}
+
+
+async def test_stopping_the_service_closes_clients_with_1001(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app, websocket = ws_app()
+    gone: list[str] = []
+    app.socket_disconnect()(lambda data, client_id: gone.append(client_id))
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        wait_for(lambda: websocket.get_client_count() == 1)
+        (client_id,) = websocket.get_clients()
+        stopping = asyncio.create_task(asyncio.to_thread(app.stop))
+        assert await recv_close(client) == (1001, "Server shutting down")
+        await asyncio.wait_for(stopping, 10)
+    assert gone == [client_id]
+    assert websocket.get_websocket_port() == 0  # back to the configured port
+    assert not websocket.is_running
+    # The same app starts again, with the same component.
+    apps.start(app)
+    async with session.ws_connect(url(websocket)) as client:
+        wait_for(lambda: websocket.get_client_count() == 1)
+
+
+async def test_a_client_that_does_not_answer_pings_is_dropped(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app, websocket = ws_app(heartbeat=0.2)
+    apps.start(app)
+    async with session.ws_connect(url(websocket), autoping=False) as client:
+        wait_for(lambda: websocket.get_client_count() == 1)
+        while True:  # pings arrive (not answered) until the server gives up
+            msg = await client.receive(5)
+            if msg.type is not WSMsgType.PING:
+                break
+        assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
+    wait_for(lambda: websocket.get_client_count() == 0)
+
+
+# -- ports ------------------------------------------------------------------------------------
+
+
+class StandInHttp:
+    """Just enough of DaebusHttp for the port rules and the mounts: ``port``, ``host``,
+    and, when started, an aiohttp app serving the other components' ``http_mounts``."""
+
+    def __init__(self, port: int = 0, host: str = HOST) -> None:
+        self.port = port
+        self.host = host
+        self._runner: web.AppRunner | None = None
+
+    def attach(self, app: Daebus) -> None:
+        app.http = self
+
+    async def start_async(self, app: Daebus) -> None:
+        web_app = web.Application()
+        for component in app._components:
+            mounts = getattr(component, "http_mounts", None)
+            if component is not self and callable(mounts):
+                for path, handler in mounts(app):
+                    web_app.router.add_get(path, handler)
+
+        async def hello(request: web.Request) -> web.Response:
+            return web.Response(text="plain http")
+
+        web_app.router.add_get("/hello", hello)
+        self._runner = web.AppRunner(web_app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop_async(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def test_port_rules_whatever_the_attach_order() -> None:
+    for http_first in (True, False):
+        app = Daebus("ports")
+        http, websocket = StandInHttp(port=8080), DaebusWebSocket()
+        for component in (http, websocket) if http_first else (websocket, http):
+            app.attach(component)
+        assert websocket.get_websocket_port() == 8081
+        assert websocket.host == HOST  # the HTTP host
+    app = Daebus("explicit")
+    app.attach(StandInHttp(port=8080))
+    assert app.attach(DaebusWebSocket(port=9000)).get_websocket_port() == 9000
+    assert app.attach(DaebusWebSocket(port=8080)).get_websocket_port() == 8081
+    app = Daebus("alone")
+    assert app.attach(DaebusWebSocket(port=7000)).get_websocket_port() == 7000
+    assert app.attach(DaebusWebSocket()).get_websocket_port() is None
+    assert DaebusWebSocket().host == "0.0.0.0"
+    with pytest.raises(daebus.SetupError):
+        DaebusWebSocket(port=70000)
+    with pytest.raises(daebus.SetupError):
+        DaebusWebSocket(path="ws")
+
+
+async def test_ephemeral_http_port_gives_an_ephemeral_websocket_port(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app = Daebus("ephemeral")
+    http = app.attach(StandInHttp(port=0))
+    websocket = app.attach(DaebusWebSocket())
+    app.socket("ping")(lambda data, client_id: "pong")
+    assert websocket.get_websocket_port() == 0
+    apps.start(app)
+    port = websocket.get_websocket_port()
+    assert port not in (0, http.port)
+    assert websocket.actual_port == port
+    async with session.ws_connect(f"ws://{HOST}:{port}/") as client:
+        assert (await ask(client, "ping"))["data"] == "pong"
+
+
+def test_a_taken_port_fails_the_start(apps: Apps) -> None:
+    import socket as socket_module
+
+    with socket_module.socket() as taken:
+        taken.bind((HOST, 0))
+        taken.listen()
+        app = Daebus("taken")
+        app.attach(DaebusWebSocket(port=taken.getsockname()[1], host=HOST))
+        with pytest.raises(OSError, match="DaebusWebSocket cannot listen on"):
+            apps.start(app)
+    assert not app.is_running()
+
+
+@pytest.mark.parametrize("http_first", [True, False])
+async def test_served_under_a_path_on_the_http_port(
+    apps: Apps, session: aiohttp.ClientSession, http_first: bool
+) -> None:
+    app = Daebus("mounted")
+    http, websocket = StandInHttp(), DaebusWebSocket(path="/ws")
+    for component in (http, websocket) if http_first else (websocket, http):
+        app.attach(component)
+    app.socket("ping")(lambda data, client_id: "pong")
+    apps.start(app)
+    assert websocket.server is None  # no server, no port of its own
+    assert websocket.get_websocket_port() == http.port
+    async with session.ws_connect(f"ws://{HOST}:{http.port}/ws?token=t") as client:
+        assert (await ask(client, "ping"))["data"] == "pong"
+        (client_id,) = websocket.get_clients()
+        assert websocket.get_client_metadata(client_id)["path"] == "/ws"
+    async with session.get(f"http://{HOST}:{http.port}/hello") as reply:
+        assert await reply.text() == "plain http"
+    async with session.get(f"http://{HOST}:{http.port}/ws") as reply:
+        assert reply.status == 426
+
+
+@needs_http
+async def test_served_under_a_path_by_daebus_http(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app = Daebus("mounted_real")
+    http = app.attach(daebus.DaebusHttp(port=0, host=HOST))
+    app.attach(DaebusWebSocket(path="/ws"))
+    app.socket("ping")(lambda data, client_id: "pong")
+    app.route("/api/hello")(lambda req: {"hello": True})
+    apps.start(app)
+    async with session.ws_connect(f"ws://{HOST}:{http.port}/ws") as client:
+        assert (await ask(client, "ping"))["data"] == "pong"
+    async with session.get(f"http://{HOST}:{http.port}/api/hello") as reply:
+        assert await reply.json() == {"hello": True}
+
+
+@needs_http
+async def test_ephemeral_daebus_http_port_gives_an_ephemeral_websocket_port(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    # DaebusHttp writes the port it bound back into .port; the WebSocket port must not
+    # become that port + 1 (which may be taken), but a free port of its own.
+    app = Daebus("ephemeral_real")
+    http = app.attach(daebus.DaebusHttp(port=0, host=HOST))
+    websocket = app.attach(DaebusWebSocket())
+    app.socket("ping")(lambda data, client_id: "pong")
+    apps.start(app)
+    assert websocket.get_websocket_port() not in (0, http.port)
+    async with session.ws_connect(url(websocket)) as client:
+        assert (await ask(client, "ping"))["data"] == "pong"
+
+
+@needs_http
+async def test_complete_chat_example_runs_as_a_program(
+    redis_url: str, session: aiohttp.ClientSession
+) -> None:
+    # As a user runs it (app.run, signals), on free ports instead of 8080/8081.
+    http_port, ws_port = free_port(), free_port()
+    path = str(EXAMPLES / "chat_app.py")
+    code = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('chat_app', {path!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        f"module.http.port = {http_port}\n"
+        f"module.http.host = {HOST!r}\n"
+        f"module.websocket.port = {ws_port}\n"
+        "module.app.run(service='chat_program')\n"
+    )
+    with ServiceProcess(code=code, redis_url=redis_url, name="ws_chat_app") as proc:
+
+        async def connected() -> aiohttp.ClientWebSocketResponse:
+            deadline = time.monotonic() + 15
+            while True:
+                assert proc.is_running(), proc.output()
+                try:
+                    return await session.ws_connect(f"ws://{HOST}:{ws_port}/")
+                except aiohttp.ClientConnectionError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+
+        client = await connected()
+        try:
+            assert (await recv(client))["data"]["status"] == "connected"
+            assert (await ask(client, "register", {"username": "ada"}))["data"]["username"] == "ada"
+            proc_stopped = asyncio.create_task(
+                asyncio.to_thread(proc.terminate, signal.SIGTERM, 15.0)
+            )
+            assert await recv_close(client, timeout=10) == (1001, "Server shutting down")
+            assert await proc_stopped == 0, proc.output()
+        finally:
+            await client.close()
+        assert f"WebSocket server listening on ws://{HOST}:{ws_port}" in proc.output()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a certificate")
+async def test_wss_with_an_ssl_context(
+    apps: Apps, session: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    client_context.check_hostname = False
+    app, websocket = ws_app(ssl_context=server_context)
+    app.socket("secure")(lambda data, client_id: request.websocket.secure)
+    apps.start(app)
+    address = f"wss://{HOST}:{websocket.get_websocket_port()}/tls"
+    async with session.ws_connect(address, ssl=client_context) as client:
+        assert await ask(client, "secure") == {"type": "response", "data": True}
+        (client_id,) = websocket.get_clients()
+        assert websocket.get_client_metadata(client_id)["secure"] is True
+
+
+def test_legacy_import_path() -> None:
+    from daebus.modules.websocket import DaebusWebSocket as Legacy
+
+    assert Legacy is DaebusWebSocket
