@@ -633,6 +633,8 @@ def test_path_parameters_are_percent_decoded_and_converted(apps: Apps) -> None: 
     got = fetch(base, "/files/caf%C3%A9%20au%2Flait").json()
     # One segment, decoded; path parameters are also in the payload (as the guide says).
     assert got == {"name": "café au/lait", "payload": {"name": "café au/lait"}}
+    huge = "9" * 5000  # more digits than int() converts: no match, not a 500
+    assert fetch(base, f"/items/{huge}/0.5").status == 404
     assert fetch(base, "/items/7/0.5").json() == {"item_id": 7, "ratio": 0.5}
     assert seen == [(7, 0.5)]
     assert fetch(base, "/items/seven/0.5").status == 404
@@ -909,6 +911,7 @@ def test_port_zero_gives_the_real_port_and_keep_alive_works(apps: Apps) -> None:
     assert http_component.port > 0
     assert http_component.url == f"http://127.0.0.1:{http_component.port}"
     conn = http.client.HTTPConnection("127.0.0.1", http_component.port, timeout=5.0)
+    sockets: list[tuple[Any, int]] = []
     try:
         for n in range(3):
             conn.request("GET", f"/n/{n}")
@@ -916,18 +919,28 @@ def test_port_zero_gives_the_real_port_and_keep_alive_works(apps: Apps) -> None:
             assert reply.version == 11
             assert reply.getheader("Content-Length") == str(len(f'{{"n":{n}}}'))
             assert json.loads(reply.read()) == {"n": n}
-            assert conn.sock is not None  # the same connection, kept alive
+            assert conn.sock is not None
+            sockets.append((conn.sock, conn.sock.getsockname()[1]))
     finally:
         conn.close()
+    # http.client opens a new socket when the server has closed the last one: the same
+    # socket object and local port for all three means the connection was kept alive.
+    assert len({id(sock) for sock, _ in sockets}) == 1
+    assert len({port for _, port in sockets}) == 1
 
 
 def test_return_values(apps: Apps) -> None:
     app = Daebus("returns")
     app.route("/html")(lambda req: "<h1>hi</h1>")
-    app.route("/bytes")(lambda req: b"\x00\x01")
+    app.route("/bytes")(lambda req: b"caf\xc3\xa9")
+    app.route("/binary")(lambda req: b"\x00\xff")
     app.route("/none")(lambda req: None)
     app.route("/three")(lambda req: ({"a": 1}, 203, {"X-Extra": "yes"}))
+    app.route("/triple")(lambda req: ("a", 2, "c"))  # not (data, status, headers)
+    app.route("/pair")(lambda req: ("a", "b"))
     app.route("/raw")(lambda req: web.Response(text="raw!", status=299))
+    page = "<h1>opt-in</h1>"
+    app.route("/page")(lambda req: web.Response(text=page, content_type="text/html"))
 
     @app.route("/status")
     def set_status(req: HttpRequest) -> Any:
@@ -944,21 +957,73 @@ def test_return_values(apps: Apps) -> None:
         return {"x": object()}
 
     base = serve(apps, app).url
+    # A string is a JSON string, as in 0.0.31: never HTML a client's input could be
+    # reflected into.
     html = fetch(base, "/html")
-    assert html.header("Content-Type") == "text/html; charset=utf-8"
-    assert html.body == b"<h1>hi</h1>"
-    raw_bytes = fetch(base, "/bytes")
-    assert raw_bytes.header("Content-Type") == "application/octet-stream"
-    assert raw_bytes.body == b"\x00\x01"
+    assert html.header("Content-Type") == "application/json"
+    assert html.json() == "<h1>hi</h1>"
+    raw_bytes = fetch(base, "/bytes")  # 0.0.31: bytes as UTF-8 text, else hex
+    assert (raw_bytes.header("Content-Type"), raw_bytes.json()) == ("application/json", "café")
+    assert fetch(base, "/binary").json() == "00ff"
     assert fetch(base, "/none").body == b"null"
     three = fetch(base, "/three")
     assert (three.status, three.json(), three.header("X-Extra")) == (203, {"a": 1}, "yes")
+    triple = fetch(base, "/triple")
+    assert (triple.status, triple.json()) == (200, ["a", 2, "c"])
+    assert fetch(base, "/pair").json() == ["a", "b"]
     raw = fetch(base, "/raw")
     assert (raw.status, raw.body) == (299, b"raw!")
+    opted_in = fetch(base, "/page")
+    assert opted_in.header("Content-Type") == "text/html; charset=utf-8"
+    assert opted_in.body == page.encode()
     status = fetch(base, "/status")
     assert (status.status, status.json(), status.header("X-Id")) == (201, {"created": True}, "7")
     assert fetch(base, "/recorded").json() == {"recorded": True}
-    assert fetch(base, "/unencodable").status == 500
+    failed = fetch(base, "/unencodable")
+    assert (failed.status, failed.json()) == (500, {"error": "Internal Server Error"})
+
+
+def test_bad_statuses_give_a_logged_500(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("bad_status")
+    app.route("/small")(lambda req: ({"x": 1}, 42))
+    app.route("/informational")(lambda req: ({"x": 1}, 101))
+    app.route("/large")(lambda req: response.send({"x": 1}, 600))
+    app.route("/fine")(lambda req: ({"x": 1}, 599))
+    base = serve(apps, app).url
+    for path, status in (("/small", 42), ("/informational", 101), ("/large", 600)):
+        reply = fetch(base, path)
+        assert (reply.status, reply.json()) == (500, {"error": "Internal Server Error"}), path
+        assert any(
+            r.levelno == logging.ERROR and f"{status} is not an HTTP status" in r.getMessage()
+            for r in caplog.records
+        ), path
+    assert fetch(base, "/fine").status == 599
+
+
+def test_set_header_replaces_single_valued_headers(apps: Apps) -> None:
+    app = Daebus("set_header")
+
+    @app.route("/typed")
+    def typed(req: HttpRequest) -> Any:
+        response.set_header("Content-Type", "application/vnd.daebus+json")
+        response.set_header("X-Twice", "1").set_header("X-Twice", "2")
+        response.set_header("Set-Cookie", "a=1").set_header("Set-Cookie", "b=2")
+        return {"ok": True}
+
+    @app.route("/tuple")
+    def with_tuple(req: HttpRequest) -> Any:
+        response.set_header("X-Both", "from set_header")
+        return {"ok": True}, 200, {"X-Both": "from the tuple", "Cache-Control": "no-store"}
+
+    base = serve(apps, app).url
+    typed_reply = fetch(base, "/typed")
+    assert typed_reply.headers.get_all("Content-Type") == ["application/vnd.daebus+json"]
+    assert typed_reply.headers.get_all("X-Twice") == ["2"]
+    assert typed_reply.headers.get_all("Set-Cookie") == ["a=1", "b=2"]
+    assert typed_reply.json() == {"ok": True}
+    tuple_reply = fetch(base, "/tuple")
+    assert tuple_reply.headers.get_all("X-Both") == ["from the tuple"]
+    assert tuple_reply.header("Cache-Control") == "no-store"
 
 
 def test_http_response_by_hand() -> None:
@@ -974,12 +1039,40 @@ def test_http_response_by_hand() -> None:
 def test_json_sent_as_text_plain_by_fetch_is_understood(apps: Apps) -> None:
     app = Daebus("text_plain")
     app.route("/in", methods=["POST"])(lambda req: {"payload": req.payload, "text": req.text})
-    base = serve(apps, app).url
-    # What a browser's fetch(url, {method: "POST", body: JSON.stringify(x)}) sends.
-    got = fetch(base, "/in", "POST", body='{"a": 1}', headers={"Content-Type": "text/plain"})
-    assert got.json() == {"payload": {"a": 1}, "text": '{"a": 1}'}
+    http_component = serve(apps, app)
+    base = http_component.url
+    # What a browser's fetch(url, {method: "POST", body: JSON.stringify(x)}) sends,
+    # from the page's own origin (or from a client that is no browser: no Origin).
+    own_origin = f"http://127.0.0.1:{http_component.port}"
+    for extra in ({}, {"Origin": own_origin}):
+        headers = {"Content-Type": "text/plain;charset=UTF-8", **extra}
+        got = fetch(base, "/in", "POST", body='{"a": 1}', headers=headers)
+        assert got.json() == {"payload": {"a": 1}, "text": '{"a": 1}'}, extra
     plain = fetch(base, "/in?q=1", "POST", body="hello", headers={"Content-Type": "text/plain"})
     assert plain.json() == {"payload": {"q": "1"}, "text": "hello"}
+
+
+def test_cross_site_text_plain_is_not_taken_as_json(apps: Apps) -> None:
+    # A cross-site text/plain POST needs no CORS preflight: it must not reach a handler
+    # as JSON (the payload is then the query, and the body is left in req.text).
+    app = Daebus("text_plain_csrf")
+    app.route("/in", methods=["POST"])(lambda req: {"payload": req.payload, "json": req.json})
+    base = serve(apps, app).url
+    for origin in ("https://evil.example", "null", "http://127.0.0.1:1"):
+        headers = {"Content-Type": "text/plain", "Origin": origin}
+        got = fetch(base, "/in?q=1", "POST", body='{"admin": true}', headers=headers)
+        assert got.json() == {"payload": {"q": "1"}, "json": None}, origin
+        no_type = fetch(base, "/in", "POST", body='{"admin": true}', headers={"Origin": origin})
+        assert no_type.json() == {"payload": {}, "json": None}, origin
+    # Declared JSON is JSON whatever the origin: a browser preflights it (CORS decides).
+    declared = fetch(
+        base,
+        "/in",
+        "POST",
+        json_body={"a": 1},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert declared.json() == {"payload": {"a": 1}, "json": {"a": 1}}
 
 
 def test_static_files(apps: Apps, tmp_path: Path) -> None:
@@ -987,6 +1080,10 @@ def test_static_files(apps: Apps, tmp_path: Path) -> None:
     (site / "js").mkdir(parents=True)
     (site / "index.html").write_text("<h1>kiosk</h1>")
     (site / "js" / "app.js").write_text("console.log(1)")
+    (site / "js" / ".hidden.js").write_text("hidden")
+    (site / ".env").write_text("SECRET=1")
+    (site / ".git").mkdir()
+    (site / ".git" / "config").write_text("[core]")
     (tmp_path / "secret.txt").write_text("secret")
     (site / "link.txt").symlink_to(tmp_path / "secret.txt")
     app = Daebus("static")
@@ -1004,6 +1101,17 @@ def test_static_files(apps: Apps, tmp_path: Path) -> None:
     assert fetch(base, "/%2E%2E/secret.txt").status == 404
     assert fetch(base, "/link.txt").status == 404  # a link out of the folder
     assert fetch(base, "/missing.css").status == 404
+    # Dotfiles and dot-folders are never served.
+    assert fetch(base, "/.env").status == 404
+    assert fetch(base, "/%2Eenv").status == 404
+    assert fetch(base, "/.git/config").status == 404
+    assert fetch(base, "/js/.hidden.js").status == 404
+    # Other methods on a file: 405 with Allow (OPTIONS answers); on nothing: 404.
+    posted = fetch(base, "/js/app.js", "POST", body=b"x")
+    assert (posted.status, posted.header("Allow")) == (405, "GET, HEAD, OPTIONS")
+    options = fetch(base, "/js/app.js", "OPTIONS")
+    assert (options.status, options.header("Allow")) == (204, "GET, HEAD, OPTIONS")
+    assert fetch(base, "/missing.css", "POST", body=b"x").status == 404
     with pytest.raises(SetupError):
         http_component.static("/x", tmp_path / "no-such-folder")
 
@@ -1045,6 +1153,322 @@ def test_http_route_decorator_and_routes_attribute(apps: Apps) -> None:
     def x(req: HttpRequest) -> Any:
         return {"method": req.method}
 
-    assert http_component.routes == [("/x", ["GET", "PUT"], x)]
+    @http_component.route("/x", methods=["DELETE"])
+    def delete_x(req: HttpRequest) -> Any:
+        return {"deleted": True}
+
+    @app.route("/y/<int:n>")
+    def y(req: HttpRequest, n: int) -> Any:
+        return {"n": n}
+
+    # 0.0.31's shape: path -> {"function", "methods"}; read-only.
+    routes = http_component.routes
+    assert list(routes) == ["/x", "/y/<int:n>"]
+    assert routes["/x"]["function"] is delete_x  # the last registration on the path
+    assert routes["/x"]["methods"] == ["GET", "PUT", "DELETE"]
+    assert routes["/x"]["handlers"] == {"GET": x, "PUT": x, "DELETE": delete_x}
+    assert routes["/y/<int:n>"] == {"function": y, "methods": ["GET"], "handlers": {"GET": y}}
+    with pytest.raises(TypeError):
+        routes["/z"] = {}  # type: ignore[index]
     apps.start(app)
     assert fetch(http_component.url, "/x", "PUT").json() == {"method": "PUT"}
+    assert fetch(http_component.url, "/x", "DELETE").json() == {"deleted": True}
+
+
+def test_path_parameters_win_in_a_copy_of_the_payload(apps: Apps) -> None:
+    app = Daebus("params_payload")
+
+    @app.route("/users/<int:user_id>", methods=["POST"])
+    def update(req: HttpRequest, user_id: int) -> Any:
+        return {"payload": req.payload, "json": req.json, "params": req.params}
+
+    base = serve(apps, app).url
+    # The body cannot change which user the route matched; req.json is what was sent.
+    got = fetch(base, "/users/7?user_id=8", "POST", json_body={"user_id": 9, "name": "Ada"})
+    assert got.json() == {
+        "payload": {"user_id": 7, "name": "Ada"},
+        "json": {"user_id": 9, "name": "Ada"},
+        "params": {"user_id": 7},
+    }
+    from_query = fetch(base, "/users/7?user_id=8&x=1", "POST").json()
+    assert from_query["payload"] == {"user_id": 7, "x": "1"}
+    assert from_query["params"] == {"user_id": 7, "x": "1"}
+    # A body that is not an object is the payload as it is.
+    assert fetch(base, "/users/7", "POST", json_body=[1, 2]).json()["payload"] == [1, 2]
+
+
+def test_malformed_bodies_get_400_not_500(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("bad_bodies")
+    called: list[str] = []
+
+    @app.route("/in", methods=["POST"])
+    def take(req: HttpRequest) -> Any:
+        called.append(req.text)
+        return {"payload": req.payload}
+
+    base = serve(apps, app).url
+    boundary = "XyZ"
+    broken_part = (
+        f"--{boundary}\r\nContent-Disposition form-data; name=a\r\n\r\n1\r\n--{boundary}--\r\n"
+    )
+    cases = {
+        "a multipart part with a broken header": (
+            f"multipart/form-data; boundary={boundary}",
+            broken_part.encode(),
+        ),
+        "an unknown charset": ("application/x-www-form-urlencoded; charset=nope", b"a=1"),
+        "a form that is not UTF-8": ("application/x-www-form-urlencoded", b"a=\xff\xfe"),
+        "a multipart body without its end": (
+            f"multipart/form-data; boundary={boundary}",
+            f'--{boundary}\r\nContent-Disposition: form-data; name="a"\r\n\r\n1'.encode(),
+        ),
+    }
+    for what, (ctype, body) in cases.items():
+        caplog.clear()
+        reply = fetch(base, "/in", "POST", body=body, headers={"Content-Type": ctype})
+        assert reply.status == 400, (what, reply.body)
+        assert reply.json()["error"].startswith("Malformed request body"), what
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], what
+        warned = [r for r in caplog.records if "malformed body" in r.getMessage()]
+        assert warned, what
+        assert warned[0].levelno == logging.WARNING
+        assert warned[0].exc_info is None, what
+    assert called == []
+    # An unknown charset on a body that is not parsed: req.text falls back to UTF-8.
+    text = fetch(
+        base, "/in", "POST", body=b"caf\xc3\xa9", headers={"Content-Type": "x/y; charset=nope"}
+    )
+    assert (text.status, called) == (200, ["café"])
+
+
+async def test_oversized_multipart_gets_413(apps: Apps) -> None:
+    app = Daebus("big_multipart")
+    called = threading.Event()
+    app.route("/upload", methods=["POST"])(lambda req: called.set())
+    base = serve(apps, app, max_body_size=1000).url
+    form = aiohttp.FormData()
+    form.add_field("photo", b"x" * 5000, filename="big.jpg", content_type="image/jpeg")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}/upload", data=form, chunked=True) as reply,
+    ):
+        assert reply.status == 413
+        assert (await reply.json())["max_size"] == 1000
+    assert not called.is_set()
+
+
+def test_expect_100_continue_refuses_a_declared_oversized_body_first(apps: Apps) -> None:
+    app = Daebus("expect")
+    app.route("/up", methods=["POST"])(lambda req: {"n": len(req.body)})
+    base = serve(apps, app, max_body_size=1000).url
+    head = "POST /up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n"
+    with contextlib.closing(raw_connection(base)) as sock:
+        sock.sendall(head.format(5000).encode())
+        answer = b""
+        while b'"max_size":1000}' not in answer:  # the client sends nothing meanwhile
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"Connection: close" in answer
+    assert b"100 Continue" not in answer
+    with contextlib.closing(raw_connection(base)) as sock:
+        sock.sendall(head.format(3).encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(b"abc")
+        assert b'{"n":3}' in sock.recv(65536)
+
+
+def test_preflight_echoing_requested_headers_varies_on_them(apps: Apps) -> None:
+    app = Daebus("cors_vary")
+    app.route("/x", methods=["POST"])(lambda req: {})
+    base = serve(apps, app, cors_config={"allowed_origins": ["https://app.example"]}).url
+    preflight = fetch(
+        base,
+        "/x",
+        "OPTIONS",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-token",
+        },
+    )
+    assert preflight.header("Access-Control-Allow-Headers") == "x-token"
+    vary = [v.strip() for v in (preflight.header("Vary") or "").split(",")]
+    assert "Origin" in vary
+    assert "Access-Control-Request-Headers" in vary
+
+
+def test_system_exit_in_a_handler_does_not_stop_the_service(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("system_exit")
+
+    @app.route("/exit")
+    def leave(req: HttpRequest) -> Any:
+        sys.exit(3)
+
+    @app.route("/exit-async")
+    async def leave_async(req: HttpRequest) -> Any:
+        raise SystemExit(4)
+
+    app.route("/ping")(lambda req: {"pong": True})
+    base = serve(apps, app).url
+    for path in ("/exit", "/exit-async"):
+        reply = fetch(base, path)
+        assert (reply.status, reply.json()) == (500, {"error": "Internal Server Error"}), path
+    assert app.is_running()
+    assert fetch(base, "/ping").json() == {"pong": True}
+    failures = [r for r in caplog.records if "the handler" in r.getMessage()]
+    assert [type(r.exc_info[1]) for r in failures if r.exc_info] == [SystemExit, SystemExit]
+
+
+def test_a_bad_route_does_not_poison_later_ones_and_registering_is_cheap(apps: Apps) -> None:
+    app = Daebus("many_routes")
+    http_component = app.attach(DaebusHttp(port=0, host="127.0.0.1"))
+    with pytest.raises(SetupError, match="unknown converter"):
+        app.route("/bad/<nope:x>")(lambda req, x: {})
+    assert app.routes == []  # an invalid pattern is not registered at all
+    with pytest.raises(SetupError, match=r"handler\(req, x\)"):
+        app.route("/unfit/<x>")(lambda req: {})
+    app.route("/after")(lambda req: {"after": True})  # later registrations still work
+    started = time.monotonic()
+    for n in range(500):
+        app.route(f"/r{n}/<int:x>")(lambda req, x, n=n: {"n": n, "x": x})
+        app.route(f"/s{n}")(lambda req, n=n: {"s": n})
+    assert time.monotonic() - started < 1.0  # was quadratic: the table was rebuilt each time
+    apps.start(app)
+    base = http_component.url
+    assert fetch(base, "/after").json() == {"after": True}
+    assert fetch(base, "/r499/3").json() == {"n": 499, "x": 3}
+    assert fetch(base, "/s250").json() == {"s": 250}
+    assert fetch(base, "/unfit/1").status == 404  # refused, so not served
+
+
+async def test_concurrent_requests_each_see_their_own_request(apps: Apps) -> None:
+    app = Daebus("proxies_concurrent", max_workers=4)
+
+    @app.route("/sync/<int:n>", methods=["POST"])
+    def sync_route(req: HttpRequest, n: int) -> Any:
+        time.sleep(0.002 * (n % 5))
+        assert request.payload is req.payload
+        return response.send({"n": n, "i": request.payload["i"], "id": request.request_id})
+
+    @app.route("/async/<int:n>", methods=["POST"])
+    async def async_route(req: HttpRequest, n: int) -> Any:
+        await asyncio.sleep(0.002 * (n % 5))
+        assert request.payload is req.payload
+        return response.send({"n": n, "i": request.payload["i"], "id": request.request_id})
+
+    base = serve(apps, app, max_concurrent=200).url
+
+    async def one(session: aiohttp.ClientSession, n: int) -> dict[str, Any]:
+        kind = "sync" if n % 2 else "async"
+        async with session.post(f"{base}/{kind}/{n}", json={"i": n}) as reply:
+            assert reply.status == 200
+            body: dict[str, Any] = await reply.json()
+            return body
+
+    async with aiohttp.ClientSession() as session:
+        answers = await asyncio.gather(*(one(session, n) for n in range(120)))
+    assert [(a["n"], a["i"]) for a in answers] == [(n, n) for n in range(120)]
+    assert len({a["id"] for a in answers}) == 120
+
+
+def test_past_max_concurrent_503_and_redis_actions_still_answer(apps: Apps) -> None:
+    app = Daebus("busy_http", max_workers=2)
+    entered = threading.Semaphore(0)
+    release = threading.Event()
+
+    @app.action("ping")
+    def ping() -> Any:
+        return {"pong": True}
+
+    @app.route("/block")
+    def block(req: HttpRequest) -> Any:
+        entered.release()
+        release.wait(20)
+        return {"released": True}
+
+    http_component = app.attach(
+        DaebusHttp(port=0, host="127.0.0.1", max_concurrent=2, max_workers=2)
+    )
+    service = apps.start(app)
+    base = http_component.url
+    replies: list[Reply] = []
+    clients = [
+        threading.Thread(target=lambda: replies.append(fetch(base, "/block", timeout=25)))
+        for _ in range(2)
+    ]
+    for client in clients:
+        client.start()
+    try:
+        assert entered.acquire(timeout=5)
+        assert entered.acquire(timeout=5)
+        # Both HTTP threads are busy: more than app.max_workers' worth of blocked routes
+        # if the pool were shared. A Redis action still answers...
+        caller = apps.caller(service)
+        assert caller.send_request("ping", timeout=5) == {"pong": True}
+        # ... and the next HTTP request is refused at once instead of queueing.
+        started = time.monotonic()
+        refused = fetch(base, "/block", timeout=5)
+        assert time.monotonic() - started < 2.0
+        assert refused.status == 503
+        assert refused.header("Retry-After") == "1"
+        assert "too many requests" in refused.json()["error"]
+    finally:
+        release.set()
+        for client in clients:
+            client.join(10)
+    assert [r.json() for r in replies] == [{"released": True}] * 2
+    assert fetch(base, "/block").json() == {"released": True}  # a slot is free again
+
+
+def test_stop_is_bounded_with_stuck_handlers(apps: Apps) -> None:
+    app = Daebus("stuck", shutdown_timeout=2.0)
+    release = threading.Event()
+    entered = threading.Event()
+    entered_async = threading.Event()
+
+    @app.route("/stuck")
+    def stuck(req: HttpRequest) -> Any:
+        entered.set()
+        release.wait(30)
+        return {"late": True}
+
+    @app.route("/stuck-async")
+    async def stuck_async(req: HttpRequest) -> Any:
+        entered_async.set()
+        await asyncio.sleep(30)
+        return {"late": True}
+
+    base = serve(apps, app).url
+    outcomes: dict[str, Any] = {}
+
+    def client(path: str) -> None:
+        try:
+            outcomes[path] = fetch(base, path, timeout=20)
+        except (OSError, http.client.HTTPException) as exc:
+            outcomes[path] = exc
+
+    threads = [threading.Thread(target=client, args=(path,)) for path in ("/stuck", "/stuck-async")]
+    for thread in threads:
+        thread.start()
+    try:
+        assert entered.wait(5)
+        assert entered_async.wait(5)
+        started = time.monotonic()
+        app.stop()
+        elapsed = time.monotonic() - started
+        assert not app.is_running()
+        # One shutdown_timeout (2 s) and a little (app.stop() would give up joining
+        # only after 7 s); aiohttp alone waited two timeouts.
+        assert elapsed < 3.8, elapsed
+        for thread in threads:
+            thread.join(10)
+        reply = outcomes["/stuck"]
+        assert isinstance(reply, Reply), reply
+        assert (reply.status, reply.json()) == (503, {"error": "Service Unavailable: stopping"})
+        assert isinstance(outcomes["/stuck-async"], (OSError, http.client.HTTPException))
+    finally:
+        release.set()

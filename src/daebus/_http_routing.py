@@ -1,14 +1,16 @@
-"""How an HTTP request finds its answer: route patterns, the route table, and CORS rules.
+"""How an HTTP request finds its handler: route patterns and the route table.
 
-Used by :mod:`daebus.http`. Patterns are 0.0.31's ``<name>`` segments plus Flask's typed
-converters (``<int:id>``, ``<float:x>``, ``<path:rest>``, ``<uuid:u>``). They are checked
-when they are registered, not when a request comes.
+Patterns are 0.0.31's ``<name>`` segments plus Flask's typed converters (``<int:id>``,
+``<float:x>``, ``<path:rest>``, ``<uuid:u>``). ``add_route`` compiles a pattern before
+it records the route (:func:`compile_pattern`), and :class:`RouteTable` checks each
+handler as it takes it, so a bad route fails when it is registered, never at request
+time. Plain Python on purpose: registering routes does not import aiohttp.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import logging
 import re
 import urllib.parse
 import uuid
@@ -16,14 +18,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-from multidict import CIMultiDict
-
 from .exceptions import SetupError
 
-__all__ = ["CorsPolicy", "RouteTable", "allow_header", "canonical_path"]
-
-log = logging.getLogger("daebus.http")
+__all__ = ["RoutePattern", "RouteTable", "allow_header", "canonical_path", "compile_pattern"]
 
 _PARAM = re.compile(r"<(?:(?P<converter>[A-Za-z_]\w*):)?(?P<name>[A-Za-z_]\w*)>")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -35,6 +32,8 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "path": (r".+", str),
     "uuid": (_UUID, uuid.UUID),
 }
+
+Handler = Callable[..., Any]
 
 
 def canonical_path(raw_path: str) -> str:
@@ -50,29 +49,48 @@ def canonical_path(raw_path: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Route:
+class RoutePattern:
+    """A compiled route path: a canonical literal, or a regex with converted parameters."""
+
     path: str
-    pattern: re.Pattern[str]
+    #: the canonical form of a path without parameters (matched by dict lookup)
+    literal: str
+    regex: re.Pattern[str]
     converters: tuple[tuple[str, Callable[[str], Any]], ...]
-    #: method -> handler
-    handlers: dict[str, Callable[..., Any]]
+
+    @property
+    def names(self) -> list[str]:
+        """The parameter names, in order."""
+        return [name for name, _ in self.converters]
 
     def match(self, canonical: str) -> dict[str, Any] | None:
-        found = self.pattern.fullmatch(canonical)
+        """The converted parameters if ``canonical`` matches, else None."""
+        found = self.regex.fullmatch(canonical)
         if found is None:
             return None
         params: dict[str, Any] = {}
         for name, convert in self.converters:
-            params[name] = convert(urllib.parse.unquote(found.group(name)))
+            try:
+                params[name] = convert(urllib.parse.unquote(found.group(name)))
+            except (ValueError, OverflowError):
+                return None  # e.g. an <int:> of more digits than int() takes: no match
         return params
 
 
-def _compile(path: str) -> tuple[re.Pattern[str], tuple[tuple[str, Callable[[str], Any]], ...]]:
+def compile_pattern(path: str) -> RoutePattern:
+    """Compile a route path; SetupError if it is not a valid pattern."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise SetupError(f"a route path must be a string starting with '/', got {path!r}")
+    return _compile(path)
+
+
+@functools.lru_cache(maxsize=4096)  # add_route and the route table both compile a path
+def _compile(path: str) -> RoutePattern:
     regex = ""
     converters: list[tuple[str, Callable[[str], Any]]] = []
     position = 0
     for found in _PARAM.finditer(path):
-        regex += _literal(path, path[position : found.start()])
+        regex += re.escape(_literal(path, path[position : found.start()]))
         name = found.group("name")
         converter = found.group("converter") or "string"
         if converter not in _CONVERTERS:
@@ -86,17 +104,18 @@ def _compile(path: str) -> tuple[re.Pattern[str], tuple[tuple[str, Callable[[str
         regex += f"(?P<{name}>{piece})"
         converters.append((name, convert))
         position = found.end()
-    regex += _literal(path, path[position:])
-    return re.compile(regex), tuple(converters)
+    literal = _literal(path, path[position:])
+    regex += re.escape(literal)
+    return RoutePattern(path, "" if converters else literal, re.compile(regex), tuple(converters))
 
 
 def _literal(path: str, text: str) -> str:
     if "<" in text or ">" in text:
         raise SetupError(f"route {path!r}: malformed parameter near {text!r} (write <name>)")
-    return re.escape(text.replace("%", "%25"))
+    return text.replace("%", "%25")
 
 
-def _check_handler(path: str, func: Callable[..., Any], names: Iterable[str]) -> None:
+def check_handler(path: str, func: Handler, names: Iterable[str]) -> None:
     """Fail now, not at request time, if ``func(req, **params)`` cannot be called."""
     if not callable(func):
         raise SetupError(f"route {path!r}: the handler {func!r} is not callable")
@@ -115,37 +134,84 @@ def _check_handler(path: str, func: Callable[..., Any], names: Iterable[str]) ->
         ) from exc
 
 
+@dataclass(frozen=True)
+class _Route:
+    pattern: RoutePattern
+    #: method -> handler; replaced, never changed in place (the loop may be reading it)
+    handlers: Mapping[str, Handler]
+    #: the handler registered last on this path
+    last: Handler
+
+    def handler_for(self, method: str) -> Handler | None:
+        func = self.handlers.get(method)
+        if func is None and method == "HEAD":
+            func = self.handlers.get("GET")
+        return func
+
+
 class RouteTable:
-    """The compiled routes: paths without parameters first, then in registration order."""
+    """The served routes: paths without parameters first, then in registration order.
 
-    def __init__(self, routes: Iterable[tuple[str, list[str], Callable[..., Any]]]) -> None:
-        by_path: dict[str, dict[str, Callable[..., Any]]] = {}
-        for path, methods, func in routes:
-            table = by_path.setdefault(path, {})
-            for method in methods:
-                table[method.upper()] = func  # a later registration replaces
-        compiled: list[_Route] = []
-        for path, handlers in by_path.items():
-            pattern, converters = _compile(path)
-            names = [name for name, _ in converters]
-            for func in set(handlers.values()):
-                _check_handler(path, func, names)
-            compiled.append(_Route(path, pattern, converters, handlers))
-        compiled.sort(key=lambda route: bool(route.converters))  # stable: keeps order
-        self.routes = tuple(compiled)
+    Adding a route costs the same however many there are. Routes may be added from any
+    thread while the loop matches: every change is a single assignment or append.
+    """
 
-    def match(
-        self, canonical: str, method: str
-    ) -> tuple[Callable[..., Any] | None, dict[str, Any], set[str]]:
+    def __init__(self) -> None:
+        self._static: dict[str, _Route] = {}
+        self._dynamic: list[_Route] = []
+        self._positions: dict[str, int] = {}
+        self._by_path: dict[str, _Route] = {}
+
+    def add(self, path: str, methods: Iterable[str], func: Handler) -> None:
+        """Serve ``func`` for ``methods`` on ``path`` (replacing an earlier handler).
+
+        Raises SetupError, leaving the table as it was, if the path is not a valid
+        pattern or ``func`` cannot be called as ``func(req, **params)``.
+        """
+        pattern = compile_pattern(path)
+        check_handler(path, func, pattern.names)
+        old = self._by_path.get(path)
+        handlers = dict(old.handlers) if old is not None else {}
+        handlers.update((method.upper(), func) for method in methods)
+        route = _Route(pattern, handlers, func)
+        if not pattern.converters:
+            self._static[pattern.literal] = route
+        elif path in self._positions:
+            self._dynamic[self._positions[path]] = route
+        else:
+            self._positions[path] = len(self._dynamic)
+            self._dynamic.append(route)
+        self._by_path[path] = route
+
+    def __len__(self) -> int:
+        """How many (path, method) pairs are served."""
+        return sum(len(route.handlers) for route in list(self._by_path.values()))
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Path -> ``{"function", "methods", "handlers"}``, in registration order."""
+        return {
+            path: {
+                "function": route.last,
+                "methods": list(route.handlers),
+                "handlers": dict(route.handlers),
+            }
+            for path, route in list(self._by_path.items())
+        }
+
+    def match(self, canonical: str, method: str) -> tuple[Handler | None, dict[str, Any], set[str]]:
         """The handler for ``method`` and its params, and every method the path takes."""
         allowed: set[str] = set()
-        for route in self.routes:
-            params = route.match(canonical)
+        route = self._static.get(canonical)
+        if route is not None:
+            func = route.handler_for(method)
+            if func is not None:
+                return func, {}, allowed
+            allowed.update(route.handlers)
+        for route in self._dynamic:
+            params = route.pattern.match(canonical)
             if params is None:
                 continue
-            func = route.handlers.get(method)
-            if func is None and method == "HEAD":
-                func = route.handlers.get("GET")
+            func = route.handler_for(method)
             if func is not None:
                 return func, params, allowed
             allowed.update(route.handlers)
@@ -159,131 +225,3 @@ def allow_header(methods: Iterable[str]) -> str:
         allowed.add("HEAD")
     allowed.add("OPTIONS")
     return ", ".join(sorted(allowed))
-
-
-# -- CORS -------------------------------------------------------------------------------
-
-_CORS_KEYS = {
-    "allowed_origins": "origins",
-    "allow_origins": "origins",
-    "origins": "origins",
-    "allowed_methods": "methods",
-    "allow_methods": "methods",
-    "methods": "methods",
-    "allowed_headers": "headers",
-    "allow_headers": "headers",
-    "headers": "headers",
-    "expose_headers": "expose",
-    "expose": "expose",
-    "allow_credentials": "credentials",
-    "supports_credentials": "credentials",
-    "credentials": "credentials",
-    "max_age": "max_age",
-}
-
-
-def _names(value: Any) -> tuple[str, ...] | None:
-    """A list of names from a list or a comma-separated string; None for ``"*"``."""
-    if value is None:
-        return ()
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = tuple(str(item).strip() for item in items if str(item).strip())
-    return None if "*" in names else names
-
-
-class CorsPolicy:
-    """Which cross-origin requests may read the responses, from a ``cors_config`` dict.
-
-    Keys (0.0.31's, with a few aliases): ``allowed_origins`` (a list, or ``"*"``; the
-    default), ``allowed_methods`` (default: the route's), ``allowed_headers`` (default
-    ``"*"``: what the preflight asks for), ``expose_headers``, ``allow_credentials``
-    and ``max_age`` (seconds).
-
-    An origin on the list gets itself back in ``Access-Control-Allow-Origin`` (with
-    ``Vary: Origin``, and ``Allow-Credentials`` if configured). ``"*"`` gives a literal
-    ``*``, never the caller's origin, and never with credentials: browsers then refuse
-    to expose a credentialed response, so ``"*"`` cannot open cookies to every site.
-    Requests without an ``Origin`` header get no CORS headers at all.
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        settings: dict[str, Any] = {}
-        for key, value in config.items():
-            name = _CORS_KEYS.get(key)
-            if name is None:
-                log.warning("cors_config: unknown key %r ignored", key)
-                continue
-            settings[name] = value
-        origins = _names(settings.get("origins", "*"))
-        self.origins = None if origins is None else frozenset(map(_origin_key, origins))
-        methods = _names(settings.get("methods"))
-        self.methods = None if not methods else frozenset(m.upper() for m in methods)
-        self.headers = _names(settings.get("headers", "*"))
-        expose = _names(settings.get("expose"))
-        self.expose = ("*",) if expose is None else expose
-        self.credentials = bool(settings.get("credentials", False))
-        max_age = settings.get("max_age")
-        self.max_age = None if max_age is None else int(max_age)
-        if self.origins is None and self.credentials:
-            log.warning(
-                "cors_config: allowed_origins '*' with allow_credentials: any origin may "
-                "make plain requests, but credentialed ones are only allowed to the "
-                "origins you list"
-            )
-
-    def _allow_origin(self, origin: str, headers: CIMultiDict[str]) -> bool:
-        if self.origins is None:
-            headers["Access-Control-Allow-Origin"] = "*"
-            return True
-        if _origin_key(origin) not in self.origins:
-            return False
-        headers["Access-Control-Allow-Origin"] = origin
-        if self.credentials:
-            headers["Access-Control-Allow-Credentials"] = "true"
-        return True
-
-    def apply(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
-        """Add the CORS headers of an actual (non-preflight) response."""
-        if response.prepared:
-            return
-        add_vary(response.headers, "Origin")
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return
-        if self._allow_origin(origin, response.headers) and self.expose:
-            response.headers["Access-Control-Expose-Headers"] = ", ".join(self.expose)
-
-    def preflight(self, request: web.BaseRequest, methods: set[str]) -> web.Response:
-        """Answer a preflight ``OPTIONS`` for a path that takes ``methods``."""
-        response = web.Response(status=204)
-        response.headers["Allow"] = allow_header(methods)
-        add_vary(response.headers, "Origin")
-        origin = request.headers.get("Origin", "")
-        if not self._allow_origin(origin, response.headers):
-            return response
-        offered = set(methods) | ({"HEAD"} if "GET" in methods else set())
-        if self.methods is not None:
-            offered &= self.methods
-        if offered:
-            response.headers["Access-Control-Allow-Methods"] = ", ".join(sorted(offered))
-        asked = request.headers.get("Access-Control-Request-Headers")
-        if self.headers is None:
-            if asked:
-                response.headers["Access-Control-Allow-Headers"] = asked
-        elif self.headers:
-            response.headers["Access-Control-Allow-Headers"] = ", ".join(self.headers)
-        if self.max_age is not None:
-            response.headers["Access-Control-Max-Age"] = str(self.max_age)
-        return response
-
-
-def _origin_key(origin: str) -> str:
-    # Browsers send scheme and host in lower case, with no trailing slash.
-    return origin.strip().rstrip("/").lower()
-
-
-def add_vary(headers: CIMultiDict[str], name: str) -> None:
-    """Add ``name`` to the ``Vary`` header (once)."""
-    current = [v.strip() for v in headers.get("Vary", "").split(",") if v.strip()]
-    if name.lower() not in (v.lower() for v in current):
-        headers["Vary"] = ", ".join([*current, name])

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from ._http_routing import compile_pattern
 from .exceptions import SetupError
 from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
 
@@ -227,9 +228,11 @@ class Registry:
         return decorator
 
     def add_route(self, path: str, methods: list[str] | None, func: Callable[..., Any]) -> None:
-        """Register ``func`` for ``path`` and ``methods`` (default ``["GET"]``)."""
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise SetupError(f"a route path must be a string starting with '/', got {path!r}")
+        """Register ``func`` for ``path`` and ``methods`` (default ``["GET"]``).
+
+        Raises SetupError, registering nothing, if ``path`` is not a valid pattern.
+        """
+        compile_pattern(path)
         if isinstance(methods, str):
             raise SetupError(f"methods must be a list of method names, got {methods!r}")
         names = [_check_name("HTTP method", m).upper() for m in (methods or ["GET"])]

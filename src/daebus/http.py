@@ -2,8 +2,8 @@
 
 Routes come from ``app.routes`` (``@app.route``, ``Blueprint.route``, ``http.route``),
 whenever they were registered. ``async def`` handlers run on the service's loop, plain
-``def`` handlers in its worker pool, each with ``request`` / ``response`` bound to an
-:class:`HttpRequest` and an :class:`HttpResponse`::
+``def`` handlers in the component's own worker threads, each with ``request`` /
+``response`` bound to an :class:`HttpRequest` and an :class:`HttpResponse`::
 
     http = DaebusHttp(port=8080)
     app.attach(http)
@@ -11,6 +11,9 @@ whenever they were registered. ``async def`` handlers run on the service's loop,
     @app.route("/users/<int:user_id>", methods=["GET", "DELETE"])
     def user(req, user_id):
         return {"id": user_id, "method": req.method}
+
+What a handler returns is sent as JSON, strings and bytes included (as in 0.0.31); to
+send HTML or anything else, return an ``aiohttp.web.Response``.
 
 aiohttp does the HTTP/1.1 work (keep-alive, Content-Length, chunked bodies, HEAD); this
 module does the routing, so that routes can be added while the service runs and 404,
@@ -25,18 +28,31 @@ import contextvars
 import functools
 import inspect
 import logging
-import uuid
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
-from . import context, encoding
-from ._http_routing import CorsPolicy, RouteTable, allow_header, canonical_path
+from . import context
+from ._http_cors import CorsPolicy
+from ._http_messages import (
+    BadStatusError,
+    BodyError,
+    HttpRequest,
+    HttpResponse,
+    json_response,
+    make_response,
+    read_request,
+    too_large,
+)
+from ._http_routing import RouteTable, allow_header, canonical_path
+from ._http_static import StaticFolder, serve_static
 from ._runtime import is_async_callable
+from ._workers import WorkerPool
 from .exceptions import SetupError
 
 if TYPE_CHECKING:
@@ -49,189 +65,15 @@ log = logging.getLogger(__name__)
 #: A raw aiohttp handler, as given to :meth:`DaebusHttp.mount`.
 MountHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_JSON = "application/json"
+#: Seconds aiohttp gets to close the connections once our own shutdown wait is over:
+#: by then every request has been answered or cancelled, so this is a safety net only.
+_CLOSE_TIMEOUT = 1.0
+#: Seconds between two warnings about requests refused past ``max_concurrent``.
+_REFUSED_LOG_EVERY = 10.0
 
 
-# -- the request and response objects ---------------------------------------------------
-
-
-class HttpRequest:
-    """One HTTP request, as route handlers (and the ``request`` proxy) see it.
-
-    Attributes:
-        payload: the request's data. The JSON body if the request has one (any JSON
-            value, ``{}`` and ``[]`` included); else the fields of a form body
-            (urlencoded or multipart, files excepted); else the query string. Values from
-            a form or query are strings; for a repeated key the last value is kept (use
-            ``query`` / ``form`` for all of them); blank values are kept. When the payload
-            is a dict, path parameters are added to it under their names unless the
-            body or query already has that key.
-        method, path: the request method (upper case) and the percent-decoded path.
-        headers: the request headers, a case-insensitive multi-dict.
-        params: the path parameters (converted: ``<int:id>`` gives an int), plus the
-            query values whose names are not path parameters.
-        query: the query string as a multi-dict (``query.getall(key)``), for every method.
-        form: the text fields of a form body (a multi-dict; empty otherwise).
-        files: the uploaded files of a multipart body: name -> ``aiohttp.web.FileField``
-            (``.filename``, ``.content_type``, ``.file``); the files are closed once
-            the handler returns.
-        json: the decoded JSON body, or None.
-        body: the raw body bytes (empty for multipart bodies, which are parsed as they
-            arrive); ``text`` decodes it.
-        raw: everything above as a dict (0.0.31's attribute).
-        request_id: ``"http-<hex>"``, unique per request. ``reply_to`` is None and
-            ``service`` is ``"http"`` (0.0.31's values).
-        web_request: the underlying ``aiohttp.web.Request`` (cookies, remote address...),
-            None for a request built by hand.
-    """
-
-    reply_to: Any = None
-    service = "http"
-
-    def __init__(self, raw: Mapping[str, Any] | None = None) -> None:
-        raw = dict(raw or {})
-        self.raw: dict[str, Any] = raw
-        self.method: str = str(raw.get("method") or "GET").upper()
-        self.path: str = str(raw.get("path") or "/")
-        self.headers: CIMultiDictProxy[str] = _ci_proxy(raw.get("headers"))
-        self.query: MultiDictProxy[str] = _proxy(raw.get("query"))
-        self.form: MultiDictProxy[Any] = _proxy(raw.get("form"))
-        self.files: MultiDictProxy[Any] = _proxy(raw.get("files"))
-        self.body: bytes = bytes(raw.get("body") or b"")
-        self.json: Any = raw.get("json")
-        path_params = dict(raw.get("params") or {})
-        self.params: dict[str, Any] = {**dict(self.query.items()), **path_params}
-        payload: Any
-        if "json" in raw:
-            payload = raw["json"]
-        elif "form" in raw:
-            payload = {k: v for k, v in self.form.items() if isinstance(v, str)}
-        else:
-            payload = dict(self.query.items())
-        if isinstance(payload, dict):
-            for name, value in path_params.items():
-                payload.setdefault(name, value)
-        self.payload: Any = payload
-        self.request_id: str = raw.get("request_id") or f"http-{uuid.uuid4().hex}"
-        self.web_request: web.Request | None = None
-
-    @property
-    def text(self) -> str:
-        """The body decoded with the request's charset (UTF-8 by default)."""
-        charset = self.web_request.charset if self.web_request is not None else None
-        return self.body.decode(charset or "utf-8", "replace")
-
-    @property
-    def cookies(self) -> Mapping[str, str]:
-        """The request's cookies."""
-        return self.web_request.cookies if self.web_request is not None else {}
-
-    @property
-    def remote(self) -> str | None:
-        """The client's address (no proxy headers are trusted)."""
-        return self.web_request.remote if self.web_request is not None else None
-
-    def __repr__(self) -> str:
-        return f"<HttpRequest {self.method} {self.path} {self.request_id}>"
-
-
-class HttpResponse:
-    """What a route handler answers with, through ``response.send`` / ``response.error``.
-
-    A recorded ``send`` / ``error`` is the response, whatever the handler returns
-    (as in 0.0.31). ``set_status`` and ``headers`` apply to returned values too.
-    """
-
-    def __init__(self, handler: Any = None) -> None:
-        self.handler = handler
-        self.data: Any = None
-        self.status_code: int = 200
-        self.headers: CIMultiDict[str] = CIMultiDict()
-        #: True once ``send``, ``success`` or ``error`` recorded a response.
-        self.sent = False
-        self._status_set = False
-
-    def send(self, data: Any, status_code: int | None = None) -> tuple[Any, int]:
-        """Record ``data`` (sent as JSON) with ``status_code``; returns ``(data, status)``."""
-        if status_code is None:
-            status_code = self.status_code
-        self.data, self.status_code, self.sent = data, int(status_code), True
-        return data, self.status_code
-
-    def success(
-        self, data: Any, status_code: int | None = None, **_ignored: Any
-    ) -> tuple[Any, int]:
-        """Alias of :meth:`send`."""
-        return self.send(data, status_code)
-
-    def progress(self, data: Any, progress_percentage: float | None = None) -> tuple[Any, int]:
-        """Record ``data`` like :meth:`send` (HTTP cannot stream progress), with the percentage."""
-        if progress_percentage is not None:
-            percentage = max(0.0, min(100.0, float(progress_percentage)))
-            if isinstance(data, dict):
-                data = {**data, "progress_percentage": percentage}
-            else:
-                data = {"data": data, "progress_percentage": percentage}
-        return self.send(data)
-
-    def error(self, err: Any, status_code: int | None = None) -> tuple[Any, int]:
-        """Record ``{"status": "error", "error": str(err)}`` with ``status_code`` (400).
-
-        Returns ``({"error": str(err)}, status)`` as 0.0.31 did; the body sent is the
-        recorded one.
-        """
-        if status_code is None:
-            status_code = self.status_code if self._status_set else 400
-        message = str(err)
-        self.send({"status": "error", "error": message}, status_code)
-        return {"error": message}, self.status_code
-
-    def set_status(self, status_code: int) -> HttpResponse:
-        """Set the status of the response, whether it is sent or returned."""
-        self.status_code = int(status_code)
-        self._status_set = True
-        return self
-
-    def set_header(self, name: str, value: str) -> HttpResponse:
-        """Set a response header."""
-        self.headers[name] = value
-        return self
-
-    def get_response(self) -> tuple[Any, int]:
-        """The recorded ``(data, status)``."""
-        return self.data, self.status_code
-
-    def __repr__(self) -> str:
-        return f"<HttpResponse {self.status_code} sent={self.sent}>"
-
-
-def _ci_proxy(value: Any) -> CIMultiDictProxy[str]:
-    if isinstance(value, CIMultiDictProxy):
-        return value
-    return CIMultiDictProxy(CIMultiDict(value or {}))
-
-
-def _proxy(value: Any) -> MultiDictProxy[Any]:
-    if isinstance(value, MultiDictProxy):
-        return value
-    return MultiDictProxy(MultiDict(value or {}))
-
-
-# -- the component --------------------------------------------------------------------------
-
-
-class _BodyError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(body.get("error"))
-        self.status = status
-        self.body = body
-
-
-@dataclass(frozen=True)
-class _Static:
-    prefix: str
-    directory: Path
-    index: str | None
+class _AbandonedError(Exception):
+    """Set on the future of a ``def`` handler still running when the stop wait is over."""
 
 
 class DaebusHttp:
@@ -250,12 +92,25 @@ class DaebusHttp:
             in (408 after it), so a slow client cannot hold a request open.
         keepalive_timeout: seconds an idle keep-alive connection, or one that has not
             sent a complete request head, is kept open.
+        max_concurrent: requests handled at once (``def`` and ``async def`` routes);
+            past it a request gets 503 with ``Retry-After`` at once, so a burst cannot
+            queue work without limit.
+        max_workers: threads running ``def`` routes, the component's own (None: the
+            app's ``max_workers``). They are not the app's pool, so slow routes never
+            delay Redis actions; routes past this many wait for a thread (up to
+            ``max_concurrent`` in all).
+        shutdown_timeout: seconds the stop waits for requests in progress (None: the
+            app's ``shutdown_timeout``). Then a ``def`` route still running gets a 503
+            sent for it (its thread cannot be killed and is left to finish) and every
+            other request is cancelled and its connection closed, so the stop takes at
+            most this long, plus a moment to close the connections.
         debug: put the exception text of a failing handler in its 500 body. None (the
             default) follows ``app.run(debug=...)``.
         access_log: log every request to ``daebus.http.access``.
 
     Failing to listen (the port is taken) makes the service's start fail with an
-    ``OSError`` saying so, instead of running without HTTP as 0.0.31 did.
+    ``OSError`` saying so, instead of running without HTTP as 0.0.31 did. There is no
+    ``start()`` / ``stop()``: the server starts and stops with the app.
     """
 
     def __init__(
@@ -267,14 +122,24 @@ class DaebusHttp:
         max_body_size: int = 1024 * 1024,
         read_timeout: float = 30.0,
         keepalive_timeout: float = 15.0,
+        max_concurrent: int = 64,
+        max_workers: int | None = None,
+        shutdown_timeout: float | None = None,
         debug: bool | None = None,
         access_log: bool = False,
     ) -> None:
+        if max_concurrent < 1:
+            raise SetupError("max_concurrent must be at least 1")
+        if max_workers is not None and max_workers < 1:
+            raise SetupError("max_workers must be at least 1")
         self.port = port
         self.host = host
         self.max_body_size = max_body_size
         self.read_timeout = read_timeout
         self.keepalive_timeout = keepalive_timeout
+        self.max_concurrent = max_concurrent
+        self.max_workers = max_workers
+        self.shutdown_timeout = shutdown_timeout
         self.debug = debug
         self.access_log = access_log
         self.cors_config: dict[str, Any] | None = None
@@ -282,12 +147,23 @@ class DaebusHttp:
         if cors_config:
             self.configure_cors(cors_config)
         self.daemon: Daebus | None = None
+        #: ``daebus.<app name>.http`` once attached (0.0.31's attribute): what this
+        #: component logs about requests and its server goes there.
         self.logger = log
-        self._table = RouteTable(())
+        self._table = RouteTable()
+        self._taken = 0  # how many entries of app.routes the table has taken
+        self._last_taken: Any = None
         self._mounts: dict[str, MountHandler] = {}
         self._component_mounts: dict[str, MountHandler] = {}
-        self._statics: list[_Static] = []
+        self._statics: list[StaticFolder] = []
         self._runner: web.AppRunner | None = None
+        self._pool: WorkerPool | None = None
+        self._busy = 0  # route handlers in progress (max_concurrent)
+        self._refused = 0  # 503s not logged yet
+        self._refused_logged = -_REFUSED_LOG_EVERY
+        self._active: set[asyncio.Task[Any]] = set()  # requests in progress
+        self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
+        self._drained: asyncio.Event | None = None  # set while stopping
 
     def __repr__(self) -> str:
         state = "listening" if self._runner is not None else "stopped"
@@ -312,9 +188,14 @@ class DaebusHttp:
         return f"http://{host}:{self.port}"
 
     @property
-    def routes(self) -> list[tuple[str, list[str], Callable[..., Any]]]:
-        """The app's routes: ``(path, methods, handler)`` in registration order."""
-        return list(self.daemon.routes) if self.daemon is not None else []
+    def routes(self) -> Mapping[str, Mapping[str, Any]]:
+        """The served routes as 0.0.31 kept them: path -> ``{"function", "methods"}``.
+
+        A read-only snapshot, in registration order. When several registrations share
+        a path, ``methods`` lists all of its methods, ``function`` is the handler
+        registered last, and ``handlers`` maps each method to its own handler.
+        """
+        return MappingProxyType(self._table.describe())
 
     # -- the component protocol ------------------------------------------------------
     def attach(self, app: Daebus) -> None:
@@ -326,8 +207,34 @@ class DaebusHttp:
         app.http = self
 
     def refresh_handlers(self, app: Daebus) -> None:
-        """Rebuild the route table from ``app.routes``; bad routes raise SetupError now."""
-        self._table = RouteTable(list(app.routes))
+        """Serve the routes added to ``app.routes`` since the last call.
+
+        Raises SetupError for a route whose handler cannot be called as
+        ``handler(req, **params)``; that route is left out, the others are served.
+        """
+        if app is self.daemon:
+            self._take_routes()
+
+    def _take_routes(self) -> None:
+        app = self.daemon
+        if app is None:
+            return
+        routes = app.routes
+        taken = self._taken
+        if taken > len(routes) or (taken and routes[taken - 1] is not self._last_taken):
+            self._table, taken = RouteTable(), 0  # app.routes was changed by hand
+        failures: list[SetupError] = []
+        for path, methods, func in routes[taken:]:
+            try:
+                self._table.add(path, methods, func)
+            except SetupError as exc:
+                failures.append(exc)
+        self._taken = len(routes)
+        self._last_taken = routes[-1] if routes else None
+        for failure in failures[1:]:
+            self.logger.error("route not served: %s", failure)
+        if failures:
+            raise failures[0]
 
     async def start_async(self, app: Daebus) -> None:
         """Listen; raises ``OSError`` with a clear message if the address is taken."""
@@ -340,7 +247,7 @@ class DaebusHttp:
                     mounts[_mount_path(path)] = handler
         self._component_mounts = mounts
         web_app = web.Application(client_max_size=self.max_body_size)
-        web_app.router.add_route("*", "/{tail:.*}", self._handle)
+        web_app.router.add_route("*", "/{tail:.*}", self._handle, expect_handler=self._expect)
         runner = web.AppRunner(
             web_app,
             handle_signals=False,
@@ -348,12 +255,18 @@ class DaebusHttp:
             keepalive_timeout=self.keepalive_timeout,
             # How long the unread rest of a refused body is drained before closing.
             lingering_time=min(self.read_timeout, 5.0),
-            shutdown_timeout=app.shutdown_timeout,
+            shutdown_timeout=_CLOSE_TIMEOUT,
         )
         await runner.setup()
+        pool = WorkerPool(
+            asyncio.get_running_loop(),
+            self.max_workers or app.max_workers,
+            f"daebus_{app.service or app.name}_http",
+        )
         try:
             await web.TCPSite(runner, self.host, self.port).start()
         except OSError as exc:
+            pool.shutdown(wait=False)
             await runner.cleanup()
             raise OSError(
                 exc.errno,
@@ -361,6 +274,8 @@ class DaebusHttp:
                 "(is another program using this port? choose another with "
                 "DaebusHttp(port=...))",
             ) from exc
+        self._pool = pool
+        self._drained = None
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         scope = (
@@ -368,20 +283,58 @@ class DaebusHttp:
             if self.host in ("0.0.0.0", "::", "")
             else "this address only"
         )
-        log.info(
+        self.logger.info(
             "HTTP listening on %s:%d (%s); %d route(s)",
             self.host,
             self.port,
             scope,
-            sum(len(route.handlers) for route in self._table.routes),
+            len(self._table),
         )
 
     async def stop_async(self) -> None:
-        """Stop listening; in-flight requests get the app's shutdown timeout to finish."""
+        """Stop listening; requests in progress get ``shutdown_timeout`` to finish."""
         runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-            log.info("HTTP server on port %d stopped", self.port)
+        if runner is None:
+            return
+        timeout = self.shutdown_timeout
+        if timeout is None:
+            timeout = self.daemon.shutdown_timeout if self.daemon is not None else 10.0
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            runner.server.pre_shutdown()  # idle connections close now, busy ones after
+        if self._active:
+            self._drained = asyncio.Event()
+            self.logger.info("waiting for %d HTTP request(s) to finish", len(self._active))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), max(0.0, timeout))
+        self._abandon(timeout)
+        await runner.cleanup()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.logger.info("HTTP server on port %d stopped", self.port)
+
+    def _abandon(self, timeout: float) -> None:
+        # A def handler's thread cannot be stopped: its request gets a 503 now and the
+        # thread finishes on its own. Anything else still running is cancelled.
+        in_workers: set[asyncio.Task[Any] | None] = set()
+        abandoned = 0
+        for future, task in list(self._in_workers.items()):
+            in_workers.add(task)  # finishing (done) or answering 503: not to be cancelled
+            if not future.done():
+                future.set_exception(_AbandonedError())
+                abandoned += 1
+        cancelled = [task for task in list(self._active) if task not in in_workers]
+        for task in cancelled:
+            task.cancel()
+        if abandoned or cancelled:
+            self.logger.warning(
+                "HTTP requests still in progress after %.1fs: %d answered 503, %d cancelled",
+                timeout,
+                abandoned,
+                len(cancelled),
+            )
 
     # -- registration ------------------------------------------------------------------
     def route(self, path: str, methods: list[str] | None = None) -> Callable[[Any], Any]:
@@ -409,17 +362,17 @@ class DaebusHttp:
     def static(
         self, prefix: str, directory: str | Path, *, index: str | None = "index.html"
     ) -> None:
-        """Serve the files under ``directory`` at ``prefix`` (GET and HEAD).
+        """Serve the files under ``directory`` at ``prefix`` (GET and HEAD; 405 otherwise).
 
         Routes win over files. A request for a folder gets its ``index`` file. Nothing
-        outside ``directory`` is served (``..`` and symbolic links out of it are refused).
+        outside ``directory`` is served (``..`` and symbolic links out of it are
+        refused), nor any file or folder whose name starts with a dot (``.env``,
+        ``.git/``).
         """
         folder = Path(directory).resolve()
         if not folder.is_dir():
             raise SetupError(f"static: {str(directory)!r} is not a directory")
-        self._statics.append(_Static("/" + prefix.strip("/"), folder, index))
-
-    add_static = static
+        self._statics.append(StaticFolder("/" + prefix.strip("/"), folder, index))
 
     def _require_app(self) -> Daebus:
         if self.daemon is None:
@@ -427,7 +380,35 @@ class DaebusHttp:
         return self.daemon
 
     # -- serving -----------------------------------------------------------------------
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        # Refuse a body the Content-Length already says is too large before the client
+        # is told to send it (aiohttp's default answers 100 Continue to anything).
+        length = request.content_length
+        if length is not None and length > self.max_body_size:
+            response = json_response(too_large(self.max_body_size), 413)
+            response.force_close()
+            return response
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.lower() != "100-continue":
+            return json_response({"error": f"Expectation Failed: {expect!r}"}, 417)
+        if request.version == HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the body's size is what the access log counts
+        return None
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        active = self._active
+        active.add(task)
+        try:
+            return await self._dispatch(request)
+        finally:
+            active.discard(task)
+            if not active and self._drained is not None:
+                self._drained.set()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.method.upper()
         mount = self._mounts.get(request.path) or self._component_mounts.get(request.path)
         if mount is not None and method in ("GET", "HEAD"):
@@ -439,54 +420,113 @@ class DaebusHttp:
         response: web.StreamResponse
         if func is not None:
             response = await self._call(request, func, params)
-        elif not allowed:
-            static = self._static_file(request.path) if method in ("GET", "HEAD") else None
-            if static is not None:
-                response = web.FileResponse(static)
-            else:
-                response = _json_response({"error": "Not Found", "path": request.path}, 404)
-        elif method == "OPTIONS":
-            if cors is not None and _is_preflight(request):
-                return cors.preflight(request, allowed)
-            response = web.Response(status=204, headers={"Allow": allow_header(allowed)})
+        elif allowed:
+            response = self._other_method(request, method, allowed)
+        elif self._statics:
+            response = await serve_static(self._statics, request, method, cors)
         else:
-            response = _json_response(
-                {"error": "Method Not Allowed", "path": request.path, "method": method}, 405
-            )
-            response.headers["Allow"] = allow_header(allowed)
-        if cors is not None:
-            cors.apply(request, response)
+            response = json_response({"error": "Not Found", "path": request.path}, 404)
+        if cors is not None and (func is not None or not cors.is_preflight(request)):
+            cors.apply(request, response)  # a preflight answer has its own headers
         return response
+
+    def _other_method(
+        self, request: web.Request, method: str, allowed: set[str]
+    ) -> web.StreamResponse:
+        """The answer to a method the path does not take: OPTIONS (and CORS), or 405."""
+        if method == "OPTIONS":
+            if self._cors is not None and self._cors.is_preflight(request):
+                return self._cors.preflight(request, allowed)
+            return web.Response(status=204, headers={"Allow": allow_header(allowed)})
+        return json_response(
+            {"error": "Method Not Allowed", "path": request.path, "method": method},
+            405,
+            headers={"Allow": allow_header(allowed)},
+        )
 
     async def _call(
         self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
     ) -> web.StreamResponse:
+        if self._busy >= self.max_concurrent:
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged >= _REFUSED_LOG_EVERY:  # not once per request
+                self._refused_logged = now
+                self.logger.warning(
+                    "%d HTTP request(s) answered 503: max_concurrent=%d requests in progress",
+                    self._refused,
+                    self.max_concurrent,
+                )
+                self._refused = 0
+            return json_response(
+                {"error": "Service Unavailable: too many requests in progress"},
+                503,
+                headers={"Retry-After": "1"},
+            )
+        self._busy += 1
         try:
-            req = await self._read_request(request, params)
-        except _BodyError as exc:
-            response = _json_response(exc.body, exc.status)
+            return await self._call_handler(request, func, params)
+        finally:
+            self._busy -= 1
+
+    async def _call_handler(
+        self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
+    ) -> web.StreamResponse:
+        try:
+            req = await read_request(
+                request,
+                params,
+                max_body_size=self.max_body_size,
+                read_timeout=self.read_timeout,
+                logger=self.logger,
+            )
+        except BodyError as exc:
+            response = json_response(exc.body, exc.status)
             if exc.status in (408, 413):
                 response.force_close()
             return response
         resp = HttpResponse()
         app = self._require_app()
-        ctx = context.MessageContext(app, "http", req, resp)
-        token = context.push(ctx)
+        token = context.push(context.MessageContext(app, "http", req, resp))
         try:
             if is_async_callable(func):
                 result = await func(req, **params)
             else:
-                call = functools.partial(func, req, **params)
-                copied = contextvars.copy_context()
-                result = await app.thread_pool.run(copied.run, call)
+                result = await self._in_worker(functools.partial(func, req, **params))
             if inspect.isawaitable(result):
                 result = await result
-            return self._to_response(result, resp)
+            return make_response(result, resp)
         except web.HTTPException:
             raise  # aiohttp's own way of answering (redirects, ...)
-        except Exception as exc:
-            log.exception(
-                "HTTP %s %s: the handler %s failed", request.method, request.path, _name(func)
+        except _AbandonedError:
+            self.logger.warning(
+                "HTTP %s %s: the handler %s was still running at shutdown; answered 503",
+                request.method,
+                request.path,
+                _name(func),
+            )
+            response = json_response({"error": "Service Unavailable: stopping"}, 503)
+            response.force_close()
+            return response
+        except BadStatusError as exc:
+            self.logger.error(
+                "HTTP %s %s: the handler %s answered with a bad status: %s",
+                request.method,
+                request.path,
+                _name(func),
+                exc,
+            )
+            return self._server_error(exc)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            # SystemExit and the like too: one handler must not stop the service.
+            self.logger.error(
+                "HTTP %s %s: the handler %s failed",
+                request.method,
+                request.path,
+                _name(func),
+                exc_info=exc,
             )
             return self._server_error(exc)
         finally:
@@ -494,71 +534,17 @@ class DaebusHttp:
             for upload in req.files.values():
                 upload.file.close()
 
-    async def _read_request(self, request: web.Request, params: dict[str, Any]) -> HttpRequest:
-        raw: dict[str, Any] = {
-            "method": request.method,
-            "path": request.path,
-            "headers": request.headers,
-            "params": params,
-            "query": request.query,
-        }
-        if request.body_exists and request.can_read_body:
-            length = request.content_length
-            if length is not None and length > self.max_body_size:
-                raise _BodyError(413, _too_large(self.max_body_size))
-            try:
-                await asyncio.wait_for(self._read_body(request, raw), self.read_timeout)
-            except asyncio.TimeoutError:
-                late = f"Request Timeout: the body did not arrive within {self.read_timeout}s"
-                raise _BodyError(408, {"error": late}) from None
-            except web.HTTPRequestEntityTooLarge:
-                raise _BodyError(413, _too_large(self.max_body_size)) from None
-            except (ValueError, web.HTTPBadRequest, web.RequestPayloadError) as exc:
-                raise _BodyError(400, {"error": f"Malformed request body: {exc}"}) from None
-        req = HttpRequest(raw)
-        req.web_request = request
-        return req
-
-    async def _read_body(self, request: web.Request, raw: dict[str, Any]) -> None:
-        declared = request.headers.get("Content-Type")
-        ctype = request.content_type
-        if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            fields = await request.post()
-            raw["form"] = MultiDict((k, v) for k, v in fields.items() if not _is_file(v))
-            raw["files"] = MultiDict((k, v) for k, v in fields.items() if _is_file(v))
-            if ctype != "multipart/form-data":
-                raw["body"] = await request.read()
-            return
-        body = raw["body"] = await request.read()
-        if not body:
-            return
-        if ctype == _JSON or ctype.endswith("+json"):
-            try:
-                raw["json"] = encoding.loads(body)
-            except ValueError as exc:
-                raise _BodyError(400, {"error": f"Malformed JSON body: {exc}"}) from None
-        elif declared is None or ctype == "text/plain":
-            # Browsers' fetch() sends a JSON string body as text/plain unless told
-            # otherwise: take JSON when it is JSON, the raw body otherwise.
-            with contextlib.suppress(ValueError):
-                raw["json"] = encoding.loads(body)
-
-    def _static_file(self, path: str) -> Path | None:
-        for static in self._statics:
-            base = static.prefix.rstrip("/")
-            if path != static.prefix and not path.startswith(base + "/"):
-                continue
-            try:
-                candidate = (static.directory / path[len(base) :].lstrip("/")).resolve()
-            except (OSError, ValueError):
-                continue
-            if candidate != static.directory and static.directory not in candidate.parents:
-                continue
-            if candidate.is_dir() and static.index:
-                candidate = candidate / static.index
-            if candidate.is_file():
-                return candidate
-        return None
+    async def _in_worker(self, call: Callable[[], Any]) -> Any:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("DaebusHttp is not running")
+        future = pool.run(contextvars.copy_context().run, call)
+        waiting = self._in_workers
+        waiting[future] = asyncio.current_task()
+        try:
+            return await future
+        finally:
+            del waiting[future]
 
     def _debug(self) -> bool:
         if self.debug is not None:
@@ -569,56 +555,7 @@ class DaebusHttp:
         body: dict[str, Any] = {"error": "Internal Server Error"}
         if self._debug():
             body["details"] = f"{type(exc).__name__}: {exc}"
-        return _json_response(body, 500)
-
-    def _to_response(self, result: Any, resp: HttpResponse) -> web.StreamResponse:
-        if isinstance(result, web.StreamResponse):
-            return result
-        extra: Any = None
-        if resp.sent:
-            data, status = resp.data, resp.status_code
-        elif isinstance(result, tuple) and len(result) in (2, 3):
-            data, status = result[0], result[1]
-            extra = result[2] if len(result) == 3 else None
-        else:
-            data, status = result, resp.status_code
-        status = int(status)
-        if not 100 <= status <= 599:
-            raise ValueError(f"a route handler answered with the HTTP status {status}")
-        response = _body_response(data, status)
-        response.headers.extend(resp.headers)
-        if extra:
-            items = extra.items() if isinstance(extra, Mapping) else extra
-            for name, value in items:
-                response.headers[name] = str(value)
-        return response
-
-
-def _body_response(data: Any, status: int) -> web.Response:
-    if isinstance(data, str):
-        return web.Response(text=data, status=status, content_type="text/html")
-    if isinstance(data, bytes | bytearray | memoryview):
-        return web.Response(
-            body=bytes(data), status=status, content_type="application/octet-stream"
-        )
-    return web.Response(body=encoding.dumps(data), status=status, content_type=_JSON)
-
-
-def _json_response(body: Any, status: int) -> web.Response:
-    return web.Response(body=encoding.dumps(body), status=status, content_type=_JSON)
-
-
-def _too_large(limit: int) -> dict[str, Any]:
-    return {"error": f"Request Entity Too Large: the body is over {limit} bytes", "max_size": limit}
-
-
-def _is_preflight(request: web.BaseRequest) -> bool:
-    headers = request.headers
-    return "Origin" in headers and "Access-Control-Request-Method" in headers
-
-
-def _is_file(value: Any) -> bool:
-    return isinstance(value, web.FileField)
+        return json_response(body, 500)
 
 
 def _mount_path(path: str) -> str:
