@@ -207,22 +207,23 @@ class ServiceRuntime:
         # to its first real wait, and one that never waits (most listeners, async
         # actions whose reply is only queued) costs no extra turn of the loop.
         self.active += 1
-        task = _new_task(self.loop, work())
-        if task.done():
-            self._finished(task)
-            return
-        self.in_flight.add(task)
-        task.add_done_callback(self._finished)
+        task = _new_task(self.loop, self._handle(work()))
+        if not task.done():
+            self.in_flight.add(task)
 
-    def _release_slot(self) -> None:
-        self.active -= 1
-        self.slot_free.set()
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.in_flight.discard(task)
-        self._release_slot()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("message task failed", exc_info=task.exception())
+    async def _handle(self, message: Coroutine[Any, Any, None]) -> None:
+        # The slot is given back here rather than in a done callback: one callback less
+        # to schedule per message.
+        try:
+            await message
+        except Exception:
+            logger.exception("message task failed")
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self.in_flight.discard(task)
+            self.active -= 1
+            self.slot_free.set()
 
     # -- requests --------------------------------------------------------------------
     def on_request(self, kind: str, delivery: Delivery) -> Awaitable[None] | None:
