@@ -106,9 +106,13 @@ def test_exported_members_are_sorted_and_complete() -> None:
 def test_legacy_module_paths_import() -> None:
     from daebus.modules.caller import DaebusCaller
     from daebus.modules.context import request
+    from daebus.modules.http import DaebusHttp, DaebusJSONEncoder, make_json_serializable
     from daebus.modules.logger import get_logger, set_log_level
     from daebus.modules.pubsub import PubSubBroadcast
 
+    assert DaebusHttp is daebus.DaebusHttp
+    assert DaebusJSONEncoder is daebus.DaebusJSONEncoder
+    assert make_json_serializable({1, 2}) == [1, 2]
     assert DaebusCaller is daebus.DaebusCaller
     assert request is daebus.request
     assert PubSubBroadcast is daebus.PubSubBroadcast
