@@ -3,9 +3,14 @@
 # sends "chat_message", and shows what comes back by its type: "chat_update" (a chat
 # message, to everyone), "notification" (sent by the pub/sub action notify) and
 # "system_status" (the 60 s job).
-# Run: python examples/websockets/client_service.py    then open client.html
+# Run: python examples/websockets/client_service.py    then open http://localhost:8080/
+# (the service serves client.html itself: the WebSocket server lets in browser pages of
+# its own host only, and a page opened as a file is not one; see allowed_origins)
 
 import time
+from pathlib import Path
+
+from aiohttp import web
 
 from daebus import Daebus, DaebusHttp, DaebusWebSocket, direct_logger, request, response
 
@@ -14,6 +19,12 @@ app.attach(DaebusHttp(port=8080))
 app.attach(DaebusWebSocket())
 
 user_sessions = {}
+
+
+@app.route("/")  # added: the page, from this service
+def client_page(req):
+    page = Path(__file__).with_name("client.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html")
 
 
 @app.socket_register()

@@ -2,27 +2,42 @@
 
 Every frame to a client goes through its outbox, on the server's event loop, so frames
 leave in the order they were sent whichever thread sent them, and a close comes after
-the frames queued before it.
+the frames queued before it (unless the client is not reading: then they are dropped).
+The outbox is bounded and every close is bounded in time, so a client that stops
+reading costs a fixed amount of memory and is cut off instead of slowing the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["RateLimiter", "SocketData", "WebSocketConnection"]
+__all__ = [
+    "CLOSE_TOO_SLOW",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "RateLimiter",
+    "SocketData",
+    "WebSocketConnection",
+]
 
 log = logging.getLogger("daebus.websocket")
 
 #: Close reasons are limited to 123 bytes by RFC 6455.
 _MAX_REASON = 123
+#: How many bytes a client's outbox holds before the client is closed as too slow.
+DEFAULT_MAX_QUEUE_SIZE = 1024 * 1024
+#: Close code of a client that does not read what it is sent (RFC 6455 policy violation:
+#: it broke the server's rule that clients keep up; 1013 would blame the server).
+CLOSE_TOO_SLOW = 1008
 
 # aiohttp >= 3.11 sends encoded JSON as a text frame without decoding it to str first.
 _SEND_FRAME = hasattr(web.WebSocketResponse, "send_frame")
@@ -43,8 +58,10 @@ class SocketData(dict[str, Any]):
             text = req.data.get("message")    # data.data is data itself
 
     Attributes besides the dict: ``data`` (the object itself), ``payload`` (the whole
-    message), ``client_id``, ``message_type`` and ``websocket`` (the connection). Only a
-    dict ``data`` becomes a ``SocketData``; a list, a string or ``null`` is passed as is.
+    message), ``client_id``, ``message_type`` and ``websocket`` (the connection, None
+    once it is gone: it is held weakly, so that keeping ``data`` does not keep a closed
+    connection alive). Copies and pickles are plain dicts. Only a dict ``data`` becomes
+    a ``SocketData``; a list, a string or ``null`` is passed as is.
     """
 
     __slots__ = ("_client_id", "_message", "_websocket")
@@ -59,7 +76,16 @@ class SocketData(dict[str, Any]):
         super().__init__(data)
         self._message = message
         self._client_id = client_id
-        self._websocket = websocket
+        self._websocket = weakref.ref(websocket) if websocket is not None else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
 
     @property
     def data(self) -> SocketData:
@@ -83,8 +109,9 @@ class SocketData(dict[str, Any]):
 
     @property
     def websocket(self) -> WebSocketConnection | None:
-        """The client's connection."""
-        return self._websocket
+        """The client's connection, or None once it no longer exists."""
+        ref = self._websocket
+        return ref() if ref is not None else None
 
 
 class RateLimiter:
@@ -156,6 +183,14 @@ class _Binary:
 _Frame = bytes | str | _Binary | _Close
 
 
+def _size(item: _Frame) -> int:
+    if isinstance(item, bytes | str):
+        return len(item)
+    if isinstance(item, _Binary):
+        return len(item.data)
+    return 0
+
+
 class WebSocketConnection:
     """A client's connection: what its handshake said, its counters and its outbox.
 
@@ -166,6 +201,11 @@ class WebSocketConnection:
     called on the server's event loop (from an ``async def`` handler). Elsewhere, use
     ``app.websocket.send_to_client`` and ``disconnect_client``, which work from any
     thread. ``request`` and ``response`` are aiohttp's request and WebSocketResponse.
+
+    The outbox holds the frames not yet handed to the socket. A client that stops
+    reading fills the socket's buffers and then the outbox: past ``max_queue_size``
+    bytes it is closed with :data:`CLOSE_TOO_SLOW`, so that it costs bounded memory
+    and never slows the senders.
     """
 
     def __init__(
@@ -174,6 +214,9 @@ class WebSocketConnection:
         ws: web.WebSocketResponse,
         loop: asyncio.AbstractEventLoop,
         close_timeout: float,
+        *,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        on_close: Callable[[WebSocketConnection], None] | None = None,
     ) -> None:
         self.request = request
         self.response = ws
@@ -194,12 +237,21 @@ class WebSocketConnection:
         self.messages_received = 0
         self.messages_sent = 0
         self.accepted = False
+        self.max_queue_size = max_queue_size
         self._loop = loop
         self._close_timeout = close_timeout
-        self._outbox: deque[tuple[_Frame, asyncio.Future[bool]]] = deque()
+        self._on_close = on_close
+        self._outbox: deque[tuple[_Frame, asyncio.Future[bool] | None]] = deque()
+        self._queued = 0  # bytes in the outbox
         self._busy = False
         self._flusher: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[bool] | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._finished = False
+        #: Whether one of its handlers (or its connect handler) is running.
+        self.handling = True
+        #: ``(code, reason)`` of a close to start once the running handler has answered.
+        self.deferred_close: tuple[int, str] | None = None
         #: Set once the connection's handler has ended (its disconnect handlers ran).
         self.done: asyncio.Future[None] = loop.create_future()
 
@@ -213,8 +265,13 @@ class WebSocketConnection:
 
     @property
     def closed(self) -> bool:
-        """Whether the connection is closed or closing."""
-        return self.response.closed
+        """Whether the connection is closed or closing (nothing more can be sent)."""
+        return self._closing is not None or self._finished or self.response.closed
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbox (not yet handed to the socket)."""
+        return self._queued
 
     def metadata(self) -> dict[str, Any]:
         """A snapshot of what is known about the client (``get_client_metadata``)."""
@@ -238,25 +295,98 @@ class WebSocketConnection:
         return self.push(_Binary(message) if isinstance(message, bytes) else str(message))
 
     def close(self, code: int = 1000, reason: str = "") -> asyncio.Future[bool]:
-        """Queue a close after the frames already queued; the future ends with the handshake."""
-        return self.push(_Close(code, reason))
+        """Start closing; the future ends with the close handshake.
 
-    # -- the outbox (on the loop) ------------------------------------------------------
-    def push(self, item: _Frame) -> asyncio.Future[bool]:
-        """Queue a frame (bytes are JSON text) or a close; returns a future of its outcome."""
-        future: asyncio.Future[bool] = self._loop.create_future()
-        if self._finished:
+        The connection leaves the client tables at once and takes no more frames. The
+        frames queued before the close go first, unless the client is not reading (its
+        socket takes no more data): then they are dropped and the close goes next. A
+        client that has not completed the close within ``close_timeout`` is cut off.
+        """
+        if self._closing is not None:
+            return self._closing
+        future = self._closing = self._loop.create_future()
+        if self._finished or self.response.closed:
             future.set_result(False)
             return future
+        if self._on_close is not None:
+            self._on_close(self)
+        if self._blocked():
+            self._drop_backlog()
+        self._outbox.append((_Close(code, reason), future))
+        self._arm_abort()
+        self._kick()
+        return future
+
+    # -- the outbox (on the loop) ------------------------------------------------------
+    def enqueue(self, item: _Frame) -> bool:
+        """Queue a frame without a future; False if the connection takes no more."""
+        return self._queue(item, None)
+
+    def push(self, item: _Frame) -> asyncio.Future[bool]:
+        """Queue a frame (bytes are JSON text); returns a future of its outcome."""
+        future: asyncio.Future[bool] = self._loop.create_future()
+        if not self._queue(item, future):
+            future.set_result(False)
+        return future
+
+    def _queue(self, item: _Frame, future: asyncio.Future[bool] | None) -> bool:
+        if self._closing is not None or self._finished:
+            return False
+        size = _size(item)
+        if self._outbox and self._queued + size > self.max_queue_size and self._blocked():
+            log.warning(
+                "client %s is not reading (%d bytes waiting); closing it with %d",
+                self.client_id,
+                self._queued,
+                CLOSE_TOO_SLOW,
+            )
+            self.close(CLOSE_TOO_SLOW, "Too slow: send queue full")
+            return False
         self._outbox.append((item, future))
+        self._queued += size
+        self._kick()
+        return True
+
+    def _kick(self) -> None:
         if not self._busy:
             self._busy = True
             self._flusher = self._loop.create_task(self._flush())
-        return future
+
+    def _blocked(self) -> bool:
+        """Whether the socket takes no more data for now (the client is not reading)."""
+        protocol = getattr(self.request, "protocol", None)
+        paused = getattr(protocol, "writing_paused", None)
+        if isinstance(paused, bool):
+            return paused
+        transport = self.request.transport
+        if transport is None:
+            return False
+        return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+
+    def _drop_backlog(self) -> None:
+        while self._outbox:
+            _item, future = self._outbox.popleft()
+            if future is not None and not future.done():
+                future.set_result(False)
+        self._queued = 0
+
+    def _arm_abort(self) -> None:
+        if self._abort_timer is None:
+            self._abort_timer = self._loop.call_later(self._close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            log.info(
+                "client %s did not complete the close within %.1fs; connection aborted",
+                self.client_id,
+                self._close_timeout,
+            )
+            transport.abort()
 
     async def write(self, frame: bytes) -> bool:
         """Send a JSON text frame now, after anything already queued."""
-        if self._busy or self._finished:
+        if self._busy or self._closing is not None or self._finished:
             return await self.push(frame)
         # Nothing is queued: write from the calling task, without a task of its own.
         self._busy = True
@@ -277,11 +407,12 @@ class WebSocketConnection:
     async def _drain(self) -> None:
         while self._outbox:
             item, future = self._outbox.popleft()
+            self._queued -= _size(item)
             if isinstance(item, _Close):
                 done = await self._close(item.code, item.reason)
             else:
                 done = await self._write(item)
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(done)
 
     async def _write(self, frame: bytes | str | _Binary) -> bool:
@@ -299,7 +430,7 @@ class WebSocketConnection:
             else:
                 await ws.send_bytes(frame.data)
         except Exception as exc:  # the peer went away: a failed send, not an error
-            log.debug("send to client %s failed: %s", self.client_id, exc)
+            log.debug("send to client %s failed: %r", self.client_id, exc)
             return False
         self.messages_sent += 1
         return True
@@ -310,24 +441,33 @@ class WebSocketConnection:
             return False
         message = reason.encode("utf-8")[:_MAX_REASON]
         try:
-            await asyncio.wait_for(ws.close(code=code, message=message), self._close_timeout)
-        except asyncio.TimeoutError:
-            log.debug("client %s did not complete the close handshake", self.client_id)
+            # The abort timer bounds this: it cuts a client that does not answer off.
+            await ws.close(code=code, message=message)
         except Exception as exc:
-            log.debug("closing client %s failed: %s", self.client_id, exc)
+            log.debug("closing client %s failed: %r", self.client_id, exc)
         return True
 
     async def finish(self) -> None:
-        """End the connection: let a close in progress complete, then close what is left."""
+        """End the connection: let a close in progress complete, then close what is left.
+
+        Bounded by ``close_timeout``: a client that does not read is cut off then.
+        """
+        self._arm_abort()
         flusher = self._flusher
         if flusher is not None and flusher is not asyncio.current_task():
-            _done, pending = await asyncio.wait({flusher}, timeout=self._close_timeout)
+            _done, pending = await asyncio.wait({flusher}, timeout=self._close_timeout + 0.5)
             for task in pending:
                 task.cancel()
         self._finished = True
-        while self._outbox:
-            _item, future = self._outbox.popleft()
-            if not future.done():
-                future.set_result(False)
+        self._drop_backlog()
         if not self.response.closed:
             await self._close(1000, "")
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(True)
+        transport = self.request.transport
+        if self._abort_timer is not None and (
+            transport is None or not transport.get_write_buffer_size()
+        ):
+            # Nothing left to flush: no need to cut it off later (and keep it alive).
+            self._abort_timer.cancel()
+            self._abort_timer = None

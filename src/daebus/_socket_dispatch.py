@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ._runtime import ServiceRuntime
     from .websocket import DaebusWebSocket
 
-__all__ = ["SocketDispatcher", "WebSocketRequest", "WebSocketResponse"]
+__all__ = ["SocketDispatcher", "WebSocketRequest", "WebSocketResponse", "origin_allowed"]
 
 log = logging.getLogger("daebus.websocket")
 
@@ -57,9 +58,44 @@ def protocol_error(text: str, **extra: Any) -> bytes:
     return encoding.dumps({"type": "error", "error": text, **extra})
 
 
+def _hostname(netloc: str) -> str | None:
+    try:
+        return urlsplit(f"//{netloc}").hostname
+    except ValueError:
+        return None
+
+
+def origin_allowed(
+    origin: str | None, host: str | None, allowed: Collection[str] | None = None
+) -> bool:
+    """Whether a handshake's ``Origin`` may connect (see ``allowed_origins``).
+
+    No Origin (not a browser): yes. Otherwise an origin listed in ``allowed`` (or
+    ``"*"`` listed), or one whose host name is the ``Host`` the browser connects to,
+    whatever the ports. ``null`` (a file, a sandboxed frame) only if listed.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if allowed is not None and ("*" in allowed or origin in allowed):
+        return True
+    if origin == "null" or not host:
+        return False
+    try:
+        parts = urlsplit(origin)
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    return parts.hostname == _hostname(host.strip().lower())
+
+
 _INVALID_JSON = protocol_error("Invalid JSON")
 _NO_TYPE = protocol_error("No message type provided")
 _NOT_AN_OBJECT = protocol_error("Message must be a JSON object")
+_REJECTED = "Connection rejected"
+_INTERNAL_ERROR = "Internal error"
+_UNENCODABLE = "The reply could not be encoded"
 
 
 @functools.lru_cache(maxsize=512)
@@ -132,8 +168,8 @@ class WebSocketResponse:
     ``send``, ``error``, ``success`` and ``progress`` work from plain and ``async``
     handlers alike. On the event loop (``async def``) they queue the frame and return
     an awaitable: ``await response.send(x)`` waits until it is written, and without
-    ``await`` it is sent all the same. In a worker thread (plain ``def``) they wait
-    until the frame is written and return True, or False if it could not be sent.
+    ``await`` it is sent all the same. In a worker thread (plain ``def``) they return
+    True once the frame is accepted for sending to the connected client, else False.
     Frames leave in the order they were sent, before the handler's return value.
     """
 
@@ -196,6 +232,13 @@ class WebSocketResponse:
         return self.server.broadcast_to_clients(client_ids, data, message_type)
 
 
+def _close_if_asked(connection: WebSocketConnection) -> None:
+    """Start the close a handler asked for about its own client, now that it answered."""
+    connection.handling = False
+    if connection.deferred_close is not None:
+        connection.close(*connection.deferred_close)
+
+
 class SocketDispatcher:
     """Serves the connections of one running :class:`~daebus.DaebusWebSocket`."""
 
@@ -223,21 +266,35 @@ class SocketDispatcher:
                 headers={"Upgrade": "websocket", "Connection": "Upgrade"},
             )
         origin = request.headers.get("Origin")
-        if not server._origin_allowed(origin):
+        if not server._origin_allowed(origin, request.headers.get("Host")):
             log.warning("refused a WebSocket connection from origin %r", origin)
             return web.Response(status=403, text="Origin not allowed\n")
         limit = server.max_connections
         table = server._table
-        if limit is not None and len(table.accepted) + len(table.pending) >= limit:
+        if limit is not None and len(table.live) + table.handshakes >= limit:
             log.warning("refused a WebSocket connection: %d connections already", limit)
             return web.Response(status=503, text="Too many connections\n")
-        await ws.prepare(request)
-        connection = WebSocketConnection(request, ws, self.loop, server.close_timeout)
+        table.handshakes += 1  # the slot is taken while the handshake is answered
+        try:
+            await ws.prepare(request)
+        finally:
+            table.handshakes -= 1
+        connection = WebSocketConnection(
+            request,
+            ws,
+            self.loop,
+            server.close_timeout,
+            max_queue_size=server.max_queue_size,
+            on_close=table.drop,
+        )
         client_id = table.unique_id(server.generate_client_id(connection, request.path))
         connection.client_id = client_id
         table.pending[client_id] = connection
+        table.live.add(connection)
         try:
-            if await self._admit(connection):
+            accepted = await self._admit(connection)
+            _close_if_asked(connection)
+            if accepted:
                 await self._serve(connection)
         finally:
             await self._release(connection)
@@ -265,14 +322,16 @@ class SocketDispatcher:
                     handler, ctx, _arguments(handler, data, client_id)
                 )
             except Exception as exc:
-                log.warning("connect handler refused client %s: %s", client_id, error_text(exc))
+                log.warning("connect handler refused client %s: %r", client_id, exc)
                 log.debug("the connect handler raised", exc_info=True)
-                await connection.write(handler_error(exc))
-                await connection.close(CLOSE_REJECTED, "Connection rejected")
+                # The peer is not authenticated: the text only if the app says so.
+                shown = exc if self._expose(connect=True) else _REJECTED
+                await connection.write(handler_error(shown))
+                await connection.close(CLOSE_REJECTED, _REJECTED)
                 return False
             if result is False:
                 log.info("connect handler refused client %s", client_id)
-                await connection.close(CLOSE_REJECTED, "Connection rejected")
+                await connection.close(CLOSE_REJECTED, _REJECTED)
                 return False
         table = server._table
         if table.pending.pop(client_id, None) is None or connection.closed:
@@ -294,7 +353,12 @@ class SocketDispatcher:
         while True:
             msg = await ws.receive()
             if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                await self._on_frame(connection, msg.data)
+                connection.handling = True
+                try:
+                    await self._on_frame(connection, msg.data)
+                finally:
+                    connection.handling = False
+                _close_if_asked(connection)
             elif msg.type is WSMsgType.ERROR:  # e.g. over max_message_size: closed with 1009
                 log.info("closed client %s: %s", connection.client_id, msg.data)
                 return
@@ -342,7 +406,7 @@ class SocketDispatcher:
             result = await self.runtime.invoke(handler, ctx, _arguments(handler, data, client_id))
         except Exception as exc:
             log.exception("socket handler %r failed for client %s", message_type, client_id)
-            await connection.write(handler_error(exc))
+            await connection.write(handler_error(exc if self._expose() else _INTERNAL_ERROR))
             return
         if result is not None:
             await self._reply(connection, result)
@@ -352,16 +416,21 @@ class SocketDispatcher:
             reply = frame("response", result)
         except SerializationError as exc:
             log.error("could not encode the reply to client %s: %s", connection.client_id, exc)
-            reply = handler_error(f"could not encode the reply: {exc}")
+            reply = handler_error(_UNENCODABLE)
         await connection.write(reply)
+
+    def _expose(self, *, connect: bool = False) -> bool:
+        """Whether a handler's exception text goes to its client (``expose_errors``)."""
+        expose = self.server.expose_errors
+        if expose is not None:
+            return expose
+        return bool(self.app.debug) if connect else True
 
     async def _release(self, connection: WebSocketConnection) -> None:
         """Forget the client, end its connection, then run the disconnect handlers."""
         server = self.server
         client_id = connection.client_id
-        server._table.pending.pop(client_id, None)
-        if server._table.accepted.get(client_id) is connection:
-            del server._table.accepted[client_id]
+        server._table.drop(connection)
         if server._limiter is not None:
             server._limiter.forget(client_id)
         try:
@@ -370,6 +439,7 @@ class SocketDispatcher:
                 log.debug("client %s disconnected", client_id)
                 await self._run_disconnect_handlers(connection)
         finally:
+            server._table.live.discard(connection)
             if not connection.done.done():
                 connection.done.set_result(None)
 

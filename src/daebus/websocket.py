@@ -23,7 +23,6 @@ event loop. Every sending method works from any thread (see :class:`DaebusWebSoc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 import uuid
@@ -34,7 +33,13 @@ from aiohttp import web
 
 from . import context
 from ._socket_clients import ClientTable
-from ._socket_connection import RateLimiter, SocketData, WebSocketConnection
+from ._socket_connection import (
+    CLOSE_TOO_SLOW,
+    DEFAULT_MAX_QUEUE_SIZE,
+    RateLimiter,
+    SocketData,
+    WebSocketConnection,
+)
 from ._socket_dispatch import (
     CLOSE_GOING_AWAY,
     CLOSE_REJECTED,
@@ -43,7 +48,9 @@ from ._socket_dispatch import (
     WebSocketRequest,
     WebSocketResponse,
     frame as encode_frame,
+    origin_allowed,
 )
+from ._socket_server import SocketServer
 from .exceptions import SetupError
 
 if TYPE_CHECKING:
@@ -52,7 +59,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_REJECTED",
+    "CLOSE_TOO_SLOW",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_QUEUE_SIZE",
     "RESERVED_MESSAGE_TYPES",
     "DaebusWebSocket",
     "SocketData",
@@ -77,27 +86,37 @@ class DaebusWebSocket:
     - with ``DaebusHttp`` attached and no ``port``: the HTTP port + 1 (0 stays 0);
     - ``port`` equal to the HTTP port: the HTTP port + 1, with a warning;
     - without ``DaebusHttp``, ``port`` is required (the service fails to start without);
-    - ``path="/ws"`` with ``DaebusHttp`` attached and no ``port``: no port of its own,
-      it is served by ``DaebusHttp`` under that path (see :meth:`http_mounts`).
+    - ``path="/ws"`` with ``DaebusHttp`` attached and no ``port`` (or the HTTP port):
+      no port of its own, it is served by ``DaebusHttp`` under that path.
 
-    On its own port it accepts the upgrade on any path (or only ``path`` if given) and
-    answers plain HTTP with 426. A port that is taken makes the service fail to start
-    with ``OSError``.
+    The HTTP port is the one ``DaebusHttp`` is asked for when the service starts. On
+    its own port it accepts the upgrade on any path (or only ``path`` if given) and
+    answers plain HTTP with 426. A port that is taken makes the start fail (``OSError``).
 
     Args:
         port: the port to listen on (0: any free port; see :meth:`get_websocket_port`).
-        path: serve only this path; with ``DaebusHttp`` and no port, on the HTTP port.
+        path: serve only this path; with ``DaebusHttp``, on the HTTP port.
         host: address to bind; defaults to the HTTP component's host, else ``0.0.0.0``
             (0.0.31's, so that kiosk browsers on the network can connect).
-        allowed_origins: browser origins allowed to connect (``"https://kiosk.local"``,
-            or ``"*"``); other browser origins are refused with 403 at the handshake.
-            Clients that send no Origin (not browsers) are always allowed. None (the
-            default, as in 0.0.31) allows every origin.
+        allowed_origins: browser origins allowed besides the page's own host
+            (``"https://kiosk.local"``), or ``"*"`` for any. By default a browser is let
+            in only when its page's host name is the one it connects to (any port: a page
+            from port 8080 may use 8081); other origins, ``null`` (a file, a sandbox)
+            included, get 403 at the handshake. Clients that send no Origin (not
+            browsers) are always allowed. 0.0.31 allowed every origin: this is a
+            deliberate change against cross-site WebSocket hijacking.
         max_message_size: a bigger frame closes the connection with code 1009.
         max_connections: more connections are refused with 503 (None: no limit).
+        max_queue_size: bytes a client's outbox holds; a client past it that does not
+            read (its socket takes no more data) is closed with code 1008
+            (:data:`CLOSE_TOO_SLOW`) and dropped.
         heartbeat: seconds between pings; a client that does not answer is dropped.
-        send_timeout: how long a send from another thread waits for the frame to go out.
-        close_timeout: how long a close waits for the client's close handshake.
+        send_timeout: how long a send from another thread waits for the event loop.
+        close_timeout: how long a close waits for the client before cutting it off.
+        expose_errors: send a failing handler's exception text to its client. None: as
+            0.0.31 for message handlers (``{"error": str(e)}``), but a refusing connect
+            handler's text only when the app runs with ``debug=True``. False: neither
+            (``"Internal error"`` / ``"Connection rejected"``); True: both.
         ssl_context: serve ``wss://`` with this context.
 
     Connect handlers (``@app.socket_connect()``) are called as ``handler(data, client_id)``
@@ -105,26 +124,26 @@ class DaebusWebSocket:
     the handshake's query parameters (``ws://host:8081/?token=abc`` gives
     ``data["token"] == "abc"``), and ``request.path``, ``request.query``,
     ``request.headers`` and ``request.remote_address`` describe the handshake. Returning
-    ``False`` or raising refuses the client (an exception's text is sent first, as an
-    error frame): the connection is closed with code 1008 and no disconnect handler runs
-    for it. Any other value that is not None is sent as a ``response``. A client may
-    not send the ``connect`` or ``disconnect`` types itself.
+    ``False`` refuses the client, and so does raising, which sends it an error frame
+    first (``"Connection rejected"``, see ``expose_errors``): it is closed with code 1008
+    and no disconnect handler runs for it. Any other value that is not None is sent as
+    a ``response``. A client may not send the ``connect`` or ``disconnect`` types itself.
 
     Message handlers are called as ``handler(data, client_id)`` (or ``handler(data)``).
     A dict ``data`` is a :class:`~daebus.websocket.SocketData`: the dict the client sent,
-    which also answers ``.data``, ``.payload``, ``.client_id`` and ``.message_type``, so
-    handlers written as ``handler(req, sid)`` reading ``req.data`` work too.
+    which also answers ``.data``, ``.payload``, ``.client_id`` and ``.message_type``.
 
     Client ids come from :meth:`set_client_id_generator` (default ``user_<uuid4>``); an
     id already in use gets a ``_2``, ``_3``, ... suffix, so no connection replaces
     another. Until the connect handler accepted it, a client can be sent to and looked
     up by id, but it is not listed, counted nor reached by broadcasts.
 
-    The sending and closing methods work from any thread. From a thread other than the
-    event loop's (plain ``def`` handlers, actions, jobs, your own threads) they wait
-    (``send_timeout``) and return the real outcome: frames written, clients closed. On
-    the event loop (``async def`` code) they cannot wait: they queue the work and
-    return what was queued; await the ``*_async`` twins for the real outcome there.
+    The sending and closing methods work from any thread and never wait for a client's
+    socket. What they return means *accepted for a live client*: the frame went into
+    the outbox of a connected client (or its close started), as 0.0.31's in-loop path
+    meant too. Frames leave in the order they were accepted. From a thread other than
+    the loop's they wait (at most ``send_timeout``) for the loop to take the work; on
+    the loop they do it at once. Await the ``*_async`` twins to wait for the writes.
     """
 
     def __init__(
@@ -136,9 +155,11 @@ class DaebusWebSocket:
         allowed_origins: str | Iterable[str] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_connections: int | None = 1000,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         heartbeat: float | None = 20.0,
         send_timeout: float = 5.0,
         close_timeout: float = 5.0,
+        expose_errors: bool | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
@@ -149,8 +170,9 @@ class DaebusWebSocket:
             raise SetupError("max_connections must be at least 1 (or None for no limit)")
         if max_message_size < 1:
             raise SetupError("max_message_size must be at least 1")
-        self._requested_port = port
-        self._port = port
+        if max_queue_size < 1:
+            raise SetupError("max_queue_size must be at least 1")
+        self.requested_port = port
         self.path = path
         self._host = host
         if isinstance(allowed_origins, str):
@@ -162,9 +184,11 @@ class DaebusWebSocket:
         )
         self.max_message_size = max_message_size
         self.max_connections = max_connections
+        self.max_queue_size = max_queue_size
         self.heartbeat = heartbeat
         self.send_timeout = send_timeout
         self.close_timeout = close_timeout
+        self.expose_errors = expose_errors
         self.ssl_context = ssl_context
         self.logger = log
         self.daemon: Daebus | None = None
@@ -176,12 +200,7 @@ class DaebusWebSocket:
         self._limiter: RateLimiter | None = None
         self._table = ClientTable(self)
         self._dispatcher: SocketDispatcher | None = None
-        self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._bound_port: int | None = None
-        self._accepting = False
-        self._warned_same_port = False
-        self._seen_http_port: int | None = None
+        self._server = SocketServer(self)
 
     def __repr__(self) -> str:
         where = self.path if self._mounted() else f"port {self.get_websocket_port()}"
@@ -191,15 +210,13 @@ class DaebusWebSocket:
     @property
     def port(self) -> int | None:
         """The port to listen on (resolved from the HTTP port when none was given)."""
-        return self._port
+        return self._server.plan().port
 
     @port.setter
     def port(self, value: int | None) -> None:
-        self._requested_port = value
-        self._port = value
-        self._warned_same_port = False
+        self.requested_port = value
         if self.daemon is not None:
-            self._port = self._resolve_port(self.daemon, final=False)
+            self._server.plan(warn=True)
 
     @property
     def host(self) -> str:
@@ -221,69 +238,20 @@ class DaebusWebSocket:
 
     def get_websocket_port(self) -> int | None:
         """The port clients connect to (the real one once started, also for port 0)."""
-        if self._bound_port is not None:
-            return self._bound_port
-        if self._mounted():
-            return self._http_port(bound=True)
-        return self._port
+        return self._server.public_port()
 
     @property
     def is_running(self) -> bool:
         """True while connections are accepted."""
-        return self._accepting
+        return self._server.accepting
 
     @property
     def server(self) -> web.ServerRunner | None:
         """The aiohttp runner of the component's own server (None when mounted on HTTP)."""
-        return self._runner
-
-    def _http_port(self, *, bound: bool = False) -> int | None:
-        http = self.daemon.http if self.daemon is not None else None
-        if http is None:
-            return None
-        if bound:
-            actual = getattr(http, "actual_port", None)
-            if isinstance(actual, int) and actual:
-                return actual
-        port = getattr(http, "port", None)
-        return port if isinstance(port, int) else None
+        return self._server.runner
 
     def _mounted(self) -> bool:
-        return (
-            self.path is not None
-            and self._requested_port is None
-            and self.daemon is not None
-            and self.daemon.http is not None
-        )
-
-    def _resolve_port(self, app: Daebus, *, final: bool) -> int | None:
-        wanted = self._requested_port
-        if app.http is None:
-            if wanted is None and final:
-                raise SetupError(
-                    "WebSocket port must be specified when DaebusHttp is not attached: "
-                    "DaebusWebSocket(port=...)"
-                )
-            return wanted
-        http_port = self._http_port()
-        if final and self._seen_http_port == 0:
-            http_port = 0  # HTTP asked for any free port and may have bound one since
-        elif not final:
-            self._seen_http_port = http_port
-        if wanted is None:
-            if http_port is None:
-                return None
-            if self.path is not None:
-                return http_port
-            return 0 if http_port == 0 else http_port + 1
-        if wanted == http_port and wanted != 0:
-            if not self._warned_same_port:
-                self._warned_same_port = True
-                log.warning(
-                    "WebSocket port %d is the HTTP port; using %d instead", wanted, wanted + 1
-                )
-            return wanted + 1
-        return wanted
+        return self._server.plan().mounted
 
     # -- the component protocol --------------------------------------------------------
     def attach(self, daemon: Daebus) -> None:
@@ -295,15 +263,22 @@ class DaebusWebSocket:
         own, self._own_handlers = self._own_handlers, {}
         for message_type, func in own.items():
             daemon.add_socket_handler(message_type, func)
-        self._port = self._resolve_port(daemon, final=False)
+        self._server.plan(warn=True)
 
     def refresh_handlers(self, daemon: Daebus) -> None:
-        """Called by the app when handlers or components change (picks up a late HTTP)."""
+        """Called by the app when handlers or components change (warns of a late HTTP)."""
         if daemon is self.daemon:
-            self._port = self._resolve_port(daemon, final=False)
+            self._server.plan(warn=True)
 
     def http_mounts(self, daemon: Daebus) -> list[tuple[str, Any]]:
-        """The ``(path, handler)`` pairs an attached ``DaebusHttp`` serves for us."""
+        """The ``(path, handler)`` pairs an attached ``DaebusHttp`` serves for us.
+
+        ``DaebusHttp`` asks as it starts, before it binds: its ``port`` is then still
+        the one it was asked for, which the port rules go by.
+        """
+        if daemon is not self.daemon:
+            return []
+        self._server.remember_http_port()
         if self.path is not None and self._mounted():
             return [(self.path, self._handle)]
         return []
@@ -312,63 +287,15 @@ class DaebusWebSocket:
         """Start serving (called by the app once its runtime is up, on its loop)."""
         if daemon is not self.daemon:
             raise SetupError("start_async() called with an app this component is not attached to")
-        port = self._port = self._resolve_port(daemon, final=True)
-        runtime = daemon._runtime
-        if runtime is None:
-            raise SetupError("start_async() needs the app's runtime: start the app instead")
-        self._table.bind(runtime.loop)
-        self._dispatcher = SocketDispatcher(self, runtime)
-        if self._mounted():
-            self._accepting = True
-            log.info("WebSocket endpoint at %s on the HTTP port %s", self.path, self._http_port())
-            return
-        assert port is not None
-        runner = web.ServerRunner(
-            web.Server(self._handle, access_log=None), shutdown_timeout=self.close_timeout
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, port, ssl_context=self.ssl_context)
-        self._accepting = True  # before listening: a first client must not get a 503
-        try:
-            await site.start()
-        except OSError as exc:
-            self._accepting = False
-            await runner.cleanup()
-            self._table.unbind()
-            self._dispatcher = None
-            raise OSError(
-                exc.errno,
-                f"DaebusWebSocket cannot listen on {self.host}:{port}: {exc.strerror or exc} "
-                "(is another program using this port? choose another with "
-                "DaebusWebSocket(port=...))",
-            ) from exc
-        self._runner, self._site = runner, site
-        addresses = runner.addresses
-        self._bound_port = int(addresses[0][1]) if addresses else port
-        scheme = "wss" if self.ssl_context is not None else "ws"
-        log.info(
-            "WebSocket server listening on %s://%s:%s%s",
-            scheme,
-            self.host,
-            self._bound_port,
-            self.path or "",
-        )
+        await self._server.start(daemon)
 
     async def stop_async(self) -> None:
-        """Close every client (1001, going away) and stop listening; never hangs."""
-        self._accepting = False
-        await self._table.close_all(
-            CLOSE_GOING_AWAY, "Server shutting down", timeout=self.close_timeout + 1
-        )
-        runner, self._runner, self._site = self._runner, None, None
-        if runner is not None:
-            try:
-                await asyncio.wait_for(runner.cleanup(), self.close_timeout + 1)
-            except Exception as exc:
-                log.warning("stopping the WebSocket server: %s", exc)
-        self._table.unbind()
-        self._bound_port = None
-        self._dispatcher = None
+        """Close every client (1001, going away) and stop listening.
+
+        Takes at most about ``close_timeout`` (for all clients together): a client that
+        has not completed its close by then is cut off.
+        """
+        await self._server.stop()
 
     # -- registration ------------------------------------------------------------------
     @property
@@ -471,7 +398,11 @@ class DaebusWebSocket:
         return limiter is not None and limiter.is_limited(client_id)
 
     def record_message_received(self, client_id: str) -> None:
-        """Count a message of the client against its limit (done for every frame)."""
+        """Count a message of the client against its limit, without checking the limit.
+
+        The server counts every message it lets through itself; this is for messages
+        that reach the service another way.
+        """
         limiter = self._limiter
         if limiter is not None:
             limiter.record(client_id)
@@ -525,15 +456,15 @@ class DaebusWebSocket:
     def send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
         """Send ``{"type": message_type, "data": data}`` to one client.
 
-        Returns whether it was written (queued, on the event loop); False for an
-        unknown client.
+        Returns whether it was accepted for sending to the connected client; False for
+        an unknown or closing client.
         """
         return self._table.send([client_id], encode_frame(message_type, data))[client_id]
 
     async def send_to_client_async(
         self, client_id: str, data: Any, message_type: str = "message"
     ) -> bool:
-        """Send to one client and wait until it is written; False if it could not be."""
+        """Send to one client and wait (``send_timeout``) until it is written."""
         results = await self.broadcast_to_clients_async([client_id], data, message_type)
         return results[client_id]
 
@@ -546,9 +477,8 @@ class DaebusWebSocket:
             return False
 
     def broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
-        """Send to every client; returns how many it was written (queued, on the loop) to."""
-        encoded = encode_frame(message_type, data)
-        return sum(self._table.send(list(self._table.accepted), encoded).values())
+        """Send to every client; returns how many accepted it for sending."""
+        return self._table.broadcast(encode_frame(message_type, data))
 
     async def broadcast_to_all_async(self, data: Any, message_type: str = "broadcast") -> int:
         """Send to every client and wait; returns how many it was written to."""
@@ -568,13 +498,13 @@ class DaebusWebSocket:
     def broadcast_to_clients(
         self, client_ids: Iterable[str], data: Any, message_type: str = "message"
     ) -> dict[str, bool]:
-        """Send to some clients; returns client id -> written (False for unknown ids)."""
+        """Send to some clients; returns client id -> accepted (False for unknown ids)."""
         return self._table.send(list(client_ids), encode_frame(message_type, data))
 
     async def broadcast_to_clients_async(
         self, client_ids: Iterable[str], data: Any, message_type: str = "message"
     ) -> dict[str, bool]:
-        """Send to some clients and wait; returns client id -> written."""
+        """Send to some clients and wait (``send_timeout``); client id -> written."""
         ids = list(client_ids)
         encoded = encode_frame(message_type, data)
         table = self._table
@@ -586,16 +516,18 @@ class DaebusWebSocket:
     def disconnect_client(
         self, client_id: str, code: int = 1000, reason: str = "Server closed connection"
     ) -> bool:
-        """Close one client's connection (after what was sent to it before).
+        """Close one client's connection; returns whether the client is gone.
 
-        From another thread it returns once the close handshake is done; on the event
-        loop, once the close is queued. False if the client is not connected.
+        True once it is off the client list with its close started (False if it was
+        not connected): nothing more is sent to it, the frames sent before go first,
+        and a client that does not complete the close within ``close_timeout`` is cut
+        off. The disconnect handlers run when its connection has ended.
         """
-        return self._table.close_from_anywhere([client_id], code, reason) == 1
+        return self._table.close([client_id], code, reason) == 1
 
     def disconnect_all_clients(self, code: int = 1000, reason: str = "Server shutting down") -> int:
-        """Close every client's connection; returns how many were closed."""
-        return self._table.close_from_anywhere(list(self._table.accepted), code, reason)
+        """Close every client's connection (as :meth:`disconnect_client`); how many."""
+        return self._table.close(list(self._table.accepted), code, reason)
 
     def graceful_shutdown(self, timeout: float = 5.0, message: Any = None) -> int:
         """Stop accepting, tell every client, close them all; returns how many were closed.
@@ -603,36 +535,34 @@ class DaebusWebSocket:
         A dict ``message`` is sent first as ``{"type": "server_shutdown", "data":
         message}`` (another value as ``{"message": str(value)}``). Clients are closed with
         code 1001, and the call waits up to ``timeout`` seconds for them to go away
-        (from the event loop it only starts all this). The service itself keeps running.
+        (from the event loop it only starts all this, and counts the connected clients,
+        not those still in their connect handler). The service itself keeps running.
         """
-        ctx = context.current_context()
-        request = ctx.request if ctx is not None else None
-        # A handler's own client cannot be gone before the handler returns: not waited for.
-        skip = request.client_id if isinstance(request, WebSocketRequest) else None
+        skip = _own_client()
         table = self._table
         if table.on_loop():
+            count = len(table.accepted)
             table.keep(self._graceful_shutdown(timeout, message, skip))
-            return len(table.everyone())
+            return count
         return table.call_on_loop(
             lambda: self._graceful_shutdown(timeout, message, skip), 0, timeout + 1
         )
 
     async def graceful_shutdown_async(self, timeout: float = 5.0, message: Any = None) -> int:
-        """:meth:`graceful_shutdown`, awaited."""
-        return await self._table.await_on_loop(lambda: self._graceful_shutdown(timeout, message), 0)
+        """:meth:`graceful_shutdown`, awaited until the clients are gone (or ``timeout``)."""
+        skip = _own_client()
+        return await self._table.await_on_loop(
+            lambda: self._graceful_shutdown(timeout, message, skip), 0
+        )
 
     async def _graceful_shutdown(
         self, timeout: float, message: Any, skip: str | None = None
     ) -> int:
-        self._accepting = False
-        site, self._site = self._site, None
-        if site is not None:
-            await site.stop()  # stop listening; the runner is cleaned up when the app stops
+        await self._server.stop_listening()
         if message:
             if not isinstance(message, dict):
                 message = {"message": str(message)}
-            encoded = encode_frame("server_shutdown", message)
-            await self._table.send_frames(list(self._table.accepted), encoded)
+            self._table.enqueue_all(encode_frame("server_shutdown", message))
         count = await self._table.close_all(
             CLOSE_GOING_AWAY, "Server shutting down", timeout=timeout, skip=skip
         )
@@ -640,15 +570,19 @@ class DaebusWebSocket:
         return count
 
     # -- serving -----------------------------------------------------------------------
-    def _origin_allowed(self, origin: str | None) -> bool:
-        allowed = self.allowed_origins
-        if allowed is None or origin is None or "*" in allowed:
-            return True
-        return origin.rstrip("/").lower() in allowed
+    def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        return origin_allowed(origin, host, self.allowed_origins)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The aiohttp handler of every connection (also mounted on the HTTP port)."""
         dispatcher = self._dispatcher
-        if dispatcher is None or not self._accepting:
+        if dispatcher is None or not self._server.accepting:
             return web.Response(status=503, text="WebSocket server is not running\n")
         return await dispatcher.handle(request)
+
+
+def _own_client() -> str | None:
+    """The client whose handler is running, if any: it cannot be gone before it returns."""
+    ctx = context.current_context()
+    request = ctx.request if ctx is not None else None
+    return request.client_id if isinstance(request, WebSocketRequest) else None
