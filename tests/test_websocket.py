@@ -2121,3 +2121,20 @@ def test_legacy_import_path() -> None:
     from daebus.modules.websocket import DaebusWebSocket as Legacy
 
     assert Legacy is DaebusWebSocket
+
+
+@needs_http
+async def test_a_socket_mounted_on_http_closes_promptly_whatever_the_attach_order(
+    apps: Apps, session: aiohttp.ClientSession
+) -> None:
+    app = Daebus("mounted_first", shutdown_timeout=10)
+    app.attach(DaebusWebSocket(path="/ws"))  # before HTTP: HTTP stops first
+    http = app.attach(daebus.DaebusHttp(port=0, host=HOST))
+    apps.start(app)
+    client = await session.ws_connect(f"ws://{HOST}:{http.port}/ws")
+    closing = asyncio.ensure_future(client.receive(timeout=15))  # answers the close
+    started = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, app.stop)
+    assert time.monotonic() - started < 5  # not HTTP's whole shutdown_timeout of 10 s
+    assert (await closing).type == aiohttp.WSMsgType.CLOSE
+    assert client.close_code == 1001

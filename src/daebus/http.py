@@ -155,6 +155,7 @@ class DaebusHttp:
         self._last_taken: Any = None
         self._mounts: dict[str, MountHandler] = {}
         self._component_mounts: dict[str, MountHandler] = {}
+        self._mount_providers: list[Any] = []
         self._statics: list[StaticFolder] = []
         self._runner: web.AppRunner | None = None
         self._pool: WorkerPool | None = None
@@ -240,12 +241,17 @@ class DaebusHttp:
         """Listen; raises ``OSError`` with a clear message if the address is taken."""
         self.refresh_handlers(app)
         mounts: dict[str, MountHandler] = {}
+        providers: list[Any] = []
         for component in list(getattr(app, "_components", ())):
             provide = getattr(component, "http_mounts", None)
             if component is not self and callable(provide):
-                for path, handler in provide(app):
+                provided = provide(app)
+                for path, handler in provided:
                     mounts[_mount_path(path)] = handler
+                if provided:
+                    providers.append(component)
         self._component_mounts = mounts
+        self._mount_providers = providers
         web_app = web.Application(client_max_size=self.max_body_size)
         web_app.router.add_route("*", "/{tail:.*}", self._handle, expect_handler=self._expect)
         runner = web.AppRunner(
@@ -303,6 +309,15 @@ class DaebusHttp:
             await site.stop()
         if runner.server is not None:
             runner.server.pre_shutdown()  # idle connections close now, busy ones after
+        # Components served on our port (WebSockets under a path) close their
+        # long-lived connections first, whatever the order they were attached in:
+        # otherwise they would hold the wait below for its whole timeout.
+        providers, self._mount_providers = self._mount_providers, []
+        for provider in providers:
+            try:
+                await provider.stop_async()
+            except Exception:
+                self.logger.exception("stopping %r failed", provider)
         if self._active:
             self._drained = asyncio.Event()
             self.logger.info("waiting for %d HTTP request(s) to finish", len(self._active))
