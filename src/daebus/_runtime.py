@@ -357,8 +357,16 @@ class ServiceRuntime:
         if not accepts_arguments(listener, 2):
             args = (value,)
         try:
-            await self.invoke(listener, ctx, args, response)
-            await response.flush()
+            if _kind_of(listener) is _ASYNC:  # the common case, without invoke()'s layers
+                token = context.push(ctx)
+                try:
+                    await listener(*args)
+                finally:
+                    context.pop(token)
+            else:
+                await self.invoke(listener, ctx, args, response)
+            if response.sent:
+                await response.flush()
         except Exception:
             logger.exception("listener for %r failed on a message from %r", key, delivery.channel)
 
