@@ -31,6 +31,7 @@ from daebus import (
     request,
     response,
 )
+from daebus.context import current_context
 
 apps = apps_fixture()
 
@@ -676,3 +677,28 @@ def test_async_handlers_run_inside_a_task_from_their_first_line(apps: Apps) -> N
     assert caller.send_message(channel, {"n": 1}) == 1
     wait_for(lambda: len(seen) == 2)
     assert seen == [True, True]
+
+
+def test_a_listeners_request_is_made_once_even_when_threads_share_it(apps: Apps) -> None:
+    # The request and response of a broadcast are made on first use; threads given
+    # the listener's context all see the same ones.
+    app = Daebus("lazy-request")
+    seen: list[Any] = []
+    channel = unique_name("lazy")
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        def read() -> tuple[Any, Any]:
+            ctx = current_context()
+            assert ctx is not None
+            return ctx.request, ctx.response
+
+        seen.extend(await asyncio.gather(*(asyncio.to_thread(read) for _ in range(8))))
+
+    caller = apps.caller(apps.start(app))
+    assert caller.send_message(channel, {"n": 1}) == 1
+    wait_for(lambda: len(seen) == 8)
+    assert len({id(request) for request, _ in seen}) == 1
+    assert len({id(response) for _, response in seen}) == 1
+    assert seen[0][0].channel == channel
+    assert seen[0][0].payload == {"n": 1}

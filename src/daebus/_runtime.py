@@ -348,11 +348,15 @@ class ServiceRuntime:
             return
         if flow.isEnabledFor(logging.DEBUG):
             flow.debug("-> %s (listener %s) %s", delivery.channel, key, _preview(delivery.data))
-        request = PubSubRequest.from_broadcast(value, delivery.channel, delivery.pattern)
-        response = PubSubResponse(
-            self.publisher, request, max_message_size=self.app.max_message_size
-        )
-        ctx = context.MessageContext(self.app, "pubsub", request, response)
+
+        def build() -> tuple[PubSubRequest, PubSubResponse]:
+            request = PubSubRequest.from_broadcast(value, delivery.channel, delivery.pattern)
+            response = PubSubResponse(
+                self.publisher, request, max_message_size=self.app.max_message_size
+            )
+            return request, response
+
+        ctx = context.MessageContext(self.app, "pubsub", build=build)
         args: tuple[Any, ...] = (value, delivery.channel)
         if not accepts_arguments(listener, 2):
             args = (value,)
@@ -364,9 +368,9 @@ class ServiceRuntime:
                 finally:
                     context.pop(token)
             else:
-                await self.invoke(listener, ctx, args, response)
-            if response.sent:
-                await response.flush()
+                await self.invoke(listener, ctx, args, ctx.response)
+            if ctx.built and ctx.response.sent:
+                await ctx.response.flush()
         except Exception:
             logger.exception("listener for %r failed on a message from %r", key, delivery.channel)
 

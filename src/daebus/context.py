@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ContextError
@@ -41,15 +40,63 @@ _log = logging.getLogger(__name__)
 CONTEXT_TYPES = frozenset({"pubsub", "http", "websocket"})
 
 
-@dataclass(slots=True)
-class MessageContext:
-    """What a handler runs with: its app and, for a message, its request and response."""
+_build_lock = threading.Lock()
 
-    app: Daebus
-    #: ``"pubsub"``, ``"http"``, ``"websocket"``, or None for jobs, threads and hooks.
-    kind: str | None = None
-    request: Any = None
-    response: Any = None
+
+class MessageContext:
+    """What a handler runs with: its app and, for a message, its request and response.
+
+    ``kind`` is ``"pubsub"``, ``"http"``, ``"websocket"``, or None for jobs, threads and
+    hooks. With ``build``, the request and response are made on first use: a listener
+    that never reads ``request`` (most of them) does not pay for them.
+    """
+
+    __slots__ = ("_build", "_request", "_response", "app", "kind")
+
+    def __init__(
+        self,
+        app: Daebus,
+        kind: str | None = None,
+        request: Any = None,
+        response: Any = None,
+        *,
+        build: Callable[[], tuple[Any, Any]] | None = None,
+    ) -> None:
+        self.app = app
+        self.kind = kind
+        self._request = request
+        self._response = response
+        self._build = build
+
+    @property
+    def request(self) -> Any:
+        """The message's request (a ``PubSubRequest``, ``HttpRequest``...), or None."""
+        if self._build is not None:
+            self._make()
+        return self._request
+
+    @property
+    def response(self) -> Any:
+        """The message's response, or None for jobs, threads and hooks."""
+        if self._build is not None:
+            self._make()
+        return self._response
+
+    @property
+    def built(self) -> bool:
+        """False while the request and response are still to be made."""
+        return self._build is None
+
+    def _make(self) -> None:
+        # Under a lock: a handler may hand its context to several threads at once.
+        with _build_lock:
+            build = self._build
+            if build is not None:
+                self._request, self._response = build()
+                self._build = None
+
+    def __repr__(self) -> str:
+        return f"<MessageContext {self.kind} of {self.app!r}>"
 
 
 _current: ContextVar[MessageContext | None] = ContextVar("daebus_context", default=None)
