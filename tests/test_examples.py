@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 import types
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +34,7 @@ import pytest
 import redis
 
 import daebus
-from _helpers import ServiceProcess, Subscription, wait_for
+from _helpers import ServiceProcess, Subscription, load_example, wait_for
 from daebus import Daebus, DaebusCaller, request, response
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -45,19 +44,6 @@ FAST = 0.05
 
 
 # -- running examples -------------------------------------------------------------------
-
-
-def load_example(relpath: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """Import ``examples/<relpath>`` as a fresh module (its own app, its own state)."""
-    path = EXAMPLES / relpath
-    name = f"daebus_example_{path.stem}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @contextlib.contextmanager

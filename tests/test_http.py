@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import importlib.util
 import json
 import logging
 import signal
@@ -19,7 +18,6 @@ import socket
 import sys
 import threading
 import time
-import types
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import pytest
 from aiohttp import web
 
 from _apps import Apps, apps_fixture
-from _helpers import ServiceProcess, wait_for
+from _helpers import ServiceProcess, load_example, wait_for
 from _servers import free_port
 from daebus import (
     Blueprint,
@@ -106,19 +104,6 @@ def serve(apps: Apps, app: Daebus, **options: Any) -> DaebusHttp:
     apps.start(app)
     assert http_component.port != 0
     return http_component
-
-
-def load_example(relpath: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """Import ``examples/<relpath>`` as a fresh module (its own app, its own state)."""
-    path = EXAMPLES / relpath
-    name = f"daebus_http_example_{path.stem}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def serve_example(apps: Apps, relpath: str, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -25,11 +25,9 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import types
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
 
+import _helpers
 import daebus
 from _apps import Apps, apps_fixture
 from _helpers import ServiceProcess, Subscription, wait_for
@@ -134,15 +133,7 @@ async def call(caller: daebus.DaebusCaller, action: str, payload: Any = None) ->
 
 def load_example(name: str, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """Import ``examples/websockets/<name>`` as a fresh module."""
-    path = EXAMPLES / name
-    module_name = f"daebus_ws_example_{path.stem}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, module_name, module)
-    spec.loader.exec_module(module)
-    return module
+    return _helpers.load_example(f"websockets/{name}", monkeypatch)
 
 
 def move_to_free_ports(app: Daebus) -> None:
