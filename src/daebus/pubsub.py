@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -244,6 +245,18 @@ class StandalonePublisher:
 
 
 _publishers: dict[str, StandalonePublisher] = {}
+
+
+@atexit.register
+def _close_standalone_publishers() -> None:
+    # They live as long as the process: close their sockets before it ends.
+    with _standalone_lock:
+        publishers = list(_publishers.values())
+        _publishers.clear()
+    for publisher in publishers:
+        close = getattr(publisher.transport, "close_blocking", None)
+        if close is not None:
+            close()
 
 
 def standalone_publisher() -> StandalonePublisher:

@@ -129,6 +129,10 @@ class RedisTransport(Transport):
                 connection.close()
                 await asyncio.shield(connection.lost)
         self._subscriber = self._publisher = None
+        self.close_blocking()
+
+    def close_blocking(self) -> None:
+        """Close the blocking connections (those of threads and the cache client)."""
         with self._sync_lock:
             sync, self._sync = self._sync, None
             blocking = list(self._blocking)
