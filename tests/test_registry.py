@@ -65,7 +65,9 @@ def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFix
     bp.add_action("get_user", bp_get)
     bp.add_background("cleanup", 60, bp_get)
     bp.add_thread("monitor", bp_get)
-    bp.route("/users", methods=["get", "POST"])(bp_get)
+    def bp_route(req: object) -> None: ...
+
+    bp.route("/users", methods=["get", "POST"])(bp_route)
     bp.socket_connect()(bp_get)
     bp.on_start()(bp_get)
     with caplog.at_level(logging.WARNING, logger="daebus"):
@@ -75,7 +77,7 @@ def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFix
     assert app.background_tasks["cleanup"].func is bp_get
     assert app.thread_tasks["monitor"].func is bp_get
     assert app._on_start_handlers == [bp_get]
-    assert app.routes == [("/users", ["GET", "POST"], bp_get)]
+    assert app.routes == [("/users", ["GET", "POST"], bp_route)]
     assert app.socket_handlers == {"connect": bp_get}
 
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._http_routing import compile_pattern
+from ._http_routing import check_handler, compile_pattern
 from .exceptions import SetupError
 from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
 
@@ -230,9 +230,10 @@ class Registry:
     def add_route(self, path: str, methods: list[str] | None, func: Callable[..., Any]) -> None:
         """Register ``func`` for ``path`` and ``methods`` (default ``["GET"]``).
 
-        Raises SetupError, registering nothing, if ``path`` is not a valid pattern.
+        Raises SetupError, registering nothing, if ``path`` is not a valid pattern or
+        ``func`` cannot be called as ``func(req, **path_params)``.
         """
-        compile_pattern(path)
+        check_handler(path, func, compile_pattern(path).names)
         if isinstance(methods, str):
             raise SetupError(f"methods must be a list of method names, got {methods!r}")
         names = [_check_name("HTTP method", m).upper() for m in (methods or ["GET"])]
