@@ -65,6 +65,7 @@ def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFix
     bp.add_action("get_user", bp_get)
     bp.add_background("cleanup", 60, bp_get)
     bp.add_thread("monitor", bp_get)
+
     def bp_route(req: object) -> None: ...
 
     bp.route("/users", methods=["get", "POST"])(bp_route)
