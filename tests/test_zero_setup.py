@@ -56,6 +56,22 @@ class Newcomer:
     def server(self) -> SharedServer:
         return SharedServer(self.runtime_dir)
 
+    def run(self, command: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` in this environment to its end (no input, output captured)."""
+        return subprocess.run(
+            command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def daebus(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``daebus ARGS...`` in this environment."""
+        return self.run([sys.executable, "-m", "daebus.cli", *args])
+
     def executable(self, pid: int) -> Path:
         """The binary the shared server (``pid``) runs, as the server itself says."""
         client = redis.Redis(unix_socket_path=str(self.server.socket_path))
@@ -97,15 +113,7 @@ def newcomer() -> Iterator[Newcomer]:
 
 def run_demo(command: list[str], newcomer: Newcomer) -> str:
     """Run a demo command to its end; its stdout, once it exited 0 with the exchange."""
-    done = subprocess.run(
-        command,
-        env=newcomer.env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=45,
-        check=False,
-    )
+    done = newcomer.run(command, timeout=45)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert out.count("part:") == 3, out
@@ -220,15 +228,7 @@ def test_two_services_run_in_two_terminals_find_each_other(
         front.wait_ready(protocol.service_channel("front"), timeout=20, url=url)
         back.wait_ready(protocol.service_channel("back"), timeout=20, url=url)
 
-        call = subprocess.run(
-            [sys.executable, "-m", "daebus.cli", "call", "front", "ask", '{"n": 7}'],
-            env=newcomer.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        call = newcomer.daebus("call", "front", "ask", '{"n": 7}')
         assert call.returncode == 0, call.stdout + call.stderr
         reply = json.loads(call.stdout.splitlines()[-1])
         assert reply == {"front": front.pid, "back": {"pid": back.pid, "got": {"n": 7}}}
@@ -250,17 +250,7 @@ def test_two_services_run_in_two_terminals_find_each_other(
 
 
 def test_listen_publish_and_server_use_the_shared_server(newcomer: Newcomer) -> None:
-    def daebus(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "daebus.cli", *args],
-            env=newcomer.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-
+    daebus = newcomer.daebus
     url = newcomer.server.url
     assert daebus("server", "--status").stdout == f"not running (it would be at {url})\n"
     listen = ServiceProcess(
