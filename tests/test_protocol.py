@@ -122,3 +122,9 @@ def test_pubsub_response_send_error_progress_and_fallback_channel() -> None:
         ),
     ]
     assert response.final_sent
+
+
+def test_progress_payload_adds_a_clamped_percentage() -> None:
+    assert protocol.progress_payload({"step": 1}, 150) == {"step": 1, "progress_percentage": 100.0}
+    assert protocol.progress_payload("x", -5) == {"data": "x", "progress_percentage": 0.0}
+    assert protocol.progress_payload({"step": 1}, None) == {"step": 1}

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from . import encoding
+from . import encoding, protocol
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import LooseHeaders
@@ -168,12 +168,7 @@ class HttpResponse:
 
     def progress(self, data: Any, progress_percentage: float | None = None) -> tuple[Any, int]:
         """Record ``data`` like :meth:`send` (HTTP cannot stream progress), with the percentage."""
-        if progress_percentage is not None:
-            percentage = max(0.0, min(100.0, float(progress_percentage)))
-            if isinstance(data, dict):
-                data = {**data, "progress_percentage": percentage}
-            else:
-                data = {"data": data, "progress_percentage": percentage}
+        data = protocol.progress_payload(data, progress_percentage)
         return self.send(data)
 
     def error(self, err: Any, status_code: int | None = None) -> tuple[Any, int]:

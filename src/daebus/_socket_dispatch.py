@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from . import context, encoding
+from . import context, encoding, protocol
 from ._socket_connection import SocketData, WebSocketConnection
 from .exceptions import SerializationError, SetupError
 from .scheduler import accepts_arguments
@@ -208,12 +208,7 @@ class WebSocketResponse:
 
     def progress(self, payload: Any, progress_percentage: float | None = None) -> Any:
         """Send a ``progress`` message; a percentage is clamped to 0..100 and added."""
-        if progress_percentage is not None:
-            percentage = max(0.0, min(100.0, float(progress_percentage)))
-            if isinstance(payload, dict):
-                payload = {**payload, "progress_percentage": percentage}
-            else:
-                payload = {"data": payload, "progress_percentage": percentage}
+        payload = protocol.progress_payload(payload, progress_percentage)
         return self.send(payload, message_type="progress")
 
     # 0.0.31 forwarded these to the component in a WebSocket context.

@@ -117,6 +117,19 @@ def error_payload(error: Any) -> dict[str, str]:
     return {"error": str(error)}
 
 
+def progress_payload(payload: Any, percentage: float | None) -> Any:
+    """``payload`` with ``progress_percentage`` (clamped to 0..100) added, as 0.0.31 did.
+
+    A dict gets the key; anything else is wrapped as ``{"data": payload, ...}``.
+    """
+    if percentage is None:
+        return payload
+    clamped = max(0.0, min(100.0, float(percentage)))
+    if isinstance(payload, dict):
+        return {**payload, "progress_percentage": clamped}
+    return {"data": payload, "progress_percentage": clamped}
+
+
 def decode_object(data: bytes | str) -> dict[str, Any]:
     """Decode a message that must be a JSON object.
 

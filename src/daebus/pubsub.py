@@ -112,12 +112,7 @@ class PubSubResponse:
 
     def progress(self, payload: Any, progress_percentage: float | None = None) -> Any:
         """Send a non-final part; a percentage is clamped to 0..100 and added to it."""
-        if progress_percentage is not None:
-            percentage = max(0.0, min(100.0, float(progress_percentage)))
-            if isinstance(payload, dict):
-                payload = {**payload, "progress_percentage": percentage}
-            else:
-                payload = {"data": payload, "progress_percentage": percentage}
+        payload = protocol.progress_payload(payload, progress_percentage)
         return self._send(protocol.STATUS_SUCCESS, payload, False)
 
     def _send(self, status: str, payload: Any, final: bool, *, detached: bool = False) -> Any:
