@@ -136,6 +136,11 @@ class ServiceRuntime:
         self.job_executor = WorkerPool(self.loop, 8, f"daebus_{service}_job")
         self.capacity = app.max_in_flight
         self.active = 0
+        #: ``def`` actions running in the workers (each also counts in ``active``).
+        self.jobs = 0
+        self._lock = threading.Lock()
+        self._waiting_for_slot = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self.slot_free = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
@@ -190,23 +195,47 @@ class ServiceRuntime:
         await self._subscribe("listener", channel)
 
     # -- admission (back-pressure) ---------------------------------------------------
-    def _admit(self, work: Callable[[], Coroutine[Any, Any, None]]) -> Awaitable[None] | None:
+    # ``active`` counts messages being handled: tasks on the loop and ``def`` actions in
+    # the workers. The loop adds to it; tasks and workers take away, under ``_lock``.
+    def _admit(self, start: Callable[[], None]) -> Awaitable[None] | None:
         if self.active < self.capacity:
-            self._spawn(work)
+            start()
             return None
-        return self._admit_when_free(work)
+        return self._admit_when_free(start)
 
-    async def _admit_when_free(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        while self.active >= self.capacity:
-            self.slot_free.clear()
+    async def _admit_when_free(self, start: Callable[[], None]) -> None:
+        while True:
+            with self._lock:
+                if self.active < self.capacity:
+                    break
+                self._waiting_for_slot = True
+                self.slot_free.clear()
             await self.slot_free.wait()
-        self._spawn(work)
+        start()
+
+    def _release(self, *, job: bool) -> None:
+        with self._lock:
+            self.active -= 1
+            wake_admission, self._waiting_for_slot = self._waiting_for_slot, False
+            if job:
+                self.jobs -= 1
+            idle_waiters: list[asyncio.Future[None]] = []
+            if self.jobs == 0 and self._idle_waiters:
+                idle_waiters, self._idle_waiters = self._idle_waiters, []
+        if job:
+            if wake_admission:
+                self.loop.call_soon_threadsafe(self.slot_free.set)
+            if idle_waiters:
+                self.loop.call_soon_threadsafe(_resolve_all, idle_waiters)
+        elif wake_admission:
+            self.slot_free.set()
 
     def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         # On Python 3.12+ the task starts eagerly: the message's handler runs at once, up
         # to its first real wait, and one that never waits (most listeners, async
         # actions whose reply is only queued) costs no extra turn of the loop.
-        self.active += 1
+        with self._lock:
+            self.active += 1
         task = _new_task(self.loop, self._handle(work()))
         if not task.done():
             self.in_flight.add(task)
@@ -222,18 +251,71 @@ class ServiceRuntime:
             task = asyncio.current_task()
             if task is not None:
                 self.in_flight.discard(task)
-            self.active -= 1
-            self.slot_free.set()
+            self._release(job=False)
+
+    @property
+    def busy(self) -> int:
+        """How many messages are being handled (tasks and ``def`` actions)."""
+        return len(self.in_flight) + self.jobs
+
+    async def settle(self) -> None:
+        """Wait until no message is being handled, including ``def`` actions in workers."""
+        while self.in_flight or self.jobs:
+            if self.in_flight:
+                await asyncio.wait(set(self.in_flight))
+            else:
+                await self._jobs_done()
+
+    async def _jobs_done(self) -> None:
+        """Wait until no ``def`` action is running in the workers."""
+        while True:
+            with self._lock:
+                if not self.jobs:
+                    return
+                waiter = self.loop.create_future()
+                self._idle_waiters.append(waiter)
+            await waiter
 
     # -- requests --------------------------------------------------------------------
     def on_request(self, kind: str, delivery: Delivery) -> Awaitable[None] | None:
         """Transport callback for the service (and workflow) channel."""
         if self.stopping:
             return None
-        return self._admit(functools.partial(self.handle_request, kind, delivery))
+        return self._admit(functools.partial(self._start_request, kind, delivery))
 
-    async def handle_request(self, kind: str, delivery: Delivery) -> None:
-        """Decode, validate and dispatch one request; every failure gets an error reply."""
+    def _start_request(self, kind: str, delivery: Delivery) -> None:
+        """Check one request on the loop, then start its handler (or refuse it).
+
+        A plain ``def`` action goes to a worker as one job, which calls it, replies
+        and frees the slot: no task, no future, no wake-up of the loop afterwards.
+        Anything else gets a task on the loop.
+        """
+        try:
+            accepted = self._accept_request(kind, delivery)
+        except Exception:  # a bug of ours must not stop the reader
+            logger.exception("could not dispatch a message on %r", delivery.channel)
+            return
+        if accepted is None:
+            return
+        name, handler, ctx = accepted
+        if _kind_of(handler) is _SYNC:
+            with self._lock:
+                self.active += 1
+                self.jobs += 1
+            try:
+                self.executor.call(
+                    contextvars.copy_context().run, self._run_sync_action, name, handler, ctx
+                )
+            except RuntimeError:  # the pool is shut down: the service is stopping
+                self._release(job=True)
+                logger.warning("dropped a request for %r: the service is stopping", name)
+        else:
+            self._spawn(functools.partial(self._run_action, name, handler, ctx))
+
+    def _accept_request(
+        self, kind: str, delivery: Delivery
+    ) -> tuple[str, Callable[..., Any], context.MessageContext] | None:
+        """Decode and validate a request; refuse (or drop) it and return None if bad."""
         try:
             message = protocol.decode_object(delivery.data)
         except protocol.BadMessageError as exc:
@@ -245,13 +327,11 @@ class ServiceRuntime:
                     exc,
                     _preview(delivery.data),
                 )
-                return
+                return None
             reply_to, request_id = address
             malformed = PubSubRequest({"reply_to": reply_to, "request_id": request_id})
-            await self._refuse(
-                PubSubResponse(self.publisher, malformed), f"malformed request: {exc}"
-            )
-            return
+            self._refuse(PubSubResponse(self.publisher, malformed), f"malformed request: {exc}")
+            return None
         request = PubSubRequest(message)
         request.channel = delivery.channel
         response = PubSubResponse(
@@ -259,7 +339,7 @@ class ServiceRuntime:
         )
         if request.reply_to is not None and not isinstance(request.reply_to, str):
             logger.warning("dropped a request with a non-string reply_to %r", request.reply_to)
-            return
+            return None
         table = self.app.action_handlers if kind == "request" else self.app.workflow_handlers
         name = message.get("action") if kind == "request" else message.get("workflow")
         if name is None and kind == "workflow":
@@ -274,62 +354,96 @@ class ServiceRuntime:
                 _preview(delivery.data),
             )
         if len(delivery.data) > self.app.max_message_size:
-            await self._refuse(
+            self._refuse(
                 response,
                 f"request of {len(delivery.data)} bytes is over the "
                 f"{self.app.max_message_size}-byte limit",
             )
-            return
+            return None
         if not name:
-            await self._refuse(response, "request has no action")
-            return
+            self._refuse(response, "request has no action")
+            return None
         if not isinstance(name, str):
-            await self._refuse(response, f"action must be a string, not {type(name).__name__}")
-            return
+            self._refuse(response, f"action must be a string, not {type(name).__name__}")
+            return None
         handler = table.get(name)
         if handler is None:
-            await self._refuse(response, f"Unknown action '{name}' for service '{self.service}'")
-            return
-        ctx = context.MessageContext(self.app, "pubsub", request, response)
+            self._refuse(response, f"Unknown action '{name}' for service '{self.service}'")
+            return None
+        return name, handler, context.MessageContext(self.app, "pubsub", request, response)
+
+    async def _run_action(
+        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+    ) -> None:
+        """An ``async def`` (or async generator) action on the loop; failures are answered."""
+        response = ctx.response
         try:
-            result = await self.invoke(handler, ctx, (), response, reply=True)
+            result = await self.invoke(handler, ctx, (), response)
             await response.flush()
-            if not response.final_sent and request.reply_to is not None:
-                await self._reply(response, result)
+            if not response.final_sent and response.request.reply_to is not None:
+                try:
+                    count = response.send(result)
+                except SerializationError as exc:
+                    await _settled(self._refuse(response, f"could not encode the reply: {exc}"))
+                    return
+                if asyncio.isfuture(count):
+                    await count
         except Exception as exc:
             logger.exception("action %r of %r failed", name, self.service)
             if not response.final_sent:
-                await self._refuse(response, _error_text(exc), log=False)
+                await _settled(self._refuse(response, _error_text(exc), log=False))
 
-    async def _reply(self, response: PubSubResponse, result: Any) -> None:
+    def _run_sync_action(
+        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+    ) -> None:
+        """A plain ``def`` action, start to end in a worker: call, reply, free the slot."""
+        response = ctx.response
+        token = context.push(ctx)
         try:
-            count = response.send(result)
-        except SerializationError as exc:
-            await self._refuse(response, f"could not encode the reply: {exc}")
-            return
-        if asyncio.isfuture(count):
-            await count
+            try:
+                result = self._call_sync(handler, (), response)
+            except BaseException as exc:  # SystemExit too: one handler must not stop the service
+                logger.error("action %r of %r failed", name, self.service, exc_info=exc)
+                if not response.final_sent:
+                    self._refuse(response, _error_text(exc), log=False)
+                return
+            if response.final_sent or response.request.reply_to is None:
+                return
+            try:
+                response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
+            except SerializationError as exc:
+                self._refuse(response, f"could not encode the reply: {exc}")
+            except TransportError as exc:
+                logger.error("could not reply to %s: %s", response.request.reply_to, exc)
+        finally:
+            context.pop(token)
+            self._release(job=True)
 
-    async def _refuse(self, response: PubSubResponse, message: str, *, log: bool = True) -> None:
-        """Answer with an error reply if the request has a ``reply_to``; log otherwise."""
+    def _refuse(self, response: PubSubResponse, message: str, *, log: bool = True) -> Any:
+        """Answer with an error reply if the request has a ``reply_to``; log otherwise.
+
+        On the loop this returns the publish's future (its failure is logged by the
+        publisher); elsewhere the reply has gone out when it returns.
+        """
         request = response.request
         if log:
             logger.warning("%s (request_id=%s)", message, request.request_id)
         if request.reply_to is None:
-            return
+            return None
         try:
-            sent = response.error(message)
-            if asyncio.isfuture(sent):
-                await sent
+            return response.error(message)
         except (TransportError, SerializationError) as exc:
             logger.error("could not send the error reply to %s: %s", request.reply_to, exc)
+            return None
 
     # -- broadcasts ------------------------------------------------------------------
     def on_broadcast(self, delivery: Delivery) -> Awaitable[None] | None:
         """Transport callback for listener channels and patterns."""
         if self.stopping:
             return None
-        return self._admit(functools.partial(self.handle_broadcast, delivery))
+        return self._admit(
+            functools.partial(self._spawn, functools.partial(self.handle_broadcast, delivery))
+        )
 
     async def handle_broadcast(self, delivery: Delivery) -> None:
         """Decode one broadcast and call its listener."""
@@ -382,15 +496,8 @@ class ServiceRuntime:
         args: tuple[Any, ...],
         response: PubSubResponse | None = None,
         executor: WorkerPool | None = None,
-        *,
-        reply: bool = False,
     ) -> Any:
-        """Call a handler with ``ctx`` current: on the loop if async, else in a worker.
-
-        With ``reply``, a worker sends the returned value as the reply itself (when the
-        handler sent no final reply): the caller has its answer without waiting for
-        the hop back to the loop.
-        """
+        """Call a handler with ``ctx`` current: on the loop if async, else in a worker."""
         token = context.push(ctx)
         try:
             kind = _kind_of(func)
@@ -403,12 +510,7 @@ class ServiceRuntime:
                 return None
             copied = contextvars.copy_context()
             return await (executor or self.executor).run(
-                copied.run,
-                self._call_sync,
-                func,
-                args,
-                response,
-                reply,
+                copied.run, self._call_sync, func, args, response
             )
         finally:
             context.pop(token)
@@ -418,7 +520,6 @@ class ServiceRuntime:
         func: Callable[..., Any],
         args: tuple[Any, ...],
         response: PubSubResponse | None,
-        reply: bool,
     ) -> Any:
         result = func(*args)
         if inspect.isgenerator(result):
@@ -427,15 +528,6 @@ class ServiceRuntime:
             # A plain function that returned an awaitable (e.g. a decorator around an
             # async def): finish it on the loop.
             result = asyncio.run_coroutine_threadsafe(_await(result), self.loop).result()
-        if (
-            reply
-            and response is not None
-            and not response.final_sent
-            and response.request.reply_to is not None
-        ):
-            # On failure the loop tries again and turns it into an error reply.
-            with contextlib.suppress(SerializationError, TransportError):
-                response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
         return result
 
     @staticmethod
@@ -532,15 +624,20 @@ class ServiceRuntime:
         self.subscriptions.clear()
         for schedule in self.schedules.values():
             schedule.cancel()
+        if self.jobs:
+            # Waited for like a task; a second signal cancels the wait with the tasks.
+            waiter = self.loop.create_task(self._jobs_done())
+            self.in_flight.add(waiter)
+            waiter.add_done_callback(self.in_flight.discard)
         pending = set(self.in_flight) | set(self.schedules.values())
         if pending:
-            logger.info("waiting for %d in-flight handler(s) to finish", len(self.in_flight))
+            logger.info("waiting for %d in-flight handler(s) to finish", self.busy)
             _done, still = await asyncio.wait(
                 pending, timeout=max(0.0, deadline - self.loop.time())
             )
             if still:
                 logger.warning(
-                    "%d handler(s) still running after %.1fs; abandoning them", len(still), timeout
+                    "%d handler(s) still running after %.1fs; abandoning them", self.busy, timeout
                 )
                 for task in still:
                     task.cancel()
@@ -551,6 +648,19 @@ class ServiceRuntime:
             await self.run_hook(hook, "stop")
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+async def _settled(sent: Any) -> None:
+    """Wait for a publish's future, if any; its failure was logged by the publisher."""
+    if asyncio.isfuture(sent):
+        with contextlib.suppress(Exception):
+            await sent
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

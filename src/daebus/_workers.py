@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 logger = logging.getLogger("daebus.runtime")
 
-_Target = asyncio.Future[Any] | concurrent.futures.Future[Any]
+#: None for a job whose function handles its own outcome (``call``).
+_Target = asyncio.Future[Any] | concurrent.futures.Future[Any] | None
 _Job = tuple[_Target, Callable[..., Any], tuple[Any, ...]]
 
 
@@ -57,6 +58,13 @@ class WorkerPool(concurrent.futures.Executor):
         future: asyncio.Future[T] = self._loop.create_future()
         self._put((future, func, args))
         return future
+
+    def call(self, func: Callable[..., Any], *args: Any) -> None:
+        """Run ``func(*args)`` in a worker and forget it: ``func`` reports its own outcome.
+
+        Nothing comes back to the loop, so the loop is not woken when it ends.
+        """
+        self._put((None, func, args))
 
     def _deliver(self) -> None:
         with self._lock:
@@ -104,6 +112,8 @@ class WorkerPool(concurrent.futures.Executor):
                     thread.join()
 
     def _cancel(self, target: _Target) -> None:
+        if target is None:
+            return
         if isinstance(target, concurrent.futures.Future):
             target.cancel()
         else:
@@ -133,7 +143,12 @@ class WorkerPool(concurrent.futures.Executor):
                 return
             target, func, args = job
             del job
-            if isinstance(target, concurrent.futures.Future):
+            if target is None:
+                try:
+                    func(*args)
+                except BaseException:
+                    logger.exception("a worker job failed")
+            elif isinstance(target, concurrent.futures.Future):
                 if target.set_running_or_notify_cancel():
                     try:
                         target.set_result(func(*args))

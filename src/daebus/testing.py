@@ -399,7 +399,7 @@ class TestClient:
             future.cancel()
             raise CallTimeoutError(
                 f"service {self.service!r} was still busy after {wait}s "
-                f"({len(runtime.in_flight)} handler(s) running)"
+                f"({runtime.busy} handler(s) running)"
             ) from None
 
 
@@ -409,8 +409,8 @@ async def _quiesce(runtime: ServiceRuntime) -> None:
     while True:
         if memory is not None:
             await memory.drained()
-        if runtime.in_flight:
-            await asyncio.wait(set(runtime.in_flight))
+        if runtime.busy:
+            await runtime.settle()
             continue
         # Checked on the loop, where the reader runs: nothing can slip in between.
         if memory is None or memory.idle:
