@@ -24,7 +24,6 @@ from .exceptions import (
     MessageTooLargeError,
     RemoteError,
     ServiceUnavailableError,
-    TransportError,
 )
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from .transport import Delivery, Subscription, Transport, _shared
@@ -412,9 +411,10 @@ class DaebusCaller:
     def _exchange(
         self, action: str, payload: Any, timeout: float | None
     ) -> Generator[protocol.Reply, None, None]:
-        with self._in_use():
+        core = self._core
+        core._begin_use()  # before looking at the connection: close() now waits for us
+        try:
             transport = self._transport()
-            core = self._core
             wait = timeout or core.timeout
             request_id = protocol.new_request_id()
             data = core._encode_request(action, payload, request_id)
@@ -447,19 +447,23 @@ class DaebusCaller:
                         return
             finally:
                 core.pending.pop(request_id, None)
+        finally:
+            self._end_use()
+
+    def _end_use(self) -> None:
+        if self._core._end_use():
+            try:
+                get_portal().call(self._core.aclose())
+            except Exception:
+                self.logger.exception("closing the caller after its last request failed")
 
     @contextlib.contextmanager
     def _in_use(self) -> Iterator[None]:
-        core = self._core
-        core._begin_use()  # before looking at the connection: close() now waits for us
+        self._core._begin_use()  # before looking at the connection: close() now waits for us
         try:
             yield
         finally:
-            if core._end_use():
-                try:
-                    get_portal().call(core.aclose())
-                except Exception:
-                    self.logger.exception("closing the caller after its last request failed")
+            self._end_use()
 
     def send_request(
         self,
@@ -539,15 +543,13 @@ def _publish_request(
 ) -> None:
     """On the transport's loop: publish a request; tell ``put`` if nobody got it."""
 
-    def published(future: asyncio.Future[int]) -> None:
-        if future.cancelled():
-            put(TransportError("the request was not published: the caller is closing"))
-        elif future.exception() is not None:
-            put(future.exception())
-        elif future.result() == 0:
+    def published(outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            put(outcome)
+        elif outcome == 0:
             put(_NoReceiverError())
 
     try:
-        transport.publish_nowait(channel, data).add_done_callback(published)
+        transport.publish_then(channel, data, published)
     except Exception as exc:  # a transport closed under us
         put(exc)

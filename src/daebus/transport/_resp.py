@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 #: until it is done: back-pressure reaches the socket.
 PushHandler = Callable[[list[Any]], Awaitable[Any] | None]
 
+#: Called with a command's reply, or with the TransportError it failed with.
+ReplyCallback = Callable[[Any], None]
+
 _MESSAGE_KINDS = frozenset({b"message", b"pmessage"})
 _CONFIRMATION_KINDS = frozenset({b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"})
 
@@ -117,7 +120,7 @@ class RespConnection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._replies = 0  # replies resolved so far: the watchdog's sign of progress
         self._parser = hiredis.Reader()
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._waiters: deque[asyncio.Future[Any] | ReplyCallback] = deque()
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
         self._flush_pending = False
@@ -148,9 +151,7 @@ class RespConnection(asyncio.Protocol):
             self._watchdog = None
         error = TransportError(f"connection lost: {exc}" if exc else "connection closed")
         while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_exception(error)
+            self._settle(self._waiters.popleft(), error)
         if not self.lost.done():
             self.lost.set_result(exc)
 
@@ -181,14 +182,24 @@ class RespConnection(asyncio.Protocol):
         if not self._waiters:
             logger.warning("reply with no command waiting for it: %r", reply)
             return
-        waiter = self._waiters.popleft()
         self._replies += 1
-        if waiter.done():
-            return
         if isinstance(reply, hiredis.ReplyError):
-            waiter.set_exception(TransportError(str(reply)))
+            reply = TransportError(str(reply))
+        self._settle(self._waiters.popleft(), reply)
+
+    @staticmethod
+    def _settle(waiter: asyncio.Future[Any] | ReplyCallback, outcome: Any) -> None:
+        if not isinstance(waiter, asyncio.Future):
+            try:
+                waiter(outcome)
+            except Exception:
+                logger.exception("a reply callback failed")
+        elif waiter.done():
+            pass
+        elif isinstance(outcome, TransportError):
+            waiter.set_exception(outcome)
         else:
-            waiter.set_result(reply)
+            waiter.set_result(outcome)
 
     def _pause_until(self, waiter: Awaitable[Any]) -> None:
         self._paused = True
@@ -216,14 +227,24 @@ class RespConnection(asyncio.Protocol):
 
     def send_packed(self, packed: bytes) -> asyncio.Future[Any]:
         """Send one packed command; the future gets its reply (or a TransportError)."""
-        self.send_unanswered(packed)
         waiter: asyncio.Future[Any] = self._loop.create_future()
+        self._expect(packed, waiter)
+        return waiter
+
+    def send_packed_then(self, packed: bytes, callback: ReplyCallback) -> None:
+        """Send one packed command; ``callback`` gets its reply or a TransportError.
+
+        No future: the callback runs as soon as the reply is parsed.
+        """
+        self._expect(packed, callback)
+
+    def _expect(self, packed: bytes, waiter: asyncio.Future[Any] | ReplyCallback) -> None:
+        self.send_unanswered(packed)
         self._waiters.append(waiter)
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(
                 self._reply_timeout, self._check_progress, self._replies
             )
-        return waiter
 
     def _check_progress(self, replies_before: int) -> None:
         # Armed while commands wait: a server that answers nothing for a whole period

@@ -12,6 +12,9 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import TransportError
 
 __all__ = ["Delivery", "DeliveryHandler", "Subscription", "Transport"]
 
@@ -92,6 +95,17 @@ class Transport(ABC):
         Messages queued this way are published in the order they were queued; the
         future gives the receiver count.
         """
+
+    def publish_then(self, channel: str, data: bytes, callback: Callable[[Any], None]) -> None:
+        """Like :meth:`publish_nowait`; ``callback`` gets the count or the exception."""
+
+        def done(future: asyncio.Future[int]) -> None:
+            if future.cancelled():
+                callback(TransportError("the message was not published: cancelled"))
+            else:
+                callback(future.exception() or future.result())
+
+        self.publish_nowait(channel, data).add_done_callback(done)
 
     @abstractmethod
     def publish_blocking(self, channel: str, data: bytes) -> int:

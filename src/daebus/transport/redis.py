@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis
@@ -159,6 +159,14 @@ class RedisTransport(Transport):
                 self._reconnect_publisher(), name=f"daebus-publisher {self.url}"
             )
         return future
+
+    def publish_then(self, channel: str, data: bytes, callback: Callable[[Any], None]) -> None:
+        """Like :meth:`publish_nowait`; ``callback`` gets the count or the exception."""
+        publisher = self._publisher
+        if publisher is not None and not self._outbox and publisher.is_open:
+            publisher.send_packed_then(pack("PUBLISH", channel, data), callback)
+        else:
+            super().publish_then(channel, data, callback)
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish several messages in order, in one write and one round trip."""
