@@ -32,6 +32,8 @@ class Portal:
         self._batch: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self._batch_lock = threading.Lock()
         self._batch_pending = False
+        #: False once the loop has stopped (cheaper to read than ``thread.is_alive()``).
+        self.running = True
         self.thread = threading.Thread(target=self._main, name="daebus-portal", daemon=True)
         self.thread.start()
         self._started.wait()
@@ -39,7 +41,10 @@ class Portal:
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._started.set)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.running = False
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Cancel the portal's tasks (closing their connections) and stop its loop."""
@@ -102,8 +107,11 @@ _lock = threading.Lock()
 def get_portal() -> Portal:
     """The process's portal, started on first use."""
     global _portal
+    portal = _portal
+    if portal is not None and portal.running:  # the common case, without the lock
+        return portal
     with _lock:
-        if _portal is None or not _portal.thread.is_alive():
+        if _portal is None or not _portal.running or not _portal.thread.is_alive():
             _portal = Portal()
         return _portal
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from random import getrandbits
+from typing import Any, NamedTuple
 
 from . import encoding
 
@@ -80,9 +80,20 @@ def fallback_reply_channel(service: Any) -> str:
     return f"{service}.responses"
 
 
+# Version 4 and the RFC 4122 variant, set in a random 128-bit number.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_request_id() -> str:
-    """A fresh request id (a UUID4 string, as 0.0.31 sends)."""
-    return str(uuid.uuid4())
+    """A fresh request id: a UUID4 string, as 0.0.31 sends.
+
+    From :mod:`random` (reseeded in a forked child) rather than ``uuid.uuid4()``, which
+    makes a system call and a ``UUID`` object per id: a fifth of the cost of a call.
+    An id only has to be unique among the requests waiting on one reply channel.
+    """
+    digits = f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def is_pattern(channel: str) -> bool:
@@ -178,9 +189,8 @@ def request_payload(message: dict[str, Any]) -> Any:
     return payload
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One decoded reply message."""
+class Reply(NamedTuple):
+    """One decoded reply message (a named tuple: cheap to make, one per reply)."""
 
     status: str
     payload: Any
