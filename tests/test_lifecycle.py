@@ -254,16 +254,27 @@ def test_b27_import_does_not_configure_logging() -> None:
 
 
 # -- B28: bounded in-flight work -----------------------------------------------------------
-def test_b28_in_flight_messages_are_bounded(apps: Apps) -> None:
+@pytest.mark.parametrize("kind", ["async def", "def"])
+def test_b28_in_flight_messages_are_bounded(apps: Apps, kind: str) -> None:
     app = Daebus("bounded", max_in_flight=3)
     entered: list[int] = []
     gate = threading.Event()
 
-    @app.action("wait")
-    async def wait() -> int:
-        entered.append(request.payload)
-        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
-        return int(request.payload)
+    if kind == "def":  # runs in a worker as one job, not as a task on the loop
+
+        @app.action("wait")
+        def wait_sync() -> int:
+            entered.append(request.payload)
+            gate.wait(10)
+            return int(request.payload)
+
+    else:
+
+        @app.action("wait")
+        async def wait() -> int:
+            entered.append(request.payload)
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+            return int(request.payload)
 
     service = apps.start(app)
     caller = apps.caller(service, timeout=20)
@@ -277,12 +288,16 @@ def test_b28_in_flight_messages_are_bounded(apps: Apps) -> None:
     wait_for(lambda: len(entered) == 3)
     time.sleep(0.3)  # a fourth message would be admitted by now if the limit leaked
     assert len(entered) == 3
-    assert app._runtime is not None
-    assert app._runtime.active == 3
+    runtime = app._runtime
+    assert runtime is not None
+    assert runtime.active == 3
+    assert runtime.busy == 3
     gate.set()
     for thread in threads:
         thread.join(20)
     assert sorted(results) == list(range(10))
+    wait_for(lambda: runtime.busy == 0)
+    assert runtime.active == 0
 
 
 # -- B29: callers are reusable after close -----------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 
 import pytest
 
@@ -128,3 +129,13 @@ def test_progress_payload_adds_a_clamped_percentage() -> None:
     assert protocol.progress_payload({"step": 1}, 150) == {"step": 1, "progress_percentage": 100.0}
     assert protocol.progress_payload("x", -5) == {"data": "x", "progress_percentage": 0.0}
     assert protocol.progress_payload({"step": 1}, None) == {"step": 1}
+
+
+def test_request_ids_are_distinct_uuid4_strings() -> None:
+    ids = [protocol.new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for request_id in ids[:200]:
+        parsed = uuid.UUID(request_id)
+        assert str(parsed) == request_id
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122

@@ -76,3 +76,26 @@ def test_an_idle_connection_closed_by_a_restart_is_replaced(
     connection.send_only(pack("PUBLISH", "c", "and again"))
     assert connection.command(pack("PING")) == b"PONG"
     connection.close()
+
+
+async def test_callback_waiters_get_replies_errors_and_a_lost_connection(redis_url: str) -> None:
+    connection = await _resp.open_connection(Endpoint.from_url(redis_url))
+    outcomes: list[Any] = []
+
+    def failing(_outcome: Any) -> None:
+        raise RuntimeError("a broken callback")
+
+    connection.send_packed_then(pack("PING"), outcomes.append)
+    connection.send_packed_then(pack("NO-SUCH-COMMAND"), outcomes.append)
+    connection.send_packed_then(pack("PING"), failing)  # logged; the replies after it still arrive
+    future = connection.send_packed(pack("ECHO", "after"))
+    connection.send_packed_then(pack("ECHO", "last"), outcomes.append)
+    assert await future == b"after"
+    assert outcomes[0] == b"PONG"
+    assert isinstance(outcomes[1], TransportError)
+    assert outcomes[2:] == [b"last"]
+    # Waiting for a reply that never comes: the connection goes, the callback hears of it.
+    connection.send_packed_then(pack("BLPOP", unique_name("empty"), "0"), outcomes.append)
+    connection.close()
+    await connection.lost
+    assert isinstance(outcomes[3], TransportError)

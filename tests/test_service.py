@@ -9,6 +9,7 @@ import asyncio
 import datetime
 import decimal
 import json
+import sys
 import threading
 import time
 import uuid
@@ -204,6 +205,28 @@ def test_b1_handler_exception_is_an_error_reply(apps: Apps) -> None:
     with pytest.raises(RemoteError, match="half way"):
         caller.send_request("after_parts", on_progress=parts.append)
     assert parts == [1]
+
+
+def test_a_handler_raising_system_exit_does_not_stop_the_service(apps: Apps) -> None:
+    app = Daebus("exits")
+    app.add_action("exit", lambda: sys.exit(3))
+
+    @app.action("async_exit")
+    async def async_exit() -> None:
+        raise SystemExit(4)
+
+    @app.listen("exits.events")
+    async def listener(_message: Any) -> None:
+        raise SystemExit(5)
+
+    caller = apps.caller(apps.start(app), timeout=30)
+    with pytest.raises(RemoteError, match=r"^3$"):
+        caller.send_request("exit")
+    with pytest.raises(RemoteError, match=r"^4$"):
+        caller.send_request("async_exit")
+    assert caller.send_message("exits.events", {"n": 1}) == 1
+    with pytest.raises(RemoteError, match=r"^3$"):  # still serving
+        caller.send_request("exit")
 
 
 def test_b1_unknown_and_missing_action(apps: Apps) -> None:

@@ -88,6 +88,13 @@ def _kind_of(func: Callable[..., Any]) -> str:
     return kind
 
 
+class HandlerExitError(Exception):
+    """A handler raised ``SystemExit`` (or another non-``Exception``): a plain failure here."""
+
+    def __str__(self) -> str:
+        return _error_text(self.args[0])
+
+
 def _error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
@@ -485,7 +492,9 @@ class ServiceRuntime:
                 await self.invoke(listener, ctx, args, ctx.response)
             if ctx.built and ctx.response.sent:
                 await ctx.response.flush()
-        except Exception:
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException:  # SystemExit too: one listener must not stop the service
             logger.exception("listener for %r failed on a message from %r", key, delivery.channel)
 
     # -- calling user code -----------------------------------------------------------
@@ -512,6 +521,11 @@ class ServiceRuntime:
             return await (executor or self.executor).run(
                 copied.run, self._call_sync, func, args, response
             )
+        except (asyncio.CancelledError, KeyboardInterrupt, Exception):
+            raise
+        except BaseException as exc:
+            # SystemExit and the like: a task raising one would stop the whole loop.
+            raise HandlerExitError(exc) from exc
         finally:
             context.pop(token)
 
