@@ -41,7 +41,10 @@ class WorkerPool(concurrent.futures.Executor):
         self._name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
-        self._idle = threading.Semaphore(0)
+        # Workers done with their last job and not yet given another: a new job goes
+        # to one of them instead of to a new thread. (A plain count under ``_lock``: a
+        # threading.Semaphore costs a Condition per call.)
+        self._idle = 0
         self._lock = threading.Lock()
         self._finished: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self._wake_pending = False
@@ -124,7 +127,10 @@ class WorkerPool(concurrent.futures.Executor):
             if self._shutdown:
                 raise RuntimeError("cannot schedule new work after shutdown")
             self._jobs.put(job)
-            if self._idle.acquire(blocking=False) or len(self._threads) >= self._max_workers:
+            if self._idle:
+                self._idle -= 1
+                return
+            if len(self._threads) >= self._max_workers:
                 return
             thread = threading.Thread(
                 target=self._work,
@@ -164,7 +170,8 @@ class WorkerPool(concurrent.futures.Executor):
                 self._finish(outcome)
                 del outcome
             del target, func, args
-            self._idle.release()
+            with self._lock:
+                self._idle += 1
 
     def _finish(self, outcome: tuple[asyncio.Future[Any], bool, Any]) -> None:
         self._finished.append(outcome)

@@ -11,8 +11,7 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..exceptions import TransportError
 
@@ -21,9 +20,8 @@ __all__ = ["Delivery", "DeliveryHandler", "Subscription", "Transport"]
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One message as it came off the wire."""
+class Delivery(NamedTuple):
+    """One message as it came off the wire (a named tuple: one is made per message)."""
 
     channel: str
     data: bytes
