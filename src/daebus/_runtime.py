@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context, encoding, protocol
 from ._workers import WorkerPool
@@ -30,6 +30,8 @@ from .transport import Delivery, Subscription, Transport
 
 if TYPE_CHECKING:
     from .app import Daebus
+
+T = TypeVar("T")
 
 logger = logging.getLogger("daebus.runtime")
 flow = logging.getLogger("daebus.flow")
@@ -67,25 +69,42 @@ else:  # eager tasks are new in 3.12
 
 
 _ASYNC, _ASYNC_GENERATOR, _SYNC = "async", "async generator", "sync"
-_kinds: dict[Any, str] = {}
+
+
+def _inspect_kind(func: Callable[..., Any]) -> str:
+    if inspect.isasyncgenfunction(func):
+        return _ASYNC_GENERATOR
+    return _ASYNC if is_async_callable(func) else _SYNC
+
+
+def _inspect_takes_channel(func: Callable[..., Any]) -> bool:
+    return accepts_arguments(func, 2)
+
+
+# What is learnt by inspecting a handler (microseconds each time), per handler.
+_remembered: dict[tuple[Callable[..., Any], Any], Any] = {}
+
+
+def _remember(inspection: Callable[[Any], T], func: Any) -> T:
+    try:
+        return _remembered[inspection, func]  # type: ignore[no-any-return]
+    except (KeyError, TypeError):
+        pass
+    found = inspection(func)
+    with contextlib.suppress(TypeError):  # an unhashable callable: not remembered
+        if len(_remembered) < 10_000:
+            _remembered[inspection, func] = found
+    return found
 
 
 def _kind_of(func: Callable[..., Any]) -> str:
-    """How a handler is called; remembered per handler (the inspection costs ~8 us)."""
-    try:
-        return _kinds[func]
-    except (KeyError, TypeError):
-        pass
-    if inspect.isasyncgenfunction(func):
-        kind = _ASYNC_GENERATOR
-    elif is_async_callable(func):
-        kind = _ASYNC
-    else:
-        kind = _SYNC
-    with contextlib.suppress(TypeError):  # an unhashable callable: not remembered
-        if len(_kinds) < 10_000:
-            _kinds[func] = kind
-    return kind
+    """How a handler is called: ``_ASYNC``, ``_ASYNC_GENERATOR`` or ``_SYNC``."""
+    return _remember(_inspect_kind, func)
+
+
+def _takes_channel(listener: Callable[..., Any]) -> bool:
+    """Whether a listener is called as ``(data, channel)`` rather than ``(data)``."""
+    return _remember(_inspect_takes_channel, listener)
 
 
 class HandlerExitError(Exception):
@@ -142,9 +161,9 @@ class ServiceRuntime:
         # Jobs and hooks get their own threads, so a busy worker pool cannot starve them.
         self.job_executor = WorkerPool(self.loop, 8, f"daebus_{service}_job")
         self.capacity = app.max_in_flight
-        self.active = 0
-        #: ``def`` actions running in the workers (each also counts in ``active``).
-        self.jobs = 0
+        self.tasks = 0
+        self._jobs_started = 0
+        self._jobs_finished = 0
         self._lock = threading.Lock()
         self._waiting_for_slot = False
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -202,8 +221,19 @@ class ServiceRuntime:
         await self._subscribe("listener", channel)
 
     # -- admission (back-pressure) ---------------------------------------------------
-    # ``active`` counts messages being handled: tasks on the loop and ``def`` actions in
-    # the workers. The loop adds to it; tasks and workers take away, under ``_lock``.
+    # A message holds a slot while it is handled: as a task on the loop (``tasks``,
+    # counted on the loop alone) or as a ``def`` action in a worker (started on the loop,
+    # finished by the workers under ``_lock``).
+    @property
+    def jobs(self) -> int:
+        """``def`` actions running (or queued) in the workers."""
+        return self._jobs_started - self._jobs_finished
+
+    @property
+    def active(self) -> int:
+        """Messages being handled: the slots in use."""
+        return self.tasks + self._jobs_started - self._jobs_finished
+
     def _admit(self, start: Callable[[], None]) -> Awaitable[None] | None:
         if self.active < self.capacity:
             start()
@@ -220,45 +250,39 @@ class ServiceRuntime:
             await self.slot_free.wait()
         start()
 
-    def _release(self, *, job: bool) -> None:
-        with self._lock:
-            self.active -= 1
-            wake_admission, self._waiting_for_slot = self._waiting_for_slot, False
-            if job:
-                self.jobs -= 1
-            idle_waiters: list[asyncio.Future[None]] = []
-            if self.jobs == 0 and self._idle_waiters:
-                idle_waiters, self._idle_waiters = self._idle_waiters, []
-        if job:
-            if wake_admission:
-                self.loop.call_soon_threadsafe(self.slot_free.set)
-            if idle_waiters:
-                self.loop.call_soon_threadsafe(_resolve_all, idle_waiters)
-        elif wake_admission:
-            self.slot_free.set()
-
-    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Handle a message in a task; ``work`` ends with :meth:`_task_done`."""
         # On Python 3.12+ the task starts eagerly: the message's handler runs at once, up
         # to its first real wait, and one that never waits (most listeners, async
         # actions whose reply is only queued) costs no extra turn of the loop.
-        with self._lock:
-            self.active += 1
-        task = _new_task(self.loop, self._handle(work()))
+        self.tasks += 1
+        task = _new_task(self.loop, work)
         if not task.done():
             self.in_flight.add(task)
 
-    async def _handle(self, message: Coroutine[Any, Any, None]) -> None:
-        # The slot is given back here rather than in a done callback: one callback less
-        # to schedule per message.
-        try:
-            await message
-        except Exception:
-            logger.exception("message task failed")
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self.in_flight.discard(task)
-            self._release(job=False)
+    def _task_done(self) -> None:
+        # Called by the message's own task as it ends: a done callback would cost one
+        # more turn of the loop per message.
+        task = asyncio.current_task()
+        if task is not None:
+            self.in_flight.discard(task)
+        self.tasks -= 1
+        if self._waiting_for_slot:
+            self._waiting_for_slot = False
+            self.slot_free.set()
+
+    def _job_done(self) -> None:
+        """In a worker: a ``def`` action ended; wake the loop only if it waits for that."""
+        with self._lock:
+            self._jobs_finished += 1
+            wake_admission, self._waiting_for_slot = self._waiting_for_slot, False
+            idle_waiters: list[asyncio.Future[None]] = []
+            if self._jobs_started == self._jobs_finished and self._idle_waiters:
+                idle_waiters, self._idle_waiters = self._idle_waiters, []
+        if wake_admission:
+            self.loop.call_soon_threadsafe(self.slot_free.set)
+        if idle_waiters:
+            self.loop.call_soon_threadsafe(_resolve_all, idle_waiters)
 
     @property
     def busy(self) -> int:
@@ -306,18 +330,16 @@ class ServiceRuntime:
             return
         name, handler, ctx = accepted
         if _kind_of(handler) is _SYNC:
-            with self._lock:
-                self.active += 1
-                self.jobs += 1
+            self._jobs_started += 1
             try:
                 self.executor.call(
                     contextvars.copy_context().run, self._run_sync_action, name, handler, ctx
                 )
             except RuntimeError:  # the pool is shut down: the service is stopping
-                self._release(job=True)
+                self._job_done()
                 logger.warning("dropped a request for %r: the service is stopping", name)
         else:
-            self._spawn(functools.partial(self._run_action, name, handler, ctx))
+            self._spawn(self._run_action(name, handler, ctx))
 
     def _accept_request(
         self, kind: str, delivery: Delivery
@@ -399,6 +421,8 @@ class ServiceRuntime:
             logger.exception("action %r of %r failed", name, self.service)
             if not response.final_sent:
                 await _settled(self._refuse(response, _error_text(exc), log=False))
+        finally:
+            self._task_done()
 
     def _run_sync_action(
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
@@ -424,7 +448,7 @@ class ServiceRuntime:
                 logger.error("could not reply to %s: %s", response.request.reply_to, exc)
         finally:
             context.pop(token)
-            self._release(job=True)
+            self._job_done()
 
     def _refuse(self, response: PubSubResponse, message: str, *, log: bool = True) -> Any:
         """Answer with an error reply if the request has a ``reply_to``; log otherwise.
@@ -448,16 +472,56 @@ class ServiceRuntime:
         """Transport callback for listener channels and patterns."""
         if self.stopping:
             return None
-        return self._admit(
-            functools.partial(self._spawn, functools.partial(self.handle_broadcast, delivery))
-        )
+        if self.active < self.capacity:  # _admit() without its two partials per message
+            self._spawn(self.handle_broadcast(delivery))
+            return None
+        return self._admit_when_free(lambda: self._spawn(self.handle_broadcast(delivery)))
 
     async def handle_broadcast(self, delivery: Delivery) -> None:
-        """Decode one broadcast and call its listener."""
+        """Decode one broadcast and call its listener; ends with :meth:`_task_done`."""
+        try:
+            found = self._listener_for(delivery)
+            if found is None:
+                return
+            listener, value = found
+
+            def build() -> tuple[PubSubRequest, PubSubResponse]:
+                request = PubSubRequest.from_broadcast(value, delivery.channel, delivery.pattern)
+                response = PubSubResponse(
+                    self.publisher, request, max_message_size=self.app.max_message_size
+                )
+                return request, response
+
+            ctx = context.MessageContext(self.app, "pubsub", build=build)
+            args = (value, delivery.channel) if _takes_channel(listener) else (value,)
+            try:
+                if _kind_of(listener) is _ASYNC:  # the common case, without invoke()'s layers
+                    token = context.push(ctx)
+                    try:
+                        await listener(*args)
+                    finally:
+                        context.pop(token)
+                else:
+                    await self.invoke(listener, ctx, args, ctx.response)
+                if ctx.built and ctx.response.sent:
+                    await ctx.response.flush()
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                raise
+            except BaseException:  # SystemExit too: one listener must not stop the service
+                logger.exception(
+                    "listener for %r failed on a message from %r",
+                    delivery.pattern or delivery.channel,
+                    delivery.channel,
+                )
+        finally:
+            self._task_done()
+
+    def _listener_for(self, delivery: Delivery) -> tuple[Callable[..., Any], Any] | None:
+        """The listener of a broadcast and its decoded value; None if there is nothing to do."""
         key = delivery.pattern if delivery.pattern is not None else delivery.channel
         listener = self.app.listen_handlers.get(key)
         if listener is None:
-            return
+            return None
         try:
             value = encoding.loads(delivery.data)
         except ValueError:
@@ -466,36 +530,10 @@ class ServiceRuntime:
                 delivery.channel,
                 _preview(delivery.data),
             )
-            return
+            return None
         if flow.isEnabledFor(logging.DEBUG):
             flow.debug("-> %s (listener %s) %s", delivery.channel, key, _preview(delivery.data))
-
-        def build() -> tuple[PubSubRequest, PubSubResponse]:
-            request = PubSubRequest.from_broadcast(value, delivery.channel, delivery.pattern)
-            response = PubSubResponse(
-                self.publisher, request, max_message_size=self.app.max_message_size
-            )
-            return request, response
-
-        ctx = context.MessageContext(self.app, "pubsub", build=build)
-        args: tuple[Any, ...] = (value, delivery.channel)
-        if not accepts_arguments(listener, 2):
-            args = (value,)
-        try:
-            if _kind_of(listener) is _ASYNC:  # the common case, without invoke()'s layers
-                token = context.push(ctx)
-                try:
-                    await listener(*args)
-                finally:
-                    context.pop(token)
-            else:
-                await self.invoke(listener, ctx, args, ctx.response)
-            if ctx.built and ctx.response.sent:
-                await ctx.response.flush()
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except BaseException:  # SystemExit too: one listener must not stop the service
-            logger.exception("listener for %r failed on a message from %r", key, delivery.channel)
+        return listener, value
 
     # -- calling user code -----------------------------------------------------------
     async def invoke(
