@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -99,3 +100,35 @@ async def test_callback_waiters_get_replies_errors_and_a_lost_connection(redis_u
     connection.close()
     await connection.lost
     assert isinstance(outcomes[3], TransportError)
+
+
+async def test_big_chunks_are_parsed_in_order_across_pauses() -> None:
+    # Chunks far over the parser's feed size, arriving while the reader is paused.
+    gates: dict[int, asyncio.Future[None]] = {}
+    seen: list[int] = []
+
+    def on_push(message: list[Any]) -> asyncio.Future[None] | None:
+        number = int(message[2])
+        seen.append(number)
+        if number % 1000 == 999:  # back-pressure now and then: the reader pauses
+            gates[number] = asyncio.get_running_loop().create_future()
+            return gates[number]
+        return None
+
+    def frames(numbers: range) -> bytes:
+        return b"".join(
+            b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$%d\r\n%d\r\n" % (len(str(n)), n) for n in numbers
+        )
+
+    connection = _resp.RespConnection(on_push)
+    first, second = frames(range(0, 3000)), frames(range(3000, 6000))
+    assert len(first) > 10 * _resp._FEED_SIZE
+    connection.data_received(first[:12345])  # cut in the middle of a message
+    connection.data_received(first[12345:])
+    connection.data_received(second)
+    while len(seen) < 6000:
+        assert gates, f"stalled after {len(seen)} messages"
+        gate = gates.pop(max(gates))
+        gate.set_result(None)
+        await asyncio.sleep(0)
+    assert seen == list(range(6000))

@@ -162,8 +162,15 @@ class Transport(ABC):
     def _deliver(self, delivery: Delivery) -> Awaitable[None] | None:
         """Hand one message to its handlers; never raises."""
         key = (delivery.pattern is not None, delivery.pattern or delivery.channel)
+        subscriptions = self._subscriptions.get(key)
+        if subscriptions is not None and len(subscriptions) == 1:  # the common case
+            try:
+                return subscriptions[0].handler(delivery)
+            except Exception:
+                logger.exception("handler for %s failed", delivery.channel)
+                return None
         pending: list[Awaitable[None]] = []
-        for subscription in tuple(self._subscriptions.get(key, ())):
+        for subscription in tuple(subscriptions or ()):
             try:
                 result = subscription.handler(delivery)
             except Exception:
