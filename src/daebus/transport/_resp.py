@@ -373,8 +373,6 @@ class BlockingConnection:
         self._timeout = timeout
         self._sock: socket.socket | None = None
         self._parser = hiredis.Reader()
-        self._unfed: deque[bytes] = deque()  # received, not yet given to the parser
-        self._unfed_at = 0  # how much of the first one was given
         self._unread = 0  # replies owed to commands sent without waiting
         self._last_used = 0.0
 
@@ -397,8 +395,6 @@ class BlockingConnection:
             raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
         self._sock = sock
         self._parser = hiredis.Reader()
-        self._unfed: deque[bytes] = deque()  # received, not yet given to the parser
-        self._unfed_at = 0  # how much of the first one was given
         self._unread = 0
         try:
             if endpoint.password is not None:
