@@ -143,11 +143,18 @@ class RedisTransport(Transport):
             blocking_connection.close()
 
     # -- publishing ------------------------------------------------------------------
+    def _ready_publisher(self) -> RespConnection | None:
+        """The publishing connection, if it is open with nothing queued before it."""
+        publisher = self._publisher
+        if publisher is not None and not self._outbox and publisher.is_open:
+            return publisher
+        return None
+
     def publish_nowait(self, channel: str, data: bytes) -> asyncio.Future[int]:
         """Send a PUBLISH; everything sent in one loop iteration goes out in one write."""
         packed = pack("PUBLISH", channel, data)
-        publisher = self._publisher
-        if publisher is not None and not self._outbox and publisher.is_open:
+        publisher = self._ready_publisher()
+        if publisher is not None:
             return publisher.send_packed(packed)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._closed:
@@ -162,8 +169,8 @@ class RedisTransport(Transport):
 
     def publish_then(self, channel: str, data: bytes, callback: Callable[[Any], None]) -> None:
         """Like :meth:`publish_nowait`; ``callback`` gets the count or the exception."""
-        publisher = self._publisher
-        if publisher is not None and not self._outbox and publisher.is_open:
+        publisher = self._ready_publisher()
+        if publisher is not None:
             publisher.send_packed_then(pack("PUBLISH", channel, data), callback)
         else:
             super().publish_then(channel, data, callback)
