@@ -141,6 +141,52 @@ def test_streamed_reply_arrives_in_order(apps: Apps) -> None:
     assert list(caller.stream("async_sends")) == [*range(20), "last"]
 
 
+def test_streams_of_def_actions_running_together_keep_their_order(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While other def actions run, a worker hands its final reply to the loop, which
+    # writes it on another connection than the parts the worker sent itself.
+    from daebus._runtime import Publisher
+
+    handed_over: list[str] = []
+    original = Publisher._publish_handed_over
+
+    def spy(self: Publisher, channel: str, data: bytes) -> None:
+        handed_over.append(channel)
+        original(self, channel, data)
+
+    monkeypatch.setattr(Publisher, "_publish_handed_over", spy)
+    callers = 6
+    together = threading.Barrier(callers, timeout=10)
+    app = Daebus("streams", max_workers=callers)
+
+    @app.action("parts")
+    def parts() -> Any:
+        together.wait()
+        for i in range(30):
+            response.send(i, final=False)
+        return "end"
+
+    caller = apps.caller(apps.start(app))
+    results: list[list[Any]] = []
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            results.append(list(caller.stream("parts", timeout=20)))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert results == [[*range(30), "end"]] * callers
+    assert handed_over  # the hand-over was taken (all but the last to finish take it)
+
+
 def test_timeout_is_per_part_of_a_stream(apps: Apps) -> None:
     app = Daebus("slowstream")
 

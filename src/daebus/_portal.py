@@ -12,9 +12,10 @@ import contextlib
 import logging
 import os
 import threading
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from ._inbox import LoopInbox
 
 T = TypeVar("T")
 
@@ -29,9 +30,7 @@ class Portal:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._started = threading.Event()
-        self._batch: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self._batch_lock = threading.Lock()
-        self._batch_pending = False
+        self._inbox = LoopInbox(self.loop)
         #: False once the loop has stopped (cheaper to read than ``thread.is_alive()``).
         self.running = True
         self.thread = threading.Thread(target=self._main, name="daebus-portal", daemon=True)
@@ -61,28 +60,7 @@ class Portal:
         Unlike ``call_soon_threadsafe``, calls made while an earlier one still waits
         to run do not wake the loop again: under load, one wake-up runs them all.
         """
-        self._batch.append((func, args))
-        with self._batch_lock:
-            if self._batch_pending:
-                return
-            self._batch_pending = True
-        try:
-            self.loop.call_soon_threadsafe(self._run_batch)
-        except RuntimeError:  # the loop is closed
-            with self._batch_lock:
-                self._batch_pending = False
-            raise
-
-    def _run_batch(self) -> None:
-        with self._batch_lock:
-            self._batch_pending = False
-        batch = self._batch
-        while batch:
-            func, args = batch.popleft()
-            try:
-                func(*args)
-            except Exception:
-                logger.exception("a call on the daebus portal failed")
+        self._inbox.call_soon(func, *args)
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the portal's loop and wait for its result."""

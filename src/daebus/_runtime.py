@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context, encoding, protocol
+from ._inbox import LoopInbox
 from ._workers import WorkerPool
 from .exceptions import SerializationError, TransportError
 from .pubsub import PubSubRequest, PubSubResponse
@@ -134,17 +135,40 @@ class Publisher:
         return runtime.transport.publish_blocking(channel, data)
 
     def publish_detached(self, channel: str, data: bytes) -> None:
-        """Publish without waiting for the receiver count (off the loop)."""
+        """Publish without waiting for the receiver count (a worker's final reply).
+
+        Alone, a worker sends it at once on its thread's connection. While other
+        ``def`` actions run, it hands it to the loop instead, which writes the replies
+        of every worker in one go: one system call and one read by the server for many.
+        Whatever the worker published before on its own connection has been answered
+        by then, so the parts of a stream still arrive before their final reply.
+        """
         runtime = self._runtime
         if threading.get_ident() == runtime.loop_thread:
             self.publish(channel, data)
-        else:
-            runtime.transport.publish_detached(channel, data)
+            return
+        if runtime.jobs > 1:
+            try:
+                runtime.inbox.call_soon(self._publish_handed_over, channel, data)
+                return
+            except RuntimeError:  # the loop is closed: send it from here
+                pass
+        runtime.transport.publish_detached(channel, data)
+
+    def _publish_handed_over(self, channel: str, data: bytes) -> None:
+        self._runtime.transport.publish_then(
+            channel, data, functools.partial(_log_if_failed, channel)
+        )
 
 
 def _report_failure(channel: str, future: asyncio.Future[int]) -> None:
     if not future.cancelled() and future.exception() is not None:
         logger.warning("publish to %r failed: %s", channel, future.exception())
+
+
+def _log_if_failed(channel: str, outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        logger.warning("publish to %r failed: %s", channel, outcome)
 
 
 class ServiceRuntime:
@@ -158,6 +182,7 @@ class ServiceRuntime:
         self.loop_thread = threading.get_ident()
         self.publisher = Publisher(self)
         self.executor = WorkerPool(self.loop, app.max_workers, f"daebus_{service}")
+        self.inbox = LoopInbox(self.loop)
         # Jobs and hooks get their own threads, so a busy worker pool cannot starve them.
         self.job_executor = WorkerPool(self.loop, 8, f"daebus_{service}_job")
         self.capacity = app.max_in_flight
