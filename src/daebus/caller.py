@@ -13,7 +13,7 @@ import inspect
 import logging
 import queue
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from . import config, context, protocol
@@ -408,47 +408,50 @@ class DaebusCaller:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _exchange(
+    def _start(
         self, action: str, payload: Any, timeout: float | None
-    ) -> Generator[protocol.Reply, None, None]:
+    ) -> tuple[str, queue.SimpleQueue[protocol.Reply | BaseException], float]:
+        """Publish a request (the caller is in use): its id, where its replies go, the wait."""
         core = self._core
-        core._begin_use()  # before looking at the connection: close() now waits for us
+        transport = self._transport()
+        wait = timeout or core.timeout
+        request_id = protocol.new_request_id()
+        data = core._encode_request(action, payload, request_id)
+        replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
+        core.pending[request_id] = replies.put
         try:
-            transport = self._transport()
-            wait = timeout or core.timeout
-            request_id = protocol.new_request_id()
-            data = core._encode_request(action, payload, request_id)
-            replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
-            core.pending[request_id] = replies.put
-            try:
-                channel = protocol.service_channel(self.target_service)
-                if core._in_flight == 1:
-                    # Alone: publish from this thread, as a hand-written loop would; a
-                    # hop to the portal's loop would cost more than the round trip.
-                    if transport.publish_blocking(channel, data) == 0:
-                        raise core._unavailable(action)
-                else:
-                    # Published by the portal's loop, which pipelines the requests of
-                    # every thread; this one only wakes up for replies (or a failure).
-                    get_portal().call_soon_batched(
-                        _publish_request, transport, channel, data, replies.put
-                    )
-                while True:
-                    try:
-                        reply = replies.get(timeout=wait)
-                    except queue.Empty:
-                        raise core._timed_out(action, wait) from None
-                    if isinstance(reply, BaseException):
-                        if isinstance(reply, _NoReceiverError):
-                            raise core._unavailable(action)
-                        raise reply
-                    yield reply
-                    if reply.final:
-                        return
-            finally:
-                core.pending.pop(request_id, None)
-        finally:
-            self._end_use()
+            channel = protocol.service_channel(self.target_service)
+            if core._in_flight == 1:
+                # Alone: publish from this thread, as a hand-written loop would; a
+                # hop to the portal's loop would cost more than the round trip.
+                if transport.publish_blocking(channel, data) == 0:
+                    raise core._unavailable(action)
+            else:
+                # Published by the portal's loop, which pipelines the requests of
+                # every thread; this one only wakes up for replies (or a failure).
+                get_portal().call_soon_batched(
+                    _publish_request, transport, channel, data, replies.put
+                )
+        except BaseException:
+            core.pending.pop(request_id, None)
+            raise
+        return request_id, replies, wait
+
+    def _next_reply(
+        self,
+        replies: queue.SimpleQueue[protocol.Reply | BaseException],
+        action: str,
+        wait: float,
+    ) -> protocol.Reply:
+        try:
+            reply = replies.get(timeout=wait)
+        except queue.Empty:
+            raise self._core._timed_out(action, wait) from None
+        if isinstance(reply, BaseException):
+            if isinstance(reply, _NoReceiverError):
+                raise self._core._unavailable(action)
+            raise reply
+        return reply
 
     def _end_use(self) -> None:
         if self._core._end_use():
@@ -483,31 +486,52 @@ class DaebusCaller:
             CallTimeoutError: no reply in time (a ``TimeoutError``).
             ServiceUnavailableError: no service is subscribed to the channel.
         """
-        exchange = self._exchange(action, {} if payload is None else payload, timeout)
-        with contextlib.closing(exchange) as replies:
-            for reply in replies:
-                if not reply.final:
+        core = self._core
+        core._begin_use()  # before looking at the connection: close() now waits for us
+        try:
+            request_id, replies, wait = self._start(
+                action, {} if payload is None else payload, timeout
+            )
+            try:
+                reply = self._next_reply(replies, action, wait)
+                while not reply.final:
                     if on_progress is not None:
                         try:
                             on_progress(reply.payload)
                         except Exception:
                             self.logger.exception("on_progress callback failed")
-                    continue
-                if reply.is_error:
-                    self._core._raise_error(action, reply)
-                return reply.payload
-        raise AssertionError("unreachable: the exchange ends with a final reply")
+                    reply = self._next_reply(replies, action, wait)
+            finally:
+                core.pending.pop(request_id, None)
+        finally:
+            self._end_use()
+        if reply.is_error:
+            core._raise_error(action, reply)
+        return reply.payload
 
     def stream(
         self, action: str, payload: Any = None, timeout: float | None = None
     ) -> Iterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
-        exchange = self._exchange(action, {} if payload is None else payload, timeout)
-        with contextlib.closing(exchange) as replies:
-            for reply in replies:
-                if reply.final and reply.is_error:
-                    self._core._raise_error(action, reply)
-                yield reply.payload
+        core = self._core
+        core._begin_use()
+        try:
+            request_id, replies, wait = self._start(
+                action, {} if payload is None else payload, timeout
+            )
+            try:
+                while True:
+                    reply = self._next_reply(replies, action, wait)
+                    if reply.final:
+                        break
+                    yield reply.payload
+            finally:
+                core.pending.pop(request_id, None)
+        finally:
+            self._end_use()
+        if reply.is_error:
+            core._raise_error(action, reply)
+        yield reply.payload
 
     def send_message(self, channel: str, payload: Any) -> int:
         """Publish ``payload`` on any ``channel``; returns the receiver count.
