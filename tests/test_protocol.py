@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 
@@ -139,3 +140,19 @@ def test_request_ids_are_distinct_uuid4_strings() -> None:
         assert str(parsed) == request_id
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_other_request_ids_than_its_parent() -> None:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write three ids and leave at once
+        os.write(write_end, " ".join(protocol.new_request_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        child_ids = set(pipe.read().split())
+    parent_ids = {protocol.new_request_id() for _ in range(3)}
+    assert len(child_ids) == 3
+    assert not child_ids & parent_ids

@@ -12,6 +12,8 @@ Every channel name and every envelope is built here and nowhere else.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import uuid
 from random import getrandbits
@@ -80,20 +82,36 @@ def fallback_reply_channel(service: Any) -> str:
     return f"{service}.responses"
 
 
-# Version 4 and the RFC 4122 variant, set in a random 128-bit number.
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+# Request ids: a random UUID4 prefix per process, then a counter from a random start in
+# the last group. Unique among one process's requests, fresh in a forked child.
+_ID_LAST_GROUP = (1 << 48) - 1
+_id_prefix = ""
+_id_counter = itertools.count()
+
+
+def _new_id_series() -> None:
+    global _id_prefix, _id_counter
+    bits = getrandbits(80)
+    head = f"{bits >> 48:08x}-{(bits >> 32) & 0xFFFF:04x}"
+    # The version (4) and the RFC 4122 variant (binary 10) in their places.
+    middle = f"4{(bits >> 20) & 0xFFF:03x}-{0x8000 | (bits >> 6) & 0x3FFF:04x}"
+    _id_prefix = f"{head}-{middle}-"
+    _id_counter = itertools.count(getrandbits(48))
+
+
+_new_id_series()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_id_series)
 
 
 def new_request_id() -> str:
-    """A fresh request id: a UUID4 string, as 0.0.31 sends.
+    """A fresh request id, a UUID4 string as 0.0.31 sends.
 
-    From :mod:`random` (reseeded in a forked child) rather than ``uuid.uuid4()``, which
-    makes a system call and a ``UUID`` object per id: a fifth of the cost of a call.
-    An id only has to be unique among the requests waiting on one reply channel.
+    Cheaper than ``uuid.uuid4()`` (a system call and a ``UUID`` object per id, a fifth
+    of the cost of a call): an id only has to be unique among the requests waiting on
+    one reply channel.
     """
-    digits = f"{getrandbits(128) & _UUID4_CLEAR | _UUID4_SET:032x}"
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    return f"{_id_prefix}{next(_id_counter) & _ID_LAST_GROUP:012x}"
 
 
 def is_pattern(channel: str) -> bool:
