@@ -231,10 +231,12 @@ class Reply(NamedTuple):
 def decode_reply(data: bytes | str) -> Reply:
     """Decode a reply envelope; a missing ``final`` means final, as in 0.0.31."""
     message = decode_object(data)
-    final = message.get("final", True)
+    get = message.get
+    status = get("status", STATUS_SUCCESS)
+    # Positional: one is made per reply, and keywords cost a third more.
     return Reply(
-        status=str(message.get("status", STATUS_SUCCESS)),
-        payload=message.get("payload", {}),
-        request_id=message.get("request_id"),
-        final=final is not False,
+        status if type(status) is str else str(status),
+        get("payload", {}),
+        get("request_id"),
+        get("final", True) is not False,
     )
