@@ -287,8 +287,9 @@ class ServiceRuntime:
 
     def _task_done(self) -> None:
         # Called by the message's own task as it ends: a done callback would cost one
-        # more turn of the loop per message.
-        task = asyncio.current_task()
+        # more turn of the loop per message. The loop is given: on Python 3.11, finding
+        # the running loop costs a getpid() system call.
+        task = asyncio.current_task(self.loop)
         if task is not None:
             self.in_flight.discard(task)
         self.tasks -= 1
