@@ -6,6 +6,7 @@ Each numbered bug of 0.0.31 (reference §5) that this covers is named in the tes
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import decimal
 import json
@@ -746,6 +747,38 @@ def test_async_handlers_run_inside_a_task_from_their_first_line(apps: Apps) -> N
     assert caller.send_message(channel, {"n": 1}) == 1
     wait_for(lambda: len(seen) == 2)
     assert seen == [True, True]
+
+
+def test_a_message_task_starts_at_once_as_itself_in_its_own_context() -> None:
+    # Eager start (3.12's eager_start, done by hand on 3.11): the first step runs
+    # inside _new_task, with the new task current and a copy of the context.
+    from daebus._runtime import _new_task
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="outside")
+    seen: list[tuple[asyncio.Task[Any] | None, str]] = []
+
+    async def work() -> None:
+        seen.append((asyncio.current_task(), var.get()))
+        var.set("inside")
+        await asyncio.sleep(0)
+        seen.append((asyncio.current_task(), var.get()))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[tuple[asyncio.Task[None], int]] = loop.create_future()
+
+        def from_a_callback() -> None:  # as the transport's reader calls it
+            task = _new_task(loop, work())
+            started.set_result((task, len(seen)))
+
+        loop.call_soon(from_a_callback)
+        task, steps_run = await started
+        await task
+        assert steps_run == 1
+        assert seen == [(task, "outside"), (task, "inside")]
+        assert var.get() == "outside"
+
+    asyncio.run(main())
 
 
 def test_a_listeners_request_is_made_once_even_when_threads_share_it(apps: Apps) -> None:
