@@ -411,15 +411,19 @@ class DaebusCaller:
     def _start(
         self, action: str, payload: Any, timeout: float | None
     ) -> tuple[str, queue.SimpleQueue[protocol.Reply | BaseException], float]:
-        """Publish a request (the caller is in use): its id, where its replies go, the wait."""
+        """Publish a request: its id, where its replies go, the wait for each.
+
+        The caller is in use from here until :meth:`_finish` (or a failure here).
+        """
         core = self._core
-        transport = self._transport()
-        wait = timeout or core.timeout
+        core._begin_use()  # before looking at the connection: close() now waits for us
         request_id = protocol.new_request_id()
-        data = core._encode_request(action, payload, request_id)
         replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
-        core.pending[request_id] = replies.put
         try:
+            transport = self._transport()
+            wait = timeout or core.timeout
+            data = core._encode_request(action, {} if payload is None else payload, request_id)
+            core.pending[request_id] = replies.put
             channel = protocol.service_channel(self.target_service)
             if core._in_flight == 1:
                 # Alone: publish from this thread, as a hand-written loop would; a
@@ -433,9 +437,14 @@ class DaebusCaller:
                     _publish_request, transport, channel, data, replies.put
                 )
         except BaseException:
-            core.pending.pop(request_id, None)
+            self._finish(request_id)
             raise
         return request_id, replies, wait
+
+    def _finish(self, request_id: str) -> None:
+        """The request is over: forget its id, and the caller is no longer in use for it."""
+        self._core.pending.pop(request_id, None)
+        self._end_use()
 
     def _next_reply(
         self,
@@ -486,51 +495,37 @@ class DaebusCaller:
             CallTimeoutError: no reply in time (a ``TimeoutError``).
             ServiceUnavailableError: no service is subscribed to the channel.
         """
-        core = self._core
-        core._begin_use()  # before looking at the connection: close() now waits for us
+        request_id, replies, wait = self._start(action, payload, timeout)
         try:
-            request_id, replies, wait = self._start(
-                action, {} if payload is None else payload, timeout
-            )
-            try:
+            reply = self._next_reply(replies, action, wait)
+            while not reply.final:
+                if on_progress is not None:
+                    try:
+                        on_progress(reply.payload)
+                    except Exception:
+                        self.logger.exception("on_progress callback failed")
                 reply = self._next_reply(replies, action, wait)
-                while not reply.final:
-                    if on_progress is not None:
-                        try:
-                            on_progress(reply.payload)
-                        except Exception:
-                            self.logger.exception("on_progress callback failed")
-                    reply = self._next_reply(replies, action, wait)
-            finally:
-                core.pending.pop(request_id, None)
         finally:
-            self._end_use()
+            self._finish(request_id)
         if reply.is_error:
-            core._raise_error(action, reply)
+            self._core._raise_error(action, reply)
         return reply.payload
 
     def stream(
         self, action: str, payload: Any = None, timeout: float | None = None
     ) -> Iterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
-        core = self._core
-        core._begin_use()
+        request_id, replies, wait = self._start(action, payload, timeout)
         try:
-            request_id, replies, wait = self._start(
-                action, {} if payload is None else payload, timeout
-            )
-            try:
-                while True:
-                    reply = self._next_reply(replies, action, wait)
-                    if reply.final:
-                        break
-                    yield reply.payload
-            finally:
-                core.pending.pop(request_id, None)
+            while True:
+                reply = self._next_reply(replies, action, wait)
+                if reply.final:
+                    break
+                yield reply.payload
         finally:
-            self._end_use()
+            self._finish(request_id)
         if reply.is_error:
-            core._raise_error(action, reply)
+            self._core._raise_error(action, reply)
         yield reply.payload
 
     def send_message(self, channel: str, payload: Any) -> int:
