@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from _apps import Apps, apps_fixture
 from _helpers import ServiceProcess, Subscription, unique_name, wait_for
@@ -22,10 +23,13 @@ from daebus import (
     Daebus,
     DaebusCaller,
     DaebusError,
+    TransportError,
     broadcast,
     request,
+    protocol,
     response,
 )
+from daebus.transport import _resp
 
 apps = apps_fixture()
 
@@ -91,6 +95,64 @@ def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) 
         assert outcomes.count("ok") >= 2
     finally:
         stop_traffic.set()
+        manager.close()
+
+
+def test_a_caller_alone_after_a_restart_gets_its_reply_at_the_first_try(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread calling alone reads its reply from the caller's own connection: one the
+    # restart closed must be replaced before the request goes out, or the reply is lost.
+    monkeypatch.setattr(_resp, "_CHECK_AFTER_IDLE", 0.0)  # the same for the publisher
+    app = Daebus("restarted")
+    app.add_action("echo", lambda: request.payload)
+    manager = Apps(private_redis.url)
+    try:
+        service = manager.start(app)
+        caller = manager.caller(service, timeout=5)
+        assert caller.send_request("echo", 1) == 1
+        private_redis.restart()
+        client = redis.Redis.from_url(private_redis.url)
+        channel = protocol.service_channel(service)
+        wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)  # the service is back
+        client.close()
+        assert caller.send_request("echo", 2) == 2
+    finally:
+        manager.close()
+
+
+def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
+    private_redis: Any,
+) -> None:
+    app = Daebus("abandoned")
+    release = threading.Event()
+
+    @app.action("wait")
+    def wait() -> str:
+        release.wait(10)
+        return "too late"
+
+    manager = Apps(private_redis.url)
+    outcome: list[BaseException] = []
+    try:
+        caller = manager.caller(manager.start(app), timeout=60)
+
+        def call() -> None:
+            try:
+                caller.send_request("wait")
+            except DaebusError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        wait_for(lambda: bool(caller.pending_requests))
+        private_redis.stop()
+        thread.join(10)  # well before the caller's 60 s timeout
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], TransportError)
+        assert ".wait" in str(outcome[0]) and "may have run" in str(outcome[0])
+    finally:
+        release.set()
         manager.close()
 
 

@@ -14,7 +14,7 @@ import pytest
 from _helpers import unique_name
 from daebus import TransportError
 from daebus.transport import _resp
-from daebus.transport._resp import BlockingConnection, Endpoint, pack
+from daebus.transport._resp import BlockingConnection, BlockingSubscriber, Endpoint, pack
 
 
 @pytest.fixture
@@ -132,3 +132,42 @@ async def test_big_chunks_are_parsed_in_order_across_pauses() -> None:
         gate.set_result(None)
         await asyncio.sleep(0)
     assert seen == list(range(6000))
+
+
+def test_a_blocking_subscriber_keeps_what_came_unread_and_times_out_quietly(
+    redis_url: str,
+) -> None:
+    channel = unique_name("lane")
+    subscriber = BlockingSubscriber(Endpoint.from_url(redis_url), channel, timeout=5)
+    publisher = BlockingConnection(Endpoint.from_url(redis_url), timeout=5)
+    try:
+        subscriber.open()
+        assert subscriber.next_message(0.05) is None  # a timeout, not a failure
+        assert publisher.command(pack("PUBLISH", channel, "one")) == 1
+        assert publisher.command(pack("PUBLISH", channel, "two")) == 1
+        subscriber.open()  # still open: what came while nobody read stays
+        assert subscriber.next_message(5) == b"one"
+        assert subscriber.next_message(5) == b"two"
+        assert subscriber.next_message(0.05) is None
+    finally:
+        subscriber.close()
+        publisher.close()
+
+
+def test_a_blocking_subscriber_subscribes_again_after_a_restart(private_redis: Any) -> None:
+    channel = unique_name("lane")
+    endpoint = Endpoint.from_url(private_redis.url)
+    subscriber = BlockingSubscriber(endpoint, channel, timeout=5)
+    publisher = BlockingConnection(endpoint, timeout=5)
+    try:
+        subscriber.open()
+        private_redis.restart()
+        subscriber.open()
+        assert publisher.command(pack("PUBLISH", channel, "after")) == 1
+        assert subscriber.next_message(5) == b"after"
+        private_redis.stop()
+        with pytest.raises(TransportError):
+            subscriber.next_message(5)
+    finally:
+        subscriber.close()
+        publisher.close()

@@ -420,6 +420,26 @@ def test_b5_concurrent_requests_each_get_their_own_payload(apps: Apps) -> None:
             assert result["app_n"] == n
 
 
+def test_a_late_reply_to_a_timed_out_call_is_not_taken_for_the_next_one(apps: Apps) -> None:
+    app = Daebus("late")
+    release, answered = threading.Event(), threading.Event()
+
+    @app.action("slow")
+    def slow() -> None:
+        release.wait(5)
+        response.send("late")
+        answered.set()
+
+    app.add_action("fast", lambda: "fast")
+    caller = apps.caller(apps.start(app))
+    with pytest.raises(CallTimeoutError):
+        caller.send_request("slow", timeout=0.2)
+    release.set()
+    wait_for(answered.is_set)  # the late reply is on its way, ahead of the next call's
+    assert [caller.send_request("fast") for _ in range(3)] == ["fast"] * 3
+    assert caller.pending_requests == {}
+
+
 # -- B3: one Redis for everything -------------------------------------------------------
 def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> None:
     app = Daebus("one-redis")

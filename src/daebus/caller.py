@@ -13,7 +13,9 @@ import inspect
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 from . import config, context, protocol
@@ -24,9 +26,10 @@ from .exceptions import (
     MessageTooLargeError,
     RemoteError,
     ServiceUnavailableError,
+    TransportError,
 )
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
-from .transport import Delivery, Subscription, Transport, _shared
+from .transport import ChannelReader, Delivery, Subscription, Transport, _shared
 
 __all__ = ["AsyncDaebusCaller", "DaebusCaller"]
 
@@ -161,21 +164,34 @@ class AsyncDaebusCaller:
 
     # -- replies ---------------------------------------------------------------------
     def _on_reply(self, delivery: Delivery) -> None:
-        try:
-            reply = protocol.decode_reply(delivery.data)
-        except protocol.BadMessageError as exc:
-            self.logger.warning("ignored a malformed reply on %s: %s", delivery.channel, exc)
+        reply = self._decode_reply(delivery.channel, delivery.data)
+        if reply is None:
             return
         try:
             sink = self.pending.get(reply.request_id)
         except TypeError:  # an unhashable request_id
             sink = None
         if sink is None:
-            self.logger.debug("ignored a reply for unknown request %r", reply.request_id)
+            self._ignore(reply)
             return
         if reply.final:
             # The first final reply wins; anything after it is ignored.
             self.pending.pop(reply.request_id, None)
+        self._log_reply(reply)
+        sink(reply)
+
+    def _decode_reply(self, channel: str, data: bytes) -> protocol.Reply | None:
+        """The reply in ``data``, or None (logged) if it is malformed."""
+        try:
+            return protocol.decode_reply(data)
+        except protocol.BadMessageError as exc:
+            self.logger.warning("ignored a malformed reply on %s: %s", channel, exc)
+            return None
+
+    def _ignore(self, reply: protocol.Reply) -> None:
+        self.logger.debug("ignored a reply for unknown request %r", reply.request_id)
+
+    def _log_reply(self, reply: protocol.Reply) -> None:
         if flow.isEnabledFor(logging.DEBUG):
             flow.debug(
                 "<- %s %s request_id=%s final=%s",
@@ -184,12 +200,13 @@ class AsyncDaebusCaller:
                 reply.request_id,
                 reply.final,
             )
-        sink(reply)
 
     # -- requests --------------------------------------------------------------------
-    def _encode_request(self, action: str, payload: Any, request_id: str) -> bytes:
+    def _encode_request(
+        self, action: str, payload: Any, request_id: str, reply_to: str | None = None
+    ) -> bytes:
         data = protocol.encode_request(
-            action, payload, self.response_channel, request_id, self.target_service
+            action, payload, reply_to or self.response_channel, request_id, self.target_service
         )
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
@@ -364,6 +381,11 @@ class DaebusCaller:
         self.response_channel = self._core.response_channel
         self.logger = self._core.logger
         self.pending_requests = self._core.pending
+        # The caller's own reply connection, on its own reply channel, for a thread that
+        # calls while no other does (see _start); made for the transport it reads from.
+        self._lane: ChannelReader | None = None
+        self._lane_transport: Transport | None = None
+        self._lane_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<DaebusCaller {self.target_service!r} via {self.response_channel}>"
@@ -399,8 +421,18 @@ class DaebusCaller:
 
     def close(self) -> None:
         """Release the connection; the caller reconnects if it is used again."""
+        self._close_lane()
         if self._core._subscription is not None or self._core._transport is not None:
             get_portal().call(self._core.aclose())
+
+    def _close_lane(self) -> None:
+        if self._lane_lock.acquire(blocking=False):  # else a request uses it: it stays
+            try:
+                lane, self._lane, self._lane_transport = self._lane, None, None
+                if lane is not None:
+                    lane.close()
+            finally:
+                self._lane_lock.release()
 
     def __enter__(self) -> DaebusCaller:
         return self
@@ -410,24 +442,42 @@ class DaebusCaller:
 
     def _start(
         self, action: str, payload: Any, timeout: float | None
-    ) -> tuple[str, queue.SimpleQueue[protocol.Reply | BaseException], float]:
-        """Publish a request: its id, where its replies go, the wait for each.
+    ) -> tuple[str, Callable[[], protocol.Reply], bool]:
+        """Publish a request; return its id, its next reply's getter, and ``alone``.
 
-        The caller is in use from here until :meth:`_finish` (or a failure here).
+        ``alone``: the request has the caller's own reply connection. A thread that
+        calls while no other does publishes, then reads its reply from that connection
+        itself, as a hand-written loop would: no hop to the portal's thread and back.
+        Requests made while others are in flight go through the portal, which reads the
+        replies of them all. The caller is in use from here until :meth:`_finish` (or a
+        failure here).
         """
         core = self._core
+        alone = not core._in_flight and self._lane_lock.acquire(blocking=False)
         core._begin_use()  # before looking at the connection: close() now waits for us
         request_id = protocol.new_request_id()
-        replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
         try:
             transport = self._transport()
             wait = timeout or core.timeout
-            data = core._encode_request(action, {} if payload is None else payload, request_id)
-            core.pending[request_id] = replies.put
+            payload = {} if payload is None else payload
             channel = protocol.service_channel(self.target_service)
+            lane = self._lane_on(transport) if alone else None
+            if lane is not None:
+                data = core._encode_request(action, payload, request_id, lane.channel)
+                lane.open()
+                core.pending[request_id] = _read_by_the_caller
+                if transport.publish_blocking(channel, data) == 0:
+                    raise core._unavailable(action)
+                return request_id, partial(self._read_alone, lane, request_id, action, wait), True
+            if alone:  # the transport has no connections of that kind
+                self._lane_lock.release()
+                alone = False
+            data = core._encode_request(action, payload, request_id)
+            replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
+            core.pending[request_id] = replies.put
             if core._in_flight == 1:
-                # Alone: publish from this thread, as a hand-written loop would; a
-                # hop to the portal's loop would cost more than the round trip.
+                # Alone: publish from this thread; a hop to the portal's loop would
+                # cost more than the round trip.
                 if transport.publish_blocking(channel, data) == 0:
                     raise core._unavailable(action)
             else:
@@ -436,15 +486,34 @@ class DaebusCaller:
                 get_portal().call_soon_batched(
                     _publish_request, transport, channel, data, replies.put
                 )
+            return request_id, partial(self._next_reply, replies, action, wait), False
         except BaseException:
-            self._finish(request_id)
+            self._finish(request_id, alone)
             raise
-        return request_id, replies, wait
 
-    def _finish(self, request_id: str) -> None:
+    def _lane_on(self, transport: Transport) -> ChannelReader | None:
+        """The caller's own reply connection on ``transport`` (hold the lane lock)."""
+        if self._lane_transport is not transport:
+            if self._lane is not None:
+                self._lane.close()
+            self._lane = transport.channel_reader(protocol.new_reply_channel())
+            self._lane_transport = transport
+        return self._lane
+
+    def _finish(self, request_id: str, alone: bool) -> None:
         """The request is over: forget its id, and the caller is no longer in use for it."""
         self._core.pending.pop(request_id, None)
+        if alone:
+            self._lane_lock.release()
         self._end_use()
+
+    def _end_use(self) -> None:
+        if self._core._end_use():
+            self._close_lane()
+            try:
+                get_portal().call(self._core.aclose())
+            except Exception:
+                self.logger.exception("closing the caller after its last request failed")
 
     def _next_reply(
         self,
@@ -462,12 +531,31 @@ class DaebusCaller:
             raise reply
         return reply
 
-    def _end_use(self) -> None:
-        if self._core._end_use():
+    def _read_alone(
+        self, lane: ChannelReader, request_id: str, action: str, wait: float
+    ) -> protocol.Reply:
+        """The next reply to ``request_id`` from the caller's own connection."""
+        core = self._core
+        deadline = time.monotonic() + wait
+        remaining = wait
+        while remaining > 0:
             try:
-                get_portal().call(self._core.aclose())
-            except Exception:
-                self.logger.exception("closing the caller after its last request failed")
+                data = lane.next_message(remaining)
+            except TransportError as exc:
+                raise TransportError(
+                    f"lost the connection while waiting for the reply to "
+                    f"{self.target_service}.{action} (it may have run): {exc}"
+                ) from exc
+            if data is None:
+                break
+            reply = core._decode_reply(lane.channel, data)
+            if reply is not None:
+                if reply.request_id == request_id:
+                    core._log_reply(reply)
+                    return reply
+                core._ignore(reply)  # a late reply to an earlier request that timed out
+            remaining = deadline - time.monotonic()
+        raise core._timed_out(action, wait)
 
     @contextlib.contextmanager
     def _in_use(self) -> Iterator[None]:
@@ -495,18 +583,18 @@ class DaebusCaller:
             CallTimeoutError: no reply in time (a ``TimeoutError``).
             ServiceUnavailableError: no service is subscribed to the channel.
         """
-        request_id, replies, wait = self._start(action, payload, timeout)
+        request_id, next_reply, alone = self._start(action, payload, timeout)
         try:
-            reply = self._next_reply(replies, action, wait)
+            reply = next_reply()
             while not reply.final:
                 if on_progress is not None:
                     try:
                         on_progress(reply.payload)
                     except Exception:
                         self.logger.exception("on_progress callback failed")
-                reply = self._next_reply(replies, action, wait)
+                reply = next_reply()
         finally:
-            self._finish(request_id)
+            self._finish(request_id, alone)
         if reply.is_error:
             self._core._raise_error(action, reply)
         return reply.payload
@@ -515,15 +603,15 @@ class DaebusCaller:
         self, action: str, payload: Any = None, timeout: float | None = None
     ) -> Iterator[Any]:
         """Call ``action`` and yield each part of the reply, the final one last."""
-        request_id, replies, wait = self._start(action, payload, timeout)
+        request_id, next_reply, alone = self._start(action, payload, timeout)
         try:
             while True:
-                reply = self._next_reply(replies, action, wait)
+                reply = next_reply()
                 if reply.final:
                     break
                 yield reply.payload
         finally:
-            self._finish(request_id)
+            self._finish(request_id, alone)
         if reply.is_error:
             self._core._raise_error(action, reply)
         yield reply.payload
@@ -551,6 +639,13 @@ class DaebusCaller:
         with self._in_use():
             transport = self._transport()
             return transport.publish_blocking(protocol.service_channel(self.target_service), data)
+
+
+def _read_by_the_caller(reply: protocol.Reply) -> None:
+    """The sink in ``pending`` of a request whose thread reads its own replies.
+
+    They come on another channel; the entry only shows the request is in flight.
+    """
 
 
 class _NoReceiverError(Exception):

@@ -11,11 +11,11 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from ..exceptions import TransportError
 
-__all__ = ["Delivery", "DeliveryHandler", "Subscription", "Transport"]
+__all__ = ["ChannelReader", "Delivery", "DeliveryHandler", "Subscription", "Transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,21 @@ class Delivery(NamedTuple):
 #: transport wait for it before reading the next message: that is how back-pressure
 #: reaches the socket.
 DeliveryHandler = Callable[[Delivery], Awaitable[None] | None]
+
+
+class ChannelReader(Protocol):
+    """A blocking subscription to one channel, read by one thread at a time."""
+
+    channel: str
+
+    def open(self) -> None:
+        """Be connected and subscribed (reconnecting if need be); messages unread stay."""
+
+    def next_message(self, timeout: float) -> bytes | None:
+        """The next message's data, or None if none comes within ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Close the connection (idempotent); :meth:`open` opens it again."""
 
 
 class Subscription:
@@ -112,6 +127,13 @@ class Transport(ABC):
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Like :meth:`publish_blocking`, but need not wait for the receiver count."""
         self.publish_blocking(channel, data)
+
+    def channel_reader(self, channel: str) -> ChannelReader | None:
+        """A blocking subscription to ``channel`` for other threads, if the transport has them.
+
+        None by default: such a thread waits for what the transport's loop hands it.
+        """
+        return None
 
     def publish_many_blocking(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """:meth:`publish_many` from a thread that is not the transport's loop."""

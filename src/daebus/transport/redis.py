@@ -21,8 +21,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from ..exceptions import TransportError
-from ._resp import BlockingConnection, Endpoint, RespConnection, open_connection, pack
-from .base import Delivery, Transport
+from ._resp import (
+    BlockingConnection,
+    BlockingSubscriber,
+    Endpoint,
+    RespConnection,
+    open_connection,
+    pack,
+)
+from .base import ChannelReader, Delivery, Transport
 
 __all__ = ["RedisTransport", "normalize_url"]
 
@@ -245,6 +252,10 @@ class RedisTransport(Transport):
                     ended.close()
                 self._blocking[connection] = threading.current_thread()
         return connection
+
+    def channel_reader(self, channel: str) -> ChannelReader:
+        """A blocking connection subscribed to ``channel`` (connected on first use)."""
+        return BlockingSubscriber(self._endpoint, channel, _COMMAND_TIMEOUT)
 
     def blocking_client(self) -> redis.Redis:
         """The transport's blocking client (created on first use; thread-safe)."""
