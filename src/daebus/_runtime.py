@@ -75,14 +75,21 @@ else:  # eager tasks are new in 3.12
         (no ``_ready``), a task factory that queues something else, or a caller inside
         a task gets a plain task.
         """
-        task = loop.create_task(coroutine)
+        if getattr(loop, "_task_factory", None) is None:  # get_task_factory(), less its frame
+            task = asyncio.Task(coroutine, loop=loop)  # what create_task does, less its frame
+        else:
+            task = loop.create_task(coroutine)
         ready = getattr(loop, "_ready", None)
-        if ready and asyncio.current_task(loop) is None:
+        if ready and _current_task(loop) is None:
             step = ready[-1]
             if getattr(step._callback, "__self__", None) is task:
                 ready.pop()
-                step._run()
+                step._context.run(step._callback, *step._args)  # Handle._run, less its frame
         return task
+
+    # asyncio.current_task(loop) is a Python function before 3.12; its table is a dict.
+    _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    _current_task = asyncio.current_task if _current_tasks is None else _current_tasks.get
 
 
 _ASYNC, _ASYNC_GENERATOR, _SYNC = "async", "async generator", "sync"
@@ -119,9 +126,9 @@ def _kind_of(func: Callable[..., Any]) -> str:
     return _remember(_inspect_kind, func)
 
 
-def _takes_channel(listener: Callable[..., Any]) -> bool:
-    """Whether a listener is called as ``(data, channel)`` rather than ``(data)``."""
-    return _remember(_inspect_takes_channel, listener)
+def _inspect_listener(listener: Callable[..., Any]) -> tuple[str, bool]:
+    """How a listener is called, and whether as ``(data, channel)`` rather than ``(data)``."""
+    return _kind_of(listener), _inspect_takes_channel(listener)
 
 
 class HandlerExitError(Exception):
@@ -298,16 +305,13 @@ class ServiceRuntime:
         # actions whose reply is only queued) costs no extra turn of the loop.
         self.tasks += 1
         task = _new_task(self.loop, work)
-        if not task.done():
+        if not task.done():  # it waits for something: one more turn of the loop is nothing
             self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
 
     def _task_done(self) -> None:
         # Called by the message's own task as it ends: a done callback would cost one
-        # more turn of the loop per message. The loop is given: on Python 3.11, finding
-        # the running loop costs a getpid() system call.
-        task = asyncio.current_task(self.loop)
-        if task is not None:
-            self.in_flight.discard(task)
+        # more turn of the loop for every message, even one handled at once.
         self.tasks -= 1
         if self._waiting_for_slot:
             self._waiting_for_slot = False
@@ -514,7 +518,8 @@ class ServiceRuntime:
         """Transport callback for listener channels and patterns."""
         if self.stopping:
             return None
-        if self.active < self.capacity:  # _admit() without its two partials per message
+        # _admit() and self.active, unrolled: this runs for every message.
+        if self.tasks + self._jobs_started - self._jobs_finished < self.capacity:
             self._spawn(self.handle_broadcast(delivery))
             return None
         return self._admit_when_free(lambda: self._spawn(self.handle_broadcast(delivery)))
@@ -535,9 +540,10 @@ class ServiceRuntime:
                 return request, response
 
             ctx = context.MessageContext(self.app, "pubsub", build=build)
-            args = (value, delivery.channel) if _takes_channel(listener) else (value,)
+            kind, takes_channel = _remember(_inspect_listener, listener)
+            args = (value, delivery.channel) if takes_channel else (value,)
             try:
-                if _kind_of(listener) is _ASYNC:  # the common case, without invoke()'s layers
+                if kind is _ASYNC:  # the common case, without invoke()'s layers
                     token = context.push(ctx)
                     try:
                         await listener(*args)

@@ -305,15 +305,16 @@ class RedisTransport(Transport):
         await subscriber.send("PING")
 
     def _on_push(self, message: list[Any]) -> Awaitable[None] | None:
+        # tuple.__new__ makes the named tuple without its __new__, a Python function.
         if message[0] == b"message":
-            delivery = Delivery(message[1].decode("utf-8", "replace"), message[2])
+            fields = (message[1].decode("utf-8", "replace"), message[2], None)
         else:
-            delivery = Delivery(
+            fields = (
                 message[2].decode("utf-8", "replace"),
                 message[3],
                 message[1].decode("utf-8", "replace"),
             )
-        return self._deliver(delivery)
+        return self._deliver(_new_tuple(Delivery, fields))
 
     def _stopped(self) -> bool:
         # A method, not the attribute: close() may set it while the reader awaits.
@@ -379,6 +380,9 @@ class RedisTransport(Transport):
                 self.url,
                 error or "closed by the server",
             )
+
+
+_new_tuple = tuple.__new__
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[int]) -> None:
