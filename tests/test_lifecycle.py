@@ -25,8 +25,8 @@ from daebus import (
     DaebusError,
     TransportError,
     broadcast,
-    request,
     protocol,
+    request,
     response,
 )
 from daebus.transport import _resp
@@ -150,7 +150,8 @@ def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
         thread.join(10)  # well before the caller's 60 s timeout
         assert len(outcome) == 1
         assert isinstance(outcome[0], TransportError)
-        assert ".wait" in str(outcome[0]) and "may have run" in str(outcome[0])
+        assert ".wait" in str(outcome[0])
+        assert "may have run" in str(outcome[0])
     finally:
         release.set()
         manager.close()

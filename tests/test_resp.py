@@ -14,7 +14,13 @@ import pytest
 from _helpers import unique_name
 from daebus import TransportError
 from daebus.transport import _resp
-from daebus.transport._resp import BlockingConnection, BlockingSubscriber, Endpoint, pack
+from daebus.transport._resp import (
+    BlockingConnection,
+    BlockingSubscriber,
+    Endpoint,
+    pack,
+    pack_publish,
+)
 
 
 @pytest.fixture
@@ -171,3 +177,31 @@ def test_a_blocking_subscriber_subscribes_again_after_a_restart(private_redis: A
     finally:
         subscriber.close()
         publisher.close()
+
+
+@pytest.mark.parametrize(
+    ("channel", "data"),
+    [("c", b"{}"), ("", b""), ("caf\u00e9:\u2603", b"\x00\r\n" * 50), ("x" * 300, b"y" * 70_000)],
+)
+def test_pack_publish_packs_what_pack_does(channel: str, data: bytes) -> None:
+    assert pack_publish(channel, data) == pack("PUBLISH", channel, data)
+    assert pack_publish(channel, data.decode("latin-1")) == pack(
+        "PUBLISH", channel, data.decode("latin-1")
+    )
+
+
+def test_a_pipeline_gives_each_command_its_own_reply_or_error(redis_url: str) -> None:
+    connection = BlockingConnection(Endpoint.from_url(redis_url), timeout=5)
+    key = unique_name("piped")
+    commands = [pack("SET", key, "x" * 100_000), pack("NO-SUCH-COMMAND"), pack("STRLEN", key)]
+    try:
+        # Long replies and an error in the middle: every reply is read, in order.
+        replies = connection.pipeline([*commands, *([pack("GET", key)] * 50)])
+        assert replies[0] == b"OK"
+        assert isinstance(replies[1], TransportError)
+        assert replies[2] == 100_000
+        assert replies[3:] == [b"x" * 100_000] * 50
+        assert connection.command(pack("PING")) == b"PONG"  # nothing left unread
+    finally:
+        connection.command(pack("DEL", key))
+        connection.close()

@@ -354,8 +354,10 @@ class DaebusCaller:
             print(caller.send_request("hello", {"name": "Daebus"}))
 
     The same arguments as daebus 0.0.31, plus ``redis_url``. Safe to share between
-    threads. Replies are routed by a background event loop shared by all callers in the
-    process; the waiting thread blocks on a queue, so ``on_progress`` runs in the
+    threads. A thread calling while no other thread uses the caller reads its replies
+    itself, from a connection of the caller's own on a second reply channel. Otherwise
+    replies are routed by a background event loop shared by all callers in the process,
+    and the waiting thread blocks on a queue. Either way ``on_progress`` runs in the
     thread that called :meth:`send_request`.
     """
 

@@ -42,6 +42,7 @@ __all__ = [
     "RespConnection",
     "open_connection",
     "pack",
+    "pack_publish",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,23 @@ def pack(*args: str | bytes | int) -> bytes:
     """One command in RESP, packed by hiredis."""
     packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub wants a 1-tuple
     return packed
+
+
+def pack_publish(channel: str, data: bytes) -> bytes:
+    """``PUBLISH channel data`` in RESP: what ``pack`` makes, in less than half its time.
+
+    A PUBLISH is packed for every message sent, and ``hiredis.pack_command`` takes the
+    general path (a list of arguments of any type) for it.
+    """
+    name = channel.encode()
+    if type(data) is str:  # typed bytes, but what hiredis would take
+        data = data.encode()
+    return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+        len(name),
+        name,
+        len(data),
+        data,
+    )
 
 
 class RespConnection(asyncio.Protocol):
@@ -426,13 +444,17 @@ class BlockingConnection:
         self._ready()
         self._send(b"".join(commands))
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(self._read())
-            except TransportError as exc:
-                if self._sock is None:
-                    raise
-                replies.append(exc)
+        append, gets = replies.append, self._parser.gets
+        while len(replies) < len(commands):
+            reply = gets()  # what the socket gave already holds most replies: no _read()
+            if reply is False or isinstance(reply, hiredis.ReplyError):
+                try:
+                    reply = self._read() if reply is False else TransportError(str(reply))
+                except TransportError as exc:
+                    if self._sock is None:
+                        raise
+                    reply = exc
+            append(reply)
         return replies
 
     def send_only(self, packed: bytes) -> None:

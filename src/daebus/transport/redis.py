@@ -28,6 +28,7 @@ from ._resp import (
     RespConnection,
     open_connection,
     pack,
+    pack_publish,
 )
 from .base import ChannelReader, Delivery, Transport
 
@@ -159,7 +160,7 @@ class RedisTransport(Transport):
 
     def publish_nowait(self, channel: str, data: bytes) -> asyncio.Future[int]:
         """Send a PUBLISH; everything sent in one loop iteration goes out in one write."""
-        packed = pack("PUBLISH", channel, data)
+        packed = pack_publish(channel, data)
         publisher = self._ready_publisher()
         if publisher is not None:
             return publisher.send_packed(packed)
@@ -178,7 +179,7 @@ class RedisTransport(Transport):
         """Like :meth:`publish_nowait`; ``callback`` gets the count or the exception."""
         publisher = self._ready_publisher()
         if publisher is not None:
-            publisher.send_packed_then(pack("PUBLISH", channel, data), callback)
+            publisher.send_packed_then(pack_publish(channel, data), callback)
         else:
             super().publish_then(channel, data, callback)
 
@@ -216,26 +217,27 @@ class RedisTransport(Transport):
     def publish_blocking(self, channel: str, data: bytes) -> int:
         """PUBLISH from any thread, on that thread's own blocking connection."""
         try:
-            return int(self._thread_connection().command(pack("PUBLISH", channel, data)))
+            return int(self._thread_connection().command(pack_publish(channel, data)))
         except TransportError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
     def publish_many_blocking(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """PUBLISH a batch from any thread in one write and one round trip."""
-        commands = [pack("PUBLISH", channel, data) for channel, data in messages]
+        commands = [pack_publish(channel, data) for channel, data in messages]
         try:
             replies = self._thread_connection().pipeline(commands)
         except TransportError as exc:
             raise TransportError(f"PUBLISH of {len(commands)} message(s) failed: {exc}") from exc
-        for reply in replies:
-            if isinstance(reply, TransportError):
-                raise TransportError(f"PUBLISH failed: {reply}")
-        return [int(reply) for reply in replies]
+        try:
+            return [int(reply) for reply in replies]  # receiver counts
+        except TypeError:  # a reply is an error
+            error = next(reply for reply in replies if isinstance(reply, TransportError))
+            raise TransportError(f"PUBLISH failed: {error}") from None
 
     def publish_detached(self, channel: str, data: bytes) -> None:
         """PUBLISH from any thread without waiting for the receiver count."""
         try:
-            self._thread_connection().send_only(pack("PUBLISH", channel, data))
+            self._thread_connection().send_only(pack_publish(channel, data))
         except TransportError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
