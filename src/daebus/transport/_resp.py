@@ -119,14 +119,14 @@ def pack(*args: str | bytes | int) -> bytes:
     return packed
 
 
-def pack_publish(channel: str, data: bytes) -> bytes:
+def pack_publish(channel: str, data: bytes | str) -> bytes:
     """``PUBLISH channel data`` in RESP: what ``pack`` makes, in less than half its time.
 
     A PUBLISH is packed for every message sent, and ``hiredis.pack_command`` takes the
     general path (a list of arguments of any type) for it.
     """
     name = channel.encode()
-    if type(data) is str:  # typed bytes, but what hiredis would take
+    if isinstance(data, str):  # as hiredis would take it
         data = data.encode()
     return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
         len(name),
