@@ -111,12 +111,13 @@ def test_a_caller_alone_after_a_restart_gets_its_reply_at_the_first_try(
         service = manager.start(app)
         caller = manager.caller(service, timeout=5)
         assert caller.send_request("echo", 1) == 1
+        assert caller.send_request("echo", 2) == 2  # the caller's own connection from now on
         private_redis.restart()
         client = redis.Redis.from_url(private_redis.url)
         channel = protocol.service_channel(service)
         wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)  # the service is back
         client.close()
-        assert caller.send_request("echo", 2) == 2
+        assert caller.send_request("echo", 3) == 3
     finally:
         manager.close()
 
@@ -132,10 +133,12 @@ def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
         release.wait(10)
         return "too late"
 
+    app.add_action("ping", lambda: "pong")
     manager = Apps(private_redis.url)
     outcome: list[BaseException] = []
     try:
         caller = manager.caller(manager.start(app), timeout=60)
+        assert caller.send_request("ping") == "pong"  # the caller's own connection from now on
 
         def call() -> None:
             try:

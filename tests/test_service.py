@@ -432,6 +432,7 @@ def test_a_late_reply_to_a_timed_out_call_is_not_taken_for_the_next_one(apps: Ap
 
     app.add_action("fast", lambda: "fast")
     caller = apps.caller(apps.start(app))
+    assert caller.send_request("fast") == "fast"  # the caller's own connection from now on
     with pytest.raises(CallTimeoutError):
         caller.send_request("slow", timeout=0.2)
     release.set()

@@ -354,8 +354,9 @@ class DaebusCaller:
             print(caller.send_request("hello", {"name": "Daebus"}))
 
     The same arguments as daebus 0.0.31, plus ``redis_url``. Safe to share between
-    threads. A thread calling while no other thread uses the caller reads its replies
-    itself, from a connection of the caller's own on a second reply channel. Otherwise
+    threads. From its second request on, a thread calling while no other thread uses
+    the caller reads its replies itself, from a connection of the caller's own on a
+    second reply channel. Otherwise
     replies are routed by a background event loop shared by all callers in the process,
     and the waiting thread blocks on a queue. Either way ``on_progress`` runs in the
     thread that called :meth:`send_request`.
@@ -471,7 +472,7 @@ class DaebusCaller:
                 if transport.publish_blocking(channel, data) == 0:
                     raise core._unavailable(action)
                 return request_id, partial(self._read_alone, lane, request_id, action, wait), True
-            if alone:  # the transport has no connections of that kind
+            if alone:  # a first request, or a transport without such connections
                 self._lane_lock.release()
                 alone = False
             data = core._encode_request(action, payload, request_id)
@@ -494,12 +495,18 @@ class DaebusCaller:
             raise
 
     def _lane_on(self, transport: Transport) -> ChannelReader | None:
-        """The caller's own reply connection on ``transport`` (hold the lane lock)."""
+        """The caller's own reply connection on ``transport`` (hold the lane lock).
+
+        None for the first request on a transport: a caller used once (made and closed
+        around one call) does not pay for a connection of its own.
+        """
         if self._lane_transport is not transport:
             if self._lane is not None:
                 self._lane.close()
+            self._lane, self._lane_transport = None, transport
+            return None
+        if self._lane is None:
             self._lane = transport.channel_reader(protocol.new_reply_channel())
-            self._lane_transport = transport
         return self._lane
 
     def _finish(self, request_id: str, alone: bool) -> None:
