@@ -614,7 +614,7 @@ def _use_kernel_timeouts(sock: socket.socket, timeout: float) -> None:
 def _closed_by_peer(sock: socket.socket) -> bool:
     """True if the idle socket has hit end of file (or an error) already."""
     try:
-        if _PEEK_NOW is not None and not isinstance(sock, ssl.SSLSocket):
+        if _PEEK_NOW is not None and sock.gettimeout() is None:  # kernel timeouts, no TLS
             try:  # one system call, and no select(), which fails past fd 1023
                 return not sock.recv(1, _PEEK_NOW)
             except BlockingIOError:
