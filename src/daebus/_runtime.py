@@ -75,21 +75,17 @@ else:  # eager tasks are new in 3.12
         (no ``_ready``), a task factory that queues something else, or a caller inside
         a task gets a plain task.
         """
-        if getattr(loop, "_task_factory", None) is None:  # get_task_factory(), less its frame
-            task = asyncio.Task(coroutine, loop=loop)  # what create_task does, less its frame
+        if loop.get_task_factory() is None:
+            task = asyncio.Task(coroutine, loop=loop)  # what create_task does then
         else:
             task = loop.create_task(coroutine)
         ready = getattr(loop, "_ready", None)
-        if ready and _current_task(loop) is None:
+        if ready and asyncio.current_task(loop) is None:
             step = ready[-1]
             if getattr(step._callback, "__self__", None) is task:
                 ready.pop()
-                step._context.run(step._callback, *step._args)  # Handle._run, less its frame
+                step._run()
         return task
-
-    # asyncio.current_task(loop) is a Python function before 3.12; its table is a dict.
-    _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
-    _current_task = asyncio.current_task if _current_tasks is None else _current_tasks.get
 
 
 _ASYNC, _ASYNC_GENERATOR, _SYNC = "async", "async generator", "sync"
@@ -518,8 +514,7 @@ class ServiceRuntime:
         """Transport callback for listener channels and patterns."""
         if self.stopping:
             return None
-        # _admit() and self.active, unrolled: this runs for every message.
-        if self.tasks + self._jobs_started - self._jobs_finished < self.capacity:
+        if self.active < self.capacity:  # _admit() without its two partials per message
             self._spawn(self.handle_broadcast(delivery))
             return None
         return self._admit_when_free(lambda: self._spawn(self.handle_broadcast(delivery)))

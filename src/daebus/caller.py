@@ -356,10 +356,9 @@ class DaebusCaller:
     The same arguments as daebus 0.0.31, plus ``redis_url``. Safe to share between
     threads. From its second request on, a thread calling while no other thread uses
     the caller reads its replies itself, from a connection of the caller's own on a
-    second reply channel. Otherwise
-    replies are routed by a background event loop shared by all callers in the process,
-    and the waiting thread blocks on a queue. Either way ``on_progress`` runs in the
-    thread that called :meth:`send_request`.
+    second reply channel. Otherwise replies are routed by a background event loop
+    shared by all callers in the process, and the waiting thread blocks on a queue.
+    Either way ``on_progress`` runs in the thread that called :meth:`send_request`.
     """
 
     def __init__(
@@ -448,12 +447,12 @@ class DaebusCaller:
     ) -> tuple[str, Callable[[], protocol.Reply], bool]:
         """Publish a request; return its id, its next reply's getter, and ``alone``.
 
-        ``alone``: the request has the caller's own reply connection. A thread that
-        calls while no other does publishes, then reads its reply from that connection
-        itself, as a hand-written loop would: no hop to the portal's thread and back.
-        Requests made while others are in flight go through the portal, which reads the
-        replies of them all. The caller is in use from here until :meth:`_finish` (or a
-        failure here).
+        ``alone``: the request has the caller's own reply connection (from the caller's
+        second request on: see :meth:`_lane_on`). A thread that calls while no other does
+        publishes, then reads its reply from that connection itself, as a hand-written
+        loop would: no hop to the portal's thread and back. Requests made while others
+        are in flight go through the portal, which reads the replies of them all. The
+        caller is in use from here until :meth:`_finish` (or a failure here).
         """
         core = self._core
         alone = not core._in_flight and self._lane_lock.acquire(blocking=False)

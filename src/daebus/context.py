@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ContextError
@@ -113,10 +113,14 @@ def current_context() -> MessageContext | None:
     return _current.get()
 
 
-# push(context) makes ``context`` current; pop(token) undoes it. The ContextVar's own
-# methods, not wrappers: they run once or twice per message.
-push = _current.set
-pop = _current.reset
+def push(context: MessageContext) -> Token[MessageContext | None]:
+    """Make ``context`` current; undo with :func:`pop` and the returned token."""
+    return _current.set(context)
+
+
+def pop(token: Token[MessageContext | None]) -> None:
+    """Restore the context that was current before the matching :func:`push`."""
+    _current.reset(token)
 
 
 @contextmanager

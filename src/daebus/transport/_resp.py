@@ -446,14 +446,16 @@ class BlockingConnection:
         replies: list[Any] = []
         append, gets = replies.append, self._parser.gets
         while len(replies) < len(commands):
-            reply = gets()  # what the socket gave already holds most replies: no _read()
-            if reply is False or isinstance(reply, hiredis.ReplyError):
+            reply = gets()  # most replies are parsed already: _read() only when more must come
+            if reply is False:
                 try:
-                    reply = self._read() if reply is False else TransportError(str(reply))
+                    reply = self._read()
                 except TransportError as exc:
                     if self._sock is None:
                         raise
                     reply = exc
+            elif isinstance(reply, hiredis.ReplyError):
+                reply = TransportError(str(reply))
             append(reply)
         return replies
 
