@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from .base import ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
+from .base import BatchEnd, ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
 from .redis import RedisTransport
 
 __all__ = [
+    "BatchEnd",
     "ChannelReader",
     "Delivery",
     "DeliveryHandler",

@@ -139,8 +139,14 @@ def pack_publish(channel: str, data: bytes | str) -> bytes:
 class RespConnection(asyncio.Protocol):
     """One connection: commands in, replies out in order, pushes to ``on_push``."""
 
-    def __init__(self, on_push: PushHandler | None = None, reply_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        on_push: PushHandler | None = None,
+        reply_timeout: float = 10.0,
+        on_pushes_end: Callable[[], None] | None = None,
+    ) -> None:
         self._on_push = on_push
+        self._on_pushes_end = on_pushes_end
         self._reply_timeout = reply_timeout
         self._watchdog: asyncio.TimerHandle | None = None
         self._replies = 0  # replies resolved so far: the watchdog's sign of progress
@@ -188,28 +194,37 @@ class RespConnection(asyncio.Protocol):
     # -- replies ---------------------------------------------------------------------
     def _drain(self) -> None:
         parser = self._parser
-        while not self._paused:
-            try:
-                reply = parser.gets()
-            except hiredis.ProtocolError as exc:
-                logger.error("protocol error from the server: %s", exc)
-                self.close()
-                return
-            if reply is False:
-                if not self._unfed:
+        pushed = False
+        try:
+            while not self._paused:
+                try:
+                    reply = parser.gets()
+                except hiredis.ProtocolError as exc:
+                    logger.error("protocol error from the server: %s", exc)
+                    self.close()
                     return
-                self._feed_some()
-                continue
-            if self._on_push is not None and type(reply) is list and reply:
-                kind = reply[0]
-                if kind in _MESSAGE_KINDS:
-                    waiter = self._on_push(reply)
-                    if waiter is not None:
-                        self._pause_until(waiter)
+                if reply is False:
+                    if not self._unfed:
+                        return
+                    self._feed_some()
                     continue
-                if kind in _CONFIRMATION_KINDS:
-                    continue
-            self._resolve(reply)
+                if self._on_push is not None and type(reply) is list and reply:
+                    kind = reply[0]
+                    if kind in _MESSAGE_KINDS:
+                        pushed = True
+                        waiter = self._on_push(reply)
+                        if waiter is not None:
+                            self._pause_until(waiter)
+                        continue
+                    if kind in _CONFIRMATION_KINDS:
+                        continue
+                self._resolve(reply)
+        finally:
+            if pushed and self._on_pushes_end is not None:
+                try:
+                    self._on_pushes_end()
+                except Exception:
+                    logger.exception("the end-of-pushes callback failed")
 
     def _feed_some(self) -> None:
         data = self._unfed[0]
@@ -328,13 +343,21 @@ class RespConnection(asyncio.Protocol):
 
 
 async def open_connection(
-    endpoint: Endpoint, *, on_push: PushHandler | None = None, timeout: float = 2.0
+    endpoint: Endpoint,
+    *,
+    on_push: PushHandler | None = None,
+    on_pushes_end: Callable[[], None] | None = None,
+    timeout: float = 2.0,
 ) -> RespConnection:
-    """Connect, authenticate and select the database; raise TransportError on failure."""
+    """Connect, authenticate and select the database; raise TransportError on failure.
+
+    ``on_push`` gets each pub/sub message; ``on_pushes_end`` is called after each run of
+    them that one read brought, before the connection waits for anything.
+    """
     loop = asyncio.get_running_loop()
 
     def factory() -> RespConnection:
-        return RespConnection(on_push)
+        return RespConnection(on_push, on_pushes_end=on_pushes_end)
 
     try:
         if endpoint.path:

@@ -8,6 +8,7 @@ be called from other threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ..exceptions import TransportError
 
-__all__ = ["ChannelReader", "Delivery", "DeliveryHandler", "Subscription", "Transport"]
+__all__ = ["BatchEnd", "ChannelReader", "Delivery", "DeliveryHandler", "Subscription", "Transport"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ class Delivery(NamedTuple):
 #: transport wait for it before reading the next message: that is how back-pressure
 #: reaches the socket.
 DeliveryHandler = Callable[[Delivery], Awaitable[None] | None]
+
+#: Called on the transport's loop after each run of deliveries that arrived together
+#: (the messages of one read from the socket), before the transport waits for anything
+#: else: more data, or an awaitable a handler returned. See :meth:`Transport.add_batch_end`.
+BatchEnd = Callable[[], None]
 
 
 class ChannelReader(Protocol):
@@ -79,6 +85,7 @@ class Transport(ABC):
         self.url = url
         # (is_pattern, name) -> handlers, in subscription order. Internal.
         self._subscriptions: dict[tuple[bool, str], list[Subscription]] = {}
+        self._batch_ends: list[BatchEnd] = []
 
     # -- lifecycle -------------------------------------------------------------------
     @abstractmethod
@@ -180,6 +187,29 @@ class Transport(ABC):
     @abstractmethod
     async def _remove(self, name: str, pattern: bool) -> None:
         """Stop receiving a channel or pattern on the wire."""
+
+    def add_batch_end(self, callback: BatchEnd) -> None:
+        """Call ``callback`` after each run of deliveries that arrived together.
+
+        A handler may then queue the messages it is given and handle them all at the
+        batch's end, in one task instead of one task each. Every transport calls it
+        before it waits for more data or for an awaitable a handler returned, so nothing
+        queued waits for the next message.
+        """
+        self._batch_ends.append(callback)
+
+    def remove_batch_end(self, callback: BatchEnd) -> None:
+        """Stop calling ``callback`` (idempotent)."""
+        with contextlib.suppress(ValueError):
+            self._batch_ends.remove(callback)
+
+    def _end_batch(self) -> None:
+        """Call the batch-end callbacks; never raises."""
+        for callback in self._batch_ends:
+            try:
+                callback()
+            except Exception:
+                logger.exception("batch-end callback %r failed", callback)
 
     def _deliver(self, delivery: Delivery) -> Awaitable[None] | None:
         """Hand one message to its handlers; never raises."""

@@ -402,12 +402,14 @@ class MemoryTransport(Transport):
                 try:
                     waiter = self._deliver(delivery)
                     if waiter is not None:
+                        self._end_batch()
                         try:
                             await waiter
                         except Exception:
                             logger.exception("handler for %s failed", delivery.channel)
                 finally:
                     self._delivering = False
+            self._end_batch()
             ready.clear()
             if inbox:  # queued between the last pop and the clear
                 continue

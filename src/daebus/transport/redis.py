@@ -334,7 +334,9 @@ class RedisTransport(Transport):
         delay = _RECONNECT_FIRST_DELAY
         while not self._closed:
             try:
-                subscriber = await open_connection(self._endpoint, on_push=self._on_push)
+                subscriber = await open_connection(
+                    self._endpoint, on_push=self._on_push, on_pushes_end=self._end_batch
+                )
                 self._subscriber = subscriber
                 try:
                     await self._subscribe_all(subscriber)

@@ -1,0 +1,173 @@
+"""Broadcasts that arrive together are handled in one task, and each still behaves as if
+it had a task of its own: its own context, its own task from start to end, no waiting
+behind a neighbour that waits, and the same limit on how many run at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from _apps import Apps, apps_fixture
+from _helpers import unique_name, wait_for
+from daebus import Daebus, request
+
+apps = apps_fixture()
+
+#: Set by a listener for its own message; a message after it must not see the value.
+mark: contextvars.ContextVar[int | None] = contextvars.ContextVar("mark", default=None)
+
+
+def publish_together(url: str, channel: str, count: int) -> None:
+    """Publish ``{"seq": n}`` for n < count in one write, so they arrive together."""
+    client = redis.Redis.from_url(url)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for seq in range(count):
+                pipe.publish(channel, json.dumps({"seq": seq}))
+            assert pipe.execute() == [1] * count
+    finally:
+        client.close()
+
+
+def test_a_batch_shares_a_task_but_each_message_has_its_own_context(apps: Apps) -> None:
+    app = Daebus("batched")
+    channel = unique_name("together")
+    seen: list[tuple[int, int | None, int]] = []
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        seen.append((data["seq"], mark.get(), id(task)))
+        mark.set(data["seq"])
+
+    apps.start(app)
+    publish_together(apps.url, channel, 50)
+    wait_for(lambda: len(seen) == 50, message=f"50 messages, got {len(seen)}")
+    assert [seq for seq, _, _ in seen] == list(range(50))
+    assert [before for _, before, _ in seen] == [None] * 50  # nothing leaks to the next
+    assert len({task for _, _, task in seen}) < 50  # they did share: the path under test
+
+
+def test_a_message_that_waits_keeps_its_task_and_does_not_hold_up_the_rest(
+    apps: Apps,
+) -> None:
+    app = Daebus("waiting")
+    channel = unique_name("together")
+    events: list[str] = []
+    gate: asyncio.Event | None = None
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        nonlocal gate
+        seq = data["seq"]
+        gate = gate or asyncio.Event()
+        task = asyncio.current_task()
+        if seq == 3:  # waits, with a timeout: that needs the same task throughout
+            try:
+                async with asyncio.timeout(0.2):
+                    await asyncio.Event().wait()
+            except TimeoutError:
+                same = asyncio.current_task() is task
+                events.append(f"3 timed out in {'its own' if same else 'another'} task")
+            return
+        if seq == 5:  # waits for a later message of the same batch
+            await gate.wait()
+            events.append(f"5 let through as {request.payload['seq']}")
+            return
+        if seq == 9:
+            gate.set()
+        events.append(str(seq))
+
+    apps.start(app)
+    publish_together(apps.url, channel, 12)
+    wait_for(lambda: len(events) == 12, message=f"12 events, got {events}")
+    assert events.index("9") < events.index("5 let through as 5")
+    assert "3 timed out in its own task" in events
+    assert [e for e in events if e.isdigit()] == [str(n) for n in range(12) if n not in (3, 5)]
+
+
+def test_a_failing_or_self_cancelling_listener_does_not_stop_its_batch(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("failing")
+    channel = unique_name("together")
+    handled: list[int] = []
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        seq = data["seq"]
+        if seq == 2:
+            raise ValueError("listener bug")
+        if seq == 4:
+            raise asyncio.CancelledError
+        handled.append(seq)
+
+    apps.start(app)
+    with caplog.at_level(logging.ERROR, logger="daebus"):
+        publish_together(apps.url, channel, 8)
+        wait_for(lambda: len(handled) == 6, message=f"6 handled, got {handled}")
+    assert handled == [0, 1, 3, 5, 6, 7]
+    assert "listener bug" in caplog.text
+    runtime = app._runtime
+    assert runtime is not None
+    wait_for(lambda: runtime.active == 0, message="every message counted out")
+
+
+def test_a_batch_is_held_to_max_in_flight(apps: Apps) -> None:
+    app = Daebus("bounded", max_in_flight=3)
+    channel = unique_name("together")
+    entered: list[int] = []
+    finished: list[int] = []
+    gate = threading.Event()
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        entered.append(data["seq"])
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        finished.append(data["seq"])
+
+    apps.start(app)
+    runtime = app._runtime
+    assert runtime is not None
+    publish_together(apps.url, channel, 10)
+    wait_for(lambda: len(entered) == 3)
+    time.sleep(0.3)  # a fourth message would have started by now if the limit leaked
+    assert entered == [0, 1, 2]
+    assert runtime.active == 3
+    gate.set()
+    wait_for(lambda: len(finished) == 10, message=f"10 finished, got {finished}")
+    assert entered == list(range(10))
+    wait_for(lambda: runtime.busy == 0 and runtime.active == 0)
+
+
+def test_stop_cancels_a_waiting_listener_of_a_batch_in_its_own_context(apps: Apps) -> None:
+    app = Daebus("stuck", shutdown_timeout=0.2)
+    channel = unique_name("together")
+    entered: list[int] = []
+    unwound: list[int] = []
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        entered.append(data["seq"])
+        if data["seq"] == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                unwound.append(request.payload["seq"])  # its own message, even now
+                raise
+
+    apps.start(app)
+    publish_together(apps.url, channel, 3)
+    wait_for(lambda: len(entered) == 3)
+    app.stop()
+    assert unwound == [1]
+    assert not app.is_running()
