@@ -570,9 +570,7 @@ class ServiceRuntime:
                 waiting_on = own.run(work.send, None)
             except StopIteration:
                 continue
-            except asyncio.CancelledError:  # raised by the listener: its task would end so
-                continue
-            except BaseException:  # KeyboardInterrupt: it stops the loop, as from a task
+            except BaseException:  # CancelledError or KeyboardInterrupt: as from its own task
                 self._hand_over()
                 raise
             self._hand_over()
@@ -832,10 +830,7 @@ def _carry_on(
     while True:
         try:
             sent = yield waiting_on
-        except GeneratorExit:
-            own.run(work.close)
-            raise
-        except BaseException as exc:  # cancellation, thrown in by the task
+        except BaseException as exc:  # cancellation, thrown in by the task; GeneratorExit
             step: Callable[[Any], Any] = work.throw
             value: Any = exc
         else:
