@@ -18,6 +18,7 @@ import redis
 from _apps import Apps, apps_fixture
 from _helpers import unique_name, wait_for
 from daebus import Daebus, request
+from daebus.transport.memory import MemoryTransport, forget
 
 apps = apps_fixture()
 
@@ -171,3 +172,38 @@ def test_stop_cancels_a_waiting_listener_of_a_batch_in_its_own_context(apps: App
     app.stop()
     assert unwound == [1]
     assert not app.is_running()
+
+
+def test_a_transport_that_does_not_end_batches_still_gets_each_message_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(MemoryTransport, "ends_batches", False)
+    monkeypatch.setattr(MemoryTransport, "_end_batch", lambda self: None)
+    url = f"memory://{unique_name('unbatched')}"
+    app = Daebus("unbatched")
+    seen: list[int] = []
+
+    @app.listen("numbers")
+    async def on_number(data: Any) -> None:
+        seen.append(data)
+
+    app.start("unbatched", redis_url=url)
+    try:
+        for number in range(5):
+            broadcast_to(url, "numbers", number)
+        wait_for(lambda: len(seen) == 5, message=f"5 messages, got {seen}")
+        assert seen == list(range(5))
+    finally:
+        app.stop()
+        forget(url)
+
+
+def broadcast_to(url: str, channel: str, value: Any) -> None:
+    async def publish() -> None:
+        transport = MemoryTransport(url)
+        try:
+            assert await transport.publish(channel, json.dumps(value).encode()) == 1
+        finally:
+            await transport.close()
+
+    asyncio.run(publish())

@@ -220,6 +220,7 @@ class ServiceRuntime:
         # Broadcasts admitted and counted in ``tasks``, for the task of their batch.
         self._broadcasts: deque[Delivery] = deque()
         self._draining = False  # a task will still take from _broadcasts
+        self._batched = transport.ends_batches  # else each broadcast is started at once
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.schedules: dict[str, asyncio.Task[None]] = {}
         # The loop only keeps weak references to tasks: hold on to fire-and-forget ones.
@@ -523,13 +524,16 @@ class ServiceRuntime:
     def on_broadcast(self, delivery: Delivery) -> Awaitable[None] | None:
         """Transport callback for listener channels and patterns: queue it for its batch.
 
-        The transport calls :meth:`start_broadcasts` at the batch's end.
+        The transport calls :meth:`start_broadcasts` at the batch's end (if it
+        :attr:`~daebus.transport.Transport.ends_batches`; else it is called here).
         """
         if self.stopping:
             return None
         if self.active < self.capacity:  # _admit() without its two partials per message
             self.tasks += 1  # handle_broadcast() ends with _task_done()
             self._broadcasts.append(delivery)
+            if not self._batched:
+                self.start_broadcasts()
             return None
         self.start_broadcasts()  # the queued ones are what will free a slot
         return self._admit_when_free(lambda: self._queue_broadcast(delivery))
@@ -554,8 +558,8 @@ class ServiceRuntime:
     async def handle_broadcasts(self) -> None:
         """Handle the queued broadcasts in order, in this task, until one waits.
 
-        A task of its own for each message would cost as much as the rest of its
-        handling (on Python 3.11, a third of a listener's CPU per message). Each message
+        A task of its own for each message would cost a quarter of a listener's CPU
+        per message on Python 3.11 (bench/README.md). Each message
         still gets what its own task would give it: a context of its own, and a task
         that is running it from start to end, so ``asyncio.current_task()``,
         ``asyncio.timeout()`` and cancellation work in a listener. To keep that true, the

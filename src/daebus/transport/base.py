@@ -81,6 +81,10 @@ class Subscription:
 class Transport(ABC):
     """Base of the transports; subclasses implement the wire-level operations."""
 
+    #: True if the transport calls :meth:`_end_batch` after each run of deliveries. A
+    #: transport that does not leaves its handlers to handle each message as it comes.
+    ends_batches = False
+
     def __init__(self, url: str) -> None:
         self.url = url
         # (is_pattern, name) -> handlers, in subscription order. Internal.
@@ -192,9 +196,9 @@ class Transport(ABC):
         """Call ``callback`` after each run of deliveries that arrived together.
 
         A handler may then queue the messages it is given and handle them all at the
-        batch's end, in one task instead of one task each. Every transport calls it
-        before it waits for more data or for an awaitable a handler returned, so nothing
-        queued waits for the next message.
+        batch's end, in one task instead of one task each. A transport that
+        :attr:`ends_batches` calls it before it waits for more data or for an awaitable
+        a handler returned, so nothing queued waits for the next message.
         """
         self._batch_ends.append(callback)
 

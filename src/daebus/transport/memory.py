@@ -256,6 +256,8 @@ def forget(url: str) -> None:
 class MemoryTransport(Transport):
     """Pub/sub through the in-process broker its ``memory://`` URL names."""
 
+    ends_batches = True  # the messages queued when the reader looks
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.broker = broker_for(url)

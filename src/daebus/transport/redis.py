@@ -80,6 +80,8 @@ class RedisTransport(Transport):
     threads and the app's ``cache`` use a redis-py client.
     """
 
+    ends_batches = True  # the messages of one read from the socket
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._url = normalize_url(url)
