@@ -74,7 +74,7 @@ else:  # eager tasks are new in 3.12
 
         A new task's first step is the handle just queued on the loop's ready queue;
         it is taken off and run now, with the task current and in its own context, as
-        ``eager_start`` does. A listener that never waits then costs no second turn of
+        ``eager_start`` does. A handler that never waits then costs no second turn of
         the loop: 5-10 us per message on Python 3.11 (bench/README.md). Any other loop
         (no ``_ready``), a task factory that queues something else, or a caller inside
         a task gets a plain task.
@@ -305,9 +305,9 @@ class ServiceRuntime:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Handle a message in a task; ``work`` ends with :meth:`_task_done`."""
-        # On Python 3.12+ the task starts eagerly: the message's handler runs at once, up
-        # to its first real wait, and one that never waits (most listeners, async
-        # actions whose reply is only queued) costs no extra turn of the loop.
+        # The task starts eagerly: the message's handler runs at once, up to its first
+        # real wait, and one that never waits (an async action whose reply is only
+        # queued, a batch of listeners that do not wait) costs no extra turn of the loop.
         self.tasks += 1
         self._track(_new_task(self.loop, work))
 
