@@ -41,13 +41,13 @@ def publish_together(url: str, channel: str, count: int) -> None:
 def test_a_batch_shares_a_task_but_each_message_has_its_own_context(apps: Apps) -> None:
     app = Daebus("batched")
     channel = unique_name("together")
-    seen: list[tuple[int, int | None, int]] = []
+    seen: list[tuple[int, int | None, asyncio.Task[Any]]] = []  # tasks kept: ids unique
 
     @app.listen(channel)
     async def on_message(data: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
-        seen.append((data["seq"], mark.get(), id(task)))
+        seen.append((data["seq"], mark.get(), task))
         mark.set(data["seq"])
 
     apps.start(app)
