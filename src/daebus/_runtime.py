@@ -535,7 +535,7 @@ class ServiceRuntime:
             if not self._batched:
                 self.start_broadcasts()
             return None
-        self.start_broadcasts()  # the queued ones are what will free a slot
+        # The transport ends the batch before it waits: the queued ones free a slot.
         return self._admit_when_free(lambda: self._queue_broadcast(delivery))
 
     def _queue_broadcast(self, delivery: Delivery) -> None:
@@ -550,7 +550,12 @@ class ServiceRuntime:
             self._track(_new_task(self.loop, self.handle_broadcasts()))
 
     def _hand_over(self) -> None:
-        """The current task takes no more broadcasts: a new one takes those queued."""
+        """The current task takes no more broadcasts: a new one takes those queued.
+
+        A plain task, not an eager one: started inside this task, an eager one would
+        run its first step nested in this one's, and a run of messages that each wait
+        would nest as deep as the queue is long.
+        """
         self._draining = bool(self._broadcasts)
         if self._draining:
             self._track(self.loop.create_task(self.handle_broadcasts()))
@@ -559,12 +564,11 @@ class ServiceRuntime:
         """Handle the queued broadcasts in order, in this task, until one waits.
 
         A task of its own for each message would cost a quarter of a listener's CPU
-        per message on Python 3.11 (bench/README.md). Each message
-        still gets what its own task would give it: a context of its own, and a task
-        that is running it from start to end, so ``asyncio.current_task()``,
-        ``asyncio.timeout()`` and cancellation work in a listener. To keep that true, the
-        first message that waits is seen through by this task, and a new task takes the
-        rest of the queue.
+        per message on Python 3.11 (bench/README.md). Each message still gets what its
+        own task would give it: a context of its own, and a task that is running it from
+        start to end, so ``asyncio.current_task()``, ``asyncio.timeout()`` and
+        cancellation work in a listener. To keep that true, the first message that waits
+        is seen through by this task, and a new task takes the rest of the queue.
         """
         queue = self._broadcasts
         while queue:

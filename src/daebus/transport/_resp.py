@@ -221,10 +221,7 @@ class RespConnection(asyncio.Protocol):
                 self._resolve(reply)
         finally:
             if pushed and self._on_pushes_end is not None:
-                try:
-                    self._on_pushes_end()
-                except Exception:
-                    logger.exception("the end-of-pushes callback failed")
+                self._on_pushes_end()  # like on_push, it must not raise
 
     def _feed_some(self) -> None:
         data = self._unfed[0]
@@ -352,7 +349,8 @@ async def open_connection(
     """Connect, authenticate and select the database; raise TransportError on failure.
 
     ``on_push`` gets each pub/sub message; ``on_pushes_end`` is called after each run of
-    them that one read brought, before the connection waits for anything.
+    them that one read brought, before the connection waits for anything. Neither may
+    raise.
     """
     loop = asyncio.get_running_loop()
 
