@@ -44,6 +44,17 @@ def pytest_runtest_makereport(
     return report
 
 
+# The event loop the run tests on (daebus._loop): a choice of the run, kept through the
+# clean environment below. CI runs the suite on uvloop and on asyncio's own loop.
+_EVENT_LOOP = os.environ.get("DAEBUS_EVENT_LOOP")
+
+
+def pytest_report_header() -> str:
+    from daebus._loop import loop_name
+
+    return f"daebus event loop: {loop_name()} (DAEBUS_EVENT_LOOP={_EVENT_LOOP or 'unset'})"
+
+
 # A port nobody listens on (free when the session starts).
 _NOBODY_LISTENS = f"redis://127.0.0.1:{free_port()}/0"
 
@@ -60,6 +71,8 @@ def _session_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch, _session_runtime_dir: Path) -> None:
     """Keep a developer's DAEBUS_* settings from leaking into the code under test.
 
+    Only ``$DAEBUS_EVENT_LOOP`` stays: it picks the loop the whole run tests on.
+
     Code that resolves the server with nothing configured must not find the machine's
     own Redis on port 6379, nor the user's shared server: the default probe points at a
     closed port and the runtime folder is the session's own.
@@ -67,6 +80,8 @@ def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch, _session_runtime_
     for name in list(os.environ):
         if name.startswith("DAEBUS_"):
             monkeypatch.delenv(name)
+    if _EVENT_LOOP is not None:
+        monkeypatch.setenv("DAEBUS_EVENT_LOOP", _EVENT_LOOP)
     monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", _NOBODY_LISTENS)
     monkeypatch.setenv("DAEBUS_RUNTIME_DIR", str(_session_runtime_dir))
 

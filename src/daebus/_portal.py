@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ._inbox import LoopInbox
+from ._loop import new_event_loop
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ class Portal:
     """An event loop running forever in a daemon thread."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._started = threading.Event()
         self._inbox = LoopInbox(self.loop)
         #: False once the loop has stopped (cheaper to read than ``thread.is_alive()``).
@@ -44,6 +45,7 @@ class Portal:
             self.loop.run_forever()
         finally:
             self.running = False
+            self.loop.close()  # its self-pipe (asyncio) or handles (uvloop)
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Cancel the portal's tasks (closing their connections) and stop its loop."""

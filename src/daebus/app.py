@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import config, context
+from . import _loop, config, context
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
 from ._runtime import ServiceRuntime, is_async_callable
@@ -250,7 +250,7 @@ class Daebus(Registry):
             try:
                 args = (running,) if task.takes_running else ()
                 if is_async_callable(task.func):
-                    asyncio.run(task.func(*args))
+                    _loop.run(task.func(*args))
                 else:
                     task.func(*args)
             except Exception:
@@ -320,7 +320,7 @@ class Daebus(Registry):
         """
         configure_for_run(debug)
         handle_signals = threading.current_thread() is threading.main_thread()
-        asyncio.run(
+        _loop.run(
             self.serve(
                 service,
                 debug=debug,
@@ -352,7 +352,7 @@ class Daebus(Registry):
 
         def main() -> None:
             try:
-                asyncio.run(
+                _loop.run(
                     self.serve(
                         service,
                         debug=debug,

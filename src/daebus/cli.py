@@ -16,7 +16,6 @@ Exit codes (``daebus call`` uses them all)::
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import json
 import os
@@ -36,7 +35,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import __version__, config, demo
+from . import __version__, _loop, config, demo
 from .app import Daebus
 from .caller import DaebusCaller
 from .encoding import dumps
@@ -363,7 +362,7 @@ def publish(channel: str, payload: str, raw: bool, redis_url: str | None) -> Non
         data = dumps(_parse_json(payload, "JSON"))
     url = _resolve_url(redis_url)
     with _reported(url):
-        count = asyncio.run(_publish(url, channel, data))
+        count = _loop.run(_publish(url, channel, data))
     click.echo(count)
     if count == 0:
         click.secho(f"nobody is listening on {channel!r}", fg="yellow", err=True)
