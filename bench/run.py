@@ -30,6 +30,7 @@ from _procs import Processes, check_loopback
 from _setup import FULL, QUICK, Bench, Config
 
 import daebus
+from daebus._loop import loop_name
 from daebus.server import EmbeddedServer
 
 SCENARIOS = {
@@ -102,6 +103,7 @@ def _machine(url: str, argv: list[str]) -> dict[str, Any]:
         "hiredis": getattr(hiredis, "__version__", "?"),
         "hiredis_in_use": bool(redis.utils.HIREDIS_AVAILABLE),
         "daebus": daebus.__version__,
+        "event_loop": loop_name(),
         "commit": _git("rev-parse", "--short", "HEAD")
         + (" (src modified)" if dirty not in ("", "?") else ""),
         "server": server,
@@ -118,6 +120,7 @@ def _header(machine: dict[str, Any], config: Config, quick: bool) -> str:
             f"  redis-py {machine['redis_py']}, hiredis {machine['hiredis']}"
             f" (in use: {machine['hiredis_in_use']}), daebus {machine['daebus']}"
             f" at {machine['commit']}",
+            f"  event loop: {machine['event_loop']} (services and callers; $DAEBUS_EVENT_LOOP)",
             f"  server: {machine['server']} at {machine['url']}",
         ]
     )
