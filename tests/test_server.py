@@ -325,6 +325,41 @@ def test_a_server_that_died_is_replaced(server: SharedServer, shared_dir: Path) 
     assert int((shared_dir / PID_NAME).read_text()) == second.pid
 
 
+def test_a_resolved_shared_server_that_was_killed_is_replaced(
+    shared_dir: Path, dead_default: str
+) -> None:
+    # Resolving again (as each broadcast.send() of a script does) checks the pid it found
+    # last: a server killed with SIGKILL leaves its socket file, not a live pid.
+    url = resolve_redis_url()
+    first = shared_server_status().pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not shared_server_status().running, message="the server did not die")
+    assert (shared_dir / SOCKET_NAME).exists()
+    assert resolve_redis_url() == url
+    second = shared_server_status().pid
+    assert second not in (None, first)
+    assert redis.Redis.from_url(url).ping()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_zombie_process_is_not_taken_for_a_live_server() -> None:
+    from daebus.server import _pid_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        # Not reaped yet: the pid exists, as a zombie, until wait().
+        wait_for(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().split(")")[-1].split()[0] == "Z",
+            message="the child did not exit",
+        )
+        assert not _pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert not _pid_alive(child.pid)
+    assert _pid_alive(os.getpid())
+
+
 def test_stale_files_without_a_server_are_replaced(server: SharedServer, shared_dir: Path) -> None:
     shared_dir.chmod(0o700)
     # A socket file nobody listens on, and the pid of a process that has exited.

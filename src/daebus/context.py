@@ -16,12 +16,12 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from .exceptions import ContextError
+from .pubsub import PubSubBroadcast, standalone_broadcast, standalone_cache
 
 if TYPE_CHECKING:
     import redis
 
     from .app import Daebus
-    from .pubsub import PubSubBroadcast
 
 __all__ = [
     "MessageContext",
@@ -243,8 +243,6 @@ class _BroadcastProxy:
         app = _find_app()
         if app is not None:
             return app.broadcast
-        from .pubsub import standalone_broadcast
-
         return standalone_broadcast()
 
     def __getattr__(self, name: str) -> Any:
@@ -267,8 +265,6 @@ class _CacheProxy:
         client: redis.Redis | None = app.cache if app is not None else None
         if client is not None:
             return client
-        from .pubsub import standalone_cache
-
         return standalone_cache()
 
     def __getattr__(self, name: str) -> Any:

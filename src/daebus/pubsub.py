@@ -198,8 +198,6 @@ _standalone_lock = threading.Lock()
 
 def standalone_cache() -> redis.Redis:
     """A client for code running outside any app, on ``$DAEBUS_REDIS_URL`` or localhost."""
-    from .transport.redis import sync_client
-
     url = config.resolve_redis_url()
     if url.startswith("memory://"):
         cache: redis.Redis = standalone_publisher().transport.blocking_client()  # type: ignore[attr-defined]
@@ -207,6 +205,8 @@ def standalone_cache() -> redis.Redis:
     with _standalone_lock:
         client = _standalone.get(url)
         if client is None:
+            from .transport.redis import sync_client
+
             client = _standalone[url] = sync_client(url, decode_responses=True)
         return client
 
@@ -220,6 +220,7 @@ class StandalonePublisher:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        self._in_memory = transport.url.startswith("memory://")
 
     def publish(self, channel: str, data: bytes) -> int:
         """Publish one message; return the receiver count."""
@@ -231,6 +232,8 @@ class StandalonePublisher:
 
     def is_stale(self) -> bool:
         """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
+        if not self._in_memory:
+            return False  # without an import on every publish
         from .transport.memory import MemoryTransport, broker_for
 
         transport = self.transport
@@ -261,12 +264,12 @@ def standalone_publisher() -> StandalonePublisher:
     forgotten, code outside any app publishes (and caches) where the apps started
     afterwards do.
     """
-    from .transport import transport_from_url
-
     url = config.resolve_redis_url()
     with _standalone_lock:
         publisher = _publishers.get(url)
         if publisher is None or publisher.is_stale():
+            from .transport import transport_from_url
+
             publisher = _publishers[url] = StandalonePublisher(transport_from_url(url))
         return publisher
 

@@ -230,10 +230,14 @@ def _pid_alive(pid: int) -> bool:
     # A daemon whose parent (init in some containers) does not reap it stays a zombie,
     # which signal 0 cannot tell from a live process.
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)  # no buffered file: this runs often
+        try:
+            state = os.read(fd, 4096).rsplit(b")", 1)[1].split()[0]
+        finally:
+            os.close(fd)
     except (OSError, IndexError):
         return True
-    return fields[0] != "Z"
+    return state != b"Z"
 
 
 @dataclass(frozen=True)
@@ -287,7 +291,7 @@ class SharedServer:
 
     def looks_alive(self, pid: int) -> bool:
         """A check without a round trip: the socket file is there and ``pid`` lives."""
-        return self.socket_path.exists() and _pid_alive(pid)
+        return os.path.exists(self.socket_path) and _pid_alive(pid)
 
     def ensure(self, timeout: float = _START_TIMEOUT) -> SharedServerStatus:
         """Start the server unless it answers already, replacing one that died.
