@@ -448,6 +448,40 @@ def test_run_serves_the_app_until_sigterm(redis_url: str, tmp_path: Path) -> Non
         assert proc.terminate(signal.SIGTERM) == 0, proc.output()
 
 
+LOOP_MODULE = """
+import asyncio
+from daebus import Daebus
+
+app = Daebus("{name}")
+
+@app.action("loop")
+async def loop():
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_run_takes_the_event_loop_to_run_on(redis_url: str, tmp_path: Path, loop: str) -> None:
+    pytest.importorskip("uvloop")
+    module = unique_name("loops").replace("-", "_")
+    service = unique_name("run-loop")
+    (tmp_path / f"{module}.py").write_text(LOOP_MODULE.format(name=module))
+    with daebus_process(
+        "run", module, "--service", service, "--loop", loop, url=redis_url, cwd=tmp_path
+    ) as proc:
+        proc.wait_ready(service)
+        result = invoke("call", service, "loop", "--redis-url", redis_url)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == loop
+        assert proc.terminate(signal.SIGTERM) == 0, proc.output()
+
+
+def test_run_refuses_an_unknown_event_loop(redis_url: str) -> None:
+    result = invoke("run", "daebus.demo:shop", "--loop", "trio", "--redis-url", redis_url)
+    assert result.exit_code == 2
+    assert "'trio' is not one of 'auto', 'uvloop', 'asyncio'" in result.output
+
+
 def test_run_defaults_the_service_name_to_the_apps(redis_url: str, tmp_path: Path) -> None:
     module = unique_name("svc").replace("-", "_")
     (tmp_path / f"{module}.py").write_text(SERVICE_MODULE.format(name=module))

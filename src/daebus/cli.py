@@ -285,13 +285,23 @@ def _app_attribute(module: ModuleType, attribute: str) -> Daebus:
     "--service", "-s", metavar="NAME", help="The service's name (its channel). Default: the app's."
 )
 @click.option("--debug", is_flag=True, help="Log every message in and out.")
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    help="The event loop: uvloop where installed (auto), or asyncio's own. "
+    "Default: $DAEBUS_EVENT_LOOP, else auto.",
+)
 @redis_url_option()
-def run(target: str, service: str | None, debug: bool, redis_url: str | None) -> None:
+def run(
+    target: str, service: str | None, debug: bool, loop: str | None, redis_url: str | None
+) -> None:
     """Run the Daebus app MODULE[:APP] until SIGTERM or Ctrl-C.
 
     APP is the app's name in the module; without it, the module's `app`, or its only
     Daebus app. The current directory is searched first, as `python -m` does.
     """
+    if loop is not None:
+        os.environ[_loop.ENV_EVENT_LOOP] = loop  # read by app.run, and by child processes
     app = load_app(target)
     if redis_url:
         _check_url(redis_url)
