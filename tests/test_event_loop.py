@@ -138,7 +138,7 @@ def test_an_unknown_loop_name_is_refused_before_anything_runs(
     assert ran == []
 
 
-def test_a_service_on_uvloop_answers_while_another_on_asyncio_listens(
+def test_two_services_on_two_loops_share_a_process(
     apps: Apps, monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_client: redis.Redis
 ) -> None:
     # Two loops in one process, as when a uvloop service and an asyncio one share it.
