@@ -18,7 +18,7 @@ from daebus._portal import Portal
 
 apps = apps_fixture()
 
-uvloop = pytest.importorskip("uvloop")
+pytest.importorskip("uvloop")
 
 
 def _kind(loop: asyncio.AbstractEventLoop) -> str:

@@ -13,8 +13,6 @@ listener 28-33% fewer instructions (bench/README.md).
 from __future__ import annotations
 
 import asyncio
-import importlib
-import logging
 import os
 from collections.abc import Callable, Coroutine
 from types import ModuleType
@@ -28,9 +26,6 @@ T = TypeVar("T")
 
 ENV_EVENT_LOOP = "DAEBUS_EVENT_LOOP"
 _CHOICES = ("auto", "uvloop", "asyncio")
-
-log = logging.getLogger(__name__)
-_announced: set[str] = set()
 
 
 def _uvloop() -> ModuleType | None:
@@ -48,11 +43,12 @@ def _uvloop() -> ModuleType | None:
     if choice == "asyncio":
         return None
     try:
-        return importlib.import_module("uvloop")
+        import uvloop
     except ImportError as exc:
         if choice == "uvloop":
             raise SetupError(f"${ENV_EVENT_LOOP}=uvloop, but uvloop is not installed") from exc
         return None
+    return uvloop
 
 
 def loop_name() -> str:
@@ -60,19 +56,11 @@ def loop_name() -> str:
     return "asyncio" if _uvloop() is None else "uvloop"
 
 
-def _announce(name: str) -> None:
-    if name not in _announced:
-        _announced.add(name)
-        log.debug("event loop: %s", name)
-
-
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """A new event loop of the chosen kind."""
     uvloop = _uvloop()
     if uvloop is None:
-        _announce("asyncio")
         return asyncio.new_event_loop()
-    _announce("uvloop")
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
 
@@ -85,8 +73,6 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         main.close()  # never awaited: no warning on top of the error
         raise
     if uvloop is None:
-        _announce("asyncio")
         return asyncio.run(main)
-    _announce("uvloop")
     runner: Callable[[Coroutine[Any, Any, T]], T] = uvloop.run
     return runner(main)

@@ -129,8 +129,10 @@ def _answers_ping(url: str) -> bool:
 def _shared_server_url(probe: str) -> str:
     where = (os.environ.get("DAEBUS_RUNTIME_DIR"), os.environ.get("XDG_RUNTIME_DIR"))
     known = _shared_known.get(where)
-    if known is not None and known[0].looks_alive(known[1]):
-        return known[2]
+    if known is not None:
+        server, pid, url = known
+        if server.looks_alive(pid):
+            return url
     # Imported here: the shared server needs fcntl and starts processes; most runs never
     # get this far.
     from .server import SharedServer

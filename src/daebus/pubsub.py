@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config, encoding, protocol
 from .exceptions import MessageTooLargeError
+from .transport import Transport, transport_from_url
+from .transport.memory import MemoryTransport, broker_for
+from .transport.redis import sync_client
 
 if TYPE_CHECKING:
     import redis
 
     from .app import Daebus
-    from .transport import Transport
 
 __all__ = ["PubSubBroadcast", "PubSubRequest", "PubSubResponse", "Publisher"]
 
@@ -205,8 +207,6 @@ def standalone_cache() -> redis.Redis:
     with _standalone_lock:
         client = _standalone.get(url)
         if client is None:
-            from .transport.redis import sync_client
-
             client = _standalone[url] = sync_client(url, decode_responses=True)
         return client
 
@@ -220,7 +220,6 @@ class StandalonePublisher:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._in_memory = transport.url.startswith("memory://")
 
     def publish(self, channel: str, data: bytes) -> int:
         """Publish one message; return the receiver count."""
@@ -232,10 +231,6 @@ class StandalonePublisher:
 
     def is_stale(self) -> bool:
         """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
-        if not self._in_memory:
-            return False  # without an import on every publish
-        from .transport.memory import MemoryTransport, broker_for
-
         transport = self.transport
         if not isinstance(transport, MemoryTransport):
             return False
@@ -268,8 +263,6 @@ def standalone_publisher() -> StandalonePublisher:
     with _standalone_lock:
         publisher = _publishers.get(url)
         if publisher is None or publisher.is_stale():
-            from .transport import transport_from_url
-
             publisher = _publishers[url] = StandalonePublisher(transport_from_url(url))
         return publisher
 
