@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 from _helpers import unique_name
 from daebus import TransportError
@@ -106,6 +108,34 @@ async def test_callback_waiters_get_replies_errors_and_a_lost_connection(redis_u
     connection.close()
     await connection.lost
     assert isinstance(outcomes[3], TransportError)
+
+
+async def test_a_cancelled_connect_raises_and_leaves_nothing_open(private_redis: Any) -> None:
+    # Cancelled at each step of its way (connecting, handshake, done), opening a connection
+    # must raise CancelledError and close what it opened. With asyncio.wait_for on 3.11,
+    # a cancel arriving as the connect finished was swallowed and the connection returned.
+    endpoint = Endpoint.from_url(private_redis.url)
+    returned: list[_resp.RespConnection] = []
+    for attempt in range(400):
+        opening = asyncio.ensure_future(_resp.open_connection(endpoint))
+        for _ in range(attempt % 8):
+            await asyncio.sleep(0)
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            returned.append(await opening)
+    for connection in returned:
+        connection.close()
+    assert len(returned) == 0, f"{len(returned)} of 400 cancelled connects returned anyway"
+
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        for _ in range(500):  # closed sockets take a loop iteration or two to go
+            if client.info("clients")["connected_clients"] == 1:  # this client
+                break
+            await asyncio.sleep(0.01)
+        assert client.info("clients")["connected_clients"] == 1
+    finally:
+        client.close()
 
 
 async def test_big_chunks_are_parsed_in_order_across_pauses() -> None:

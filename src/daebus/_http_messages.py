@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from . import encoding, protocol
+from ._compat import timeout as deadline
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import LooseHeaders
@@ -243,7 +244,8 @@ async def read_request(
         if length is not None and length > max_body_size:
             raise BodyError(413, too_large(max_body_size))
         try:
-            await asyncio.wait_for(_read_body(request, raw), read_timeout)
+            async with deadline(read_timeout):
+                await _read_body(request, raw)
         except BodyError:
             raise
         except asyncio.TimeoutError:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context, encoding, protocol
+from ._compat import timeout as deadline
 from ._inbox import LoopInbox
 from ._workers import WorkerPool
 from .exceptions import SerializationError, TransportError
@@ -738,7 +739,8 @@ class ServiceRuntime:
                 if delay > 0:
                     changed.clear()
                     try:
-                        await asyncio.wait_for(changed.wait(), delay)
+                        async with deadline(delay):
+                            await changed.wait()
                     except asyncio.TimeoutError:
                         pass
                     else:

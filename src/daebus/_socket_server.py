@@ -8,12 +8,12 @@ remembers what it was when ``DaebusHttp`` asked for the mounts, just before bind
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, NamedTuple
 
 from aiohttp import web
 
+from ._compat import timeout as deadline
 from ._socket_dispatch import CLOSE_GOING_AWAY, SocketDispatcher
 from .exceptions import SetupError
 
@@ -185,7 +185,8 @@ class SocketServer:
         runner, self.runner, self.site = self.runner, None, None
         if runner is not None:
             try:
-                await asyncio.wait_for(runner.cleanup(), _CLEANUP_TIMEOUT + 1)
+                async with deadline(_CLEANUP_TIMEOUT + 1):
+                    await runner.cleanup()
             except Exception as exc:
                 log.warning("stopping the WebSocket server: %r", exc)
         component._table.unbind()

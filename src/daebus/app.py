@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _loop, config, context
+from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
 from ._runtime import ServiceRuntime, is_async_callable
@@ -480,7 +481,8 @@ class Daebus(Registry):
                     last_report = now
                     log.warning("still waiting for Redis after %.0fs: %s", now - first_failure, exc)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                    async with deadline(delay):
+                        await self._stop_event.wait()
                 delay = min(delay * 2, _RETRY_DELAY_MAX)
                 continue
             if first_failure is not None:

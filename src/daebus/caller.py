@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from . import config, context, protocol
+from ._compat import timeout as deadline
 from ._portal import get_portal
 from .encoding import dumps
 from .exceptions import (
@@ -255,7 +256,8 @@ class AsyncDaebusCaller:
                     raise self._unavailable(action)
                 while True:
                     try:
-                        reply = await asyncio.wait_for(replies.get(), wait)
+                        async with deadline(wait):
+                            reply = await replies.get()
                     except asyncio.TimeoutError:
                         raise self._timed_out(action, wait) from None
                     yield reply

@@ -38,6 +38,7 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
 from . import context
+from ._compat import timeout as deadline
 from ._http_cors import CorsPolicy
 from ._http_messages import (
     BadStatusError,
@@ -322,7 +323,8 @@ class DaebusHttp:
             self._drained = asyncio.Event()
             self.logger.info("waiting for %d HTTP request(s) to finish", len(self._active))
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), max(0.0, timeout))
+                async with deadline(max(0.0, timeout)):
+                    await self._drained.wait()
         self._abandon(timeout)
         await runner.cleanup()
         pool, self._pool = self._pool, None

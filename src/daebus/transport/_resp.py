@@ -32,6 +32,7 @@ from typing import Any, cast
 import hiredis
 from redis.connection import SSLConnection, parse_url
 
+from .._compat import timeout as deadline
 from ..exceptions import TransportError
 
 __all__ = [
@@ -368,7 +369,8 @@ async def open_connection(
                 ssl=endpoint.ssl_context,
                 server_hostname=endpoint.host if endpoint.ssl_context else None,
             )
-        _, connection = await asyncio.wait_for(opening, timeout)
+        async with deadline(timeout):
+            _, connection = await opening
     except asyncio.TimeoutError:
         raise TransportError(f"no answer from {endpoint} within {timeout}s") from None
     except (OSError, ssl.SSLError) as exc:
@@ -385,7 +387,8 @@ async def open_connection(
         if endpoint.db:
             handshake.append(connection.send("SELECT", endpoint.db))
         handshake.append(connection.send("PING"))
-        await asyncio.wait_for(asyncio.gather(*handshake), timeout)
+        async with deadline(timeout):
+            await asyncio.gather(*handshake)
     except asyncio.TimeoutError:
         connection.close()
         raise TransportError(f"{endpoint} accepted the connection but did not answer") from None
