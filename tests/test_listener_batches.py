@@ -207,3 +207,58 @@ def broadcast_to(url: str, channel: str, value: Any) -> None:
             await transport.close()
 
     asyncio.run(publish())
+
+
+def test_a_listener_replaced_while_running_is_called_the_new_ones_way(apps: Apps) -> None:
+    # The runtime remembers how each channel's listener is called; a function put in
+    # listen_handlers in its place (here a def taking the channel, for an async def
+    # taking data alone) is inspected anew.
+    app = Daebus("replaced")
+    channel = unique_name("replaced")
+    calls: list[tuple[str, Any, str | None]] = []
+
+    @app.listen(channel)
+    async def first(data: Any) -> None:
+        calls.append(("first", data["seq"], None))
+
+    def second(data: Any, channel_name: str) -> None:
+        calls.append(("second", data["seq"], channel_name))
+
+    apps.start(app)
+    publish_together(apps.url, channel, 2)
+    wait_for(lambda: len(calls) == 2, message=str(calls))
+    app.listen_handlers[channel] = second
+    publish_together(apps.url, channel, 2)
+    wait_for(lambda: len(calls) == 4, message=str(calls))
+    assert calls == [
+        ("first", 0, None),
+        ("first", 1, None),
+        ("second", 0, channel),
+        ("second", 1, channel),
+    ]
+
+
+def test_the_flow_log_shows_each_broadcast_once_it_is_turned_on(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Whether daebus.flow logs is asked once per batch: a batch after the change logs.
+    app = Daebus("flowing")
+    channel = unique_name("flow")
+    seen: list[int] = []
+
+    @app.listen(channel)
+    async def on_message(data: Any) -> None:
+        seen.append(data["seq"])
+
+    apps.start(app)
+    publish_together(apps.url, channel, 3)
+    wait_for(lambda: len(seen) == 3)
+    flow = [r for r in caplog.records if r.name == "daebus.flow"]
+    assert flow == []
+    caplog.set_level(logging.DEBUG, logger="daebus.flow")
+    publish_together(apps.url, channel, 3)
+    wait_for(lambda: len(seen) == 6)
+    flow = [r.getMessage() for r in caplog.records if r.name == "daebus.flow"]
+    assert len(flow) == 3, flow
+    assert all(m.startswith(f"-> {channel} (listener {channel}) ") for m in flow), flow
+    assert flow[-1].endswith('{"seq": 2}')  # json.dumps's spacing: the bytes as sent

@@ -222,6 +222,11 @@ class ServiceRuntime:
         self._broadcasts: deque[Delivery] = deque()
         self._draining = False  # a task will still take from _broadcasts
         self._batched = transport.ends_batches  # else each broadcast is started at once
+        # Channel or pattern -> (listener, kind, takes_channel): a listener is inspected
+        # once, and again only if another function replaces it in listen_handlers.
+        self._listeners: dict[str, tuple[Callable[..., Any], str, bool]] = {}
+        # Whether daebus.flow logs each broadcast: asked once per batch, not per message.
+        self._flow_debug = False
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         self.schedules: dict[str, asyncio.Task[None]] = {}
         # The loop only keeps weak references to tasks: hold on to fire-and-forget ones.
@@ -572,6 +577,7 @@ class ServiceRuntime:
         is seen through by this task, and a new task takes the rest of the queue.
         """
         queue = self._broadcasts
+        self._flow_debug = flow.isEnabledFor(logging.DEBUG)
         while queue:
             work = self.handle_broadcast(queue.popleft())
             own = contextvars.copy_context()
@@ -593,7 +599,7 @@ class ServiceRuntime:
             found = self._listener_for(delivery)
             if found is None:
                 return
-            listener, value = found
+            (listener, kind, takes_channel), value = found
 
             def build() -> tuple[PubSubRequest, PubSubResponse]:
                 request = PubSubRequest.from_broadcast(value, delivery.channel, delivery.pattern)
@@ -603,7 +609,6 @@ class ServiceRuntime:
                 return request, response
 
             ctx = context.MessageContext(self.app, "pubsub", build=build)
-            kind, takes_channel = _remember(_inspect_listener, listener)
             args = (value, delivery.channel) if takes_channel else (value,)
             try:
                 if kind is _ASYNC:  # the common case, without invoke()'s layers
@@ -627,12 +632,20 @@ class ServiceRuntime:
         finally:
             self._task_done()
 
-    def _listener_for(self, delivery: Delivery) -> tuple[Callable[..., Any], Any] | None:
-        """The listener of a broadcast and its decoded value; None if there is nothing to do."""
+    def _listener_for(
+        self, delivery: Delivery
+    ) -> tuple[tuple[Callable[..., Any], str, bool], Any] | None:
+        """A broadcast's ``(listener, kind, takes_channel)`` and its decoded value.
+
+        None if there is nothing to do.
+        """
         key = delivery.pattern if delivery.pattern is not None else delivery.channel
         listener = self.app.listen_handlers.get(key)
         if listener is None:
             return None
+        shape = self._listeners.get(key)
+        if shape is None or shape[0] is not listener:
+            shape = self._listeners[key] = (listener, *_remember(_inspect_listener, listener))
         try:
             value = encoding.loads(delivery.data)
         except ValueError:
@@ -642,9 +655,9 @@ class ServiceRuntime:
                 _preview(delivery.data),
             )
             return None
-        if flow.isEnabledFor(logging.DEBUG):
+        if self._flow_debug:
             flow.debug("-> %s (listener %s) %s", delivery.channel, key, _preview(delivery.data))
-        return listener, value
+        return shape, value
 
     # -- calling user code -----------------------------------------------------------
     async def invoke(

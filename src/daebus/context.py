@@ -51,7 +51,7 @@ class MessageContext:
     that never reads ``request`` (most of them) does not pay for them.
     """
 
-    __slots__ = ("_build", "_request", "_response", "app", "kind")
+    __slots__ = ("_build", "_request", "_response", "app", "built", "kind")
 
     def __init__(
         self,
@@ -67,6 +67,8 @@ class MessageContext:
         self._request = request
         self._response = response
         self._build = build
+        #: False while the request and response are still to be made.
+        self.built = build is None
 
     @property
     def request(self) -> Any:
@@ -82,11 +84,6 @@ class MessageContext:
             self._make()
         return self._response
 
-    @property
-    def built(self) -> bool:
-        """False while the request and response are still to be made."""
-        return self._build is None
-
     def _make(self) -> None:
         # Under a lock: a handler may hand its context to several threads at once.
         with _build_lock:
@@ -94,6 +91,7 @@ class MessageContext:
             if build is not None:
                 self._request, self._response = build()
                 self._build = None
+                self.built = True
 
     def __repr__(self) -> str:
         return f"<MessageContext {self.kind} of {self.app!r}>"
@@ -113,14 +111,11 @@ def current_context() -> MessageContext | None:
     return _current.get()
 
 
-def push(context: MessageContext) -> Token[MessageContext | None]:
-    """Make ``context`` current; undo with :func:`pop` and the returned token."""
-    return _current.set(context)
-
-
-def pop(token: Token[MessageContext | None]) -> None:
-    """Restore the context that was current before the matching :func:`push`."""
-    _current.reset(token)
+#: ``push(context)`` makes ``context`` current and returns a token; ``pop(token)``
+#: restores the context that was current before the matching push. The ContextVar's own
+#: methods rather than functions around them: they run for every message.
+push: Callable[[MessageContext | None], Token[MessageContext | None]] = _current.set
+pop: Callable[[Token[MessageContext | None]], None] = _current.reset
 
 
 @contextmanager
