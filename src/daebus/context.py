@@ -47,51 +47,47 @@ class MessageContext:
     """What a handler runs with: its app and, for a message, its request and response.
 
     ``kind`` is ``"pubsub"``, ``"http"``, ``"websocket"``, or None for jobs, threads and
-    hooks. With ``build``, the request and response are made on first use: a listener
-    that never reads ``request`` (most of them) does not pay for them.
+    hooks. A subclass may make the request and response on first use instead (it starts
+    with ``built`` False and implements :meth:`_parts`): a listener that never reads
+    ``request`` (most of them) does not pay for them.
     """
 
-    __slots__ = ("_build", "_request", "_response", "app", "built", "kind")
+    __slots__ = ("_request", "_response", "app", "built", "kind")
 
     def __init__(
-        self,
-        app: Daebus,
-        kind: str | None = None,
-        request: Any = None,
-        response: Any = None,
-        *,
-        build: Callable[[], tuple[Any, Any]] | None = None,
+        self, app: Daebus, kind: str | None = None, request: Any = None, response: Any = None
     ) -> None:
         self.app = app
         self.kind = kind
         self._request = request
         self._response = response
-        self._build = build
         #: False while the request and response are still to be made.
-        self.built = build is None
+        self.built = True
 
     @property
     def request(self) -> Any:
         """The message's request (a ``PubSubRequest``, ``HttpRequest``...), or None."""
-        if self._build is not None:
+        if not self.built:
             self._make()
         return self._request
 
     @property
     def response(self) -> Any:
         """The message's response, or None for jobs, threads and hooks."""
-        if self._build is not None:
+        if not self.built:
             self._make()
         return self._response
 
     def _make(self) -> None:
         # Under a lock: a handler may hand its context to several threads at once.
         with _build_lock:
-            build = self._build
-            if build is not None:
-                self._request, self._response = build()
-                self._build = None
+            if not self.built:
+                self._request, self._response = self._parts()
                 self.built = True
+
+    def _parts(self) -> tuple[Any, Any]:
+        """Make the request and response, once, on first use (where ``built`` was False)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<MessageContext {self.kind} of {self.app!r}>"
