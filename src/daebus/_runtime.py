@@ -535,7 +535,9 @@ class ServiceRuntime:
         """
         if self.stopping:
             return None
-        if self.active < self.capacity:  # _admit() without its two partials per message
+        # self.active < self.capacity, as _admit() does, without the property's call and
+        # _admit's two partials: this runs for every broadcast.
+        if self.tasks + self._jobs_started - self._jobs_finished < self.capacity:
             self.tasks += 1  # handle_broadcast() ends with _task_done()
             self._broadcasts.append(delivery)
             if not self._batched:
