@@ -1492,7 +1492,9 @@ async def test_a_client_that_stops_reading_does_not_hold_up_senders(
                 if stuck not in websocket.get_clients():
                     break
             assert stuck not in websocket.get_clients(), "the stuck client was never dropped"
-            assert slowest < 2.0, f"a broadcast from a thread took {slowest:.2f}s"
+            # Waiting for the stuck client would take send_timeout (30 s): a wide margin
+            # for a loaded machine still tells the two apart.
+            assert slowest < 10.0, f"a broadcast from a thread took {slowest:.2f}s"
             assert counts[0] == 2
             assert counts[-1] == 1  # the frame that overflowed was not accepted for it
             assert websocket.get_clients() != []
@@ -1521,13 +1523,13 @@ async def test_disconnecting_and_stopping_with_clients_that_do_not_read(
         for i in range(2000):  # until the kernel's buffers are full and a backlog builds
             started = time.monotonic()
             assert await asyncio.to_thread(websocket.broadcast_to_all, {"i": i, "p": PAD}) == 2
-            assert time.monotonic() - started < 2.0
+            assert time.monotonic() - started < 10.0  # not send_timeout (30 s)
             if all(c._blocked() and c.queued_bytes for c in stuck):
                 break
         assert all(c._blocked() and c.queued_bytes for c in stuck), "never stuck"
         started = time.monotonic()
         assert await asyncio.to_thread(websocket.disconnect_client, first_id) is True
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < close_timeout  # it does not wait for the close
         assert websocket.get_clients() == [second_id]  # gone at once, not after the close
         assert await asyncio.to_thread(websocket.disconnect_client, first_id) is False
         started = time.monotonic()
