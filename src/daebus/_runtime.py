@@ -603,15 +603,18 @@ class ServiceRuntime:
                 return
             (listener, kind, takes_channel), value = found
             ctx = _BroadcastContext(self.app, self.publisher, delivery, value)
-            args = (value, delivery.channel) if takes_channel else (value,)
             try:
                 if kind is _ASYNC:  # the common case, without invoke()'s layers
                     token = context.push(ctx)
                     try:
-                        await listener(*args)
+                        if takes_channel:
+                            await listener(value, delivery.channel)
+                        else:
+                            await listener(value)
                     finally:
                         context.pop(token)
                 else:
+                    args = (value, delivery.channel) if takes_channel else (value,)
                     await self.invoke(listener, ctx, args, ctx.response)
                 if ctx.built and ctx.response.sent:
                     await ctx.response.flush()
