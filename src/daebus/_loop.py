@@ -7,7 +7,7 @@ caller's background loop and the command line. ``await app.serve()`` runs on wha
 loop the caller already has.
 
 uvloop runs each wake-up of the loop in C: a broadcast that arrives alone costs a
-listener 24-29% fewer instructions (bench/README.md).
+listener 27-30% fewer instructions (bench/README.md).
 """
 
 from __future__ import annotations
