@@ -18,6 +18,7 @@ import redis
 from _apps import Apps, apps_fixture
 from _helpers import unique_name, wait_for
 from daebus import Daebus, request
+from daebus._compat import timeout
 from daebus.transport.memory import MemoryTransport, forget
 
 apps = apps_fixture()
@@ -74,9 +75,9 @@ def test_a_message_that_waits_keeps_its_task_and_does_not_hold_up_the_rest(
         task = asyncio.current_task()
         if seq == 3:  # waits, with a timeout: that needs the same task throughout
             try:
-                async with asyncio.timeout(0.2):
+                async with timeout(0.2):  # asyncio.timeout; async-timeout's on 3.10
                     await asyncio.Event().wait()
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 same = asyncio.current_task() is task
                 events.append(f"3 timed out in {'its own' if same else 'another'} task")
             return
