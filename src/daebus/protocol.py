@@ -207,6 +207,9 @@ def request_payload(message: dict[str, Any]) -> Any:
     return payload
 
 
+_new_tuple = tuple.__new__
+
+
 class Reply(NamedTuple):
     """One decoded reply message (a named tuple: cheap to make, one per reply)."""
 
@@ -233,10 +236,14 @@ def decode_reply(data: bytes | str) -> Reply:
     message = decode_object(data)
     get = message.get
     status = get("status", STATUS_SUCCESS)
-    # Positional: one is made per reply, and keywords cost a third more.
-    return Reply(
-        status if type(status) is str else str(status),
-        get("payload", {}),
-        get("request_id"),
-        get("final", True) is not False,
+    # tuple.__new__ makes the named tuple without its __new__, a Python function: one
+    # is made per reply.
+    return _new_tuple(
+        Reply,
+        (
+            status if type(status) is str else str(status),
+            get("payload", {}),
+            get("request_id"),
+            get("final", True) is not False,
+        ),
     )
