@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any
 
 #: The payload of every echo request (small, like a typical RPC).
@@ -108,3 +111,17 @@ class Meter:
 def add_usage(total: dict[str, float], usage: dict[str, float]) -> None:
     for name, value in usage.items():
         total[name] = total.get(name, 0.0) + value
+
+
+def callgrind_instructions(valgrind: str, command: Sequence[str]) -> int:
+    """Run ``command`` under ``valgrind --tool=callgrind``; the instructions it ran."""
+    out = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : ([\d,]+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    return int(found.group(1).replace(",", ""))

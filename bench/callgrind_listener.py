@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
+
+from _common import callgrind_instructions
 
 CHANNEL = "bench-callgrind"
 BODY = b'{"run": "callgrind", "seq": 12345}'
@@ -119,28 +118,8 @@ def publish(url: str, count: int, lone_gap: float | None) -> None:
 
 def instructions(valgrind: str, url: str, count: int, options: list[str]) -> int:
     """Total instructions of one traced run of the listener."""
-    with tempfile.TemporaryDirectory() as scratch:
-        out = subprocess.run(
-            [
-                valgrind,
-                "--tool=callgrind",
-                f"--callgrind-out-file={Path(scratch) / 'callgrind.out'}",
-                sys.executable,
-                __file__,
-                "--listen",
-                str(count),
-                "--url",
-                url,
-                *options,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    found = re.search(r"Collected : ([\d,]+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
-    return int(found.group(1).replace(",", ""))
+    command = [sys.executable, __file__, "--listen", str(count), "--url", url, *options]
+    return callgrind_instructions(valgrind, command)
 
 
 def main() -> int:

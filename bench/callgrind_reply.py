@@ -6,7 +6,7 @@ With many threads sharing a ``DaebusCaller``, its portal thread holds the GIL mo
 the time (bench/README.md), and routing each reply is a large part of that:
 ``AsyncDaebusCaller._on_reply`` decodes it, finds the request it answers and hands it
 to the waiting thread's queue. This script feeds ``--small`` and then ``--large``
-replies (a 100-byte echo reply, as ``bench/run.py``'s echo service sends) straight to
+replies (the reply ``bench/run.py``'s echo service sends, 90 bytes) straight to
 ``_on_reply`` under ``valgrind --tool=callgrind``, each taken from the queue at once,
 and the same loop again with the reply put on the queue undecoded. The difference per
 reply between the two is what routing costs; no server, no threads, no wake-ups.
@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import re
 import shutil
-import subprocess
 import sys
+
+from _common import ECHO_PAYLOAD, callgrind_instructions
 
 
 def feed(count: int, route: bool) -> None:
@@ -38,7 +38,7 @@ def feed(count: int, route: bool) -> None:
         data = encoding.dumps(
             {
                 "status": "success",
-                "payload": {"echo": {"n": 1, "text": "hello"}},
+                "payload": ECHO_PAYLOAD,
                 "request_id": request_id,
                 "final": True,
             }
@@ -55,13 +55,8 @@ def feed(count: int, route: bool) -> None:
 
 def instructions(valgrind: str, count: int, route: bool) -> int:
     """Total instructions of one traced run of :func:`feed`."""
-    command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
-    command += [__file__, "--feed", str(count)] + ["--route"] * route
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : ([\d,]+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
-    return int(found.group(1).replace(",", ""))
+    command = [sys.executable, __file__, "--feed", str(count)] + ["--route"] * route
+    return callgrind_instructions(valgrind, command)
 
 
 def main() -> int:
