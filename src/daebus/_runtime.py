@@ -642,7 +642,7 @@ class ServiceRuntime:
             return None
         shape = self._listeners.get(key)
         if shape is None or shape[0] is not listener:
-            shape = self._listeners[key] = (listener, *_remember(_inspect_listener, listener))
+            shape = self._listeners[key] = (listener, *_inspect_listener(listener))
         try:
             value = encoding.loads(delivery.data)
         except ValueError:
