@@ -95,6 +95,8 @@ class Processes:
         self.ttl = ttl
         self.children: list[Child] = []  # still running
         self.started: list[Child] = []  # ever
+        #: What the children complained of in their logs, once closed (see complaints).
+        self.complained: list[str] = []
         self._dir = tempfile.TemporaryDirectory(prefix="daebus-bench-")
         self.dir = Path(self._dir.name)
         self._client = redis.Redis.from_url(url)
@@ -189,7 +191,8 @@ class Processes:
     def close(self) -> None:
         try:
             self.stop(*list(self.children))
-            for line in self.complaints():
+            self.complained = self.complaints()
+            for line in self.complained:
                 print(f"child log: {line}", file=sys.stderr)
         finally:
             self._client.close()

@@ -76,6 +76,28 @@ QUICK = Config(
     idle_seconds=5.0,
 )
 
+# Every scenario and every variant, with counts too small for figures that mean
+# anything: a check that the bench still runs (CI runs it), in about half a minute.
+SMOKE = Config(
+    rounds=1,
+    latency_calls=30,
+    latency_warmup=10,
+    throughput_rounds=1,
+    throughput_seconds=0.2,
+    throughput_warmup=0.05,
+    throughput_callers=(1, 8, 32),
+    stream_count=3,
+    stream_warmup=1,
+    fanout_rounds=1,
+    fanout_messages=300,
+    fanout_batch_messages=2000,
+    fanout_batch_size=500,
+    fanout_warmup=100,
+    drain_deadline=20.0,
+    drain_stall=2.0,
+    idle_seconds=1.0,
+)
+
 
 class Bench:
     """One run: the server, the children, the settings, and names unique to the run."""

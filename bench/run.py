@@ -1,6 +1,7 @@
 """daebus against a bare redis-py loop, side by side on one server: ``python bench/run.py``.
 
-Options: ``--quick`` (about a minute), ``--only SCENARIO`` (repeatable or comma-separated),
+Options: ``--quick`` (about a minute), ``--smoke`` (every scenario with tiny counts: a
+check that the bench runs, not figures), ``--only SCENARIO`` (repeatable or comma-separated),
 ``--redis-url URL`` (an existing loopback server instead of a private one),
 ``--json FILE`` (dump every figure). See bench/README.md.
 """
@@ -27,7 +28,7 @@ import _rpc
 import hiredis
 import redis
 from _procs import Processes, check_loopback
-from _setup import FULL, QUICK, Bench, Config
+from _setup import FULL, QUICK, SMOKE, Bench
 
 import daebus
 from daebus._loop import loop_name
@@ -49,7 +50,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         prog="python bench/run.py",
         description="Benchmark daebus against a bare redis-py request/reply loop.",
     )
-    parser.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a short run (about a minute)")
+    size.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every scenario with tiny counts: checks the bench runs; its figures mean nothing",
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -111,10 +118,10 @@ def _machine(url: str, argv: list[str]) -> dict[str, Any]:
     }
 
 
-def _header(machine: dict[str, Any], config: Config, quick: bool) -> str:
+def _header(machine: dict[str, Any], size: str) -> str:
     return "\n".join(
         [
-            f"daebus bench, {machine['date']}: {'quick' if quick else 'full'} run",
+            f"daebus bench, {machine['date']}: {size} run",
             f"  {machine['command']}",
             f"  nproc {machine['nproc']}, Python {machine['python']}, {machine['platform']}",
             f"  redis-py {machine['redis_py']}, hiredis {machine['hiredis']}"
@@ -133,7 +140,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
-    config = QUICK if args.quick else FULL
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    config = {"smoke": SMOKE, "quick": QUICK, "full": FULL}[size]
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     results: dict[str, dict[str, Any]] = {}
@@ -149,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             url = server.url
         os.environ["DAEBUS_REDIS_URL"] = url  # broadcast.send from this plain script
         machine = _machine(url, argv)
-        print(_header(machine, config, args.quick), flush=True)
+        print(_header(machine, size), flush=True)
         # Children end by themselves long after any sane run would have.
-        with Processes(url, ttl=1800 if not args.quick else 600) as procs:
+        with Processes(url, ttl=1800 if size == "full" else 600) as procs:
             bench = Bench(url, procs, config)
             for name in args.selected:
                 print(f"\n[{name}] running...", flush=True)
@@ -164,8 +172,22 @@ def main(argv: list[str] | None = None) -> int:
                     results[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 results[name]["elapsed_s"] = time.monotonic() - began
                 print(_report.render(name, results[name]), flush=True)
+        failed_calls = [
+            row["label"]
+            for result in results.values()
+            for row in result.get("rows", [])
+            if row.get("errors")
+        ]
+        if failed_calls:
+            failed = True
+            print(f"\nsome calls failed: {', '.join(sorted(set(failed_calls)))}")
+        if procs.complained:
+            failed = True
+            print("\nchild processes logged errors or warnings (above, 'child log:')")
         goals = _report.targets(results)
         print()
+        if size == "smoke":
+            print("(a smoke run: too few calls and messages for these figures to mean anything)")
         print(_report.render_targets(goals))
     except KeyboardInterrupt:
         print("\ninterrupted; every child process was stopped", file=sys.stderr)
