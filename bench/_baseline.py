@@ -35,7 +35,7 @@ from _common import STREAM_PARTS, Tally
 
 def _subscribe(client: redis.Redis, channel: str) -> Any:
     """A pub/sub connection subscribed to ``channel``, confirmation read."""
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(channel)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -150,17 +150,17 @@ class BareSharedCaller:
         self.pubsub = _subscribe(self.client, self.reply_channel)
         self._ids = itertools.count(1)
         self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
-        self._closed = False
+        self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read, name="bare-reader", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         loads, waiting = json.loads, self._waiting
-        while not self._closed:
+        while not self._closed.is_set():
             try:
                 message = self.pubsub.get_message(timeout=0.5)
             except (redis.RedisError, OSError, ValueError):
-                if self._closed:
+                if self._closed.is_set():
                     return
                 raise
             if message is None or message["type"] != "message":
@@ -190,7 +190,7 @@ class BareSharedCaller:
             del self._waiting[request_id]
 
     def close(self) -> None:
-        self._closed = True
+        self._closed.set()
         self._reader.join(2)
         self.pubsub.close()
         self.client.close()

@@ -194,7 +194,8 @@ def render(name: str, result: dict[str, Any]) -> str:
 def _row(result: dict[str, Any] | None, **match: Any) -> dict[str, Any] | None:
     if not result or "rows" not in result:
         return None
-    for row in result["rows"]:
+    rows: list[dict[str, Any]] = result["rows"]
+    for row in rows:
         if all(row.get(k) == v for k, v in match.items()):
             return row
     return None

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from _baseline import BareCaller, BareSharedCaller
@@ -85,7 +86,7 @@ def _summary_rows(
                     f"{figure}_ratio": ratio(stats[f"{figure}_us"], base[f"{figure}_us"])
                     for figure in ("p50", "p99", "mean")
                 },
-                **_per_call(usage[key], _service_of(key), stats["n"]),
+                **_per_call(usage[key], _service_of(key), int(stats["n"])),
             }
         )
     return rows
@@ -155,16 +156,9 @@ def latency(bench: Bench) -> dict[str, Any]:
         for order in rounds(LATENCY_VARIANTS, cfg.rounds):
             for key in order:
                 if key == "bare":
-
-                    def call() -> Any:
-                        return bare.call(ECHO_PAYLOAD)
-
-                    block = _time_calls(call, warm, count, meter)
+                    block = _time_calls(partial(bare.call, ECHO_PAYLOAD), warm, count, meter)
                 elif key.startswith("daebus"):
-
-                    def call(action: str = _action(key)) -> Any:
-                        return caller.send_request(action, ECHO_PAYLOAD)
-
+                    call = partial(caller.send_request, _action(key), ECHO_PAYLOAD)
                     block = _time_calls(call, warm, count, meter)
                 else:
                     block = asyncio.run(
@@ -263,16 +257,11 @@ def throughput(bench: Bench) -> dict[str, Any]:
         for order in rounds(THROUGHPUT_VARIANTS, cfg.throughput_rounds):
             for callers in cfg.throughput_callers:
                 for key in order:
-                    if key == "bare":
-
-                        def call() -> Any:
-                            return bare.call(ECHO_PAYLOAD)
-
-                    else:
-
-                        def call(action: str = _action(key)) -> Any:
-                            return caller.send_request(action, ECHO_PAYLOAD)
-
+                    call: Callable[[], Any] = (
+                        partial(bare.call, ECHO_PAYLOAD)
+                        if key == "bare"
+                        else partial(caller.send_request, _action(key), ECHO_PAYLOAD)
+                    )
                     if key.startswith(("bare", "daebus")):
                         _check(call())
                         _thread_throughput(call, callers, cfg.throughput_warmup, max_calls)

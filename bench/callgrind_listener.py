@@ -68,7 +68,7 @@ def bare_listener(url: str, count: int, lone_gap: float | None) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(CHANNEL)
     publisher = _start_publisher(url, count, lone_gap)
     seen = 0

@@ -97,7 +97,7 @@ def one_run(
     before = sample()
     result = _thread_throughput(call, threads, seconds, max_calls)
     after = sample()
-    calls, errors = result["calls"], result["errors"]
+    calls, errors = int(result["calls"]), result["errors"]
     failed = f" | {len(errors)} failed calls, first: {errors[0]}" if errors else ""
     if calls <= 0:
         return "no calls completed" + failed
