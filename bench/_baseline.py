@@ -196,6 +196,32 @@ class BareSharedCaller:
         self.client.close()
 
 
+class PerThreadCallers:
+    """``count`` bare callers; each thread that calls gets one of its own.
+
+    What 32 hand-written loops would be if each thread had its own caller (its own
+    connections) instead of sharing one. The callers are made up front and handed out
+    in turn, so any ``count`` threads alive at once never share one.
+    """
+
+    def __init__(self, url: str, channel: str, count: int) -> None:
+        self._callers = [BareCaller(url, channel) for _ in range(count)]
+        self._turn = itertools.cycle(self._callers)
+        self._lock = threading.Lock()
+        self._mine = threading.local()
+
+    def call(self, payload: Any, action: str = "echo", timeout: float = 5.0) -> Any:
+        caller: BareCaller | None = getattr(self._mine, "caller", None)
+        if caller is None:
+            with self._lock:
+                caller = self._mine.caller = next(self._turn)
+        return caller.call(payload, action, timeout)
+
+    def close(self) -> None:
+        for caller in self._callers:
+            caller.close()
+
+
 def idle_caller_main(url: str, channel: str, ready: str) -> None:
     """A bare caller that makes one call, says it is ready, then waits for replies."""
     caller = BareCaller(url, channel)

@@ -222,11 +222,18 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     throughput = results.get("throughput")
     daebus = _row(throughput, variant="daebus", callers=32)
     bare = _row(throughput, variant="bare", callers=32)
+    own = _row(throughput, variant="bare_per_thread", callers=32)
     if daebus and bare:
+        # For reference: against 32 bare callers of their own rather than one shared.
+        versus_own = (
+            f" ({daebus['calls_per_s'] / own['calls_per_s']:.2f}x a bare caller per thread)"
+            if own and own["calls_per_s"]
+            else ""
+        )
         out.append(
             _target(
                 "32 callers sharing a DaebusCaller: calls/s",
-                f"{daebus['calls_per_s']:,.0f}/s vs {bare['calls_per_s']:,.0f}/s bare",
+                f"{daebus['calls_per_s']:,.0f}/s vs {bare['calls_per_s']:,.0f}/s bare" + versus_own,
                 daebus["ratio"],
                 ">= 2.5x",
                 daebus["ratio"] is not None and daebus["ratio"] >= 2.5 and not daebus["errors"],

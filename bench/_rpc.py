@@ -17,7 +17,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from _baseline import BareCaller, BareSharedCaller
+from _baseline import BareCaller, BareSharedCaller, PerThreadCallers
 from _common import ECHO_PAYLOAD, STREAM_PARTS, Meter, add_usage, ratio, summarize
 from _setup import Bench
 
@@ -37,6 +37,8 @@ LATENCY_VARIANTS = {
 
 THROUGHPUT_VARIANTS = {
     "bare": "bare shared caller (threads) -> bare responder",
+    # A reference, not the baseline: each thread its own bare caller and connections.
+    "bare_per_thread": "bare caller per thread (threads) -> bare responder",
     "daebus": "DaebusCaller shared by threads -> def action",
     "daebus_async_action": "DaebusCaller shared by threads -> async def action",
     "async_caller": "AsyncDaebusCaller shared by tasks -> def action",
@@ -250,17 +252,20 @@ def throughput(bench: Bench) -> dict[str, Any]:
     service, channel = bench.echo_service(), bench.bare_responder()
     meter = Meter(bench.url, bench.service_pids())
     bare = BareSharedCaller(bench.url, channel)
+    per_thread = PerThreadCallers(bench.url, channel, max(cfg.throughput_callers))
     caller = DaebusCaller(service, redis_url=bench.url, timeout=cfg.call_timeout).connect()
+    bare_calls: dict[str, Callable[[], Any]] = {
+        "bare": partial(bare.call, ECHO_PAYLOAD),
+        "bare_per_thread": partial(per_thread.call, ECHO_PAYLOAD),
+    }
     max_calls = int(cfg.throughput_seconds * 200_000)
     totals: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         for order in rounds(THROUGHPUT_VARIANTS, cfg.throughput_rounds):
             for callers in cfg.throughput_callers:
                 for key in order:
-                    call: Callable[[], Any] = (
-                        partial(bare.call, ECHO_PAYLOAD)
-                        if key == "bare"
-                        else partial(caller.send_request, _action(key), ECHO_PAYLOAD)
+                    call = bare_calls.get(key) or partial(
+                        caller.send_request, _action(key), ECHO_PAYLOAD
                     )
                     if key.startswith(("bare", "daebus")):
                         _check(call())
@@ -283,6 +288,7 @@ def throughput(bench: Bench) -> dict[str, Any]:
                     add_usage(total["usage"], result["usage"])
     finally:
         bare.close()
+        per_thread.close()
         caller.close()
         meter.close()
     rows = []
