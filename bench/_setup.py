@@ -77,7 +77,7 @@ QUICK = Config(
 )
 
 # Every scenario and every variant, with counts too small for figures that mean
-# anything: a check that the bench still runs (CI runs it), in about half a minute.
+# anything: a check that the bench still runs (CI runs it), in 15 to 30 seconds.
 SMOKE = Config(
     rounds=1,
     latency_calls=30,
