@@ -8,8 +8,10 @@
     ├── SerializationError (ValueError)    a value cannot be encoded to JSON
     │   └── MessageTooLargeError           an encoded message is over the size limit
     ├── TransportError                     the message broker failed
+    │   └── ConnectionLostError            ... while a call waited for its reply
     └── CallError                          raised to a caller
         ├── RemoteError                    the service answered with an error reply
+        │   └── ServiceBusyError           ... refusing the request unrun: full, or stopping
         └── CallTimeoutError (TimeoutError)
             └── ServiceUnavailableError    nobody is subscribed to the service's channel
 """
@@ -41,6 +43,14 @@ class MessageTooLargeError(SerializationError):
 
 class TransportError(DaebusError):
     """The message broker could not be reached or failed a command."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection to the broker dropped while a call waited for its reply.
+
+    The request may or may not have run: the reply, if any, was lost with the
+    connection. Raised at once, not at the call's timeout.
+    """
 
 
 class CallError(DaebusError):
@@ -75,6 +85,13 @@ class RemoteError(CallError):
             f"RemoteError({self.message!r}, service={self.service!r}, "
             f"action={self.action!r}, request_id={self.request_id!r})"
         )
+
+
+class ServiceBusyError(RemoteError):
+    """The service refused the request without running it: it is full, or stopping.
+
+    Nothing ran, so the request is safe to send again later (or to another instance).
+    """
 
 
 class CallTimeoutError(CallError, TimeoutError):
