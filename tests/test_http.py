@@ -1472,3 +1472,50 @@ def test_stop_is_bounded_with_stuck_handlers(apps: Apps) -> None:
         assert isinstance(outcomes["/stuck-async"], (OSError, http.client.HTTPException))
     finally:
         release.set()
+
+
+#: Requests aiohttp refuses as malformed (400), for the log-flood test.
+_MALFORMED = [
+    b"GARBAGE\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Ctl: a\x01b\r\n\r\n",
+    b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Not the connection's first request: aiohttp logs a first request's bad method
+    # quietly (a client speaking another protocol), a later one at ERROR.
+    b"GAR\x01BAGE / HTTP/1.1\r\n\r\n",
+]
+
+
+def test_malformed_requests_are_logged_briefly_and_rarely(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("malformed")
+    app.route("/hello")(lambda req: {"hello": True})
+    base = serve(apps, app).url
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    started = time.monotonic()
+    answers: collections.Counter[bytes] = collections.Counter()
+    for i in range(300):
+        with contextlib.closing(raw_connection(base)) as sock:
+            if i % 2:
+                sock.sendall(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                first = b""
+                while not first.endswith(b"true}"):
+                    first += sock.recv(65536)
+            sock.sendall(_MALFORMED[i % len(_MALFORMED)])
+            answer = read_until_closed(sock, timeout=5.0)
+        answers[answer.split(b" ", 1)[-1].split(b"\r\n", 1)[0]] += 1
+    elapsed = time.monotonic() - started
+    assert fetch(base, "/hello").json() == {"hello": True}
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "daebus"))]
+    assert not [r for r in records if r.exc_info], [r.getMessage()[:200] for r in records][:3]
+    assert not [r for r in records if r.levelno >= logging.WARNING]
+    # One line per quiet period at most, whatever the number of bad requests.
+    assert len(records) <= 2 + elapsed // 10, (len(records), answers)
+    assert all(len(r.getMessage()) < 300 for r in records)
+    assert answers[b"400 Bad Request"] >= 250, answers

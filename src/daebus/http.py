@@ -28,7 +28,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -40,6 +39,7 @@ from aiohttp.http import HttpVersion11
 from . import context
 from ._compat import timeout as deadline
 from ._http_cors import CorsPolicy
+from ._http_log import ServerLog, Throttle
 from ._http_messages import (
     BadStatusError,
     BodyError,
@@ -69,7 +69,8 @@ MountHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: Seconds aiohttp gets to close the connections once our own shutdown wait is over:
 #: by then every request has been answered or cancelled, so this is a safety net only.
 _CLOSE_TIMEOUT = 1.0
-#: Seconds between two warnings about requests refused past ``max_concurrent``.
+#: Seconds between two log lines about one kind of refused request (past
+#: ``max_concurrent``, malformed, cross-origin): a client must not be able to flood the log.
 _REFUSED_LOG_EVERY = 10.0
 
 
@@ -161,8 +162,7 @@ class DaebusHttp:
         self._runner: web.AppRunner | None = None
         self._pool: WorkerPool | None = None
         self._busy = 0  # route handlers in progress (max_concurrent)
-        self._refused = 0  # 503s not logged yet
-        self._refused_logged = -_REFUSED_LOG_EVERY
+        self._refused = Throttle(_REFUSED_LOG_EVERY)  # 503s past max_concurrent
         self._active: set[asyncio.Task[Any]] = set()  # requests in progress
         self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
         self._drained: asyncio.Event | None = None  # set while stopping
@@ -260,6 +260,7 @@ class DaebusHttp:
             handle_signals=False,
             access_log=logging.getLogger("daebus.http.access") if self.access_log else None,
             keepalive_timeout=self.keepalive_timeout,
+            logger=ServerLog(self.logger, _REFUSED_LOG_EVERY),
             # How long the unread rest of a refused body is drained before closing.
             lingering_time=min(self.read_timeout, 5.0),
             shutdown_timeout=_CLOSE_TIMEOUT,
@@ -465,16 +466,13 @@ class DaebusHttp:
         self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
     ) -> web.StreamResponse:
         if self._busy >= self.max_concurrent:
-            self._refused += 1
-            now = time.monotonic()
-            if now - self._refused_logged >= _REFUSED_LOG_EVERY:  # not once per request
-                self._refused_logged = now
+            held = self._refused.allow()
+            if held is not None:
                 self.logger.warning(
                     "%d HTTP request(s) answered 503: max_concurrent=%d requests in progress",
-                    self._refused,
+                    held + 1,
                     self.max_concurrent,
                 )
-                self._refused = 0
             return json_response(
                 {"error": "Service Unavailable: too many requests in progress"},
                 503,
