@@ -82,20 +82,10 @@ class ServerLog(_Adapter):
         held = self._throttle.allow()
         if held is None:
             return
-        reason = brief(exc.message or type(exc).__name__)
-        if held:
-            self.component_logger.info(
-                "malformed HTTP request from %s answered %d: %s (and %d more since the last "
-                "such line)",
-                remote or "a client",
-                exc.code or 400,
-                reason,
-                held,
-            )
-        else:
-            self.component_logger.info(
-                "malformed HTTP request from %s answered %d: %s",
-                remote or "a client",
-                exc.code or 400,
-                reason,
-            )
+        self.component_logger.info(
+            "malformed HTTP request from %s answered %d: %s%s",
+            remote or "a client",
+            exc.code or 400,
+            brief(exc.message or type(exc).__name__),
+            f" ({held} more since the last such line)" if held else "",
+        )
