@@ -44,6 +44,7 @@ from daebus import (
     request,
     response,
 )
+from daebus.http import cross_origin
 
 apps = apps_fixture()
 
@@ -1039,10 +1040,13 @@ def test_json_sent_as_text_plain_by_fetch_is_understood(apps: Apps) -> None:
 
 
 def test_cross_site_text_plain_is_not_taken_as_json(apps: Apps) -> None:
-    # A cross-site text/plain POST needs no CORS preflight: it must not reach a handler
-    # as JSON (the payload is then the query, and the body is left in req.text).
+    # A cross-site text/plain POST needs no CORS preflight: even on a route that takes
+    # other origins' POSTs, it must not reach the handler as JSON (the payload is then
+    # the query, and the body is left in req.text).
     app = Daebus("text_plain_csrf")
-    app.route("/in", methods=["POST"])(lambda req: {"payload": req.payload, "json": req.json})
+    app.route("/in", methods=["POST"])(
+        cross_origin(lambda req: {"payload": req.payload, "json": req.json})
+    )
     base = serve(apps, app).url
     for origin in ("https://evil.example", "null", "http://127.0.0.1:1"):
         headers = {"Content-Type": "text/plain", "Origin": origin}
@@ -1059,6 +1063,91 @@ def test_cross_site_text_plain_is_not_taken_as_json(apps: Apps) -> None:
         headers={"Origin": "https://evil.example"},
     )
     assert declared.json() == {"payload": {"a": 1}, "json": {"a": 1}}
+
+
+def test_cross_origin_state_changing_requests_are_refused_before_the_handler(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("cross_origin")
+    ran: list[str] = []
+
+    @app.route("/in", methods=["POST", "PUT", "DELETE", "PATCH"])
+    def take(req: HttpRequest) -> Any:
+        ran.append(req.method)
+        return {"ran": True}
+
+    @app.route("/hook", methods=["POST"])
+    @cross_origin
+    def hook(req: HttpRequest) -> Any:
+        ran.append("hook")
+        return {"ran": True}
+
+    app.route("/read")(lambda req: {"read": True})
+    http_component = serve(apps, app)
+    base, port = http_component.url, http_component.port
+    caplog.set_level(logging.WARNING)
+    foreign = (
+        "https://evil.example",
+        "null",
+        f"http://127.0.0.1:{port + 1}",  # the same host, another port: another origin
+        f"http://127.0.0.1.evil.example:{port}",
+        "file://",
+        "",
+        "http://[::1",  # not even a URL
+    )
+    for origin in foreign:
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            headers = {"Content-Type": "text/plain", "Origin": origin}
+            reply = fetch(base, "/in", method, body="x", headers=headers)
+            assert reply.status == 403, (origin, method, reply.body)
+            assert reply.json() == {"error": "Forbidden: cross-origin request"}
+            assert reply.header("Access-Control-Allow-Origin") is None
+    assert ran == []
+    refusals = [r for r in caplog.records if "refused POST /in" in r.getMessage()]
+    assert len(refusals) == 1, [r.getMessage() for r in caplog.records]  # not once each
+    assert refusals[0].levelno == logging.WARNING
+    # Safe methods, clients that are not browsers and the page's own origin go through.
+    assert fetch(base, "/read", headers={"Origin": "https://evil.example"}).status == 200
+    assert fetch(base, "/in", "POST", body="x").status == 200
+    for own in (f"http://127.0.0.1:{port}", f"HTTP://127.0.0.1:{port}/"):
+        assert fetch(base, "/in", "POST", body="x", headers={"Origin": own}).status == 200
+    # Behind a proxy that ends TLS: the browser's origin names the Host it sent.
+    proxied = {"Origin": "https://example.com", "Host": "example.com"}
+    assert fetch(base, "/in", "PUT", body="x", headers=proxied).status == 200
+    assert ran == ["POST", "POST", "POST", "PUT"]
+    # A handler marked cross_origin takes any origin's POST.
+    hooked = fetch(base, "/hook", "POST", body="x", headers={"Origin": "https://evil.example"})
+    assert (hooked.status, ran[-1]) == (200, "hook")
+
+
+def test_cross_origin_posts_from_origins_cors_config_allows(apps: Apps) -> None:
+    app = Daebus("cross_origin_cors")
+    app.route("/in", methods=["POST"])(lambda req: {"ran": True})
+    listed = serve(apps, app, cors_config={"allowed_origins": ["https://app.example"]}).url
+    allowed = fetch(listed, "/in", "POST", body="x", headers={"Origin": "https://APP.example/"})
+    assert (allowed.status, allowed.header("Access-Control-Allow-Origin")) == (
+        200,
+        "https://APP.example/",
+    )
+    refused = fetch(listed, "/in", "POST", body="x", headers={"Origin": "https://evil.example"})
+    assert refused.status == 403
+    assert "Origin" in (refused.header("Vary") or "")
+    # "*" lets every origin send, as it lets every origin read.
+    anyone = Daebus("cross_origin_star")
+    anyone.route("/in", methods=["POST"])(lambda req: {"ran": True})
+    star = serve(apps, anyone, cors_config={"allowed_origins": "*"}).url
+    reply = fetch(star, "/in", "POST", body="x", headers={"Origin": "https://evil.example"})
+    assert (reply.status, reply.header("Access-Control-Allow-Origin")) == (200, "*")
+
+
+def test_cross_origin_marks_functions_only() -> None:
+    class Handlers:
+        def take(self, req: HttpRequest) -> Any:
+            return {}
+
+    with pytest.raises(SetupError, match="mark the function"):
+        cross_origin(Handlers().take)
+    assert cross_origin(Handlers.take) is Handlers.take
 
 
 def test_static_files(apps: Apps, tmp_path: Path) -> None:

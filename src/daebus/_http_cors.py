@@ -1,17 +1,23 @@
-"""Cross-origin rules of :class:`~daebus.DaebusHttp`: which origins may read its responses."""
+"""Cross-origin rules of :class:`~daebus.DaebusHttp`: which origins may read its responses.
+
+CORS only decides whether a page may *read* a response. A browser sends a "simple"
+cross-origin request (a form, or ``fetch`` with a ``text/plain`` body) without asking
+first, so :func:`foreign_origin` tells which of those must be refused before they run.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ._http_routing import allow_header
 
-__all__ = ["CorsPolicy", "add_vary"]
+__all__ = ["SAFE_METHODS", "CorsPolicy", "add_vary", "foreign_origin", "same_origin"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,10 @@ _CORS_KEYS = {
     "credentials": "credentials",
     "max_age": "max_age",
 }
+
+#: Methods that change nothing by HTTP's rules: any origin may send them.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -89,6 +99,10 @@ class CorsPolicy:
         headers = request.headers
         return "Origin" in headers and "Access-Control-Request-Method" in headers
 
+    def allows(self, origin: str) -> bool:
+        """True if ``origin`` is on the list (or the list is ``"*"``)."""
+        return self.origins is None or _origin_key(origin) in self.origins
+
     def _allow_origin(self, origin: str, headers: CIMultiDict[str]) -> bool:
         if self.origins is None:
             headers["Access-Control-Allow-Origin"] = "*"
@@ -135,6 +149,43 @@ class CorsPolicy:
         if self.max_age is not None:
             response.headers["Access-Control-Max-Age"] = str(self.max_age)
         return response
+
+
+def same_origin(origin: str, host: str | None) -> bool:
+    """True if ``origin`` names the ``Host`` the request was sent to (host name and port).
+
+    A port left out is the default of the origin's scheme, on both sides: behind a proxy
+    that ends TLS, ``https://example.com`` matches ``Host: example.com``.
+    """
+    if not host:
+        return False
+    try:
+        page = urlsplit(_origin_key(origin))
+        server = urlsplit("//" + host.strip().lower())
+        default = _DEFAULT_PORTS.get(page.scheme)
+        if default is None or not page.hostname:
+            return False  # "null", file:, ...
+        return page.hostname == server.hostname and (page.port or default) == (
+            server.port or default
+        )
+    except ValueError:  # a port that is no number, a bad IPv6 address
+        return False
+
+
+def foreign_origin(request: web.BaseRequest, policy: CorsPolicy | None) -> str | None:
+    """The ``Origin`` of a state-changing request from a page not allowed to send it.
+
+    None for a safe method, for a request without ``Origin`` (not sent by a browser
+    page), from the server's own origin, or from one ``policy`` allows.
+    """
+    if request.method.upper() in SAFE_METHODS:
+        return None
+    origin = request.headers.get("Origin")
+    if origin is None or same_origin(origin, request.headers.get("Host")):
+        return None
+    if policy is not None and policy.allows(origin):
+        return None
+    return origin
 
 
 def _origin_key(origin: str) -> str:

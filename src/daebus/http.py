@@ -15,6 +15,10 @@ whenever they were registered. ``async def`` handlers run on the service's loop,
 What a handler returns is sent as JSON, strings and bytes included (as in 0.0.31); to
 send HTML or anything else, return an ``aiohttp.web.Response``.
 
+A browser page of another origin may not POST (PUT, DELETE, ...) to a route: such a
+request gets 403 before the handler runs, unless ``cors_config`` allows the origin or
+the handler is marked :func:`cross_origin`.
+
 aiohttp does the HTTP/1.1 work (keep-alive, Content-Length, chunked bodies, HEAD); this
 module does the routing, so that routes can be added while the service runs and 404,
 405, OPTIONS and CORS answer the same way for every route.
@@ -31,15 +35,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 
 from . import context
 from ._compat import timeout as deadline
-from ._http_cors import CorsPolicy
-from ._http_log import ServerLog, Throttle
+from ._http_cors import CorsPolicy, foreign_origin
+from ._http_log import ServerLog, Throttle, brief
 from ._http_messages import (
     BadStatusError,
     BodyError,
@@ -59,12 +63,13 @@ from .exceptions import SetupError
 if TYPE_CHECKING:
     from .app import Daebus
 
-__all__ = ["CorsPolicy", "DaebusHttp", "HttpRequest", "HttpResponse"]
+__all__ = ["CorsPolicy", "DaebusHttp", "HttpRequest", "HttpResponse", "cross_origin"]
 
 log = logging.getLogger(__name__)
 
 #: A raw aiohttp handler, as given to :meth:`DaebusHttp.mount`.
 MountHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Seconds aiohttp gets to close the connections once our own shutdown wait is over:
 #: by then every request has been answered or cancelled, so this is a safety net only.
@@ -72,6 +77,29 @@ _CLOSE_TIMEOUT = 1.0
 #: Seconds between two log lines about one kind of refused request (past
 #: ``max_concurrent``, malformed, cross-origin): a client must not be able to flood the log.
 _REFUSED_LOG_EVERY = 10.0
+
+
+def cross_origin(func: F) -> F:
+    """Let browser pages of any origin POST (PUT, DELETE, ...) to this route handler.
+
+    Without it, such a request from an origin that is neither the server's own nor
+    allowed by ``cors_config`` gets 403 and the handler does not run: a page on another
+    site could otherwise make a visitor's browser send it (a form, or ``fetch`` with a
+    ``text/plain`` body needs no CORS preflight). Mark only handlers that are meant to
+    be called that way (a public endpoint with its own authentication)::
+
+        @app.route("/hook", methods=["POST"])
+        @cross_origin
+        def hook(req): ...
+
+    The function is returned unchanged; the order of the two decorators does not matter.
+    CORS still decides whether the page may read the answer.
+    """
+    try:
+        func._daebus_cross_origin = True  # type: ignore[attr-defined]
+    except AttributeError:  # a bound method: its function is what the route keeps
+        raise SetupError(f"cross_origin cannot mark {func!r}; mark the function") from None
+    return func
 
 
 class _AbandonedError(Exception):
@@ -88,7 +116,11 @@ class DaebusHttp:
             setups rely on; give ``"127.0.0.1"`` to accept local clients only. The
             address is logged at start.
         cors_config: cross-origin rules, see :class:`CorsPolicy`; None sends no CORS
-            headers.
+            headers. Whatever it says, a POST (or any method but GET, HEAD and OPTIONS)
+            from a browser page of another origin that it does not allow gets 403
+            without running the route, unless the handler is marked
+            :func:`cross_origin`. A page's own origin (the ``Host`` the request was sent
+            to) and clients that send no ``Origin`` (not browsers) are always let through.
         max_body_size: largest request body in bytes (413 above it); 1 MiB by default.
         read_timeout: seconds a client has to send the whole body once the headers are
             in (408 after it), so a slow client cannot hold a request open.
@@ -163,6 +195,7 @@ class DaebusHttp:
         self._pool: WorkerPool | None = None
         self._busy = 0  # route handlers in progress (max_concurrent)
         self._refused = Throttle(_REFUSED_LOG_EVERY)  # 503s past max_concurrent
+        self._foreign = Throttle(_REFUSED_LOG_EVERY)  # 403s to other origins
         self._active: set[asyncio.Task[Any]] = set()  # requests in progress
         self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
         self._drained: asyncio.Event | None = None  # set while stopping
@@ -437,7 +470,13 @@ class DaebusHttp:
         cors = self._cors
         response: web.StreamResponse
         if func is not None:
-            response = await self._call(request, func, params)
+            origin = None
+            if not getattr(func, "_daebus_cross_origin", False):
+                origin = foreign_origin(request, cors)
+            if origin is None:
+                response = await self._call(request, func, params)
+            else:
+                response = self._refuse_origin(request, origin)
         elif allowed:
             response = self._other_method(request, method, allowed)
         elif self._statics:
@@ -447,6 +486,19 @@ class DaebusHttp:
         if cors is not None and (func is not None or not cors.is_preflight(request)):
             cors.apply(request, response)  # a preflight answer has its own headers
         return response
+
+    def _refuse_origin(self, request: web.Request, origin: str) -> web.StreamResponse:
+        held = self._foreign.allow()
+        if held is not None:
+            self.logger.warning(
+                "refused %s %s from origin %s with 403: neither the server's own origin nor "
+                "allowed by cors_config%s",
+                request.method,
+                brief(request.path),
+                brief(origin),
+                f" ({held} more since the last such line)" if held else "",
+            )
+        return json_response({"error": "Forbidden: cross-origin request"}, 403)
 
     def _other_method(
         self, request: web.Request, method: str, allowed: set[str]
