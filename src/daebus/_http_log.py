@@ -10,12 +10,11 @@ period; everything else aiohttp logs reaches ``aiohttp.server`` unchanged.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.http import HttpProcessingError
-from aiohttp.log import server_logger
 
 __all__ = ["ServerLog", "Throttle", "brief"]
 
@@ -33,7 +32,7 @@ class Throttle:
 
     def __init__(self, every: float) -> None:
         self.every = every
-        self._last = -every
+        self._last = -math.inf
         self._held = 0
 
     def allow(self) -> int | None:
@@ -63,12 +62,9 @@ class ServerLog(_Adapter):
     """
 
     def __init__(self, logger: logging.Logger, every: float) -> None:
-        super().__init__(server_logger, {})
+        super().__init__(logging.getLogger("aiohttp.server"), {})
         self.component_logger = logger
         self._throttle = Throttle(every)
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
-        return msg, kwargs  # no ``extra``: records stay as aiohttp made them
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
