@@ -493,7 +493,7 @@ class DaebusHttp:
             self.logger.warning(
                 "refused %s %s from origin %s with 403: neither the server's own origin nor "
                 "allowed by cors_config%s",
-                request.method,
+                brief(request.method),
                 brief(request.path),
                 brief(origin),
                 f" ({held} more since the last such line)" if held else "",
