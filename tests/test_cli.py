@@ -10,6 +10,7 @@ configured (``daebus demo``, ``daebus run``) are in test_zero_setup.py.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import signal
 import subprocess
@@ -611,3 +612,77 @@ def test_server_status_stop_and_a_second_foreground_server(
         assert not shared.status().running
     finally:
         shared.stop()
+
+
+# -- passwords are never shown ---------------------------------------------------------
+
+PASSWORD = "S3cret-pw-never-shown"
+WRONG_PASSWORD = "Wr0ng-pw-never-shown"
+
+
+@pytest.fixture
+def locked_redis(private_redis: RedisServer) -> RedisServer:
+    """A server of the test's own that requires `PASSWORD`."""
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        client.config_set("requirepass", PASSWORD)
+    finally:
+        client.close()
+    return private_redis
+
+
+def with_password(url: str, password: str) -> str:
+    return url.replace("redis://", f"redis://:{password}@", 1)
+
+
+def assert_no_password(text: str) -> None:
+    assert PASSWORD not in text, text
+    assert WRONG_PASSWORD not in text, text
+
+
+@pytest.mark.parametrize(
+    ("args", "server", "exit_code"),
+    [
+        (["call", "svc", "act"], "wrong password", EXIT_FAILURE),
+        (["call", "svc", "act"], "down", EXIT_FAILURE),
+        (["call", unique_name("nobody"), "act"], "right password", EXIT_NO_SERVICE),
+        (["publish", "channel", "{}"], "wrong password", EXIT_FAILURE),
+        (["publish", "channel", "{}"], "down", EXIT_FAILURE),
+        (["listen", "channel.*"], "wrong password", EXIT_FAILURE),
+        (["listen", "channel.*"], "down", EXIT_FAILURE),
+        (["demo"], "wrong password", EXIT_FAILURE),
+        (["run", "daebus.demo:shop"], "bad URL", EXIT_FAILURE),
+    ],
+)
+@pytest.mark.parametrize("given", ["--redis-url", "$DAEBUS_REDIS_URL"])
+def test_errors_do_not_show_the_password(
+    locked_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    args: list[str],
+    server: str,
+    exit_code: int,
+    given: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="daebus")
+    url = {
+        "right password": with_password(locked_redis.url, PASSWORD),
+        "wrong password": with_password(locked_redis.url, WRONG_PASSWORD),
+        "down": with_password(dead_url(), PASSWORD),
+        "bad URL": f"ftp://:{PASSWORD}@example.invalid/",
+    }[server]
+    if given == "--redis-url":
+        result = invoke(*args, "--redis-url", url)
+    else:
+        result = invoke(*args, env={"DAEBUS_REDIS_URL": url})
+    assert result.exit_code == exit_code, result.output
+    assert result.stderr.startswith("Error: "), result.output
+    assert_no_password(result.output)
+    assert_no_password(caplog.text)
+
+
+def test_listen_does_not_show_the_password(locked_redis: RedisServer) -> None:
+    url = with_password(locked_redis.url, PASSWORD)
+    with daebus_process("listen", "channel.*", url=url) as proc:
+        wait_stderr(proc, "listening on channel.* at redis://:***@")
+        assert proc.terminate(signal.SIGINT) == 0, proc.output()
+        assert_no_password(proc.output())

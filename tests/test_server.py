@@ -23,10 +23,10 @@ import pytest
 import redis
 
 from _helpers import unique_name, wait_for, wait_subscribed
-from _servers import free_port, kill_shared_servers, shared_server_pids
+from _servers import RedisServer, free_port, kill_shared_servers, shared_server_pids
 from daebus import Daebus, DaebusCaller, protocol
 from daebus.config import resolve_redis_url
-from daebus.exceptions import TransportError
+from daebus.exceptions import ServiceUnavailableError, TransportError
 from daebus.server import (
     LOG_NAME,
     PID_NAME,
@@ -217,6 +217,64 @@ def test_a_service_and_a_caller_find_each_other_with_no_configuration(
     finally:
         child.kill()
         child.wait()
+
+
+def connections_received(url: str) -> int:
+    """Connections the server at ``url`` has accepted, this question's included."""
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_connections_received"])
+    finally:
+        client.close()
+
+
+def test_embedded_goes_to_the_shared_server_without_probing(
+    monkeypatch: pytest.MonkeyPatch,
+    shared_dir: Path,
+    private_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A server answers where the default is probed: "embedded" must not even ask it.
+    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", private_redis.url)
+    before = connections_received(private_redis.url)
+    monkeypatch.setenv("DAEBUS_REDIS_URL", "embedded")
+    with caplog.at_level(logging.INFO, logger="daebus.config"):
+        url = resolve_redis_url()
+    assert url == f"unix://{shared_dir / SOCKET_NAME}"
+    pid = shared_server_status().pid
+    assert f"(started it, pid {pid}; from $DAEBUS_REDIS_URL)" in caplog.text
+    monkeypatch.delenv("DAEBUS_REDIS_URL")
+    assert resolve_redis_url("embedded") == url
+    with (
+        DaebusCaller("anyone", redis_url="embedded") as caller,
+        pytest.raises(ServiceUnavailableError),
+    ):
+        caller.send_request("ping", {}, timeout=1)
+    assert connections_received(private_redis.url) == before + 1
+
+
+def test_a_default_server_that_wants_a_password_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+    shared_dir: Path,
+    private_redis: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    try:
+        client.config_set("requirepass", "S3cret-pw-never-shown")
+    finally:
+        client.close()
+    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", private_redis.url)
+    with caplog.at_level(logging.INFO, logger="daebus.config"):
+        url = resolve_redis_url()
+        assert resolve_redis_url() == url
+    assert url == f"unix://{shared_dir / SOCKET_NAME}"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"{private_redis.url} answered but wants a password: using the shared embedded "
+        f"server instead (set $DAEBUS_REDIS_URL, password included, to use {private_redis.url})"
+    ]
+    assert f"; {private_redis.url} wants a password)" in caplog.text
 
 
 # -- an explicit server that is down is never replaced ---------------------------------

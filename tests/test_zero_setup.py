@@ -277,3 +277,53 @@ def test_listen_publish_and_server_use_the_shared_server(newcomer: Newcomer) -> 
     assert daebus("server", "--status").stdout == f"running at {url} (pid {status.pid})\n"
     assert daebus("server", "--stop").stdout == f"stopped pid {status.pid}\n"
     assert not newcomer.server.status().running
+
+
+# -- embedded: no probe of localhost ---------------------------------------------------
+
+ANSWER = """
+import os
+from daebus import Daebus, request
+
+app = Daebus("answer_app")
+
+@app.action("answer")
+def answer():
+    return {"pid": os.getpid(), "got": request.payload}
+"""
+
+
+def test_embedded_names_the_shared_server_for_every_command(
+    newcomer: Newcomer, redis_url: str, tmp_path: Path
+) -> None:
+    # A server answers where the default is probed; "embedded" must not use it.
+    env = {**newcomer.env, "DAEBUS_DEFAULT_REDIS_URL": redis_url}
+    (tmp_path / "answer.py").write_text(textwrap.dedent(ANSWER))
+    service = ServiceProcess(
+        module="daebus.cli",
+        args=["run", "answer:app", "--service", "answer", "--redis-url", "embedded"],
+        redis_url=None,
+        env=env,
+        inherit_env=False,
+        cwd=tmp_path,
+        name="answer",
+    )
+    with service:
+        wait_for(
+            lambda: newcomer.server.status().running or not service.is_running(),
+            timeout=20,
+            message="no shared server\n" + service.output(),
+        )
+        service.wait_ready(protocol.service_channel("answer"), timeout=20, url=newcomer.server.url)
+        newcomer.env["DAEBUS_DEFAULT_REDIS_URL"] = redis_url
+        call = newcomer.daebus("call", "answer", "answer", '{"n": 1}', "--redis-url", "embedded")
+        assert call.returncode == 0, call.stdout + call.stderr
+        assert json.loads(call.stdout) == {"pid": service.pid, "got": {"n": 1}}
+        newcomer.env["DAEBUS_REDIS_URL"] = "embedded"
+        call = newcomer.daebus("call", "answer", "answer", '{"n": 2}')
+        assert call.returncode == 0, call.stdout + call.stderr
+        assert json.loads(call.stdout) == {"pid": service.pid, "got": {"n": 2}}
+        assert service.terminate() == 0, service.output()
+        assert "from the redis_url argument)" in service.stderr(), service.output()
+    out = run_demo([sys.executable, "-m", "daebus.demo", "--redis-url", "embedded"], newcomer)
+    assert "shared embedded server at" in out

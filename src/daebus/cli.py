@@ -1,8 +1,9 @@
 """The ``daebus`` command: run, call, publish to and watch services from a shell.
 
 Every command takes ``--redis-url``; without it the server is found as the library
-finds it (:func:`daebus.config.resolve_redis_url`). Output is coloured only when it
-goes to a terminal, and never when ``$NO_COLOR`` is set.
+finds it (:func:`daebus.config.resolve_redis_url`); ``--redis-url embedded`` names the
+shared embedded server. A URL is shown (in errors and banners) with its password masked.
+Output is coloured only when it goes to a terminal, and never when ``$NO_COLOR`` is set.
 
 Exit codes (``daebus call`` uses them all)::
 
@@ -47,6 +48,7 @@ from .exceptions import (
     TransportError,
 )
 from .transport import transport_from_url
+from .transport._url import redact_url
 from .transport.redis import normalize_url
 
 __all__ = [
@@ -112,19 +114,43 @@ class NoServiceFailure(Failure):
 
 
 @contextmanager
-def _reported(url: str | None = None) -> Iterator[None]:
-    """Turn the errors daebus raises for a bad setup or a server down into a :class:`Failure`."""
+def _reported(url: str | None = None, *, secret: str | None = None) -> Iterator[None]:
+    """Turn the errors daebus raises for a bad setup or a server down into a :class:`Failure`.
+
+    The message names the server ``url`` if given; the password of ``url`` (or of
+    ``secret``, a URL the message does not name) is masked.
+    """
+    secret = secret or url
     try:
         yield
     except TransportError as exc:
-        raise Failure(f"Redis at {url}: {exc}" if url else str(exc)) from exc
+        message = f"Redis at {url}: {exc}" if url else str(exc)
+        raise Failure(_without_password(message, secret)) from exc
     except DaebusError as exc:
-        raise Failure(str(exc)) from exc
+        raise Failure(_without_password(str(exc), secret)) from exc
+
+
+def _without_password(text: str, url: str | None) -> str:
+    """``text`` with ``url``, and any other spelling of its password, masked."""
+    if not url:
+        return text
+    text = text.replace(url, redact_url(url))
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    if not password:
+        return text
+    # An error from deeper down may quote the URL as it rebuilt it (normalised, say). Only
+    # the password's URL spellings are masked: a short one may also be part of a word.
+    for shown in (f":{password}@", f"password={password}"):
+        text = text.replace(shown, shown.replace(password, "***"))
+    return text
 
 
 def _resolve_url(redis_url: str | None) -> str:
     """The server to use: ``--redis-url``, else the library's choice; checked."""
-    with _reported():
+    with _reported(secret=redis_url or os.environ.get(config.ENV_REDIS_URL)):
         url = config.resolve_redis_url(redis_url)
     _check_url(url)
     return url
@@ -139,7 +165,7 @@ def _check_url(url: str) -> None:
     try:
         transport_from_url(url)
     except ValueError as exc:
-        raise Failure(f"bad server URL: {exc}") from None
+        raise Failure(_without_password(f"bad server URL: {exc}", url)) from None
 
 
 # -- output ------------------------------------------------------------------------------
@@ -184,9 +210,9 @@ def redis_url_option(text: str | None = None) -> Callable[[F], F]:
         metavar="URL",
         default=None,
         help=text
-        or "The server, e.g. redis://host:6379/0 or unix:///path/to/socket. "
-        "Default: $DAEBUS_REDIS_URL, else localhost:6379 if a server answers, "
-        "else daebus's shared embedded server.",
+        or "The server, e.g. redis://host:6379/0 or unix:///path/to/socket, or "
+        "'embedded' for daebus's shared embedded server. Default: $DAEBUS_REDIS_URL, "
+        "else localhost:6379 if a server answers, else the shared embedded server.",
     )
 
 
@@ -303,11 +329,12 @@ def run(
     if loop is not None:
         os.environ[_loop.ENV_EVENT_LOOP] = loop  # read by app.run, and by child processes
     app = load_app(target)
-    if redis_url:
-        _check_url(redis_url)
+    given = redis_url or os.environ.get(config.ENV_REDIS_URL)
+    if given and given != config.EMBEDDED:
+        _check_url(given)
     # The app resolves a missing URL itself, after it has set up logging, so that the
     # log says which server it chose.
-    with _reported():
+    with _reported(secret=given):
         app.run(service or app.name, debug=debug, redis_url=redis_url)
 
 
@@ -351,7 +378,9 @@ def call(service: str, action: str, payload: str, timeout: float, redis_url: str
         except RemoteError as exc:
             raise ErrorReplyFailure(f"{where} answered with an error: {exc.message}") from exc
         except ServiceUnavailableError as exc:
-            raise NoServiceFailure(f"no service {service!r} is listening at {url}") from exc
+            raise NoServiceFailure(
+                f"no service {service!r} is listening at {redact_url(url)}"
+            ) from exc
         except CallTimeoutError as exc:
             raise TimeoutFailure(f"{where}: no reply within {timeout}s") from exc
     click.echo(_json_text(reply, pretty=terminal))
@@ -437,20 +466,21 @@ def _listen(url: str, patterns: list[str]) -> None:
     try:
         client = redis.Redis.from_url(normalize_url(url), **options)
     except ValueError as exc:
-        raise Failure(f"bad Redis URL {url!r}: {exc}") from None
+        raise Failure(_without_password(f"bad Redis URL {url!r}: {exc}", url)) from None
+    shown = redact_url(url)
     terminal = _is_terminal()
     connected_once = down = False
     delay = 0.05
     try:
         while True:
-            pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+            pubsub = client.pubsub()
             try:
                 _subscribe(pubsub, patterns)
                 if connected_once:
-                    click.secho(f"reconnected to {url}", fg="yellow", err=True)
+                    click.secho(f"reconnected to {shown}", fg="yellow", err=True)
                 else:
                     click.secho(
-                        f"listening on {' '.join(patterns)} at {url} (Ctrl-C to stop)",
+                        f"listening on {' '.join(patterns)} at {shown} (Ctrl-C to stop)",
                         dim=True,
                         err=True,
                     )
@@ -462,10 +492,11 @@ def _listen(url: str, patterns: list[str]) -> None:
                         _print_message(message["channel"], message["data"], terminal)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if not connected_once:
-                    raise Failure(f"Redis at {url}: {exc}") from None
+                    raise Failure(_without_password(f"Redis at {url}: {exc}", url)) from None
                 if not down:
                     down = True
-                    click.secho(f"lost the connection to {url} ({exc}); reconnecting", err=True)
+                    lost = f"lost the connection to {url} ({exc}); reconnecting"
+                    click.secho(_without_password(lost, url), err=True)
                 time.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
             finally:
@@ -515,24 +546,21 @@ def server(show_status: bool, stop: bool) -> None:
     It is the server every daebus process of yours uses when nothing is configured and
     nothing answers on localhost:6379 (a unix socket in your runtime folder).
     """
-    from .exceptions import TransportError
     from .server import run_shared_server, shared_server_status, stop_shared_server
 
-    if show_status:
-        status = shared_server_status()
-        if status.running:
-            click.echo(f"running at {status.url} (pid {status.pid})")
-        else:
-            click.echo(f"not running (it would be at {status.url})")
-        return
-    if stop:
-        pid = stop_shared_server()
-        click.echo(f"stopped pid {pid}" if pid is not None else "not running")
-        return
-    try:
+    with _reported():
+        if show_status:
+            status = shared_server_status()
+            if status.running:
+                click.echo(f"running at {status.url} (pid {status.pid})")
+            else:
+                click.echo(f"not running (it would be at {status.url})")
+            return
+        if stop:
+            pid = stop_shared_server()
+            click.echo(f"stopped pid {pid}" if pid is not None else "not running")
+            return
         code = run_shared_server()
-    except TransportError as exc:
-        raise click.ClickException(str(exc)) from None
     sys.exit(code)
 
 
@@ -542,8 +570,8 @@ def server(show_status: bool, stop: bool) -> None:
     "--keep-running", is_flag=True, help="Keep the services running after the demo, until Ctrl-C."
 )
 @redis_url_option(
-    "The server. Default: $DAEBUS_REDIS_URL, else daebus's shared embedded server "
-    "(never a Redis on localhost:6379 that was not named: it may run real services "
+    "The server, or 'embedded'. Default: $DAEBUS_REDIS_URL, else daebus's shared embedded "
+    "server (never a Redis on localhost:6379 that was not named: it may run real services "
     "called shop or inventory)."
 )
 @click.pass_context

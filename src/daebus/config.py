@@ -1,4 +1,9 @@
-"""Where Redis is: the configured URL, else a Redis on localhost, else the shared server."""
+"""Where Redis is: the configured URL, else a Redis on localhost, else the shared server.
+
+With nothing configured, whatever answers PING on localhost:6379 is trusted: on a
+machine without a Redis of its own, any local user could listen there first. Setting
+the URL to ``embedded`` skips that probe and goes straight to the user's shared server.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,20 @@ import logging
 import os
 import threading
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .exceptions import TransportError
+from .transport._url import redact_url
 
 if TYPE_CHECKING:
     from .server import SharedServer
 
 __all__ = [
     "DEFAULT_REDIS_URL",
+    "EMBEDDED",
     "ENV_DEFAULT_REDIS_URL",
     "ENV_REDIS_URL",
     "PROBE_TIMEOUT",
@@ -33,11 +39,15 @@ ENV_DEFAULT_REDIS_URL = "DAEBUS_DEFAULT_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 #: Seconds the default server gets to answer PING before the shared server is used.
 PROBE_TIMEOUT = 0.3
+#: The URL that names the user's shared embedded server, without probing localhost.
+EMBEDDED = "embedded"
 
 # Resolved once per process: every app and caller of a process then agrees on a server,
 # even if another Redis appears on localhost later.
 _lock = threading.Lock()
-_probed: dict[str, bool] = {}
+# By probed URL: the reason it is not used (no answer, or one that wants a password), or
+# None when it answered.
+_probed: dict[str, str | None] = {}
 # The shared server found last, by the settings that locate its folder (server.py's
 # runtime_dir): the server, its pid and URL. A script's every broadcast.send() resolves
 # the URL; this checks the server's files without importing or building paths again
@@ -60,6 +70,10 @@ def resolve_redis_url(
     ``unix://`` URL. A configured URL is returned as is, even if nothing answers there:
     it is retried and reported, never replaced by the embedded server.
 
+    ``embedded`` (:data:`EMBEDDED`) as ``redis_url`` or ``$DAEBUS_REDIS_URL`` names the
+    shared server: localhost is not probed. A default server that answers but wants a
+    password is not used: the shared server is, with a warning saying why.
+
     The probe runs once per process, so all apps and callers of a process agree; the
     shared server is re-checked cheaply on each call and started again if it has gone.
 
@@ -67,12 +81,16 @@ def resolve_redis_url(
         TransportError: Nothing is configured, nothing answers on localhost, and the
             shared server cannot be started.
     """
+    if redis_url == EMBEDDED:
+        return _shared_server_url("from the redis_url argument")
     if redis_url:
         return _announce(redis_url, "the redis_url argument")
     if redis_host is not None or redis_port is not None:
         url = f"redis://{redis_host or 'localhost'}:{redis_port or 6379}/0"
         return _announce(url, "the redis_host/redis_port arguments")
     configured = os.environ.get(ENV_REDIS_URL)
+    if configured == EMBEDDED:
+        return _shared_server_url(f"from ${ENV_REDIS_URL}")
     if configured:
         return _announce(configured, f"${ENV_REDIS_URL}")
     return _implicit_url()
@@ -83,32 +101,26 @@ def _announce(url: str, reason: str) -> str:
         if (url, reason) in _announced:
             return url
         _announced.add((url, reason))
-    log.info("using %s (from %s)", _redacted(url), reason)
+    log.info("using %s (from %s)", redact_url(url), reason)
     return url
-
-
-def _redacted(url: str) -> str:
-    """``url`` with its password masked, for the log."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 def _implicit_url() -> str:
     probe = os.environ.get(ENV_DEFAULT_REDIS_URL) or DEFAULT_REDIS_URL
     with _lock:
-        answered = _probed.get(probe)
-        if answered is None:
-            answered = _probed[probe] = _answers_ping(probe)
-            if answered:
-                log.info("using %s (answered PING; no URL configured)", _redacted(probe))
-        if answered:
+        if probe in _probed:
+            refused = _probed[probe]
+        else:
+            refused = _probed[probe] = _probe(probe)
+            if refused is None:
+                log.info("using %s (answered PING; no URL configured)", redact_url(probe))
+        if refused is None:
             return probe
-        return _shared_server_url(probe)
+        return _shared_server_url(refused)
 
 
-def _answers_ping(url: str) -> bool:
+def _probe(url: str) -> str | None:
+    """Why the server at ``url`` is not to be used, or None when it answered PING."""
     client = redis.Redis.from_url(
         url,
         socket_connect_timeout=PROBE_TIMEOUT,
@@ -117,16 +129,31 @@ def _answers_ping(url: str) -> bool:
     )
     try:
         client.ping()
-    except (redis.AuthenticationError, redis.ResponseError):
-        return True  # a Redis that wants credentials: the user's to configure, not to skip
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        # A server nobody named is not one to send credentials to, nor one to use
+        # without them: the shared server is used instead, and the log says why.
+        if isinstance(exc, redis.AuthenticationError) or "auth" in str(exc).lower():
+            refusal = "wants a password"
+        else:
+            refusal = f"refused PING ({exc})"
+        log.warning(
+            "%s answered but %s: using the shared embedded server instead "
+            "(set $%s, password included, to use %s)",
+            redact_url(url),
+            refusal,
+            ENV_REDIS_URL,
+            redact_url(url),
+        )
+        return f"{redact_url(url)} {refusal}"
     except (redis.RedisError, OSError):
-        return False
+        return f"nothing answered on {redact_url(url)}"
     finally:
         client.close()
-    return True
+    return None
 
 
-def _shared_server_url(probe: str) -> str:
+def _shared_server_url(why: str) -> str:
+    """The shared server's URL, started if need be; ``why`` it is used goes in the log."""
     where = (os.environ.get("DAEBUS_RUNTIME_DIR"), os.environ.get("XDG_RUNTIME_DIR"))
     known = _shared_known.get(where)
     if known is not None:
@@ -141,18 +168,15 @@ def _shared_server_url(probe: str) -> str:
     try:
         status = server.ensure()
     except TransportError as exc:
-        raise TransportError(
-            f"no Redis configured, nothing answered on {_redacted(probe)}, and the shared embedded "
-            f"server could not be started: {exc}"
-        ) from exc
+        raise TransportError(f"the shared embedded server ({why}) cannot be used: {exc}") from exc
     assert status.pid is not None
     _shared_known[where] = (server, status.pid, status.url)
     how = "started it" if status.started else "already running"
     log.info(
-        "using the shared embedded server at %s (%s, pid %d; nothing answered on %s)",
+        "using the shared embedded server at %s (%s, pid %d; %s)",
         status.url,
         how,
         status.pid,
-        _redacted(probe),
+        why,
     )
     return status.url

@@ -4,11 +4,11 @@
 order by calling ``inventory`` and listens to its broadcasts. Both are ordinary apps:
 ``daebus run daebus.demo:inventory`` runs one on its own.
 
-Given no server (``--redis-url``, ``$DAEBUS_REDIS_URL``), the demo runs on the user's
-shared embedded server, started if need be: the server every daebus process falls back
-to with nothing configured, so the demo takes the path a newcomer's services take. It
-never probes localhost:6379: a Redis there may run real services called ``shop`` or
-``inventory``, which the demo's requests must not reach.
+Given no server (``--redis-url``, ``$DAEBUS_REDIS_URL``), or ``embedded``, the demo runs
+on the user's shared embedded server, started if need be: the server every daebus
+process falls back to with nothing configured, so the demo takes the path a newcomer's
+services take. It never probes localhost:6379: a Redis there may run real services
+called ``shop`` or ``inventory``, which the demo's requests must not reach.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from typing import Any
 import click
 
 from . import Daebus, DaebusCaller, broadcast, request, response
-from .config import ENV_REDIS_URL
+from .config import EMBEDDED, ENV_REDIS_URL
 from .server import ensure_shared_server
+from .transport._url import redact_url
 
 __all__ = ["configured_url", "inventory", "main", "run", "shop"]
 
@@ -70,8 +71,12 @@ def _json(value: Any) -> str:
 
 
 def configured_url(redis_url: str | None = None) -> str | None:
-    """The server the demo was given: ``redis_url``, else ``$DAEBUS_REDIS_URL``, else None."""
-    return redis_url or os.environ.get(ENV_REDIS_URL) or None
+    """The server the demo was given: ``redis_url``, else ``$DAEBUS_REDIS_URL``, else None.
+
+    None too for ``embedded``: the shared embedded server is the demo's default.
+    """
+    url = redis_url or os.environ.get(ENV_REDIS_URL) or None
+    return None if url == EMBEDDED else url
 
 
 def _server_url(redis_url: str | None) -> str:
@@ -153,9 +158,10 @@ def _exchange(url: str) -> bool:
 
 def _wait_for_interrupt(url: str) -> None:
     """Block until SIGINT or SIGTERM, saying how to talk to the services meanwhile."""
-    _say(f"\nThe services keep running on {url}. In another shell, try:")
-    _say(f'  daebus call --redis-url {url} shop order \'{{"item": "widget"}}\'')
-    _say(f"  daebus listen --redis-url {url} 'inventory.*'")
+    shown = redact_url(url)  # the user knows the password; the terminal's scrollback need not
+    _say(f"\nThe services keep running on {shown}. In another shell, try:")
+    _say(f'  daebus call --redis-url {shown} shop order \'{{"item": "widget"}}\'')
+    _say(f"  daebus listen --redis-url {shown} 'inventory.*'")
     _say("Press Ctrl-C to stop.", dim=True)
     stop = threading.Event()
 
