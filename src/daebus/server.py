@@ -13,6 +13,14 @@ it listens only on the unix socket ``daebus.sock`` there (no TCP port), writes n
 disk but its pid file and its log (``server.log``), and is started under an exclusive
 lock on ``daebus.lock``, so that processes starting together start exactly one.
 
+Nothing in the folder is trusted before the folder itself is checked: in a shared temp
+folder another user can create ``daebus-<uid>`` first, as a folder or a symlink, and run
+a server of their own in it. The folder must be a real folder (not a symlink) owned by
+the user, else it is refused with an error naming ``$DAEBUS_RUNTIME_DIR``; it is made
+private (mode 700) before any file in it is used. The socket and the pid file are used
+only if they are the user's own and not symlinks (else they are removed as stale); a lock
+or log file that is not is refused.
+
 Lifetime: once started, the shared server is left running, detached from the process
 that started it, until it is stopped with :func:`stop_shared_server` (``daebus server
 --stop``) or the machine restarts. It holds no data worth keeping (pub/sub only, no
@@ -23,6 +31,7 @@ replaced; services already running reconnect to the new one on the same socket.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.util
 import logging
@@ -46,6 +55,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .exceptions import TransportError
+from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = [
     "ENV_RUNTIME_DIR",
@@ -88,6 +98,25 @@ def _require_binary(binary: Path | None) -> Path:
     return found
 
 
+# Past its pub/sub output buffer hard limit the server drops a subscriber, and with it
+# everything queued for it: one PUBLISH bigger than that limit, from any client, cuts every
+# listener of the channel off. So the servers started here refuse a message (a bulk string)
+# that could not fit: the sender gets an error and its connection is closed, the
+# subscribers keep theirs. The largest message is twice daebus's own default limit, room
+# for an app that raises it; the hard limit holds four of them, as a subscriber gets one
+# copy of a message per matching subscription (its channel and patterns); a subscriber
+# may stay one largest message behind for a minute (the soft limit).
+MAX_BULK_LEN = 2 * DEFAULT_MAX_MESSAGE_SIZE
+PUBSUB_BUFFER_HARD_LIMIT = 4 * MAX_BULK_LEN
+PUBSUB_BUFFER_SOFT_LIMIT = MAX_BULK_LEN
+_PUBSUB_BUFFER_SOFT_SECONDS = 60
+_LIMITS = [
+    "--proto-max-bulk-len", str(MAX_BULK_LEN),
+    "--client-output-buffer-limit", "pubsub", str(PUBSUB_BUFFER_HARD_LIMIT),
+    str(PUBSUB_BUFFER_SOFT_LIMIT), str(_PUBSUB_BUFFER_SOFT_SECONDS),
+]  # fmt: skip
+
+
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -123,6 +152,7 @@ class EmbeddedServer:
                 "--appendonly", "no",
                 "--dir", self._dir.name,
                 "--logfile", str(log),
+                *_LIMITS,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -204,19 +234,76 @@ def runtime_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"daebus-{os.getuid()}"
 
 
-def _prepare_private_dir(path: Path) -> None:
-    """Create ``path`` readable by its owner only, refusing one that another user owns."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # lstat: in a shared temp folder, someone else's symlink must not be followed.
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise TransportError(f"{path} must be a folder (not a symlink) for the shared server")
-    if info.st_uid != os.getuid():
+def _check_private_dir(path: Path, *, create: bool) -> bool:
+    """Whether ``path`` is a folder of the user's own, made private (mode 700) if it was not.
+
+    Created when ``create``; else False when it does not exist. Another user can create
+    the folder first in a shared temp folder, as a folder or as a symlink to one, with a
+    server of their own in it: nothing in the folder may be used before this check.
+
+    Raises:
+        TransportError: ``path`` is a symlink, not a folder, or another user's.
+    """
+    if create:
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700, parents=True)
+    try:
+        # O_NOFOLLOW: a symlink is refused, not followed; the checks and the chmod then
+        # apply to the folder opened, which cannot be swapped for another meanwhile.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if create:
+            raise
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if stat.S_ISLNK(path.lstat().st_mode):
+            raise TransportError(
+                f"{path} is a symlink, not a folder: refusing it for the shared server "
+                f"(another user may have made it); remove it, or set ${ENV_RUNTIME_DIR} "
+                f"to a folder of yours"
+            ) from None
         raise TransportError(
-            f"{path} belongs to another user; set ${ENV_RUNTIME_DIR} to a folder of yours"
+            f"{path} is not a folder; set ${ENV_RUNTIME_DIR} to a folder of yours"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise TransportError(
+                f"{path} belongs to another user (uid {info.st_uid}): refusing it for the "
+                f"shared server; set ${ENV_RUNTIME_DIR} to a folder of yours"
+            )
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.fchmod(fd, 0o700)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _open_own_file(path: Path, flags: int) -> int:
+    """``os.open`` a regular file of the user's own (created mode 600), never via a symlink.
+
+    Raises:
+        TransportError: ``path`` is a symlink, not a regular file, or another user's.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise TransportError(
+            f"{path} is a symlink: refusing it; remove it, or set ${ENV_RUNTIME_DIR} "
+            f"to another folder"
+        ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise TransportError(
+            f"{path} is not a file of yours: refusing it; remove it, or set "
+            f"${ENV_RUNTIME_DIR} to another folder"
         )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(0o700)
+    return fd
 
 
 def _pid_alive(pid: int) -> bool:
@@ -286,8 +373,15 @@ class SharedServer:
         return "unix://" + quote(str(self.socket_path))
 
     def status(self) -> SharedServerStatus:
-        """Whether the server answers on its socket, and its pid."""
-        return self._status(self._answering_pid())
+        """Whether the server answers on its socket, and its pid.
+
+        Raises:
+            TransportError: The runtime folder is unusable (see :meth:`ensure`).
+        """
+        with self._os_errors_reported():
+            if not _check_private_dir(self.directory, create=False):
+                return self._status(None)
+            return self._status(self._answering_pid())
 
     def looks_alive(self, pid: int) -> bool:
         """A check without a round trip: the socket file is there and ``pid`` lives."""
@@ -297,37 +391,48 @@ class SharedServer:
         """Start the server unless it answers already, replacing one that died.
 
         Raises:
-            TransportError: No server binary, an unusable runtime folder, or the server
-                did not answer within ``timeout`` seconds.
+            TransportError: No server binary, an unusable runtime folder (a symlink,
+                another user's, one that cannot be read), or the server did not answer
+                within ``timeout`` seconds.
         """
-        pid = self._answering_pid()
-        if pid is not None:
-            return self._status(pid)
-        self._prepare()
-        with self._locked():
-            # Another process may have started it while we waited for the lock.
+        with self._os_errors_reported():
+            # The folder first: whatever answers on a socket in a folder that is not
+            # private to the user may be another user's server.
+            self._prepare()
             pid = self._answering_pid()
             if pid is not None:
                 return self._status(pid)
-            binary = _require_binary(self.binary)
-            self._clear_stale()
-            pid = self._start_detached(binary, timeout)
+            with self._locked():
+                # Another process may have started it while we waited for the lock.
+                pid = self._answering_pid()
+                if pid is not None:
+                    return self._status(pid)
+                binary = _require_binary(self.binary)
+                self._clear_stale()
+                pid = self._start_detached(binary, timeout)
         logger.info("started the shared %s (pid %d) at %s", binary.name, pid, self.url)
         return self._status(pid, started=True)
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> int | None:
-        """Stop the server (SIGTERM, then SIGKILL); its pid, or None if it was not running."""
-        if not self.directory.is_dir():
-            return None
-        with self._locked():
-            pid = self._answering_pid()
-            if pid is not None:
-                self._signal(pid, signal.SIGTERM)
-                if not self._wait_gone(pid, timeout):
-                    logger.warning("the shared server (pid %d) ignored SIGTERM; killing it", pid)
-                    self._signal(pid, signal.SIGKILL)
-                    self._wait_gone(pid, timeout)
-            self._clear_stale()
+        """Stop the server (SIGTERM, then SIGKILL); its pid, or None if it was not running.
+
+        Raises:
+            TransportError: The runtime folder is unusable (see :meth:`ensure`).
+        """
+        with self._os_errors_reported():
+            if not _check_private_dir(self.directory, create=False):
+                return None
+            with self._locked():
+                pid = self._answering_pid()
+                if pid is not None:
+                    self._signal(pid, signal.SIGTERM)
+                    if not self._wait_gone(pid, timeout):
+                        logger.warning(
+                            "the shared server (pid %d) ignored SIGTERM; killing it", pid
+                        )
+                        self._signal(pid, signal.SIGKILL)
+                        self._wait_gone(pid, timeout)
+                self._clear_stale()
         if pid is not None:
             logger.info("stopped the shared server (pid %d) at %s", pid, self.url)
         return pid
@@ -340,24 +445,27 @@ class SharedServer:
         Raises:
             TransportError: The shared server is running already, or could not start.
         """
-        self._prepare()
-        with self._locked():
-            pid = self._answering_pid()
-            if pid is not None:
-                raise TransportError(
-                    f"the shared server is already running (pid {pid}) at {self.url}"
+        with self._os_errors_reported():
+            self._prepare()
+            with self._locked():
+                pid = self._answering_pid()
+                if pid is not None:
+                    raise TransportError(
+                        f"the shared server is already running (pid {pid}) at {self.url}"
+                    )
+                binary = _require_binary(self.binary)
+                self._clear_stale()
+                process = subprocess.Popen(
+                    self._command(binary, daemonize=False),
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.directory,
                 )
-            binary = _require_binary(self.binary)
-            self._clear_stale()
-            process = subprocess.Popen(
-                self._command(binary, daemonize=False), stdin=subprocess.DEVNULL, cwd=self.directory
-            )
-            try:
-                self._wait_answering(time.monotonic() + timeout, process)
-            except BaseException:
-                process.kill()
-                process.wait()
-                raise
+                try:
+                    self._wait_answering(time.monotonic() + timeout, process)
+                except BaseException:
+                    process.kill()
+                    process.wait()
+                    raise
         logger.info("running the shared %s (pid %d) at %s", binary.name, process.pid, self.url)
         return _wait_forwarding_signals(process)
 
@@ -366,8 +474,16 @@ class SharedServer:
     def _status(self, pid: int | None, *, started: bool = False) -> SharedServerStatus:
         return SharedServerStatus(url=self.url, pid=pid, started=started, log=self.log_path)
 
+    @contextlib.contextmanager
+    def _os_errors_reported(self) -> Iterator[None]:
+        """Turn an OSError on the folder's files (permission denied, say) into a TransportError."""
+        try:
+            yield
+        except OSError as exc:
+            raise TransportError(f"the shared server's folder {self.directory}: {exc}") from exc
+
     def _prepare(self) -> None:
-        _prepare_private_dir(self.directory)
+        _check_private_dir(self.directory, create=True)
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise TransportError(
                 f"the socket path {self.socket_path} is too long for a unix socket; "
@@ -376,7 +492,7 @@ class SharedServer:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = _open_own_file(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             deadline = time.monotonic() + _LOCK_TIMEOUT
             while True:
@@ -393,8 +509,21 @@ class SharedServer:
         finally:
             os.close(fd)  # releases the lock
 
+    def _socket_is_ours(self) -> bool:
+        """Whether the socket file is a socket of the user's own (never via a symlink).
+
+        Only the user can make one in a private folder; anything else there was left from
+        before the folder was made private, and is removed as stale.
+        """
+        try:
+            info = self.socket_path.lstat()
+        except FileNotFoundError:
+            return False
+        return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+
     def _answering_pid(self) -> int | None:
-        if not self.socket_path.exists():
+        """The pid of the server answering on the socket; the folder was checked first."""
+        if not self._socket_is_ours():
             return None
         client = redis.Redis(
             unix_socket_path=str(self.socket_path),
@@ -412,14 +541,20 @@ class SharedServer:
 
     def _recorded_pid(self) -> int | None:
         try:
-            return int(self.pid_path.read_text().strip())
+            fd = _open_own_file(self.pid_path, os.O_RDONLY)
+        except (OSError, TransportError):
+            return None
+        try:
+            return int(os.read(fd, 64).strip())
         except (OSError, ValueError):
             return None
+        finally:
+            os.close(fd)
 
     def _clear_stale(self) -> None:
         """Remove the socket and pid file of a server that no longer answers."""
         pid = self._recorded_pid()
-        if pid is not None or self.socket_path.exists():
+        if pid is not None or os.path.lexists(self.socket_path):
             state = "alive" if pid is not None and _pid_alive(pid) else "gone"
             logger.info(
                 "removing the socket and pid file of a shared server that does not answer "
@@ -440,6 +575,7 @@ class SharedServer:
             "--appendonly", "no",
             "--dir", str(self.directory),
             "--pidfile", str(self.pid_path),
+            *_LIMITS,
         ]  # fmt: skip
         if daemonize:
             return [*command, "--daemonize", "yes", "--logfile", str(self.log_path)]
@@ -448,7 +584,10 @@ class SharedServer:
     def _start_detached(self, binary: Path, timeout: float) -> int:
         """Start a daemonized server that outlives this process; its pid once it answers."""
         deadline = time.monotonic() + timeout
-        with self.log_path.open("ab") as log:
+        # The server opens the log itself, by name: it must be a file of ours, not a
+        # symlink to a file it would append to.
+        log_fd = _open_own_file(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(log_fd, "ab") as log:
             # The launcher forks the daemon and exits at once; its own errors (bad
             # arguments) go to the log. A new session keeps the terminal's Ctrl-C away.
             launcher = subprocess.Popen(
