@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from _helpers import unique_name
+from _helpers import Subscription, unique_name
 from daebus import TransportError
 from daebus.transport import _resp
 from daebus.transport._resp import (
@@ -84,6 +86,42 @@ def test_an_idle_connection_closed_by_a_restart_is_replaced(
     assert connection.command(pack("PUBLISH", "c", "after")) == 0
     connection.send_only(pack("PUBLISH", "c", "and again"))
     assert connection.command(pack("PING")) == b"PONG"
+    connection.close()
+
+
+def test_messages_sent_without_waiting_survive_a_quick_restart(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Used moments ago, the connection is not checked before use: it meets the restart
+    # only when a send fails or a read finds the connection closed.
+    monkeypatch.setattr(_resp, "_CHECK_AFTER_IDLE", 3600.0)
+    connection = BlockingConnection(Endpoint.from_url(private_redis.url), timeout=5)
+    connection.send_only(pack_publish("replies", b"before"))
+    assert connection.command(pack("PING")) == b"PONG"
+    private_redis.kill()
+    private_redis.start()
+    with Subscription(private_redis.url, "replies") as spy:
+        for n in range(5):
+            connection.send_only(pack_publish("replies", b"after %d" % n))
+        assert connection.command(pack("PING")) == b"PONG"
+        assert [spy.get()[1] for _ in range(5)] == [b"after %d" % n for n in range(5)]
+    connection.send_only(pack_publish("replies", b"later"))
+    assert connection.command(pack("PING")) == b"PONG"
+    connection.close()
+
+
+def test_a_blocking_command_gives_up_at_its_own_timeout(private_redis: Any) -> None:
+    connection = BlockingConnection(Endpoint.from_url(private_redis.url), timeout=30)
+    assert connection.command(pack("PING")) == b"PONG"
+    os.kill(private_redis.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="no answer"):
+            connection.command(pack("PING"), timeout=0.5)
+        assert time.monotonic() - started < 5  # not the connection's 30 s
+    finally:
+        os.kill(private_redis.pid, signal.SIGCONT)
+    assert connection.command(pack("PING"), timeout=5) == b"PONG"  # a new connection
     connection.close()
 
 

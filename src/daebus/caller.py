@@ -24,6 +24,7 @@ from ._portal import get_portal
 from .encoding import dumps
 from .exceptions import (
     CallTimeoutError,
+    ConnectionLostError,
     MessageTooLargeError,
     RemoteError,
     ServiceUnavailableError,
@@ -31,12 +32,14 @@ from .exceptions import (
 )
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from .transport import ChannelReader, Delivery, Subscription, Transport, _shared
+from .transport._url import redact_url
 
 __all__ = ["AsyncDaebusCaller", "DaebusCaller"]
 
 flow = logging.getLogger("daebus.flow")
 
-ReplySink = Callable[[protocol.Reply], None]
+#: Where a request's replies go: each reply, or the error that ends the wait for them.
+ReplySink = Callable[[protocol.Reply | BaseException], None]
 
 
 def _resolve_url(redis_url: str | None, redis_host: str | None, redis_port: int | None) -> str:
@@ -123,6 +126,7 @@ class AsyncDaebusCaller:
             except BaseException:
                 await _shared.release(transport)
                 raise
+            transport.add_disconnect_handler(self._on_disconnect)
             self._transport = transport
 
     async def aclose(self) -> None:
@@ -140,6 +144,7 @@ class AsyncDaebusCaller:
         if subscription is not None:
             await subscription.unsubscribe()
         if transport is not None:
+            transport.remove_disconnect_handler(self._on_disconnect)
             await _shared.release(transport)
 
     async def __aenter__(self) -> AsyncDaebusCaller:
@@ -180,6 +185,13 @@ class AsyncDaebusCaller:
             self.pending.pop(reply.request_id, None)
         self._log_reply(reply)
         sink(reply)
+
+    def _on_disconnect(self, error: TransportError) -> None:
+        # Replies published until the connection is back are lost: whoever waits for
+        # one learns it now, not at the timeout.
+        lost = ConnectionLostError(str(error))
+        for sink in list(self.pending.values()):
+            sink(lost)
 
     def _decode_reply(self, channel: str, data: bytes) -> protocol.Reply | None:
         """The reply in ``data``, or None (logged) if it is malformed."""
@@ -226,6 +238,19 @@ class AsyncDaebusCaller:
             f"Request to {self.target_service}.{action} timed out after {timeout}s"
         )
 
+    def _server_silent(self, action: str, timeout: float) -> TransportError:
+        where = self._transport.shown_url if self._transport is not None else "the server"
+        return TransportError(
+            f"Request to {self.target_service}.{action} was not sent: no answer from "
+            f"{where} within {timeout}s"
+        )
+
+    def _connection_lost(self, action: str, error: BaseException) -> ConnectionLostError:
+        return ConnectionLostError(
+            f"Request to {self.target_service}.{action}: the connection was lost while "
+            f"waiting for the reply (the request may have run): {error}"
+        )
+
     def _raise_error(self, action: str, reply: protocol.Reply) -> None:
         raise RemoteError(
             reply.error_message,
@@ -241,28 +266,41 @@ class AsyncDaebusCaller:
         # Use with contextlib.aclosing, so that the finally clauses run on exit.
         self._begin_use()
         try:
-            await self.connect()
-            assert self._transport is not None
             wait = timeout or self.timeout
             request_id = protocol.new_request_id()
             data = self._encode_request(action, payload, request_id)
-            replies: asyncio.Queue[protocol.Reply] = asyncio.Queue()
+            replies: asyncio.Queue[protocol.Reply | BaseException] = asyncio.Queue()
             self.pending[request_id] = replies.put_nowait
             try:
-                count = await self._transport.publish(
-                    protocol.service_channel(self.target_service), data
-                )
+                # One deadline for connecting, publishing and the first reply: a server
+                # that stops answering cannot make the call outlast its timeout.
+                count: int | None = None
+                try:
+                    async with deadline(wait):
+                        await self.connect()
+                        assert self._transport is not None
+                        count = await self._transport.publish(
+                            protocol.service_channel(self.target_service), data
+                        )
+                        if count:
+                            reply = await replies.get()
+                except asyncio.TimeoutError:
+                    if count is None:
+                        raise self._server_silent(action, wait) from None
+                    raise self._timed_out(action, wait) from None
                 if count == 0:
                     raise self._unavailable(action)
                 while True:
+                    if isinstance(reply, BaseException):
+                        raise self._connection_lost(action, reply) from reply
+                    yield reply
+                    if reply.final:
+                        return
                     try:
                         async with deadline(wait):
                             reply = await replies.get()
                     except asyncio.TimeoutError:
                         raise self._timed_out(action, wait) from None
-                    yield reply
-                    if reply.final:
-                        return
             finally:
                 self.pending.pop(request_id, None)
         finally:
@@ -321,24 +359,39 @@ class AsyncDaebusCaller:
 
         If nobody listens on ``channel`` and the service this caller targets is running,
         the message goes to the service as a fire-and-forget request for the action
-        named ``channel`` (the docs of 0.0.31 used it so).
+        named ``channel`` (the docs of 0.0.31 used it so). Raises ``TransportError`` if
+        the server does not answer within the caller's timeout.
         """
-        await self.connect()
-        assert self._transport is not None
-        count = await self._transport.publish(channel, dumps(payload))
-        if count == 0 and channel != self.target_service:
-            count = await self._transport.publish(
-                protocol.service_channel(self.target_service),
-                self._fire_and_forget(channel, payload),
-            )
+        async with self._within_timeout(channel):
+            await self.connect()
+            assert self._transport is not None
+            count = await self._transport.publish(channel, dumps(payload))
+            if count == 0 and channel != self.target_service:
+                count = await self._transport.publish(
+                    protocol.service_channel(self.target_service),
+                    self._fire_and_forget(channel, payload),
+                )
         return count
 
     async def send_to_service(self, payload: Any, action: str | None = None) -> int:
         """Send a fire-and-forget request for ``action`` (no reply is awaited)."""
-        await self.connect()
-        assert self._transport is not None
         data = self._fire_and_forget(action, payload) if action else dumps(payload)
-        return await self._transport.publish(protocol.service_channel(self.target_service), data)
+        async with self._within_timeout(action or "(message)"):
+            await self.connect()
+            assert self._transport is not None
+            count = await self._transport.publish(
+                protocol.service_channel(self.target_service), data
+            )
+        return count
+
+    @contextlib.asynccontextmanager
+    async def _within_timeout(self, what: str) -> AsyncIterator[None]:
+        """Raise TransportError if the server does not answer within the timeout."""
+        try:
+            async with deadline(self.timeout):
+                yield
+        except asyncio.TimeoutError:
+            raise self._server_silent(what, self.timeout) from None
 
     def _fire_and_forget(self, action: str, payload: Any) -> bytes:
         return protocol.encode_request(
@@ -413,12 +466,12 @@ class DaebusCaller:
         self._transport()
         return self
 
-    def _transport(self) -> Transport:
+    def _transport(self, timeout: float | None = None) -> Transport:
         core = self._core
         transport = core._transport
         if transport is None or core._subscription is None:
             # Resolve here, in the calling thread, where the app context is visible.
-            get_portal().call(core.connect(core.resolve_url()))
+            get_portal().call(_connect_within(core, core.resolve_url(), timeout or core.timeout))
             transport = core._transport
         assert transport is not None
         return transport
@@ -455,24 +508,32 @@ class DaebusCaller:
         loop would: no hop to the portal's thread and back. Requests made while others
         are in flight go through the portal, which reads the replies of them all. The
         caller is in use from here until :meth:`_finish` (or a failure here).
+
+        Connecting, publishing and waiting for the first reply share one deadline,
+        ``timeout`` from now; each later part of a streamed reply gets ``timeout``.
         """
         core = self._core
         alone = not core._in_flight and self._lane_lock.acquire(blocking=False)
         core._begin_use()  # before looking at the connection: close() now waits for us
         request_id = protocol.new_request_id()
         try:
-            transport = self._transport()
             wait = timeout or core.timeout
+            waits = _Waits(wait, time.monotonic() + wait)
+            connected = core._subscription is not None
+            transport = self._transport(wait)
+            # The whole timeout when no connect took part of it: the same value call
+            # after call, so that the socket keeps the timeout it has.
+            publish_wait = wait if connected else waits.remaining()
             payload = {} if payload is None else payload
             channel = protocol.service_channel(self.target_service)
             lane = self._lane_on(transport) if alone else None
             if lane is not None:
                 data = core._encode_request(action, payload, request_id, lane.channel)
-                lane.open()
+                lane.open(publish_wait)
                 core.pending[request_id] = _read_by_the_caller
-                if transport.publish_blocking(channel, data) == 0:
+                if transport.publish_blocking(channel, data, publish_wait) == 0:
                     raise core._unavailable(action)
-                return request_id, partial(self._read_alone, lane, request_id, action, wait), True
+                return request_id, partial(self._read_alone, lane, request_id, action, waits), True
             if alone:  # a first request, or a transport without such connections
                 self._lane_lock.release()
                 alone = False
@@ -482,7 +543,7 @@ class DaebusCaller:
             if core._in_flight == 1:
                 # Alone: publish from this thread; a hop to the portal's loop would
                 # cost more than the round trip.
-                if transport.publish_blocking(channel, data) == 0:
+                if transport.publish_blocking(channel, data, publish_wait) == 0:
                     raise core._unavailable(action)
             else:
                 # Published by the portal's loop, which pipelines the requests of
@@ -490,7 +551,7 @@ class DaebusCaller:
                 get_portal().call_soon_batched(
                     _publish_request, transport, channel, data, replies.put
                 )
-            return request_id, partial(self._next_reply, replies, action, wait), False
+            return request_id, partial(self._next_reply, replies, action, waits), False
         except BaseException:
             self._finish(request_id, alone)
             raise
@@ -529,33 +590,32 @@ class DaebusCaller:
         self,
         replies: queue.SimpleQueue[protocol.Reply | BaseException],
         action: str,
-        wait: float,
+        waits: _Waits,
     ) -> protocol.Reply:
         try:
-            reply = replies.get(timeout=wait)
+            reply = replies.get(timeout=waits.next())
         except queue.Empty:
-            raise self._core._timed_out(action, wait) from None
+            raise self._core._timed_out(action, waits.wait) from None
         if isinstance(reply, BaseException):
             if isinstance(reply, _NoReceiverError):
                 raise self._core._unavailable(action)
+            if isinstance(reply, ConnectionLostError):
+                raise self._core._connection_lost(action, reply) from reply
             raise reply
         return reply
 
     def _read_alone(
-        self, lane: ChannelReader, request_id: str, action: str, wait: float
+        self, lane: ChannelReader, request_id: str, action: str, waits: _Waits
     ) -> protocol.Reply:
         """The next reply to ``request_id`` from the caller's own connection."""
         core = self._core
-        deadline = time.monotonic() + wait
-        remaining = wait
+        remaining = waits.next()
+        deadline = time.monotonic() + remaining
         while remaining > 0:
             try:
                 data = lane.next_message(remaining)
             except TransportError as exc:
-                raise TransportError(
-                    f"lost the connection while waiting for the reply to "
-                    f"{self.target_service}.{action} (it may have run): {exc}"
-                ) from exc
+                raise core._connection_lost(action, exc) from exc
             if data is None:
                 break
             reply = core._decode_reply(lane.channel, data)
@@ -565,7 +625,7 @@ class DaebusCaller:
                     return reply
                 core._ignore(reply)  # a late reply to an earlier request that timed out
             remaining = deadline - time.monotonic()
-        raise core._timed_out(action, wait)
+        raise core._timed_out(action, waits.wait)
 
     @contextlib.contextmanager
     def _in_use(self) -> Iterator[None]:
@@ -635,11 +695,12 @@ class DaebusCaller:
         """
         with self._in_use():
             transport = self._transport()
-            count = transport.publish_blocking(channel, dumps(payload))
+            count = transport.publish_blocking(channel, dumps(payload), self.timeout)
             if count == 0 and channel != self.target_service:
                 count = transport.publish_blocking(
                     protocol.service_channel(self.target_service),
                     self._core._fire_and_forget(channel, payload),
+                    self.timeout,
                 )
             return count
 
@@ -648,14 +709,55 @@ class DaebusCaller:
         data = self._core._fire_and_forget(action, payload) if action else dumps(payload)
         with self._in_use():
             transport = self._transport()
-            return transport.publish_blocking(protocol.service_channel(self.target_service), data)
+            channel = protocol.service_channel(self.target_service)
+            return transport.publish_blocking(channel, data, self.timeout)
 
 
-def _read_by_the_caller(reply: protocol.Reply) -> None:
+def _read_by_the_caller(reply: protocol.Reply | BaseException) -> None:
     """The sink in ``pending`` of a request whose thread reads its own replies.
 
     They come on another channel; the entry only shows the request is in flight.
     """
+
+
+class _Waits:
+    """How long a blocking call waits for each reply.
+
+    The first reply: until the call's deadline (connecting and publishing used some of
+    its timeout). Each later part of a streamed reply: the whole timeout again.
+    """
+
+    __slots__ = ("_first_deadline", "wait")
+
+    def __init__(self, wait: float, first_deadline: float) -> None:
+        self.wait = wait
+        self._first_deadline: float | None = first_deadline
+
+    def remaining(self) -> float:
+        """Time left until the first reply's deadline (at least a moment)."""
+        deadline = self._first_deadline
+        if deadline is None:
+            return self.wait
+        return max(deadline - time.monotonic(), 0.001)
+
+    def next(self) -> float:
+        """How long to wait for the next reply."""
+        if self._first_deadline is None:
+            return self.wait
+        remaining = self.remaining()
+        self._first_deadline = None
+        return remaining
+
+
+async def _connect_within(core: AsyncDaebusCaller, url: str, timeout: float) -> None:
+    """Connect ``core``, or raise TransportError if the server does not answer in time."""
+    try:
+        async with deadline(timeout):
+            await core.connect(url)
+    except asyncio.TimeoutError:
+        raise TransportError(
+            f"cannot connect to {redact_url(url)}: no answer within {timeout}s"
+        ) from None
 
 
 class _NoReceiverError(Exception):

@@ -15,7 +15,6 @@ than the few the transport needs (and the app's ``cache``) stay on redis-py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import select
@@ -62,6 +61,7 @@ ReplyCallback = Callable[[Any], None]
 _FEED_SIZE = 4096
 
 _MESSAGE_KINDS = frozenset({b"message", b"pmessage"})
+_PING = b"*1\r\n$4\r\nPING\r\n"
 _CONFIRMATION_KINDS = frozenset({b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"})
 
 
@@ -137,20 +137,38 @@ def pack_publish(channel: str, data: bytes | str) -> bytes:
     )
 
 
+#: A server that sends nothing for this long while it owes an answer (to a command, or
+#: to the PING of a health check) is taken as gone: stopped, hung, or its host lost.
+#: Long enough for a Redis busy with a slow script (``lua-time-limit`` is 5 s).
+SILENCE_TIMEOUT = 5.0
+#: How often an open connection checks that its server still answers: one that has
+#: received nothing since the last check sends a PING.
+HEALTH_CHECK_INTERVAL = 1.0
+
+
 class RespConnection(asyncio.Protocol):
-    """One connection: commands in, replies out in order, pushes to ``on_push``."""
+    """One connection: commands in, replies out in order, pushes to ``on_push``.
+
+    While open it checks its server every :data:`HEALTH_CHECK_INTERVAL` seconds: a
+    connection that has received nothing since sends a PING, and one whose server stays
+    silent for :data:`SILENCE_TIMEOUT` while owing an answer is aborted, so that a hung
+    server is noticed like a closed connection is.
+    """
 
     def __init__(
         self,
         on_push: PushHandler | None = None,
-        reply_timeout: float = 10.0,
         on_pushes_end: Callable[[], None] | None = None,
     ) -> None:
         self._on_push = on_push
         self._on_pushes_end = on_pushes_end
-        self._reply_timeout = reply_timeout
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._replies = 0  # replies resolved so far: the watchdog's sign of progress
+        self._silence_timeout = SILENCE_TIMEOUT
+        self._health_check_interval = HEALTH_CHECK_INTERVAL
+        self._health_check: asyncio.TimerHandle | None = None
+        self._received = 0  # chunks received so far: the health check's sign of life
+        self._received_before = 0  # ... as of the last check
+        self._silent_since = 0.0  # loop time of the last check that saw something come
+        self._dropped_because: str | None = None  # why the health check aborted it
         self._parser = hiredis.Reader()
         self._unfed: deque[bytes] = deque()  # received, not yet given to the parser
         self._unfed_at = 0  # how much of the first one was given
@@ -171,9 +189,12 @@ class RespConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._silent_since = self._loop.time()
+        self._health_check = self._loop.call_later(self._health_check_interval, self._check_health)
 
     def data_received(self, data: bytes) -> None:
         """Parse every complete reply in the chunk."""
+        self._received += 1
         if len(data) <= _FEED_SIZE and not self._unfed:
             self._parser.feed(data)
         else:
@@ -183,9 +204,11 @@ class RespConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail whatever still waits for a reply."""
         self._transport = None
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
+        if self._health_check is not None:
+            self._health_check.cancel()
+            self._health_check = None
+        if self._dropped_because is not None:
+            exc = TransportError(self._dropped_because)
         error = TransportError(f"connection lost: {exc}" if exc else "connection closed")
         while self._waiters:
             self._settle(self._waiters.popleft(), error)
@@ -240,7 +263,6 @@ class RespConnection(asyncio.Protocol):
         if not self._waiters:
             logger.warning("reply with no command waiting for it: %r", reply)
             return
-        self._replies += 1
         if isinstance(reply, hiredis.ReplyError):
             reply = TransportError(str(reply))
         self._settle(self._waiters.popleft(), reply)
@@ -299,25 +321,27 @@ class RespConnection(asyncio.Protocol):
     def _expect(self, packed: bytes, waiter: asyncio.Future[Any] | ReplyCallback) -> None:
         self.send_unanswered(packed)
         self._waiters.append(waiter)
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_later(
-                self._reply_timeout, self._check_progress, self._replies
-            )
 
-    def _check_progress(self, replies_before: int) -> None:
-        # Armed while commands wait: a server that answers nothing for a whole period
-        # is stalled (stopped, or its host gone): drop the connection, fail the waiters.
-        self._watchdog = None
-        if not self._waiters:
-            return
-        if self._replies == replies_before:
-            logger.warning("no reply for %.0f s: dropping the connection", self._reply_timeout)
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        self._watchdog = self._loop.call_later(
-            self._reply_timeout, self._check_progress, self._replies
-        )
+    def _check_health(self) -> None:
+        now = self._loop.time()
+        if self._received != self._received_before or self._paused:
+            # Something came (or we are not reading, so nothing can be seen to come).
+            self._received_before = self._received
+            self._silent_since = now
+        elif self._waiters:
+            # Owed an answer: a server silent for this long is stopped or gone.
+            if now - self._silent_since >= self._silence_timeout:
+                self._dropped_because = f"no answer for {now - self._silent_since:.0f} s"
+                self._health_check = None
+                if self._transport is not None:
+                    self._transport.abort()
+                return
+        elif self.is_open:
+            # Idle: ask, so that a server that hung or went away is noticed before the
+            # next command needs it (a subscriber has no commands of its own).
+            self._silent_since = now
+            self._expect(_PING, _ignore_reply)
+        self._health_check = self._loop.call_later(self._health_check_interval, self._check_health)
 
     def send_unanswered(self, packed: bytes) -> None:
         """Send command(s) whose replies never come as replies (SUBSCRIBE and the like)."""
@@ -410,36 +434,42 @@ class BlockingConnection:
 
     What :meth:`RedisTransport.publish_blocking` uses from handler threads: a PUBLISH
     costs a ``sendall`` and a ``recv``, without redis-py's per-command machinery.
+
+    Commands sent without waiting (:meth:`send_only`) are kept until their replies are
+    read: if the connection turns out to be lost before, they are sent again on a new
+    one, so that a server restart loses none of them.
     """
 
     def __init__(self, endpoint: Endpoint, timeout: float) -> None:
         self._endpoint = endpoint
-        self._timeout = timeout
+        self._timeout = timeout  # for commands given no timeout of their own
         self._sock: socket.socket | None = None
+        self._sock_timeout = timeout  # the receive and send timeout the socket has
         self._parser = hiredis.Reader()
-        self._unread = 0  # replies owed to commands sent without waiting
+        # Sent by send_only, replies not read yet: sent again if the connection is lost.
+        self._unconfirmed: deque[bytes] = deque()
         self._last_used = 0.0
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, timeout: float) -> socket.socket:
         endpoint = self._endpoint
         try:
             if endpoint.path:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(self._timeout)
+                sock.settimeout(timeout)
                 sock.connect(endpoint.path)
             else:
-                sock = socket.create_connection((endpoint.host, endpoint.port), self._timeout)
+                sock = socket.create_connection((endpoint.host, endpoint.port), timeout)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if endpoint.ssl_context is not None:
                 sock = endpoint.ssl_context.wrap_socket(sock, server_hostname=endpoint.host)
             else:
-                _use_kernel_timeouts(sock, self._timeout)
+                _use_kernel_timeouts(sock, timeout)
         except OSError as exc:
             raise TransportError(f"cannot connect to {endpoint}: {exc}") from exc
         self._sock = sock
+        self._sock_timeout = timeout
         self._parser = hiredis.Reader()
-        self._unread = 0
         try:
             if endpoint.password is not None:
                 user = (endpoint.username,) if endpoint.username else ()
@@ -453,19 +483,20 @@ class BlockingConnection:
             raise
         return sock
 
-    def command(self, packed: bytes) -> Any:
+    def command(self, packed: bytes, timeout: float | None = None) -> Any:
         """Send one packed command and return its reply.
 
+        ``timeout`` bounds each wait for the server (the connection's default if None).
         A connection the server closed while it sat idle (a restart) is replaced before
         sending; one lost while a command is in flight fails it: it may have run.
         """
-        self._ready()
+        self._ready(self._timeout if timeout is None else timeout)
         self._send(packed)
         return self._read()
 
-    def pipeline(self, commands: list[bytes]) -> list[Any]:
+    def pipeline(self, commands: list[bytes], timeout: float | None = None) -> list[Any]:
         """Send packed commands in one write; return their replies (errors as exceptions)."""
-        self._ready()
+        self._ready(self._timeout if timeout is None else timeout)
         self._send(b"".join(commands))
         replies: list[Any] = []
         append, gets = replies.append, self._parser.gets
@@ -487,46 +518,91 @@ class BlockingConnection:
         """Send one packed command without waiting for its reply.
 
         Replies are read (and error replies logged) in batches, or before the next
-        command's: a run of these costs one system call each.
+        command's: a run of these costs one system call each. Until its reply is read,
+        the command is sent again if the connection turns out to be lost.
         """
-        if self._unread >= _MAX_UNREAD:
-            self._read_unread()
-        self._ready(read_unread=False)
-        self._send(packed)
-        self._unread += 1
+        if len(self._unconfirmed) >= _MAX_UNREAD:
+            self._read_unconfirmed()
+        self._ready(self._timeout, read_unconfirmed=False)
+        self._unconfirmed.append(packed)
+        try:
+            self._send(packed)
+        except TransportError as exc:
+            self._send_again(exc)
 
-    def _ready(self, *, read_unread: bool = True) -> None:
+    def _ready(self, timeout: float, *, read_unconfirmed: bool = True) -> None:
         idle = time.monotonic() - self._last_used >= _CHECK_AFTER_IDLE
-        if self._unread and (read_unread or idle):
-            with contextlib.suppress(TransportError):  # closed: reconnect below
-                self._read_unread()
+        if self._sock is not None and timeout != self._sock_timeout:
+            self._set_timeout(self._sock, timeout)
+        if self._unconfirmed and (read_unconfirmed or idle):
+            self._read_unconfirmed()
         if self._sock is None or (idle and _closed_by_peer(self._sock)):
             self.close()
-            self._connect()
+            self._connect(timeout)
 
-    def _read_unread(self) -> None:
-        while self._unread:
-            self._unread -= 1
+    def _set_timeout(self, sock: socket.socket, timeout: float) -> None:
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(timeout)  # TLS reads its records through Python
+        else:
+            _use_kernel_timeouts(sock, timeout)
+        self._sock_timeout = timeout
+
+    def _read_unconfirmed(self) -> None:
+        sent_again = False
+        while self._unconfirmed:
             try:
                 self._read()
             except TransportError as exc:
-                if self._sock is None:
-                    self._unread = 0
-                    raise
+                if self._sock is None:  # lost: what is unconfirmed may not have arrived
+                    if sent_again:
+                        self._unconfirmed.clear()
+                        raise
+                    self._send_again(exc)
+                    sent_again = True
+                    continue
                 logger.warning("a command sent without waiting failed: %s", exc)
+            self._unconfirmed.popleft()
+
+    def _send_again(self, cause: TransportError) -> None:
+        """Send the unconfirmed commands again, on a new connection.
+
+        They are replies: a duplicate is ignored by its caller, while a loss would make
+        it wait its whole timeout.
+        """
+        unconfirmed = list(self._unconfirmed)
+        self.close()
+        try:
+            self._connect(self._sock_timeout)
+            self._send(b"".join(unconfirmed))
+        except TransportError as exc:
+            self.close()
+            self._unconfirmed.clear()
+            raise TransportError(
+                f"lost {len(unconfirmed)} message(s) sent without waiting ({cause}); "
+                f"sending them again failed: {exc}"
+            ) from exc
+        logger.info(
+            "%s: connection lost (%s); sent %d message(s) again",
+            self._endpoint,
+            cause,
+            len(unconfirmed),
+        )
 
     def _send(self, packed: bytes) -> None:
-        assert self._sock is not None
+        sock = self._sock
+        if sock is None:
+            raise TransportError(f"{self._endpoint}: not connected")
         self._last_used = time.monotonic()
         try:
-            self._sock.sendall(packed)
+            sock.sendall(packed)
         except OSError as exc:
             self.close()
-            raise TransportError(f"{self._endpoint}: {exc}") from exc
+            raise TransportError(f"{self._endpoint}: {_describe(exc)}") from exc
 
     def _read(self) -> Any:
         sock = self._sock
-        assert sock is not None
+        if sock is None:
+            raise TransportError(f"{self._endpoint}: not connected")
         try:
             reply = self._parser.gets()
             while reply is False:
@@ -537,13 +613,16 @@ class BlockingConnection:
                 reply = self._parser.gets()
         except (OSError, hiredis.ProtocolError) as exc:
             self.close()
-            raise TransportError(f"{self._endpoint}: {exc}") from exc
+            raise TransportError(f"{self._endpoint}: {_describe(exc)}") from exc
         if isinstance(reply, hiredis.ReplyError):
             raise TransportError(str(reply))
         return reply
 
     def close(self) -> None:
-        """Close the socket (idempotent); the next command reconnects."""
+        """Close the socket (idempotent); the next command reconnects.
+
+        What was sent without waiting stays, to be sent again by the next command.
+        """
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
@@ -554,55 +633,54 @@ class BlockingSubscriber(BlockingConnection):
 
     A ``DaebusCaller`` called from one thread at a time reads its replies here, in the
     calling thread, as a hand-written loop would: no hand-over from another thread.
+    While it waits, it checks its server as :class:`RespConnection` does: a PING after
+    each :data:`HEALTH_CHECK_INTERVAL` of silence, and the connection is taken as lost
+    when the server stays silent for :data:`SILENCE_TIMEOUT`.
     """
 
     def __init__(self, endpoint: Endpoint, channel: str, timeout: float) -> None:
         super().__init__(endpoint, timeout)
         self.channel = channel
-        self._wait = timeout  # the receive timeout the socket has now
+        self._silence_timeout = SILENCE_TIMEOUT
+        self._health_check_interval = HEALTH_CHECK_INTERVAL
+        self._probed_at: float | None = None  # when an unanswered health-check PING went
 
-    def open(self) -> None:
+    def open(self, timeout: float | None = None) -> None:
         """Be connected and subscribed, reconnecting if the server closed the connection.
 
-        Messages that came while nobody read stay to be read. Raises ``TransportError``.
+        Messages that came while nobody read stay to be read. ``timeout`` bounds each
+        wait for the server. Raises ``TransportError``.
         """
         sock = self._sock
         if sock is not None and not _closed_by_peer(sock):
             return
         self.close()
-        self._connect()
-        self._wait = self._timeout
+        self._connect(self._timeout if timeout is None else timeout)
+        self._probed_at = None
         self._send(pack("SUBSCRIBE", self.channel))
         self._read()  # the confirmation
 
     def next_message(self, timeout: float) -> bytes | None:
         """The data of the next message, or None if none comes within ``timeout`` seconds.
 
-        Raises ``TransportError`` if the connection is lost (it is closed then).
+        Raises ``TransportError`` if the connection is lost, or its server stays silent
+        for :data:`SILENCE_TIMEOUT` (it is closed then).
         """
         sock = self._sock
         if sock is None:
             raise TransportError(f"{self._endpoint}: not connected")
-        timeout = max(timeout, 0.000_001)  # a zero timeout would mean none at all
-        if timeout != self._wait:
-            if isinstance(sock, ssl.SSLSocket):
-                sock.settimeout(timeout)  # TLS reads its records through Python
-            else:
-                _use_kernel_timeouts(sock, timeout)
-            self._wait = timeout
+        deadline = time.monotonic() + timeout
         parser = self._parser
         while True:
             try:
                 reply = parser.gets()
                 while reply is False:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        raise OSError("connection closed by the server")
+                    chunk = self._receive(sock, deadline)
+                    if chunk is None:
+                        return None
                     parser.feed(chunk)
                     reply = parser.gets()
             except OSError as exc:
-                if _timed_out(exc):
-                    return None
                 self.close()
                 raise TransportError(f"{self._endpoint}: {exc}") from exc
             except hiredis.ProtocolError as exc:
@@ -611,7 +689,52 @@ class BlockingSubscriber(BlockingConnection):
             if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
                 data: bytes = reply[2]
                 return data
-            # Anything else (a confirmation) is not a message: read on.
+            # Anything else (a confirmation, a health check's pong) is not a message.
+
+    def _receive(self, sock: socket.socket, deadline: float) -> bytes | None:
+        """The next chunk from the server, or None at ``deadline``.
+
+        Waits in slices of at most :data:`HEALTH_CHECK_INTERVAL`, checking the server
+        between them. Raises OSError if the connection is lost or the server silent.
+        """
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            interval = self._health_check_interval
+            wait = interval if remaining > interval else remaining
+            if wait != self._sock_timeout:
+                self._set_timeout(sock, wait)
+            try:
+                chunk = sock.recv(65536)
+            except OSError as exc:
+                if not _timed_out(exc):
+                    raise
+                self._check_silence(sock)
+                continue
+            if not chunk:
+                raise OSError("connection closed by the server")
+            self._probed_at = None
+            return chunk
+
+    def _check_silence(self, sock: socket.socket) -> None:
+        now = time.monotonic()
+        if self._probed_at is None:
+            self._probed_at = now
+            sock.sendall(_PING)
+        elif now - self._probed_at >= self._silence_timeout:
+            raise OSError(f"no answer for {now - self._probed_at:.0f} s")
+
+
+def _ignore_reply(reply: Any) -> None:
+    """The reply callback of a health check's PING: that an answer came is what counts."""
+
+
+def _describe(exc: BaseException) -> str:
+    """An OSError as a reader wants it: a timeout says so, not "Resource temporarily..."."""
+    if isinstance(exc, OSError) and _timed_out(exc):
+        return "no answer from the server in time"
+    return str(exc)
 
 
 def _timed_out(exc: OSError) -> bool:

@@ -15,8 +15,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from ..exceptions import TransportError
+from ._url import redact_url
 
-__all__ = ["BatchEnd", "ChannelReader", "Delivery", "DeliveryHandler", "Subscription", "Transport"]
+__all__ = [
+    "BatchEnd",
+    "ChannelReader",
+    "Delivery",
+    "DeliveryHandler",
+    "DisconnectHandler",
+    "Subscription",
+    "Transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +50,22 @@ DeliveryHandler = Callable[[Delivery], Awaitable[None] | None]
 BatchEnd = Callable[[], None]
 
 
+#: Called on the transport's loop when the connection that carries its subscriptions is
+#: lost, with the error that says why. Messages published until it is back are missed:
+#: whoever waits for one (a caller, for a reply) should not go on waiting.
+DisconnectHandler = Callable[[TransportError], None]
+
+
 class ChannelReader(Protocol):
     """A blocking subscription to one channel, read by one thread at a time."""
 
     channel: str
 
-    def open(self) -> None:
-        """Be connected and subscribed (reconnecting if need be); messages unread stay."""
+    def open(self, timeout: float | None = None) -> None:
+        """Be connected and subscribed (reconnecting if need be); messages unread stay.
+
+        ``timeout`` bounds each wait for the server (the reader's default if None).
+        """
 
     def next_message(self, timeout: float) -> bytes | None:
         """The next message's data, or None if none comes within ``timeout`` seconds."""
@@ -90,6 +108,12 @@ class Transport(ABC):
         # (is_pattern, name) -> handlers, in subscription order. Internal.
         self._subscriptions: dict[tuple[bool, str], list[Subscription]] = {}
         self._batch_ends: list[BatchEnd] = []
+        self._disconnect_handlers: list[DisconnectHandler] = []
+
+    @property
+    def shown_url(self) -> str:
+        """The URL with its password masked: the one to put in logs and messages."""
+        return redact_url(self.url)
 
     # -- lifecycle -------------------------------------------------------------------
     @abstractmethod
@@ -132,8 +156,13 @@ class Transport(ABC):
         self.publish_nowait(channel, data).add_done_callback(done)
 
     @abstractmethod
-    def publish_blocking(self, channel: str, data: bytes) -> int:
-        """Publish from a thread that is not the transport's loop; blocks until sent."""
+    def publish_blocking(self, channel: str, data: bytes, timeout: float | None = None) -> int:
+        """Publish from a thread that is not the transport's loop; blocks until sent.
+
+        ``timeout`` bounds the wait for the server (the transport's default if None);
+        past it, :class:`~daebus.TransportError` is raised: the message may or may not
+        have been published.
+        """
 
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Like :meth:`publish_blocking`, but need not wait for the receiver count."""
@@ -206,6 +235,23 @@ class Transport(ABC):
         """Stop calling ``callback`` (idempotent)."""
         with contextlib.suppress(ValueError):
             self._batch_ends.remove(callback)
+
+    def add_disconnect_handler(self, callback: DisconnectHandler) -> None:
+        """Call ``callback`` each time the connection carrying the subscriptions is lost."""
+        self._disconnect_handlers.append(callback)
+
+    def remove_disconnect_handler(self, callback: DisconnectHandler) -> None:
+        """Stop calling ``callback`` (idempotent)."""
+        with contextlib.suppress(ValueError):
+            self._disconnect_handlers.remove(callback)
+
+    def _disconnected(self, error: TransportError) -> None:
+        """Tell the disconnect handlers; never raises."""
+        for callback in tuple(self._disconnect_handlers):
+            try:
+                callback(error)
+            except Exception:
+                logger.exception("disconnect handler %r failed", callback)
 
     def _end_batch(self) -> None:
         """Call the batch-end callbacks; never raises."""

@@ -331,7 +331,7 @@ class MemoryTransport(Transport):
             future.set_result(self.broker.publish(channel, data, self))
         return future
 
-    def publish_blocking(self, channel: str, data: bytes) -> int:
+    def publish_blocking(self, channel: str, data: bytes, timeout: float | None = None) -> int:
         """Publish from any thread (the broker is thread-safe); never blocks for long."""
         return self.broker.publish(channel, data, self)
 

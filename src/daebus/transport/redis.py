@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from ..exceptions import TransportError
 from ._resp import (
+    SILENCE_TIMEOUT,
     BlockingConnection,
     BlockingSubscriber,
     Endpoint,
@@ -32,7 +33,7 @@ from ._resp import (
 )
 from .base import ChannelReader, Delivery, Transport
 
-__all__ = ["RedisTransport", "normalize_url"]
+__all__ = ["COMMAND_TIMEOUT", "RedisTransport", "normalize_url"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ _RECONNECT_FIRST_DELAY = 0.05
 _RECONNECT_MAX_DELAY = 1.0
 _STILL_DOWN_LOG_EVERY = 10.0
 _CONNECT_TIMEOUT = 2.0
-_COMMAND_TIMEOUT = 10.0
+#: How long a blocking command (a publish from a thread, ``broadcast.send()``) waits for
+#: the server when its caller gives no timeout: what the async connections allow too.
+COMMAND_TIMEOUT = SILENCE_TIMEOUT
 
 
 def normalize_url(url: str) -> str:
@@ -63,7 +66,7 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     return redis.Redis.from_url(
         normalize_url(url),
         socket_connect_timeout=_CONNECT_TIMEOUT,
-        socket_timeout=_COMMAND_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
         retry=Retry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
         retry_on_error=[RedisConnectionError],
         health_check_interval=30,
@@ -103,7 +106,7 @@ class RedisTransport(Transport):
         self._blocking: dict[BlockingConnection, threading.Thread] = {}
 
     def __repr__(self) -> str:
-        return f"<RedisTransport {self.url}>"
+        return f"<RedisTransport {self.shown_url}>"
 
     # -- lifecycle -------------------------------------------------------------------
     async def connect(self) -> None:
@@ -173,7 +176,7 @@ class RedisTransport(Transport):
         self._outbox.append((packed, future))
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.get_running_loop().create_task(
-                self._reconnect_publisher(), name=f"daebus-publisher {self.url}"
+                self._reconnect_publisher(), name=f"daebus-publisher {self.shown_url}"
             )
         return future
 
@@ -216,10 +219,10 @@ class RedisTransport(Transport):
             if not future.done():
                 future.set_exception(error)
 
-    def publish_blocking(self, channel: str, data: bytes) -> int:
+    def publish_blocking(self, channel: str, data: bytes, timeout: float | None = None) -> int:
         """PUBLISH from any thread, on that thread's own blocking connection."""
         try:
-            return int(self._thread_connection().command(pack_publish(channel, data)))
+            return int(self._thread_connection().command(pack_publish(channel, data), timeout))
         except TransportError as exc:
             raise TransportError(f"PUBLISH to {channel!r} failed: {exc}") from exc
 
@@ -247,7 +250,7 @@ class RedisTransport(Transport):
         connection: BlockingConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = BlockingConnection(
-                self._endpoint, _COMMAND_TIMEOUT
+                self._endpoint, COMMAND_TIMEOUT
             )
             with self._sync_lock:
                 # Close the connections of threads that have ended since.
@@ -259,7 +262,7 @@ class RedisTransport(Transport):
 
     def channel_reader(self, channel: str) -> ChannelReader:
         """A blocking connection subscribed to ``channel`` (connected on first use)."""
-        return BlockingSubscriber(self._endpoint, channel, _COMMAND_TIMEOUT)
+        return BlockingSubscriber(self._endpoint, channel, COMMAND_TIMEOUT)
 
     def blocking_client(self) -> redis.Redis:
         """The transport's blocking client (created on first use; thread-safe)."""
@@ -278,7 +281,7 @@ class RedisTransport(Transport):
         if self._reader is None or self._reader.done():
             self._attempt = asyncio.get_running_loop().create_future()
             self._reader = asyncio.get_running_loop().create_task(
-                self._read_forever(), name=f"daebus-reader {self.url}"
+                self._read_forever(), name=f"daebus-reader {self.shown_url}"
             )
         subscriber = self._subscriber
         if subscriber is None:
@@ -334,6 +337,7 @@ class RedisTransport(Transport):
         down_since: float | None = None
         last_report = 0.0
         delay = _RECONNECT_FIRST_DELAY
+        dropped_for_buffer: int | None = None  # the server's count when we connected
         while not self._closed:
             try:
                 subscriber = await open_connection(
@@ -355,7 +359,7 @@ class RedisTransport(Transport):
                     last_report = now
                     logger.warning(
                         "still cannot reach %s after %.0f s (%s); retrying every %.1f s",
-                        self.url,
+                        self.shown_url,
                         now - down_since,
                         exc,
                         delay,
@@ -363,29 +367,61 @@ class RedisTransport(Transport):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
                 continue
+            self._attempted(True)
+            dropped_before, dropped_for_buffer = (
+                dropped_for_buffer,
+                await _output_buffer_drops(subscriber),
+            )
             if down_since is not None:
                 channels = sum(1 for is_pattern, _ in self._subscriptions if not is_pattern)
+                why = ""
+                if (
+                    dropped_before is not None
+                    and dropped_for_buffer is not None
+                    and dropped_for_buffer > dropped_before
+                ):
+                    why = (
+                        " (the server had dropped it: more was queued for it than the "
+                        "server's client-output-buffer-limit for pub/sub allows)"
+                    )
                 logger.warning(
-                    "reconnected to %s after %.1f s; re-subscribed %d channel(s) and %d pattern(s)",
-                    self.url,
+                    "reconnected to %s after %.1f s%s; re-subscribed %d channel(s) and "
+                    "%d pattern(s)",
+                    self.shown_url,
                     time.monotonic() - down_since,
+                    why,
                     channels,
                     len(self._subscriptions) - channels,
                 )
             down_since = None
             delay = _RECONNECT_FIRST_DELAY
-            self._attempted(True)
             error = await asyncio.shield(subscriber.lost)
             if self._subscriber is subscriber:
                 self._subscriber = None
             if self._stopped():
                 return
             down_since = last_report = time.monotonic()
+            reason = str(error) if error else "closed by the server"
             logger.warning(
-                "lost the subscriber connection to %s (%s); reconnecting",
-                self.url,
-                error or "closed by the server",
+                "lost the subscriber connection to %s (%s); reconnecting", self.shown_url, reason
             )
+            self._disconnected(TransportError(f"lost the connection to {self.shown_url}: {reason}"))
+
+
+async def _output_buffer_drops(connection: RespConnection) -> int | None:
+    """How many clients the server has dropped for output-buffer overflow, if it says.
+
+    Compared across a reconnect, it tells a subscriber that fell behind from a restart.
+    """
+    try:
+        info = await connection.send("INFO", "stats")
+    except TransportError:  # INFO renamed or refused by an ACL: the reason stays unknown
+        return None
+    for line in bytes(info).splitlines():
+        name, _, value = line.partition(b":")
+        if name == b"client_output_buffer_limit_disconnections":
+            return int(value)
+    return None
 
 
 _new_tuple = tuple.__new__
