@@ -92,10 +92,13 @@ class RedisServer:
 
     Persistence is off and all files (the log included) live in a private temp directory.
     The port is chosen at the first `start()` and kept by `restart()`, so clients holding
-    the URL can reconnect to the "same" server after a crash or a restart.
+    the URL can reconnect to the "same" server after a crash or a restart. With a
+    `password` the server requires it (``requirepass``) and `url` carries it.
     """
 
-    def __init__(self, binary: Path | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self, binary: Path | None = None, *, port: int | None = None, password: str | None = None
+    ) -> None:
         found = binary or find_server_binary()
         if found is None:
             raise ServerStartError("no valkey-server or redis-server binary found")
@@ -106,6 +109,8 @@ class RedisServer:
         self.log_path = self._dir / "server.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        #: The password the server requires from its next start on (None: none).
+        self.password = password
 
     @property
     def port(self) -> int:
@@ -116,8 +121,13 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """A redis:// URL for database 0 of this server."""
-        return f"redis://{self.host}:{self.port}/0"
+        """A redis:// URL for database 0 of this server (with its password, if it has one)."""
+        return self.url_with_password(self.password)
+
+    def url_with_password(self, password: str | None) -> str:
+        """The URL of database 0 as a client holding `password` (None: no password) has it."""
+        auth = f":{password}@" if password is not None else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -183,6 +193,49 @@ class RedisServer:
         """Whether the server process is alive (not whether it answers)."""
         return self._proc is not None and self._proc.poll() is None
 
+    # -- faults ----------------------------------------------------------------------------
+
+    def crash_for(self, seconds: float, timeout: float = STARTUP_TIMEOUT) -> float:
+        """SIGKILL the server, leave the port closed `seconds`, then start it again on it.
+
+        Returns the monotonic time at which the new server answered PING.
+        """
+        self.kill()
+        # The outage itself is what the caller asked for; nothing is awaited here.
+        time.sleep(seconds)
+        self.start(timeout=timeout)
+        return time.monotonic()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: its connections stay open but nothing is answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server: it goes on with what queued up meanwhile."""
+        self._signal(signal.SIGCONT)
+
+    def is_paused(self) -> bool:
+        """Whether the server process is stopped by a signal (see `pause()`)."""
+        if not self.is_running():
+            return False
+        assert self._proc is not None
+        try:
+            stat = Path(f"/proc/{self._proc.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] in {"T", "t"}
+
+    def restart_with_password(
+        self, password: str | None, timeout: float = STARTUP_TIMEOUT
+    ) -> RedisServer:
+        """Stop the server and start it again on the same port, now requiring `password`.
+
+        Clients keep whatever password their URL holds; `url` gives the new one.
+        """
+        self.stop()
+        self.password = password
+        return self.start(timeout=timeout)
+
     def close(self) -> None:
         """Stop the server and delete its temp directory."""
         self.stop()
@@ -225,7 +278,14 @@ class RedisServer:
             "no",
             # No --logfile: the default ("") is stdout, which _spawn() sends to the log file.
             # That also catches errors printed before the arguments are parsed.
+            *(["--requirepass", self.password] if self.password is not None else []),
         ]
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if not self.is_running():
+            raise RuntimeError(f"{self!r} is not running")
+        assert self._proc is not None
+        self._proc.send_signal(sig)
 
     def _spawn(self) -> None:
         self._log = self.log_path.open("ab")
@@ -265,6 +325,7 @@ class RedisServer:
         client = redis.Redis(
             host=self.host,
             port=self.port,
+            password=self.password,
             socket_timeout=wait,
             socket_connect_timeout=wait,
             retry=Retry(NoBackoff(), 0),
