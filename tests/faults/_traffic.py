@@ -311,13 +311,13 @@ class Verdict:
                     f"{kind}: {len(long)} call(s) outlived the {traffic.timeout:g} s timeout by "
                     f"more than {OVERRUN_ALLOWED:g} s (max {max(c.duration for c in long):.2f} s)"
                 )
-            odd = Counter(
-                type(c.error).__name__
-                for c in calls
-                if c.error is not None and not isinstance(c.error, DOCUMENTED)
-            )
+            odd = [c for c in calls if c.error is not None and not isinstance(c.error, DOCUMENTED)]
             if odd:
-                self.problems.append(f"{kind}: undocumented failures: {_counts(odd)}")
+                self.problems.append(
+                    f"{kind}: undocumented failures: "
+                    f"{_counts(Counter(type(c.error).__name__ for c in odd))}; "
+                    + "; ".join(self._describe(c) for c in odd[:3])
+                )
             early = [c for c in calls if c.end < self.timeline.fault and not c.ok]
             if early:
                 self.problems.append(
