@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -278,8 +278,11 @@ class AsyncDaebusCaller:
                 try:
                     async with deadline(wait):
                         await self.connect()
-                        assert self._transport is not None
-                        count = await self._transport.publish(
+                        transport = self._transport
+                        assert transport is not None
+                        if not transport.receiving:  # a reply sent now would be missed
+                            await transport.until_receiving()
+                        count = await transport.publish(
                             protocol.service_channel(self.target_service), data
                         )
                         if count:
@@ -471,7 +474,14 @@ class DaebusCaller:
         transport = core._transport
         if transport is None or core._subscription is None:
             # Resolve here, in the calling thread, where the app context is visible.
-            get_portal().call(_connect_within(core, core.resolve_url(), timeout or core.timeout))
+            url = core.resolve_url()
+            get_portal().call(
+                _bounded(
+                    core.connect(url),
+                    timeout or core.timeout,
+                    f"cannot connect to {redact_url(url)}",
+                )
+            )
             transport = core._transport
         assert transport is not None
         return transport
@@ -537,6 +547,14 @@ class DaebusCaller:
             if alone:  # a first request, or a transport without such connections
                 self._lane_lock.release()
                 alone = False
+            if not transport.receiving:  # the portal would miss a reply sent now
+                get_portal().call(
+                    _bounded(
+                        transport.until_receiving(),
+                        waits.remaining(),
+                        f"cannot resubscribe at {transport.shown_url}",
+                    )
+                )
             data = core._encode_request(action, payload, request_id)
             replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
             core.pending[request_id] = replies.put
@@ -749,15 +767,13 @@ class _Waits:
         return remaining
 
 
-async def _connect_within(core: AsyncDaebusCaller, url: str, timeout: float) -> None:
-    """Connect ``core``, or raise TransportError if the server does not answer in time."""
+async def _bounded(work: Awaitable[None], timeout: float, failure: str) -> None:
+    """Await ``work``; past ``timeout``, raise TransportError saying ``failure``."""
     try:
         async with deadline(timeout):
-            await core.connect(url)
+            await work
     except asyncio.TimeoutError:
-        raise TransportError(
-            f"cannot connect to {redact_url(url)}: no answer within {timeout}s"
-        ) from None
+        raise TransportError(f"{failure}: no answer within {timeout}s") from None
 
 
 class _NoReceiverError(Exception):

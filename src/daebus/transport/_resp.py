@@ -581,7 +581,8 @@ class BlockingConnection:
                 f"lost {len(unconfirmed)} message(s) sent without waiting ({cause}); "
                 f"sending them again failed: {exc}"
             ) from exc
-        logger.info(
+        # Debug: the outage itself is logged once, by the transport's subscriber.
+        logger.debug(
             "%s: connection lost (%s); sent %d message(s) again",
             self._endpoint,
             cause,

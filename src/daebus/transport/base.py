@@ -236,6 +236,19 @@ class Transport(ABC):
         with contextlib.suppress(ValueError):
             self._batch_ends.remove(callback)
 
+    @property
+    def receiving(self) -> bool:
+        """False while the connection carrying the subscriptions is being re-made.
+
+        Messages published meanwhile are missed: a caller waits for it to be back
+        (:meth:`until_receiving`) before it sends a request whose reply it wants.
+        """
+        return True
+
+    async def until_receiving(self) -> None:
+        """Return once :attr:`receiving` (cancel it to give up waiting)."""
+        return None  # always receiving, unless a transport says otherwise
+
     def add_disconnect_handler(self, callback: DisconnectHandler) -> None:
         """Call ``callback`` each time the connection carrying the subscriptions is lost."""
         self._disconnect_handlers.append(callback)

@@ -99,6 +99,7 @@ class RedisTransport(Transport):
         self._reader: asyncio.Task[None] | None = None
         # Resolved after each attempt of the reader to (re)connect: True once subscribed.
         self._attempt: asyncio.Future[bool] | None = None
+        self._subscribed = False  # the subscriber has (re-)subscribed everything
         self._sync: redis.Redis | None = None
         self._sync_lock = threading.Lock()
         # publish_blocking's connections: one per thread that publishes.
@@ -293,6 +294,19 @@ class RedisTransport(Transport):
             subscriber.send_unanswered(pack(command, name))
             await subscriber.send("PING")
 
+    @property
+    def receiving(self) -> bool:
+        """False while the subscriber connection is being re-made."""
+        if self._reader is None or self._reader.done():
+            return True  # nothing subscribed yet (or closed): nothing to miss
+        subscriber = self._subscriber
+        return self._subscribed and subscriber is not None and subscriber.is_open
+
+    async def until_receiving(self) -> None:
+        """Return once the subscriber connection is up again (or the reader has stopped)."""
+        while not self.receiving and self._attempt is not None:
+            await asyncio.shield(self._attempt)
+
     async def _remove(self, name: str, pattern: bool) -> None:
         subscriber = self._subscriber
         if subscriber is None:
@@ -367,6 +381,7 @@ class RedisTransport(Transport):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
                 continue
+            self._subscribed = True
             self._attempted(True)
             dropped_before, dropped_for_buffer = (
                 dropped_for_buffer,
@@ -396,6 +411,7 @@ class RedisTransport(Transport):
             down_since = None
             delay = _RECONNECT_FIRST_DELAY
             error = await asyncio.shield(subscriber.lost)
+            self._subscribed = False
             if self._subscriber is subscriber:
                 self._subscriber = None
             if self._stopped():
