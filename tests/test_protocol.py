@@ -37,7 +37,9 @@ def test_channel_names() -> None:
         protocol.new_reply_channel(),
     )
     assert protocol.fallback_reply_channel("svc1") == "svc1.responses"
-    assert protocol.fallback_reply_channel(None) == "None.responses"
+    # 0.0.31 made "None.responses", "[].responses"... of a junk service field.
+    for junk in (None, "", [], {"a": 1}, 7, True):
+        assert protocol.fallback_reply_channel(junk) is None
     assert protocol.workflow_channel("svc1") == "svc1.workflows"
     assert protocol.is_pattern("user:*")
     assert protocol.is_pattern("a?c")
@@ -156,3 +158,84 @@ def test_a_forked_child_makes_other_request_ids_than_its_parent() -> None:
     parent_ids = {protocol.new_request_id() for _ in range(3)}
     assert len(child_ids) == 3
     assert not child_ids & parent_ids
+
+
+def test_a_response_to_a_request_with_no_reply_channel_publishes_nothing() -> None:
+    publisher = FakePublisher()
+    for fields in ({"service": None}, {"service": ["x"]}, {"reply_to": ["x"]}):
+        response = PubSubResponse(publisher, PubSubRequest({"request_id": "r", **fields}))
+        assert response.request.reply_channel is None
+        assert response.send({"ok": 1}) == 0
+        assert response.final_sent
+    request = PubSubRequest({"reply_to": "caller:1", "request_id": "r"})
+    request.reply_channel = None  # what a running service does with a refused reply_to
+    assert PubSubResponse(publisher, request).send(1) == 0
+    assert publisher.published == []
+
+
+def test_reply_channels_allow_callers_and_the_services_responses_only() -> None:
+    replies = protocol.ReplyChannels("svc", ["myapp.replies.*"])
+    replies.listening_on(["events"], ["junk.*"])
+    for allowed in (
+        "caller:045c8da3-5f4a-4db1-94ad-351d9b1c3e5d",
+        "caller_123456",
+        "svc.responses",
+        "myapp.replies.7",
+    ):
+        assert replies.refusal(allowed) is None, allowed
+    refused = {
+        "svc": "the service's own channel",
+        "svc.workflows": "the service's own channel",
+        "events": "a channel the service listens on",
+        "junk.x": "a channel the service listens on",
+        "victim": "not a reply channel",
+        "victim.responses": "not a reply channel",
+        "victim-events": "not a reply channel",
+        "caller:" + "x" * 300: "over 200 characters",
+        "caller:\ud800": "not valid Unicode",
+        7: "not a string but int",
+        None: "not a string but NoneType",
+    }
+    for channel, reason in refused.items():
+        refusal = replies.refusal(channel)
+        assert refusal is not None, channel
+        assert reason in refusal, (channel, refusal)
+    assert replies.fallback("svc") == "svc.responses"
+    assert replies.fallback("victim") is None
+    assert replies.fallback(None) is None
+    # A listener on a pattern that takes in callers' channels: no reply goes there.
+    replies.listening_on([], ["caller:*"])
+    assert replies.refusal("caller:1") == "a channel the service listens on"
+
+
+def test_a_service_name_with_glob_characters_allows_only_its_own_responses() -> None:
+    replies = protocol.ReplyChannels("svc[1]*")
+    assert replies.refusal("svc[1]*.responses") is None
+    assert replies.refusal("svc1x.responses") is not None
+
+
+def test_shorten_bounds_what_is_echoed_and_says_how_long_it_was() -> None:
+    assert protocol.shorten("echo") == "echo"
+    long = protocol.shorten("a" * 5_000_000)
+    assert long == "a" * 200 + "... (5000000 characters)"
+    assert len(protocol.shorten(list(range(1_000_000)))) < 300
+    assert len(protocol.shorten({"k" * 10_000: "v"})) < 300
+    # A field cannot forge a line of the log.
+    assert protocol.shorten("x\n2026-12-07 ERROR forged\x00") == "x\\n2026-12-07 ERROR forged\\x00"
+
+
+def test_a_busy_reply_is_a_0031_error_with_a_code() -> None:
+    data = protocol.encode_reply(
+        protocol.STATUS_ERROR, protocol.busy_payload("service 's' is busy"), "r", True
+    )
+    assert json.loads(data) == {
+        "status": "error",
+        "payload": {"error": "service 's' is busy", "code": "busy"},
+        "request_id": "r",
+        "final": True,
+    }
+    reply = protocol.decode_reply(data)
+    assert reply.is_error
+    assert reply.error_message == "service 's' is busy"  # what a 0.0.31 caller raises
+    assert reply.error_code == protocol.CODE_BUSY
+    assert protocol.decode_reply(b'{"status": "error", "payload": "x"}').error_code is None

@@ -27,6 +27,7 @@ from .exceptions import (
     ConnectionLostError,
     MessageTooLargeError,
     RemoteError,
+    ServiceBusyError,
     ServiceUnavailableError,
     TransportError,
 )
@@ -252,7 +253,8 @@ class AsyncDaebusCaller:
         )
 
     def _raise_error(self, action: str, reply: protocol.Reply) -> None:
-        raise RemoteError(
+        busy = reply.error_code == protocol.CODE_BUSY  # refused unrun: full, or stopping
+        raise (ServiceBusyError if busy else RemoteError)(
             reply.error_message,
             service=self.target_service,
             action=action,

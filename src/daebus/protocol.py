@@ -8,6 +8,12 @@ Every channel name and every envelope is built here and nowhere else.
 - A reply is ``{"status", "payload", "request_id", "final"}``; ``final`` missing means
   true, errors are ``status: "error"`` with ``payload: {"error": message}``.
 - A request without ``reply_to`` is answered on ``<service>.responses``.
+- An error reply refusing a request unrun (the service is full, or stopping) also has
+  ``payload.code == "busy"``; 0.0.31 callers ignore the extra key and read the message.
+
+Replies go only to channels that look like reply channels (:class:`ReplyChannels`), and
+what a request brings along is cut to :data:`FIELD_LIMIT` characters wherever it is
+echoed or logged (:func:`shorten`).
 """
 
 from __future__ import annotations
@@ -15,19 +21,27 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import reprlib
 import uuid
+from collections.abc import Iterable
 from random import getrandbits
 from typing import Any, NamedTuple
 
 from . import encoding
+from .transport._glob import compile_glob
 
 __all__ = [
+    "CODE_BUSY",
+    "DEFAULT_REPLY_CHANNELS",
     "ENVELOPE_KEYS",
+    "FIELD_LIMIT",
     "STATUS_ERROR",
     "STATUS_PROGRESS",
     "STATUS_SUCCESS",
     "BadMessageError",
     "Reply",
+    "ReplyChannels",
+    "busy_payload",
     "decode_object",
     "decode_reply",
     "encode_reply",
@@ -40,12 +54,25 @@ __all__ = [
     "recover_reply_address",
     "request_payload",
     "service_channel",
+    "shorten",
     "workflow_channel",
 ]
 
 STATUS_SUCCESS = "success"
 STATUS_ERROR = "error"
 STATUS_PROGRESS = "progress"
+
+#: ``payload.code`` of an error reply refusing a request without running it, because
+#: the service is full or stopping: the request is safe to send again.
+CODE_BUSY = "busy"
+
+#: Channels any service sends replies to, besides its own ``<service>.responses``:
+#: 0.0.31's callers (``caller:<uuid4>``) and the documents' ``caller_123456``.
+DEFAULT_REPLY_CHANNELS = ("caller:*", "caller_*")
+
+#: The most characters of a request's field (action, request id, channel) that are
+#: echoed in an error reply or written to a log line; longer ids and channels are refused.
+FIELD_LIMIT = 200
 
 #: The keys of a request envelope; anything else at the top level of a request that has
 #: no ``payload`` key is the flat shape 0.0.31's ``send_to_service`` produced.
@@ -77,9 +104,104 @@ def new_reply_channel() -> str:
     return f"caller:{uuid.uuid4()}"
 
 
-def fallback_reply_channel(service: Any) -> str:
-    """Where a request without ``reply_to`` is answered (``None.responses`` if no service)."""
+def fallback_reply_channel(service: Any) -> str | None:
+    """Where a request without ``reply_to`` is answered: ``<service>.responses``.
+
+    None when the request's ``service`` field is not a non-empty string (0.0.31 made
+    channels such as ``None.responses`` of it).
+    """
+    if type(service) is not str or not service:
+        return None
     return f"{service}.responses"
+
+
+def _escape_glob(name: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", name)
+
+
+_UNKNOWN = object()
+
+
+class ReplyChannels:
+    """Which channels a service sends replies to: what a ``reply_to`` may name.
+
+    Allowed: :data:`DEFAULT_REPLY_CHANNELS`, ``<service>.responses`` and the glob
+    patterns given as ``allowed``. Never a channel the service itself listens on (its
+    request and workflow channels, its listeners' channels and patterns), so that a
+    request cannot make the service write to another service's request channel, to
+    listeners, or to itself.
+    """
+
+    def __init__(self, service: str, allowed: Iterable[str] = ()) -> None:
+        fallback = fallback_reply_channel(service)
+        globs = [*DEFAULT_REPLY_CHANNELS, *([_escape_glob(fallback)] if fallback else []), *allowed]
+        self.globs = tuple(globs)
+        self._allowed = [compile_glob(glob) for glob in self.globs]
+        self._own = frozenset({service_channel(service), workflow_channel(service)})
+        self._listened: frozenset[str] = frozenset()
+        self._patterns: list[Any] = []
+        # reply_to -> why it is refused (None: allowed). Callers keep one reply channel
+        # for their lifetime, so this is asked again and again with the same few.
+        self._verdicts: dict[str, str | None] = {}
+
+    def listening_on(self, channels: Iterable[str], patterns: Iterable[str]) -> None:
+        """Tell the channels and patterns the service's listeners receive."""
+        self._listened = frozenset(channels)
+        self._patterns = [compile_glob(pattern) for pattern in patterns]
+        self._verdicts.clear()
+
+    def refusal(self, channel: Any) -> str | None:
+        """Why replies may not go to ``channel``; None if they may."""
+        if type(channel) is not str:
+            return f"not a string but {type(channel).__name__}"
+        verdict = self._verdicts.get(channel, _UNKNOWN)
+        if verdict is _UNKNOWN:
+            verdict = self._judge(channel)
+            if len(self._verdicts) >= 1000:  # a flood of junk names: start again
+                self._verdicts.clear()
+            self._verdicts[channel] = verdict
+        return verdict  # type: ignore[return-value]
+
+    def _judge(self, channel: str) -> str | None:
+        if len(channel) > FIELD_LIMIT:
+            return f"over {FIELD_LIMIT} characters long"
+        try:
+            raw = channel.encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode"
+        if channel in self._own:
+            return "the service's own channel"
+        if channel in self._listened or any(match(raw) for match in self._patterns):
+            return "a channel the service listens on"
+        if not any(match(raw) for match in self._allowed):
+            return f"not a reply channel (allowed: {', '.join(self.globs)})"
+        return None
+
+    def fallback(self, service: Any) -> str | None:
+        """Where a request without ``reply_to`` is answered, if anywhere."""
+        channel = fallback_reply_channel(service)
+        if channel is None or self.refusal(channel) is not None:
+            return None
+        return channel
+
+
+_short_repr = reprlib.Repr()
+_short_repr.maxstring = _short_repr.maxother = FIELD_LIMIT
+
+
+def shorten(value: Any, limit: int = FIELD_LIMIT) -> str:
+    """``value`` as text of at most about ``limit`` characters, for a log or a reply.
+
+    A longer string keeps its first ``limit`` characters and says how long it was.
+    Control characters are escaped, so that a field cannot forge lines in a log.
+    """
+    text = value if isinstance(value, str) else _short_repr.repr(value)
+    length = len(text)
+    if length > limit:
+        text = text[:limit]
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if length <= limit else f"{text}... ({length} characters)"
 
 
 # Request ids: a random UUID4 prefix per process, then a counter from a random start in
@@ -144,6 +266,11 @@ def encode_reply(status: str, payload: Any, request_id: Any, final: bool) -> byt
 def error_payload(error: Any) -> dict[str, str]:
     """The payload of an error reply: ``{"error": str(error)}``."""
     return {"error": str(error)}
+
+
+def busy_payload(message: str) -> dict[str, str]:
+    """The payload of an error reply refusing a request unrun (:data:`CODE_BUSY`)."""
+    return {"error": message, "code": CODE_BUSY}
 
 
 def progress_payload(payload: Any, percentage: float | None) -> Any:
@@ -229,6 +356,11 @@ class Reply(NamedTuple):
         if isinstance(self.payload, dict):
             return str(self.payload.get("error", "Unknown error"))
         return str(self.payload) if self.payload is not None else "Unknown error"
+
+    @property
+    def error_code(self) -> Any:
+        """``payload.code`` of an error reply (:data:`CODE_BUSY`), else None."""
+        return self.payload.get("code") if isinstance(self.payload, dict) else None
 
 
 def decode_reply(data: bytes | str) -> Reply:

@@ -23,6 +23,8 @@ __all__ = ["PubSubBroadcast", "PubSubRequest", "PubSubResponse", "Publisher"]
 #: The default limit on one encoded message, in bytes (requests, replies, broadcasts).
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
 
+_UNSET: Any = object()
+
 
 class Publisher(Protocol):
     """Anything with redis-py's ``publish(channel, data)``."""
@@ -55,6 +57,7 @@ class PubSubRequest:
         self.action: Any = data.get("action")
         self.channel: str | None = None
         self.pattern: str | None = None
+        self._reply_channel: Any = _UNSET
 
     @classmethod
     def from_broadcast(cls, value: Any, channel: str, pattern: str | None) -> PubSubRequest:
@@ -69,9 +72,23 @@ class PubSubRequest:
         return self
 
     @property
-    def reply_channel(self) -> str:
-        """Where replies go: ``reply_to``, else ``<service>.responses``."""
-        return self.reply_to or protocol.fallback_reply_channel(self.service)
+    def reply_channel(self) -> str | None:
+        """Where replies go: ``reply_to``, else ``<service>.responses``; None: nowhere.
+
+        A running service sets it from :class:`daebus.protocol.ReplyChannels`, which
+        allows only channels that look like reply channels.
+        """
+        channel = self._reply_channel
+        if channel is not _UNSET:
+            return channel  # type: ignore[no-any-return]
+        reply_to = self.reply_to
+        if reply_to:
+            return reply_to if type(reply_to) is str else None
+        return protocol.fallback_reply_channel(self.service)
+
+    @reply_channel.setter
+    def reply_channel(self, channel: str | None) -> None:
+        self._reply_channel = channel
 
     def __repr__(self) -> str:
         return f"<PubSubRequest service={self.service!r} request_id={self.request_id!r}>"
@@ -123,10 +140,15 @@ class PubSubResponse:
             raise MessageTooLargeError(
                 f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
             )
-        publish = self.publisher.publish
-        if detached:  # the runtime's own final reply: nobody reads the receiver count
-            publish = getattr(self.publisher, "publish_detached", publish)
-        result = publish(self.request.reply_channel, data)
+        channel = self.request.reply_channel
+        if channel is None:  # no reply channel, or one the service may not send to
+            nowhere = getattr(self.publisher, "nowhere", None)
+            result = nowhere() if nowhere is not None else 0
+        elif detached:  # the runtime's own final reply: nobody reads the receiver count
+            publish = getattr(self.publisher, "publish_detached", self.publisher.publish)
+            result = publish(channel, data)
+        else:
+            result = self.publisher.publish(channel, data)
         self.sent += 1
         if final:
             self.final_sent = True
