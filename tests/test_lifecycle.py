@@ -23,6 +23,7 @@ from daebus import (
     Daebus,
     DaebusCaller,
     DaebusError,
+    ServiceBusyError,
     TransportError,
     broadcast,
     protocol,
@@ -230,6 +231,75 @@ def test_b12_signal_drains_in_flight_work_and_exits_0(
         assert result == ["finished"], proc.output()
         assert marker.read_text() == "thread saw running() false; on_stop ran"
         assert "stopped" in proc.output()
+
+
+DRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from daebus import Daebus, request
+
+    app = Daebus("draining", max_workers=2, max_in_flight=2, max_queued=100)
+
+    @app.action("slow")
+    def slow():
+        time.sleep(0.2)
+        return request.payload
+
+    app.run(service=sys.argv[1])
+    """
+)
+
+
+def test_sigterm_answers_every_request_read_even_those_waiting_for_a_slot(
+    redis_url: str, tmp_path: Path
+) -> None:
+    service = unique_name("draining")
+    script = tmp_path / "service.py"
+    script.write_text(DRAIN_SCRIPT)
+    timeout = 8.0
+    outcomes: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def call(caller: DaebusCaller, n: int) -> None:
+        began = time.monotonic()
+        try:
+            assert caller.send_request("slow", n) == n
+            outcome = "reply"
+        except ServiceBusyError as exc:
+            outcome = "busy" if "is stopping" in str(exc) else str(exc)
+        except DaebusError as exc:
+            outcome = type(exc).__name__
+        with lock:
+            outcomes.append((outcome, time.monotonic() - began))
+
+    with ServiceProcess(script, args=[service], redis_url=redis_url) as proc:
+        proc.wait_ready(service)
+        with (
+            DaebusCaller(service, redis_url=redis_url, timeout=timeout) as caller,
+            Subscription(redis_url, service) as requests,
+        ):
+            caller.send_request("slow", -1)  # connected before the rush
+            requests.get()
+            threads = [threading.Thread(target=call, args=(caller, n)) for n in range(40)]
+            for thread in threads:
+                thread.start()
+            for _ in threads:  # every request is on its way to the service
+                requests.get()
+            assert proc.terminate(timeout=20) == 0
+            for thread in threads:
+                thread.join(timeout + 5)
+        output = proc.output()
+    kinds = sorted(outcome for outcome, _ in outcomes)
+    slowest = max(seconds for _, seconds in outcomes)
+    print(f"outcomes: {kinds}; slowest {slowest:.2f}s")
+    assert len(outcomes) == 40
+    # No caller waits for its timeout: 2 run at a time, the rest are refused at once.
+    assert set(kinds) <= {"reply", "busy"}, outcomes
+    assert slowest < timeout / 2, outcomes
+    assert kinds.count("busy") >= 1, outcomes
+    refused = [line for line in output.splitlines() if "refused" in line]
+    assert len(refused) == 1, output
+    assert f"refused {kinds.count('busy')} request(s) unrun" in refused[0]
 
 
 # -- B10: stop_thread works ------------------------------------------------------------------

@@ -27,6 +27,7 @@ from daebus import (
     CallTimeoutError,
     Daebus,
     RemoteError,
+    ServiceBusyError,
     ServiceUnavailableError,
     broadcast,
     get_daemon,
@@ -825,3 +826,155 @@ def test_a_listeners_request_is_made_once_even_when_threads_share_it(apps: Apps)
     assert len({id(response) for _, response in seen}) == 1
     assert seen[0][0].channel == channel
     assert seen[0][0].payload == {"n": 1}
+
+
+# -- load shedding, reply channels, bounded echoes ----------------------------------------
+def test_a_request_past_the_queue_is_refused_at_once_with_a_busy_reply(apps: Apps) -> None:
+    app = Daebus("full", max_in_flight=1, max_queued=1)
+    gate = threading.Event()
+
+    @app.action("wait")
+    async def wait() -> Any:
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        return request.payload
+
+    service = apps.start(app)
+    caller = apps.caller(service, timeout=30)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(caller.send_request("wait", n)))
+        for n in range(2)  # one runs, one waits
+    ]
+    for thread in threads:
+        thread.start()
+    runtime = app._runtime
+    assert runtime is not None
+    wait_for(lambda: runtime.active == 1 and runtime.queued == 1)
+    began = time.monotonic()
+    with pytest.raises(ServiceBusyError, match="is busy") as refused:
+        caller.send_request("wait", 2)
+    assert time.monotonic() - began < 15  # at once, not at the caller's timeout
+    assert refused.value.payload == {"error": str(refused.value), "code": "busy"}
+    # The wire form: 0.0.31's error reply, which its callers read as the message.
+    reply = raw_request(apps.url, service, {"action": "wait", "request_id": "r3"})
+    assert reply["status"] == "error"
+    assert reply["final"] is True
+    assert reply["request_id"] == "r3"
+    assert reply["payload"]["code"] == "busy"
+    assert "the request was not run" in reply["payload"]["error"]
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [0, 1]
+
+
+def test_replies_go_only_to_reply_channels(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("reflector", reply_channels=["myapp.replies.*"])
+    ran: list[Any] = []
+    events = unique_name("events")
+
+    @app.action("stream")
+    async def stream() -> Any:
+        ran.append(request.payload)
+        for part in range(3):
+            await response.send(part, final=False)
+        return "done"
+
+    @app.listen(events)
+    async def on_event(data: Any) -> None:
+        await response.send({"seen": data})  # to the broadcast's reply_to, if it may
+
+    service = apps.start(app)
+    victim = unique_name("victim")
+    forbidden = [victim, f"{victim}.responses", service, events, "None.responses"]
+    allowed = [f"caller_{uuid.uuid4().hex}", f"myapp.replies.{uuid.uuid4().hex}"]
+    caller = apps.caller(service, timeout=30)
+    client = redis.Redis.from_url(apps.url)
+    with Subscription(apps.url, *forbidden, *allowed, f"{service}.responses") as sub:
+        try:
+            for channel in forbidden:
+                message = {"action": "stream", "payload": channel, "reply_to": channel}
+                client.publish(service, json.dumps(message))
+                client.publish(events, json.dumps({"reply_to": channel, "n": 1}))
+            for junk in (None, ["x"], {"a": 1}, victim):  # no reply_to: <service>.responses
+                message = {"action": "stream", "payload": "bare", "service": junk}
+                client.publish(service, json.dumps(message))
+            for channel in allowed:
+                message = {"action": "stream", "payload": channel, "reply_to": channel}
+                client.publish(service, json.dumps(message))
+            bare = {"action": "stream", "payload": "bare", "service": service}
+            client.publish(service, json.dumps(bare))
+        finally:
+            client.close()
+        # Handled in order: once this is answered, everything before it was handled.
+        assert caller.send_request("stream", "last") == "done"
+        got: list[tuple[str, Any]] = []
+        while True:
+            try:
+                channel, data = sub.get(timeout=0.5)
+            except AssertionError:
+                break
+            message = json.loads(data)
+            if "status" in message:  # a reply: not one of the test's own messages
+                got.append((channel, message["payload"]))
+    published = {channel for channel, _ in got}
+    assert published == {*allowed, f"{service}.responses"}, got
+    assert [payload for channel, payload in got if channel == allowed[0]] == [0, 1, 2, "done"]
+    # Non-final parts only: without reply_to the return value is not sent (0.0.31).
+    assert [payload for channel, payload in got if channel.endswith(".responses")] == [0, 1, 2]
+    # A request whose reply_to is refused is not run at all; one without runs.
+    assert sorted(map(str, ran)) == sorted(map(str, ["bare"] * 5 + allowed + ["last"]))
+    refusals = [r for r in caplog.records if "unrun: its reply_to" in r.getMessage()]
+    assert len(refusals) == 1  # then counted, not logged each time
+
+
+def test_a_huge_action_name_is_echoed_and_logged_cut_short(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = apps.start(echo_app())
+    name = "n" * (5 * 1024 * 1024)
+    reply = raw_request(apps.url, service, {"action": name, "request_id": "r1"})
+    error = reply["payload"]["error"]
+    assert error.startswith(f"Unknown action '{'n' * 200}... (5242880 characters)'")
+    assert len(json.dumps(reply)) < 1000
+    # An id too long to echo: the request is dropped, not answered with it.
+    caller = apps.caller(service, timeout=30)
+    raw_request_id = {"action": "echo", "request_id": "i" * 5000, "reply_to": "caller:x"}
+    client = redis.Redis.from_url(apps.url)
+    try:
+        client.publish(service, json.dumps(raw_request_id))
+    finally:
+        client.close()
+    assert caller.send_request("echo", "still here") == "still here"
+    assert max(len(record.getMessage()) for record in caplog.records) < 1000
+
+
+def test_junk_is_logged_once_a_period_then_counted(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = echo_app()
+
+    @app.action("fail")
+    def fail() -> None:
+        raise ValueError("always")
+
+    service = apps.start(app)
+    caller = apps.caller(service, timeout=30)
+    client = redis.Redis.from_url(apps.url)
+    try:
+        for n in range(50):
+            client.publish(service, b"junk %d" % n)
+            client.publish(service, json.dumps({"action": f"nope{n}", "reply_to": "caller:x"}))
+    finally:
+        client.close()
+    for _ in range(5):
+        with pytest.raises(RemoteError, match="always"):
+            caller.send_request("fail")
+    app.stop()  # the counts held back are logged as it stops
+    lines = [record.getMessage() for record in caplog.records]
+    for what in ("cannot be answered", "Unknown action", "action 'fail'"):
+        matching = [line for line in lines if what in line]
+        assert len(matching) == 2, matching  # the first, then how many more
+        assert matching[1].startswith(("49 more like this", "4 more like this")), matching
+    tracebacks = [r for r in caplog.records if r.exc_info and "fail" in r.getMessage()]
+    assert len(tracebacks) == 1

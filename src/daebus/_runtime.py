@@ -4,9 +4,14 @@ One :class:`ServiceRuntime` exists per ``serve()``. Messages come off the transp
 the event loop. Each request is handled in its own task; broadcasts that arrive together
 share one, each in its own context, until one of them waits (see
 :meth:`ServiceRuntime.handle_broadcasts`). ``async def`` handlers run on the loop, plain
-``def`` handlers in the worker pool. At most ``max_in_flight`` messages are handled at
-once; past that the reader stops reading, so pressure goes back to the socket instead of
-into an unbounded queue.
+``def`` handlers in the worker pool.
+
+At most ``max_in_flight`` messages are handled at once; later ones wait in a bounded
+queue (``max_queued`` requests, and ``max_queued_bytes`` of requests and broadcasts in
+all). Past that a request is refused at once with a busy error reply and a broadcast is
+dropped, with a warning. The service never stops reading its socket: if it did, the
+queue would grow in the Redis server instead, which drops a subscriber past its
+output-buffer limit and everything queued for it with it, without telling anyone.
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import context, encoding, protocol
 from ._compat import timeout as deadline
 from ._inbox import LoopInbox
+from ._throttle import LogThrottle
 from ._workers import WorkerPool
 from .exceptions import SerializationError, TransportError
+from .protocol import shorten
 from .pubsub import PubSubRequest, PubSubResponse
 from .scheduler import BackgroundTask, accepts_arguments
 from .transport import Delivery, Subscription, Transport
+from .transport._url import redact_url
 
 if TYPE_CHECKING:
     from .app import Daebus
@@ -42,12 +50,27 @@ T = TypeVar("T")
 logger = logging.getLogger("daebus.runtime")
 flow = logging.getLogger("daebus.flow")
 
-_PREVIEW = 200
+_PREVIEW = protocol.FIELD_LIMIT
+#: Error texts (a handler's exception) are longer than fields, but still bounded.
+_TEXT_LIMIT = 2000
+#: What a waiting message is counted as beyond its bytes (its objects in memory).
+_QUEUED_OVERHEAD = 100
 
 
 def _preview(data: bytes) -> str:
-    text = data[:_PREVIEW].decode("utf-8", "replace")
-    return text + ("..." if len(data) > _PREVIEW else "")
+    """The start of a message, for a log line (escaped: it may be anything)."""
+    text = shorten(data[:_PREVIEW].decode("utf-8", "replace"))
+    return text + (f"... ({len(data)} bytes)" if len(data) > _PREVIEW else "")
+
+
+def _is_short_id(request_id: Any) -> bool:
+    """Whether a request id can be echoed: None, a short string, a number."""
+    kind = type(request_id)
+    if kind is str:
+        return len(request_id) <= protocol.FIELD_LIMIT
+    if kind is int:
+        return bool(-(1 << 64) < request_id < 1 << 64)
+    return request_id is None or kind is float or kind is bool
 
 
 def is_async_callable(func: Any) -> bool:
@@ -154,7 +177,7 @@ class Publisher:
         runtime = self._runtime
         if threading.get_ident() == runtime.loop_thread:
             future = runtime.transport.publish_nowait(channel, data)
-            future.add_done_callback(functools.partial(_report_failure, channel))
+            future.add_done_callback(functools.partial(_report_failure, runtime.throttle, channel))
             return future
         return runtime.transport.publish_blocking(channel, data)
 
@@ -179,20 +202,33 @@ class Publisher:
                 pass
         runtime.transport.publish_detached(channel, data)
 
+    def nowhere(self) -> Any:
+        """What a reply to no channel gives: no receivers (a future of 0 on the loop)."""
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            future: asyncio.Future[int] = runtime.loop.create_future()
+            future.set_result(0)
+            return future
+        return 0
+
     def _publish_handed_over(self, channel: str, data: bytes) -> None:
-        self._runtime.transport.publish_then(
-            channel, data, functools.partial(_log_if_failed, channel)
+        runtime = self._runtime
+        runtime.transport.publish_then(
+            channel, data, functools.partial(_log_if_failed, runtime.throttle, channel)
         )
 
 
-def _report_failure(channel: str, future: asyncio.Future[int]) -> None:
+def _report_failure(throttle: LogThrottle, channel: str, future: asyncio.Future[int]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        logger.warning("publish to %r failed: %s", channel, future.exception())
+        _log_if_failed(throttle, channel, future.exception())
 
 
-def _log_if_failed(channel: str, outcome: Any) -> None:
+def _log_if_failed(throttle: LogThrottle, channel: str, outcome: Any) -> None:
     if isinstance(outcome, BaseException):
-        logger.warning("publish to %r failed: %s", channel, outcome)
+        # Every publish fails alike while the server is away: one line per period.
+        throttle.log(
+            logging.WARNING, "publish", "publish to %r failed: %s", shorten(channel), outcome
+        )
 
 
 class ServiceRuntime:
@@ -214,11 +250,20 @@ class ServiceRuntime:
         self._jobs_started = 0
         self._jobs_finished = 0
         self._lock = threading.Lock()
-        self._waiting_for_slot = False
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self.slot_free = asyncio.Event()
         self.in_flight: set[asyncio.Task[Any]] = set()
-        # Broadcasts admitted and counted in ``tasks``, for the task of their batch.
+        # What waits for a slot is kept apart, in slots: from 30 attributes on, an
+        # instance loses CPython's fast attribute access, which every message pays for.
+        # Requests wait in backlog.requests, broadcasts in _broadcasts.
+        self.backlog = _Backlog(app)
+        # True while messages wait for a slot and nothing is yet due to start them:
+        # whoever frees a slot then calls _admit_waiting on the loop. Set on the loop,
+        # under _lock.
+        self._waiting_for_slot = False
+        self.replies = protocol.ReplyChannels(service, app.reply_channels)
+        self.throttle = LogThrottle(logger, self.loop)
+        # Broadcasts read and not started yet, oldest first: the task of their batch
+        # starts each as a slot allows (it is then counted in ``tasks``).
         self._broadcasts: deque[Delivery] = deque()
         self._draining = False  # a task will still take from _broadcasts
         self._batched = transport.ends_batches  # else each broadcast is started at once
@@ -249,7 +294,7 @@ class ServiceRuntime:
             protocol.service_channel(self.service),
             len(app.action_handlers),
             len(app.listen_handlers),
-            self.transport.url,
+            redact_url(self.transport.url),
         )
         for task in app.background_tasks:
             self.schedule(task)
@@ -264,6 +309,12 @@ class ServiceRuntime:
             return
         if kind == "listener":
             handler: Callable[[Delivery], Awaitable[None] | None] = self.on_broadcast
+            # Before the first message can arrive: replies never go where we listen.
+            listened = [n for k, n in self.subscriptions if k == "listener"] + [name]
+            self.replies.listening_on(
+                [n for n in listened if not protocol.is_pattern(n)],
+                [n for n in listened if protocol.is_pattern(n)],
+            )
         else:
             handler = functools.partial(self.on_request, kind)
         self.subscriptions[kind, name] = await self.transport.subscribe(
@@ -279,10 +330,12 @@ class ServiceRuntime:
         """Start receiving broadcasts for a listener's channel or pattern."""
         await self._subscribe("listener", channel)
 
-    # -- admission (back-pressure) ---------------------------------------------------
+    # -- admission (bounded queue, load shedding) -------------------------------------
     # A message holds a slot while it is handled: as a task on the loop (``tasks``,
     # counted on the loop alone) or as a ``def`` action in a worker (started on the loop,
-    # finished by the workers under ``_lock``).
+    # finished by the workers under ``_lock``). With every slot taken, messages wait in
+    # ``backlog.requests`` and ``_broadcasts``, in the order they came, and start as
+    # slots free up.
     @property
     def jobs(self) -> int:
         """``def`` actions running (or queued) in the workers."""
@@ -293,21 +346,112 @@ class ServiceRuntime:
         """Messages being handled: the slots in use."""
         return self.tasks + self._jobs_started - self._jobs_finished
 
-    def _admit(self, start: Callable[[], None]) -> Awaitable[None] | None:
-        if self.active < self.capacity:
-            start()
-            return None
-        return self._admit_when_free(start)
+    @property
+    def queued(self) -> int:
+        """Messages read and waiting for a slot (requests and broadcasts)."""
+        return len(self.backlog.requests) + len(self._broadcasts)
 
-    async def _admit_when_free(self, start: Callable[[], None]) -> None:
-        while True:
-            with self._lock:
-                if self.active < self.capacity:
-                    break
-                self._waiting_for_slot = True
-                self.slot_free.clear()
-            await self.slot_free.wait()
-        start()
+    def _wait_for_slot(self) -> bool:
+        """Every slot is taken: have whoever frees one call :meth:`_admit_waiting`.
+
+        False if one was freed meanwhile (by a worker): the caller may go on.
+        """
+        with self._lock:  # a worker finishing now sees the flag, or we see its slot
+            if self.tasks + self._jobs_started - self._jobs_finished < self.capacity:
+                return False
+            self._waiting_for_slot = True
+            return True
+
+    def _hold(self, kind: str, delivery: Delivery) -> None:
+        """Queue a request that cannot start now; refuse it if the queue is full."""
+        if self.stopping:
+            self._refuse_unrun(delivery, stopping=True)
+            return
+        backlog, size = self.backlog, len(delivery.data) + _QUEUED_OVERHEAD
+        waiting = backlog.requests
+        # One message alone may be larger than the bytes' bound: it is refused as such.
+        if len(waiting) >= backlog.max_requests or (
+            waiting and backlog.bytes + size > backlog.max_bytes
+        ):
+            self._refuse_unrun(delivery, stopping=False)
+            return
+        backlog.bytes += size
+        waiting.append((kind, delivery))
+        if not self._waiting_for_slot:
+            self._admit_waiting()
+
+    def _admit_waiting(self) -> None:
+        """Start waiting requests, oldest first, then broadcasts, while slots are free."""
+        waiting = self.backlog.requests
+        while waiting and not self.stopping:
+            if self.tasks + self._jobs_started - self._jobs_finished >= self.capacity:
+                if self._wait_for_slot():
+                    return
+                continue
+            kind, delivery = waiting.popleft()
+            self.backlog.bytes -= len(delivery.data) + _QUEUED_OVERHEAD
+            self._start_request(kind, delivery)
+        self.start_broadcasts()
+
+    def _refuse_waiting(self) -> None:
+        """Stopping: refuse every waiting request (busy reply), drop waiting broadcasts."""
+        backlog = self.backlog
+        waiting = list(backlog.requests)
+        backlog.requests.clear()
+        backlog.dropped_at_stop += len(self._broadcasts)
+        self._broadcasts.clear()
+        backlog.bytes = 0
+        for _kind, delivery in waiting:
+            self._refuse_unrun(delivery, stopping=True)
+
+    def _refuse_unrun(self, delivery: Delivery, *, stopping: bool) -> None:
+        """Answer a request that will not run with a busy error reply, if it can be answered."""
+        if stopping:
+            self.backlog.refused_at_stop += 1
+            text = f"service {self.service!r} is stopping; the request was not run, try again"
+        else:
+            text = (
+                f"service {self.service!r} is busy ({self.backlog.max_requests} requests waiting); "
+                "the request was not run, try again later"
+            )
+            self.throttle.log(
+                logging.WARNING,
+                "busy",
+                "refused a request unrun on %r: %d handled at once and %d waiting (the limits)",
+                shorten(delivery.channel),
+                self.capacity,
+                len(self.backlog.requests),
+            )
+        try:
+            message = protocol.decode_object(delivery.data)
+        except protocol.BadMessageError:
+            return  # not a request: it would have been dropped anyway
+        # Not PubSubRequest(message): that would decode a string payload too.
+        fields = ("reply_to", "request_id", "service")
+        request = PubSubRequest({field: message.get(field) for field in fields})
+        if not self._addressable(request, delivery.channel) or request.reply_to is None:
+            return
+        data = protocol.encode_reply(
+            protocol.STATUS_ERROR, protocol.busy_payload(text), request.request_id, True
+        )
+        try:
+            self.publisher.publish(request.reply_to, data)
+        except TransportError as exc:  # the transport is closing under us
+            logger.debug("could not refuse a request: %s", exc)
+
+    def _drop_broadcast(self, delivery: Delivery) -> None:
+        if self.stopping:
+            self.backlog.dropped_at_stop += 1
+            return
+        key = delivery.pattern if delivery.pattern is not None else delivery.channel
+        self.throttle.log(
+            logging.WARNING,
+            f"dropped {key}",
+            "listeners fell behind: dropped a message on %r (%d broadcasts waiting, "
+            "max_queued_bytes reached)",
+            shorten(delivery.channel),
+            len(self._broadcasts),
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Handle a message in a task; ``work`` ends with :meth:`_task_done`."""
@@ -328,7 +472,9 @@ class ServiceRuntime:
         self.tasks -= 1
         if self._waiting_for_slot:
             self._waiting_for_slot = False
-            self.slot_free.set()
+            # Not started from here: this task is ending, and starting the next message
+            # inside it would nest one in another as long as the queue.
+            self.loop.call_soon(self._admit_waiting, context=self.backlog.reader_context)
 
     def _job_done(self) -> None:
         """In a worker: a ``def`` action ended; wake the loop only if it waits for that."""
@@ -338,10 +484,15 @@ class ServiceRuntime:
             idle_waiters: list[asyncio.Future[None]] = []
             if self._jobs_started == self._jobs_finished and self._idle_waiters:
                 idle_waiters, self._idle_waiters = self._idle_waiters, []
-        if wake_admission:
-            self.loop.call_soon_threadsafe(self.slot_free.set)
-        if idle_waiters:
-            self.loop.call_soon_threadsafe(_resolve_all, idle_waiters)
+        try:
+            if wake_admission:
+                self.loop.call_soon_threadsafe(
+                    self._admit_waiting, context=self.backlog.reader_context
+                )
+            if idle_waiters:
+                self.loop.call_soon_threadsafe(_resolve_all, idle_waiters)
+        except RuntimeError:  # the loop is closed: the service has stopped
+            pass
 
     @property
     def busy(self) -> int:
@@ -349,12 +500,14 @@ class ServiceRuntime:
         return len(self.in_flight) + self.jobs
 
     async def settle(self) -> None:
-        """Wait until no message is being handled, including ``def`` actions in workers."""
-        while self.in_flight or self.jobs:
+        """Wait until no message is handled or waits, including ``def`` actions in workers."""
+        while self.in_flight or self.jobs or self.backlog.requests or self._broadcasts:
             if self.in_flight:
                 await asyncio.wait(set(self.in_flight))
-            else:
+            elif self.jobs:
                 await self._jobs_done()
+            else:  # free slots: their start is due on the loop
+                await asyncio.sleep(0)
 
     async def _jobs_done(self) -> None:
         """Wait until no ``def`` action is running in the workers."""
@@ -367,11 +520,21 @@ class ServiceRuntime:
             await waiter
 
     # -- requests --------------------------------------------------------------------
-    def on_request(self, kind: str, delivery: Delivery) -> Awaitable[None] | None:
-        """Transport callback for the service (and workflow) channel."""
-        if self.stopping:
-            return None
-        return self._admit(functools.partial(self._start_request, kind, delivery))
+    def on_request(self, kind: str, delivery: Delivery) -> None:
+        """Transport callback for the service (and workflow) channel.
+
+        Starts the request, or queues it behind ``max_in_flight``; past ``max_queued``
+        it is refused at once with a busy error reply. Never returns an awaitable: the
+        transport keeps reading (see the module's docstring).
+        """
+        if (
+            self.backlog.requests
+            or self.stopping
+            or self.tasks + self._jobs_started - self._jobs_finished >= self.capacity
+        ):
+            self._hold(kind, delivery)
+            return
+        self._start_request(kind, delivery)
 
     def _start_request(self, kind: str, delivery: Delivery) -> None:
         """Check one request on the loop, then start its handler (or refuse it).
@@ -383,7 +546,7 @@ class ServiceRuntime:
         try:
             accepted = self._accept_request(kind, delivery)
         except Exception:  # a bug of ours must not stop the reader
-            logger.exception("could not dispatch a message on %r", delivery.channel)
+            logger.exception("could not dispatch a message on %r", shorten(delivery.channel))
             return
         if accepted is None:
             return
@@ -403,31 +566,25 @@ class ServiceRuntime:
     def _accept_request(
         self, kind: str, delivery: Delivery
     ) -> tuple[str, Callable[..., Any], context.MessageContext] | None:
-        """Decode and validate a request; refuse (or drop) it and return None if bad."""
+        """Decode and validate a request; refuse (or drop) it and return None if bad.
+
+        A request is not run when it cannot be answered where it asks: its ``reply_to``
+        is not a reply channel (:class:`~daebus.protocol.ReplyChannels`), or its
+        ``request_id`` is not a short string or a number. Such requests are dropped,
+        with a warning at most every few seconds.
+        """
         try:
             message = protocol.decode_object(delivery.data)
         except protocol.BadMessageError as exc:
-            address = protocol.recover_reply_address(delivery.data)
-            if address is None:
-                logger.warning(
-                    "dropped a message on %r that cannot be answered (%s): %s",
-                    delivery.channel,
-                    exc,
-                    _preview(delivery.data),
-                )
-                return None
-            reply_to, request_id = address
-            malformed = PubSubRequest({"reply_to": reply_to, "request_id": request_id})
-            self._refuse(PubSubResponse(self.publisher, malformed), f"malformed request: {exc}")
+            self._refuse_malformed(delivery, exc)
             return None
         request = PubSubRequest(message)
         request.channel = delivery.channel
+        if not self._addressable(request, delivery.channel):
+            return None
         response = PubSubResponse(
             self.publisher, request, max_message_size=self.app.max_message_size
         )
-        if request.reply_to is not None and not isinstance(request.reply_to, str):
-            logger.warning("dropped a request with a non-string reply_to %r", request.reply_to)
-            return None
         table = self.app.action_handlers if kind == "request" else self.app.workflow_handlers
         name = message.get("action") if kind == "request" else message.get("workflow")
         if name is None and kind == "workflow":
@@ -435,8 +592,8 @@ class ServiceRuntime:
         if flow.isEnabledFor(logging.DEBUG):
             flow.debug(
                 "-> %s %s request_id=%s reply_to=%s payload=%s",
-                delivery.channel,
-                name,
+                shorten(delivery.channel),
+                shorten(name),
                 request.request_id,
                 request.reply_to,
                 _preview(delivery.data),
@@ -446,19 +603,82 @@ class ServiceRuntime:
                 response,
                 f"request of {len(delivery.data)} bytes is over the "
                 f"{self.app.max_message_size}-byte limit",
+                kind="too large",
             )
             return None
         if not name:
-            self._refuse(response, "request has no action")
+            self._refuse(response, "request has no action", kind="no action")
             return None
         if not isinstance(name, str):
-            self._refuse(response, f"action must be a string, not {type(name).__name__}")
+            self._refuse(
+                response, f"action must be a string, not {type(name).__name__}", kind="no action"
+            )
             return None
         handler = table.get(name)
         if handler is None:
-            self._refuse(response, f"Unknown action '{name}' for service '{self.service}'")
+            self._refuse(
+                response,
+                f"Unknown action '{shorten(name)}' for service '{self.service}'",
+                kind="unknown action",
+            )
             return None
         return name, handler, context.MessageContext(self.app, "pubsub", request, response)
+
+    def _addressable(self, request: PubSubRequest, channel: str) -> bool:
+        """Whether a request can be answered where it asks; sets where replies go.
+
+        Without ``reply_to``, replies a handler sends go to ``<service>.responses`` if
+        that is a reply channel, else nowhere.
+        """
+        reply_to = request.reply_to
+        if reply_to is None:
+            request.reply_channel = self.replies.fallback(request.service)
+        else:
+            refusal = self.replies.refusal(reply_to)
+            if refusal is not None:
+                self.throttle.log(
+                    logging.WARNING,
+                    "reply_to",
+                    "dropped a request on %r unrun: its reply_to %s is %s",
+                    shorten(channel),
+                    shorten(reply_to),
+                    refusal,
+                )
+                return False
+        if not _is_short_id(request.request_id):
+            self.throttle.log(
+                logging.WARNING,
+                "request_id",
+                "dropped a request on %r unrun: its request_id is not a string of at most "
+                "%d characters or a number: %s",
+                shorten(channel),
+                protocol.FIELD_LIMIT,
+                shorten(request.request_id),
+            )
+            return False
+        return True
+
+    def _refuse_malformed(self, delivery: Delivery, exc: protocol.BadMessageError) -> None:
+        """Answer bytes that are not a JSON object, if a reply address can be read in them."""
+        address = protocol.recover_reply_address(delivery.data)
+        if address is None:
+            self.throttle.log(
+                logging.WARNING,
+                "not a request",
+                "dropped a message on %r that cannot be answered (%s): %s",
+                shorten(delivery.channel),
+                shorten(str(exc)),
+                _preview(delivery.data),
+            )
+            return
+        reply_to, request_id = address
+        malformed = PubSubRequest({"reply_to": reply_to, "request_id": request_id})
+        if self._addressable(malformed, delivery.channel):
+            self._refuse(
+                PubSubResponse(self.publisher, malformed),
+                f"malformed request: {shorten(str(exc))}",
+                kind="malformed",
+            )
 
     async def _run_action(
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
@@ -472,12 +692,23 @@ class ServiceRuntime:
                 try:
                     count = response.send(result)
                 except SerializationError as exc:
-                    await _settled(self._refuse(response, f"could not encode the reply: {exc}"))
+                    await _settled(
+                        self._refuse(response, f"could not encode the reply: {exc}", kind="encode")
+                    )
                     return
                 if asyncio.isfuture(count):
                     await count
+        except asyncio.CancelledError:
+            if self.stopping and not response.final_sent:
+                # Abandoned at shutdown: say so rather than leave the caller to time out.
+                self._refuse(
+                    response,
+                    f"service {self.service!r} stopped before the request finished",
+                    kind="stopped",
+                )
+            raise
         except Exception as exc:
-            logger.exception("action %r of %r failed", name, self.service)
+            self._log_failure(name, exc)
             if not response.final_sent:
                 await _settled(self._refuse(response, _error_text(exc), log=False))
         finally:
@@ -493,7 +724,7 @@ class ServiceRuntime:
             try:
                 result = self._call_sync(handler, (), response)
             except BaseException as exc:  # SystemExit too: one handler must not stop the service
-                logger.error("action %r of %r failed", name, self.service, exc_info=exc)
+                self._log_failure(name, exc)
                 if not response.final_sent:
                     self._refuse(response, _error_text(exc), log=False)
                 return
@@ -502,54 +733,83 @@ class ServiceRuntime:
             try:
                 response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
             except SerializationError as exc:
-                self._refuse(response, f"could not encode the reply: {exc}")
+                self._refuse(response, f"could not encode the reply: {exc}", kind="encode")
             except TransportError as exc:
-                logger.error("could not reply to %s: %s", response.request.reply_to, exc)
+                self.throttle.log(
+                    logging.ERROR,
+                    "reply failed",
+                    "could not reply to %s: %s",
+                    response.request.reply_to,
+                    exc,
+                )
         finally:
             context.pop(token)
             self._job_done()
 
-    def _refuse(self, response: PubSubResponse, message: str, *, log: bool = True) -> Any:
+    def _log_failure(self, name: str, exc: BaseException) -> None:
+        """Log a failed action with its traceback, once a period per action."""
+        self.throttle.log(
+            logging.ERROR,
+            f"action {name}",
+            "action %r of %r failed",
+            shorten(name),
+            self.service,
+            exc_info=exc,
+        )
+
+    def _refuse(
+        self, response: PubSubResponse, message: str, *, log: bool = True, kind: str = "refused"
+    ) -> Any:
         """Answer with an error reply if the request has a ``reply_to``; log otherwise.
 
         On the loop this returns the publish's future (its failure is logged by the
-        publisher); elsewhere the reply has gone out when it returns.
+        publisher); elsewhere the reply has gone out when it returns. Lines of one
+        ``kind`` are logged at most once a period.
         """
         request = response.request
+        message = shorten(message, _TEXT_LIMIT)
         if log:
-            logger.warning("%s (request_id=%s)", message, request.request_id)
+            self.throttle.log(
+                logging.WARNING,
+                kind,
+                "%s (request_id=%s)",
+                message,
+                shorten(request.request_id),
+            )
         if request.reply_to is None:
             return None
         try:
             return response.error(message)
         except (TransportError, SerializationError) as exc:
-            logger.error("could not send the error reply to %s: %s", request.reply_to, exc)
+            self.throttle.log(
+                logging.ERROR,
+                "reply failed",
+                "could not send the error reply to %s: %s",
+                request.reply_to,
+                exc,
+            )
             return None
 
     # -- broadcasts ------------------------------------------------------------------
-    def on_broadcast(self, delivery: Delivery) -> Awaitable[None] | None:
+    def on_broadcast(self, delivery: Delivery) -> None:
         """Transport callback for listener channels and patterns: queue it for its batch.
 
         The transport calls :meth:`start_broadcasts` at the batch's end (if it
-        :attr:`~daebus.transport.Transport.ends_batches`; else it is called here).
+        :attr:`~daebus.transport.Transport.ends_batches`; else it is called here), and
+        the queued broadcasts start as slots allow. When the queue holds
+        ``max_queued_bytes``, listeners have fallen behind: the broadcast is dropped,
+        with a warning that counts the drops per channel. Never returns an awaitable:
+        the transport keeps reading (see the module's docstring).
         """
-        if self.stopping:
-            return None
-        # self.active < self.capacity, as _admit() does, without the property's call and
-        # _admit's two partials: this runs for every broadcast.
-        if self.tasks + self._jobs_started - self._jobs_finished < self.capacity:
-            self.tasks += 1  # handle_broadcast() ends with _task_done()
-            self._broadcasts.append(delivery)
-            if not self._batched:
-                self.start_broadcasts()
-            return None
-        # The transport ends the batch before it waits: the queued ones free a slot.
-        return self._admit_when_free(lambda: self._queue_broadcast(delivery))
-
-    def _queue_broadcast(self, delivery: Delivery) -> None:
-        self.tasks += 1
-        self._broadcasts.append(delivery)
-        self.start_broadcasts()
+        backlog, queue = self.backlog, self._broadcasts
+        queued = backlog.bytes + len(delivery.data) + _QUEUED_OVERHEAD
+        if queued > backlog.max_bytes and queue:  # max_bytes is 0 once stopping
+            self._drop_broadcast(delivery)
+            return
+        backlog.bytes = queued
+        queue.append(delivery)
+        if not self._batched:
+            self.start_broadcasts()
 
     def start_broadcasts(self) -> None:
         """Handle the queued broadcasts in a task, unless one is taking them already."""
@@ -581,7 +841,17 @@ class ServiceRuntime:
         queue = self._broadcasts
         self._flow_debug = flow.isEnabledFor(logging.DEBUG)
         while queue:
-            work = self.handle_broadcast(queue.popleft())
+            # self.active < self.capacity without the property's call: this runs for
+            # every broadcast.
+            if self.tasks + self._jobs_started - self._jobs_finished >= self.capacity:
+                if self._wait_for_slot():
+                    self._draining = False
+                    return
+                continue
+            delivery = queue.popleft()
+            self.backlog.bytes -= len(delivery.data) + _QUEUED_OVERHEAD
+            self.tasks += 1  # handle_broadcast() ends with _task_done()
+            work = self.handle_broadcast(delivery)
             own = contextvars.copy_context()
             try:
                 waiting_on = own.run(work.send, None)
@@ -620,11 +890,15 @@ class ServiceRuntime:
                     await ctx.response.flush()
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
-            except BaseException:  # SystemExit too: one listener must not stop the service
-                logger.exception(
+            except BaseException as exc:  # SystemExit too: one listener must not stop the service
+                key = delivery.pattern or delivery.channel
+                self.throttle.log(
+                    logging.ERROR,
+                    f"listener {key}",
                     "listener for %r failed on a message from %r",
-                    delivery.pattern or delivery.channel,
-                    delivery.channel,
+                    shorten(key),
+                    shorten(delivery.channel),
+                    exc_info=exc,
                 )
         finally:
             self._task_done()
@@ -646,14 +920,18 @@ class ServiceRuntime:
         try:
             value = encoding.loads(delivery.data)
         except ValueError:
-            logger.warning(
+            self.throttle.log(
+                logging.WARNING,
+                f"not JSON {key}",
                 "dropped a message on %r that is not JSON: %s",
-                delivery.channel,
+                shorten(delivery.channel),
                 _preview(delivery.data),
             )
             return None
         if self._flow_debug:
-            flow.debug("-> %s (listener %s) %s", delivery.channel, key, _preview(delivery.data))
+            flow.debug(
+                "-> %s (listener %s) %s", shorten(delivery.channel), key, _preview(delivery.data)
+            )
         return shape, value
 
     # -- calling user code -----------------------------------------------------------
@@ -787,15 +1065,30 @@ class ServiceRuntime:
 
     # -- stop ------------------------------------------------------------------------
     async def shutdown(self, timeout: float) -> None:
-        """Stop taking messages, drain in-flight work, stop jobs and threads, close."""
+        """Stop taking messages, drain in-flight work, stop jobs and threads, close.
+
+        Every request read gets an answer: those being handled finish (within
+        ``timeout``), those still waiting for a slot, or read while unsubscribing, get a
+        busy error reply at once ("stopping"; callers raise ``ServiceBusyError``).
+        Waiting broadcasts are dropped. The log says how many of each.
+        """
         self.stopping = True
+        self.backlog.max_bytes = 0
         deadline = self.loop.time() + timeout
+        self._refuse_waiting()
         for subscription in list(self.subscriptions.values()):
             try:
                 await subscription.unsubscribe()
             except Exception as exc:
                 logger.debug("unsubscribe %s failed: %s", subscription.name, exc)
         self.subscriptions.clear()
+        if self.backlog.refused_at_stop or self.backlog.dropped_at_stop:
+            logger.warning(
+                "stopping: refused %d request(s) unrun and dropped %d broadcast(s) that "
+                "had not started",
+                self.backlog.refused_at_stop,
+                self.backlog.dropped_at_stop,
+            )
         for schedule in self.schedules.values():
             schedule.cancel()
         if self.jobs:
@@ -823,6 +1116,35 @@ class ServiceRuntime:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.job_executor.shutdown(wait=False, cancel_futures=True)
         self.transport.remove_batch_end(self.start_broadcasts)
+        self.throttle.flush()
+
+
+class _Backlog:
+    """What waits for a slot, and its bounds (see :class:`~daebus.Daebus`'s settings)."""
+
+    __slots__ = (
+        "bytes",
+        "dropped_at_stop",
+        "max_bytes",
+        "max_requests",
+        "reader_context",
+        "refused_at_stop",
+        "requests",
+    )
+
+    def __init__(self, app: Daebus) -> None:
+        #: Requests read while every slot was taken, oldest first: (kind, delivery).
+        self.requests: deque[tuple[str, Delivery]] = deque()
+        self.max_requests = app.max_queued
+        #: Bytes of the waiting requests and broadcasts, each counted with some overhead.
+        self.bytes = 0
+        self.max_bytes = app.max_queued_bytes
+        # What waiting messages start in, as the reader's: whoever frees a slot is in
+        # the context of its own message, which must not leak into the next ones.
+        self.reader_context = contextvars.copy_context()
+        #: Counted while stopping, logged once.
+        self.refused_at_stop = 0
+        self.dropped_at_stop = 0
 
 
 def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
@@ -859,6 +1181,14 @@ class _BroadcastContext(context.MessageContext):
     def _parts(self) -> tuple[PubSubRequest, PubSubResponse]:
         delivery = self._delivery
         request = PubSubRequest.from_broadcast(self._value, delivery.channel, delivery.pattern)
+        # A listener's reply goes to the message's reply_to only if that is a reply
+        # channel (ReplyChannels); else nowhere.
+        replies = self._publisher._runtime.replies
+        reply_to = request.reply_to
+        if reply_to is None:
+            request.reply_channel = replies.fallback(request.service)
+        elif replies.refusal(reply_to) is not None:
+            request.reply_channel = None
         response = PubSubResponse(
             self._publisher, request, max_message_size=self.app.max_message_size
         )

@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _loop, config, context
@@ -21,6 +21,7 @@ from .blueprint import Blueprint
 from .exceptions import SetupError, TransportError
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_publisher
 from .transport import Transport, transport_from_url
+from .transport._url import redact_url
 
 __all__ = ["Daebus"]
 
@@ -37,10 +38,28 @@ class Daebus(Registry):
         name: names the app's logger (``daebus.<name>``); the service's channel is the
             ``service`` given to :meth:`run`.
         max_workers: threads running plain ``def`` handlers.
-        max_in_flight: messages handled at once before the reader waits (back-pressure);
-            defaults to four per worker.
+        max_in_flight: messages handled at once; defaults to four per worker. Later
+            ones wait in a queue, in the order they came.
+        max_queued: requests that may wait for a slot; defaults to ten times
+            ``max_in_flight``. One more is refused at once, unrun, with a busy error
+            reply (``ServiceBusyError`` for callers), instead of waiting out its
+            caller's timeout.
+        max_queued_bytes: bytes of the requests and broadcasts that may wait for a
+            slot, each counted with 100 bytes more; defaults to ``4 * max_message_size``
+            (32 MiB, the Redis server's own limit for a subscriber). Past it a request
+            is refused as above, and a broadcast is dropped: listeners have fallen
+            behind. A warning, at most one per channel every 10 s, counts the drops.
         max_message_size: largest request, reply or broadcast in bytes.
         shutdown_timeout: seconds a stop waits for in-flight handlers and threads.
+        reply_channels: glob patterns (Redis's ``PSUBSCRIBE`` dialect) of more channels
+            a request's ``reply_to`` may name, e.g. ``["myapp.replies.*"]``. Replies
+            always may go to ``caller:*`` (daebus's callers), ``caller_*`` and
+            ``<service>.responses``, and never to a channel the service listens on.
+            A request whose ``reply_to`` is anything else is not run; a warning says so.
+
+    The service keeps reading its Redis connection whatever its load: were it to stop,
+    the server would queue for it and, past its output-buffer limit for subscribers
+    (32 MB by default), drop the connection and everything queued, unannounced.
     """
 
     def __init__(
@@ -49,17 +68,33 @@ class Daebus(Registry):
         max_workers: int = 10,
         *,
         max_in_flight: int | None = None,
+        max_queued: int | None = None,
+        max_queued_bytes: int | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         shutdown_timeout: float = 10.0,
+        reply_channels: Iterable[str] = (),
     ) -> None:
         super().__init__()
         if max_workers < 1:
             raise SetupError("max_workers must be at least 1")
+        if (max_queued is not None and max_queued < 0) or (
+            max_queued_bytes is not None and max_queued_bytes < 0
+        ):
+            raise SetupError("max_queued and max_queued_bytes must be 0 or more")
+        if isinstance(reply_channels, str) or not all(
+            isinstance(glob, str) and glob for glob in reply_channels
+        ):
+            raise SetupError("reply_channels must be a list of glob patterns")
         self.name = name
         self.max_workers = max_workers
         self.max_in_flight = max_in_flight or max_workers * 4
+        self.max_queued = self.max_in_flight * 10 if max_queued is None else max_queued
+        self.max_queued_bytes = (
+            4 * max_message_size if max_queued_bytes is None else max_queued_bytes
+        )
         self.max_message_size = max_message_size
         self.shutdown_timeout = shutdown_timeout
+        self.reply_channels = list(reply_channels)
         self.logger = logging.getLogger(f"daebus.{name}")
         self.service: str | None = None
         self.debug = False
@@ -486,7 +521,7 @@ class Daebus(Registry):
                 delay = min(delay * 2, _RETRY_DELAY_MAX)
                 continue
             if first_failure is not None:
-                log.warning("Redis at %s is reachable now", transport.url)
+                log.warning("Redis at %s is reachable now", redact_url(transport.url))
             return True
         return False
 
