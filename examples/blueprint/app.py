@@ -1,6 +1,5 @@
-# Blueprint guide, "Complete Example": the main application, app.py (reconstructed from
-# reference §7: the guide's text is not in this project's documents). Its blueprints are
-# in blueprints/users.py and blueprints/auth.py.
+# Blueprint guide, "Complete Example": the main application, app.py (rebuilt from its
+# description). Its blueprints are in blueprints/users.py and blueprints/auth.py.
 # Only the pub/sub parts are here: the guide's version also attaches DaebusHttp and
 # DaebusWebSocket and its blueprints add HTTP routes and WebSocket handlers; those come
 # with the HTTP/WebSocket examples.

@@ -1,8 +1,8 @@
 # Blueprint guide, "Basic Usage" and "Supported Features": the pub/sub snippets
-# (reconstructed from reference §7: the guide's text is not in this project's
-# documents), completed into one service: the guide shows each handler on its own, so
-# the imports, the app, `register_blueprint(...)` and the `app.run(...)` block are
-# added. HTTP routes and WebSocket handlers come with the HTTP/WebSocket examples.
+# (rebuilt from their description), completed into one service: the guide shows each
+# handler on its own, so the imports, the app, `register_blueprint(...)` and the
+# `app.run(...)` block are added. HTTP routes and WebSocket handlers come with the
+# HTTP/WebSocket examples.
 # Run: python examples/blueprint/features.py
 
 import time

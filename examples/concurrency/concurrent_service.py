@@ -1,5 +1,5 @@
-# Concurrency guide, "Example: Concurrent Message Processing" (reconstructed from
-# reference §7). Slow "process" messages run side by side on 20 workers, each reading its
+# Concurrency guide, "Example: Concurrent Message Processing" (rebuilt from its
+# description). Slow "process" messages run side by side on 20 workers, each reading its
 # own `app.request` and answering through its own `app.response` (in 0.0.31 these were
 # shared between threads and `app.response.success` did not exist). A handler that
 # raises sends its caller an error reply and does not disturb the others.

@@ -1,7 +1,6 @@
-# Concurrency guide, its snippets completed into one service (reconstructed from
-# reference §7: the guide's text is not in this project's documents). The guide writes
-# each snippet against `app = Daebus("my_service", max_workers=20)`; the `app.run(...)`
-# block is added.
+# Concurrency guide, its snippets completed into one service (rebuilt from its
+# description). The guide writes each snippet against `app = Daebus("my_service",
+# max_workers=20)`; the `app.run(...)` block is added.
 # What 0.0.31 got wrong and this now does as the guide says:
 # - `app.request` and `app.response` are the current message's own, also when 20
 #   handlers run at once, and `app.response.success(...)` replies;

@@ -1,4 +1,4 @@
-# Getting-started guide, "Complete Example" (reconstructed from reference §7): an action
+# Getting-started guide, "Complete Example" (rebuilt from its description): an action
 # counting requests, a listener on "system", GET /metrics, and a job that broadcasts the
 # counters on "system" every 60 seconds, which the service's own listener receives.
 # Run: python examples/getting_started/complete.py

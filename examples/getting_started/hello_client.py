@@ -1,6 +1,6 @@
-# Getting-started guide, "Communicating with Your Service" (reconstructed from reference
-# §7). Prints {'message': 'Hello, Daebus!'} then {'message': 'Hello, World!'} while
-# hello_service.py runs.
+# Getting-started guide, "Communicating with Your Service" (rebuilt from its
+# description). Prints {'message': 'Hello, Daebus!'} then {'message': 'Hello, World!'}
+# while hello_service.py runs.
 # Run: python examples/getting_started/hello_client.py
 
 from daebus import DaebusCaller

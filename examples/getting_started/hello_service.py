@@ -1,5 +1,4 @@
-# Getting-started guide, "Creating Your First Service" (reconstructed from reference §7:
-# the guide's text is not in this project's documents).
+# Getting-started guide, "Creating Your First Service" (rebuilt from its description).
 # Run: python examples/getting_started/hello_service.py
 
 from daebus import Daebus, logger, request, response

@@ -1,6 +1,5 @@
-# Getting-started guide, "Adding HTTP Support" (reconstructed from reference §7: the
-# guide's text is not in this project's documents): the hello service also answers
-# GET /hello, where the query string becomes req.payload.
+# Getting-started guide, "Adding HTTP Support" (rebuilt from its description): the hello
+# service also answers GET /hello, where the query string becomes req.payload.
 # Run: python examples/getting_started/http_hello.py
 #      then: curl "localhost:8080/hello?name=Web"   ->  {"message": "Hello, Web!"}
 

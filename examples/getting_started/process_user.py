@@ -1,5 +1,5 @@
 # Getting-started guide, "Common Patterns: Service-to-Service Communication"
-# (reconstructed from reference §7). The guide's app has no `app.run(...)`; it is added
+# (rebuilt from its description). The guide's app has no `app.run(...)`; it is added
 # (the service name is ours). It calls the "get_user" action of "data-service".
 # Run: python examples/getting_started/process_user.py
 

@@ -1,5 +1,5 @@
-# Getting-started guide, "Common Patterns: Service Registration" (reconstructed from
-# reference §7). The guide shows a lone `@app.on_start()` hook; it is completed into a
+# Getting-started guide, "Common Patterns: Service Registration" (rebuilt from its
+# description). The guide shows a lone `@app.on_start()` hook; it is completed into a
 # service: the import lines, the app and the `app.run(...)` block are added.
 # Run: python examples/getting_started/service_registration.py
 

@@ -1,4 +1,4 @@
-# Getting-started guide, "Scheduling Background Tasks" (reconstructed from reference §7):
+# Getting-started guide, "Scheduling Background Tasks" (rebuilt from its description):
 # a job logs the uptime every 30 seconds, beside a GET /status route.
 # Run: python examples/getting_started/stats_reporter.py    then: curl localhost:8080/status
 

@@ -1,4 +1,4 @@
-# Blueprint guide, "Complete Example" (reconstructed from reference §7), HTTP parts: the
+# Blueprint guide, "Complete Example" (rebuilt from its description), HTTP parts: the
 # users blueprint's /api/users routes and the auth blueprint's POST /api/auth/login, in
 # an app whose main() attaches DaebusHttp and registers both blueprints. The pub/sub
 # parts are in examples/blueprint/; the WebSocket parts come with the WebSocket examples.

@@ -1,5 +1,5 @@
 # Blueprint guide, "Basic Usage", "Registering the Blueprint" and "Supported Features"
-# (reconstructed from reference §7), HTTP parts: blueprint routes with path parameters,
+# (rebuilt from its description), HTTP parts: blueprint routes with path parameters,
 # two blueprints registered after DaebusHttp is attached, and GET and POST on one path
 # (in daebus 0.0.31 the POST route replaced the GET one, which then answered 404).
 # Run: python examples/http/blueprint_routes.py

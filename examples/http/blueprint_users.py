@@ -1,4 +1,4 @@
-# HTTP guide, "Using Blueprints" (reconstructed from reference §7): a blueprint's routes
+# HTTP guide, "Using Blueprints" (rebuilt from its description): a blueprint's routes
 # /users and /users/<user_id>, registered after DaebusHttp is attached, are served.
 # Run: python examples/http/blueprint_users.py
 

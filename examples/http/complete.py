@@ -1,4 +1,4 @@
-# HTTP guide, "Complete Example" (reconstructed from reference §7). In daebus 0.0.31
+# HTTP guide, "Complete Example" (rebuilt from its description). In daebus 0.0.31
 # GET /users answered 404 because the POST /users route replaced it; both work now.
 # Run: python examples/http/complete.py
 #   curl localhost:8080/users

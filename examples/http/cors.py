@@ -1,4 +1,4 @@
-# HTTP guide, "CORS Configuration" (reconstructed from reference §7): a cors_config dict
+# HTTP guide, "CORS Configuration" (rebuilt from its description): a cors_config dict
 # adds CORS headers to the responses and answers the browsers' preflight OPTIONS.
 # Run: python examples/http/cors.py
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Handling POST Requests" (reconstructed from reference §7): the JSON body
+# HTTP guide, "Handling POST Requests" (rebuilt from its description): the JSON body
 # is in req.payload; the new user comes back with status 201.
 # Run: python examples/http/create_user.py
 #   curl -X POST -H 'Content-Type: application/json' -d '{"name": "Ada"}' localhost:8080/users

@@ -1,4 +1,4 @@
-# Seed 002 (overview), "Key Components: HTTP Endpoints": the lone route, completed into a
+# Overview, "Key Components: HTTP Endpoints": the lone route, completed into a
 # service (the app, DaebusHttp and the app.run block are added).
 # Run: python examples/http/overview_status.py    then: curl localhost:8080/api/status
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Authentication" (reconstructed from reference §7): 401 without an
+# HTTP guide, "Authentication" (rebuilt from its description): 401 without an
 # Authorization header, 403 for a bad token, 200 otherwise.
 # Run: python examples/http/protected.py
 #   curl -H 'Authorization: Bearer valid-token' localhost:8080/protected

@@ -1,4 +1,4 @@
-# HTTP guide, "The Request Object" (reconstructed from reference §7): a handler reads
+# HTTP guide, "The Request Object" (rebuilt from its description): a handler reads
 # req.method, req.path, req.headers and req.payload.
 # Run: python examples/http/request_data.py
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Authentication Decorator" (reconstructed from reference §7): a wrapper
+# HTTP guide, "Authentication Decorator" (rebuilt from its description): a wrapper
 # between @app.route and the handler answers 401/403 or calls the handler.
 # Run: python examples/http/require_auth.py
 

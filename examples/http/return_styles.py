@@ -1,4 +1,4 @@
-# HTTP guide, "Response Formats" (reconstructed from reference §7): a handler may return
+# HTTP guide, "Response Formats" (rebuilt from its description): a handler may return
 # response.send(data, status), or a (data, status) tuple.
 # Run: python examples/http/return_styles.py
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Query Parameters" (reconstructed from reference §7): query values arrive as
+# HTTP guide, "Query Parameters" (rebuilt from its description): query values arrive as
 # strings in req.payload; the handler converts the numbers.
 # Run: python examples/http/search.py    then: curl 'localhost:8080/search?q=lamp&limit=5'
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Using the response object" (reconstructed from reference §7): unpack the
+# HTTP guide, "Using the response object" (rebuilt from its description): unpack the
 # (data, status) that response.send returns and return them.
 # Run: python examples/http/secure.py
 

@@ -1,4 +1,4 @@
-# HTTP guide, "Sending Responses" (reconstructed from reference §7): response.send(data,
+# HTTP guide, "Sending Responses" (rebuilt from its description): response.send(data,
 # status) inside a route.
 # Run: python examples/http/send_data.py    then: curl localhost:8080/data
 

@@ -1,6 +1,5 @@
-# HTTP guide, "Getting Started" and "Defining Routes" (reconstructed from reference §7:
-# the guide's text is not in this project's documents): attach DaebusHttp and answer
-# GET /status.
+# HTTP guide, "Getting Started" and "Defining Routes" (rebuilt from its description):
+# attach DaebusHttp and answer GET /status.
 # Run: python examples/http/status.py    then: curl http://localhost:8080/status
 
 import time

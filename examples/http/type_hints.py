@@ -1,4 +1,4 @@
-# HTTP guide, "Type Hints" (reconstructed from reference §7): handlers typed with
+# HTTP guide, "Type Hints" (rebuilt from its description): handlers typed with
 # HttpRequest; an HttpResponse built by hand and returned becomes the response.
 # Run: python examples/http/type_hints.py
 

@@ -1,4 +1,4 @@
-# HTTP guide, "URL Parameters" (reconstructed from reference §7): <user_id> in the path
+# HTTP guide, "URL Parameters" (rebuilt from its description): <user_id> in the path
 # becomes the handler's user_id argument (and, as the guide says, is in req.payload too).
 # Run: python examples/http/user_by_id.py    then: curl localhost:8080/users/123
 

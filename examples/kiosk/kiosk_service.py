@@ -1,4 +1,4 @@
-# The kiosk use case of the overview (seed 002): one service serves a local browser
+# The kiosk use case of the overview: one service serves a local browser
 # page, pushes live data to it over a WebSocket and answers its HTTP calls, while it
 # talks to the other services over Redis.
 #

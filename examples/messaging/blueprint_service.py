@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Using Blueprints for Organization".
+# Messaging guide, "Using Blueprints for Organization".
 # Change: the document uses `request` without importing it (added below).
 # As in the document, `app.run(...)` is called at module level (no __main__ guard), so
 # this file is meant to be run, not imported.

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Broadcasting Events": a one-off script.
+# Messaging guide, "Broadcasting Events": a one-off script.
 # Change: the document uses `time` without importing it (added below).
 # Outside a running service, `broadcast` publishes on the Redis server that
 # DAEBUS_REDIS_URL (or the default) names.

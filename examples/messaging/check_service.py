@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Debugging Tips" 3: a one-off script. Unchanged.
+# Messaging guide, "Debugging Tips" 3: a one-off script. Unchanged.
 # It calls the "get_status" action of "my_service" (debug_service.py runs one).
 # Run: python examples/messaging/check_service.py
 

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Thread Safety": an app with a background job and no
+# Messaging guide, "Thread Safety": an app with a background job and no
 # `app.run(...)`; the `app.run(...)` block is added (the service name is ours).
 # Run: python examples/messaging/cleanup_job.py
 

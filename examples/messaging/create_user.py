@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Basic Responses".
+# Messaging guide, "Basic Responses".
 # The document shows a lone handler; it is completed into a service the way the guide's
 # other examples are: the import lines, `app = Daebus(__name__)` and the `app.run(...)`
 # block are added. It runs as "user_service", the service whose "create_user" action the

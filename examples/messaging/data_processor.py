@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Complete Example". Unchanged.
+# Messaging guide, "Complete Example". Unchanged.
 # Run: python examples/messaging/data_processor.py
 # Lint: the document's code is kept as written (import order).
 

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Debugging Tips" 1: the document's one line,
+# Messaging guide, "Debugging Tips" 1: the document's one line,
 # `app.run(service="my_service", debug=True)`, completed into a service: the import
 # line, the app and a "get_status" action (which tip 3, check_service.py, calls) are
 # added. With debug=True the service logs each message it handles.

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Listening to Channels". Unchanged.
+# Messaging guide, "Listening to Channels". Unchanged.
 # Run: python examples/messaging/event_listener.py
 # Lint: the document's code is kept as written (unused variables).
 

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Error Responses".
+# Messaging guide, "Error Responses".
 # The document shows a lone handler; it is completed into a service the way the guide's
 # other examples are: the import line, `app = Daebus(__name__)` and the `app.run(...)`
 # block are added. The handler is the document's, unchanged.

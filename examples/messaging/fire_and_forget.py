@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Fire-and-Forget Messages": a one-off script. Unchanged.
+# Messaging guide, "Fire-and-Forget Messages": a one-off script. Unchanged.
 # "record_metric" is an action of "metrics_service", not a channel anyone listens on:
 # when nobody listens on the channel given to send_message and the name is an action of
 # the caller's target service, the message is delivered to that action.

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Using DaebusCaller".
+# Messaging guide, "Using DaebusCaller".
 # Changes: the document uses `request` and `response` without importing them (added
 # below), and it never runs the app, so the `app.run(...)` block is added (the service
 # name is ours). The rest is the document's, unchanged.

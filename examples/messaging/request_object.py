@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "The Request Object".
+# Messaging guide, "The Request Object".
 # The document shows a lone handler; it is completed into a service the way the guide's
 # other examples are: the import line, `app = Daebus(__name__)` and the `app.run(...)`
 # block are added (the service name is ours). The handler is the document's, unchanged.

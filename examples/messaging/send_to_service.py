@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Direct Service Communication": a one-off script.
+# Messaging guide, "Direct Service Communication": a one-off script.
 # Change: the document uses `time` without importing it (added below).
 # It sends a "log_event" action to "logger_service" without waiting for a reply; the
 # fields arrive in that handler's `request.payload`.

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Defining Action Handlers". Unchanged.
+# Messaging guide, "Defining Action Handlers". Unchanged.
 # Run: python examples/messaging/system_monitor.py
 # Lint: the document's code is kept as written (import order).
 

@@ -1,4 +1,4 @@
-# Messaging guide (seed 000), "Broadcasting Messages". Unchanged.
+# Messaging guide, "Broadcasting Messages". Unchanged.
 # Run: python examples/messaging/web_service.py
 # Lint: the document's code is kept as written (import order).
 

@@ -1,4 +1,4 @@
-# Overview (seed 002), "Key Components": the pub/sub ones (action handler, channel
+# Overview, "Key Components": the pub/sub ones (action handler, channel
 # listener, background task). The document shows each as a lone handler; they are
 # completed into one service the way the overview's complete example combines them: the
 # import line, `app = Daebus(__name__)` and the `app.run(...)` block are added (the

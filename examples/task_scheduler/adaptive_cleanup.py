@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Dynamic Intervals" (reconstructed from reference §7). The task
+# Task-scheduler guide, "Dynamic Intervals" (rebuilt from its description). The task
 # object is taken from `app.background_tasks["adaptive_cleanup"]` at import time, and the
 # "adjust_schedule" action sets its `interval`, which reschedules the job at once.
 # (In daebus 0.0.31 `background_tasks` was a list and this raised TypeError.) The

@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Error Handling" (reconstructed from reference §7). The job
+# Task-scheduler guide, "Error Handling" (rebuilt from its description). The job
 # catches its own exceptions; one it did not catch would be logged and the job would
 # keep its schedule. The guide shows a lone job; it is completed into a service (the
 # import line, the app and the `app.run(...)` block are added).

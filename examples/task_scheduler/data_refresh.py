@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Periodic Data Refresh" (reconstructed from reference §7). A job
+# Task-scheduler guide, "Periodic Data Refresh" (rebuilt from its description). A job
 # refreshes a module-level cache every 5 minutes and announces it on "data_events"; the
 # "get_data" action answers from the cache. The guide's app has no `app.run(...)`; it is
 # added (the service name is ours).

@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Cleanup Jobs" (reconstructed from reference §7). A daily job
+# Task-scheduler guide, "Cleanup Jobs" (rebuilt from its description). A daily job
 # with its own error handling. The guide's app has no `app.run(...)`; it is added (the
 # service name is ours).
 # Run: python examples/task_scheduler/db_cleanup.py

@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Thread Safety" (reconstructed from reference §7). A job reads
+# Task-scheduler guide, "Thread Safety" (rebuilt from its description). A job reads
 # and resets a counter that other threads update under a lock. The guide's app has no
 # `app.run(...)`; it is added (the service name is ours).
 # Run: python examples/task_scheduler/metrics_reporter.py

@@ -1,6 +1,5 @@
-# Task-scheduler guide, "Scheduling a Task" (reconstructed from reference §7: the
-# guide's text is not in this project's documents). A job named "health_check" runs
-# every 60 seconds, the first time 60 seconds after start.
+# Task-scheduler guide, "Scheduling a Task" (rebuilt from its description). A job named
+# "health_check" runs every 60 seconds, the first time 60 seconds after start.
 # Run: python examples/task_scheduler/monitor_service.py
 
 from daebus import Daebus, direct_logger

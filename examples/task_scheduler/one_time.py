@@ -1,4 +1,4 @@
-# Task-scheduler guide, "One-time Tasks" (reconstructed from reference §7). The action
+# Task-scheduler guide, "One-time Tasks" (rebuilt from its description). The action
 # starts a daemon `threading.Timer` and answers at once. The guide shows a lone
 # handler; it is completed into a service (the import lines, the app and the
 # `app.run(...)` block are added).

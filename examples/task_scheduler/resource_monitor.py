@@ -1,4 +1,4 @@
-# Task-scheduler guide, "Resource Monitoring" (reconstructed from reference §7). Needs
+# Task-scheduler guide, "Resource Monitoring" (rebuilt from its description). Needs
 # psutil (`pip install psutil`; not a daebus dependency). Every 30 seconds the job
 # collects CPU, memory and disk usage, warns over thresholds and broadcasts the figures
 # on "monitoring". The guide's app has no `app.run(...)`; it is added (the service name

@@ -1,4 +1,4 @@
-# Threads guide, "External API Monitor" (reconstructed from reference §7). Needs
+# Threads guide, "External API Monitor" (rebuilt from its description). Needs
 # requests (`pip install requests`; not a daebus dependency). The thread checks each
 # endpoint every 30 seconds; "get_api_status" answers with a copy of the results. The
 # guide's app has no `app.run(...)`; it is added (the service name is ours).

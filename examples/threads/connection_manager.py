@@ -1,4 +1,4 @@
-# Threads guide, "Using Thread State" (reconstructed from reference §7). The thread keeps
+# Threads guide, "Using Thread State" (rebuilt from its description). The thread keeps
 # its own dict of connections, reconnects the ones that dropped, and backs off after an
 # error. The guide shows a lone thread function; it is completed into a service (the
 # import lines, the app and the `app.run(...)` block are added).

@@ -1,4 +1,4 @@
-# Threads guide, "Accessing Shared Resources" (reconstructed from reference §7). The
+# Threads guide, "Accessing Shared Resources" (rebuilt from its description). The
 # thread refreshes `shared_data` under a lock every 10 seconds; the "get_current_data"
 # action answers with a copy. The guide's app has no `app.run(...)`; it is added (the
 # service name is ours).

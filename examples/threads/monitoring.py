@@ -1,4 +1,4 @@
-# Threads guide, "Logging Considerations" (reconstructed from reference §7). The thread
+# Threads guide, "Logging Considerations" (rebuilt from its description). The thread
 # logs with `direct_logger`; the context-based `logger` works in threads as well. The
 # guide shows a lone thread function; it is completed into a service (the import lines,
 # the app and the `app.run(...)` block are added).

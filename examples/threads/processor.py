@@ -1,4 +1,4 @@
-# Threads guide, "The Running Function" (reconstructed from reference §7). The thread's
+# Threads guide, "The Running Function" (rebuilt from its description). The thread's
 # `finally:` releases its resources when the service stops. The guide shows a lone
 # thread function; it is completed into a service (the import lines, the app and the
 # `app.run(...)` block are added).

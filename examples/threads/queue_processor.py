@@ -1,4 +1,4 @@
-# Threads guide, "Work Queue Processor" (reconstructed from reference §7). The thread
+# Threads guide, "Work Queue Processor" (rebuilt from its description). The thread
 # drains a `queue.Queue`, waiting at most a second at a time so that it notices when the
 # service stops; "submit_job" queues a job and "check_job" reports on it. The guide's
 # app has no `app.run(...)`; it is added (the service name is ours).

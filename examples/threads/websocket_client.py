@@ -1,4 +1,4 @@
-# Threads guide, "Websocket Client" (reconstructed from reference §7). Needs
+# Threads guide, "Websocket Client" (rebuilt from its description). Needs
 # websocket-client (`pip install websocket-client`; not a daebus dependency). The thread
 # keeps a connection to a WebSocket feed open, reconnecting after it drops, and keeps the
 # last 100 messages; "get_recent_messages" lists them and "send_websocket_message" sends

@@ -1,7 +1,6 @@
-# Threads guide, "Creating a Background Thread" (reconstructed from reference §7: the
-# guide's text is not in this project's documents). The thread starts with the service
-# and loops while `running()` is true; it turns false when the service stops (Ctrl-C or
-# SIGTERM).
+# Threads guide, "Creating a Background Thread" (rebuilt from its description). The
+# thread starts with the service and loops while `running()` is true; it turns false
+# when the service stops (Ctrl-C or SIGTERM).
 # Run: python examples/threads/worker_thread.py
 
 import time

@@ -1,5 +1,5 @@
-# WebSocket guide, "Security Considerations: Authentication" (reconstructed from
-# reference §7): the connect handler reads the token of the handshake through the request
+# WebSocket guide, "Security Considerations: Authentication" (rebuilt from its
+# description): the connect handler reads the token of the handshake through the request
 # proxy and returns False to refuse the client: the connection is then closed with code
 # 1008 (policy violation) before any of its messages is handled, and no disconnect
 # handler runs for it. In daebus 0.0.31 returning False only sent {"type": "response",

@@ -1,4 +1,4 @@
-# Blueprint guide, "Complete Example" (reconstructed from reference §7), WebSocket parts:
+# Blueprint guide, "Complete Example" (rebuilt from its description), WebSocket parts:
 # the users blueprint's "get_users" socket type, and the auth blueprint's connect handler
 # ws_authenticate, which reads data.get("token"): the token of the handshake's query
 # (ws://localhost:8081/?token=...), obtained with the "login" action. In daebus 0.0.31

@@ -1,7 +1,7 @@
-# Blueprint guide, "Supported Features: WebSocket Handlers" (reconstructed from reference
-# §7): a blueprint's socket handler, connect handler and disconnect handler. The
-# blueprint is registered here before DaebusWebSocket is attached: daebus 0.0.31 dropped
-# its socket handlers then (B25); now the order does not matter.
+# Blueprint guide, "Supported Features: WebSocket Handlers" (rebuilt from its
+# description): a blueprint's socket handler, connect handler and disconnect handler.
+# The blueprint is registered here before DaebusWebSocket is attached: daebus 0.0.31
+# dropped its socket handlers then; now the order does not matter.
 # Run: python examples/websockets/blueprint_handlers.py
 
 from daebus import Blueprint, Daebus, DaebusHttp, DaebusWebSocket

@@ -1,4 +1,4 @@
-# WebSocket guide, "Organizing with Blueprints" (reconstructed from reference §7): a chat
+# WebSocket guide, "Organizing with Blueprints" (rebuilt from its description): a chat
 # blueprint with two socket types and a users blueprint with the connect handler,
 # registered after DaebusHttp and DaebusWebSocket are attached. (The order no longer
 # matters: daebus 0.0.31 dropped socket handlers of blueprints registered before the

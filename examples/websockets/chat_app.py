@@ -1,4 +1,4 @@
-# WebSocket guide, "Complete Example" (reconstructed from reference §7): a chat server
+# WebSocket guide, "Complete Example" (rebuilt from its description): a chat server
 # with rooms. "register" stores the user and lists the rooms; "join_room" creates the room
 # if needed, tells the members already there ("room_update") and returns the member count
 # and the recent history; "chat_message" checks membership and sends "new_message" to the

@@ -1,4 +1,4 @@
-# WebSocket guide, "Handling Message Types" (reconstructed from reference §7): a chat
+# WebSocket guide, "Handling Message Types" (rebuilt from its description): a chat
 # message is broadcast to every client as "chat_update" (the sender too), and the
 # sender gets an acknowledgement as the handler's return value.
 # Run: python examples/websockets/chat_message.py

@@ -1,4 +1,4 @@
-# WebSocket guide, "Custom Client ID Generation" (reconstructed from reference §7): ids
+# WebSocket guide, "Custom Client ID Generation" (rebuilt from its description): ids
 # made of the client's IP address and the time. Two connections from one address in the
 # same second ask for the same id: the second gets "_2" appended instead of replacing
 # the first (as it did in daebus 0.0.31). The generator's path is the real one now.

@@ -1,4 +1,4 @@
-# WebSocket guide, "Client Management" (reconstructed from reference §7): pub/sub
+# WebSocket guide, "Client Management" (rebuilt from its description): pub/sub
 # actions that list the connected clients with their metadata, find the inactive ones,
 # and kick one out (a "disconnect_notice" first, then the close).
 # Run: python examples/websockets/client_management.py

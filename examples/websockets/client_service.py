@@ -1,4 +1,4 @@
-# WebSocket guide, "Client-Side Implementation" (reconstructed from reference §7): the
+# WebSocket guide, "Client-Side Implementation" (rebuilt from its description): the
 # service that client.html, the guide's JavaScript client, talks to. The client registers,
 # sends "chat_message", and shows what comes back by its type: "chat_update" (a chat
 # message, to everyone), "notification" (sent by the pub/sub action notify) and

@@ -1,4 +1,4 @@
-# WebSocket guide, "Connection Events" (reconstructed from reference §7): the connect
+# WebSocket guide, "Connection Events" (rebuilt from its description): the connect
 # handler answers right after the handshake; the disconnect handler cleans up the
 # client's session. ("register" only stores a session here so that there is something
 # to clean up; register.py is the guide's own register handler.)

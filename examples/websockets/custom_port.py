@@ -1,4 +1,4 @@
-# WebSocket guide, "Port Configuration" (reconstructed from reference §7): an explicit
+# WebSocket guide, "Port Configuration" (rebuilt from its description): an explicit
 # port is used as given, beside HTTP on 8080.
 # Run: python examples/websockets/custom_port.py    then connect to ws://localhost:9000
 

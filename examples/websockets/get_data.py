@@ -1,4 +1,4 @@
-# WebSocket guide, "Response to Current Client" (reconstructed from reference §7): the
+# WebSocket guide, "Response to Current Client" (rebuilt from its description): the
 # handler returns the data, or an error dict; both reach the client as a "response".
 # Run: python examples/websockets/get_data.py
 

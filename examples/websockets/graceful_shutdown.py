@@ -1,4 +1,4 @@
-# WebSocket guide, "Graceful Shutdown" (reconstructed from reference §7): an action tells
+# WebSocket guide, "Graceful Shutdown" (rebuilt from its description): an action tells
 # every client that the server goes down ({"type": "server_shutdown", "data": ...}),
 # closes their connections (code 1001) and stops accepting new ones; the service keeps
 # running. It answers as soon as the clients are gone (at most 5 s), where daebus 0.0.31

@@ -1,4 +1,4 @@
-# WebSocket guide, "Understanding Handler Signatures" (reconstructed from reference §7):
+# WebSocket guide, "Understanding Handler Signatures" (rebuilt from its description):
 # a handler gets the client message's "data" field and the client's id (user_<uuid>).
 #
 #   client sends:      {"type": "chat_message", "data": {"message": "Hello!", "room": "general"}}

@@ -1,4 +1,4 @@
-# WebSocket guide, "Input Validation" (reconstructed from reference §7): validation
+# WebSocket guide, "Input Validation" (rebuilt from its description): validation
 # failures are returned as ordinary "response" messages with an error field.
 # Run: python examples/websockets/input_validation.py
 

@@ -1,4 +1,4 @@
-# WebSocket guide, "Working with Message Data" (reconstructed from reference §7): the
+# WebSocket guide, "Working with Message Data" (rebuilt from its description): the
 # data argument for everyday use, the request proxy for the rest (the message type, the
 # whole message, the connection), client metadata, an async handler, an error and a
 # handler that answers nothing. In daebus 0.0.31 the request proxy was unreliable after

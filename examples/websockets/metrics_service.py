@@ -1,4 +1,4 @@
-# Seed 002 (overview), "Example: Complete Service": copied unchanged. Added: the import of
+# Overview, "Example: Complete Service": copied unchanged. Added: the import of
 # `logger`, which the listener uses without importing it (marked `# added`).
 # HTTP on 8080, WebSocket on 8081 (the HTTP port + 1), pub/sub as metrics_service.
 # Run: python examples/websockets/metrics_service.py

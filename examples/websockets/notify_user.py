@@ -1,4 +1,4 @@
-# WebSocket guide, "Send to a Specific Client" (reconstructed from reference §7): a
+# WebSocket guide, "Send to a Specific Client" (rebuilt from its description): a
 # pub/sub action pushes a "notification" to the client of a user, and tells its caller
 # whether it was delivered. Clients say who they are with a "register" message.
 # Run: python examples/websockets/notify_user.py

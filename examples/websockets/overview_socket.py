@@ -1,4 +1,4 @@
-# Seed 002 (overview), "Key Components: WebSocket Handlers": the lone handler, copied
+# Overview, "Key Components: WebSocket Handlers": the lone handler, copied
 # unchanged, completed into a service (the imports, the app, DaebusWebSocket and the
 # app.run block are added). Its first parameter is named `req` and it reads
 # `req.data.get("message")`: the data argument is a dict that also answers `.data`.

@@ -1,4 +1,4 @@
-# WebSocket guide, "Rate Limiting" (reconstructed from reference §7): at most 60 messages
+# WebSocket guide, "Rate Limiting" (rebuilt from its description): at most 60 messages
 # per client per minute, set before the component is attached. The 61st message within a
 # minute is answered {"type": "error", "error": "Rate limit exceeded", "retry_after": 60}.
 # (daebus 0.0.31 let only 59 through, and kept a client that kept sending locked out.)

@@ -1,7 +1,6 @@
-# WebSocket guide, "Setting Up WebSockets" (reconstructed from reference §7: the guide's
-# text is not among this project's documents). HTTP on 8080 and DaebusWebSocket() with no
-# port: the WebSocket server listens on the HTTP port + 1, 8081. The start-up log
-# announces both ports.
+# WebSocket guide, "Setting Up WebSockets" (rebuilt from its description). HTTP on 8080
+# and DaebusWebSocket() with no port: the WebSocket server listens on the HTTP port + 1,
+# 8081. The start-up log announces both ports.
 # Run: python examples/websockets/realtime_service.py    then connect to ws://localhost:8081
 
 from daebus import Daebus, DaebusHttp, DaebusWebSocket

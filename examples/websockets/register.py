@@ -1,4 +1,4 @@
-# WebSocket guide, "Client Registration" (reconstructed from reference §7): the client
+# WebSocket guide, "Client Registration" (rebuilt from its description): the client
 # sends {"type": "register", "data": {"user": {"username": ...}}}; the handler stores the
 # session, tells every client with a "user_update" broadcast and answers with a status.
 # Run: python examples/websockets/register.py

@@ -1,4 +1,4 @@
-# WebSocket guide, "Port Conflicts" (reconstructed from reference §7): the same port given
+# WebSocket guide, "Port Conflicts" (rebuilt from its description): the same port given
 # to HTTP and WebSocket. The WebSocket server moves to the HTTP port + 1 (8081) and says
 # so in a warning.
 # Run: python examples/websockets/same_port.py

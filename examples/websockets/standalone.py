@@ -1,4 +1,4 @@
-# WebSocket guide, "Port Configuration" (reconstructed from reference §7): without
+# WebSocket guide, "Port Configuration" (rebuilt from its description): without
 # DaebusHttp the WebSocket port must be given; DaebusWebSocket() alone makes the service
 # fail to start with "WebSocket port must be specified".
 # Run: python examples/websockets/standalone.py    then connect to ws://localhost:8080

@@ -1,7 +1,7 @@
-# WebSocket guide, "Example: HTTP and WebSocket together" (reconstructed from reference
-# §7): HTTP on 5000, WebSocket on 5001. GET /api/status tells browsers where the
-# WebSocket server is; the socket type "ping" answers {"pong": true}. status_client.html
-# is the guide's JavaScript client for it.
+# WebSocket guide, "Example: HTTP and WebSocket together" (rebuilt from its
+# description): HTTP on 5000, WebSocket on 5001. GET /api/status tells browsers where
+# the WebSocket server is; the socket type "ping" answers {"pong": true}.
+# status_client.html is the guide's JavaScript client for it.
 # Run: python examples/websockets/status_service.py    then open http://localhost:5000/
 # (the service serves status_client.html itself: the WebSocket server lets in browser
 # pages of its own host only, and a page opened as a file is not one; see allowed_origins)

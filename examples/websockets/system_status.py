@@ -1,4 +1,4 @@
-# WebSocket guide, "Broadcasting to All Clients" (reconstructed from reference §7): a
+# WebSocket guide, "Broadcasting to All Clients" (rebuilt from its description): a
 # background job sends system metrics to every client each minute; broadcast_to_all
 # returns how many clients it reached.
 # Run: python examples/websockets/system_status.py

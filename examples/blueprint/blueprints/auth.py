@@ -1,5 +1,5 @@
 # Blueprint guide, "Complete Example": the authentication blueprint, blueprints/auth.py
-# (reconstructed from reference §7). Pub/sub parts only: the guide's
+# (rebuilt from its description). Pub/sub parts only: the guide's
 # POST /api/auth/login route and its WebSocket connect handler come with the
 # HTTP/WebSocket examples.
 

@@ -1,5 +1,5 @@
 # Blueprint guide, "Complete Example": the user blueprint, blueprints/users.py
-# (reconstructed from reference §7). Pub/sub parts only: the guide's HTTP routes
+# (rebuilt from its description). Pub/sub parts only: the guide's HTTP routes
 # (/api/users, /api/users/<user_id>) and the "get_users" WebSocket handler come with the
 # HTTP/WebSocket examples.
 
