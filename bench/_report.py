@@ -1,4 +1,4 @@
-"""Tables of figures and ratios, and the issue's targets marked met or not met."""
+"""Tables of figures and ratios, and the targets (bench/README.md) marked met or not met."""
 
 from __future__ import annotations
 
@@ -304,4 +304,4 @@ def render_targets(rows: list[dict[str, Any]]) -> str:
         [t["target"], t["figure"], _x(t["ratio"]), t["goal"], "met" if t["met"] else "NOT MET"]
         for t in rows
     ]
-    return "Targets (issue 3)\n" + table(["target", "figure", "ratio", "goal", "status"], cells)
+    return "Targets\n" + table(["target", "figure", "ratio", "goal", "status"], cells)

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-# HTTP and WebSocket load aiohttp (a third of a second): only when first asked for, so
-# that services and the command line that do not use them start fast.
+# HTTP and WebSocket load aiohttp, which is slow to import: only when first asked for,
+# so that services and the command line that do not use them start fast.
 _LAZY = {
     "DaebusHttp": ".http",
     "HttpRequest": ".http",
