@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -39,8 +40,8 @@ from daebus import (
     HttpRequest,
     HttpResponse,
     SetupError,
-    _http_routing,
     _registry,
+    _routes,
     request,
     response,
 )
@@ -651,6 +652,27 @@ def test_route_definition_errors_fail_at_registration(apps: Apps) -> None:  # H8
     bp = Blueprint("bad")
     with pytest.raises(SetupError, match=r"handler\(req, x\)"):
         bp.route("/c/<x>")(lambda req: {})  # no parameter x
+
+
+def test_registering_routes_does_not_import_aiohttp() -> None:
+    # A fresh interpreter: this one imported aiohttp long ago.
+    code = (
+        "import sys\n"
+        "from daebus import Blueprint, Daebus\n"
+        "app = Daebus('no_aiohttp')\n"
+        "app.route('/a/<int:x>', methods=['GET', 'POST'])(lambda req, x: x)\n"
+        "bp = Blueprint('bp')\n"
+        "bp.route('/b/<path:rest>')(lambda req, rest: rest)\n"
+        "app.register_blueprint(bp)\n"
+        "assert len(app.routes) == 2, app.routes\n"
+        "loaded = sorted(name for name in sys.modules if name.split('.')[0] == 'aiohttp')\n"
+        "assert not loaded, loaded\n"
+        "assert 'daebus.http' not in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_query_string_on_post_and_repeated_keys(apps: Apps) -> None:  # H5
@@ -1413,13 +1435,13 @@ def test_a_bad_route_does_not_poison_later_ones_and_registering_is_cheap(
     # each one. Counted rather than timed: each new route is checked twice (by app.route
     # and by the table), never again.
     checked: list[str] = []
-    real_check = _http_routing.check_handler
+    real_check = _routes.check_handler
 
     def counting_check(path: str, func: Any, names: Any) -> None:
         checked.append(path)
         real_check(path, func, names)
 
-    monkeypatch.setattr(_http_routing, "check_handler", counting_check)
+    monkeypatch.setattr(_routes, "check_handler", counting_check)
     monkeypatch.setattr(_registry, "check_handler", counting_check)
     for n in range(500):
         app.route(f"/r{n}/<int:x>")(lambda req, x, n=n: {"n": n, "x": x})

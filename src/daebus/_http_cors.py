@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ._http_routing import allow_header
+from ._routes import allow_header
 
 __all__ = ["SAFE_METHODS", "CorsPolicy", "add_vary", "foreign_origin", "same_origin"]
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ._http_cors import CorsPolicy
 from ._http_messages import json_response
-from ._http_routing import allow_header
+from ._routes import allow_header
 
 __all__ = ["StaticFolder", "serve_static"]
 

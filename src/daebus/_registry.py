@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ._http_routing import check_handler, compile_pattern
+from ._routes import check_handler, compile_pattern
 from .exceptions import SetupError
 from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
 

@@ -54,8 +54,8 @@ from ._http_messages import (
     read_request,
     too_large,
 )
-from ._http_routing import RouteTable, allow_header, canonical_path
 from ._http_static import StaticFolder, serve_static
+from ._routes import RouteTable, allow_header, canonical_path
 from ._runtime import is_async_callable
 from ._workers import WorkerPool
 from .exceptions import SetupError

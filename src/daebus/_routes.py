@@ -4,7 +4,8 @@ Patterns are 0.0.31's ``<name>`` segments plus Flask's typed converters (``<int:
 ``<float:x>``, ``<path:rest>``, ``<uuid:u>``). ``add_route`` compiles a pattern before
 it records the route (:func:`compile_pattern`), and :class:`RouteTable` checks each
 handler as it takes it, so a bad route fails when it is registered, never at request
-time. Plain Python on purpose: registering routes does not import aiohttp.
+time. Plain Python, outside the ``http`` package (whose import loads aiohttp), so that
+registering a route (on an app or a blueprint) does not import aiohttp.
 """
 
 from __future__ import annotations
