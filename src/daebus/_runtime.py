@@ -410,8 +410,9 @@ class ServiceRuntime:
             self.backlog.refused_at_stop += 1
             text = f"service {self.service!r} is stopping; the request was not run, try again"
         else:
+            waiting = len(self.backlog.requests)
             text = (
-                f"service {self.service!r} is busy ({self.backlog.max_requests} requests waiting); "
+                f"service {self.service!r} is busy ({waiting} requests waiting); "
                 "the request was not run, try again later"
             )
             self.throttle.log(
@@ -420,7 +421,7 @@ class ServiceRuntime:
                 "refused a request unrun on %r: %d handled at once and %d waiting (the limits)",
                 shorten(delivery.channel),
                 self.capacity,
-                len(self.backlog.requests),
+                waiting,
             )
         try:
             message = protocol.decode_object(delivery.data)
