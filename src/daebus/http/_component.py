@@ -1,109 +1,42 @@
-"""HTTP endpoints: :class:`DaebusHttp` serves the app's routes with aiohttp on its event loop.
+"""The :class:`DaebusHttp` component: its settings, and its part in the app's life.
 
-Routes come from ``app.routes`` (``@app.route``, ``Blueprint.route``, ``http.route``),
-whenever they were registered. ``async def`` handlers run on the service's loop, plain
-``def`` handlers in the component's own worker threads, each with ``request`` /
-``response`` bound to an :class:`HttpRequest` and an :class:`HttpResponse`::
-
-    http = DaebusHttp(port=8080)
-    app.attach(http)
-
-    @app.route("/users/<int:user_id>", methods=["GET", "DELETE"])
-    def user(req, user_id):
-        return {"id": user_id, "method": req.method}
-
-What a handler returns is sent as JSON, strings and bytes included (as in 0.0.31); to
-send HTML or anything else, return an ``aiohttp.web.Response``.
-
-A browser page of another origin may not POST (PUT, DELETE, ...) to a route: such a
-request gets 403 before the handler runs, unless ``cors_config`` allows the origin or
-the handler is marked :func:`cross_origin`.
-
-aiohttp does the HTTP/1.1 work (keep-alive, Content-Length, chunked bodies, HEAD); this
-module does the routing, so that routes can be added while the service runs and 404,
-405, OPTIONS and CORS answer the same way for every route.
+It takes the app's routes as they are registered, asks the other components what they
+serve on the HTTP port, and starts and stops the aiohttp server with the app. Each
+request is answered by its :class:`~daebus.http._dispatch.Dispatcher`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
-import functools
-import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
+from aiohttp import web
 
-from . import context
-from ._compat import timeout as deadline
-from ._http_cors import CorsPolicy, foreign_origin
-from ._http_log import ServerLog, Throttle, brief
-from ._http_messages import (
-    BadStatusError,
-    BodyError,
-    HttpRequest,
-    HttpResponse,
-    json_response,
-    make_response,
-    read_request,
-    too_large,
-)
-from ._http_static import StaticFolder, serve_static
-from ._routes import RouteTable, allow_header, canonical_path
-from ._runtime import is_async_callable
-from ._workers import WorkerPool
-from .exceptions import SetupError
+from .._routes import RouteTable
+from .._workers import WorkerPool
+from ..components import MountProvider
+from ..exceptions import SetupError
+from ._cors import CorsPolicy
+from ._dispatch import REFUSED_LOG_EVERY, Dispatcher, MountHandler
+from ._log import ServerLog
+from ._static import StaticFolder
 
 if TYPE_CHECKING:
-    from .app import Daebus
+    from ..app import Daebus
+    from ..components import Component
 
-__all__ = ["CorsPolicy", "DaebusHttp", "HttpRequest", "HttpResponse", "cross_origin"]
+__all__ = ["DaebusHttp"]
 
-log = logging.getLogger(__name__)
-
-#: A raw aiohttp handler, as given to :meth:`DaebusHttp.mount`.
-MountHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-F = TypeVar("F", bound=Callable[..., Any])
+# The name users know the component's logger by, whatever module it is written in.
+log = logging.getLogger("daebus.http")
 
 #: Seconds aiohttp gets to close the connections once our own shutdown wait is over:
 #: by then every request has been answered or cancelled, so this is a safety net only.
 _CLOSE_TIMEOUT = 1.0
-#: Seconds between two log lines about one kind of refused request (past
-#: ``max_concurrent``, malformed, cross-origin): a client must not be able to flood the log.
-_REFUSED_LOG_EVERY = 10.0
-
-
-def cross_origin(func: F) -> F:
-    """Let browser pages of any origin POST (PUT, DELETE, ...) to this route handler.
-
-    Without it, such a request from an origin that is neither the server's own nor
-    allowed by ``cors_config`` gets 403 and the handler does not run: a page on another
-    site could otherwise make a visitor's browser send it (a form, or ``fetch`` with a
-    ``text/plain`` body needs no CORS preflight). Mark only handlers that are meant to
-    be called that way (a public endpoint with its own authentication)::
-
-        @app.route("/hook", methods=["POST"])
-        @cross_origin
-        def hook(req): ...
-
-    The function is returned unchanged; the order of the two decorators does not matter.
-    CORS still decides whether the page may read the answer.
-    """
-    try:
-        func._daebus_cross_origin = True  # type: ignore[attr-defined]
-    except AttributeError:  # a bound method: its function is what the route keeps
-        raise SetupError(f"cross_origin cannot mark {func!r}; mark the function") from None
-    return func
-
-
-class _AbandonedError(Exception):
-    """Set on the future of a ``def`` handler still running when the stop wait is over."""
 
 
 class DaebusHttp:
@@ -176,29 +109,18 @@ class DaebusHttp:
         self.shutdown_timeout = shutdown_timeout
         self.debug = debug
         self.access_log = access_log
-        self.cors_config: dict[str, Any] | None = None
-        self._cors: CorsPolicy | None = None
-        if cors_config:
-            self.configure_cors(cors_config)
         self.daemon: Daebus | None = None
         #: ``daebus.<app name>.http`` once attached (0.0.31's attribute): what this
         #: component logs about requests and its server goes there.
         self.logger = log
-        self._table = RouteTable()
+        self._dispatcher = Dispatcher(self)
+        self.cors_config: dict[str, Any] | None = None
+        if cors_config:
+            self.configure_cors(cors_config)
         self._taken = 0  # how many entries of app.routes the table has taken
         self._last_taken: Any = None
-        self._mounts: dict[str, MountHandler] = {}
-        self._component_mounts: dict[str, MountHandler] = {}
-        self._mount_providers: list[Any] = []
-        self._statics: list[StaticFolder] = []
+        self._mount_providers: list[Component] = []
         self._runner: web.AppRunner | None = None
-        self._pool: WorkerPool | None = None
-        self._busy = 0  # route handlers in progress (max_concurrent)
-        self._refused = Throttle(_REFUSED_LOG_EVERY)  # 503s past max_concurrent
-        self._foreign = Throttle(_REFUSED_LOG_EVERY)  # 403s to other origins
-        self._active: set[asyncio.Task[Any]] = set()  # requests in progress
-        self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
-        self._drained: asyncio.Event | None = None  # set while stopping
 
     def __repr__(self) -> str:
         state = "listening" if self._runner is not None else "stopped"
@@ -230,9 +152,9 @@ class DaebusHttp:
         a path, ``methods`` lists all of its methods, ``function`` is the handler
         registered last, and ``handlers`` maps each method to its own handler.
         """
-        return MappingProxyType(self._table.describe())
+        return MappingProxyType(self._dispatcher.table.describe())
 
-    # -- the component protocol ------------------------------------------------------
+    # -- the component protocol (daebus.components.Component) --------------------------
     def attach(self, app: Daebus) -> None:
         """Called by ``app.attach(http)``: sets ``app.http``."""
         if self.daemon is not None and self.daemon is not app:
@@ -256,12 +178,13 @@ class DaebusHttp:
             return
         routes = app.routes
         taken = self._taken
+        dispatcher = self._dispatcher
         if taken > len(routes) or (taken and routes[taken - 1] is not self._last_taken):
-            self._table, taken = RouteTable(), 0  # app.routes was changed by hand
+            dispatcher.table, taken = RouteTable(), 0  # app.routes was changed by hand
         failures: list[SetupError] = []
         for path, methods, func in routes[taken:]:
             try:
-                self._table.add(path, methods, func)
+                dispatcher.table.add(path, methods, func)
             except SetupError as exc:
                 failures.append(exc)
         self._taken = len(routes)
@@ -274,26 +197,31 @@ class DaebusHttp:
     async def start_async(self, app: Daebus) -> None:
         """Listen; raises ``OSError`` with a clear message if the address is taken."""
         self.refresh_handlers(app)
+        dispatcher = self._dispatcher
         mounts: dict[str, MountHandler] = {}
-        providers: list[Any] = []
-        for component in list(getattr(app, "_components", ())):
-            provide = getattr(component, "http_mounts", None)
-            if component is not self and callable(provide):
-                provided = provide(app)
+        providers: list[Component] = []
+        # Daebus keeps no public list of its components yet: this is the one place a
+        # component reads it, to serve what the others mount on the HTTP port.
+        components: list[Component] = list(app._components)
+        for component in components:
+            if component is not self and isinstance(component, MountProvider):
+                provided = component.http_mounts(app)
                 for path, handler in provided:
                     mounts[_mount_path(path)] = handler
                 if provided:
                     providers.append(component)
-        self._component_mounts = mounts
+        dispatcher.component_mounts = mounts
         self._mount_providers = providers
         web_app = web.Application(client_max_size=self.max_body_size)
-        web_app.router.add_route("*", "/{tail:.*}", self._handle, expect_handler=self._expect)
+        web_app.router.add_route(
+            "*", "/{tail:.*}", dispatcher.handle, expect_handler=dispatcher.expect
+        )
         runner = web.AppRunner(
             web_app,
             handle_signals=False,
             access_log=logging.getLogger("daebus.http.access") if self.access_log else None,
             keepalive_timeout=self.keepalive_timeout,
-            logger=ServerLog(self.logger, _REFUSED_LOG_EVERY),
+            logger=ServerLog(self.logger, REFUSED_LOG_EVERY),
             # How long the unread rest of a refused body is drained before closing.
             lingering_time=min(self.read_timeout, 5.0),
             shutdown_timeout=_CLOSE_TIMEOUT,
@@ -315,8 +243,7 @@ class DaebusHttp:
                 "(is another program using this port? choose another with "
                 "DaebusHttp(port=...))",
             ) from exc
-        self._pool = pool
-        self._drained = None
+        dispatcher.open(pool)
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         scope = (
@@ -329,7 +256,7 @@ class DaebusHttp:
             self.host,
             self.port,
             scope,
-            len(self._table),
+            len(dispatcher.table),
         )
 
     async def stop_async(self) -> None:
@@ -353,39 +280,10 @@ class DaebusHttp:
                 await provider.stop_async()
             except Exception:
                 self.logger.exception("stopping %r failed", provider)
-        if self._active:
-            self._drained = asyncio.Event()
-            self.logger.info("waiting for %d HTTP request(s) to finish", len(self._active))
-            with contextlib.suppress(asyncio.TimeoutError):
-                async with deadline(max(0.0, timeout)):
-                    await self._drained.wait()
-        self._abandon(timeout)
+        await self._dispatcher.finish(timeout)
         await runner.cleanup()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._dispatcher.close()
         self.logger.info("HTTP server on port %d stopped", self.port)
-
-    def _abandon(self, timeout: float) -> None:
-        # A def handler's thread cannot be stopped: its request gets a 503 now and the
-        # thread finishes on its own. Anything else still running is cancelled.
-        in_workers: set[asyncio.Task[Any] | None] = set()
-        abandoned = 0
-        for future, task in list(self._in_workers.items()):
-            in_workers.add(task)  # finishing (done) or answering 503: not to be cancelled
-            if not future.done():
-                future.set_exception(_AbandonedError())
-                abandoned += 1
-        cancelled = [task for task in list(self._active) if task not in in_workers]
-        for task in cancelled:
-            task.cancel()
-        if abandoned or cancelled:
-            self.logger.warning(
-                "HTTP requests still in progress after %.1fs: %d answered 503, %d cancelled",
-                timeout,
-                abandoned,
-                len(cancelled),
-            )
 
     # -- registration ------------------------------------------------------------------
     def route(self, path: str, methods: list[str] | None = None) -> Callable[[Any], Any]:
@@ -401,14 +299,14 @@ class DaebusHttp:
     def configure_cors(self, config: Mapping[str, Any]) -> None:
         """Set the CORS rules (see :class:`CorsPolicy`)."""
         self.cors_config = dict(config)
-        self._cors = CorsPolicy(config)
+        self._dispatcher.cors = CorsPolicy(config)
 
     def mount(self, path: str, handler: MountHandler) -> None:
         """Serve ``GET path`` (and HEAD) with a raw aiohttp handler (a WebSocket endpoint, say).
 
         Mounted paths are matched before the routes, by exact path.
         """
-        self._mounts[_mount_path(path)] = handler
+        self._dispatcher.mounts[_mount_path(path)] = handler
 
     def static(
         self, prefix: str, directory: str | Path, *, index: str | None = "index.html"
@@ -423,206 +321,12 @@ class DaebusHttp:
         folder = Path(directory).resolve()
         if not folder.is_dir():
             raise SetupError(f"static: {str(directory)!r} is not a directory")
-        self._statics.append(StaticFolder("/" + prefix.strip("/"), folder, index))
+        self._dispatcher.statics.append(StaticFolder("/" + prefix.strip("/"), folder, index))
 
     def _require_app(self) -> Daebus:
         if self.daemon is None:
             raise SetupError("DaebusHttp is not attached to an app; call app.attach(http) first")
         return self.daemon
-
-    # -- serving -----------------------------------------------------------------------
-    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
-        # Refuse a body the Content-Length already says is too large before the client
-        # is told to send it (aiohttp's default answers 100 Continue to anything).
-        length = request.content_length
-        if length is not None and length > self.max_body_size:
-            response = json_response(too_large(self.max_body_size), 413)
-            response.force_close()
-            return response
-        expect = request.headers.get(hdrs.EXPECT, "")
-        if expect.lower() != "100-continue":
-            return json_response({"error": f"Expectation Failed: {expect!r}"}, 417)
-        if request.version == HttpVersion11:
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0  # the body's size is what the access log counts
-        return None
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        task = asyncio.current_task()
-        assert task is not None
-        active = self._active
-        active.add(task)
-        try:
-            return await self._dispatch(request)
-        finally:
-            active.discard(task)
-            if not active and self._drained is not None:
-                self._drained.set()
-
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        method = request.method.upper()
-        mount = self._mounts.get(request.path) or self._component_mounts.get(request.path)
-        if mount is not None and method in ("GET", "HEAD"):
-            return await mount(request)
-        func, params, allowed = self._table.match(canonical_path(request.rel_url.raw_path), method)
-        if mount is not None:
-            allowed.add("GET")
-        cors = self._cors
-        response: web.StreamResponse
-        if func is not None:
-            origin = None
-            if not getattr(func, "_daebus_cross_origin", False):
-                origin = foreign_origin(request, cors)
-            if origin is None:
-                response = await self._call(request, func, params)
-            else:
-                response = self._refuse_origin(request, origin)
-        elif allowed:
-            response = self._other_method(request, method, allowed)
-        elif self._statics:
-            response = await serve_static(self._statics, request, method, cors)
-        else:
-            response = json_response({"error": "Not Found", "path": request.path}, 404)
-        if cors is not None and (func is not None or not cors.is_preflight(request)):
-            cors.apply(request, response)  # a preflight answer has its own headers
-        return response
-
-    def _refuse_origin(self, request: web.Request, origin: str) -> web.StreamResponse:
-        held = self._foreign.allow()
-        if held is not None:
-            self.logger.warning(
-                "refused %s %s from origin %s with 403: neither the server's own origin nor "
-                "allowed by cors_config%s",
-                brief(request.method),
-                brief(request.path),
-                brief(origin),
-                f" ({held} more since the last such line)" if held else "",
-            )
-        return json_response({"error": "Forbidden: cross-origin request"}, 403)
-
-    def _other_method(
-        self, request: web.Request, method: str, allowed: set[str]
-    ) -> web.StreamResponse:
-        """The answer to a method the path does not take: OPTIONS (and CORS), or 405."""
-        if method == "OPTIONS":
-            if self._cors is not None and self._cors.is_preflight(request):
-                return self._cors.preflight(request, allowed)
-            return web.Response(status=204, headers={"Allow": allow_header(allowed)})
-        return json_response(
-            {"error": "Method Not Allowed", "path": request.path, "method": method},
-            405,
-            headers={"Allow": allow_header(allowed)},
-        )
-
-    async def _call(
-        self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
-    ) -> web.StreamResponse:
-        if self._busy >= self.max_concurrent:
-            held = self._refused.allow()
-            if held is not None:
-                self.logger.warning(
-                    "%d HTTP request(s) answered 503: max_concurrent=%d requests in progress",
-                    held + 1,
-                    self.max_concurrent,
-                )
-            return json_response(
-                {"error": "Service Unavailable: too many requests in progress"},
-                503,
-                headers={"Retry-After": "1"},
-            )
-        self._busy += 1
-        try:
-            return await self._call_handler(request, func, params)
-        finally:
-            self._busy -= 1
-
-    async def _call_handler(
-        self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
-    ) -> web.StreamResponse:
-        try:
-            req = await read_request(
-                request,
-                params,
-                max_body_size=self.max_body_size,
-                read_timeout=self.read_timeout,
-                logger=self.logger,
-            )
-        except BodyError as exc:
-            response = json_response(exc.body, exc.status)
-            if exc.status in (408, 413):
-                response.force_close()
-            return response
-        resp = HttpResponse()
-        app = self._require_app()
-        token = context.push(context.MessageContext(app, "http", req, resp))
-        try:
-            if is_async_callable(func):
-                result = await func(req, **params)
-            else:
-                result = await self._in_worker(functools.partial(func, req, **params))
-            if inspect.isawaitable(result):
-                result = await result
-            return make_response(result, resp)
-        except web.HTTPException:
-            raise  # aiohttp's own way of answering (redirects, ...)
-        except _AbandonedError:
-            self.logger.warning(
-                "HTTP %s %s: the handler %s was still running at shutdown; answered 503",
-                request.method,
-                request.path,
-                _name(func),
-            )
-            response = json_response({"error": "Service Unavailable: stopping"}, 503)
-            response.force_close()
-            return response
-        except BadStatusError as exc:
-            self.logger.error(
-                "HTTP %s %s: the handler %s answered with a bad status: %s",
-                request.method,
-                request.path,
-                _name(func),
-                exc,
-            )
-            return self._server_error(exc)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            # SystemExit and the like too: one handler must not stop the service.
-            self.logger.error(
-                "HTTP %s %s: the handler %s failed",
-                request.method,
-                request.path,
-                _name(func),
-                exc_info=exc,
-            )
-            return self._server_error(exc)
-        finally:
-            context.pop(token)
-            for upload in req.files.values():
-                upload.file.close()
-
-    async def _in_worker(self, call: Callable[[], Any]) -> Any:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("DaebusHttp is not running")
-        future = pool.run(contextvars.copy_context().run, call)
-        waiting = self._in_workers
-        waiting[future] = asyncio.current_task()
-        try:
-            return await future
-        finally:
-            del waiting[future]
-
-    def _debug(self) -> bool:
-        if self.debug is not None:
-            return self.debug
-        return bool(self.daemon is not None and self.daemon.debug)
-
-    def _server_error(self, exc: BaseException) -> web.Response:
-        body: dict[str, Any] = {"error": "Internal Server Error"}
-        if self._debug():
-            body["details"] = f"{type(exc).__name__}: {exc}"
-        return json_response(body, 500)
 
 
 def _mount_path(path: str) -> str:
@@ -631,5 +335,5 @@ def _mount_path(path: str) -> str:
     return path
 
 
-def _name(func: Any) -> str:
-    return str(getattr(func, "__qualname__", None) or func)
+if TYPE_CHECKING:  # mypy checks that DaebusHttp keeps to the protocol the app drives
+    _component: type[Component] = DaebusHttp

@@ -2,22 +2,32 @@
 
 CORS only decides whether a page may *read* a response. A browser sends a "simple"
 cross-origin request (a form, or ``fetch`` with a ``text/plain`` body) without asking
-first, so :func:`foreign_origin` tells which of those must be refused before they run.
+first, so :func:`foreign_origin` tells which of those must be refused before they run,
+and :func:`cross_origin` marks the route handlers that take them all the same.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ._routes import allow_header
+from .._routes import allow_header
+from ..exceptions import SetupError
 
-__all__ = ["SAFE_METHODS", "CorsPolicy", "add_vary", "foreign_origin", "same_origin"]
+__all__ = [
+    "SAFE_METHODS",
+    "CorsPolicy",
+    "add_vary",
+    "cross_origin",
+    "foreign_origin",
+    "is_cross_origin",
+    "same_origin",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,8 @@ _CORS_KEYS = {
 #: Methods that change nothing by HTTP's rules: any origin may send them.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _names(value: Any) -> tuple[str, ...] | None:
@@ -149,6 +161,34 @@ class CorsPolicy:
         if self.max_age is not None:
             response.headers["Access-Control-Max-Age"] = str(self.max_age)
         return response
+
+
+def cross_origin(func: F) -> F:
+    """Let browser pages of any origin POST (PUT, DELETE, ...) to this route handler.
+
+    Without it, such a request from an origin that is neither the server's own nor
+    allowed by ``cors_config`` gets 403 and the handler does not run: a page on another
+    site could otherwise make a visitor's browser send it (a form, or ``fetch`` with a
+    ``text/plain`` body needs no CORS preflight). Mark only handlers that are meant to
+    be called that way (a public endpoint with its own authentication)::
+
+        @app.route("/hook", methods=["POST"])
+        @cross_origin
+        def hook(req): ...
+
+    The function is returned unchanged; the order of the two decorators does not matter.
+    CORS still decides whether the page may read the answer.
+    """
+    try:
+        func._daebus_cross_origin = True  # type: ignore[attr-defined]
+    except AttributeError:  # a bound method: its function is what the route keeps
+        raise SetupError(f"cross_origin cannot mark {func!r}; mark the function") from None
+    return func
+
+
+def is_cross_origin(func: Callable[..., Any]) -> bool:
+    """Whether the route handler ``func`` was marked with :func:`cross_origin`."""
+    return bool(getattr(func, "_daebus_cross_origin", False))
 
 
 def same_origin(origin: str, host: str | None) -> bool:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
-from . import encoding, protocol
-from ._compat import timeout as deadline
+from .. import encoding, protocol
+from .._compat import timeout as deadline
 
 if TYPE_CHECKING:
     from aiohttp.typedefs import LooseHeaders

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ._http_cors import CorsPolicy
-from ._http_messages import json_response
-from ._routes import allow_header
+from .._routes import allow_header
+from ._cors import CorsPolicy
+from ._messages import json_response
 
 __all__ = ["StaticFolder", "serve_static"]
 
