@@ -42,8 +42,9 @@ from _apps import Apps, apps_fixture
 from _helpers import ServiceProcess, Subscription, wait_for
 from _servers import free_port
 from daebus import Blueprint, Daebus, DaebusWebSocket, request, response
-from daebus._socket_connection import RateLimiter, SocketData
-from daebus.websocket import WebSocketConnection, WebSocketRequest, WebSocketResponse
+from daebus.components import MountProvider
+from daebus.websocket import SocketData, WebSocketConnection, WebSocketRequest, WebSocketResponse
+from daebus.websocket._connection import RateLimiter
 
 apps = apps_fixture()
 
@@ -1781,7 +1782,7 @@ async def test_origins_when_served_on_the_http_port(
 
 
 def test_origin_rules() -> None:
-    from daebus._socket_dispatch import origin_allowed
+    from daebus.websocket._dispatch import origin_allowed
 
     assert origin_allowed(None, None)
     assert origin_allowed("http://[::1]:8080", "[::1]:8081")
@@ -1856,9 +1857,8 @@ class StandInHttp:
     async def start_async(self, app: Daebus) -> None:
         web_app = web.Application()
         for component in app._components:
-            mounts = getattr(component, "http_mounts", None)
-            if component is not self and callable(mounts):
-                for path, handler in mounts(app):
+            if component is not self and isinstance(component, MountProvider):
+                for path, handler in component.http_mounts(app):
                     web_app.router.add_get(path, handler)
 
         async def hello(request: web.Request) -> web.Response:
@@ -1889,7 +1889,7 @@ def test_port_rules_whatever_the_attach_order() -> None:
     assert app.attach(DaebusWebSocket(port=8080)).get_websocket_port() == 8081
     mounted = app.attach(DaebusWebSocket(port=8080, path="/ws"))  # what the user meant
     assert mounted.get_websocket_port() == 8080
-    assert mounted.http_mounts(app) == [("/ws", mounted._handle)]
+    assert mounted.http_mounts(app) == [("/ws", mounted._server.handle)]
     app = Daebus("alone")
     assert app.attach(DaebusWebSocket(port=7000)).get_websocket_port() == 7000
     assert app.attach(DaebusWebSocket()).get_websocket_port() is None
@@ -1901,7 +1901,7 @@ def test_port_rules_whatever_the_attach_order() -> None:
 
 
 def test_plan_port() -> None:
-    from daebus._socket_server import PortPlan, plan_port
+    from daebus.websocket._server import PortPlan, plan_port
 
     assert plan_port(None, None, None) == PortPlan(None)
     assert plan_port(7000, "/ws", None) == PortPlan(7000)

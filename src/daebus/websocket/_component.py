@@ -1,74 +1,30 @@
-"""WebSocket endpoints: :class:`DaebusWebSocket`, served by aiohttp on the service's loop.
+"""The :class:`DaebusWebSocket` component: its settings, and what services call on it.
 
-::
-
-    app = Daebus(__name__)
-    app.attach(DaebusHttp(port=8080))
-    app.attach(DaebusWebSocket())           # ws://<host>:8081/, any path
-
-    @app.socket("chat_message")
-    def handle_chat(data, client_id):
-        app.websocket.broadcast_to_all(data, message_type="chat_update")
-        return {"status": "delivered"}      # -> {"type": "response", "data": {...}}
-
-The frames are daebus 0.0.31's: a client sends ``{"type": t, "data": d}``; the server
-answers ``{"type": "response", "data": ...}`` with a handler's return value,
-``{"type": "error", "data": {"error": msg}}`` when a handler raised, and
-``{"type": "error", "error": msg}`` for protocol errors (bad JSON, no type, unknown
-type, rate limit with ``retry_after``).
-
-Plain ``def`` handlers run in the service's worker threads, ``async def`` ones on its
-event loop. Every sending method works from any thread (see :class:`DaebusWebSocket`).
+The component is a facade. Where it listens is :mod:`._server`'s, serving a connection
+is :mod:`._dispatch`'s, and the clients and sending to them from any thread are
+:mod:`._clients`'. 0.0.31's second names for its methods are grouped at the end.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from . import context
-from ._socket_clients import ClientTable
-from ._socket_connection import (
-    CLOSE_TOO_SLOW,
-    DEFAULT_MAX_QUEUE_SIZE,
-    RateLimiter,
-    SocketData,
-    WebSocketConnection,
-)
-from ._socket_dispatch import (
-    CLOSE_GOING_AWAY,
-    CLOSE_REJECTED,
-    RESERVED_MESSAGE_TYPES,
-    SocketDispatcher,
-    WebSocketRequest,
-    WebSocketResponse,
-    frame as encode_frame,
-    origin_allowed,
-)
-from ._socket_server import SocketServer
-from .exceptions import SetupError
+from ..exceptions import SetupError
+from ._clients import ClientTable, new_client_id
+from ._connection import DEFAULT_MAX_QUEUE_SIZE, RateLimiter, WebSocketConnection
+from ._dispatch import frame as encode_frame, handled_client
+from ._server import SocketServer
 
 if TYPE_CHECKING:
-    from .app import Daebus
+    from ..app import Daebus
+    from ..components import Component, HttpHandler, MountProvider
 
-__all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_REJECTED",
-    "CLOSE_TOO_SLOW",
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "DEFAULT_MAX_QUEUE_SIZE",
-    "RESERVED_MESSAGE_TYPES",
-    "DaebusWebSocket",
-    "SocketData",
-    "WebSocketConnection",
-    "WebSocketRequest",
-    "WebSocketResponse",
-]
+__all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "DaebusWebSocket"]
 
 log = logging.getLogger("daebus.websocket")
 
@@ -109,7 +65,7 @@ class DaebusWebSocket:
         max_connections: more connections are refused with 503 (None: no limit).
         max_queue_size: bytes a client's outbox holds; a client past it that does not
             read (its socket takes no more data) is closed with code 1008
-            (:data:`CLOSE_TOO_SLOW`) and dropped.
+            (:data:`~daebus.websocket.CLOSE_TOO_SLOW`) and dropped.
         heartbeat: seconds between pings; a client that does not answer is dropped.
         send_timeout: how long a send from another thread waits for the event loop.
         close_timeout: how long a close waits for the client before cutting it off.
@@ -199,7 +155,6 @@ class DaebusWebSocket:
         self._own_handlers: dict[str, Callable[..., Any]] = {}
         self._limiter: RateLimiter | None = None
         self._table = ClientTable(self)
-        self._dispatcher: SocketDispatcher | None = None
         self._server = SocketServer(self)
 
     def __repr__(self) -> str:
@@ -231,11 +186,6 @@ class DaebusWebSocket:
     def host(self, value: str | None) -> None:
         self._host = value
 
-    @property
-    def actual_port(self) -> int | None:
-        """The port clients connect to: the bound port once running."""
-        return self.get_websocket_port()
-
     def get_websocket_port(self) -> int | None:
         """The port clients connect to (the real one once started, also for port 0)."""
         return self._server.public_port()
@@ -253,41 +203,41 @@ class DaebusWebSocket:
     def _mounted(self) -> bool:
         return self._server.plan().mounted
 
-    # -- the component protocol --------------------------------------------------------
-    def attach(self, daemon: Daebus) -> None:
+    # -- the component protocol (daebus.components.Component, MountProvider) -----------
+    def attach(self, app: Daebus) -> None:
         """Called by ``app.attach``: become ``app.websocket`` and take the app's handlers."""
-        if self.daemon is not None and self.daemon is not daemon:
+        if self.daemon is not None and self.daemon is not app:
             raise SetupError("this DaebusWebSocket is already attached to another app")
-        self.daemon = daemon
-        daemon.websocket = self
+        self.daemon = app
+        app.websocket = self
         own, self._own_handlers = self._own_handlers, {}
         for message_type, func in own.items():
-            daemon.add_socket_handler(message_type, func)
+            app.add_socket_handler(message_type, func)
         self._server.plan(warn=True)
 
-    def refresh_handlers(self, daemon: Daebus) -> None:
+    def refresh_handlers(self, app: Daebus) -> None:
         """Called by the app when handlers or components change (warns of a late HTTP)."""
-        if daemon is self.daemon:
+        if app is self.daemon:
             self._server.plan(warn=True)
 
-    def http_mounts(self, daemon: Daebus) -> list[tuple[str, Any]]:
+    def http_mounts(self, app: Daebus) -> list[tuple[str, HttpHandler]]:
         """The ``(path, handler)`` pairs an attached ``DaebusHttp`` serves for us.
 
         ``DaebusHttp`` asks as it starts, before it binds: its ``port`` is then still
         the one it was asked for, which the port rules go by.
         """
-        if daemon is not self.daemon:
+        if app is not self.daemon:
             return []
         self._server.remember_http_port()
         if self.path is not None and self._mounted():
-            return [(self.path, self._handle)]
+            return [(self.path, self._server.handle)]
         return []
 
-    async def start_async(self, daemon: Daebus) -> None:
+    async def start_async(self, app: Daebus) -> None:
         """Start serving (called by the app once its runtime is up, on its loop)."""
-        if daemon is not self.daemon:
+        if app is not self.daemon:
             raise SetupError("start_async() called with an app this component is not attached to")
-        await self._server.start(daemon)
+        await self._server.start(app)
 
     async def stop_async(self) -> None:
         """Close every client (1001, going away) and stop listening.
@@ -302,34 +252,6 @@ class DaebusWebSocket:
     def message_handlers(self) -> dict[str, Callable[..., Any]]:
         """Message type -> handler: the app's ``socket_handlers`` once attached."""
         return self.daemon.socket_handlers if self.daemon is not None else self._own_handlers
-
-    def socket(self, message_type: str) -> Callable[[F], F]:
-        """Register the handler of ``{"type": message_type}`` messages (as ``app.socket``)."""
-
-        def decorator(func: F) -> F:
-            if self.daemon is not None:
-                self.daemon.add_socket_handler(message_type, func)
-            else:
-                if not isinstance(message_type, str) or not message_type:
-                    raise SetupError(
-                        f"socket message type must be a non-empty string, got {message_type!r}"
-                    )
-                self._own_handlers[message_type] = func
-            return func
-
-        return decorator
-
-    def socket_connect(self) -> Callable[[F], F]:
-        """Register the connect handler (it may refuse the client by returning False)."""
-        return self.socket("connect")
-
-    def socket_disconnect(self) -> Callable[[F], F]:
-        """Register the disconnect handler."""
-        return self.socket("disconnect")
-
-    def socket_register(self) -> Callable[[F], F]:
-        """Register the handler of ``register`` messages."""
-        return self.socket("register")
 
     def on_connect(self, func: F) -> F:
         """Call ``func(client_id)`` for every accepted client (a plain decorator)."""
@@ -347,20 +269,7 @@ class DaebusWebSocket:
 
     def generate_client_id(self, websocket: Any, path: str) -> str:
         """A new client's id from the generator, or ``user_<uuid4>`` if it fails."""
-        generator = self.client_id_generator
-        if generator is not None:
-            try:
-                client_id = generator(websocket, path)
-            except Exception:
-                log.exception("the client id generator failed; using a default id")
-            else:
-                if isinstance(client_id, str) and client_id:
-                    return client_id
-                log.warning(
-                    "the client id generator returned %r, not a string; using a default id",
-                    client_id,
-                )
-        return f"user_{uuid.uuid4()}"
+        return new_client_id(self.client_id_generator, websocket, path)
 
     # -- rate limiting -----------------------------------------------------------------
     def enable_rate_limiting(self, max_messages: int = 60, window_seconds: float = 60) -> None:
@@ -446,12 +355,11 @@ class DaebusWebSocket:
 
     def send(self, data: Any, message_type: str = "response") -> None:
         """Send to the client whose message is being handled (from its handler)."""
-        ctx = context.current_context()
-        request = ctx.request if ctx is not None else None
-        if not isinstance(request, WebSocketRequest):
+        client_id = handled_client()
+        if client_id is None:
             log.error("websocket.send() called outside a WebSocket handler; nothing was sent")
             return
-        self._table.deliver(request.client_id, encode_frame(message_type, data))
+        self._table.deliver(client_id, encode_frame(message_type, data))
 
     def send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
         """Send ``{"type": message_type, "data": data}`` to one client.
@@ -468,14 +376,6 @@ class DaebusWebSocket:
         results = await self.broadcast_to_clients_async([client_id], data, message_type)
         return results[client_id]
 
-    def safe_send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
-        """:meth:`send_to_client` that never raises (False on any failure)."""
-        try:
-            return self.send_to_client(client_id, data, message_type)
-        except Exception:
-            log.exception("sending to client %s failed", client_id)
-            return False
-
     def broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
         """Send to every client; returns how many accepted it for sending."""
         return self._table.broadcast(encode_frame(message_type, data))
@@ -486,14 +386,6 @@ class DaebusWebSocket:
             list(self._table.accepted), data, message_type
         )
         return sum(results.values())
-
-    def safe_broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
-        """:meth:`broadcast_to_all` that never raises (0 on any failure)."""
-        try:
-            return self.broadcast_to_all(data, message_type)
-        except Exception:
-            log.exception("broadcasting to all clients failed")
-            return 0
 
     def broadcast_to_clients(
         self, client_ids: Iterable[str], data: Any, message_type: str = "message"
@@ -538,51 +430,75 @@ class DaebusWebSocket:
         (from the event loop it only starts all this, and counts the connected clients,
         not those still in their connect handler). The service itself keeps running.
         """
-        skip = _own_client()
-        table = self._table
+        skip = handled_client()
+        server, table = self._server, self._table
         if table.on_loop():
             count = len(table.accepted)
-            table.keep(self._graceful_shutdown(timeout, message, skip))
+            table.keep(server.shut_down_gracefully(timeout, message, skip))
             return count
         return table.call_on_loop(
-            lambda: self._graceful_shutdown(timeout, message, skip), 0, timeout + 1
+            lambda: server.shut_down_gracefully(timeout, message, skip), 0, timeout + 1
         )
 
     async def graceful_shutdown_async(self, timeout: float = 5.0, message: Any = None) -> int:
         """:meth:`graceful_shutdown`, awaited until the clients are gone (or ``timeout``)."""
-        skip = _own_client()
+        skip = handled_client()
+        server = self._server
         return await self._table.await_on_loop(
-            lambda: self._graceful_shutdown(timeout, message, skip), 0
+            lambda: server.shut_down_gracefully(timeout, message, skip), 0
         )
 
-    async def _graceful_shutdown(
-        self, timeout: float, message: Any, skip: str | None = None
-    ) -> int:
-        await self._server.stop_listening()
-        if message:
-            if not isinstance(message, dict):
-                message = {"message": str(message)}
-            self._table.enqueue_all(encode_frame("server_shutdown", message))
-        count = await self._table.close_all(
-            CLOSE_GOING_AWAY, "Server shutting down", timeout=timeout, skip=skip
-        )
-        log.info("WebSocket server shut down; %d client(s) disconnected", count)
-        return count
+    # -- 0.0.31's names ----------------------------------------------------------------
+    @property
+    def actual_port(self) -> int | None:
+        """The port clients connect to: the bound port once running."""
+        return self.get_websocket_port()
 
-    # -- serving -----------------------------------------------------------------------
-    def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
-        return origin_allowed(origin, host, self.allowed_origins)
+    def socket(self, message_type: str) -> Callable[[F], F]:
+        """Register the handler of ``{"type": message_type}`` messages (as ``app.socket``)."""
 
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The aiohttp handler of every connection (also mounted on the HTTP port)."""
-        dispatcher = self._dispatcher
-        if dispatcher is None or not self._server.accepting:
-            return web.Response(status=503, text="WebSocket server is not running\n")
-        return await dispatcher.handle(request)
+        def decorator(func: F) -> F:
+            if self.daemon is not None:
+                self.daemon.add_socket_handler(message_type, func)
+            else:
+                if not isinstance(message_type, str) or not message_type:
+                    raise SetupError(
+                        f"socket message type must be a non-empty string, got {message_type!r}"
+                    )
+                self._own_handlers[message_type] = func
+            return func
+
+        return decorator
+
+    def socket_connect(self) -> Callable[[F], F]:
+        """Register the connect handler (it may refuse the client by returning False)."""
+        return self.socket("connect")
+
+    def socket_disconnect(self) -> Callable[[F], F]:
+        """Register the disconnect handler."""
+        return self.socket("disconnect")
+
+    def socket_register(self) -> Callable[[F], F]:
+        """Register the handler of ``register`` messages."""
+        return self.socket("register")
+
+    def safe_send_to_client(self, client_id: str, data: Any, message_type: str = "message") -> bool:
+        """:meth:`send_to_client` that never raises (False on any failure)."""
+        try:
+            return self.send_to_client(client_id, data, message_type)
+        except Exception:
+            log.exception("sending to client %s failed", client_id)
+            return False
+
+    def safe_broadcast_to_all(self, data: Any, message_type: str = "broadcast") -> int:
+        """:meth:`broadcast_to_all` that never raises (0 on any failure)."""
+        try:
+            return self.broadcast_to_all(data, message_type)
+        except Exception:
+            log.exception("broadcasting to all clients failed")
+            return 0
 
 
-def _own_client() -> str | None:
-    """The client whose handler is running, if any: it cannot be gone before it returns."""
-    ctx = context.current_context()
-    request = ctx.request if ctx is not None else None
-    return request.client_id if isinstance(request, WebSocketRequest) else None
+if TYPE_CHECKING:  # mypy checks that DaebusWebSocket keeps to the protocols it serves
+    _component: type[Component] = DaebusWebSocket
+    _mount_provider: type[MountProvider] = DaebusWebSocket

@@ -1,4 +1,4 @@
-"""Where a :class:`~daebus.DaebusWebSocket` listens, and starting and stopping it.
+"""Where a :class:`~daebus.DaebusWebSocket` listens, and starting and stopping its server.
 
 The port rules are 0.0.31's, decided from what the HTTP component was *asked* for:
 ``DaebusHttp`` writes the port it bound back into ``http.port`` when it starts, so the
@@ -9,17 +9,17 @@ remembers what it was when ``DaebusHttp`` asked for the mounts, just before bind
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
-from ._compat import timeout as deadline
-from ._socket_dispatch import CLOSE_GOING_AWAY, SocketDispatcher
-from .exceptions import SetupError
+from .._compat import timeout as deadline
+from ..exceptions import SetupError
+from ._dispatch import CLOSE_GOING_AWAY, SocketDispatcher, frame
 
 if TYPE_CHECKING:
-    from .app import Daebus
-    from .websocket import DaebusWebSocket
+    from ..app import Daebus
+    from ._component import DaebusWebSocket
 
 __all__ = ["PortPlan", "SocketServer", "plan_port"]
 
@@ -62,7 +62,8 @@ class SocketServer:
     """The listening side of a :class:`~daebus.DaebusWebSocket`.
 
     Either its own aiohttp server, or nothing of its own when ``DaebusHttp`` serves the
-    endpoint under a path (see :meth:`DaebusWebSocket.http_mounts`).
+    endpoint under a path (see :meth:`DaebusWebSocket.http_mounts`). Either way every
+    connection starts at :meth:`handle`.
     """
 
     def __init__(self, component: DaebusWebSocket) -> None:
@@ -71,6 +72,8 @@ class SocketServer:
         self.site: web.TCPSite | None = None
         self.bound_port: int | None = None
         self.accepting = False
+        #: Serves the connections while running.
+        self.dispatcher: SocketDispatcher | None = None
         #: ``http.port`` when DaebusHttp asked for the mounts, before it bound (this run).
         self.http_asked: int | None = None
         #: The plan of the current run (None when stopped).
@@ -131,14 +134,14 @@ class SocketServer:
                 "DaebusWebSocket(port=...)"
             )
         component._table.bind(runtime.loop)
-        component._dispatcher = SocketDispatcher(component, runtime)
+        self.dispatcher = SocketDispatcher(component, runtime)
         self.running = plan
         if plan.mounted:
             self.accepting = True
             log.info("WebSocket endpoint at %s on the HTTP port %s", component.path, plan.port)
             return
         runner = web.ServerRunner(
-            web.Server(component._handle, access_log=None), shutdown_timeout=_CLEANUP_TIMEOUT
+            web.Server(self.handle, access_log=None), shutdown_timeout=_CLEANUP_TIMEOUT
         )
         await runner.setup()
         host = component.host
@@ -151,7 +154,7 @@ class SocketServer:
             self.running = None
             await runner.cleanup()
             component._table.unbind()
-            component._dispatcher = None
+            self.dispatcher = None
             raise OSError(
                 exc.errno,
                 f"DaebusWebSocket cannot listen on {host}:{plan.port}: {exc.strerror or exc} "
@@ -177,6 +180,32 @@ class SocketServer:
         if site is not None:
             await site.stop()
 
+    async def shut_down_gracefully(self, timeout: float, message: Any, skip: str | None) -> int:
+        """Stop listening, send ``message`` to every client, close them all (1001).
+
+        Waits up to ``timeout`` for the clients to go, except ``skip`` (the client whose
+        handler asked: it cannot be gone before its handler returns). How many closed.
+        """
+        table = self.component._table
+        await self.stop_listening()
+        if message:
+            if not isinstance(message, dict):
+                message = {"message": str(message)}
+            table.enqueue_all(frame("server_shutdown", message))
+        count = await table.close_all(
+            CLOSE_GOING_AWAY, "Server shutting down", timeout=timeout, skip=skip
+        )
+        log.info("WebSocket server shut down; %d client(s) disconnected", count)
+        return count
+
+    # -- serving -----------------------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The aiohttp handler of every connection (also mounted on the HTTP port)."""
+        dispatcher = self.dispatcher
+        if dispatcher is None or not self.accepting:
+            return web.Response(status=503, text="WebSocket server is not running\n")
+        return await dispatcher.handle(request)
+
     async def stop(self) -> None:
         """Close every client (1001) and stop listening, in about ``close_timeout``."""
         component = self.component
@@ -190,7 +219,7 @@ class SocketServer:
             except Exception as exc:
                 log.warning("stopping the WebSocket server: %r", exc)
         component._table.unbind()
-        component._dispatcher = None
+        self.dispatcher = None
         self.bound_port = None
         self.http_asked = None
         self.running = None

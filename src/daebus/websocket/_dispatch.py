@@ -17,16 +17,26 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from . import context, encoding, protocol
-from ._socket_connection import SocketData, WebSocketConnection
-from .exceptions import SerializationError, SetupError
-from .scheduler import accepts_arguments
+from .. import context, encoding, protocol
+from ..exceptions import SerializationError, SetupError
+from ..scheduler import accepts_arguments
+from ._connection import SocketData, WebSocketConnection
 
 if TYPE_CHECKING:
-    from ._runtime import ServiceRuntime
-    from .websocket import DaebusWebSocket
+    from .._runtime import ServiceRuntime
+    from ._component import DaebusWebSocket
 
-__all__ = ["SocketDispatcher", "WebSocketRequest", "WebSocketResponse", "origin_allowed"]
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_REJECTED",
+    "RESERVED_MESSAGE_TYPES",
+    "SocketDispatcher",
+    "WebSocketRequest",
+    "WebSocketResponse",
+    "frame",
+    "handled_client",
+    "origin_allowed",
+]
 
 log = logging.getLogger("daebus.websocket")
 
@@ -162,6 +172,13 @@ class WebSocketRequest:
         return f"<WebSocketRequest {self.message_type!r} from {self.client_id!r}>"
 
 
+def handled_client() -> str | None:
+    """The id of the client whose message the running handler handles, if any."""
+    ctx = context.current_context()
+    request = ctx.request if ctx is not None else None
+    return request.client_id if isinstance(request, WebSocketRequest) else None
+
+
 class WebSocketResponse:
     """What the ``response`` proxy is in a socket handler: it sends to the client.
 
@@ -261,7 +278,7 @@ class SocketDispatcher:
                 headers={"Upgrade": "websocket", "Connection": "Upgrade"},
             )
         origin = request.headers.get("Origin")
-        if not server._origin_allowed(origin, request.headers.get("Host")):
+        if not origin_allowed(origin, request.headers.get("Host"), server.allowed_origins):
             log.warning("refused a WebSocket connection from origin %r", origin)
             return web.Response(status=403, text="Origin not allowed\n")
         limit = server.max_connections

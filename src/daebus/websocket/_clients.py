@@ -14,12 +14,13 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
-from ._socket_connection import WebSocketConnection
+from ._connection import WebSocketConnection
 
-__all__ = ["ClientTable"]
+__all__ = ["ClientTable", "new_client_id"]
 
 log = logging.getLogger("daebus.websocket")
 
@@ -28,6 +29,27 @@ T = TypeVar("T")
 #: Seconds the close of every client at stop gets on top of ``close_timeout``, for the
 #: connections cut off then to end and their disconnect handlers to run.
 _END_GRACE = 1.0
+
+
+def new_client_id(generator: Callable[[Any, str], Any] | None, websocket: Any, path: str) -> str:
+    """A new client's id from ``generator(websocket, path)``, or ``user_<uuid4>``.
+
+    The default is used too when the generator fails or gives no non-empty string:
+    a user's mistake there must not refuse every client.
+    """
+    if generator is not None:
+        try:
+            client_id = generator(websocket, path)
+        except Exception:
+            log.exception("the client id generator failed; using a default id")
+        else:
+            if isinstance(client_id, str) and client_id:
+                return client_id
+            log.warning(
+                "the client id generator returned %r, not a string; using a default id",
+                client_id,
+            )
+    return f"user_{uuid.uuid4()}"
 
 
 class _Timeouts(Protocol):
