@@ -45,6 +45,7 @@ from daebus import (
     request,
     response,
 )
+from daebus.components import Component, MountProvider
 from daebus.http import cross_origin
 
 apps = apps_fixture()
@@ -1217,9 +1218,22 @@ def test_mounts_and_component_mounts(apps: Apps) -> None:
     async def raw(request: web.Request) -> web.StreamResponse:
         return web.Response(text=f"raw {request.path}")
 
-    class Component:
+    class Mounting:
+        """A component of the app's own (daebus.components) that mounts a path."""
+
+        stopped = 0
+
         def attach(self, app: Daebus) -> None:
             pass
+
+        def refresh_handlers(self, app: Daebus) -> None:
+            pass
+
+        async def start_async(self, app: Daebus) -> None:
+            pass
+
+        async def stop_async(self) -> None:
+            self.stopped += 1
 
         def http_mounts(self, app: Daebus) -> list[tuple[str, Any]]:
             return [("/ws", raw)]
@@ -1228,7 +1242,9 @@ def test_mounts_and_component_mounts(apps: Apps) -> None:
     app.route("/api")(lambda req: {"api": True})
     http_component = app.attach(DaebusHttp(port=0, host="127.0.0.1"))
     http_component.mount("/raw", raw)
-    app.attach(Component())
+    mounting = app.attach(Mounting())
+    assert isinstance(mounting, Component)
+    assert isinstance(mounting, MountProvider)
     apps.start(app)
     base = http_component.url
     assert fetch(base, "/raw").body == b"raw /raw"
@@ -1237,6 +1253,18 @@ def test_mounts_and_component_mounts(apps: Apps) -> None:
     assert fetch(base, "/raw", "HEAD").status == 200
     not_get = fetch(base, "/ws", "POST")
     assert (not_get.status, not_get.header("Allow")) == (405, "GET, HEAD, OPTIONS")
+    app.stop()
+    assert mounting.stopped == 2  # by the app, and by DaebusHttp before its own wait
+
+
+def test_daebus_http_is_a_component() -> None:
+    # mypy checks the signatures (daebus/http/_component.py); this, that nothing is missing.
+    http_component = DaebusHttp(port=0)
+    assert isinstance(http_component, Component)
+    assert not isinstance(http_component, MountProvider)  # it serves mounts, has none
+    app = Daebus("typed_attach")
+    assert app.attach(http_component) is http_component
+    assert app.http is http_component
 
 
 def test_http_route_decorator_and_routes_attribute(apps: Apps) -> None:

@@ -42,7 +42,7 @@ from _apps import Apps, apps_fixture
 from _helpers import ServiceProcess, Subscription, wait_for
 from _servers import free_port
 from daebus import Blueprint, Daebus, DaebusWebSocket, request, response
-from daebus.components import MountProvider
+from daebus.components import Component, MountProvider
 from daebus.websocket import SocketData, WebSocketConnection, WebSocketRequest, WebSocketResponse
 from daebus.websocket._connection import RateLimiter
 
@@ -1854,6 +1854,9 @@ class StandInHttp:
     def attach(self, app: Daebus) -> None:
         app.http = self
 
+    def refresh_handlers(self, app: Daebus) -> None:
+        pass
+
     async def start_async(self, app: Daebus) -> None:
         web_app = web.Application()
         for component in app._components:
@@ -1873,6 +1876,20 @@ class StandInHttp:
     async def stop_async(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+def test_daebus_websocket_is_a_component_served_on_the_http_port() -> None:
+    # mypy checks the signatures (daebus/websocket/_component.py); this, that none is missing.
+    websocket = DaebusWebSocket(path="/ws")
+    assert isinstance(websocket, Component)
+    assert isinstance(websocket, MountProvider)
+    assert isinstance(StandInHttp(), Component)
+    app = Daebus("typed_attach")
+    assert app.attach(websocket) is websocket
+    assert websocket.http_mounts(app) == []  # no HTTP component: a port of its own
+    app.attach(StandInHttp(port=8080))
+    assert websocket.http_mounts(app) == [("/ws", websocket._server.handle)]
+    assert websocket.http_mounts(Daebus("another")) == []
 
 
 def test_port_rules_whatever_the_attach_order() -> None:
