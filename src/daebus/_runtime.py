@@ -688,7 +688,8 @@ class ServiceRuntime:
         response = ctx.response
         try:
             result = await self.invoke(handler, ctx, (), response)
-            await response.flush()
+            with contextlib.suppress(TransportError):  # logged by the publisher, as below
+                await response.flush()
             if not response.final_sent and response.request.reply_to is not None:
                 try:
                     count = response.send(result)
@@ -698,7 +699,10 @@ class ServiceRuntime:
                     )
                     return
                 if asyncio.isfuture(count):
-                    await count
+                    # A reply the server did not take is the publisher's to log (once a
+                    # period); the handler itself did not fail.
+                    with contextlib.suppress(TransportError):
+                        await count
         except asyncio.CancelledError:
             if self.stopping and not response.final_sent:
                 # Abandoned at shutdown: say so rather than leave the caller to time out.
