@@ -1,9 +1,9 @@
 """DaebusHttp against real HTTP clients, with services running on the test Valkey.
 
 The examples of the HTTP guide and the HTTP parts of the blueprint guide (examples/http/)
-come first, then one test per 0.0.31 bug fixed (reference §5: B6, H1-H8), then the rest
-of the behaviour. Clients: the stdlib's http.client (and raw sockets, for clients that
-misbehave) and aiohttp's ClientSession (multipart uploads, keep-alive).
+come first, then one test per 0.0.31 bug fixed, then the rest of the behaviour.
+Clients: the stdlib's http.client (and raw sockets, for clients that misbehave) and
+aiohttp's ClientSession (multipart uploads, keep-alive).
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def test_guide_complete_example(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> 
         "GET /users/<user_id>",
         "POST /users",
     ]
-    # 0.0.31 answered 404 here: the POST route had replaced the GET one (B6).
+    # 0.0.31 answered 404 here: the POST route had replaced the GET one.
     listed = fetch(base, "/users")
     assert listed.status == 200
     assert listed.json() == {"users": [{"id": "1", "name": "Alice"}, {"id": "2", "name": "Bob"}]}
@@ -366,7 +366,7 @@ def test_blueprint_guide_routes(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> 
     base = serve_example(apps, "http/blueprint_routes.py", monkeypatch)
     assert fetch(base, "/api/users/42").json() == {"id": "42", "name": "Ada"}
     assert fetch(base, "/api/users/1").status == 404
-    # GET and POST on one path (B6).
+    # GET and POST on one path.
     assert fetch(base, "/api/users").json() == {"users": [{"id": "42", "name": "Ada"}]}
     created = fetch(base, "/api/users", "POST", json_body={"name": "Bo"})
     assert (created.status, created.json()) == (201, {"id": "101", "name": "Bo"})
@@ -412,7 +412,7 @@ def test_blueprint_guide_complete_example(
 # -- the 0.0.31 bugs, one test each -------------------------------------------------------
 
 
-def test_get_and_post_on_one_path(apps: Apps) -> None:  # B6
+def test_get_and_post_on_one_path(apps: Apps) -> None:
     app = Daebus("one_path")
 
     @app.route("/things", methods=["GET"])
@@ -429,7 +429,7 @@ def test_get_and_post_on_one_path(apps: Apps) -> None:  # B6
     assert (posted.status, posted.json()) == (201, {"via": "post", "got": {"n": 1}})
 
 
-def test_wrong_method_gets_405_with_allow(apps: Apps) -> None:  # H4
+def test_wrong_method_gets_405_with_allow(apps: Apps) -> None:
     app = Daebus("wrong_method")
     app.route("/only-get")(lambda req: {"ok": True})
     base = serve(apps, app).url
@@ -445,7 +445,7 @@ def test_wrong_method_gets_405_with_allow(apps: Apps) -> None:  # H4
     )
 
 
-def test_head_answers_for_get_routes(apps: Apps) -> None:  # H4
+def test_head_answers_for_get_routes(apps: Apps) -> None:
     app = Daebus("head")
     calls: list[str] = []
 
@@ -475,7 +475,7 @@ def test_options_without_cors_answers_allow(apps: Apps) -> None:
     assert fetch(base, "/y", "OPTIONS").status == 404
 
 
-def test_malformed_json_gets_400_promptly(apps: Apps) -> None:  # H1
+def test_malformed_json_gets_400_promptly(apps: Apps) -> None:
     app = Daebus("bad_json")
     called = threading.Event()
 
@@ -503,7 +503,7 @@ def test_malformed_json_gets_400_promptly(apps: Apps) -> None:  # H1
     assert called.is_set()
 
 
-def test_oversized_body_gets_413(apps: Apps) -> None:  # H2
+def test_oversized_body_gets_413(apps: Apps) -> None:
     app = Daebus("big_body")
     calls: list[int] = []
 
@@ -533,7 +533,7 @@ def test_oversized_body_gets_413(apps: Apps) -> None:  # H2
     assert calls == [1000]
 
 
-def test_slow_body_is_cut_off(apps: Apps) -> None:  # H2: slowloris on the body
+def test_slow_body_is_cut_off(apps: Apps) -> None:  # slowloris on the body
     app = Daebus("slow_body")
     called = threading.Event()
     app.route("/in", methods=["POST"])(lambda req: called.set())
@@ -551,7 +551,7 @@ def test_slow_body_is_cut_off(apps: Apps) -> None:  # H2: slowloris on the body
     assert not called.is_set()
 
 
-def test_slow_request_head_is_cut_off(apps: Apps) -> None:  # H2: slowloris on the head
+def test_slow_request_head_is_cut_off(apps: Apps) -> None:  # slowloris on the head
     app = Daebus("slow_head")
     app.route("/")(lambda req: {})
     base = serve(apps, app, keepalive_timeout=0.5).url
@@ -562,7 +562,7 @@ def test_slow_request_head_is_cut_off(apps: Apps) -> None:  # H2: slowloris on t
     assert time.monotonic() - started < 4.0
 
 
-def test_cors_credentialed_request_from_unlisted_origin_gets_no_acao(apps: Apps) -> None:  # H6
+def test_cors_credentialed_request_from_unlisted_origin_gets_no_acao(apps: Apps) -> None:
     app = Daebus("cors_list")
     app.route("/me")(lambda req: {"user": "ada"})
     config = {"allowed_origins": ["https://app.example"], "allow_credentials": True}
@@ -582,7 +582,7 @@ def test_cors_credentialed_request_from_unlisted_origin_gets_no_acao(apps: Apps)
     assert good.header("Access-Control-Allow-Credentials") == "true"
 
 
-def test_cors_wildcard_with_credentials_never_reflects_the_origin(apps: Apps) -> None:  # H6
+def test_cors_wildcard_with_credentials_never_reflects_the_origin(apps: Apps) -> None:
     app = Daebus("cors_star")
     app.route("/me")(lambda req: {"user": "ada"})
     base = serve(apps, app, cors_config={"allowed_origins": "*", "allow_credentials": True}).url
@@ -599,7 +599,7 @@ def test_cors_wildcard_with_credentials_never_reflects_the_origin(apps: Apps) ->
         assert reply.header("Access-Control-Allow-Credentials") is None
 
 
-def test_path_parameters_are_percent_decoded_and_converted(apps: Apps) -> None:  # H5, H8
+def test_path_parameters_are_percent_decoded_and_converted(apps: Apps) -> None:
     app = Daebus("params")
     seen: list[Any] = []
 
@@ -636,7 +636,7 @@ def test_path_parameters_are_percent_decoded_and_converted(apps: Apps) -> None: 
     assert fetch(base, "/files/").status == 404  # a parameter is never empty
 
 
-def test_route_definition_errors_fail_at_registration(apps: Apps) -> None:  # H8
+def test_route_definition_errors_fail_at_registration(apps: Apps) -> None:
     app = Daebus("bad_routes")
     app.attach(DaebusHttp(port=0))
     with pytest.raises(SetupError, match="unknown converter 'integer'"):
@@ -676,7 +676,7 @@ def test_registering_routes_does_not_import_aiohttp() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_query_string_on_post_and_repeated_keys(apps: Apps) -> None:  # H5
+def test_query_string_on_post_and_repeated_keys(apps: Apps) -> None:
     app = Daebus("query")
 
     @app.route("/q", methods=["GET", "POST", "DELETE"])
@@ -700,7 +700,7 @@ def test_query_string_on_post_and_repeated_keys(apps: Apps) -> None:  # H5
     assert fetch(base, "/q?x=1", "DELETE").json()["payload"] == {"x": "1"}
 
 
-async def test_multipart_form_with_a_file(apps: Apps) -> None:  # H3
+async def test_multipart_form_with_a_file(apps: Apps) -> None:
     app = Daebus("multipart")
 
     @app.route("/upload", methods=["POST"])
@@ -735,7 +735,7 @@ async def test_multipart_form_with_a_file(apps: Apps) -> None:  # H3
     }
 
 
-def test_form_body_on_put(apps: Apps) -> None:  # H5
+def test_form_body_on_put(apps: Apps) -> None:
     app = Daebus("put_form")
     app.route("/settings", methods=["PUT"])(lambda req: req.payload)
     base = serve(apps, app).url
@@ -749,9 +749,7 @@ def test_form_body_on_put(apps: Apps) -> None:  # H5
     assert reply.json() == {"volume": "7", "mute": "", "name": "café"}
 
 
-def test_failing_handler_gets_a_generic_500(
-    apps: Apps, caplog: pytest.LogCaptureFixture
-) -> None:  # H7
+def test_failing_handler_gets_a_generic_500(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
     app = Daebus("fails")
 
     @app.route("/boom")
@@ -855,7 +853,7 @@ def test_request_and_response_proxies_in_sync_and_async_routes(apps: Apps) -> No
     assert (err.status, err.json()) == (422, {"status": "error", "error": "no luck"})
 
 
-def test_routes_registered_before_attach_and_by_blueprint_are_served(apps: Apps) -> None:  # B25
+def test_routes_registered_before_attach_and_by_blueprint_are_served(apps: Apps) -> None:
     app = Daebus("order")
     app.route("/early")(lambda req: {"early": True})
     bp = Blueprint("bp")
@@ -874,7 +872,7 @@ def test_routes_registered_before_attach_and_by_blueprint_are_served(apps: Apps)
     assert fetch(base, "/later").json() == {"later": True}
 
 
-def test_port_taken_fails_the_start(apps: Apps) -> None:  # B24
+def test_port_taken_fails_the_start(apps: Apps) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -889,7 +887,7 @@ def test_port_taken_fails_the_start(apps: Apps) -> None:  # B24
         assert not app.http.is_running
 
 
-def test_stop_does_not_wait_for_ever_on_a_stalled_request(apps: Apps) -> None:  # H1, H2
+def test_stop_does_not_wait_for_ever_on_a_stalled_request(apps: Apps) -> None:
     app = Daebus("stalled", shutdown_timeout=0.5)
     app.route("/in", methods=["GET", "POST"])(lambda req: {})
     base = serve(apps, app, read_timeout=60).url

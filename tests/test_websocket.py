@@ -804,7 +804,7 @@ async def test_blueprint_guide_ws_authenticate_reads_the_token(
 
 async def test_blocking_sync_handler_does_not_delay_other_clients(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B16
+) -> None:
     app, websocket = ws_app()
     entered, release = threading.Event(), threading.Event()
 
@@ -834,7 +834,7 @@ async def test_blocking_sync_handler_does_not_delay_other_clients(
 
 async def test_connect_handler_rejects_a_connection_without_token(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B18
+) -> None:
     app, websocket = ws_app()
     ran: list[str] = []
 
@@ -888,7 +888,7 @@ async def test_connect_handler_rejects_a_connection_without_token(
 
 async def test_client_cannot_trigger_the_lifecycle_handlers(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B19
+) -> None:
     app, websocket = ws_app()
     ran: list[str] = []
     app.socket_connect()(lambda data, client_id: ran.append("connect"))
@@ -917,7 +917,7 @@ async def test_client_cannot_trigger_the_lifecycle_handlers(
 
 async def test_send_to_client_from_an_action_handler(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B17
+) -> None:
     app, websocket = ws_app()
 
     @app.action("push")
@@ -941,7 +941,7 @@ async def test_send_to_client_from_an_action_handler(
 
 async def test_broadcast_to_all_from_a_background_thread(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B17
+) -> None:
     app, websocket = ws_app()
     apps.start(app)
     async with session.ws_connect(url(websocket)) as one, session.ws_connect(url(websocket)) as two:
@@ -963,7 +963,7 @@ async def test_broadcast_to_all_from_a_background_thread(
 
 async def test_disconnect_client_from_a_worker_thread(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B17
+) -> None:
     app, websocket = ws_app()
     results: list[bool] = []
 
@@ -982,7 +982,7 @@ async def test_disconnect_client_from_a_worker_thread(
 
 async def test_response_send_from_sync_and_async_handlers(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B14
+) -> None:
     app, websocket = ws_app()
     outcomes: list[Any] = []
 
@@ -1020,7 +1020,7 @@ async def test_response_send_from_sync_and_async_handlers(
 
 async def test_request_is_right_after_an_await_with_interleaved_clients(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B15
+) -> None:
     app, websocket = ws_app()
     inside: list[str] = []
     both_inside = asyncio.Event()  # used on the server's loop only
@@ -1047,7 +1047,7 @@ async def test_request_is_right_after_an_await_with_interleaved_clients(
         assert answer["before"] == answer["after"] == answer["arg"]
 
 
-def test_rate_limiter_allows_exactly_n_and_does_not_count_refusals() -> None:  # B22
+def test_rate_limiter_allows_exactly_n_and_does_not_count_refusals() -> None:
     limiter = RateLimiter(3, 10.0)
     assert [limiter.allow("c", now=t) for t in (0.0, 1.0, 2.0, 3.0, 4.0)] == [
         True,
@@ -1216,7 +1216,7 @@ async def test_plain_http_gets_426(apps: Apps, session: aiohttp.ClientSession) -
 
 async def test_metadata_has_the_real_path_and_scheme(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B23
+) -> None:
     app, websocket = ws_app()
     generated: list[tuple[str, Any]] = []
 
@@ -1251,9 +1251,7 @@ async def test_metadata_has_the_real_path_and_scheme(
     assert USER_ID.fullmatch(websocket.generate_client_id(None, "/"))
 
 
-async def test_handlers_registered_in_any_order(
-    apps: Apps, session: aiohttp.ClientSession
-) -> None:  # B25
+async def test_handlers_registered_in_any_order(apps: Apps, session: aiohttp.ClientSession) -> None:
     before = Blueprint("before")
     before.socket("from_blueprint_before")(lambda data, client_id: "bp-before")
     app = Daebus("order")

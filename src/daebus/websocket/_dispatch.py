@@ -44,7 +44,8 @@ log = logging.getLogger("daebus.websocket")
 CLOSE_REJECTED = 1008
 #: Close code when the server stops (RFC 6455 going away).
 CLOSE_GOING_AWAY = 1001
-#: Types that only the server raises: a client sending them is refused (0.0.31's B19).
+#: Types that only the server raises: a client sending them is refused (0.0.31 ran the
+#: connect or disconnect handler for such a message, at the client's will).
 RESERVED_MESSAGE_TYPES = frozenset({"connect", "disconnect"})
 
 
