@@ -141,33 +141,37 @@ def pack_publish(channel: str, data: bytes | str) -> bytes:
 #: to the PING of a health check) is taken as gone: stopped, hung, or its host lost.
 #: Long enough for a Redis busy with a slow script (``lua-time-limit`` is 5 s).
 SILENCE_TIMEOUT = 5.0
-#: How often an open connection checks that its server still answers: one that has
-#: received nothing since the last check sends a PING.
-HEALTH_CHECK_INTERVAL = 1.0
+#: How often a connection that pings when idle (a subscriber) asks its server whether it
+#: is still there. Each ask wakes the process twice (the timer, the answer): an idle
+#: service must stay cheap to keep on a small device.
+HEALTH_CHECK_INTERVAL = 2.5
 
 
 class RespConnection(asyncio.Protocol):
     """One connection: commands in, replies out in order, pushes to ``on_push``.
 
-    While open it checks its server every :data:`HEALTH_CHECK_INTERVAL` seconds: a
-    connection that has received nothing since sends a PING, and one whose server stays
-    silent for :data:`SILENCE_TIMEOUT` while owing an answer is aborted, so that a hung
-    server is noticed like a closed connection is.
+    A server that stays silent for :data:`SILENCE_TIMEOUT` while it owes an answer is
+    taken as gone and the connection aborted, so that a hung server is noticed like a
+    closed connection is. A connection made with ``ping_when_idle`` (a subscriber, which
+    sends no commands of its own) also sends a PING every :data:`HEALTH_CHECK_INTERVAL`
+    while it waits for nothing, so that it notices too.
     """
 
     def __init__(
         self,
         on_push: PushHandler | None = None,
         on_pushes_end: Callable[[], None] | None = None,
+        *,
+        ping_when_idle: bool = False,
     ) -> None:
         self._on_push = on_push
         self._on_pushes_end = on_pushes_end
+        self._ping_when_idle = ping_when_idle
         self._silence_timeout = SILENCE_TIMEOUT
         self._health_check_interval = HEALTH_CHECK_INTERVAL
         self._health_check: asyncio.TimerHandle | None = None
-        self._received = 0  # chunks received so far: the health check's sign of life
-        self._received_before = 0  # ... as of the last check
-        self._silent_since = 0.0  # loop time of the last check that saw something come
+        self._last_received = 0.0  # loop time of the last data from the server
+        self._waiting_since = 0.0  # loop time the oldest command still waiting was sent
         self._dropped_because: str | None = None  # why the health check aborted it
         self._parser = hiredis.Reader()
         self._unfed: deque[bytes] = deque()  # received, not yet given to the parser
@@ -189,12 +193,13 @@ class RespConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self._silent_since = self._loop.time()
-        self._health_check = self._loop.call_later(self._health_check_interval, self._check_health)
+        self._last_received = self._loop.time()
+        if self._ping_when_idle:
+            self._check_health_in(self._health_check_interval)
 
     def data_received(self, data: bytes) -> None:
         """Parse every complete reply in the chunk."""
-        self._received += 1
+        self._last_received = self._loop.time()
         if len(data) <= _FEED_SIZE and not self._unfed:
             self._parser.feed(data)
         else:
@@ -320,28 +325,40 @@ class RespConnection(asyncio.Protocol):
 
     def _expect(self, packed: bytes, waiter: asyncio.Future[Any] | ReplyCallback) -> None:
         self.send_unanswered(packed)
+        if not self._waiters:
+            self._waiting_since = self._loop.time()
         self._waiters.append(waiter)
+        if self._health_check is None:
+            self._check_health_in(self._silence_timeout)
+
+    def _check_health_in(self, delay: float) -> None:
+        self._health_check = self._loop.call_later(delay, self._check_health)
 
     def _check_health(self) -> None:
+        self._health_check = None
+        if not self.is_open:
+            return
+        if not self._waiters:
+            if self._ping_when_idle:
+                # Idle: ask, so that a server that hung or went away is noticed before
+                # the next command needs it.
+                self._check_health_in(self._health_check_interval)
+                self._expect(_PING, _ignore_reply)
+            return  # else armed again by the next command
         now = self._loop.time()
-        if self._received != self._received_before or self._paused:
-            # Something came (or we are not reading, so nothing can be seen to come).
-            self._received_before = self._received
-            self._silent_since = now
-        elif self._waiters:
+        if self._paused:  # not reading: nothing can be seen to come
+            self._last_received = now
+        silent_for = now - max(self._last_received, self._waiting_since)
+        if silent_for >= self._silence_timeout:
             # Owed an answer: a server silent for this long is stopped or gone.
-            if now - self._silent_since >= self._silence_timeout:
-                self._dropped_because = f"no answer for {now - self._silent_since:.0f} s"
-                self._health_check = None
-                if self._transport is not None:
-                    self._transport.abort()
-                return
-        elif self.is_open:
-            # Idle: ask, so that a server that hung or went away is noticed before the
-            # next command needs it (a subscriber has no commands of its own).
-            self._silent_since = now
-            self._expect(_PING, _ignore_reply)
-        self._health_check = self._loop.call_later(self._health_check_interval, self._check_health)
+            self._dropped_because = f"no answer for {silent_for:.0f} s"
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        delay = self._silence_timeout - silent_for
+        if self._ping_when_idle:
+            delay = min(delay, self._health_check_interval)
+        self._check_health_in(delay)
 
     def send_unanswered(self, packed: bytes) -> None:
         """Send command(s) whose replies never come as replies (SUBSCRIBE and the like)."""
@@ -369,18 +386,19 @@ async def open_connection(
     *,
     on_push: PushHandler | None = None,
     on_pushes_end: Callable[[], None] | None = None,
+    ping_when_idle: bool = False,
     timeout: float = 2.0,
 ) -> RespConnection:
     """Connect, authenticate and select the database; raise TransportError on failure.
 
     ``on_push`` gets each pub/sub message; ``on_pushes_end`` is called after each run of
     them that one read brought, before the connection waits for anything. Neither may
-    raise.
+    raise. ``ping_when_idle``: see :class:`RespConnection`.
     """
     loop = asyncio.get_running_loop()
 
     def factory() -> RespConnection:
-        return RespConnection(on_push, on_pushes_end=on_pushes_end)
+        return RespConnection(on_push, on_pushes_end, ping_when_idle=ping_when_idle)
 
     try:
         if endpoint.path:

@@ -355,7 +355,10 @@ class RedisTransport(Transport):
         while not self._closed:
             try:
                 subscriber = await open_connection(
-                    self._endpoint, on_push=self._on_push, on_pushes_end=self._end_batch
+                    self._endpoint,
+                    on_push=self._on_push,
+                    on_pushes_end=self._end_batch,
+                    ping_when_idle=True,
                 )
                 self._subscriber = subscriber
                 try:
