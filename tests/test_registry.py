@@ -82,6 +82,42 @@ def test_blueprint_registration_wins_with_a_warning(caplog: pytest.LogCaptureFix
     assert app.socket_handlers == {"connect": bp_get}
 
 
+def test_a_registered_blueprint_refuses_changes_that_would_not_reach_the_app() -> None:
+    app = Daebus("bpapp")
+    bp = Blueprint("users")
+
+    def first() -> None: ...
+
+    def late(*args: object) -> None: ...
+
+    bp.add_action("first", first)
+    register_later = bp.action("late")  # a decorator made before registration
+    app.register_blueprint(bp)
+    attempts = [
+        lambda: bp.add_action("late", late),
+        lambda: bp.action("late")(late),
+        lambda: bp.action(late),
+        lambda: register_later(late),
+        lambda: bp.listen("ch")(late),
+        lambda: bp.add_background("job", 5, late),
+        lambda: bp.thread("t")(late),
+        lambda: bp.workflow("flow")(late),
+        lambda: bp.on_start(late),
+        lambda: bp.on_stop(late),
+        lambda: bp.route("/late")(late),
+        lambda: bp.socket("ping")(late),
+    ]
+    for attempt in attempts:
+        with pytest.raises(SetupError, match="can no longer be called on the blueprint 'users'"):
+            attempt()
+    assert bp.action_handlers == {"first": first}
+    assert app.action_handlers == {"first": first}
+    assert app.register_blueprint(bp) is app  # registering it again (or elsewhere) is fine
+    assert Daebus("other").register_blueprint(bp).action_handlers == {"first": first}
+    app.add_action("late", late)  # the app itself still takes registrations
+    assert app.action_handlers["late"] is late
+
+
 def test_exported_members_are_sorted_and_complete() -> None:
     exported = daebus.__all__
     assert exported == sorted(exported, key=lambda name: (name.startswith("_"), name)) or (

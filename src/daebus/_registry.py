@@ -1,13 +1,16 @@
 """The registration tables and decorators shared by :class:`Daebus` and :class:`Blueprint`.
 
 Every decorator calls an explicit ``add_*`` twin and returns the function unchanged.
+Each registering method is a :func:`setupmethod`: a blueprint refuses them once it has
+been registered, since the app took a copy of its tables then.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 from ._routes import check_handler, compile_pattern
 from .exceptions import SetupError
@@ -16,6 +19,18 @@ from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
 F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger("daebus")
+
+
+def setupmethod(method: F) -> F:
+    """Mark a method that registers something: it first asks ``_check_setup_finished``."""
+    name = method.__name__
+
+    def checked(self: Registry, *args: Any, **kwargs: Any) -> Any:
+        self._check_setup_finished(name)
+        return method(self, *args, **kwargs)
+
+    # cast: functools.wraps returns a function typed as the wrapper, not as ``method``.
+    return cast(F, functools.wraps(method)(checked))
 
 
 def _check_name(kind: str, name: object) -> str:
@@ -47,12 +62,20 @@ class Registry:
         #: Internal; use ``add_socket_handler``.
         self.socket_handlers: dict[str, Callable[..., Any]] = {}
 
+    def _check_setup_finished(self, method: str) -> None:
+        """Raise ``SetupError`` if ``method`` may no longer change this registry.
+
+        The app may register at any time, also while it runs; :class:`Blueprint`
+        refuses once registered.
+        """
+
     # -- actions ---------------------------------------------------------------------
     @overload
     def action(self, name: F) -> F: ...
     @overload
     def action(self, name: str | None = None) -> Callable[[F], F]: ...
 
+    @setupmethod
     def action(self, name: str | Callable[..., Any] | None = None) -> Any:
         """Register an action handler: requests whose ``action`` is ``name`` call it.
 
@@ -77,6 +100,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_action(self, name: str, func: Callable[..., Any]) -> None:
         """Register ``func`` as the handler of action ``name`` (replaces, with a warning)."""
         _check_name("action", name)
@@ -85,6 +109,7 @@ class Registry:
         self.action_handlers[name] = func
 
     # -- listeners -------------------------------------------------------------------
+    @setupmethod
     def listen(self, channel: str) -> Callable[[F], F]:
         """Register a listener for broadcasts on ``channel``, a name or a glob (``user:*``).
 
@@ -102,6 +127,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
         """Register ``func`` for ``channel`` (replaces, with a warning)."""
         _check_name("channel", channel)
@@ -110,6 +136,7 @@ class Registry:
         self.listen_handlers[channel] = func
 
     # -- background jobs -------------------------------------------------------------
+    @setupmethod
     def background(self, name: str, interval: float) -> Callable[[F], F]:
         """Run the function every ``interval`` seconds, first one interval after start.
 
@@ -127,6 +154,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
         """Register a background job (a job of the same name is replaced, with a warning)."""
         _check_name("background task", name)
@@ -135,6 +163,7 @@ class Registry:
             logger.warning("background task %r is registered again; the new one replaces it", name)
 
     # -- threads ---------------------------------------------------------------------
+    @setupmethod
     def thread(self, name: str, auto_start: bool = True) -> Callable[[F], F]:
         """Run the function in its own thread; it gets ``running``, a callable to poll.
 
@@ -153,6 +182,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_thread(self, name: str, func: Callable[..., Any], auto_start: bool = True) -> None:
         """Register a thread task (replaces one of the same name, with a warning)."""
         _check_name("thread", name)
@@ -161,6 +191,7 @@ class Registry:
         self.thread_tasks[name] = ThreadTask(name, func, auto_start)
 
     # -- workflows (0.0.31 leftover) -------------------------------------------------
+    @setupmethod
     def workflow(self, workflow_name: str) -> Callable[[F], F]:
         """Register a handler for requests on ``<service>.workflows`` (as an action is)."""
 
@@ -176,6 +207,7 @@ class Registry:
     @overload
     def on_start(self, func: None = None) -> Callable[[F], F]: ...
 
+    @setupmethod
     def on_start(self, func: Callable[..., Any] | None = None) -> Any:
         """Run the function once the service is started and subscribed.
 
@@ -191,6 +223,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_on_start(self, func: Callable[..., Any]) -> None:
         """Register a start hook."""
         self._on_start_handlers.append(func)
@@ -200,6 +233,7 @@ class Registry:
     @overload
     def on_stop(self, func: None = None) -> Callable[[F], F]: ...
 
+    @setupmethod
     def on_stop(self, func: Callable[..., Any] | None = None) -> Any:
         """Run the function while the service stops, after in-flight handlers finished."""
         if func is not None:
@@ -213,6 +247,7 @@ class Registry:
         return decorator
 
     # -- HTTP routes and WebSocket handlers ------------------------------------------
+    @setupmethod
     def route(self, path: str, methods: list[str] | None = None) -> Callable[[F], F]:
         """Register an HTTP route; ``methods`` default to ``["GET"]``.
 
@@ -227,6 +262,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_route(self, path: str, methods: list[str] | None, func: Callable[..., Any]) -> None:
         """Register ``func`` for ``path`` and ``methods`` (default ``["GET"]``).
 
@@ -239,6 +275,7 @@ class Registry:
         names = [_check_name("HTTP method", m).upper() for m in (methods or ["GET"])]
         self.routes.append((path, names, func))
 
+    @setupmethod
     def socket(self, message_type: str) -> Callable[[F], F]:
         """Register the WebSocket handler of messages ``{"type": message_type}``.
 
@@ -252,6 +289,7 @@ class Registry:
 
         return decorator
 
+    @setupmethod
     def add_socket_handler(self, message_type: str, func: Callable[..., Any]) -> None:
         """Register ``func`` for WebSocket messages of ``message_type`` (replaces)."""
         self.socket_handlers[_check_name("socket message type", message_type)] = func

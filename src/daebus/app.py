@@ -220,7 +220,11 @@ class Daebus(Registry):
         return component
 
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
-        """Copy a blueprint's handlers into the app; on a clash the blueprint wins."""
+        """Copy a blueprint's handlers into the app; on a clash the blueprint wins.
+
+        The blueprint refuses registrations from then on: they would not reach the app.
+        """
+        blueprint._registered = True
         tables: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             ("action", blueprint.action_handlers, self.action_handlers),
             ("listener", blueprint.listen_handlers, self.listen_handlers),
