@@ -155,7 +155,7 @@ class DaebusWebSocket:
         self._own_handlers: dict[str, Callable[..., Any]] = {}
         self._limiter: RateLimiter | None = None
         self._table = ClientTable(self)
-        self._server = SocketServer(self)
+        self._server = SocketServer(self, self._table)
 
     def __repr__(self) -> str:
         where = self.path if self._mounted() else f"port {self.get_websocket_port()}"

@@ -24,6 +24,7 @@ from ._connection import SocketData, WebSocketConnection
 
 if TYPE_CHECKING:
     from .._runtime import ServiceRuntime
+    from ._clients import ClientTable
     from ._component import DaebusWebSocket
 
 __all__ = [
@@ -255,17 +256,26 @@ def _close_if_asked(connection: WebSocketConnection) -> None:
 class SocketDispatcher:
     """Serves the connections of one running :class:`~daebus.DaebusWebSocket`."""
 
-    def __init__(self, server: DaebusWebSocket, runtime: ServiceRuntime) -> None:
+    def __init__(
+        self,
+        server: DaebusWebSocket,
+        table: ClientTable,
+        runtime: ServiceRuntime,
+        *,
+        mounted: bool,
+    ) -> None:
         assert server.daemon is not None
         self.server = server
+        self.table = table
         self.app = server.daemon
         self.runtime = runtime
         self.loop = runtime.loop
+        self.mounted = mounted  # served by DaebusHttp under its path: no path check here
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one connection, from the handshake to the last frame."""
         server = self.server
-        if server.path is not None and not server._mounted() and request.path != server.path:
+        if server.path is not None and not self.mounted and request.path != server.path:
             return web.Response(status=404, text="Not Found\n")
         ws: web.WebSocketResponse = web.WebSocketResponse(
             heartbeat=server.heartbeat,
@@ -283,7 +293,7 @@ class SocketDispatcher:
             log.warning("refused a WebSocket connection from origin %r", origin)
             return web.Response(status=403, text="Origin not allowed\n")
         limit = server.max_connections
-        table = server._table
+        table = self.table
         if limit is not None and len(table.live) + table.handshakes >= limit:
             log.warning("refused a WebSocket connection: %d connections already", limit)
             return web.Response(status=503, text="Too many connections\n")
@@ -346,7 +356,7 @@ class SocketDispatcher:
                 log.info("connect handler refused client %s", client_id)
                 await connection.close(CLOSE_REJECTED, _REJECTED)
                 return False
-        table = server._table
+        table = self.table
         if table.pending.pop(client_id, None) is None or connection.closed:
             return False  # closed meanwhile (the service is stopping)
         table.accepted[client_id] = connection
@@ -443,7 +453,7 @@ class SocketDispatcher:
         """Forget the client, end its connection, then run the disconnect handlers."""
         server = self.server
         client_id = connection.client_id
-        server._table.drop(connection)
+        self.table.drop(connection)
         if server._limiter is not None:
             server._limiter.forget(client_id)
         try:
@@ -452,7 +462,7 @@ class SocketDispatcher:
                 log.debug("client %s disconnected", client_id)
                 await self._run_disconnect_handlers(connection)
         finally:
-            server._table.live.discard(connection)
+            self.table.live.discard(connection)
             if not connection.done.done():
                 connection.done.set_result(None)
 

@@ -19,6 +19,7 @@ from ._dispatch import CLOSE_GOING_AWAY, SocketDispatcher, frame
 
 if TYPE_CHECKING:
     from ..app import Daebus
+    from ._clients import ClientTable
     from ._component import DaebusWebSocket
 
 __all__ = ["PortPlan", "SocketServer", "plan_port"]
@@ -66,8 +67,9 @@ class SocketServer:
     connection starts at :meth:`handle`.
     """
 
-    def __init__(self, component: DaebusWebSocket) -> None:
+    def __init__(self, component: DaebusWebSocket, table: ClientTable) -> None:
         self.component = component
+        self.table = table
         self.runner: web.ServerRunner | None = None
         self.site: web.TCPSite | None = None
         self.bound_port: int | None = None
@@ -133,8 +135,8 @@ class SocketServer:
                 "WebSocket port must be specified when DaebusHttp is not attached: "
                 "DaebusWebSocket(port=...)"
             )
-        component._table.bind(runtime.loop)
-        self.dispatcher = SocketDispatcher(component, runtime)
+        self.table.bind(runtime.loop)
+        self.dispatcher = SocketDispatcher(component, self.table, runtime, mounted=plan.mounted)
         self.running = plan
         if plan.mounted:
             self.accepting = True
@@ -153,7 +155,7 @@ class SocketServer:
             self.accepting = False
             self.running = None
             await runner.cleanup()
-            component._table.unbind()
+            self.table.unbind()
             self.dispatcher = None
             raise OSError(
                 exc.errno,
@@ -186,7 +188,7 @@ class SocketServer:
         Waits up to ``timeout`` for the clients to go, except ``skip`` (the client whose
         handler asked: it cannot be gone before its handler returns). How many closed.
         """
-        table = self.component._table
+        table = self.table
         await self.stop_listening()
         if message:
             if not isinstance(message, dict):
@@ -208,9 +210,8 @@ class SocketServer:
 
     async def stop(self) -> None:
         """Close every client (1001) and stop listening, in about ``close_timeout``."""
-        component = self.component
         self.accepting = False
-        await component._table.shut_down(CLOSE_GOING_AWAY, "Server shutting down")
+        await self.table.shut_down(CLOSE_GOING_AWAY, "Server shutting down")
         runner, self.runner, self.site = self.runner, None, None
         if runner is not None:
             try:
@@ -218,7 +219,7 @@ class SocketServer:
                     await runner.cleanup()
             except Exception as exc:
                 log.warning("stopping the WebSocket server: %r", exc)
-        component._table.unbind()
+        self.table.unbind()
         self.dispatcher = None
         self.bound_port = None
         self.http_asked = None
