@@ -48,12 +48,13 @@ class DaebusHttp:
             as in 0.0.31) lets other devices reach the service, which kiosk and IoT
             setups rely on; give ``"127.0.0.1"`` to accept local clients only. The
             address is logged at start.
-        cors_config: cross-origin rules, see :class:`CorsPolicy`; None sends no CORS
+        cors_config: cross-origin rules, see :class:`~daebus.http.CorsPolicy`; None sends no CORS
             headers. Whatever it says, a POST (or any method but GET, HEAD and OPTIONS)
             from a browser page of another origin that it does not allow gets 403
             without running the route, unless the handler is marked
-            :func:`cross_origin`. A page's own origin (the ``Host`` the request was sent
-            to) and clients that send no ``Origin`` (not browsers) are always let through.
+            :func:`~daebus.http.cross_origin`. A page's own origin (the ``Host`` the
+            request was sent to) and clients that send no ``Origin`` (not browsers) are
+            always let through.
         max_body_size: largest request body in bytes (413 above it); 1 MiB by default.
         read_timeout: seconds a client has to send the whole body once the headers are
             in (408 after it), so a slow client cannot hold a request open.
@@ -297,7 +298,7 @@ class DaebusHttp:
         return decorator
 
     def configure_cors(self, config: Mapping[str, Any]) -> None:
-        """Set the CORS rules (see :class:`CorsPolicy`)."""
+        """Set the CORS rules (see :class:`~daebus.http.CorsPolicy`)."""
         self.cors_config = dict(config)
         self._dispatcher.cors = CorsPolicy(config)
 
