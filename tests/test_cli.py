@@ -115,6 +115,22 @@ def test_every_command_has_help_and_redis_url(command: str) -> None:
     assert command in invoke("--help").stdout
 
 
+def test_call_help_imports_neither_the_demo_nor_redis_py() -> None:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "daebus.cli", "call", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert "Usage: daebus call" in done.stdout
+    # -X importtime writes a line per module imported: "... |   <spaces><name>".
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines()}
+    assert "click" in imported  # the listing is what it is thought to be
+    assert "daebus.demo" not in imported
+    assert "redis" not in imported
+
+
 def test_call_help_documents_the_exit_codes() -> None:
     text = invoke("call", "--help").stdout
     for code in (EXIT_FAILURE, EXIT_USAGE, EXIT_ERROR_REPLY, EXIT_TIMEOUT, EXIT_NO_SERVICE):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -140,6 +143,30 @@ def test_exported_members_are_sorted_and_complete() -> None:
         "PubSubResponse",
     ):
         assert name in exported
+
+
+def imported_by(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``code``."""
+    script = f"import json, sys\n{code}\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    return set(json.loads(done.stdout))
+
+
+def roots(modules: set[str]) -> set[str]:
+    return {name.partition(".")[0] for name in modules}
+
+
+def test_import_daebus_loads_neither_aiohttp_nor_redis_py() -> None:
+    # redis-py's package imports its whole client (cluster, sentinel, asyncio, commands)
+    # whichever submodule is asked for, so no redis module may be loaded at all.
+    heavy = {"aiohttp", "redis", "fakeredis"}
+    assert not roots(imported_by("import daebus")) & heavy
+    assert not roots(imported_by("from daebus import Daebus, Blueprint, request")) & heavy
+    # ... until used: naming the HTTP component, or a Redis transport, loads them.
+    assert "aiohttp" in roots(imported_by("from daebus import DaebusHttp"))
+    assert "redis" in roots(imported_by("from daebus.transport import RedisTransport"))
 
 
 def test_legacy_module_paths_import() -> None:

@@ -32,11 +32,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from . import __version__, _loop, config, demo
+from . import __version__, _loop, config
 from .app import Daebus
 from .caller import DaebusCaller
 from .encoding import dumps
@@ -49,7 +46,6 @@ from .exceptions import (
 )
 from .transport import transport_from_url
 from .transport._url import redact_url
-from .transport.redis import normalize_url
 
 __all__ = [
     "EXIT_ERROR_REPLY",
@@ -459,6 +455,13 @@ def _stopped_by_sigterm() -> Iterator[None]:
 def _listen(url: str, patterns: list[str]) -> None:
     # A plain redis-py PubSub rather than daebus's transport: here we can wait for the
     # server to confirm the subscriptions, and so say "listening" only once it is true.
+    # Imported here: redis-py is slow to import, and only this command uses it directly.
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from .transport.redis import normalize_url
+
     options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
     if urlsplit(url).scheme.lower() != "unix":
         # A unix socket connection (the shared server's) takes no keepalive option.
@@ -507,6 +510,8 @@ def _listen(url: str, patterns: list[str]) -> None:
 
 def _subscribe(pubsub: Any, patterns: list[str]) -> None:
     """PSUBSCRIBE and wait for the server's confirmation of every pattern."""
+    import redis
+
     pubsub.psubscribe(*patterns)
     pending = set(patterns)
     deadline = time.monotonic() + 10.0
@@ -577,6 +582,10 @@ def server(show_status: bool, stop: bool) -> None:
 @click.pass_context
 def demo_command(ctx: click.Context, keep_running: bool, redis_url: str | None) -> None:
     """Start two example services, make them talk, print the exchange."""
+    # Imported here: importing the demo defines its two apps and loads the embedded
+    # server's module, which no other command needs.
+    from . import demo
+
     url = demo.configured_url(redis_url)
     if url:
         _check_url(url)

@@ -12,10 +12,6 @@ import os
 import threading
 from typing import TYPE_CHECKING
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
 from .exceptions import TransportError
 from .transport._url import redact_url
 
@@ -121,6 +117,12 @@ def _implicit_url() -> str:
 
 def _probe(url: str) -> str | None:
     """Why the server at ``url`` is not to be used, or None when it answered PING."""
+    # Imported here, as the shared server is: redis-py is slow to import, and a
+    # configured URL (or memory://) never needs the probe.
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     client = redis.Redis.from_url(
         url,
         socket_connect_timeout=PROBE_TIMEOUT,

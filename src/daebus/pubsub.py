@@ -11,7 +11,6 @@ from . import config, encoding, protocol
 from .exceptions import MessageTooLargeError
 from .transport import Transport, transport_from_url
 from .transport.memory import MemoryTransport, broker_for
-from .transport.redis import sync_client
 
 if TYPE_CHECKING:
     import redis
@@ -229,6 +228,8 @@ def standalone_cache() -> redis.Redis:
     with _standalone_lock:
         client = _standalone.get(url)
         if client is None:
+            from .transport.redis import sync_client  # redis-py: loaded only when used
+
             client = _standalone[url] = sync_client(url, decode_responses=True)
         return client
 

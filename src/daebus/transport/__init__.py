@@ -1,9 +1,18 @@
-"""Transports: how bytes get from a publisher to the subscribers of a channel."""
+"""Transports: how bytes get from a publisher to the subscribers of a channel.
+
+:class:`RedisTransport` is imported on first use: it loads redis-py, which takes
+longer to import than the rest of daebus, and a program that only imports daebus
+(``daebus --help``, a ``memory://`` test) does not need it.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .base import BatchEnd, ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
-from .redis import RedisTransport
+
+if TYPE_CHECKING:
+    from .redis import RedisTransport
 
 __all__ = [
     "BatchEnd",
@@ -17,6 +26,14 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "RedisTransport":
+        from .redis import RedisTransport
+
+        return RedisTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def transport_from_url(url: str) -> Transport:
     """Build the transport a URL names.
 
@@ -25,6 +42,8 @@ def transport_from_url(url: str) -> Transport:
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in {"redis", "rediss", "unix", "valkey", "valkeys"}:
+        from .redis import RedisTransport
+
         return RedisTransport(url)
     if scheme == "memory":
         from .memory import MemoryTransport
