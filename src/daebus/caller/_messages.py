@@ -1,0 +1,112 @@
+"""A call's messages: its request encoded, its replies decoded, the errors it ends with.
+
+Both callers build on these, so that a blocking and an async call of the same action
+send the same bytes and fail with the same words.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NoReturn
+
+from .. import protocol
+from ..exceptions import (
+    CallTimeoutError,
+    ConnectionLostError,
+    MessageTooLargeError,
+    RemoteError,
+    ServiceBusyError,
+    ServiceUnavailableError,
+    TransportError,
+)
+
+__all__ = [
+    "connection_lost",
+    "decode_reply",
+    "encode_request",
+    "fail_with",
+    "log_reply",
+    "server_silent",
+    "timed_out",
+    "unavailable",
+]
+
+flow = logging.getLogger("daebus.flow")
+
+
+def encode_request(
+    service: str,
+    action: str,
+    payload: Any,
+    reply_to: str | None,
+    request_id: str,
+    max_size: int | None = None,
+) -> bytes:
+    """A request envelope for ``service``; MessageTooLargeError past ``max_size`` bytes."""
+    data = protocol.encode_request(action, payload, reply_to, request_id, service)
+    if max_size is not None and len(data) > max_size:
+        raise MessageTooLargeError(
+            f"request of {len(data)} bytes is over the {max_size}-byte limit"
+        )
+    return data
+
+
+def decode_reply(logger: logging.Logger, channel: str, data: bytes) -> protocol.Reply | None:
+    """The reply in ``data``, or None (logged) if it is malformed."""
+    try:
+        return protocol.decode_reply(data)
+    except protocol.BadMessageError as exc:
+        logger.warning("ignored a malformed reply on %s: %s", channel, exc)
+        return None
+
+
+def log_reply(service: str, reply: protocol.Reply) -> None:
+    """Trace a reply on ``daebus.flow`` (debug)."""
+    if flow.isEnabledFor(logging.DEBUG):
+        flow.debug(
+            "<- %s %s request_id=%s final=%s",
+            service,
+            reply.status,
+            reply.request_id,
+            reply.final,
+        )
+
+
+def unavailable(service: str, action: str) -> ServiceUnavailableError:
+    """The request reached no one."""
+    return ServiceUnavailableError(
+        f"Request to {service}.{action} reached no one: no service is "
+        f"subscribed to the channel {protocol.service_channel(service)!r}"
+    )
+
+
+def timed_out(service: str, action: str, timeout: float) -> CallTimeoutError:
+    """No reply (or next part) in time."""
+    return CallTimeoutError(f"Request to {service}.{action} timed out after {timeout}s")
+
+
+def server_silent(service: str, action: str, timeout: float, where: str) -> TransportError:
+    """The server did not take the request in time."""
+    return TransportError(
+        f"Request to {service}.{action} was not sent: no answer from {where} within {timeout}s"
+    )
+
+
+def connection_lost(service: str, action: str, error: BaseException) -> ConnectionLostError:
+    """The connection dropped while the call waited: the reply can no longer come."""
+    return ConnectionLostError(
+        f"Request to {service}.{action}: the connection was lost while waiting for the "
+        f"reply (the request may have run): {error}"
+    )
+
+
+def fail_with(service: str, action: str, reply: protocol.Reply) -> NoReturn:
+    """Raise what an error reply means: ServiceBusyError if refused unrun, else RemoteError."""
+    busy = reply.error_code == protocol.CODE_BUSY  # refused unrun: full, or stopping
+    raise (ServiceBusyError if busy else RemoteError)(
+        reply.error_message,
+        service=service,
+        action=action,
+        request_id=reply.request_id,
+        payload=reply.payload,
+    )

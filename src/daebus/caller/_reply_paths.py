@@ -1,0 +1,192 @@
+"""The two ways a blocking call gets its replies, each a small object with one job.
+
+- :class:`OwnConnection`: the calling thread publishes, then reads the replies itself
+  from a connection of the caller's own, subscribed to a reply channel of its own, as a
+  hand-written loop would: no hop to another thread and back. For a thread that calls
+  while no other thread uses the caller.
+- :class:`RoutedByPortal`: the portal's event loop, which holds the caller's shared reply
+  subscription, routes the replies to a queue the calling thread waits on. The request
+  is published by the calling thread when the call is alone, else by the portal, which
+  pipelines the requests of every thread.
+
+Either way a call's first reply is awaited until the call's deadline (connecting and
+publishing used part of its timeout) and each later part of a streamed reply for the
+whole timeout again: :class:`Waits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import protocol
+from .._compat import timeout as deadline
+from .._portal import get_portal
+from ..exceptions import ConnectionLostError, TransportError
+from ..transport import ChannelReader, Transport
+from . import _messages
+from ._async import AsyncDaebusCaller
+
+__all__ = ["OwnConnection", "RoutedByPortal", "Waits", "bounded"]
+
+
+class Waits:
+    """How long a blocking call waits for each reply.
+
+    The first reply: until the call's deadline. Each later part of a streamed reply:
+    the whole timeout again.
+    """
+
+    __slots__ = ("_first_deadline", "wait")
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self._first_deadline: float | None = time.monotonic() + wait
+
+    def remaining(self) -> float:
+        """Time left until the first reply's deadline (at least a moment)."""
+        deadline_at = self._first_deadline
+        if deadline_at is None:
+            return self.wait
+        return max(deadline_at - time.monotonic(), 0.001)
+
+    def next(self) -> float:
+        """How long to wait for the next reply."""
+        if self._first_deadline is None:
+            return self.wait
+        remaining = self.remaining()
+        self._first_deadline = None
+        return remaining
+
+
+async def bounded(work: Awaitable[None], timeout: float, failure: str) -> None:
+    """Await ``work``; past ``timeout``, raise TransportError saying ``failure``."""
+    try:
+        async with deadline(timeout):
+            await work
+    except asyncio.TimeoutError:
+        raise TransportError(f"{failure}: no answer within {timeout}s") from None
+
+
+class OwnConnection:
+    """A call whose thread publishes and reads its replies on the caller's own connection."""
+
+    def __init__(self, core: AsyncDaebusCaller, lane: ChannelReader, action: str) -> None:
+        self._core = core
+        self._lane = lane
+        self._action = action
+        self.request_id = protocol.new_request_id()
+
+    def start(self, transport: Transport, payload: Any, waits: Waits, publish_wait: float) -> None:
+        """Publish the request; ServiceUnavailableError if it reached no one."""
+        core = self._core
+        data = core.encode_request(self._action, payload, self.request_id, self._lane.channel)
+        self._lane.open(publish_wait)
+        self._waits = waits
+        # Its replies come on the lane: the entry only shows the request is in flight.
+        core.pending[self.request_id] = _read_on_the_lane
+        channel = protocol.service_channel(core.target_service)
+        if transport.publish_blocking(channel, data, publish_wait) == 0:
+            raise _messages.unavailable(core.target_service, self._action)
+
+    def next_reply(self) -> protocol.Reply:
+        """The next reply to the request, read from the lane in this thread."""
+        core, lane, service = self._core, self._lane, self._core.target_service
+        remaining = self._waits.next()
+        deadline_at = time.monotonic() + remaining
+        while remaining > 0:
+            try:
+                data = lane.next_message(remaining)
+            except TransportError as exc:
+                raise _messages.connection_lost(service, self._action, exc) from exc
+            if data is None:
+                break
+            reply = _messages.decode_reply(core.logger, lane.channel, data)
+            if reply is not None:
+                if reply.request_id == self.request_id:
+                    _messages.log_reply(service, reply)
+                    return reply
+                # A late reply to an earlier request that timed out.
+                core.logger.debug("ignored a reply for unknown request %r", reply.request_id)
+            remaining = deadline_at - time.monotonic()
+        raise _messages.timed_out(service, self._action, self._waits.wait)
+
+
+class RoutedByPortal:
+    """A call whose replies the portal's loop routes to a queue this thread waits on."""
+
+    def __init__(self, core: AsyncDaebusCaller, action: str) -> None:
+        self._core = core
+        self._action = action
+        self.request_id = protocol.new_request_id()
+        self._replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
+
+    def start(self, transport: Transport, payload: Any, waits: Waits, publish_wait: float) -> None:
+        """Publish the request: from this thread if it is the only call, else by the portal."""
+        core = self._core
+        self._waits = waits
+        if not transport.receiving:  # the portal would miss a reply sent now
+            get_portal().call(
+                bounded(
+                    transport.until_receiving(),
+                    waits.remaining(),
+                    f"cannot resubscribe at {transport.shown_url}",
+                )
+            )
+        data = core.encode_request(self._action, payload, self.request_id)
+        core.pending[self.request_id] = self._replies.put
+        channel = protocol.service_channel(core.target_service)
+        if core.in_flight == 1:
+            # Alone: publish from this thread; a hop to the portal's loop would cost
+            # more than the round trip.
+            if transport.publish_blocking(channel, data, publish_wait) == 0:
+                raise _messages.unavailable(core.target_service, self._action)
+        else:
+            # Published by the portal's loop, which pipelines the requests of every
+            # thread; this one only wakes up for replies (or a failure).
+            get_portal().call_soon_batched(
+                _publish_request, transport, channel, data, self._replies.put
+            )
+
+    def next_reply(self) -> protocol.Reply:
+        """The next reply to the request, as the portal hands it over."""
+        service, action = self._core.target_service, self._action
+        try:
+            reply = self._replies.get(timeout=self._waits.next())
+        except queue.Empty:
+            raise _messages.timed_out(service, action, self._waits.wait) from None
+        if isinstance(reply, BaseException):
+            if isinstance(reply, _NoReceiverError):
+                raise _messages.unavailable(service, action)
+            if isinstance(reply, ConnectionLostError):
+                raise _messages.connection_lost(service, action, reply) from reply
+            raise reply
+        return reply
+
+
+def _read_on_the_lane(reply: protocol.Reply | BaseException) -> None:
+    """The entry in ``pending`` of a request whose thread reads its own replies."""
+
+
+class _NoReceiverError(Exception):
+    """A request reached no subscriber."""
+
+
+def _publish_request(
+    transport: Transport, channel: str, data: bytes, put: Callable[[Any], None]
+) -> None:
+    """On the transport's loop: publish a request; tell ``put`` if nobody got it."""
+
+    def published(outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            put(outcome)
+        elif outcome == 0:
+            put(_NoReceiverError())
+
+    try:
+        transport.publish_then(channel, data, published)
+    except Exception as exc:  # a transport closed under us
+        put(exc)
