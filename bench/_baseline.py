@@ -30,12 +30,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from _common import STREAM_PARTS, Tally
+from _common import STREAM_PARTS, Tally, pubsub_of
 
 
 def _subscribe(client: redis.Redis, channel: str) -> Any:
     """A pub/sub connection subscribed to ``channel``, confirmation read."""
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = pubsub_of(client)
     pubsub.subscribe(channel)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ import math
 import re
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 #: The payload of every echo request (small, like a typical RPC).
@@ -47,6 +47,14 @@ class Tally:
         if entry is None:
             return {"count": 0, "out_of_order": 0, "first": None, "last": None}
         return {"count": entry[0], "out_of_order": entry[2], "first": entry[3], "last": entry[4]}
+
+
+def pubsub_of(client: Any, **options: Any) -> Any:
+    """``client.pubsub(**options)``: redis-py annotates it in some releases and not others,
+    so it is called through an untyped name that type-checks on either.
+    """
+    factory: Callable[..., Any] = client.pubsub
+    return factory(**options)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

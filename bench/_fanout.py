@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from _common import Meter
+from _common import Meter, pubsub_of
 from _procs import Child
 from _setup import Bench
 
@@ -83,7 +83,7 @@ class _Listeners:
         self.meter = Meter(bench.url, {f"l{i}": c.pid for i, c in enumerate(self.children)})
         if kind == "bare":
             self._reports = bench.name(f"fan{count}-reports-{uuid.uuid4().hex[:6]}")
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._pubsub = pubsub_of(self._client, ignore_subscribe_messages=True)
             self._pubsub.subscribe(self._reports)
             procs.wait_subscribed(self._reports)
 

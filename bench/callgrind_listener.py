@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from _common import callgrind_instructions
+from _common import callgrind_instructions, pubsub_of
 
 CHANNEL = "bench-callgrind"
 BODY = b'{"run": "callgrind", "seq": 12345}'
@@ -39,7 +39,7 @@ BATCH = 1000
 def listener(url: str, count: int, lone_gap: float | None) -> None:
     """The traced service: count ``count`` messages, then stop."""
     from daebus import Daebus
-    from daebus._loop import run
+    from daebus.runtime.loop import run
 
     app = Daebus("callgrind")
     seen = 0
@@ -68,7 +68,7 @@ def bare_listener(url: str, count: int, lone_gap: float | None) -> None:
     import redis
 
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = pubsub_of(client)
     pubsub.subscribe(CHANNEL)
     publisher = _start_publisher(url, count, lone_gap)
     seen = 0
@@ -152,7 +152,7 @@ def main() -> int:
         small = instructions(valgrind, server.url, args.small, options)
         large = instructions(valgrind, server.url, args.large, options)
     per_message = (large - small) / (args.large - args.small)
-    from daebus._loop import loop_name
+    from daebus.runtime.loop import loop_name
 
     what = "bare subscriber" if args.bare else f"daebus on {loop_name()}"
     what += ", lone messages" * args.lone
