@@ -327,6 +327,16 @@ def test_an_unsupported_url_is_a_clear_error() -> None:
         assert "ftp://example.invalid/" in result.stderr
 
 
+def test_a_url_option_the_transport_would_ignore_is_a_clear_error() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0?client_name=svc"
+    for args in (["call", "svc", "act"], ["publish", "channel", "{}"], ["listen", "c"]):
+        result = invoke(*args, "--redis-url", url)
+        assert result.exit_code == EXIT_FAILURE
+        assert result.stderr.startswith("Error: bad server URL: "), result.stderr
+        assert "'client_name' is not supported" in result.stderr
+        assert "hunter2" not in result.stderr
+
+
 # -- daebus publish --------------------------------------------------------------------
 
 

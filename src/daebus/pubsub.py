@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import config, encoding, protocol
 from .exceptions import MessageTooLargeError
-from .transport import Transport, transport_from_url
+from .transport import Transport, check_url_options, transport_from_url
 from .transport.memory import MemoryTransport, broker_for
 
 if TYPE_CHECKING:
@@ -230,6 +230,7 @@ def standalone_cache() -> redis.Redis:
         if client is None:
             from .transport.redis import sync_client  # redis-py: loaded only when used
 
+            check_url_options(url)  # as the broadcasts of this URL's transport do
             client = _standalone[url] = sync_client(url, decode_responses=True)
         return client
 
