@@ -31,7 +31,7 @@ from _procs import Processes, check_loopback
 from _setup import FULL, QUICK, SMOKE, Bench
 
 import daebus
-from daebus._loop import loop_name
+from daebus.runtime.loop import loop_name
 from daebus.server import EmbeddedServer
 
 SCENARIOS = {

@@ -44,13 +44,13 @@ def pytest_runtest_makereport(
     return report
 
 
-# The event loop the run tests on (daebus._loop): a choice of the run, kept through the
+# The event loop the run tests on (daebus.runtime.loop): a choice of the run, kept through the
 # clean environment below. CI runs the suite on uvloop and on asyncio's own loop.
 _EVENT_LOOP = os.environ.get("DAEBUS_EVENT_LOOP")
 
 
 def pytest_report_header() -> str:
-    from daebus._loop import loop_name
+    from daebus.runtime.loop import loop_name
 
     return f"daebus event loop: {loop_name()} (DAEBUS_EVENT_LOOP={_EVENT_LOOP or 'unset'})"
 

@@ -13,8 +13,8 @@ import redis
 from _apps import Apps, apps_fixture
 from _helpers import Subscription, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request, response
-from daebus._loop import loop_name
 from daebus._portal import Portal
+from daebus.runtime.loop import loop_name
 
 apps = apps_fixture()
 

@@ -268,7 +268,7 @@ AS_VICTIM = textwrap.dedent(
     f"""
     import email.parser, encodings.idna, importlib.metadata, os, sys
     import redis
-    import daebus._loop, daebus.cli, daebus.config, daebus.demo, daebus.server
+    import daebus.cli, daebus.runtime.loop, daebus.config, daebus.demo, daebus.server
     redis.Redis(unix_socket_path="/nonexistent").connection_pool.make_connection()
     importlib.metadata.version("redis")
     os.setgroups([])

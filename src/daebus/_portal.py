@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._inbox import LoopInbox
-from ._loop import new_event_loop
+from .runtime.inbox import LoopInbox
+from .runtime.loop import new_event_loop
 
 T = TypeVar("T")
 

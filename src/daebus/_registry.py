@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast, overload
 
 from ._routes import check_handler, compile_pattern
 from .exceptions import SetupError
-from .scheduler import BackgroundTask, BackgroundTasks, ThreadTask
+from .runtime.jobs import BackgroundTask, BackgroundTasks, ThreadTask
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from . import __version__, _loop, config
+from . import __version__, config
 from .app import Daebus
 from .caller import DaebusCaller
 from .encoding import dumps
@@ -44,6 +44,7 @@ from .exceptions import (
     ServiceUnavailableError,
     TransportError,
 )
+from .runtime import loop as _loop
 from .transport import transport_from_url
 from .transport._url import redact_url
 

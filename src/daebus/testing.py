@@ -55,8 +55,8 @@ from .transport._glob import glob_match
 from .transport.memory import MemoryTransport, Published, broker_for, forget
 
 if TYPE_CHECKING:
-    from ._runtime import ServiceRuntime
     from .app import Daebus
+    from .runtime import ServiceRuntime
 
 __all__ = ["Capture", "Message", "TestClient", "memory_url", "run_app"]
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from daebus import AsyncDaebusCaller, DaebusCaller
-from daebus._loop import run as run_on_daebus_loop
 from daebus.exceptions import (
     CallTimeoutError,
     RemoteError,
@@ -33,6 +32,7 @@ from daebus.exceptions import (
     TransportError,
 )
 from daebus.pubsub import PubSubBroadcast
+from daebus.runtime.loop import run as run_on_daebus_loop
 
 #: What a caller may raise when the server misbehaves: TransportError (and its
 #: ConnectionLostError), CallTimeoutError (and ServiceUnavailableError), RemoteError (and

@@ -1,0 +1,193 @@
+"""The running state of a service: its loop, transport, worker pools and dispatch.
+
+One :class:`ServiceRuntime` exists per ``serve()``; it starts the service and wires the
+parts, one module each:
+
+- :mod:`.admission`: slots and back-pressure (what runs at once, what waits);
+- :mod:`.requests`: requests, from the bytes read to the reply;
+- :mod:`.broadcasts`: broadcasts, in listener batches;
+- :mod:`.invoke`: calling user code (async, generator, or ``def`` in a worker);
+- :mod:`.jobs`: background jobs and thread tasks;
+- :mod:`.publisher`: publishing from the loop or from threads;
+- :mod:`.shutdown`: draining and closing;
+- :mod:`.eager`, :mod:`.workers`, :mod:`.inbox`, :mod:`.loop`, :mod:`.throttle`:
+  the machinery under them.
+
+At most ``max_in_flight`` messages are handled at once; later ones wait in a bounded
+queue (``max_queued`` requests, and ``max_queued_bytes`` of requests and broadcasts in
+all). Past that a request is refused at once with a busy error reply and a broadcast is
+dropped, with a warning. The service never stops reading its socket: if it did, the
+queue would grow in the Redis server instead, which drops a subscriber past its
+output-buffer limit and everything queued for it with it, without telling anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import context, protocol
+from ..transport import Delivery, Subscription, Transport
+from ..transport._url import redact_url
+from .admission import Admission
+from .broadcasts import Broadcasts
+from .inbox import LoopInbox
+from .invoke import Invoker
+from .jobs import BackgroundTask, Schedules
+from .publisher import Publisher
+from .requests import Requests
+from .shutdown import shut_down
+from .throttle import LogThrottle
+from .workers import WorkerPool
+
+if TYPE_CHECKING:
+    from ..app import Daebus
+
+__all__ = ["ServiceRuntime"]
+
+logger = logging.getLogger("daebus.runtime")
+
+
+class ServiceRuntime:
+    """A running service: starts it, holds its parts, and stops it."""
+
+    def __init__(self, app: Daebus, service: str, transport: Transport) -> None:
+        self.app = app
+        self.service = service
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.throttle = LogThrottle(logger, self.loop)
+        self.replies = protocol.ReplyChannels(service, app.reply_channels)
+        self.inbox = LoopInbox(self.loop)
+        self.executor = WorkerPool(self.loop, app.max_workers, f"daebus_{service}")
+        # Jobs and hooks get their own threads, so a busy worker pool cannot starve them.
+        self.job_executor = WorkerPool(self.loop, 8, f"daebus_{service}_job")
+        self.invoker = Invoker(self.loop, self.executor)
+        #: ``await runtime.invoke(func, ctx, args)``: see :meth:`.invoke.Invoker.invoke`.
+        self.invoke = self.invoker.invoke
+        self.admission = Admission(app, self.loop)
+        self.publisher = Publisher(self)
+        self.requests = Requests(self)
+        self.broadcasts = Broadcasts(self)
+        self.admission.connect(
+            start_request=self.requests.start,
+            refuse_unrun=self.requests.refuse_unrun,
+            start_broadcasts=self.broadcasts.start,
+        )
+        self.schedules = Schedules(app, self.invoker, self.job_executor)
+        self.subscriptions: dict[tuple[str, str], Subscription] = {}
+        # The loop only keeps weak references to tasks: hold on to fire-and-forget ones.
+        self._side_tasks: set[asyncio.Task[Any]] = set()
+
+    # -- start -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Subscribe everything, start jobs and threads, then run the start hooks."""
+        app = self.app
+        self.transport.add_batch_end(self.broadcasts.start)
+        await self._subscribe("request", protocol.service_channel(self.service))
+        if app.workflow_handlers:
+            await self._subscribe("workflow", protocol.workflow_channel(self.service))
+        for channel in list(app.listen_handlers):
+            await self.subscribe_listener(channel)
+        logger.info(
+            "service %r listening on %r (%d action(s), %d listener(s)) via %s",
+            self.service,
+            protocol.service_channel(self.service),
+            len(app.action_handlers),
+            len(app.listen_handlers),
+            redact_url(self.transport.url),
+        )
+        for task in app.background_tasks:
+            self.schedule(task)
+        for name, thread_task in list(app.thread_tasks.items()):
+            if thread_task.auto_start:
+                app.start_thread(name)
+        for hook in list(app._on_start_handlers):
+            await self.run_hook(hook, "start")
+
+    async def _subscribe(self, kind: str, name: str) -> None:
+        if (kind, name) in self.subscriptions:
+            return
+        if kind == "listener":
+            handler: Callable[[Delivery], Awaitable[None] | None] = self.broadcasts.on_broadcast
+            # Before the first message can arrive: replies never go where we listen.
+            listened = [n for k, n in self.subscriptions if k == "listener"] + [name]
+            self.replies.listening_on(
+                [n for n in listened if not protocol.is_pattern(n)],
+                [n for n in listened if protocol.is_pattern(n)],
+            )
+        else:
+            handler = functools.partial(self.requests.on_request, kind)
+        self.subscriptions[kind, name] = await self.transport.subscribe(
+            name, handler, pattern=kind == "listener" and protocol.is_pattern(name)
+        )
+
+    async def subscribe_listener(self, channel: str) -> None:
+        """Start receiving broadcasts for a listener's channel or pattern."""
+        await self._subscribe("listener", channel)
+
+    def schedule(self, task: BackgroundTask) -> None:
+        """Start (or restart) the schedule of a background job."""
+        self.schedules.schedule(task)
+
+    def keep(self, task: asyncio.Task[Any]) -> None:
+        """Hold a reference to a fire-and-forget task until it finishes."""
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    async def run_hook(self, hook: Callable[..., Any], what: str) -> None:
+        """Run a start/stop hook with the app context; failures are logged."""
+        try:
+            await self.invoke(
+                hook, context.MessageContext(self.app), (), executor=self.job_executor
+            )
+        except Exception:
+            logger.exception("%s hook %s failed", what, getattr(hook, "__name__", hook))
+
+    # -- state, for the app and tests ------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """True once the service has begun to stop."""
+        return self.admission.stopping
+
+    @property
+    def in_flight(self) -> set[asyncio.Task[Any]]:
+        """The tasks of messages being handled that waited for something."""
+        return self.admission.in_flight
+
+    @property
+    def jobs(self) -> int:
+        """``def`` actions running (or queued) in the workers."""
+        return self.admission.jobs
+
+    @property
+    def active(self) -> int:
+        """Messages being handled: the slots in use."""
+        return self.admission.active
+
+    @property
+    def queued(self) -> int:
+        """Messages read and waiting for a slot (requests and broadcasts)."""
+        return self.admission.queued
+
+    @property
+    def busy(self) -> int:
+        """How many messages are being handled (tasks and ``def`` actions)."""
+        return self.admission.busy
+
+    async def settle(self) -> None:
+        """Wait until no message is handled or waits, including ``def`` actions in workers."""
+        await self.admission.settle()
+
+    # -- stop ------------------------------------------------------------------------
+    async def shutdown(self, timeout: float) -> None:
+        """Stop taking messages, drain in-flight work, stop jobs and threads, close.
+
+        See :mod:`.shutdown`.
+        """
+        await shut_down(self, timeout)

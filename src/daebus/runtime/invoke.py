@@ -1,0 +1,188 @@
+"""Calling user code: the one place that decides how a handler is called.
+
+A handler is ``async def`` (awaited on the loop), an async generator (each part it
+yields is sent as a reply part), or plain ``def`` (run in a worker thread, in a copy of
+the caller's context; a generator's parts are sent as it yields them, and an awaitable
+it returns is finished on the loop). Pub/sub actions, listeners, hooks, background jobs
+and WebSocket handlers are all called through :class:`Invoker`; what a handler is, and
+how many arguments it takes, is asked of :func:`kind_of` and :func:`accepts_arguments`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .. import context
+
+if TYPE_CHECKING:
+    from ..pubsub import PubSubResponse
+    from .workers import WorkerPool
+
+__all__ = [
+    "ASYNC",
+    "ASYNC_GENERATOR",
+    "SYNC",
+    "HandlerExitError",
+    "Invoker",
+    "accepts_arguments",
+    "error_text",
+    "is_async_callable",
+    "kind_of",
+]
+
+T = TypeVar("T")
+
+#: How a handler is called (what :func:`kind_of` answers); compared with ``is``.
+ASYNC, ASYNC_GENERATOR, SYNC = "async", "async generator", "sync"
+
+
+def is_async_callable(func: Any) -> bool:
+    """True for ``async def`` functions, and objects whose ``__call__`` is one."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - we want the method, not callable()
+    )
+
+
+# Cached: dispatch asks for every message, and inspect.signature is slow for that path.
+@functools.lru_cache(maxsize=1024)
+def accepts_arguments(func: Callable[..., Any], count: int) -> bool:
+    """True if ``func`` can be called with ``count`` positional arguments."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return True
+    positional = 0
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            return True
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional >= count
+
+
+def _inspect_kind(func: Callable[..., Any]) -> str:
+    if inspect.isasyncgenfunction(func):
+        return ASYNC_GENERATOR
+    return ASYNC if is_async_callable(func) else SYNC
+
+
+# What is learnt by inspecting a handler, per handler: inspecting it again for every
+# message would cost more than most handlers do.
+_remembered: dict[tuple[Callable[..., Any], Any], Any] = {}
+
+
+def _remember(inspection: Callable[[Any], T], func: Any) -> T:
+    try:
+        return _remembered[inspection, func]  # type: ignore[no-any-return]
+    except (KeyError, TypeError):
+        pass
+    found = inspection(func)
+    with contextlib.suppress(TypeError):  # an unhashable callable: not remembered
+        if len(_remembered) < 10_000:
+            _remembered[inspection, func] = found
+    return found
+
+
+def kind_of(func: Callable[..., Any]) -> str:
+    """How a handler is called: :data:`ASYNC`, :data:`ASYNC_GENERATOR` or :data:`SYNC`."""
+    return _remember(_inspect_kind, func)
+
+
+class HandlerExitError(Exception):
+    """A handler raised ``SystemExit`` (or another non-``Exception``): a plain failure here."""
+
+    def __str__(self) -> str:
+        return error_text(self.args[0])
+
+
+def error_text(exc: BaseException) -> str:
+    """What an error reply says of ``exc``: its message, else its type's name."""
+    return str(exc) or type(exc).__name__
+
+
+class Invoker:
+    """Calls handlers for one running service: on ``loop`` if async, else in ``pool``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: WorkerPool) -> None:
+        self.loop = loop
+        self.pool = pool
+
+    async def invoke(
+        self,
+        func: Callable[..., Any],
+        ctx: context.MessageContext,
+        args: tuple[Any, ...],
+        response: PubSubResponse | None = None,
+        executor: WorkerPool | None = None,
+    ) -> Any:
+        """Call ``func(*args)`` with ``ctx`` current and return what it returns.
+
+        An async generator's parts, and a ``def`` generator's, go to ``response`` as
+        reply parts (and are dropped without one); a ``def`` handler runs in
+        ``executor``, by default the service's pool. ``SystemExit`` and the like come
+        out as :class:`HandlerExitError`: raised in a task, they would stop the loop.
+        """
+        token = context.push(ctx)
+        try:
+            kind = kind_of(func)
+            if kind is ASYNC:
+                return await func(*args)
+            if kind is ASYNC_GENERATOR:
+                async for part in func(*args):
+                    if response is not None:
+                        await _maybe_await(response.send(part, final=False))
+                return None
+            copied = contextvars.copy_context()
+            return await (executor or self.pool).run(
+                copied.run, self.call_sync, func, args, response
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt, Exception):
+            raise
+        except BaseException as exc:
+            raise HandlerExitError(exc) from exc
+        finally:
+            context.pop(token)
+
+    def call_sync(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        response: PubSubResponse | None,
+    ) -> Any:
+        """Call a ``def`` handler in this (worker) thread; see :meth:`invoke`."""
+        result = func(*args)
+        if inspect.isgenerator(result):
+            result = drive(result, response)
+        elif inspect.isawaitable(result):
+            # A plain function that returned an awaitable (e.g. a decorator around an
+            # async def): finish it on the loop.
+            result = asyncio.run_coroutine_threadsafe(_await(result), self.loop).result()
+        return result
+
+
+def drive(generator: Generator[Any, Any, Any], response: PubSubResponse | None) -> Any:
+    """Send each part a generator handler yields; return its return value."""
+    while True:
+        try:
+            part = next(generator)
+        except StopIteration as stop:
+            return stop.value
+        if response is not None:
+            response.send(part, final=False)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value

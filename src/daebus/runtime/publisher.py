@@ -1,0 +1,88 @@
+"""Publishing for a running service: from the loop, from workers, and its failures.
+
+On the loop a publish is queued on the transport and gives a future of the receiver
+count; elsewhere (a worker thread, a thread task) it blocks until the server answers.
+A failed publish is logged here, at most once a period, since every publish fails
+alike while the server is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..protocol import shorten
+
+if TYPE_CHECKING:
+    from . import ServiceRuntime
+    from .throttle import LogThrottle
+
+__all__ = ["Publisher"]
+
+
+class Publisher:
+    """``publish(channel, data)`` for the app: ordered futures on the loop, blocking elsewhere."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self._runtime = runtime
+
+    def publish(self, channel: str, data: bytes) -> Any:
+        """Publish; on the loop returns a future of the receiver count, elsewhere the count."""
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            future = runtime.transport.publish_nowait(channel, data)
+            future.add_done_callback(functools.partial(_report_failure, runtime.throttle, channel))
+            return future
+        return runtime.transport.publish_blocking(channel, data)
+
+    def publish_detached(self, channel: str, data: bytes) -> None:
+        """Publish without waiting for the receiver count (a worker's final reply).
+
+        Alone, a worker sends it at once on its thread's connection. While other
+        ``def`` actions run, it hands it to the loop instead, which writes the replies
+        of every worker in one go: one system call and one read by the server for many.
+        Whatever the worker published before on its own connection has been answered
+        by then, so the parts of a stream still arrive before their final reply.
+        """
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            self.publish(channel, data)
+            return
+        if runtime.admission.jobs > 1:
+            try:
+                runtime.inbox.call_soon(self._publish_handed_over, channel, data)
+                return
+            except RuntimeError:  # the loop is closed: send it from here
+                pass
+        runtime.transport.publish_detached(channel, data)
+
+    def nowhere(self) -> Any:
+        """What a reply to no channel gives: no receivers (a future of 0 on the loop)."""
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            future: asyncio.Future[int] = runtime.loop.create_future()
+            future.set_result(0)
+            return future
+        return 0
+
+    def _publish_handed_over(self, channel: str, data: bytes) -> None:
+        runtime = self._runtime
+        runtime.transport.publish_then(
+            channel, data, functools.partial(_log_if_failed, runtime.throttle, channel)
+        )
+
+
+def _report_failure(throttle: LogThrottle, channel: str, future: asyncio.Future[int]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _log_if_failed(throttle, channel, future.exception())
+
+
+def _log_if_failed(throttle: LogThrottle, channel: str, outcome: Any) -> None:
+    if isinstance(outcome, BaseException):
+        # Every publish fails alike while the server is away: one line per period.
+        throttle.log(
+            logging.WARNING, "publish", "publish to %r failed: %s", shorten(channel), outcome
+        )

@@ -1,0 +1,384 @@
+"""Requests: decode and check each one, run its action, and answer it.
+
+A request is run only when it can be answered where it asks (its ``reply_to`` is a
+reply channel and its ``request_id`` can be echoed); one that cannot is dropped, with a
+throttled warning. One that is malformed, too large or names no known action is
+answered with an error reply. A plain ``def`` action runs start to end in a worker,
+reply included; anything else runs in a task on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import context, protocol
+from ..exceptions import SerializationError, TransportError
+from ..protocol import shorten
+from ..pubsub import PubSubRequest, PubSubResponse
+from .invoke import SYNC, error_text, kind_of
+
+if TYPE_CHECKING:
+    from ..transport import Delivery
+    from . import ServiceRuntime
+
+__all__ = ["Requests", "preview"]
+
+# The name the runtime has always logged under: users filter on it.
+logger = logging.getLogger("daebus.runtime")
+flow = logging.getLogger("daebus.flow")
+
+#: Error texts (a handler's exception) are longer than fields, but still bounded.
+_TEXT_LIMIT = 2000
+
+
+def preview(data: bytes) -> str:
+    """The start of a message, for a log line (escaped: it may be anything)."""
+    text = shorten(data[: protocol.FIELD_LIMIT].decode("utf-8", "replace"))
+    return text + (f"... ({len(data)} bytes)" if len(data) > protocol.FIELD_LIMIT else "")
+
+
+def _is_short_id(request_id: Any) -> bool:
+    """Whether a request id can be echoed: None, a short string, a number."""
+    kind = type(request_id)
+    if kind is str:
+        return len(request_id) <= protocol.FIELD_LIMIT
+    if kind is int:
+        return bool(-(1 << 64) < request_id < 1 << 64)
+    return request_id is None or kind is float or kind is bool
+
+
+class Requests:
+    """The requests of one running service: its service and workflow channels."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.app = runtime.app
+        self.service = runtime.service
+        self.admission = runtime.admission
+        self.publisher = runtime.publisher
+        self.replies = runtime.replies
+        self.throttle = runtime.throttle
+        self.pool = runtime.executor
+        self.invoke = runtime.invoker.invoke
+        self.call_sync = runtime.invoker.call_sync
+
+    def on_request(self, kind: str, delivery: Delivery) -> None:
+        """Transport callback for the service (and workflow) channel.
+
+        Starts the request, or queues it behind ``max_in_flight``; past ``max_queued``
+        it is refused at once with a busy error reply. Never returns an awaitable: the
+        transport keeps reading (see :mod:`daebus.runtime`).
+        """
+        slots = self.admission
+        if (
+            slots.requests
+            or slots.stopping
+            or slots.tasks + slots.jobs_started - slots.jobs_finished >= slots.capacity
+        ):
+            slots.hold(kind, delivery)
+            return
+        self.start(kind, delivery)
+
+    def start(self, kind: str, delivery: Delivery) -> None:
+        """Check one request on the loop, then start its handler (or refuse it).
+
+        A plain ``def`` action goes to a worker as one job, which calls it, replies
+        and frees the slot: no task, no future, no wake-up of the loop afterwards.
+        Anything else gets a task on the loop.
+        """
+        try:
+            accepted = self._accept(kind, delivery)
+        except Exception:  # a bug of ours must not stop the reader
+            logger.exception("could not dispatch a message on %r", shorten(delivery.channel))
+            return
+        if accepted is None:
+            return
+        name, handler, ctx = accepted
+        if kind_of(handler) is SYNC:
+            self.admission.jobs_started += 1
+            try:
+                self.pool.call(contextvars.copy_context().run, self._run_sync, name, handler, ctx)
+            except RuntimeError:  # the pool is shut down: the service is stopping
+                self.admission.job_done()
+                logger.warning("dropped a request for %r: the service is stopping", name)
+        else:
+            self.admission.spawn(self._run(name, handler, ctx))
+
+    def _accept(
+        self, kind: str, delivery: Delivery
+    ) -> tuple[str, Callable[..., Any], context.MessageContext] | None:
+        """Decode and validate a request; refuse (or drop) it and return None if bad.
+
+        A request is not run when it cannot be answered where it asks: its ``reply_to``
+        is not a reply channel (:class:`~daebus.protocol.ReplyChannels`), or its
+        ``request_id`` is not a short string or a number. Such requests are dropped,
+        with a warning at most every few seconds.
+        """
+        try:
+            message = protocol.decode_object(delivery.data)
+        except protocol.BadMessageError as exc:
+            self._refuse_malformed(delivery, exc)
+            return None
+        request = PubSubRequest(message)
+        request.channel = delivery.channel
+        if not self.addressable(request, delivery.channel):
+            return None
+        response = PubSubResponse(
+            self.publisher, request, max_message_size=self.app.max_message_size
+        )
+        table = self.app.action_handlers if kind == "request" else self.app.workflow_handlers
+        name = message.get("action") if kind == "request" else message.get("workflow")
+        if name is None and kind == "workflow":
+            name = message.get("action")
+        if flow.isEnabledFor(logging.DEBUG):
+            flow.debug(
+                "-> %s %s request_id=%s reply_to=%s payload=%s",
+                shorten(delivery.channel),
+                shorten(name),
+                request.request_id,
+                request.reply_to,
+                preview(delivery.data),
+            )
+        if len(delivery.data) > self.app.max_message_size:
+            self.refuse(
+                response,
+                f"request of {len(delivery.data)} bytes is over the "
+                f"{self.app.max_message_size}-byte limit",
+                kind="too large",
+            )
+            return None
+        if not name:
+            self.refuse(response, "request has no action", kind="no action")
+            return None
+        if not isinstance(name, str):
+            self.refuse(
+                response, f"action must be a string, not {type(name).__name__}", kind="no action"
+            )
+            return None
+        handler = table.get(name)
+        if handler is None:
+            self.refuse(
+                response,
+                f"Unknown action '{shorten(name)}' for service '{self.service}'",
+                kind="unknown action",
+            )
+            return None
+        return name, handler, context.MessageContext(self.app, "pubsub", request, response)
+
+    def addressable(self, request: PubSubRequest, channel: str) -> bool:
+        """Whether a request can be answered where it asks; sets where replies go.
+
+        Without ``reply_to``, replies a handler sends go to ``<service>.responses`` if
+        that is a reply channel, else nowhere.
+        """
+        reply_to = request.reply_to
+        if reply_to is None:
+            request.reply_channel = self.replies.fallback(request.service)
+        else:
+            refusal = self.replies.refusal(reply_to)
+            if refusal is not None:
+                self.throttle.log(
+                    logging.WARNING,
+                    "reply_to",
+                    "dropped a request on %r unrun: its reply_to %s is %s",
+                    shorten(channel),
+                    shorten(reply_to),
+                    refusal,
+                )
+                return False
+        if not _is_short_id(request.request_id):
+            self.throttle.log(
+                logging.WARNING,
+                "request_id",
+                "dropped a request on %r unrun: its request_id is not a string of at most "
+                "%d characters or a number: %s",
+                shorten(channel),
+                protocol.FIELD_LIMIT,
+                shorten(request.request_id),
+            )
+            return False
+        return True
+
+    def _refuse_malformed(self, delivery: Delivery, exc: protocol.BadMessageError) -> None:
+        """Answer bytes that are not a JSON object, if a reply address can be read in them."""
+        address = protocol.recover_reply_address(delivery.data)
+        if address is None:
+            self.throttle.log(
+                logging.WARNING,
+                "not a request",
+                "dropped a message on %r that cannot be answered (%s): %s",
+                shorten(delivery.channel),
+                shorten(str(exc)),
+                preview(delivery.data),
+            )
+            return
+        reply_to, request_id = address
+        malformed = PubSubRequest({"reply_to": reply_to, "request_id": request_id})
+        if self.addressable(malformed, delivery.channel):
+            self.refuse(
+                PubSubResponse(self.publisher, malformed),
+                f"malformed request: {shorten(str(exc))}",
+                kind="malformed",
+            )
+
+    def refuse_unrun(self, delivery: Delivery, stopping: bool) -> None:
+        """Answer a request that will not run with a busy error reply, if it can be answered."""
+        admission = self.admission
+        if stopping:
+            admission.refused_at_stop += 1
+            text = f"service {self.service!r} is stopping; the request was not run, try again"
+        else:
+            waiting = len(admission.requests)
+            text = (
+                f"service {self.service!r} is busy ({waiting} requests waiting); "
+                "the request was not run, try again later"
+            )
+            self.throttle.log(
+                logging.WARNING,
+                "busy",
+                "refused a request unrun on %r: %d handled at once and %d waiting (the limits)",
+                shorten(delivery.channel),
+                admission.capacity,
+                waiting,
+            )
+        try:
+            message = protocol.decode_object(delivery.data)
+        except protocol.BadMessageError:
+            return  # not a request: it would have been dropped anyway
+        # Not PubSubRequest(message): that would decode a string payload too.
+        fields = ("reply_to", "request_id", "service")
+        request = PubSubRequest({field: message.get(field) for field in fields})
+        if not self.addressable(request, delivery.channel) or request.reply_to is None:
+            return
+        data = protocol.encode_reply(
+            protocol.STATUS_ERROR, protocol.busy_payload(text), request.request_id, True
+        )
+        try:
+            self.publisher.publish(request.reply_to, data)
+        except TransportError as exc:  # the transport is closing under us
+            logger.debug("could not refuse a request: %s", exc)
+
+    async def _run(
+        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+    ) -> None:
+        """An ``async def`` (or async generator) action on the loop; failures are answered."""
+        response = ctx.response
+        try:
+            result = await self.invoke(handler, ctx, (), response)
+            with contextlib.suppress(TransportError):  # logged by the publisher, as below
+                await response.flush()
+            if not response.final_sent and response.request.reply_to is not None:
+                try:
+                    count = response.send(result)
+                except SerializationError as exc:
+                    await _settled(
+                        self.refuse(response, f"could not encode the reply: {exc}", kind="encode")
+                    )
+                    return
+                if asyncio.isfuture(count):
+                    # A reply the server did not take is the publisher's to log (once a
+                    # period); the handler itself did not fail.
+                    with contextlib.suppress(TransportError):
+                        await count
+        except asyncio.CancelledError:
+            if self.admission.stopping and not response.final_sent:
+                # Abandoned at shutdown: say so rather than leave the caller to time out.
+                self.refuse(
+                    response,
+                    f"service {self.service!r} stopped before the request finished",
+                    kind="stopped",
+                )
+            raise
+        except Exception as exc:
+            self._log_failure(name, exc)
+            if not response.final_sent:
+                await _settled(self.refuse(response, error_text(exc), log=False))
+        finally:
+            self.admission.task_done()
+
+    def _run_sync(
+        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+    ) -> None:
+        """A plain ``def`` action, start to end in a worker: call, reply, free the slot."""
+        response = ctx.response
+        token = context.push(ctx)
+        try:
+            try:
+                result = self.call_sync(handler, (), response)
+            except BaseException as exc:  # SystemExit too: one handler must not stop the service
+                self._log_failure(name, exc)
+                if not response.final_sent:
+                    self.refuse(response, error_text(exc), log=False)
+                return
+            if response.final_sent or response.request.reply_to is None:
+                return
+            try:
+                response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
+            except SerializationError as exc:
+                self.refuse(response, f"could not encode the reply: {exc}", kind="encode")
+            except TransportError as exc:
+                self.throttle.log(
+                    logging.ERROR,
+                    "reply failed",
+                    "could not reply to %s: %s",
+                    response.request.reply_to,
+                    exc,
+                )
+        finally:
+            context.pop(token)
+            self.admission.job_done()
+
+    def _log_failure(self, name: str, exc: BaseException) -> None:
+        """Log a failed action with its traceback, once a period per action."""
+        self.throttle.log(
+            logging.ERROR,
+            f"action {name}",
+            "action %r of %r failed",
+            shorten(name),
+            self.service,
+            exc_info=exc,
+        )
+
+    def refuse(
+        self, response: PubSubResponse, message: str, *, log: bool = True, kind: str = "refused"
+    ) -> Any:
+        """Answer with an error reply if the request has a ``reply_to``; log otherwise.
+
+        On the loop this returns the publish's future (its failure is logged by the
+        publisher); elsewhere the reply has gone out when it returns. Lines of one
+        ``kind`` are logged at most once a period.
+        """
+        request = response.request
+        message = shorten(message, _TEXT_LIMIT)
+        if log:
+            self.throttle.log(
+                logging.WARNING,
+                kind,
+                "%s (request_id=%s)",
+                message,
+                shorten(request.request_id),
+            )
+        if request.reply_to is None:
+            return None
+        try:
+            return response.error(message)
+        except (TransportError, SerializationError) as exc:
+            self.throttle.log(
+                logging.ERROR,
+                "reply failed",
+                "could not send the error reply to %s: %s",
+                request.reply_to,
+                exc,
+            )
+            return None
+
+
+async def _settled(sent: Any) -> None:
+    """Wait for a publish's future, if any; its failure was logged by the publisher."""
+    if asyncio.isfuture(sent):
+        with contextlib.suppress(Exception):
+            await sent
