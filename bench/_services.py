@@ -53,7 +53,8 @@ def daebus_service(url: str, service: str, listen: str | None, sync_listener: bo
         parts = int(request.payload.get("parts", STREAM_PARTS))
         for part in range(parts):
             response.send({"part": part}, final=False)  # published in order, not awaited
-        await response.send({"done": True})
+        response.send({"done": True})
+        await response.flush()
 
     @app.action("report")
     def report() -> Any:

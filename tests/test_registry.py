@@ -197,14 +197,21 @@ def test_routes_and_socket_handlers_register_before_any_component_is_attached() 
         def refresh_handlers(self, app: Daebus) -> None:
             seen.append((len(app.routes), len(app.socket_handlers)))
 
+        async def start_async(self, app: Daebus) -> None:
+            pass
+
+        async def stop_async(self) -> None:
+            pass
+
     @app.route("/a", methods=["GET", "post"])
     def a(req: object) -> None: ...
 
     @app.socket("ping")
     def ping(data: object, client_id: str) -> None: ...
 
-    app.attach(Component())
+    component = app.attach(Component())
     assert seen == [(1, 1)]  # attached late, it still sees what came before
+    assert app.components == (component,)
 
     @app.route("/b")
     def b(req: object) -> None: ...
@@ -215,3 +222,15 @@ def test_routes_and_socket_handlers_register_before_any_component_is_attached() 
         app.route("no-slash")(a)
     with pytest.raises(SetupError):
         app.route("/x", methods="GET")(a)  # type: ignore[arg-type]
+
+
+def test_only_a_whole_component_can_be_attached() -> None:
+    app = Daebus("partial")
+
+    class OnlyAttach:
+        def attach(self, app: Daebus) -> None:
+            raise AssertionError("not called: the app refuses it first")
+
+    with pytest.raises(TypeError, match=r"has no refresh_handlers\(\), start_async\(\), stop_"):
+        app.attach(OnlyAttach())  # type: ignore[type-var]
+    assert app.components == ()

@@ -10,21 +10,32 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import config, context
+from . import _loop, config, context
 from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
+from ._runtime import ServiceRuntime, is_async_callable
 from .blueprint import Blueprint
+from .components import Component
 from .exceptions import SetupError, TransportError
-from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, PubSubBroadcast, standalone_publisher
-from .runtime import ServiceRuntime, loop as _loop
-from .runtime.invoke import is_async_callable
+from .pubsub import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Publisher,
+    PubSubBroadcast,
+    ReceiverCounts,
+    standalone_publisher,
+)
 from .transport import Transport, transport_from_url
 from .transport._url import redact_url
 
+if TYPE_CHECKING:
+    import redis
+
 __all__ = ["Daebus"]
+
+C = TypeVar("C", bound=Component)
 
 log = logging.getLogger("daebus.app")
 
@@ -104,7 +115,8 @@ class Daebus(Registry):
         self.threads: dict[str, threading.Thread] = {}
         self.http: Any = None
         self.websocket: Any = None
-        self._components: list[Any] = []
+        #: The attached components, in the order of attachment. Internal; see components.
+        self._components: list[Component] = []
         self._running = False
         self._runtime: ServiceRuntime | None = None
         self._stop_event: asyncio.Event | None = None
@@ -130,16 +142,19 @@ class Daebus(Registry):
         return ctx.response if ctx is not None and ctx.app is self else None
 
     @property
-    def cache(self) -> Any:
+    def cache(self) -> redis.Redis | None:
         """The service's Redis client (redis-py, ``decode_responses=True``); None before run."""
         runtime = self._runtime
         if runtime is None:
             return None
-        blocking_client = getattr(runtime.transport, "blocking_client", None)
+        # Not on the Transport base class: a transport without a Redis has no client.
+        blocking_client: Callable[[], redis.Redis] | None = getattr(
+            runtime.transport, "blocking_client", None
+        )
         return blocking_client() if blocking_client is not None else None
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> redis.Redis | None:
         """Alias of :attr:`cache` (0.0.31's attribute)."""
         return self.cache
 
@@ -205,17 +220,35 @@ class Daebus(Registry):
         # Components pick up app.routes / app.socket_handlers whenever they change, so
         # the order of attach(), route() and register_blueprint() does not matter.
         for component in self._components:
-            refresh = getattr(component, "refresh_handlers", None)
-            if callable(refresh):
-                refresh(self)
+            component.refresh_handlers(self)
 
     # -- composition -----------------------------------------------------------------
-    def attach(self, component: Any) -> Any:
-        """Attach a component (``DaebusHttp``, ``DaebusWebSocket``); returns it."""
-        attach = getattr(component, "attach", None)
-        if not callable(attach):
-            raise TypeError(f"{type(component).__name__} cannot be attached: it has no attach()")
-        attach(self)
+    @property
+    def components(self) -> tuple[Component, ...]:
+        """The attached components, in the order they were attached."""
+        return tuple(self._components)
+
+    def attach(self, component: C) -> C:
+        """Attach a component (``DaebusHttp``, ``DaebusWebSocket``); returns it.
+
+        The component lives and dies with the app from then on: see
+        :class:`daebus.components.Component` for what the app calls, and when.
+
+        Raises:
+            TypeError: ``component`` lacks a method of the Component protocol.
+        """
+        unchecked: object = component  # from code that mypy did not check, maybe
+        if not isinstance(unchecked, Component):
+            missing = [
+                name
+                for name in ("attach", "refresh_handlers", "start_async", "stop_async")
+                if not callable(getattr(component, name, None))
+            ]
+            raise TypeError(
+                f"{type(component).__name__} cannot be attached: it has no "
+                f"{', '.join(f'{name}()' for name in missing)} (see daebus.components)"
+            )
+        component.attach(self)
         self._components.append(component)
         self._handlers_changed()
         return component
@@ -327,13 +360,13 @@ class Daebus(Registry):
                 log.warning("thread task %r is still running at shutdown", task.name)
 
     # -- publishing for broadcast ----------------------------------------------------
-    def _publisher(self) -> Any:
+    def _publisher(self) -> Publisher:
         runtime = self._runtime
         if runtime is not None:
             return runtime.publisher
         return standalone_publisher()
 
-    def _publish_many(self, messages: list[tuple[str, bytes]]) -> Any:
+    def _publish_many(self, messages: list[tuple[str, bytes]]) -> ReceiverCounts:
         runtime = self._runtime
         if runtime is None:
             return standalone_publisher().publish_many(messages)
@@ -473,9 +506,7 @@ class Daebus(Registry):
             try:
                 await runtime.start()
                 for component in self._components:
-                    start = getattr(component, "start_async", None)
-                    if callable(start):
-                        await start(self)
+                    await component.start_async(self)
                 log.info("service %r started", service)
                 if on_ready is not None:
                     on_ready()
@@ -484,12 +515,10 @@ class Daebus(Registry):
             finally:
                 self._running = False
                 for component in reversed(self._components):
-                    stop = getattr(component, "stop_async", None)
-                    if callable(stop):
-                        try:
-                            await stop()
-                        except Exception:
-                            log.exception("stopping %r failed", component)
+                    try:
+                        await component.stop_async()
+                    except Exception:
+                        log.exception("stopping %r failed", component)
                 await runtime.shutdown(self.shutdown_timeout)
                 context._unregister_running(self)
                 self._runtime = None

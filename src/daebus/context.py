@@ -13,10 +13,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .exceptions import ContextError
-from .pubsub import PubSubBroadcast, standalone_broadcast, standalone_cache
+from .pubsub import (
+    PubSubBroadcast,
+    PubSubRequest,
+    PubSubResponse,
+    standalone_broadcast,
+    standalone_cache,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -281,8 +287,19 @@ class _LoggerProxy:
         return f"<logger proxy for {self._target().name}>"
 
 
-request: Any = _RequestProxy()
-response: Any = _ResponseProxy()
-broadcast: Any = _BroadcastProxy()
-cache: Any = _CacheProxy()
-logger: Any = _LoggerProxy()
+# Each proxy is typed as what it stands for, as Flask's globals.py types its own, so
+# that editors and mypy check ``request.payload`` or ``response.send(...)``; the cast
+# is the one place that says a proxy is its target. In an HTTP route or a socket
+# handler, ``request`` and ``response`` stand for that message's own objects, which
+# the handler is also given as arguments.
+
+#: The current message's request.
+request = cast(PubSubRequest, _RequestProxy())
+#: The current message's response.
+response = cast(PubSubResponse, _ResponseProxy())
+#: Publishes to any channel, on the current app's Redis (or the configured one).
+broadcast = cast(PubSubBroadcast, _BroadcastProxy())
+#: The current app's redis-py client (or one for the configured Redis).
+cache = cast("redis.Redis", _CacheProxy())
+#: The current app's logger, or the ``daebus`` logger.
+logger = cast(logging.Logger, _LoggerProxy())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from . import config, encoding, protocol
 from .exceptions import MessageTooLargeError
@@ -17,10 +18,25 @@ if TYPE_CHECKING:
 
     from .app import Daebus
 
-__all__ = ["PubSubBroadcast", "PubSubRequest", "PubSubResponse", "Publisher"]
+__all__ = [
+    "PubSubBroadcast",
+    "PubSubRequest",
+    "PubSubResponse",
+    "Publisher",
+    "ReceiverCounts",
+    "Receivers",
+]
 
 #: The default limit on one encoded message, in bytes (requests, replies, broadcasts).
 DEFAULT_MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+
+#: What a reply or a broadcast gives back: how many subscribers received it. In a plain
+#: ``def`` handler (or outside any service) the count itself, as the publish is done;
+#: on the service's event loop (an ``async def`` handler) a future of it, which may be
+#: awaited to wait for the publish, or left alone: publishes go out in call order.
+Receivers: TypeAlias = "int | asyncio.Future[int]"
+#: What ``broadcast.send_many()`` gives back: a count per message, or a future of them.
+ReceiverCounts: TypeAlias = "list[int] | asyncio.Future[list[int]]"
 
 _UNSET: Any = object()
 
@@ -116,36 +132,43 @@ class PubSubResponse:
         self.sent = 0
         self._last: asyncio.Future[int] | None = None
 
-    def send(self, payload: Any, final: bool = True) -> Any:
+    def send(self, payload: Any, final: bool = True) -> Receivers:
         """Reply with ``status: "success"``; ``final=False`` marks one part of a stream."""
         return self._send(protocol.STATUS_SUCCESS, payload, final)
 
-    def success(self, payload: Any, final: bool = True, **_ignored: Any) -> Any:
+    def success(self, payload: Any, final: bool = True, **_ignored: Any) -> Receivers:
         """Alias of :meth:`send` (0.0.31's proxy had it; its class did not)."""
         return self._send(protocol.STATUS_SUCCESS, payload, final)
 
-    def error(self, err: Any, final: bool = True) -> Any:
+    def error(self, err: Any, final: bool = True) -> Receivers:
         """Reply with ``status: "error"`` and ``payload: {"error": str(err)}``."""
         return self._send(protocol.STATUS_ERROR, protocol.error_payload(err), final)
 
-    def progress(self, payload: Any, progress_percentage: float | None = None) -> Any:
+    def progress(self, payload: Any, progress_percentage: float | None = None) -> Receivers:
         """Send a non-final part; a percentage is clamped to 0..100 and added to it."""
         payload = protocol.progress_payload(payload, progress_percentage)
         return self._send(protocol.STATUS_SUCCESS, payload, False)
 
-    def _send(self, status: str, payload: Any, final: bool, *, detached: bool = False) -> Any:
+    def _send(self, status: str, payload: Any, final: bool, *, detached: bool = False) -> Receivers:
+        """Publish one reply.
+
+        ``detached`` is for the runtime's own final reply: a publisher that can sends
+        it without waiting for the receiver count, and 0 is returned.
+        """
         data = protocol.encode_reply(status, payload, self.request.request_id, final)
         if len(data) > self.max_message_size:
             raise MessageTooLargeError(
                 f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
             )
         channel = self.request.reply_channel
+        # The publisher's result is the count or a future of it (the Publisher protocol).
+        result: Receivers
         if channel is None:  # no reply channel, or one the service may not send to
             nowhere = getattr(self.publisher, "nowhere", None)
             result = nowhere() if nowhere is not None else 0
-        elif detached:  # the runtime's own final reply: nobody reads the receiver count
-            publish = getattr(self.publisher, "publish_detached", self.publisher.publish)
-            result = publish(channel, data)
+        elif detached and hasattr(self.publisher, "publish_detached"):
+            self.publisher.publish_detached(channel, data)
+            result = 0  # not counted: nobody reads the count of the runtime's final reply
         else:
             result = self.publisher.publish(channel, data)
         self.sent += 1
@@ -187,7 +210,7 @@ class PubSubBroadcast:
             return publisher
         return standalone_publisher()
 
-    def send(self, channel: str, payload: Any) -> Any:
+    def send(self, channel: str, payload: Any) -> Receivers:
         """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
 
         Raises:
@@ -197,9 +220,11 @@ class PubSubBroadcast:
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty string")
         data = encoding.dumps(payload)
-        return self._publisher().publish(channel, data)
+        # The count or a future of it, as the Publisher protocol says.
+        receivers: Receivers = self._publisher().publish(channel, data)
+        return receivers
 
-    def send_many(self, messages: Any) -> Any:
+    def send_many(self, messages: Iterable[tuple[str, Any]]) -> ReceiverCounts:
         """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts."""
         encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
         if self._client is None:
