@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _loop, config, context
+from . import config, context
 from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
-from ._runtime import ServiceRuntime, is_async_callable
 from .blueprint import Blueprint
 from .components import Component
 from .exceptions import SetupError, TransportError
@@ -27,6 +26,8 @@ from .pubsub import (
     ReceiverCounts,
     standalone_publisher,
 )
+from .runtime import ServiceRuntime, loop as _loop
+from .runtime.invoke import is_async_callable
 from .transport import Transport, transport_from_url
 from .transport._url import redact_url
 
