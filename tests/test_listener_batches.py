@@ -10,7 +10,7 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -19,6 +19,12 @@ from _apps import Apps, apps_fixture
 from _helpers import unique_name, wait_for
 from daebus import Daebus, request
 from daebus._compat import timeout
+from daebus.context import MessageContext
+from daebus.protocol import ReplyChannels
+from daebus.runtime.broadcasts import BroadcastContext
+from daebus.runtime.eager import finish, first_step
+from daebus.runtime.publisher import Publisher
+from daebus.transport import Delivery
 from daebus.transport.memory import MemoryTransport, forget
 
 apps = apps_fixture()
@@ -263,3 +269,73 @@ def test_the_flow_log_shows_each_broadcast_once_it_is_turned_on(
     assert len(flow) == 3, flow
     assert all(m.startswith(f"-> {channel} (listener {channel}) ") for m in flow), flow
     assert flow[-1].endswith('{"seq": 2}')  # json.dumps's spacing: the bytes as sent
+
+
+# -- the parts: stepping by hand, the lazy context --------------------------------------
+async def test_first_step_runs_a_coroutine_that_never_waits_in_a_context_of_its_own() -> None:
+    async def work() -> None:
+        mark.set(1)
+
+    assert first_step(work()) is None
+    assert mark.get() is None  # set in a copy of the context
+
+
+async def test_finish_sees_a_stepped_coroutine_through_as_await_would() -> None:
+    seen: list[tuple[asyncio.Task[Any] | None, int | None]] = []
+    gate = asyncio.Event()
+
+    async def work() -> None:
+        mark.set(1)
+        seen.append((asyncio.current_task(), mark.get()))
+        await gate.wait()
+        seen.append((asyncio.current_task(), mark.get()))
+
+    stepped = first_step(work())
+    assert stepped is not None
+    assert len(seen) == 1
+    asyncio.get_running_loop().call_soon(gate.set)
+    await finish(stepped)
+    me = asyncio.current_task()
+    assert seen == [(me, 1), (me, 1)]
+    assert mark.get() is None  # the awaiting task's context is not the coroutine's
+
+
+async def test_a_stepped_coroutine_is_cancelled_with_the_task_that_finishes_it() -> None:
+    unwound: list[int | None] = []
+
+    async def work() -> None:
+        mark.set(2)
+        try:
+            await asyncio.sleep(60)
+        finally:
+            unwound.append(mark.get())
+
+    async def batch() -> None:
+        stepped = first_step(work())
+        assert stepped is not None
+        await finish(stepped)
+
+    task = asyncio.get_running_loop().create_task(batch())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert unwound == [2]
+
+
+def test_a_broadcast_context_ends_up_with_every_field_of_a_message_context() -> None:
+    # It sets MessageContext's fields itself instead of calling its __init__: a field
+    # added there must be added here too.
+    app = Daebus("fields")
+    delivery = Delivery("news", b'{"n": 1}')
+    publisher = Publisher(cast(Any, None))
+    replies = ReplyChannels("fields", app.reply_channels)
+    ctx = BroadcastContext(app, publisher, replies, delivery, {"n": 1})
+    assert not ctx.built
+    assert ctx.request.payload == {"n": 1}
+    assert ctx.built
+    plain = MessageContext(app, "pubsub")
+    for field in MessageContext.__slots__:
+        assert hasattr(ctx, field), field
+        assert hasattr(plain, field), field
+    assert (ctx.app, ctx.kind) == (plain.app, plain.kind)
