@@ -1,4 +1,8 @@
-"""Fixtures-in-waiting for tests that run apps in-process and call them."""
+"""Apps run in-process on a test server, and the callers that call them.
+
+conftest.py builds the `apps` fixture (on the shared server) and `private_apps` (on the
+test's `private_redis`) from `Apps`; tests use those fixtures.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,11 @@ class Apps:
 
 
 def apps_fixture(url_fixture: str = "redis_url") -> Callable[..., Iterator[Apps]]:
-    """Build an ``apps`` fixture bound to the server fixture named ``url_fixture``."""
+    """Build an ``apps`` fixture bound to the server fixture named ``url_fixture``.
+
+    Superseded by the `apps` and `private_apps` fixtures of conftest.py; kept while test
+    modules still define their own ``apps = apps_fixture()``.
+    """
 
     @pytest.fixture
     def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:

@@ -1,7 +1,14 @@
-"""Test helpers: polling against deadlines, subscriptions, and services run as subprocesses."""
+"""Test helpers: polling against deadlines, logs, subscriptions, and services run as subprocesses.
+
+The waits here never sleep a fixed time to let something happen: they poll an observable
+condition against a deadline. ``wait_for`` blocks its thread; ``wait_until`` is the same
+wait for ``async def`` tests, which must keep their own event loop running meanwhile. The
+only fixed wait is `QUIET`, for checking that something does *not* happen.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -16,12 +23,25 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import redis
 
+from _servers import free_port
+
+if TYPE_CHECKING:
+    from daebus import Daebus
+
 T = TypeVar("T")
+
+#: How long a test watches to be sure something does *not* happen (a message already
+#: delivered elsewhere, a handler still gated, a job that must not run again). Only ever
+#: used for absence: anything a test expects to happen is waited for on a deadline.
+QUIET = 0.2
+
+#: The interval given to a background job so that it fires now (see `fire_now`).
+FAST = 0.05
 
 #: Reports of the setup/call/teardown phases, stored on each item by tests/conftest.py.
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
@@ -57,6 +77,74 @@ def wait_for(
         if remaining <= 0:
             raise AssertionError(f"timed out after {timeout}s: {message}")
         time.sleep(min(interval, remaining))
+
+
+async def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    message: str = "condition was not met",
+) -> T:
+    """`wait_for` for ``async def`` tests: polls with ``await asyncio.sleep``.
+
+    The test's own event loop (its clients, and any server running on it) keeps running
+    between two looks. `predicate` must not block.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        await asyncio.sleep(min(interval, remaining))
+
+
+def dead_url() -> str:
+    """The URL of a local port nothing listens on (free when asked)."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+# -- logs (captured by the `logs` fixture in conftest.py) ---------------------------------
+
+
+def log_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every captured record's message, from any thread, so far."""
+    return [record.getMessage() for record in list(caplog.records)]
+
+
+def count_logs(caplog: pytest.LogCaptureFixture, text: str) -> int:
+    """How many captured records contain `text`."""
+    return sum(text in message for message in log_messages(caplog))
+
+
+def first_log(caplog: pytest.LogCaptureFixture, text: str) -> str | None:
+    """The first captured record containing `text`, or None."""
+    return next((m for m in log_messages(caplog) if text in m), None)
+
+
+def wait_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> str:
+    """Wait for a log record containing `text`; returns its message."""
+    return wait_for(
+        lambda: first_log(caplog, text),
+        timeout=timeout,
+        message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
+    )
+
+
+async def wait_until_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> str:
+    """`wait_log` for ``async def`` tests."""
+    return await wait_until(
+        lambda: first_log(caplog, text),
+        timeout=timeout,
+        message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
+    )
+
+
+def fire_now(app: Daebus, job: str) -> None:
+    """Make a background job run every `FAST` seconds from now on (it reschedules at once)."""
+    app.background_tasks[job].interval = FAST
 
 
 def subscriber_count(client: redis.Redis, channel: str) -> int:

@@ -1,7 +1,9 @@
-"""Shared fixtures: real Redis-compatible servers and a clean DAEBUS_* environment."""
+"""Shared fixtures: real Redis-compatible servers, apps run on them, captured logs, and a
+clean DAEBUS_* environment."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -9,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from _helpers import PHASE_REPORTS
+from _apps import Apps
+from _helpers import PHASE_REPORTS, dead_url
 from _servers import (
     ExternalRedis,
     RedisEndpoint,
@@ -138,3 +141,42 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def apps(redis_url: str) -> Iterator[Apps]:
+    """Apps started in-process on the shared server; every one is stopped at teardown."""
+    manager = Apps(redis_url)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
+def private_apps(private_redis: RedisServer) -> Iterator[Apps]:
+    """Apps started in-process on this test's `private_redis`, stopped at teardown."""
+    manager = Apps(private_redis.url)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
+def dead_default_url(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make the probed default URL a local port where nothing listens; returns it."""
+    url = dead_url()
+    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", url)
+    return url
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Captures INFO and above from every thread (``logger`` and ``direct_logger``).
+
+    Read it with `_helpers.log_messages`, `wait_log` or `wait_until_log`.
+    """
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="daebus")
+    return caplog

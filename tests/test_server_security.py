@@ -323,16 +323,6 @@ def test_a_runtime_folder_symlinked_to_an_unreadable_folder_is_a_one_line_error(
     assert f"{link} is a symlink" in lines[0]
 
 
-@pytest.fixture
-def dead_default_url(monkeypatch: pytest.MonkeyPatch) -> str:
-    """The probed default URL: a port where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-    monkeypatch.setenv("DAEBUS_DEFAULT_REDIS_URL", url)
-    return url
-
-
 # -- one message cannot cut the subscribers off ----------------------------------------
 
 

@@ -14,16 +14,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from _helpers import unique_name
+from _helpers import QUIET, unique_name
 from daebus import TransportError
 from daebus.transport import Delivery, Transport, transport_from_url
 from daebus.transport.memory import forget
 
 T = TypeVar("T")
-
-#: How long a test waits to be sure something did *not* arrive (a message already
-#: delivered elsewhere, or a handler still gated). Only ever used for absence.
-QUIET = 0.2
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -262,7 +258,7 @@ class TestTransportContract:
         await subscriptions[1].unsubscribe()
         await subscriptions[2].unsubscribe()
         assert await settled_count(publisher, ns + "shared", 0) == 0
-        await asyncio.sleep(QUIET)
+        await asyncio.sleep(QUIET)  # an absence window: nothing more may arrive
         assert recorders[0].data == [b"1"]
         assert recorders[1].data == [b"1", b"2"]
 
@@ -275,7 +271,7 @@ class TestTransportContract:
 
         await subscription.unsubscribe()
         assert await settled_count(publisher, ns + "p:2", 0) == 0
-        await asyncio.sleep(QUIET)
+        await asyncio.sleep(QUIET)  # an absence window: nothing more may arrive
         assert recorder.data == [b"1"]
 
     async def test_glob_rules_are_redis_rules(self, open_transport: Open, ns: str) -> None:
@@ -390,7 +386,7 @@ class TestTransportContract:
         for data in (b"first", b"second", b"third"):
             assert await publisher.publish(ns + "bp", data) == 2
         await seen_elsewhere.wait(3)  # all three were sent...
-        await asyncio.sleep(QUIET)
+        await asyncio.sleep(QUIET)  # an absence window: nothing more may arrive
         assert recorder.data == [b"first"]  # ...but the gated reader holds them back
 
         gate.set_result(None)
@@ -447,7 +443,7 @@ class TestTransportContract:
         await subscriber.close()
 
         assert await settled_count(publisher, ns + "closing", 0) == 0
-        await asyncio.sleep(QUIET)
+        await asyncio.sleep(QUIET)  # an absence window: nothing more may arrive
         assert recorder.data == [b"before", b"before"]
         with pytest.raises(TransportError):
             await subscriber.publish(ns + "closing", b"from a closed transport")
