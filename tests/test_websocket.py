@@ -38,19 +38,24 @@ from aiohttp import WSMsgType, web
 
 import _helpers
 import daebus
-from _apps import Apps, apps_fixture
-from _helpers import ServiceProcess, Subscription, wait_for
+from _apps import Apps
+from _helpers import (
+    EXAMPLES,
+    ServiceProcess,
+    Subscription,
+    fire_now,
+    log_messages,
+    wait_log,
+    wait_until,
+    wait_until_log,
+)
 from _servers import free_port
 from daebus import Blueprint, Daebus, DaebusWebSocket, request, response
 from daebus.components import Component, MountProvider
 from daebus.websocket import SocketData, WebSocketConnection, WebSocketRequest, WebSocketResponse
 from daebus.websocket._connection import RateLimiter
 
-apps = apps_fixture()
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "websockets"
 HOST = "127.0.0.1"
-FAST = 0.05
 
 HAS_HTTP = importlib.util.find_spec("daebus.http") is not None
 needs_http = pytest.mark.skipif(not HAS_HTTP, reason="daebus.http (DaebusHttp) is not there")
@@ -65,24 +70,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client_session
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.INFO)
-    caplog.set_level(logging.INFO, logger="daebus")
-    return caplog
-
-
-def log_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [record.getMessage() for record in list(caplog.records)]
-
-
-def wait_log(caplog: pytest.LogCaptureFixture, text: str) -> str:
-    return wait_for(
-        lambda: next((m for m in log_messages(caplog) if text in m), None),
-        message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
-    )
-
-
 def ws_app(name: str = "ws", **options: Any) -> tuple[Daebus, DaebusWebSocket]:
     """An app with a DaebusWebSocket on a free loopback port."""
     app = Daebus(name)
@@ -93,14 +80,6 @@ def ws_app(name: str = "ws", **options: Any) -> tuple[Daebus, DaebusWebSocket]:
 
 def url(websocket: DaebusWebSocket, path: str = "/") -> str:
     return f"ws://{HOST}:{websocket.get_websocket_port()}{path}"
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    """:func:`wait_for` that lets the test's own event loop run meanwhile."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for a condition"
-        await asyncio.sleep(0.01)
 
 
 async def recv(client: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> Any:
@@ -156,10 +135,6 @@ def http_url(app: Daebus, path: str) -> str:
     return f"http://{HOST}:{app.http.port}{path}"
 
 
-def fire_now(app: Daebus, job: str) -> None:
-    app.background_tasks[job].interval = FAST
-
-
 USER_ID = re.compile(r"user_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -179,7 +154,7 @@ async def test_guide_setup_http_plus_one(
     serve(apps, module.app)
     port = module.websocket.get_websocket_port()
     assert port not in (0, 8081)
-    wait_log(logs, f"WebSocket server listening on ws://{HOST}:{port}")
+    await wait_until_log(logs, f"WebSocket server listening on ws://{HOST}:{port}")
     async with session.ws_connect(url(module.app.websocket)) as client:
         assert await ask(client, "ping") == {"type": "response", "data": {"pong": True}}
 
@@ -241,7 +216,7 @@ async def test_guide_status_service(
         page_origin = f"http://localhost:{module.app.http.port}"
         ws_port = module.websocket.get_websocket_port()
         assert await handshake_status(session, f"ws://localhost:{ws_port}/", page_origin) == 101
-    page = (EXAMPLES / "status_client.html").read_text()
+    page = (EXAMPLES / "websockets" / "status_client.html").read_text()
     assert served == page
     assert "new WebSocket('ws://localhost:5001')" in page
     assert "type: 'ping'" in page
@@ -272,7 +247,7 @@ async def test_guide_chat_message_broadcasts_and_acknowledges(
         session.ws_connect(url(module.app.websocket)) as alice,
         session.ws_connect(url(module.app.websocket)) as bob,
     ):
-        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        await wait_until(lambda: module.app.websocket.get_client_count() == 2)
         await alice.send_json(
             {"type": "chat_message", "data": {"message": "hi all", "sender": "Alice"}}
         )
@@ -301,7 +276,9 @@ async def test_guide_connection_events(
         assert abs(hello["data"]["server_time"] - time.time()) < 60
         assert (await ask(client, "register"))["data"] == {"status": "registered"}
         assert client_id in module.user_sessions
-    wait_for(lambda: client_id not in module.user_sessions, message="session not cleaned up")
+    await wait_until(
+        lambda: client_id not in module.user_sessions, message="session not cleaned up"
+    )
 
 
 async def test_guide_register(
@@ -313,7 +290,7 @@ async def test_guide_register(
         session.ws_connect(url(module.app.websocket)) as watcher,
         session.ws_connect(url(module.app.websocket)) as john,
     ):
-        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        await wait_until(lambda: module.app.websocket.get_client_count() == 2)
         await john.send_json({"type": "register", "data": {"user": {"username": "JohnDoe"}}})
         update = {"type": "user_update", "data": {"user": "JohnDoe", "action": "joined"}}
         assert await recv(john) == update
@@ -385,13 +362,13 @@ async def test_guide_system_status_job(
         session.ws_connect(url(module.app.websocket)) as one,
         session.ws_connect(url(module.app.websocket)) as two,
     ):
-        wait_for(lambda: module.app.websocket.get_client_count() == 2)
+        await wait_until(lambda: module.app.websocket.get_client_count() == 2)
         fire_now(module.app, "system_status")
         for client in (one, two):
             status = await recv(client)
             assert status["type"] == "system_status"
             assert set(status["data"]) == {"cpu", "memory", "active_users", "timestamp"}
-        wait_log(logs, "Status broadcast sent to 2 clients")
+        await wait_until_log(logs, "Status broadcast sent to 2 clients")
         module.app.background_tasks["system_status"].interval = 3600
 
 
@@ -407,7 +384,7 @@ async def test_guide_client_management(
         session.ws_connect(url(websocket)) as busy,
     ):
         await ask(busy, "register", {"name": "busy"})
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         listing = await call(admin, "get_connected_clients")
         assert listing["count"] == 2
         busy_id = next(iter(module.user_sessions))
@@ -428,7 +405,7 @@ async def test_guide_client_management(
         assert notice["type"] == "disconnect_notice"
         assert notice["data"]["reason"] == "bye"
         assert await recv_close(quiet) == (1000, "Server closed connection")
-        wait_for(lambda: websocket.get_clients() == [busy_id])
+        await wait_until(lambda: websocket.get_clients() == [busy_id])
 
         again = await call(admin, "kick_client", {"client_id": quiet_id})
         assert again == {"success": False, "client_id": quiet_id}
@@ -522,7 +499,7 @@ async def test_guide_graceful_shutdown(
     admin = apps.caller(service)
     address = url(websocket)
     async with session.ws_connect(address) as one, session.ws_connect(address) as two:
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         started = time.monotonic()
         assert await call(admin, "shutdown") == {"shutdown_initiated": True}
         assert time.monotonic() - started < 4.0  # it did not sleep its 5 s timeout
@@ -579,7 +556,7 @@ async def test_guide_authentication_rejects_without_a_valid_token(
     headers = {"Authorization": "Bearer secret-token-2"}
     async with session.ws_connect(base, headers=headers) as client:
         assert (await recv(client))["data"]["user_id"] == "user_2"
-    wait_for(lambda: module.authenticated_users == {})
+    await wait_until(lambda: module.authenticated_users == {})
 
 
 async def test_guide_input_validation(
@@ -666,7 +643,7 @@ async def test_guide_complete_chat_example(
             "type": "room_update",
             "data": {"user": "ada", "action": "left", "room": "general"},
         }
-    wait_for(lambda: module.users == {})
+    await wait_until(lambda: module.users == {})
 
 
 async def test_guide_javascript_client_message_types(
@@ -674,7 +651,7 @@ async def test_guide_javascript_client_message_types(
     session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    page = (EXAMPLES / "client.html").read_text()
+    page = (EXAMPLES / "websockets" / "client.html").read_text()
     for needle in (
         "type: 'register'",
         "type: 'chat_message'",
@@ -714,11 +691,11 @@ async def test_guide_javascript_client_message_types(
         module.app.background_tasks["system_status"].interval = 3600
 
 
-# -- seed 002 (overview) and the blueprint guide ---------------------------------------------
+# -- the overview's examples and the blueprint guide ------------------------------------------
 
 
 @needs_http
-async def test_seed_overview_complete_example(
+async def test_overview_complete_example(
     apps: Apps,
     session: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
@@ -738,7 +715,7 @@ async def test_seed_overview_complete_example(
             pushed = await recv(client)
             assert pushed["type"] == "metrics_update"
             assert set(pushed["data"]) == {"uptime", "requests", "broadcasts", "timestamp"}
-            published = updates.get_json()
+            published = await asyncio.to_thread(updates.get_json)
             assert set(published) == set(pushed["data"])
             module.app.background_tasks["metrics_broadcast"].interval = 3600
         async with session.get(http_url(module.app, "/api/metrics")) as reply:
@@ -746,7 +723,7 @@ async def test_seed_overview_complete_example(
             assert set(await reply.json()) == {"uptime", "requests", "broadcasts"}
 
 
-async def test_seed_overview_socket_handler_reads_req_data(
+async def test_overview_socket_handler_reads_req_data(
     apps: Apps, session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = load_example("overview_socket.py", monkeypatch)
@@ -769,7 +746,7 @@ async def test_blueprint_guide_socket_handlers_before_attach(
             "type": "response",
             "data": {"status": "processed", "fields": ["email", "name"]},
         }
-    wait_for(lambda: not module.connected, message="the disconnect handler did not run")
+    await wait_until(lambda: not module.connected, message="the disconnect handler did not run")
 
 
 async def test_blueprint_guide_ws_authenticate_reads_the_token(
@@ -867,7 +844,7 @@ async def test_connect_handler_rejects_a_connection_without_token(
         # The exception's text is not for an unauthenticated peer (see the error tests).
         assert await recv(client) == {"type": "error", "data": {"error": "Connection rejected"}}
         assert await recv_close(client) == (1008, "Connection rejected")
-    wait_for(lambda: websocket._table.pending == {})
+    await wait_until(lambda: websocket._table.pending == {})
     assert websocket.get_client_count() == 0
     async with session.ws_connect(url(websocket, "/secure?token=letmein&x=1")) as client:
         assert await recv(client) == {
@@ -875,7 +852,7 @@ async def test_connect_handler_rejects_a_connection_without_token(
             "data": {"authenticated": True, "query": {"token": "letmein", "x": "1"}},
         }
         assert await ask(client, "ping") == {"type": "response", "data": "pong"}
-    wait_for(lambda: "on_disconnect" in ran)
+    await wait_until(lambda: "on_disconnect" in ran)
     assert ran == [
         "connect /secure 1",
         "connect /secure None",
@@ -912,7 +889,7 @@ async def test_client_cannot_trigger_the_lifecycle_handlers(
             "data": {"registered": client_id},
         }
         assert ran == ["connect"]
-    wait_for(lambda: ran == ["connect", "disconnect"])
+    await wait_until(lambda: ran == ["connect", "disconnect"])
 
 
 async def test_send_to_client_from_an_action_handler(
@@ -930,7 +907,7 @@ async def test_send_to_client_from_an_action_handler(
     service = apps.start(app)
     caller = apps.caller(service)
     async with session.ws_connect(url(websocket)) as client:
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
         (client_id,) = websocket.get_clients()
         reply = await call(caller, "push", {"client_id": client_id})
         assert reply["sent"] is True
@@ -945,7 +922,7 @@ async def test_broadcast_to_all_from_a_background_thread(
     app, websocket = ws_app()
     apps.start(app)
     async with session.ws_connect(url(websocket)) as one, session.ws_connect(url(websocket)) as two:
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         counts: list[int] = []
         thread = threading.Thread(
             target=lambda: counts.append(websocket.broadcast_to_all({"hi": 1}, "announce"))
@@ -975,8 +952,8 @@ async def test_disconnect_client_from_a_worker_thread(
     async with session.ws_connect(url(websocket)) as client:
         await client.send_json({"type": "kick_me"})
         assert await recv_close(client) == (4000, "kicked")
-    wait_for(lambda: results == [True], message=f"disconnect_client returned {results}")
-    wait_for(lambda: websocket.get_client_count() == 0)
+    await wait_until(lambda: results == [True], message=f"disconnect_client returned {results}")
+    await wait_until(lambda: websocket.get_client_count() == 0)
     assert await asyncio.to_thread(websocket.disconnect_client, "gone") is False
 
 
@@ -1037,7 +1014,7 @@ async def test_request_is_right_after_an_await_with_interleaved_clients(
 
     apps.start(app)
     async with session.ws_connect(url(websocket)) as one, session.ws_connect(url(websocket)) as two:
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         await one.send_json({"type": "who"})
         await two.send_json({"type": "who"})
         answers = [(await recv(one))["data"], (await recv(two))["data"]]
@@ -1096,7 +1073,9 @@ async def test_rate_limit_over_the_wire(apps: Apps, session: aiohttp.ClientSessi
 
 async def test_origin_not_on_the_allow_list_is_refused(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # W1
+) -> None:
+    # 0.0.31 checked no Origin: a page of any site could open a connection (cross-site
+    # WebSocket hijacking). The listed origin matches case-insensitively.
     app, websocket = ws_app(allowed_origins=["http://kiosk.local:8080"])
     app.socket("ping")(lambda data, client_id: "pong")
     apps.start(app)
@@ -1118,21 +1097,22 @@ async def test_oversized_frame_closes_with_1009(apps: Apps, session: aiohttp.Cli
         await client.send_json({"type": "echo", "data": {"text": "x" * 2048}})
         code, _reason = await recv_close(client)
     assert code == 1009
-    wait_for(lambda: websocket.get_client_count() == 0)
+    await wait_until(lambda: websocket.get_client_count() == 0)
 
 
 async def test_connections_over_the_limit_are_refused(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # W1
+) -> None:
+    # 0.0.31 had no connection limit. Past max_connections a handshake is refused (503).
     app, websocket = ws_app(max_connections=1)
     apps.start(app)
     async with session.ws_connect(url(websocket)):
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             async with session.ws_connect(url(websocket)):
                 pass
         assert refused.value.status == 503
-    wait_for(lambda: websocket.get_client_count() == 0)
+    await wait_until(lambda: websocket.get_client_count() == 0)
     async with session.ws_connect(url(websocket)):
         pass
 
@@ -1160,7 +1140,8 @@ async def test_protocol_errors_keep_their_shapes(
                 {"type": "error", "error": "No handler found for message type 'nosuch'"},
             ),
             ('{"type": 5}', {"type": "error", "error": "No handler found for message type '5'"}),
-            ("[1, 2]", {"type": "error", "error": "Message must be a JSON object"}),  # W2
+            # 0.0.31 sent no reply to a frame that is JSON but not an object.
+            ("[1, 2]", {"type": "error", "error": "Message must be a JSON object"}),
             ('"text"', {"type": "error", "error": "Message must be a JSON object"}),
             ('{"type": "boom"}', {"type": "error", "data": {"error": "ws kaboom"}}),
             ('{"type": "echo"}', {"type": "response", "data": {}}),
@@ -1230,7 +1211,7 @@ async def test_metadata_has_the_real_path_and_scheme(
         session.ws_connect(url(websocket, "/live/feed?k=v")) as first,
         session.ws_connect(url(websocket, "/other")) as second,
     ):
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         assert sorted(websocket.get_clients()) == ["fixed", "fixed_2"]
         meta = websocket.get_client_metadata("fixed")
         assert meta is not None
@@ -1287,7 +1268,7 @@ async def test_handler_forms_and_socket_data(apps: Apps, session: aiohttp.Client
     websocket.on_connect(connected.append)
 
     @app.socket("two")
-    def two(req: Any, sid: str) -> Any:  # seed 002's style: req.data
+    def two(req: Any, sid: str) -> Any:  # the overview example's style: req.data
         assert isinstance(req, SocketData)
         return {
             "message": req.data.get("message"),
@@ -1305,7 +1286,7 @@ async def test_handler_forms_and_socket_data(apps: Apps, session: aiohttp.Client
     app.socket("listdata")(lambda data, client_id: {"is_list": isinstance(data, list)})
     apps.start(app)
     async with session.ws_connect(url(websocket)) as client:
-        wait_for(lambda: len(connected) == 1)
+        await wait_until(lambda: len(connected) == 1)
         (client_id,) = connected
         assert (await ask(client, "two", {"message": "hi"}))["data"] == {
             "message": "hi",
@@ -1427,7 +1408,7 @@ async def test_stopping_the_service_closes_clients_with_1001(
     app.socket_disconnect()(lambda data, client_id: gone.append(client_id))
     apps.start(app)
     async with session.ws_connect(url(websocket)) as client:
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
         (client_id,) = websocket.get_clients()
         stopping = asyncio.create_task(asyncio.to_thread(app.stop))
         assert await recv_close(client) == (1001, "Server shutting down")
@@ -1438,7 +1419,7 @@ async def test_stopping_the_service_closes_clients_with_1001(
     # The same app starts again, with the same component.
     apps.start(app)
     async with session.ws_connect(url(websocket)) as client:
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
 
 
 async def test_a_client_that_does_not_answer_pings_is_dropped(
@@ -1447,13 +1428,13 @@ async def test_a_client_that_does_not_answer_pings_is_dropped(
     app, websocket = ws_app(heartbeat=0.2)
     apps.start(app)
     async with session.ws_connect(url(websocket), autoping=False) as client:
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
         while True:  # pings arrive (not answered) until the server gives up
             msg = await client.receive(5)
             if msg.type is not WSMsgType.PING:
                 break
         assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING)
-    wait_for(lambda: websocket.get_client_count() == 0)
+    await wait_until(lambda: websocket.get_client_count() == 0)
 
 
 # -- clients that do not read, closing and stopping -------------------------------------------
@@ -1484,7 +1465,7 @@ async def connect_stuck(websocket: DaebusWebSocket) -> tuple[socket.socket, str]
     """Connect a client that never reads; returns its socket and its client id."""
     before = set(websocket.get_clients())
     sock = await asyncio.to_thread(stuck_client, websocket)
-    (client_id,) = wait_for(lambda: set(websocket.get_clients()) - before)
+    (client_id,) = await wait_until(lambda: set(websocket.get_clients()) - before)
     return sock, client_id
 
 
@@ -1505,7 +1486,7 @@ async def test_a_client_that_stops_reading_does_not_hold_up_senders(
     sock, stuck = await connect_stuck(websocket)
     try:
         async with session.ws_connect(url(websocket)) as healthy:
-            wait_for(lambda: websocket.get_client_count() == 2)
+            await wait_until(lambda: websocket.get_client_count() == 2)
             slowest, counts = 0.0, []
             for i in range(2000):  # the kernel's buffers take a few MB first
                 started = time.monotonic()
@@ -1523,7 +1504,7 @@ async def test_a_client_that_stops_reading_does_not_hold_up_senders(
             assert counts[-1] == 1  # the frame that overflowed was not accepted for it
             assert websocket.get_clients() != []
             # Cut off after close_timeout (it cannot answer the close): it has ended.
-            wait_for(lambda: stuck in gone, message=f"disconnect handlers ran for {gone}")
+            await wait_until(lambda: stuck in gone, message=f"disconnect handlers ran for {gone}")
             assert await ask(healthy, "nosuch") == {
                 "type": "error",
                 "error": "No handler found for message type 'nosuch'",
@@ -1581,7 +1562,7 @@ async def test_graceful_shutdown_from_a_clients_own_handler(
 
     apps.start(app)
     async with session.ws_connect(url(websocket)) as caller, session.ws_connect(url(websocket)):
-        wait_for(lambda: websocket.get_client_count() == 2)
+        await wait_until(lambda: websocket.get_client_count() == 2)
         await caller.send_json({"type": "stop_all"})
         assert await recv(caller) == {"type": "server_shutdown", "data": {"bye": 1}}
         reply = await recv(caller)  # its own reply is not lost, and not 5 s late
@@ -1609,9 +1590,9 @@ async def test_graceful_shutdown_on_the_loop_counts_accepted_clients_only(
 
     apps.start(app)
     async with session.ws_connect(url(websocket)) as first:
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
         connecting = asyncio.create_task(session.ws_connect(url(websocket, "/?slow=1")))
-        await until(lambda: len(websocket._table.pending) == 1)  # the test's loop must run
+        await wait_until(lambda: len(websocket._table.pending) == 1)
         assert await ask(first, "stop_all") == {"type": "response", "data": 1}
         assert await recv_close(first) == (1001, "Server shutting down")
         release.set()
@@ -1643,13 +1624,13 @@ async def test_many_simultaneous_handshakes_against_max_connections(
     try:
         assert len(opened) == 3
         assert sorted(r for r in results if isinstance(r, int)) == [503] * 27
-        wait_for(lambda: websocket.get_client_count() == 3)
+        await wait_until(lambda: websocket.get_client_count() == 3)
     finally:
         for client in opened:
             await client.close()
-    wait_for(lambda: not websocket._table.live)
+    await wait_until(lambda: not websocket._table.live)
     async with session.ws_connect(url(websocket)):
-        wait_for(lambda: websocket.get_client_count() == 1)
+        await wait_until(lambda: websocket.get_client_count() == 1)
 
 
 # -- what clients are told about errors ------------------------------------------------------
@@ -1722,7 +1703,9 @@ async def handshake_status(session: aiohttp.ClientSession, address: str, origin:
 
 async def test_by_default_only_pages_of_the_same_host_may_connect(
     apps: Apps, session: aiohttp.ClientSession
-) -> None:  # W1; a deliberate change from 0.0.31, which let every origin in
+) -> None:
+    # A deliberate change from 0.0.31, which let every origin in (cross-site WebSocket
+    # hijacking).
     app, websocket = ws_app()
     apps.start(app)
     address = url(websocket)
@@ -1824,14 +1807,14 @@ async def test_socket_data_copies_pickles_and_does_not_keep_the_connection(
             "equal": True,
             "deep_is_deep": True,
         }
-    wait_for(lambda: not websocket._table.live)
+    await wait_until(lambda: not websocket._table.live)
     (data,) = kept
 
     def released() -> bool:
         gc.collect()
         return data.websocket is None
 
-    wait_for(released, message="a stored SocketData keeps its closed connection alive")
+    await wait_until(released, message="a stored SocketData keeps its closed connection alive")
     assert data == {"a": [1, {"b": 2}]}
     assert data.client_id.startswith("user_")
     assert data.message_type == "probe"
@@ -2072,7 +2055,7 @@ async def test_complete_chat_example_runs_as_a_program(
 ) -> None:
     # As a user runs it (app.run, signals), on free ports instead of 8080/8081.
     http_port, ws_port = free_port(), free_port()
-    path = str(EXAMPLES / "chat_app.py")
+    path = str(EXAMPLES / "websockets" / "chat_app.py")
     code = (
         "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('chat_app', {path!r})\n"
