@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from _apps import Apps, apps_fixture
+from _apps import Apps
+from _helpers import wait_for
 from daebus import (
     AsyncDaebusCaller,
     CallTimeoutError,
@@ -28,8 +29,6 @@ from daebus import (
     TransportError,
 )
 from daebus.transport import _resp, redis as redis_transport
-
-apps = apps_fixture("private_redis")
 
 # Past the timeout a call may take this much longer (thread hand-overs, a loaded machine).
 SLACK = 1.0
@@ -52,7 +51,12 @@ def quick_health_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_resp, "HEALTH_CHECK_INTERVAL", 0.2)
 
 
-def slow_app(seconds: float) -> Daebus:
+def slow_app(seconds: float, entered: list[str] | None = None) -> Daebus:
+    """An app whose ``slow`` and ``aslow`` actions take `seconds` to answer.
+
+    Each of them appends its name to `entered` as it starts: a call is then in flight.
+    """
+    entered = entered if entered is not None else []
     app = Daebus("slow")
 
     @app.action("echo")
@@ -63,11 +67,13 @@ def slow_app(seconds: float) -> Daebus:
 
     @app.action("slow")
     def slow() -> Any:
+        entered.append("slow")
         time.sleep(seconds)
         return {"slept": seconds}
 
     @app.action("aslow")
     async def aslow() -> Any:
+        entered.append("aslow")
         await asyncio.sleep(seconds)
         return {"slept": seconds}
 
@@ -97,11 +103,11 @@ def ended(call: Callable[[], Any]) -> tuple[float, BaseException | None]:
 
 @pytest.mark.parametrize("kind", ["connected", "connected twice", "new", "async", "async new"])
 def test_a_call_to_a_stopped_server_ends_within_its_timeout(
-    apps: Apps, private_redis: Any, kind: str
+    private_apps: Apps, private_redis: Any, kind: str
 ) -> None:
-    service = apps.start(slow_app(0))
+    service = private_apps.start(slow_app(0))
     timeout = 1.0
-    caller = apps.caller(service, timeout=timeout)
+    caller = private_apps.caller(service, timeout=timeout)
     calls = 2 if kind == "connected twice" else 1  # the second call reads on its own lane
     if kind in ("connected", "connected twice"):
         for _ in range(calls):
@@ -152,11 +158,12 @@ def test_a_broadcast_to_a_stopped_server_ends_within_the_command_timeout(
 
 @pytest.mark.parametrize("kind", ["first call", "second call", "shared by threads", "async"])
 def test_a_call_whose_connection_drops_fails_at_once(
-    apps: Apps, private_redis: Any, kind: str
+    private_apps: Apps, private_redis: Any, kind: str
 ) -> None:
-    service = apps.start(slow_app(3))
+    entered: list[str] = []
+    service = private_apps.start(slow_app(3, entered))
     timeout = 10.0
-    caller = apps.caller(service, timeout=timeout)
+    caller = private_apps.caller(service, timeout=timeout)
     if kind == "second call":
         caller.send_request("echo", {})
 
@@ -180,7 +187,8 @@ def test_a_call_whose_connection_drops_fails_at_once(
     ]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)  # the calls are in flight: the handlers sleep 3 s
+    # The calls are in flight once their handlers have started (they sleep 3 s).
+    wait_for(lambda: len(entered) == len(threads), message=f"handlers started: {entered}")
     killed = time.monotonic()
     private_redis.kill()
     for thread in threads:
@@ -197,38 +205,45 @@ def test_a_call_whose_connection_drops_fails_at_once(
 
 def test_a_hung_server_is_noticed_by_the_service_and_by_waiting_callers(
     quick_health_checks: None,
-    apps: Apps,
+    private_apps: Apps,
     private_redis: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    service = apps.start(slow_app(3))
-    caller = apps.caller(service, timeout=20)
+    entered: list[str] = []
+    service = private_apps.start(slow_app(3, entered))
+    caller = private_apps.caller(service, timeout=20)
     caplog.set_level(logging.WARNING, logger="daebus.transport.redis")
     outcome: list[tuple[float, BaseException | None]] = []
     thread = threading.Thread(
         target=lambda: outcome.append(timed(lambda: caller.send_request("slow")))
     )
     thread.start()
-    time.sleep(0.3)
+    wait_for(lambda: entered, message="the call did not reach its handler")
+
+    def lost() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "lost the subscriber connection" in r.getMessage()]
+
     with stopped(private_redis):
         thread.join(15)
-        lost = [r for r in caplog.records if "lost the subscriber connection" in r.getMessage()]
-        deadline = time.monotonic() + 10
-        while not lost and time.monotonic() < deadline:
-            time.sleep(0.05)
-            lost = [r for r in caplog.records if "lost the subscriber connection" in r.getMessage()]
+        wait_for(
+            lost, timeout=10, interval=0.05, message="the service did not notice the hung server"
+        )
     elapsed, error = outcome[0]
     assert isinstance(error, ConnectionLostError), repr(error)
     assert elapsed < 1.0 + 0.2 + 3.0, f"noticed after {elapsed:.2f} s"  # far from the 20 s
-    assert lost, "the service did not notice the hung server"
-    assert "no answer" in lost[0].getMessage()
+    assert "no answer" in lost()[0].getMessage()
+
     # Back: the service answers again.
-    deadline = time.monotonic() + 10
-    while True:
+    errors: list[Exception] = []
+
+    def echoed() -> Any:
         try:
-            assert caller.send_request("echo", {"back": True}, timeout=1) == {"back": True}
-            break
-        except (TransportError, CallTimeoutError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            return caller.send_request("echo", {"back": True}, timeout=1)
+        except (TransportError, CallTimeoutError) as exc:
+            errors.append(exc)
+            return None
+
+    reply = wait_for(
+        echoed, timeout=10, interval=0.1, message=f"no answer after the server came back: {errors}"
+    )
+    assert reply == {"back": True}
