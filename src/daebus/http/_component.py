@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .._routes import RouteTable
-from .._workers import WorkerPool
 from ..components import MountProvider
 from ..exceptions import SetupError
+from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy
 from ._dispatch import REFUSED_LOG_EVERY, Dispatcher, MountHandler
 from ._log import ServerLog
@@ -201,10 +201,7 @@ class DaebusHttp:
         dispatcher = self._dispatcher
         mounts: dict[str, MountHandler] = {}
         providers: list[Component] = []
-        # Daebus keeps no public list of its components yet: this is the one place a
-        # component reads it, to serve what the others mount on the HTTP port.
-        components: list[Component] = list(app._components)
-        for component in components:
+        for component in app.components:
             if component is not self and isinstance(component, MountProvider):
                 provided = component.http_mounts(app)
                 for path, handler in provided:

@@ -24,9 +24,9 @@ from aiohttp.http import HttpVersion11
 from .. import context
 from .._compat import timeout as deadline
 from .._routes import RouteTable, allow_header, canonical_path
-from .._runtime import is_async_callable
-from .._workers import WorkerPool
 from ..exceptions import SetupError
+from ..runtime.invoke import is_async_callable
+from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy, foreign_origin, is_cross_origin
 from ._log import Throttle, brief
 from ._messages import (

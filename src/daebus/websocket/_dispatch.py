@@ -19,11 +19,11 @@ from aiohttp import WSMsgType, web
 
 from .. import context, encoding, protocol
 from ..exceptions import SerializationError, SetupError
-from ..scheduler import accepts_arguments
+from ..runtime.invoke import accepts_arguments
 from ._connection import SocketData, WebSocketConnection
 
 if TYPE_CHECKING:
-    from .._runtime import ServiceRuntime
+    from ..runtime import ServiceRuntime
     from ._clients import ClientTable
     from ._component import DaebusWebSocket
 
