@@ -148,11 +148,7 @@ class Daebus(Registry):
         runtime = self._runtime
         if runtime is None:
             return None
-        # Not on the Transport base class: a transport without a Redis has no client.
-        blocking_client: Callable[[], redis.Redis] | None = getattr(
-            runtime.transport, "blocking_client", None
-        )
-        return blocking_client() if blocking_client is not None else None
+        return runtime.transport.blocking_client()
 
     @property
     def redis(self) -> redis.Redis | None:

@@ -248,7 +248,8 @@ def standalone_cache() -> redis.Redis:
     """A client for code running outside any app, on ``$DAEBUS_REDIS_URL`` or localhost."""
     url = config.resolve_redis_url()
     if url.startswith("memory://"):
-        cache: redis.Redis = standalone_publisher().transport.blocking_client()  # type: ignore[attr-defined]
+        cache = standalone_publisher().transport.blocking_client()
+        assert cache is not None  # memory:// transports have one
         return cache
     with _standalone_lock:
         client = _standalone.get(url)
@@ -296,9 +297,7 @@ def _close_standalone_publishers() -> None:
         publishers = list(_publishers.values())
         _publishers.clear()
     for publisher in publishers:
-        close = getattr(publisher.transport, "close_blocking", None)
-        if close is not None:
-            close()
+        publisher.transport.close_blocking()
 
 
 def standalone_publisher() -> StandalonePublisher:

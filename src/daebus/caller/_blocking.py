@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from .._portal import get_portal
@@ -21,6 +21,9 @@ from ..transport._url import redact_url
 from . import _messages
 from ._async import AsyncDaebusCaller
 from ._reply_paths import OwnConnection, RoutedByPortal, Waits, bounded
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = ["DaebusCaller"]
 
@@ -83,9 +86,9 @@ class DaebusCaller:
         self._core.timeout = value
 
     @property
-    def redis(self) -> Any:
+    def redis(self) -> redis.Redis | None:
         """A redis-py client on the caller's server (connects the caller)."""
-        return self._transport().blocking_client()  # type: ignore[attr-defined]
+        return self._transport().blocking_client()
 
     def connect(self) -> DaebusCaller:
         """Connect now rather than on first use. Raises ``TransportError``."""

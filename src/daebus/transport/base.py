@@ -12,10 +12,13 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..exceptions import TransportError
 from ._url import redact_url
+
+if TYPE_CHECKING:
+    import redis
 
 __all__ = [
     "BatchEnd",
@@ -167,6 +170,17 @@ class Transport(ABC):
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Like :meth:`publish_blocking`, but need not wait for the receiver count."""
         self.publish_blocking(channel, data)
+
+    def blocking_client(self) -> redis.Redis | None:
+        """The app's ``cache``: a redis-py client on the server, ``decode_responses=True``.
+
+        None for a transport without a Redis behind it.
+        """
+        return None
+
+    def close_blocking(self) -> None:
+        """Close the connections made for other threads and the blocking client."""
+        return None  # a transport that makes none has nothing to close
 
     def channel_reader(self, channel: str) -> ChannelReader | None:
         """A blocking subscription to ``channel`` for other threads, if the transport has them.
