@@ -38,10 +38,17 @@ class Apps:
         return caller
 
     def close(self) -> None:
+        """Close every caller, then stop every app, the last started first."""
         for caller in self._callers:
             caller.close()
         for app in reversed(self._apps):
             app.stop()
+
+    def __enter__(self) -> Apps:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def apps_fixture(url_fixture: str = "redis_url") -> Callable[..., Iterator[Apps]]:
@@ -54,10 +61,7 @@ def apps_fixture(url_fixture: str = "redis_url") -> Callable[..., Iterator[Apps]
     @pytest.fixture
     def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:
         value = request.getfixturevalue(url_fixture)
-        manager = Apps(value if isinstance(value, str) else value.url)
-        try:
+        with Apps(value if isinstance(value, str) else value.url) as manager:
             yield manager
-        finally:
-            manager.close()
 
     return apps

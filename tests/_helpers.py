@@ -62,11 +62,12 @@ def wait_for(
     predicate: Callable[[], T],
     timeout: float = 5.0,
     interval: float = 0.01,
-    message: str = "condition was not met",
+    message: str | Callable[[], str] = "condition was not met",
 ) -> T:
     """Call `predicate` until it returns something truthy, and return that value.
 
-    Raises AssertionError with `message` if `timeout` seconds (monotonic) pass first.
+    Raises AssertionError with `message` if `timeout` seconds (monotonic) pass first;
+    a callable `message` is called then, so it can show the state at the timeout.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -75,7 +76,7 @@ def wait_for(
             return result
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
+            raise _timed_out(timeout, message)
         time.sleep(min(interval, remaining))
 
 
@@ -83,7 +84,7 @@ async def wait_until(
     predicate: Callable[[], T],
     timeout: float = 5.0,
     interval: float = 0.01,
-    message: str = "condition was not met",
+    message: str | Callable[[], str] = "condition was not met",
 ) -> T:
     """`wait_for` for ``async def`` tests: polls with ``await asyncio.sleep``.
 
@@ -97,8 +98,13 @@ async def wait_until(
             return result
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
+            raise _timed_out(timeout, message)
         await asyncio.sleep(min(interval, remaining))
+
+
+def _timed_out(timeout: float, message: str | Callable[[], str]) -> AssertionError:
+    text = message() if callable(message) else message
+    return AssertionError(f"timed out after {timeout}s: {text}")
 
 
 def dead_url() -> str:
@@ -140,6 +146,42 @@ async def wait_until_log(caplog: pytest.LogCaptureFixture, text: str, timeout: f
         timeout=timeout,
         message=f"no log record containing {text!r}; got {log_messages(caplog)!r}",
     )
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """Make a one-day self-signed certificate for ``localhost`` with openssl.
+
+    Returns the certificate's and the key's paths (``cert.pem``, ``key.pem`` in `directory`).
+    """
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+#: Skips a test that needs `self_signed_certificate` where openssl is missing.
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="no openssl to make a certificate"
+)
 
 
 def fire_now(app: Daebus, job: str) -> None:

@@ -146,21 +146,15 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def apps(redis_url: str) -> Iterator[Apps]:
     """Apps started in-process on the shared server; every one is stopped at teardown."""
-    manager = Apps(redis_url)
-    try:
+    with Apps(redis_url) as manager:
         yield manager
-    finally:
-        manager.close()
 
 
 @pytest.fixture
 def private_apps(private_redis: RedisServer) -> Iterator[Apps]:
     """Apps started in-process on this test's `private_redis`, stopped at teardown."""
-    manager = Apps(private_redis.url)
-    try:
+    with Apps(private_redis.url) as manager:
         yield manager
-    finally:
-        manager.close()
 
 
 @pytest.fixture

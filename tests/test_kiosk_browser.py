@@ -12,16 +12,15 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from _helpers import ServiceProcess, wait_for
+from _helpers import EXAMPLES, ServiceProcess, wait_for
 from _servers import free_port
 from daebus import DaebusCaller
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "kiosk" / "kiosk_service.py"
+EXAMPLE = EXAMPLES / "kiosk" / "kiosk_service.py"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 

@@ -8,6 +8,7 @@ may have on localhost:6379 is neither used nor touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -63,6 +64,35 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+@contextlib.contextmanager
+def running_child(
+    code: str, log: Path, *args: str, message: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -c code *args``, its output in `log`, once a shared server is running.
+
+    Fails with `message` if no shared server runs within 20 s; the child is killed at the end.
+    """
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_child_env(),
+        )
+    try:
+        wait_for(
+            lambda: shared_server_status().running or child.poll() is not None,
+            timeout=20,
+            message=message,
+        )
+        assert child.poll() is None, log.read_text()
+        yield child
+    finally:
+        child.kill()
+        child.wait()
 
 
 # -- resolution order ------------------------------------------------------------------
@@ -183,21 +213,9 @@ def test_a_service_and_a_caller_find_each_other_with_no_configuration(
 ) -> None:
     service = unique_name("echo")
     log = shared_dir / "service.log"
-    with log.open("wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", SERVICE, service],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_child_env(),
-        )
-    try:
-        wait_for(
-            lambda: shared_server_status().running or child.poll() is not None,
-            timeout=20,
-            message="the service did not start the shared server",
-        )
-        assert child.poll() is None, log.read_text()
+    with running_child(
+        SERVICE, log, service, message="the service did not start the shared server"
+    ):
         with caplog.at_level(logging.INFO, logger="daebus.config"):
             url = resolve_redis_url()
         assert url.startswith("unix://")
@@ -206,9 +224,6 @@ def test_a_service_and_a_caller_find_each_other_with_no_configuration(
         with DaebusCaller(service) as caller:
             assert caller.send_request("echo", {"n": 1}) == {"echo": {"n": 1}}
         assert "(started it, pid" in log.read_text()
-    finally:
-        child.kill()
-        child.wait()
 
 
 def connections_received(url: str) -> int:
@@ -452,21 +467,9 @@ def test_the_shared_server_runs_in_the_foreground(
     shared_dir: Path, dead_default_url: str, server_binary: Path, tmp_path: Path
 ) -> None:
     out_path = tmp_path / "foreground.out"
-    with out_path.open("wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", FOREGROUND],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=_child_env(),
-        )
-    try:
-        wait_for(
-            lambda: shared_server_status().running or child.poll() is not None,
-            timeout=20,
-            message="the foreground server did not answer",
-        )
-        assert child.poll() is None, out_path.read_text()
+    with running_child(
+        FOREGROUND, out_path, message="the foreground server did not answer"
+    ) as child:
         status = shared_server_status()
         assert status.pid != child.pid  # the server is a child of the foreground process
         assert resolve_redis_url() == status.url
@@ -474,9 +477,6 @@ def test_the_shared_server_runs_in_the_foreground(
             SharedServer(shared_dir).run()
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=20) == 0, out_path.read_text()
-    finally:
-        child.kill()
-        child.wait()
     assert not shared_server_status().running
     assert not (shared_dir / SOCKET_NAME).exists()
     assert "Ready to accept connections" in out_path.read_text()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from _helpers import ServiceProcess
+from _helpers import EXAMPLES, ServiceProcess
 from daebus import DaebusCaller
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "testing"
+EXAMPLE = EXAMPLES / "testing"
 
 
 def test_the_example_service_tests_pass_with_no_server() -> None:

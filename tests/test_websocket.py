@@ -20,11 +20,9 @@ import logging
 import os
 import pickle
 import re
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import types
@@ -45,6 +43,8 @@ from _helpers import (
     Subscription,
     fire_now,
     log_messages,
+    needs_openssl,
+    self_signed_certificate,
     wait_log,
     wait_until,
     wait_until_log,
@@ -2093,32 +2093,11 @@ async def test_complete_chat_example_runs_as_a_program(
         assert f"WebSocket server listening on ws://{HOST}:{ws_port}" in proc.output()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a certificate")
+@needs_openssl
 async def test_wss_with_an_ssl_context(
     apps: Apps, session: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    await asyncio.to_thread(
-        subprocess.run,
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = await asyncio.to_thread(self_signed_certificate, tmp_path)
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
     client_context = ssl.create_default_context(cafile=str(cert))

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _helpers import ServiceProcess, unique_name
+from _helpers import ServiceProcess, unique_name, wait_for
 from _servers import RedisServer
 from daebus import protocol
 from faults._traffic import KINDS, RECOVERY_ALLOWED, Timeline, Traffic, Verdict, received
@@ -65,19 +65,23 @@ class Rig:
         traffic.start()
         stuck: list[str] = []
         try:
-            _wait_until(
+            wait_for(
                 lambda: traffic.ok_kinds() == KINDS and bool(received(self.record)),
                 timeout=15.0,
-                what=lambda: f"every caller answered and a broadcast heard\n{self.service_log()}",
+                interval=0.02,
+                message=lambda: (
+                    f"every caller answered and a broadcast heard\n{self.service_log()}"
+                ),
             )
             _keep_running(BEFORE_FAULT)
             # Strike while a call of every kind waits for its reply (when that comes
             # soon enough), to see what a caller learns when a fault catches a call.
             with contextlib.suppress(AssertionError):
-                _wait_until(
+                wait_for(
                     lambda: traffic.waiting_kinds(for_at_least=0.02) == KINDS,
                     timeout=2.0,
-                    what=lambda: "a call of every kind is in flight",
+                    interval=0.02,
+                    message="a call of every kind is in flight",
                 )
             fault(self.server, timeline)
             _keep_running(timeline.back + RECOVERY_ALLOWED + AFTER_RECOVERY - time.monotonic())
@@ -98,10 +102,11 @@ class Rig:
         # their way, so wait for them a little (those never coming are the failure).
         expected = {p.seq for p in verdict.checked_broadcasts()}
         with contextlib.suppress(AssertionError):
-            _wait_until(
+            wait_for(
                 lambda: expected <= received(self.record),
                 timeout=5.0,
-                what=lambda: "the listener got every checked broadcast",
+                interval=0.02,
+                message="the listener got every checked broadcast",
             )
         verdict.received = received(self.record)
         verdict.service_log = self.service_log()
@@ -111,11 +116,3 @@ class Rig:
 def _keep_running(seconds: float) -> None:
     # The traffic runs meanwhile: this is the length of a phase, not a wait for an event.
     time.sleep(max(0.0, seconds))
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting until {what()}")
-        time.sleep(0.02)
