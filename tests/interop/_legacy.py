@@ -31,7 +31,7 @@ VENV_DIR = REPO_ROOT / ".cache" / "daebus-0.0.31-venv"
 STAMP_NAME = "daebus-interop-stamp.json"
 
 #: daebus 0.0.31 with the exact dependency versions of its requirements.txt, which are also
-#: the versions the reference behaviour was verified with (later redis-py/websockets
+#: the versions 0.0.31's behaviour was checked with (later redis-py/websockets
 #: releases also install, but would make the "legacy" side drift over time).
 REQUIREMENTS = (
     "daebus==0.0.31",

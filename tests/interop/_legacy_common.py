@@ -10,8 +10,8 @@ Redis there:
   test server's explicitly.
 - `daebus.modules.redis_client` builds a module-global `Redis()` for localhost:6379 at import
   (lazily connected), and every `Daebus()` binds `app.broadcast` to it, so `broadcast.send`
-  ignores `run(redis_host, redis_port)` (bug B3). `load_daebus()` rebinds those globals and
-  `bind_broadcast()` gives the app a broadcaster on the test server.
+  ignores `run(redis_host, redis_port)`, a bug of 0.0.31. `load_daebus()` rebinds those
+  globals and `bind_broadcast()` gives the app a broadcaster on the test server.
 - As a last line of defence, `load_daebus()` makes every TCP connect to any other address
   fail loudly, so a missed default shows up as an error instead of traffic on 6379.
 """
@@ -92,7 +92,10 @@ def load_daebus() -> ModuleType:
 
 
 def bind_broadcast(app: Any) -> None:
-    """Point `app.broadcast` (and so the `broadcast` proxy) at the test server (bug B3)."""
+    """Point `app.broadcast` (and so the `broadcast` proxy) at the test server.
+
+    0.0.31 binds it to localhost:6379 whatever `run()` is given.
+    """
     import daebus.modules.redis_client
     from daebus.modules.pubsub import PubSubBroadcast
 

@@ -1,7 +1,7 @@
 """Interoperability with PyPI daebus 0.0.31 over a real server, in both directions.
 
 0.0.31 runs in its own virtualenv (`legacy_python`); our side is this checkout's package.
-See the reference, §2 (wire protocol).
+docs/compatibility.md ("Wire protocol") describes what both sides speak.
 """
 
 from __future__ import annotations
