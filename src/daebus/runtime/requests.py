@@ -106,7 +106,7 @@ class Requests:
                 self.admission.job_done()
                 logger.warning("dropped a request for %r: the service is stopping", name)
         else:
-            self.admission.spawn(self._run(name, handler, ctx))
+            self.admission.spawn(self._run_async(name, handler, ctx))
 
     def _accept(
         self, kind: str, delivery: Delivery
@@ -262,7 +262,7 @@ class Requests:
         except TransportError as exc:  # the transport is closing under us
             logger.debug("could not refuse a request: %s", exc)
 
-    async def _run(
+    async def _run_async(
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
     ) -> None:
         """An ``async def`` (or async generator) action on the loop; failures are answered."""
