@@ -30,7 +30,7 @@ from daebus import (
     request,
     response,
 )
-from daebus.transport import _resp
+from daebus.transport import _resp_blocking
 
 apps = apps_fixture()
 
@@ -104,7 +104,7 @@ def test_a_caller_alone_after_a_restart_gets_its_reply_at_the_first_try(
 ) -> None:
     # A thread calling alone reads its reply from the caller's own connection: one the
     # restart closed must be replaced before the request goes out, or the reply is lost.
-    monkeypatch.setattr(_resp, "_CHECK_AFTER_IDLE", 0.0)  # the same for the publisher
+    monkeypatch.setattr(_resp_blocking, "_CHECK_AFTER_IDLE", 0.0)  # the same for the publisher
     app = Daebus("restarted")
     app.add_action("echo", lambda: request.payload)
     manager = Apps(private_redis.url)

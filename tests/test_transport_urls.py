@@ -17,7 +17,7 @@ from daebus.transport import (
     check_url_options,
     transport_from_url,
 )
-from daebus.transport._resp import Endpoint
+from daebus.transport._endpoint import Endpoint
 from daebus.transport.memory import MemoryTransport
 from daebus.transport.redis import RedisTransport
 

@@ -21,16 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from ..exceptions import TransportError
-from ._resp import (
-    SILENCE_TIMEOUT,
-    BlockingConnection,
-    BlockingSubscriber,
-    Endpoint,
-    RespConnection,
-    open_connection,
-    pack,
-    pack_publish,
-)
+from ._endpoint import Endpoint
+from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack, pack_publish
+from ._resp_blocking import BlockingConnection, BlockingSubscriber
 from .base import ChannelReader, Delivery, Transport
 
 __all__ = ["COMMAND_TIMEOUT", "RedisTransport", "normalize_url"]
