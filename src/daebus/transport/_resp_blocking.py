@@ -100,13 +100,13 @@ class BlockingConnection:
         A connection the server closed while it sat idle (a restart) is replaced before
         sending; one lost while a command is in flight fails it: it may have run.
         """
-        self._ready(self._timeout if timeout is None else timeout)
+        self._make_ready(self._timeout if timeout is None else timeout)
         self._send(packed)
         return self._read()
 
     def pipeline(self, commands: list[bytes], timeout: float | None = None) -> list[Any]:
         """Send packed commands in one write; return their replies (errors as exceptions)."""
-        self._ready(self._timeout if timeout is None else timeout)
+        self._make_ready(self._timeout if timeout is None else timeout)
         self._send(b"".join(commands))
         replies: list[Any] = []
         append, gets = replies.append, self._parser.gets
@@ -133,14 +133,14 @@ class BlockingConnection:
         """
         if len(self._unconfirmed) >= _MAX_UNREAD:
             self._read_unconfirmed()
-        self._ready(self._timeout, read_unconfirmed=False)
+        self._make_ready(self._timeout, read_unconfirmed=False)
         self._unconfirmed.append(packed)
         try:
             self._send(packed)
         except TransportError as exc:
             self._send_again(exc)
 
-    def _ready(self, timeout: float, *, read_unconfirmed: bool = True) -> None:
+    def _make_ready(self, timeout: float, *, read_unconfirmed: bool = True) -> None:
         idle = time.monotonic() - self._last_used >= _CHECK_AFTER_IDLE
         if self._sock is not None and timeout != self._sock_timeout:
             self._set_timeout(self._sock, timeout)

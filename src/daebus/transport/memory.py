@@ -264,7 +264,7 @@ class MemoryTransport(Transport):
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Delivery] = deque()
-        self._ready: asyncio.Event | None = None
+        self._reader_started: asyncio.Event | None = None
         self._wake_pending = False
         self._delivering = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -291,7 +291,7 @@ class MemoryTransport(Transport):
                 self.broker.drop(self)
             self._reset()
             self._loop = asyncio.get_running_loop()
-            self._ready = asyncio.Event()
+            self._reader_started = asyncio.Event()
         return self._loop
 
     def _reset(self) -> None:
@@ -315,7 +315,7 @@ class MemoryTransport(Transport):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
         self._reset()
-        self._loop = self._ready = None
+        self._loop = self._reader_started = None
         with self._cache_lock:
             cache, self._cache = self._cache, None
         if cache is not None:
@@ -391,11 +391,11 @@ class MemoryTransport(Transport):
 
     def _wake(self) -> None:
         self._wake_pending = False
-        if self._ready is not None:
-            self._ready.set()
+        if self._reader_started is not None:
+            self._reader_started.set()
 
     async def _read_forever(self) -> None:
-        inbox, ready, me = self._inbox, self._ready, asyncio.current_task()
+        inbox, ready, me = self._inbox, self._reader_started, asyncio.current_task()
         assert ready is not None
         while self._reader is me:  # else closed meanwhile (by one of its own handlers)
             while inbox and self._reader is me:
