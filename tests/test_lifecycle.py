@@ -1,4 +1,8 @@
-"""Starting, stopping and surviving: Redis restarts, signals, jobs, threads, back-pressure."""
+"""Starting, stopping and surviving: Redis restarts, signals, jobs, threads, back-pressure.
+
+A test named ``test_b<n>_...`` shows one of 0.0.31's bugs fixed; docs/compatibility.md
+lists each bug with its test.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ from typing import Any
 import pytest
 import redis
 
-from _apps import Apps, apps_fixture
-from _helpers import ServiceProcess, Subscription, unique_name, wait_for
+from _apps import Apps
+from _helpers import QUIET, ServiceProcess, Subscription, unique_name, wait_for, wait_log
 from daebus import (
     AsyncDaebusCaller,
     Daebus,
@@ -32,10 +36,8 @@ from daebus import (
 )
 from daebus.transport import _resp_blocking
 
-apps = apps_fixture()
 
-
-# -- B2: Redis going away ----------------------------------------------------------------
+# -- Redis going away ----------------------------------------------------------------
 @pytest.mark.slow
 def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) -> None:
     app = Daebus("survivor")
@@ -65,7 +67,7 @@ def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) 
                     outcomes.append("ok")
                 except DaebusError as exc:
                     outcomes.append(type(exc).__name__)
-                    time.sleep(0.05)
+                    stop_traffic.wait(0.05)  # no busy loop while the server is down
 
         thread = threading.Thread(target=traffic, daemon=True)
         thread.start()
@@ -161,7 +163,9 @@ def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
         manager.close()
 
 
-def test_service_waits_for_redis_at_start(private_redis: Any) -> None:
+def test_service_waits_for_redis_at_start(
+    private_redis: Any, logs: pytest.LogCaptureFixture
+) -> None:
     private_redis.stop()
     app = Daebus("patient")
     app.add_action("ping", lambda: "pong")
@@ -169,17 +173,18 @@ def test_service_waits_for_redis_at_start(private_redis: Any) -> None:
     starter = threading.Thread(target=manager.start, args=(app, "patient-svc"), daemon=True)
     try:
         starter.start()
-        time.sleep(0.5)  # let it retry against the stopped server
+        wait_log(logs, "waiting for Redis")  # its first try failed: it is retrying now
         assert not app.is_running()
         private_redis.start()
         starter.join(10)
         assert app.is_running()
+        wait_log(logs, "is reachable now")
         assert manager.caller("patient-svc").send_request("ping") == "pong"
     finally:
         manager.close()
 
 
-# -- B12: SIGTERM and SIGINT drain and exit 0 --------------------------------------------
+# -- SIGTERM and SIGINT drain and exit 0 --------------------------------------------
 SERVICE_SCRIPT = textwrap.dedent(
     """
     import sys, time
@@ -191,13 +196,15 @@ SERVICE_SCRIPT = textwrap.dedent(
 
     @app.action("slow")
     def slow():
-        time.sleep(1.0)
+        print("slow: started", flush=True)
+        time.sleep(1.0)  # the work in flight when the signal comes
         return "finished"
 
     @app.thread("worker")
     def worker(running):
+        stop = app.thread_tasks["worker"].stop_requested
         while running():
-            time.sleep(0.01)
+            stop.wait(1)  # returns as soon as the service stops
         marker.write_text("thread saw running() false")
 
     @app.on_stop
@@ -224,7 +231,7 @@ def test_b12_signal_drains_in_flight_work_and_exits_0(
         result: list[Any] = []
         call = threading.Thread(target=lambda: result.append(caller.send_request("slow")))
         call.start()
-        wait_for(lambda: "slow" in proc.output() or time.sleep(0.3) is None, timeout=2)
+        wait_for(lambda: "slow: started" in proc.stdout(), message=proc.output)
         assert proc.terminate(sig=sig, timeout=15) == 0
         call.join(10)
         caller.close()
@@ -242,7 +249,7 @@ DRAIN_SCRIPT = textwrap.dedent(
 
     @app.action("slow")
     def slow():
-        time.sleep(0.2)
+        time.sleep(0.2)  # the work: both slots stay busy while the rest wait for one
         return request.payload
 
     app.run(service=sys.argv[1])
@@ -302,7 +309,7 @@ def test_sigterm_answers_every_request_read_even_those_waiting_for_a_slot(
     assert f"refused {kinds.count('busy')} request(s) unrun" in refused[0]
 
 
-# -- B10: stop_thread works ------------------------------------------------------------------
+# -- stop_thread works ------------------------------------------------------------------
 def test_b10_stop_thread_stops_the_thread(apps: Apps) -> None:
     app = Daebus("threads")
     loops = {"count": 0}
@@ -310,14 +317,16 @@ def test_b10_stop_thread_stops_the_thread(apps: Apps) -> None:
 
     @app.thread("worker")
     def worker(running: Any) -> None:
+        stop = app.thread_tasks["worker"].stop_requested
         while running():
             loops["count"] += 1
-            time.sleep(0.005)
+            stop.wait(0.005)  # paces the loop; returns at once when stop_thread asks
 
     @app.thread("manual", auto_start=False)
     def manual() -> None:  # a thread without `running` polls app.is_running()
-        while app.is_running() and not app.thread_tasks["manual"].stop_requested.is_set():
-            time.sleep(0.005)
+        stop = app.thread_tasks["manual"].stop_requested
+        while app.is_running() and not stop.wait(0.005):
+            pass
 
     apps.start(app)
     wait_for(lambda: loops["count"] > 2)
@@ -331,7 +340,7 @@ def test_b10_stop_thread_stops_the_thread(apps: Apps) -> None:
     assert app.stop_thread("manual") is True
 
 
-# -- B11: debug logs the message flow ------------------------------------------------------
+# -- debug logs the message flow ------------------------------------------------------
 def test_b11_debug_logs_message_flow(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
     app = Daebus("debugging")
     app.add_action("echo", lambda: request.payload)
@@ -344,7 +353,7 @@ def test_b11_debug_logs_message_flow(apps: Apps, caplog: pytest.LogCaptureFixtur
     logging.getLogger("daebus").setLevel(logging.NOTSET)
 
 
-# -- B26: background jobs -------------------------------------------------------------------
+# -- background jobs -------------------------------------------------------------------
 def test_b26_background_jobs_reschedule_and_duplicates_do_not_crash(apps: Apps) -> None:
     app = Daebus("jobs")
     runs: list[str] = []
@@ -373,8 +382,8 @@ def test_b26_background_jobs_reschedule_and_duplicates_do_not_crash(apps: Apps) 
     assert (name, interval, func) == ("cleanup", 3600, cleanup)
     with Subscription(apps.url, channel) as sub:
         apps.start(app)
-        time.sleep(0.2)
-        assert runs == []  # first run one interval after start
+        time.sleep(QUIET)  # an absence window: no job runs before its first interval
+        assert runs == []
         app.background_tasks["cleanup"].interval = 0.05
         app.background_tasks["async_job"].interval = 0.05
         assert sub.get_json()["run"] >= 1
@@ -382,14 +391,14 @@ def test_b26_background_jobs_reschedule_and_duplicates_do_not_crash(apps: Apps) 
     assert "first" not in runs
 
 
-# -- B27: nothing configured at import ------------------------------------------------------
+# -- nothing configured at import ------------------------------------------------------
 def test_b27_import_does_not_configure_logging() -> None:
     code = "import logging, daebus; r = logging.getLogger(); print(len(r.handlers), r.level)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", str(logging.WARNING)]
 
 
-# -- B28: bounded in-flight work -----------------------------------------------------------
+# -- bounded in-flight work -----------------------------------------------------------
 @pytest.mark.parametrize("kind", ["async def", "def"])
 def test_b28_in_flight_messages_are_bounded(apps: Apps, kind: str) -> None:
     app = Daebus("bounded", max_in_flight=3)
@@ -422,7 +431,7 @@ def test_b28_in_flight_messages_are_bounded(apps: Apps, kind: str) -> None:
     for thread in threads:
         thread.start()
     wait_for(lambda: len(entered) == 3)
-    time.sleep(0.3)  # a fourth message would be admitted by now if the limit leaked
+    time.sleep(QUIET)  # an absence window: a fourth message would enter if the limit leaked
     assert len(entered) == 3
     runtime = app._runtime
     assert runtime is not None
@@ -436,7 +445,7 @@ def test_b28_in_flight_messages_are_bounded(apps: Apps, kind: str) -> None:
     assert runtime.active == 0
 
 
-# -- B29: callers are reusable after close -----------------------------------------------------
+# -- callers are reusable after close -----------------------------------------------------
 def test_b29_caller_reconnects_after_close_even_inside_a_handler(apps: Apps) -> None:
     backend = Daebus("backend")
     backend.add_action("get", lambda: {"value": request.payload})
