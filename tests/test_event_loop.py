@@ -10,13 +10,11 @@ from typing import Any
 import pytest
 import redis
 
-from _apps import Apps, apps_fixture
+from _apps import Apps
 from _helpers import Subscription, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request, response
 from daebus._portal import Portal
 from daebus.runtime.loop import loop_name
-
-apps = apps_fixture()
 
 pytest.importorskip("uvloop")
 

@@ -15,8 +15,8 @@ from typing import Any, cast
 import pytest
 import redis
 
-from _apps import Apps, apps_fixture
-from _helpers import unique_name, wait_for
+from _apps import Apps
+from _helpers import QUIET, unique_name, wait_for
 from daebus import Daebus, request
 from daebus._compat import timeout
 from daebus.context import MessageContext
@@ -26,8 +26,6 @@ from daebus.runtime.eager import finish, first_step
 from daebus.runtime.publisher import Publisher
 from daebus.transport import Delivery
 from daebus.transport.memory import MemoryTransport, forget
-
-apps = apps_fixture()
 
 #: Set by a listener for its own message; a message after it must not see the value.
 mark: contextvars.ContextVar[int | None] = contextvars.ContextVar("mark", default=None)
@@ -148,7 +146,7 @@ def test_a_batch_is_held_to_max_in_flight(apps: Apps) -> None:
     assert runtime is not None
     publish_together(apps.url, channel, 10)
     wait_for(lambda: len(entered) == 3)
-    time.sleep(0.3)  # a fourth message would have started by now if the limit leaked
+    time.sleep(QUIET)  # an absence window: a fourth message would start if the limit leaked
     assert entered == [0, 1, 2]
     assert runtime.active == 3
     gate.set()
@@ -302,10 +300,12 @@ async def test_finish_sees_a_stepped_coroutine_through_as_await_would() -> None:
 
 async def test_a_stepped_coroutine_is_cancelled_with_the_task_that_finishes_it() -> None:
     unwound: list[int | None] = []
+    waiting = asyncio.Event()
 
     async def work() -> None:
         mark.set(2)
         try:
+            waiting.set()
             await asyncio.sleep(60)
         finally:
             unwound.append(mark.get())
@@ -316,7 +316,7 @@ async def test_a_stepped_coroutine_is_cancelled_with_the_task_that_finishes_it()
         await finish(stepped)
 
     task = asyncio.get_running_loop().create_task(batch())
-    await asyncio.sleep(0)
+    await waiting.wait()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
