@@ -1,6 +1,7 @@
 """A service and its callers over a real server: replies, streams, errors, bad input.
 
-Each numbered bug of 0.0.31 (reference §5) that this covers is named in the test.
+A test named ``test_b<n>_...`` shows one of 0.0.31's bugs fixed; docs/compatibility.md
+lists each bug with its test.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 import pytest
 import redis
 
-from _apps import Apps, apps_fixture
-from _helpers import Subscription, unique_name, wait_for
+from _apps import Apps
+from _helpers import QUIET, Subscription, unique_name, wait_for
 from daebus import (
     AsyncDaebusCaller,
     Blueprint,
@@ -35,8 +36,6 @@ from daebus import (
     response,
 )
 from daebus.context import current_context
-
-apps = apps_fixture()
 
 
 def raw_request(url: str, service: str, message: Any, *, raw: bytes | None = None) -> Any:
@@ -195,7 +194,7 @@ def test_timeout_is_per_part_of_a_stream(apps: Apps) -> None:
     @app.action("slow")
     def slow() -> Any:
         for i in range(4):
-            time.sleep(0.3)
+            time.sleep(0.3)  # the work before each part
             response.send(i, final=False)
         return "done"
 
@@ -220,7 +219,7 @@ def test_async_caller(apps: Apps) -> None:
     assert asyncio.run(main()) == ("x", [{}])
 
 
-# -- B1: every failure gets a prompt error reply, and nothing dies -------------------------
+# -- every failure gets a prompt error reply, and nothing dies -------------------------
 def test_b1_handler_exception_is_an_error_reply(apps: Apps) -> None:
     app = Daebus("raises")
 
@@ -365,7 +364,7 @@ def test_no_subscriber_fails_fast_and_a_slow_handler_times_out(apps: Apps) -> No
     release.set()
 
 
-# -- B4: futures; the first final reply wins ------------------------------------------
+# -- futures; the first final reply wins ------------------------------------------
 def test_b4_first_final_reply_wins(apps: Apps) -> None:
     app = Daebus("finals")
 
@@ -379,7 +378,7 @@ def test_b4_first_final_reply_wins(apps: Apps) -> None:
     assert caller.pending_requests == {}
 
 
-# -- B5/B30: no leakage between concurrent requests -------------------------------------
+# -- no leakage between concurrent requests -------------------------------------
 def test_b5_concurrent_requests_each_get_their_own_payload(apps: Apps) -> None:
     app = Daebus("concurrent", max_workers=20)
 
@@ -442,7 +441,7 @@ def test_a_late_reply_to_a_timed_out_call_is_not_taken_for_the_next_one(apps: Ap
     assert caller.pending_requests == {}
 
 
-# -- B3: one Redis for everything -------------------------------------------------------
+# -- one Redis for everything -------------------------------------------------------
 def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> None:
     app = Daebus("one-redis")
 
@@ -531,7 +530,7 @@ def test_listener_added_while_running_is_subscribed(apps: Apps) -> None:
     assert got.wait(5)
 
 
-# -- B7/B8: one-way messages reach the action -------------------------------------------
+# -- one-way messages reach the action -------------------------------------------
 def test_b7_b8_send_to_service_and_send_message_reach_the_action(apps: Apps) -> None:
     app = Daebus("oneway")
     got: list[Any] = []
@@ -559,11 +558,11 @@ def test_b7_b8_send_to_service_and_send_message_reach_the_action(apps: Apps) -> 
     with Subscription(apps.url, metric_channel) as sub:
         assert caller.send_message(metric_channel, {"v": 2}) == 1
         assert sub.get_json() == {"v": 2}
-    time.sleep(0.1)  # a wrong extra delivery to the action would show up here
+    time.sleep(QUIET)  # an absence window: a wrong extra delivery to the action
     assert len(got) == 2
 
 
-# -- B9: workflows --------------------------------------------------------------------
+# -- workflows --------------------------------------------------------------------
 def test_b9_workflow_messages_are_handled(apps: Apps) -> None:
     app = Daebus("workflows")
 
@@ -578,7 +577,7 @@ def test_b9_workflow_messages_are_handled(apps: Apps) -> None:
     assert reply["payload"] == {"onboarded": 1}
 
 
-# -- B13: several apps in one process -----------------------------------------------------
+# -- several apps in one process -----------------------------------------------------
 def test_b13_two_apps_in_one_process(apps: Apps) -> None:
     first, second = Daebus("first"), Daebus("second")
     for app in (first, second):
@@ -592,7 +591,7 @@ def test_b13_two_apps_in_one_process(apps: Apps) -> None:
     assert apps.caller(two).send_request("whoami") == "second"
 
 
-# -- B20: one encoder for everything ----------------------------------------------------
+# -- one encoder for everything ----------------------------------------------------
 def test_b20_one_encoder_for_replies_and_broadcasts(apps: Apps) -> None:
     app = Daebus("encoder")
     when = datetime.datetime(2024, 1, 2, 3, 4, 5)
@@ -911,7 +910,7 @@ def test_replies_go_only_to_reply_channels(apps: Apps, caplog: pytest.LogCapture
         got: list[tuple[str, Any]] = []
         while True:
             try:
-                channel, data = sub.get(timeout=0.5)
+                channel, data = sub.get(timeout=QUIET)  # an absence window: no more replies
             except AssertionError:
                 break
             message = json.loads(data)
