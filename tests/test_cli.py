@@ -27,8 +27,8 @@ import redis
 from click.testing import CliRunner, Result
 
 import daebus
-from _apps import Apps, apps_fixture
-from _helpers import ServiceProcess, Subscription, unique_name, wait_for
+from _apps import Apps
+from _helpers import ServiceProcess, Subscription, dead_url, unique_name, wait_for
 from _servers import RedisServer, free_port
 from daebus import Daebus, request, response
 from daebus.cli import (
@@ -40,8 +40,6 @@ from daebus.cli import (
     cli,
     load_app,
 )
-
-apps = apps_fixture()
 
 #: A listen line: time of arrival, channel, message.
 LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) (\S+) (.*)$")
@@ -61,11 +59,6 @@ def daebus_process(*args: str, url: str, **options: Any) -> ServiceProcess:
         name=f"daebus-{args[0]}",
         **options,
     )
-
-
-def dead_url() -> str:
-    """The URL of a port nothing listens on."""
-    return f"redis://127.0.0.1:{free_port()}/0"
 
 
 def stdout_lines(process: ServiceProcess, count: int, timeout: float = 10.0) -> list[str]:
