@@ -6,10 +6,6 @@ test's `private_redis`) from `Apps`; tests use those fixtures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
-import pytest
-
 from _helpers import unique_name
 from daebus import Daebus, DaebusCaller
 
@@ -49,19 +45,3 @@ class Apps:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def apps_fixture(url_fixture: str = "redis_url") -> Callable[..., Iterator[Apps]]:
-    """Build an ``apps`` fixture bound to the server fixture named ``url_fixture``.
-
-    Superseded by the `apps` and `private_apps` fixtures of conftest.py; kept while test
-    modules still define their own ``apps = apps_fixture()``.
-    """
-
-    @pytest.fixture
-    def apps(request: pytest.FixtureRequest) -> Iterator[Apps]:
-        value = request.getfixturevalue(url_fixture)
-        with Apps(value if isinstance(value, str) else value.url) as manager:
-            yield manager
-
-    return apps

@@ -39,7 +39,9 @@ from daebus.transport import _resp_blocking
 
 # -- Redis going away ----------------------------------------------------------------
 @pytest.mark.slow
-def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) -> None:
+def test_b2_service_and_caller_recover_after_redis_restarts(
+    private_redis: Any, private_apps: Apps
+) -> None:
     app = Daebus("survivor")
     heard: list[Any] = []
     channel = unique_name("heartbeat")
@@ -52,12 +54,11 @@ def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) 
     def on_heartbeat(data: Any) -> None:
         heard.append(data)
 
-    manager = Apps(private_redis.url)
     stop_traffic = threading.Event()
     outcomes: list[str] = []
     try:
-        service = manager.start(app)
-        caller = manager.caller(service, timeout=1)
+        service = private_apps.start(app)
+        caller = private_apps.caller(service, timeout=1)
         assert caller.send_request("echo", 1) == 1
 
         def traffic() -> None:  # requests keep coming through the outage
@@ -98,35 +99,30 @@ def test_b2_service_and_caller_recover_after_redis_restarts(private_redis: Any) 
         assert outcomes.count("ok") >= 2
     finally:
         stop_traffic.set()
-        manager.close()
 
 
 def test_a_caller_alone_after_a_restart_gets_its_reply_at_the_first_try(
-    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+    private_redis: Any, private_apps: Apps, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A thread calling alone reads its reply from the caller's own connection: one the
     # restart closed must be replaced before the request goes out, or the reply is lost.
     monkeypatch.setattr(_resp_blocking, "_CHECK_AFTER_IDLE", 0.0)  # the same for the publisher
     app = Daebus("restarted")
     app.add_action("echo", lambda: request.payload)
-    manager = Apps(private_redis.url)
-    try:
-        service = manager.start(app)
-        caller = manager.caller(service, timeout=5)
-        assert caller.send_request("echo", 1) == 1
-        assert caller.send_request("echo", 2) == 2  # the caller's own connection from now on
-        private_redis.restart()
-        client = redis.Redis.from_url(private_redis.url)
-        channel = protocol.service_channel(service)
-        wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)  # the service is back
-        client.close()
-        assert caller.send_request("echo", 3) == 3
-    finally:
-        manager.close()
+    service = private_apps.start(app)
+    caller = private_apps.caller(service, timeout=5)
+    assert caller.send_request("echo", 1) == 1
+    assert caller.send_request("echo", 2) == 2  # the caller's own connection from now on
+    private_redis.restart()
+    client = redis.Redis.from_url(private_redis.url)
+    channel = protocol.service_channel(service)
+    wait_for(lambda: client.pubsub_numsub(channel)[0][1] == 1)  # the service is back
+    client.close()
+    assert caller.send_request("echo", 3) == 3
 
 
 def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
-    private_redis: Any,
+    private_redis: Any, private_apps: Apps
 ) -> None:
     app = Daebus("abandoned")
     release = threading.Event()
@@ -137,10 +133,9 @@ def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
         return "too late"
 
     app.add_action("ping", lambda: "pong")
-    manager = Apps(private_redis.url)
     outcome: list[BaseException] = []
     try:
-        caller = manager.caller(manager.start(app), timeout=60)
+        caller = private_apps.caller(private_apps.start(app), timeout=60)
         assert caller.send_request("ping") == "pong"  # the caller's own connection from now on
 
         def call() -> None:
@@ -160,28 +155,23 @@ def test_a_caller_waiting_alone_when_the_server_goes_away_fails_at_once(
         assert "may have run" in str(outcome[0])
     finally:
         release.set()
-        manager.close()
 
 
 def test_service_waits_for_redis_at_start(
-    private_redis: Any, logs: pytest.LogCaptureFixture
+    private_redis: Any, private_apps: Apps, logs: pytest.LogCaptureFixture
 ) -> None:
     private_redis.stop()
     app = Daebus("patient")
     app.add_action("ping", lambda: "pong")
-    manager = Apps(private_redis.url)
-    starter = threading.Thread(target=manager.start, args=(app, "patient-svc"), daemon=True)
-    try:
-        starter.start()
-        wait_log(logs, "waiting for Redis")  # its first try failed: it is retrying now
-        assert not app.is_running()
-        private_redis.start()
-        starter.join(10)
-        assert app.is_running()
-        wait_log(logs, "is reachable now")
-        assert manager.caller("patient-svc").send_request("ping") == "pong"
-    finally:
-        manager.close()
+    starter = threading.Thread(target=private_apps.start, args=(app, "patient-svc"), daemon=True)
+    starter.start()
+    wait_log(logs, "waiting for Redis")  # its first try failed: it is retrying now
+    assert not app.is_running()
+    private_redis.start()
+    starter.join(10)
+    assert app.is_running()
+    wait_log(logs, "is reachable now")
+    assert private_apps.caller("patient-svc").send_request("ping") == "pong"
 
 
 # -- SIGTERM and SIGINT drain and exit 0 --------------------------------------------

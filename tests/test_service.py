@@ -442,7 +442,9 @@ def test_a_late_reply_to_a_timed_out_call_is_not_taken_for_the_next_one(apps: Ap
 
 
 # -- one Redis for everything -------------------------------------------------------
-def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> None:
+def test_b3_broadcast_and_cache_use_the_services_server(
+    private_redis: Any, private_apps: Apps
+) -> None:
     app = Daebus("one-redis")
 
     @app.action("announce")
@@ -451,19 +453,15 @@ def test_b3_broadcast_and_cache_use_the_services_server(private_redis: Any) -> N
         app.cache.set("announced", "yes")
         return int(request_count)
 
-    manager = Apps(private_redis.url)
-    try:
-        service = manager.start(
-            app, redis_url=None, redis_host="127.0.0.1", redis_port=private_redis.port
-        )
-        with Subscription(private_redis.url, "announcements") as sub:
-            assert manager.caller(service).send_request("announce", "x") == 1
-            assert sub.get_json() == {"hello": "x"}
-        client = redis.Redis.from_url(private_redis.url, decode_responses=True)
-        assert client.get("announced") == "yes"
-        client.close()
-    finally:
-        manager.close()
+    service = private_apps.start(
+        app, redis_url=None, redis_host="127.0.0.1", redis_port=private_redis.port
+    )
+    with Subscription(private_redis.url, "announcements") as sub:
+        assert private_apps.caller(service).send_request("announce", "x") == 1
+        assert sub.get_json() == {"hello": "x"}
+    client = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    assert client.get("announced") == "yes"
+    client.close()
 
 
 def test_broadcast_outside_any_app_sends_and_sends_many(
