@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from _servers import free_port
+from _helpers import dead_url, needs_openssl, self_signed_certificate
 from daebus import Daebus, SetupError
 from daebus.transport import (
     REDIS_URL_OPTIONS,
@@ -76,7 +74,7 @@ def test_memory_urls_are_not_redis_urls() -> None:
 
 def test_an_app_given_such_a_url_fails_to_start_at_once() -> None:
     app = Daebus("url-check")
-    url = f"redis://127.0.0.1:{free_port()}/0?client_name=svc"
+    url = f"{dead_url()}?client_name=svc"
     with pytest.raises(SetupError, match="client_name"):
         app.start("url-check", redis_url=url, ready_timeout=10)
     assert not app.is_running()
@@ -113,30 +111,9 @@ def test_every_accepted_tls_option_changes_the_tls_context(tmp_path: Path) -> No
             context(f"{option}={missing}")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to make a certificate")
+@needs_openssl
 def test_the_key_file_is_read(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-days",
-            "1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     with pytest.raises(ssl.SSLError):  # a certificate without its key
         Endpoint.from_url(f"rediss://localhost?ssl_certfile={cert}")
     endpoint = Endpoint.from_url(f"rediss://localhost?ssl_certfile={cert}&ssl_keyfile={key}")
