@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from redis.connection import SSLConnection, parse_url
-
 from ..exceptions import SetupError
 
 __all__ = ["REDIS_URL_OPTIONS", "TLS_URL_OPTIONS", "Endpoint", "check_url_options"]
@@ -81,6 +79,10 @@ class Endpoint:
             SetupError: the URL has a query option that is not honoured.
         """
         check_url_options(url)
+        # redis-py is loaded here, when a connection is made: the option check above is
+        # what ``import daebus`` and ``daebus --help`` need, and they must stay quick.
+        from redis.connection import SSLConnection, parse_url
+
         options = parse_url(url)  # type: ignore[no-untyped-call]
         context = None
         if options.get("connection_class") is SSLConnection:
