@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from _helpers import ServiceProcess, wait_for
-from _servers import free_port, kill_shared_servers, shared_server_pids
+from _helpers import ServiceProcess, dead_url, wait_for
+from _servers import kill_shared_servers, shared_server_pids
 from daebus import protocol
 from daebus.server import SharedServer
 
@@ -90,7 +90,7 @@ def newcomer() -> Iterator[Newcomer]:
     empty_path = Path(tempfile.mkdtemp(prefix="daebus-path-"))
     env = {name: value for name, value in os.environ.items() if not name.startswith("DAEBUS_")}
     env.update(
-        DAEBUS_DEFAULT_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",  # nothing answers
+        DAEBUS_DEFAULT_REDIS_URL=dead_url(),
         DAEBUS_RUNTIME_DIR=str(runtime_dir),
         PATH=str(empty_path),
         PYTHONUNBUFFERED="1",
