@@ -79,8 +79,10 @@ def _pid_alive(pid: int) -> bool:
             state = os.read(fd, 4096).rsplit(b")", 1)[1].split()[0]
         finally:
             os.close(fd)
+    except (FileNotFoundError, ProcessLookupError):
+        return False  # reaped between the signal and the read: gone
     except (OSError, IndexError):
-        return True
+        return True  # no /proc to ask: signal 0 is all there is
     return state != b"Z"
 
 
