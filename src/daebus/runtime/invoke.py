@@ -3,9 +3,10 @@
 A handler is ``async def`` (awaited on the loop), an async generator (each part it
 yields is sent as a reply part), or plain ``def`` (run in a worker thread, in a copy of
 the caller's context; a generator's parts are sent as it yields them, and an awaitable
-it returns is finished on the loop). Pub/sub actions, listeners, hooks, background jobs
-and WebSocket handlers are all called through :class:`Invoker`; what a handler is, and
-how many arguments it takes, is asked of :func:`kind_of` and :func:`accepts_arguments`.
+it returns is finished on the loop). Pub/sub actions, listeners, hooks, background jobs,
+HTTP routes and WebSocket handlers are all called through :class:`Invoker`; what a
+handler is, and how many arguments it takes, is asked of :func:`kind_of` and
+:func:`accepts_arguments`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ import contextlib
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, Protocol, TypeVar
 
 from .. import context
-
-if TYPE_CHECKING:
-    from ..pubsub import PubSubResponse
-    from .workers import WorkerPool
 
 __all__ = [
     "ASYNC",
@@ -30,6 +27,8 @@ __all__ = [
     "SYNC",
     "HandlerExitError",
     "Invoker",
+    "Parts",
+    "Workers",
     "accepts_arguments",
     "error_text",
     "is_async_callable",
@@ -108,10 +107,26 @@ def error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-class Invoker:
-    """Calls handlers for one running service: on ``loop`` if async, else in ``pool``."""
+class Workers(Protocol):
+    """Where ``def`` handlers run: a :class:`~.workers.WorkerPool`, or what wraps one."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: WorkerPool) -> None:
+    def run(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``func(*args)`` in a worker thread; call on the loop."""
+        ...
+
+
+class Parts(Protocol):
+    """Where a generator handler's parts go: a reply (``PubSubResponse``), say."""
+
+    def send(self, payload: Any, final: bool = True) -> Any:
+        """Send one part (``final=False``); may return an awaitable."""
+        ...
+
+
+class Invoker:
+    """Calls handlers: on ``loop`` if async, else in ``pool``'s worker threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Workers) -> None:
         self.loop = loop
         self.pool = pool
 
@@ -120,26 +135,31 @@ class Invoker:
         func: Callable[..., Any],
         ctx: context.MessageContext,
         args: tuple[Any, ...],
-        response: PubSubResponse | None = None,
-        executor: WorkerPool | None = None,
+        response: Parts | None = None,
+        executor: Workers | None = None,
+        kwargs: Mapping[str, Any] | None = None,
     ) -> Any:
-        """Call ``func(*args)`` with ``ctx`` current and return what it returns.
+        """Call ``func(*args, **kwargs)`` with ``ctx`` current and return what it returns.
 
-        An async generator's parts, and a ``def`` generator's, go to ``response`` as
-        reply parts (and are dropped without one); a ``def`` handler runs in
-        ``executor``, by default the service's pool. ``SystemExit`` and the like come
-        out as :class:`HandlerExitError`: raised in a task, they would stop the loop.
+        ``kwargs`` are an HTTP route's path parameters, say. An async generator's parts,
+        and a ``def`` generator's, go to ``response`` as reply parts (and are dropped
+        without one); a ``def`` handler runs in ``executor``, by default :attr:`pool`.
+        ``SystemExit`` and the like come out as :class:`HandlerExitError`: raised in a
+        task, they would stop the loop.
         """
         token = context.push(ctx)
         try:
             kind = kind_of(func)
             if kind is ASYNC:
-                return await func(*args)
+                return await (func(*args, **kwargs) if kwargs else func(*args))
             if kind is ASYNC_GENERATOR:
-                async for part in func(*args):
+                async for part in func(*args, **kwargs) if kwargs else func(*args):
                     if response is not None:
                         await _maybe_await(response.send(part, final=False))
                 return None
+            if kwargs:
+                # Made after kind_of(): one partial a call must not fill its cache.
+                func = functools.partial(func, **kwargs)
             copied = contextvars.copy_context()
             return await (executor or self.pool).run(
                 copied.run, self.call_sync, func, args, response
@@ -155,7 +175,7 @@ class Invoker:
         self,
         func: Callable[..., Any],
         args: tuple[Any, ...],
-        response: PubSubResponse | None,
+        response: Parts | None,
     ) -> Any:
         """Call a ``def`` handler in this (worker) thread; see :meth:`invoke`."""
         result = func(*args)
@@ -168,7 +188,7 @@ class Invoker:
         return result
 
 
-def drive(generator: Generator[Any, Any, Any], response: PubSubResponse | None) -> Any:
+def drive(generator: Generator[Any, Any, Any], response: Parts | None) -> Any:
     """Send each part a generator handler yields; return its return value."""
     while True:
         try:
