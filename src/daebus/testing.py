@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -226,6 +227,10 @@ class TestClient:
         self.broker = broker_for(self.url)
         #: Everything the app published since :meth:`start`, replies excluded.
         self.broadcasts = Capture()
+        #: The app's replies on ``<service>.responses``: the answers to requests sent
+        #: without ``reply_to`` (by :meth:`send`, or a client publishing bare JSON).
+        self._responses_channel = protocol.fallback_reply_channel(self.service) or ""
+        self.responses = Capture(re.sub(r"([*?\[\]\\])", r"\\\1", self._responses_channel))
         self._owns_broker = url is None
         self._captures: list[Capture] = [self.broadcasts]
         self._callers: list[DaebusCaller] = []
@@ -235,7 +240,7 @@ class TestClient:
             protocol.service_channel(self.service),
             protocol.workflow_channel(self.service),
         }
-        self._reply_channels = {protocol.fallback_reply_channel(self.service)}
+        self._reply_channels = {self._responses_channel}
         self._stop_monitor: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -268,6 +273,7 @@ class TestClient:
             self._stop_monitor = None
         for capture in list(self._captures):
             capture.close()
+        self.responses.close()
         if self._owns_broker:
             forget(self.url)
 
@@ -301,9 +307,11 @@ class TestClient:
         return list(self._require_caller().stream(action, payload, timeout=timeout))
 
     def send(self, action: str, payload: Any = None, *, wait: bool = True) -> int:
-        """Send a fire-and-forget request (no reply); return the receiver count.
+        """Send a request without ``reply_to``; return the receiver count.
 
-        With ``wait``, return only once the app has handled it (see :meth:`wait_idle`).
+        The app answers it on ``<service>.responses``, as it does a client publishing
+        bare JSON: see :attr:`responses`. With ``wait``, return only once the app has
+        handled it (see :meth:`wait_idle`).
         """
         self._require_caller()
         data = protocol.encode_request(
@@ -366,6 +374,9 @@ class TestClient:
             return
         app_transport = self.app.transport
         if app_transport is None or published.publisher is not app_transport:
+            return
+        if published.channel == self._responses_channel:
+            self.responses._offer(Message(published.channel, published.data))
             return
         if published.channel in self._reply_channels:
             return

@@ -3,8 +3,10 @@
 A request is run only when it can be answered where it asks (its ``reply_to`` is a
 reply channel and its ``request_id`` can be echoed); one that cannot is dropped, with a
 throttled warning. One that is malformed, too large or names no known action is
-answered with an error reply. A plain ``def`` action runs start to end in a worker,
-reply included; anything else runs in a task on the loop.
+answered with an error reply. A request without ``reply_to`` (a client publishing bare
+JSON) is answered on ``<service>.responses``, if its ``service`` field is this
+service's name or absent. A plain ``def`` action runs start to end in a worker, reply
+included; anything else runs in a task on the loop.
 """
 
 from __future__ import annotations
@@ -172,12 +174,19 @@ class Requests:
     def addressable(self, request: PubSubRequest, channel: str) -> bool:
         """Whether a request can be answered where it asks; sets where replies go.
 
-        Without ``reply_to``, replies a handler sends go to ``<service>.responses`` if
-        that is a reply channel, else nowhere.
+        Without ``reply_to``, replies (the returned value, an error) go to
+        ``<service>.responses`` when the request's ``service`` names this service or is
+        absent (null too), and that is a reply channel; else nowhere. A request meant
+        for another service, or with a junk ``service``, is still run, unanswered.
         """
         reply_to = request.reply_to
         if reply_to is None:
-            request.reply_channel = self.replies.fallback(request.service)
+            service = request.service
+            request.reply_channel = (
+                self.replies.fallback(self.service)
+                if service is None or service == self.service
+                else None
+            )
         else:
             refusal = self.replies.refusal(reply_to)
             if refusal is not None:
@@ -252,13 +261,16 @@ class Requests:
         # Not PubSubRequest(message): that would decode a string payload too.
         fields = ("reply_to", "request_id", "service")
         request = PubSubRequest({field: message.get(field) for field in fields})
-        if not self.addressable(request, delivery.channel) or request.reply_to is None:
+        if not self.addressable(request, delivery.channel):
+            return
+        channel = request.reply_channel
+        if channel is None:
             return
         data = protocol.encode_reply(
             protocol.STATUS_ERROR, protocol.busy_payload(text), request.request_id, True
         )
         try:
-            self.publisher.publish(request.reply_to, data)
+            self.publisher.publish(channel, data)
         except TransportError as exc:  # the transport is closing under us
             logger.debug("could not refuse a request: %s", exc)
 
@@ -271,7 +283,11 @@ class Requests:
             result = await self.invoke(handler, ctx, (), response)
             with contextlib.suppress(TransportError):  # logged by the publisher, as below
                 await response.flush()
-            if not response.final_sent and response.request.reply_to is not None:
+            request = response.request
+            # reply_to first: set on nearly every request, where reply_channel is a property.
+            if not response.final_sent and (
+                request.reply_to is not None or request.reply_channel is not None
+            ):
                 try:
                     count = response.send(result)
                 except SerializationError as exc:
@@ -314,7 +330,8 @@ class Requests:
                 if not response.final_sent:
                     self.refuse(response, error_text(exc), log=False)
                 return
-            if response.final_sent or response.request.reply_to is None:
+            request = response.request
+            if response.final_sent or (request.reply_to is None and request.reply_channel is None):
                 return
             try:
                 response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
@@ -325,7 +342,7 @@ class Requests:
                     logging.ERROR,
                     "reply failed",
                     "could not reply to %s: %s",
-                    response.request.reply_to,
+                    request.reply_channel,
                     exc,
                 )
         finally:
@@ -346,7 +363,7 @@ class Requests:
     def refuse(
         self, response: PubSubResponse, message: str, *, log: bool = True, kind: str = "refused"
     ) -> Any:
-        """Answer with an error reply if the request has a ``reply_to``; log otherwise.
+        """Answer with an error reply if the request can be answered; log otherwise.
 
         On the loop this returns the publish's future (its failure is logged by the
         publisher); elsewhere the reply has gone out when it returns. Lines of one
@@ -362,7 +379,7 @@ class Requests:
                 message,
                 shorten(request.request_id),
             )
-        if request.reply_to is None:
+        if request.reply_channel is None:
             return None
         try:
             return response.error(message)
@@ -371,7 +388,7 @@ class Requests:
                 logging.ERROR,
                 "reply failed",
                 "could not send the error reply to %s: %s",
-                request.reply_to,
+                request.reply_channel,
                 exc,
             )
             return None
