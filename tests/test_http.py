@@ -765,6 +765,41 @@ def test_request_and_response_proxies_in_sync_and_async_routes(apps: Apps) -> No
     assert (err.status, err.json()) == (422, {"status": "error", "error": "no luck"})
 
 
+def test_path_parameters_reach_every_kind_of_route_handler(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("kinds")
+
+    @app.route("/async/<int:n>")
+    async def async_route(req: HttpRequest, n: int) -> Any:
+        return {"n": n, "path": request.path}
+
+    async def inner(req: HttpRequest, n: int) -> Any:
+        return {"n": n, "inner": True}
+
+    @app.route("/wrapped/<int:n>")
+    def wrapped(req: HttpRequest, **params: Any) -> Any:  # a decorator around an async def
+        return inner(req, **params)
+
+    # HTTP answers once: a route that yields parts fails, as 0.0.31's did.
+    @app.route("/parts/<int:n>")
+    def parts(req: HttpRequest, n: int) -> Any:
+        yield n
+
+    @app.route("/async-parts/<int:n>")
+    async def async_parts(req: HttpRequest, n: int) -> Any:
+        yield n
+
+    base = serve(apps, app).url
+    assert fetch(base, "/async/3").json() == {"n": 3, "path": "/async/3"}
+    assert fetch(base, "/wrapped/4").json() == {"n": 4, "inner": True}
+    for path in ("/parts/5", "/async-parts/6"):
+        reply = fetch(base, path)
+        assert (reply.status, reply.json()) == (500, {"error": "Internal Server Error"}), path
+    failures = [r for r in caplog.records if "the handler" in r.getMessage()]
+    assert [type(r.exc_info[1]) for r in failures if r.exc_info] == [TypeError, TypeError]
+
+
 def test_routes_registered_before_attach_and_by_blueprint_are_served(apps: Apps) -> None:
     app = Daebus("order")
     app.route("/early")(lambda req: {"early": True})

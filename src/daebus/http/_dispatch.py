@@ -1,9 +1,10 @@
 """Answering one HTTP request: mounts, routes, static folders, CORS, and the handler call.
 
 Each :class:`~daebus.DaebusHttp` has one :class:`Dispatcher`, which holds what it serves
-and answers every request its aiohttp server receives. A route handler runs with
+and answers every request its aiohttp server receives. A route handler is called
+through the :class:`~daebus.runtime.invoke.Invoker`, as every handler is, with
 ``request`` / ``response`` bound: ``async def`` ones on the loop, plain ``def`` ones in
-the component's worker threads, at most ``max_concurrent`` at once. At stop,
+the component's own worker threads, at most ``max_concurrent`` at once. At stop,
 :meth:`Dispatcher.finish` waits for the requests in progress, then answers or cancels
 those still running, so that a stop takes a bounded time.
 """
@@ -12,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
-import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
@@ -25,7 +23,7 @@ from .. import context
 from .._compat import timeout as deadline
 from .._routes import RouteTable, allow_header, canonical_path
 from ..exceptions import SetupError
-from ..runtime.invoke import is_async_callable
+from ..runtime.invoke import HandlerExitError, Invoker
 from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy, foreign_origin, is_cross_origin
 from ._log import Throttle, brief
@@ -45,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["REFUSED_LOG_EVERY", "Dispatcher", "MountHandler"]
 
+T = TypeVar("T")
+
 #: A raw aiohttp handler, as given to :meth:`DaebusHttp.mount`.
 MountHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -55,6 +55,37 @@ REFUSED_LOG_EVERY = 10.0
 
 class _AbandonedError(Exception):
     """Set on the future of a ``def`` handler still running when the stop wait is over."""
+
+
+class _Workers:
+    """The component's worker pool, keeping each job's future with its request's task.
+
+    :meth:`Dispatcher.finish` answers 503 to the requests whose ``def`` handler is
+    still running through these futures, and leaves those tasks alone.
+    """
+
+    def __init__(
+        self, pool: WorkerPool, running: dict[asyncio.Future[Any], asyncio.Task[Any] | None]
+    ) -> None:
+        self.pool = pool
+        self.running = running
+
+    def run(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``func(*args)`` in a worker, as ``WorkerPool.run`` does; call on the loop."""
+        future = self.pool.run(func, *args)
+        self.running[future] = asyncio.current_task()
+        future.add_done_callback(self.running.pop)
+        return future
+
+
+class _NoParts:
+    """Where the Invoker sends a generator route's parts: HTTP answers once, so a part fails."""
+
+    def send(self, payload: Any, final: bool = True) -> Any:
+        raise TypeError("an HTTP route answers once: return the answer, do not yield parts")
+
+
+_NO_PARTS = _NoParts()
 
 
 class Dispatcher:
@@ -75,6 +106,7 @@ class Dispatcher:
         self.component_mounts: dict[str, MountHandler] = {}
         self.statics: list[StaticFolder] = []
         self._pool: WorkerPool | None = None
+        self._invoker: Invoker | None = None
         self._busy = 0  # route handlers in progress (max_concurrent)
         self._refused = Throttle(REFUSED_LOG_EVERY)  # 503s past max_concurrent
         self._foreign = Throttle(REFUSED_LOG_EVERY)  # 403s to other origins
@@ -84,8 +116,9 @@ class Dispatcher:
 
     # -- a run -------------------------------------------------------------------------
     def open(self, pool: WorkerPool) -> None:
-        """Start a run: plain ``def`` handlers go to ``pool``'s threads."""
+        """Start a run (on its loop): plain ``def`` handlers go to ``pool``'s threads."""
         self._pool = pool
+        self._invoker = Invoker(asyncio.get_running_loop(), _Workers(pool, self._in_workers))
         self._drained = None
 
     async def finish(self, timeout: float) -> None:
@@ -123,6 +156,7 @@ class Dispatcher:
     def close(self) -> None:
         """End the run: let the worker threads go (once the connections are closed)."""
         pool, self._pool = self._pool, None
+        self._invoker = None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -259,14 +293,12 @@ class Dispatcher:
         app = component.app
         if app is None:
             raise SetupError("DaebusHttp is not attached to an app; call app.attach(http) first")
-        token = context.push(context.MessageContext(app, "http", req, resp))
+        ctx = context.MessageContext(app, "http", req, resp)
         try:
-            if is_async_callable(func):
-                result = await func(req, **params)
-            else:
-                result = await self._in_worker(functools.partial(func, req, **params))
-            if inspect.isawaitable(result):
-                result = await result
+            invoker = self._invoker
+            if invoker is None:
+                raise RuntimeError("DaebusHttp is not running")
+            result = await invoker.invoke(func, ctx, (req,), _NO_PARTS, kwargs=params)
             return make_response(result, resp)
         except web.HTTPException:
             raise  # aiohttp's own way of answering (redirects, ...)
@@ -289,34 +321,25 @@ class Dispatcher:
                 exc,
             )
             return self._server_error(exc)
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            # SystemExit and the like too: one handler must not stop the service.
-            logger.error(
-                "HTTP %s %s: the handler %s failed",
-                request.method,
-                request.path,
-                _name(func),
-                exc_info=exc,
-            )
-            return self._server_error(exc)
+        except HandlerExitError as exc:  # SystemExit and the like: logged as what they are
+            return self._failed(request, func, exc.args[0])
+        except Exception as exc:
+            return self._failed(request, func, exc)
         finally:
-            context.pop(token)
             for upload in req.files.values():
                 upload.file.close()
 
-    async def _in_worker(self, call: Callable[[], Any]) -> Any:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("DaebusHttp is not running")
-        future = pool.run(contextvars.copy_context().run, call)
-        waiting = self._in_workers
-        waiting[future] = asyncio.current_task()
-        try:
-            return await future
-        finally:
-            del waiting[future]
+    def _failed(
+        self, request: web.Request, func: Callable[..., Any], exc: BaseException
+    ) -> web.Response:
+        self.component.logger.error(
+            "HTTP %s %s: the handler %s failed",
+            request.method,
+            request.path,
+            _name(func),
+            exc_info=exc,
+        )
+        return self._server_error(exc)
 
     def _debug(self) -> bool:
         debug = self.component.debug
