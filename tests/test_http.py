@@ -1071,7 +1071,7 @@ def test_cross_origin_state_changing_requests_are_refused_before_the_handler(
             assert reply.json() == {"error": "Forbidden: cross-origin request"}
             assert reply.header("Access-Control-Allow-Origin") is None
     assert ran == []
-    refusals = [r for r in caplog.records if "refused POST /in" in r.getMessage()]
+    refusals = [r for r in caplog.records if r.getMessage().startswith("refused POST /in")]
     assert len(refusals) == 1, [r.getMessage() for r in caplog.records]  # not once each
     assert refusals[0].levelno == logging.WARNING
     # Safe methods, clients that are not browsers and the page's own origin go through.
@@ -1506,6 +1506,37 @@ def test_past_max_concurrent_503_and_redis_actions_still_answer(apps: Apps) -> N
             client.join(10)
     assert [r.json() for r in replies] == [{"released": True}] * 2
     assert fetch(base, "/block").json() == {"released": True}  # a slot is free again
+
+
+def test_503s_are_logged_once_then_counted(apps: Apps, caplog: pytest.LogCaptureFixture) -> None:
+    app = Daebus("busy_log")
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.route("/block")
+    def block(req: HttpRequest) -> Any:
+        entered.set()
+        release.wait(20)
+        return {"released": True}
+
+    base = serve(apps, app, max_concurrent=1).url
+    caplog.set_level(logging.WARNING)
+    blocked = threading.Thread(target=fetch, args=(base, "/block"), kwargs={"timeout": 25})
+    blocked.start()
+    try:
+        assert entered.wait(5)
+        for _ in range(5):
+            assert fetch(base, "/block").status == 503
+    finally:
+        release.set()
+        blocked.join(10)
+    app.stop()  # the count held back is logged as the server stops
+    line = "HTTP request answered 503: max_concurrent=1 requests in progress"
+    lines = [r.getMessage() for r in caplog.records if "answered 503" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0] == line
+    assert lines[1].startswith("4 more like this in the last ")
+    assert lines[1].endswith(line)
 
 
 def test_stop_is_bounded_with_stuck_handlers(apps: Apps) -> None:

@@ -19,6 +19,7 @@ from aiohttp import web
 from .._routes import RouteTable
 from ..components import MountProvider
 from ..exceptions import SetupError
+from ..runtime.throttle import LogThrottle
 from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy
 from ._dispatch import REFUSED_LOG_EVERY, Dispatcher, MountHandler
@@ -210,6 +211,8 @@ class DaebusHttp:
                     providers.append(component)
         dispatcher.component_mounts = mounts
         self._mount_providers = providers
+        # One throttle for the run's log lines about clients: counted until the stop.
+        throttle = LogThrottle(self.logger, asyncio.get_running_loop(), REFUSED_LOG_EVERY)
         web_app = web.Application(client_max_size=self.max_body_size)
         web_app.router.add_route(
             "*", "/{tail:.*}", dispatcher.handle, expect_handler=dispatcher.expect
@@ -219,7 +222,7 @@ class DaebusHttp:
             handle_signals=False,
             access_log=logging.getLogger("daebus.http.access") if self.access_log else None,
             keepalive_timeout=self.keepalive_timeout,
-            logger=ServerLog(self.logger, REFUSED_LOG_EVERY),
+            logger=ServerLog(self.logger, throttle),
             # How long the unread rest of a refused body is drained before closing.
             lingering_time=min(self.read_timeout, 5.0),
             shutdown_timeout=_CLOSE_TIMEOUT,
@@ -241,7 +244,7 @@ class DaebusHttp:
                 "(is another program using this port? choose another with "
                 "DaebusHttp(port=...))",
             ) from exc
-        dispatcher.open(pool)
+        dispatcher.open(pool, throttle)
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         scope = (

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,9 +25,10 @@ from .._compat import timeout as deadline
 from .._routes import RouteTable, allow_header, canonical_path
 from ..exceptions import SetupError
 from ..runtime.invoke import HandlerExitError, Invoker
+from ..runtime.throttle import LogThrottle
 from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy, foreign_origin, is_cross_origin
-from ._log import Throttle, brief
+from ._log import brief
 from ._messages import (
     BadStatusError,
     BodyError,
@@ -107,18 +109,20 @@ class Dispatcher:
         self.statics: list[StaticFolder] = []
         self._pool: WorkerPool | None = None
         self._invoker: Invoker | None = None
+        #: 503s past max_concurrent, 403s to other origins (and the server's malformed
+        #: requests): one line a period for each, then a count.
+        self.throttle: LogThrottle | None = None
         self._busy = 0  # route handlers in progress (max_concurrent)
-        self._refused = Throttle(REFUSED_LOG_EVERY)  # 503s past max_concurrent
-        self._foreign = Throttle(REFUSED_LOG_EVERY)  # 403s to other origins
         self._active: set[asyncio.Task[Any]] = set()  # requests in progress
         self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
         self._drained: asyncio.Event | None = None  # set while stopping
 
     # -- a run -------------------------------------------------------------------------
-    def open(self, pool: WorkerPool) -> None:
+    def open(self, pool: WorkerPool, throttle: LogThrottle) -> None:
         """Start a run (on its loop): plain ``def`` handlers go to ``pool``'s threads."""
         self._pool = pool
         self._invoker = Invoker(asyncio.get_running_loop(), _Workers(pool, self._in_workers))
+        self.throttle = throttle
         self._drained = None
 
     async def finish(self, timeout: float) -> None:
@@ -154,11 +158,17 @@ class Dispatcher:
             )
 
     def close(self) -> None:
-        """End the run: let the worker threads go (once the connections are closed)."""
+        """End the run: let the worker threads go (once the connections are closed).
+
+        The log lines held back are counted now: the run's throttle will not be asked again.
+        """
         pool, self._pool = self._pool, None
         self._invoker = None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+        throttle, self.throttle = self.throttle, None
+        if throttle is not None:
+            throttle.flush()
 
     # -- answering ---------------------------------------------------------------------
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
@@ -221,17 +231,20 @@ class Dispatcher:
         return response
 
     def _refuse_origin(self, request: web.Request, origin: str) -> web.StreamResponse:
-        held = self._foreign.allow()
-        if held is not None:
-            self.component.logger.warning(
-                "refused %s %s from origin %s with 403: neither the server's own origin nor "
-                "allowed by cors_config%s",
-                brief(request.method),
-                brief(request.path),
-                brief(origin),
-                f" ({held} more since the last such line)" if held else "",
-            )
+        self._log(
+            "foreign origin",
+            "refused %s %s from origin %s with 403: neither the server's own origin nor "
+            "allowed by cors_config",
+            brief(request.method),
+            brief(request.path),
+            brief(origin),
+        )
         return json_response({"error": "Forbidden: cross-origin request"}, 403)
+
+    def _log(self, kind: str, msg: str, *args: Any) -> None:
+        """A warning about a refused request: one of ``kind`` a period, then a count."""
+        if self.throttle is not None:
+            self.throttle.log(logging.WARNING, kind, msg, *args, logger=self.component.logger)
 
     def _other_method(
         self, request: web.Request, method: str, allowed: set[str]
@@ -253,13 +266,11 @@ class Dispatcher:
     ) -> web.StreamResponse:
         max_concurrent = self.component.max_concurrent
         if self._busy >= max_concurrent:
-            held = self._refused.allow()
-            if held is not None:
-                self.component.logger.warning(
-                    "%d HTTP request(s) answered 503: max_concurrent=%d requests in progress",
-                    held + 1,
-                    max_concurrent,
-                )
+            self._log(
+                "busy",
+                "HTTP request answered 503: max_concurrent=%d requests in progress",
+                max_concurrent,
+            )
             return json_response(
                 {"error": "Service Unavailable: too many requests in progress"},
                 503,

@@ -4,19 +4,21 @@ aiohttp answers a request it cannot parse with 400 itself, and logs it at ERROR 
 traceback quoting the client's bytes: any client could fill the service's log. The
 request handlers take :class:`ServerLog` as their ``logger`` (aiohttp's documented
 option) instead. It turns such a request into one brief INFO line, at most one a
-period; everything else aiohttp logs reaches ``aiohttp.server`` unchanged.
+period (then a count, through the run's
+:class:`~daebus.runtime.throttle.LogThrottle`); everything else aiohttp logs reaches
+``aiohttp.server`` unchanged.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp.http import HttpProcessingError
 
-__all__ = ["ServerLog", "Throttle", "brief"]
+from ..runtime.throttle import LogThrottle
+
+__all__ = ["ServerLog", "brief"]
 
 #: Characters of a client's text kept in a log line.
 _BRIEF = 80
@@ -25,25 +27,6 @@ if TYPE_CHECKING:
     _Adapter = logging.LoggerAdapter[logging.Logger]
 else:  # subscriptable at run time from Python 3.11 only
     _Adapter = logging.LoggerAdapter
-
-
-class Throttle:
-    """Lets one log line through per ``every`` seconds and counts the ones held back."""
-
-    def __init__(self, every: float) -> None:
-        self.every = every
-        self._last = -math.inf
-        self._held = 0
-
-    def allow(self) -> int | None:
-        """None if this line is to be held back, else how many were held back before it."""
-        now = time.monotonic()
-        if now - self._last < self.every:
-            self._held += 1
-            return None
-        self._last = now
-        held, self._held = self._held, 0
-        return held
 
 
 def brief(text: object) -> str:
@@ -57,14 +40,14 @@ class ServerLog(_Adapter):
     """The ``logger`` of aiohttp's request handlers: malformed requests in brief, throttled.
 
     A request aiohttp refused as malformed gives one INFO line on ``logger`` naming the
-    client and the reason, at most one per ``every`` seconds (the next one says how many
-    were left out). Anything else goes to ``aiohttp.server`` as aiohttp wrote it.
+    client and the reason, at most one a ``throttle`` period (then how many more there
+    were). Anything else goes to ``aiohttp.server`` as aiohttp wrote it.
     """
 
-    def __init__(self, logger: logging.Logger, every: float) -> None:
+    def __init__(self, logger: logging.Logger, throttle: LogThrottle) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
         self.component_logger = logger
-        self._throttle = Throttle(every)
+        self._throttle = throttle
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info")
@@ -75,13 +58,12 @@ class ServerLog(_Adapter):
             super().log(level, msg, *args, **kwargs)
 
     def _malformed(self, exc: HttpProcessingError, remote: object) -> None:
-        held = self._throttle.allow()
-        if held is None:
-            return
-        self.component_logger.info(
-            "malformed HTTP request from %s answered %d: %s%s",
+        self._throttle.log(
+            logging.INFO,
+            "malformed",
+            "malformed HTTP request from %s answered %d: %s",
             remote or "a client",
             exc.code or 400,
             brief(exc.message or type(exc).__name__),
-            f" ({held} more since the last such line)" if held else "",
+            logger=self.component_logger,
         )

@@ -1,9 +1,10 @@
 """Log lines that a flood of bad or excess messages cannot multiply.
 
-Anyone who can publish to a service's channels can make it refuse, drop or fail on
-every message. Logging each one would let them fill the disk, so a
-:class:`LogThrottle` logs the first line of a kind at once, counts the ones like it
-for a while, then logs how many there were.
+Anyone who can publish to a service's channels, or reach its HTTP port, can make it
+refuse, drop or fail on every message. Logging each one would let them fill the disk,
+so a :class:`LogThrottle` logs the first line of a kind at once, counts the ones like
+it for a while, then logs how many there were. The service runtime has one, and so
+has each run of a :class:`~daebus.DaebusHttp`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ _OTHERS = "(other kinds)"
 
 
 class _Kind:
-    __slots__ = ("count", "level", "line", "since")
+    __slots__ = ("count", "level", "line", "logger", "since")
 
-    def __init__(self, line: str, level: int) -> None:
+    def __init__(self, line: str, level: int, logger: logging.Logger) -> None:
         self.line = line
         self.level = level
+        self.logger = logger
         self.count = 0
         self.since = time.monotonic()
 
@@ -53,12 +55,16 @@ class LogThrottle:
         msg: str,
         *args: Any,
         exc_info: BaseException | None = None,
+        logger: logging.Logger | None = None,
     ) -> None:
         """Log ``msg % args`` unless a line of ``kind`` went out less than a period ago.
 
         ``kind`` names what the lines have in common (say, the action that failed);
-        lines of one kind that are held back are counted and reported together.
+        lines of one kind that are held back are counted and reported together, on
+        ``logger`` (by default the throttle's) like the line that went out.
         """
+        if logger is None:
+            logger = self._logger
         with self._lock:
             entry = self._kinds.get(kind)
             if entry is None and len(self._kinds) >= _MAX_KINDS:
@@ -68,8 +74,8 @@ class LogThrottle:
                 entry.count += 1
                 return
             line = msg % args if args else msg
-            self._kinds[kind] = _Kind(line, level)
-        self._logger.log(level, "%s", line, exc_info=exc_info, stacklevel=2)
+            self._kinds[kind] = _Kind(line, level, logger)
+        logger.log(level, "%s", line, exc_info=exc_info, stacklevel=2)
         try:
             self._loop.call_soon_threadsafe(self._loop.call_later, self.period, self._tally, kind)
         except RuntimeError:  # the loop is closed: nothing more will be counted
@@ -92,7 +98,7 @@ class LogThrottle:
         self._loop.call_later(self.period, self._tally, kind)
 
     def _report(self, entry: _Kind, count: int) -> None:
-        self._logger.log(
+        entry.logger.log(
             entry.level,
             "%d more like this in the last %.0fs: %s",
             count,
