@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
 from ._routes import check_handler, compile_pattern
@@ -39,14 +40,57 @@ def _check_name(kind: str, name: object) -> str:
     return name
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class Listener:
+    """One registered listener: the function, and whether it takes one message at a time."""
+
+    func: Callable[..., Any]
+    ordered: bool = False
+
+
+class ListenHandlers(MutableMapping[str, Callable[..., Any]]):
+    """``app.listen_handlers`` as 0.0.31 had it: channel -> one listener.
+
+    A view of the registry's listeners, for code written for 0.0.31: a channel maps to
+    its listener registered last. Setting a channel replaces all of its listeners with
+    one; deleting it forgets them (neither subscribes nor unsubscribes: use
+    ``add_listener`` and ``remove_listener`` for that).
+    """
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def __getitem__(self, channel: str) -> Callable[..., Any]:
+        return self._registry._listeners[channel][-1].func
+
+    def __setitem__(self, channel: str, func: Callable[..., Any]) -> None:
+        self._registry._listeners[_check_name("channel", channel)] = (Listener(func),)
+
+    def __delitem__(self, channel: str) -> None:
+        del self._registry._listeners[channel]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._registry._listeners))
+
+    def __len__(self) -> int:
+        return len(self._registry._listeners)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 class Registry:
     """Handler tables plus the decorators that fill them."""
 
     def __init__(self) -> None:
         #: action name -> handler. Internal; use ``add_action``.
         self.action_handlers: dict[str, Callable[..., Any]] = {}
-        #: channel or glob pattern -> listener. Internal; use ``add_listener``.
-        self.listen_handlers: dict[str, Callable[..., Any]] = {}
+        # Channel or glob pattern -> its listeners, in registration order. A tuple,
+        # replaced whole on each change: the runtime reads it for every broadcast, from
+        # the loop, while another thread may add or remove a listener.
+        self._listeners: dict[str, tuple[Listener, ...]] = {}
         #: ``@background`` jobs by name. ``tasks[name].interval = s`` reschedules.
         self.background_tasks = BackgroundTasks()
         #: ``@thread`` tasks by name. Internal; use ``add_thread``.
@@ -61,6 +105,22 @@ class Registry:
         #: WebSocket message type -> handler, served by an attached ``DaebusWebSocket``.
         #: Internal; use ``add_socket_handler``.
         self.socket_handlers: dict[str, Callable[..., Any]] = {}
+
+    @property
+    def listen_handlers(self) -> MutableMapping[str, Callable[..., Any]]:
+        """Channel or pattern -> its listener registered last (0.0.31's table).
+
+        Several listeners may share a channel; :meth:`listeners` has them all.
+        """
+        return ListenHandlers(self)
+
+    @listen_handlers.setter
+    def listen_handlers(self, table: Mapping[str, Callable[..., Any]]) -> None:
+        self._listeners = {_check_name("channel", ch): (Listener(f),) for ch, f in table.items()}
+
+    def listeners(self, channel: str) -> list[Callable[..., Any]]:
+        """The listeners of ``channel`` (a name or a pattern), in registration order."""
+        return [listener.func for listener in self._listeners.get(channel, ())]
 
     def _check_setup_finished(self, method: str) -> None:
         """Raise ``SetupError`` if ``method`` may no longer change this registry.
@@ -110,7 +170,7 @@ class Registry:
 
     # -- listeners -------------------------------------------------------------------
     @setupmethod
-    def listen(self, channel: str) -> Callable[[F], F]:
+    def listen(self, channel: str, *, ordered: bool = False) -> Callable[[F], F]:
         """Register a listener for broadcasts on ``channel``, a name or a glob (``user:*``).
 
         The listener gets the decoded message, and the actual channel as a second
@@ -119,21 +179,53 @@ class Registry:
             @app.listen("sensors:*")
             def on_reading(data, channel):
                 ...
+
+        Several listeners may listen on one channel: each gets every message, in a
+        context of its own. Messages are handled side by side, as they come; with
+        ``ordered=True`` this listener gets them one at a time, in the order they
+        arrived (for a pattern, all the messages it matches), ``def`` or ``async def``.
         """
 
         def decorator(func: F) -> F:
-            self.add_listener(channel, func)
+            self.add_listener(channel, func, ordered=ordered)
             return func
 
         return decorator
 
     @setupmethod
-    def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
-        """Register ``func`` for ``channel`` (replaces, with a warning)."""
+    def add_listener(
+        self, channel: str, func: Callable[..., Any], *, ordered: bool = False
+    ) -> None:
+        """Register ``func`` for ``channel``, after the listeners it has already.
+
+        A function that listens on ``channel`` already is not added twice: its
+        ``ordered`` is updated.
+        """
         _check_name("channel", channel)
-        if channel in self.listen_handlers and self.listen_handlers[channel] is not func:
-            logger.warning("channel %r has a listener already; the new one replaces it", channel)
-        self.listen_handlers[channel] = func
+        listener = Listener(func, ordered)
+        listeners = self._listeners.get(channel, ())
+        if any(known.func == func for known in listeners):
+            self._listeners[channel] = tuple(
+                listener if known.func == func else known for known in listeners
+            )
+        else:
+            self._listeners[channel] = (*listeners, listener)
+
+    @setupmethod
+    def remove_listener(self, channel: str, func: Callable[..., Any] | None = None) -> bool:
+        """Remove ``func`` from ``channel``'s listeners, or all of them if ``func`` is None.
+
+        Returns whether there was anything to remove.
+        """
+        listeners = self._listeners.get(channel, ())
+        kept = () if func is None else tuple(known for known in listeners if known.func != func)
+        if len(kept) == len(listeners):
+            return False
+        if kept:
+            self._listeners[channel] = kept
+        else:
+            del self._listeners[channel]
+        return True
 
     # -- background jobs -------------------------------------------------------------
     @setupmethod

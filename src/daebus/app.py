@@ -175,10 +175,23 @@ class Daebus(Registry):
         return self._running
 
     # -- registration that also works while running ----------------------------------
-    def add_listener(self, channel: str, func: Callable[..., Any]) -> None:
+    def add_listener(
+        self, channel: str, func: Callable[..., Any], *, ordered: bool = False
+    ) -> None:
         """Register a listener; while running, the channel is subscribed at once."""
-        super().add_listener(channel, func)
+        super().add_listener(channel, func, ordered=ordered)
         self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
+
+    def remove_listener(self, channel: str, func: Callable[..., Any] | None = None) -> bool:
+        """Remove a listener (all of ``channel``'s if ``func`` is None); see the registry.
+
+        While running, the channel is unsubscribed once its last listener is gone;
+        messages already read for it are dropped.
+        """
+        removed = super().remove_listener(channel, func)
+        if removed and channel not in self._listeners:
+            self._call_in_loop(functools.partial(_unsubscribe_listener, channel=channel))
+        return removed
 
     def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
         """Register a background job; while running, it is scheduled at once."""
@@ -251,14 +264,14 @@ class Daebus(Registry):
         return component
 
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
-        """Copy a blueprint's handlers into the app; on a clash the blueprint wins.
+        """Copy a blueprint's handlers into the app; on a name clash the blueprint wins.
 
-        The blueprint refuses registrations from then on: they would not reach the app.
+        Its listeners join those the app has on the same channels. The blueprint
+        refuses registrations from then on: they would not reach the app.
         """
         blueprint._registered = True
         tables: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             ("action", blueprint.action_handlers, self.action_handlers),
-            ("listener", blueprint.listen_handlers, self.listen_handlers),
             ("workflow", blueprint.workflow_handlers, self.workflow_handlers),
         ]
         for kind, source, target in tables:
@@ -267,9 +280,9 @@ class Daebus(Registry):
                     log.warning("blueprint %r replaces the app's %s %r", blueprint.name, kind, key)
         for name, func in blueprint.action_handlers.items():
             self.action_handlers[name] = func
-        for channel, func in blueprint.listen_handlers.items():
-            self.listen_handlers[channel] = func
-            self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
+        for channel, listeners in list(blueprint._listeners.items()):
+            for listener in listeners:
+                self.add_listener(channel, listener.func, ordered=listener.ordered)
         self.workflow_handlers.update(blueprint.workflow_handlers)
         for task in blueprint.background_tasks:
             if task.name in self.background_tasks:
@@ -581,3 +594,7 @@ class Daebus(Registry):
 
 def _subscribe_listener(runtime: ServiceRuntime, *, channel: str) -> Any:
     return runtime.subscribe_listener(channel)
+
+
+def _unsubscribe_listener(runtime: ServiceRuntime, *, channel: str) -> Any:
+    return runtime.unsubscribe_listener(channel)

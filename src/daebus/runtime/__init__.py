@@ -78,6 +78,7 @@ class ServiceRuntime:
             start_request=self.requests.start,
             refuse_unrun=self.requests.refuse_unrun,
             start_broadcasts=self.broadcasts.start,
+            drop_held=self.broadcasts.drop_held,
         )
         self.schedules = Schedules(app, self.invoker, self.job_executor)
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
@@ -92,14 +93,14 @@ class ServiceRuntime:
         await self._subscribe("request", protocol.service_channel(self.service))
         if app.workflow_handlers:
             await self._subscribe("workflow", protocol.workflow_channel(self.service))
-        for channel in list(app.listen_handlers):
+        for channel in list(app._listeners):
             await self.subscribe_listener(channel)
         logger.info(
             "service %r listening on %r (%d action(s), %d listener(s)) via %s",
             self.service,
             protocol.service_channel(self.service),
             len(app.action_handlers),
-            len(app.listen_handlers),
+            sum(map(len, app._listeners.values())),
             redact_url(self.transport.url),
         )
         for task in app.background_tasks:
@@ -116,20 +117,33 @@ class ServiceRuntime:
         if kind == "listener":
             handler: Callable[[Delivery], Awaitable[None] | None] = self.broadcasts.on_broadcast
             # Before the first message can arrive: replies never go where we listen.
-            listened = [n for k, n in self.subscriptions if k == "listener"] + [name]
-            self.replies.listening_on(
-                [n for n in listened if not protocol.is_pattern(n)],
-                [n for n in listened if protocol.is_pattern(n)],
-            )
+            self._listening_on([n for k, n in self.subscriptions if k == "listener"] + [name])
         else:
             handler = functools.partial(self.requests.on_request, kind)
         self.subscriptions[kind, name] = await self.transport.subscribe(
             name, handler, pattern=kind == "listener" and protocol.is_pattern(name)
         )
 
+    def _listening_on(self, listened: list[str]) -> None:
+        self.replies.listening_on(
+            [n for n in listened if not protocol.is_pattern(n)],
+            [n for n in listened if protocol.is_pattern(n)],
+        )
+
     async def subscribe_listener(self, channel: str) -> None:
         """Start receiving broadcasts for a listener's channel or pattern."""
         await self._subscribe("listener", channel)
+
+    async def unsubscribe_listener(self, channel: str) -> None:
+        """Stop receiving ``channel`` unless a listener was added to it meanwhile."""
+        if channel in self.app._listeners:
+            return
+        # Forgotten before the wait: a listener added meanwhile subscribes afresh.
+        subscription = self.subscriptions.pop(("listener", channel), None)
+        if subscription is None:
+            return
+        self._listening_on([n for k, n in self.subscriptions if k == "listener"])
+        await subscription.unsubscribe()
 
     def schedule(self, task: BackgroundTask) -> None:
         """Start (or restart) the schedule of a background job."""

@@ -71,6 +71,7 @@ class Admission:
         self._start_request: Callable[[str, Delivery], None] = _unwired
         self._refuse_unrun: Callable[[Delivery, bool], None] = _unwired
         self._start_broadcasts: Callable[[], None] = _unwired
+        self._drop_held: Callable[[], None] = _unwired
 
     def connect(
         self,
@@ -78,11 +79,16 @@ class Admission:
         start_request: Callable[[str, Delivery], None],
         refuse_unrun: Callable[[Delivery, bool], None],
         start_broadcasts: Callable[[], None],
+        drop_held: Callable[[], None],
     ) -> None:
-        """Name what starts a waiting request, refuses one (``stopping``?), starts broadcasts."""
+        """Name what starts, refuses (``stopping``?) or drops what waits for a slot.
+
+        ``drop_held`` drops the broadcasts that ordered listeners hold.
+        """
         self._start_request = start_request
         self._refuse_unrun = refuse_unrun
         self._start_broadcasts = start_broadcasts
+        self._drop_held = drop_held
 
     # -- counts ----------------------------------------------------------------------
     @property
@@ -154,6 +160,7 @@ class Admission:
         self.requests.clear()
         self.dropped_at_stop += len(self.broadcasts)
         self.broadcasts.clear()
+        self._drop_held()
         self.bytes = 0
         for _kind, delivery in waiting:
             self._refuse_unrun(delivery, True)

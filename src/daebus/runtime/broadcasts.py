@@ -5,14 +5,20 @@ takes them in order: broadcasts that arrive together share that task, until one 
 them waits (see :meth:`Broadcasts.handle_queued`). When ``max_queued_bytes`` of
 messages wait, listeners have fallen behind and a broadcast is dropped, with a
 warning counted per channel.
+
+Each listener of a channel gets each message, in a context (and, with several, a
+task) of its own. An ordered listener (``listen(..., ordered=True)``) takes its
+messages one at a time: those that come while it is busy wait in its
+:class:`Backlog`, counted with the messages waiting for a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .. import context, encoding
 from ..protocol import ReplyChannels, shorten
@@ -23,17 +29,35 @@ from .invoke import ASYNC, accepts_arguments, kind_of
 from .requests import preview
 
 if TYPE_CHECKING:
+    from .._registry import Listener
     from ..app import Daebus
     from ..transport import Delivery
     from . import ServiceRuntime
     from .publisher import Publisher
 
-__all__ = ["Broadcasts"]
+__all__ = ["Backlog", "Broadcasts"]
 
 flow = logging.getLogger("daebus.flow")
 
-#: A listener as it is called: (listener, kind, takes_channel).
-_Shape = tuple[Callable[..., Any], str, bool]
+
+class Backlog:
+    """An ordered listener's backlog: whether it is handling a message, and those waiting."""
+
+    __slots__ = ("busy", "listener", "waiting")
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.busy = False
+        self.waiting: deque[tuple[Delivery, Any]] = deque()
+
+
+#: A listener as it is called: (function, kind, takes_channel).
+_Shape: TypeAlias = "tuple[Callable[..., Any], str, bool]"
+#: The same, with the listener's Backlog if it is ordered.
+_Call: TypeAlias = "tuple[Callable[..., Any], str, bool, Backlog | None]"
+#: A channel's listeners as registered, as called, and the shape of its one unordered
+#: listener when it is alone (the common case, called inline).
+_Route: TypeAlias = "tuple[tuple[Listener, ...], _Shape | None, tuple[_Call, ...]]"
 
 
 class Broadcasts:
@@ -49,9 +73,10 @@ class Broadcasts:
         self.invoke = runtime.invoker.invoke
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
-        # Channel or pattern -> (listener, kind, takes_channel): a listener is inspected
-        # once, and again only if another function replaces it in listen_handlers.
-        self._listeners: dict[str, _Shape] = {}
+        # Channel or pattern -> its _Route: listeners are inspected once, and again only
+        # when the channel's listeners change (the registry replaces its tuple then).
+        self._routes: dict[str, _Route] = {}
+        self._backlogs: dict[Listener, Backlog] = {}
         # Whether daebus.flow logs each broadcast: asked once per batch, not per message.
         self._flow_debug = False
 
@@ -147,12 +172,16 @@ class Broadcasts:
         self._draining = False
 
     async def handle(self, delivery: Delivery) -> None:
-        """Decode one broadcast and call its listener; ends with ``task_done()``."""
+        """Decode one broadcast and call its listeners; ends with ``task_done()``."""
         try:
-            found = self._listener_for(delivery)
+            found = self._shape_for(delivery)
             if found is None:
                 return
-            (listener, kind, takes_channel), value = found
+            shape, value = found
+            if shape is None:  # several listeners, or an ordered one
+                await self._call_each(delivery, value)
+                return
+            listener, kind, takes_channel = shape
             ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
             try:
                 if kind is ASYNC:  # the common case, without invoke()'s layers
@@ -172,34 +201,124 @@ class Broadcasts:
             except (asyncio.CancelledError, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # SystemExit too: one listener must not stop the service
-                key = delivery.pattern or delivery.channel
-                self.throttle.log(
-                    logging.ERROR,
-                    f"listener {key}",
-                    "listener for %r failed on a message from %r",
-                    shorten(key),
-                    shorten(delivery.channel),
-                    exc_info=exc,
-                )
+                self._failed(delivery, exc)
         finally:
             self.admission.task_done()
 
-    def _listener_for(self, delivery: Delivery) -> tuple[_Shape, Any] | None:
-        """A broadcast's ``(listener, kind, takes_channel)`` and its decoded value.
+    def _failed(self, delivery: Delivery, exc: BaseException, name: str | None = None) -> None:
+        key = delivery.pattern or delivery.channel
+        self.throttle.log(
+            logging.ERROR,
+            f"listener {key}" if name is None else f"listener {key} {name}",
+            "listener %sfor %r failed on a message from %r",
+            "" if name is None else f"{name} ",
+            shorten(key),
+            shorten(delivery.channel),
+            exc_info=exc,
+        )
 
-        None if there is nothing to do.
+    async def _call_each(self, delivery: Delivery, value: Any) -> None:
+        """Call several listeners (or an ordered one): each in a task of its own."""
+        key = delivery.pattern if delivery.pattern is not None else delivery.channel
+        calls = self._routes[key][2]  # as _shape_for left it, just now
+        if len(calls) == 1:
+            await self._call_in_order(calls[0], delivery, value)
+            return
+        await asyncio.gather(
+            *(
+                self._call(call, delivery, value, True)
+                if call[3] is None
+                else self._call_in_order(call, delivery, value)
+                for call in calls
+            )
+        )
+
+    async def _call(self, call: _Call, delivery: Delivery, value: Any, named: bool) -> None:
+        """Call one listener in a context of its own; a failure is logged."""
+        listener, kind, takes_channel, _ = call
+        ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
+        args = (value, delivery.channel) if takes_channel else (value,)
+        try:
+            await self.invoke(listener, ctx, args, None if kind is ASYNC else ctx.response)
+            if ctx.built and ctx.response.sent:
+                await ctx.response.flush()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._failed(delivery, exc, _name_of(listener) if named else None)
+
+    async def _call_in_order(
+        self, call: _Call, delivery: Delivery | None, value: Any, *, resumed: bool = False
+    ) -> None:
+        """Call an ordered listener, or queue the message while it handles another.
+
+        The caller that finds it idle handles its waiting messages too, one at a time,
+        each in a context of its own, unless the listener was removed meanwhile.
+        ``resumed``: the backlog was handed over with messages waiting (``delivery`` is
+        None).
+        """
+        backlog = call[3]
+        assert backlog is not None
+        if backlog.busy and not resumed:
+            assert delivery is not None
+            self._hold(backlog, delivery, value)
+            return
+        backlog.busy = True
+        admission = self.admission
+        waiting = backlog.waiting
+        try:
+            if delivery is not None:
+                await _isolated(self._call(call, delivery, value, True))
+            while waiting:
+                delivery, value = waiting.popleft()
+                admission.bytes -= len(delivery.data) + QUEUED_OVERHEAD
+                key = delivery.pattern if delivery.pattern is not None else delivery.channel
+                if backlog.listener in self.app._listeners.get(key, ()):
+                    await _isolated(self._call(call, delivery, value, True))
+        finally:
+            if waiting and not admission.stopping:
+                # Cancelled with messages waiting: a task of its own takes them, still
+                # in order (the backlog stays busy meanwhile).
+                admission.spawn(self._resume(call))
+            else:
+                backlog.busy = False
+
+    async def _resume(self, call: _Call) -> None:
+        try:
+            await self._call_in_order(call, None, None, resumed=True)
+        finally:
+            self.admission.task_done()
+
+    def _hold(self, backlog: Backlog, delivery: Delivery, value: Any) -> None:
+        """Queue a message for a busy ordered listener, or drop it if too much waits."""
+        admission = self.admission
+        size = len(delivery.data) + QUEUED_OVERHEAD
+        if admission.stopping or (admission.bytes + size > admission.max_bytes and backlog.waiting):
+            self._drop(delivery)
+            return
+        admission.bytes += size
+        backlog.waiting.append((delivery, value))
+
+    def drop_held(self) -> None:
+        """The service stops: drop the messages waiting for ordered listeners."""
+        admission = self.admission
+        for backlog in self._backlogs.values():
+            admission.dropped_at_stop += len(backlog.waiting)
+            backlog.waiting.clear()
+
+    def _shape_for(self, delivery: Delivery) -> tuple[_Shape | None, Any] | None:
+        """A broadcast's decoded value, and how to call its listener if it has one alone.
+
+        The shape is None if the channel has several listeners, or an ordered one:
+        :attr:`_routes` says how to call them then. None if there is nothing to do.
         """
         key = delivery.pattern if delivery.pattern is not None else delivery.channel
-        listener = self.app.listen_handlers.get(key)
-        if listener is None:
+        listeners = self.app._listeners.get(key)
+        if listeners is None:
             return None
-        shape = self._listeners.get(key)
-        if shape is None or shape[0] is not listener:
-            shape = self._listeners[key] = (
-                listener,
-                kind_of(listener),
-                accepts_arguments(listener, 2),
-            )
+        route = self._routes.get(key)
+        if route is None or route[0] is not listeners:
+            route = self._routes[key] = self._route(listeners)
         try:
             value = encoding.loads(delivery.data)
         except ValueError:
@@ -215,7 +334,38 @@ class Broadcasts:
             flow.debug(
                 "-> %s (listener %s) %s", shorten(delivery.channel), key, preview(delivery.data)
             )
-        return shape, value
+        return route[1], value
+
+    def _route(self, listeners: tuple[Listener, ...]) -> _Route:
+        calls = tuple(
+            (
+                listener.func,
+                kind_of(listener.func),
+                accepts_arguments(listener.func, 2),
+                self._backlogs.setdefault(listener, Backlog(listener))
+                if listener.ordered
+                else None,
+            )
+            for listener in listeners
+        )
+        if len(calls) == 1 and calls[0][3] is None:
+            return listeners, calls[0][:3], calls
+        return listeners, None, calls
+
+
+async def _isolated(coroutine: Coroutine[Any, None, None]) -> None:
+    """Await ``coroutine`` in a copy of the current context, as a task of its own would.
+
+    What one message's listener sets in its context is then not seen by the next
+    message that the same task handles.
+    """
+    stepped = first_step(coroutine)
+    if stepped is not None:
+        await finish(stepped)
+
+
+def _name_of(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
 class BroadcastContext(context.MessageContext):
