@@ -28,7 +28,7 @@ from daebus import (
     request,
     response,
 )
-from daebus.pubsub import standalone_cache
+from daebus._standalone import standalone_cache
 from daebus.transport import Delivery, transport_from_url
 from daebus.transport._glob import glob_match
 from daebus.transport.memory import MemoryTransport, Published, broker_for, forget
@@ -421,7 +421,7 @@ def test_default_memory_url_serves_a_single_process_app(monkeypatch: pytest.Monk
         app.stop()
 
 
-# -- cache and broadcast outside any app (daebus.pubsub.standalone_*) ------------------------
+# -- cache and broadcast outside any app (daebus._standalone) ------------------------
 
 
 def test_the_cache_outside_any_app_is_the_store_the_app_sees(

@@ -16,16 +16,11 @@ from . import config, context
 from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
+from ._standalone import standalone_publisher
 from .blueprint import Blueprint
 from .components import Component
 from .exceptions import SetupError, TransportError
-from .pubsub import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    Publisher,
-    PubSubBroadcast,
-    ReceiverCounts,
-    standalone_publisher,
-)
+from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, Publisher, PubSubBroadcast, ReceiverCounts
 from .runtime import ServiceRuntime, loop as _loop
 from .runtime.invoke import is_async_callable
 from .transport import Transport, transport_from_url

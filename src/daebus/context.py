@@ -15,14 +15,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, cast
 
+from ._standalone import standalone_cache
 from .exceptions import ContextError
-from .pubsub import (
-    PubSubBroadcast,
-    PubSubRequest,
-    PubSubResponse,
-    standalone_broadcast,
-    standalone_cache,
-)
+from .pubsub import PubSubBroadcast, PubSubRequest, PubSubResponse, standalone_broadcast
 
 if TYPE_CHECKING:
     import redis

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
-import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
-from . import config, encoding, protocol
+from . import encoding, protocol
+from ._standalone import standalone_publisher
 from .exceptions import MessageTooLargeError
-from .transport import Transport, check_url_options, transport_from_url
-from .transport.memory import MemoryTransport, broker_for
 
 if TYPE_CHECKING:
     import redis
@@ -238,81 +235,6 @@ class PubSubBroadcast:
 
     def __repr__(self) -> str:
         return f"<PubSubBroadcast app={self._app!r}>"
-
-
-_standalone: dict[str, redis.Redis] = {}
-_standalone_lock = threading.Lock()
-
-
-def standalone_cache() -> redis.Redis:
-    """A client for code running outside any app, on ``$DAEBUS_REDIS_URL`` or localhost."""
-    url = config.resolve_redis_url()
-    if url.startswith("memory://"):
-        cache = standalone_publisher().transport.blocking_client()
-        assert cache is not None  # memory:// transports have one
-        return cache
-    with _standalone_lock:
-        client = _standalone.get(url)
-        if client is None:
-            from .transport.redis import sync_client  # redis-py: loaded only when used
-
-            check_url_options(url)  # as the broadcasts of this URL's transport do
-            client = _standalone[url] = sync_client(url, decode_responses=True)
-        return client
-
-
-class StandalonePublisher:
-    """Publishing for code outside any app.
-
-    Blocking calls on the per-thread connections of a transport that is never
-    connected (no event loop is involved).
-    """
-
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-
-    def publish(self, channel: str, data: bytes) -> int:
-        """Publish one message; return the receiver count."""
-        return self.transport.publish_blocking(channel, data)
-
-    def publish_many(self, messages: list[tuple[str, bytes]]) -> list[int]:
-        """Publish a batch in one round trip; return each receiver count."""
-        return self.transport.publish_many_blocking(messages)
-
-    def is_stale(self) -> bool:
-        """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
-        transport = self.transport
-        if not isinstance(transport, MemoryTransport):
-            return False
-        return transport.broker is not broker_for(transport.url)
-
-
-_publishers: dict[str, StandalonePublisher] = {}
-
-
-@atexit.register
-def _close_standalone_publishers() -> None:
-    # They live as long as the process: close their sockets before it ends.
-    with _standalone_lock:
-        publishers = list(_publishers.values())
-        _publishers.clear()
-    for publisher in publishers:
-        publisher.transport.close_blocking()
-
-
-def standalone_publisher() -> StandalonePublisher:
-    """The publisher for code outside any app, on the resolved server.
-
-    On ``memory://`` it follows :func:`daebus.transport.memory.forget`: once a broker is
-    forgotten, code outside any app publishes (and caches) where the apps started
-    afterwards do.
-    """
-    url = config.resolve_redis_url()
-    with _standalone_lock:
-        publisher = _publishers.get(url)
-        if publisher is None or publisher.is_stale():
-            publisher = _publishers[url] = StandalonePublisher(transport_from_url(url))
-        return publisher
 
 
 def standalone_broadcast() -> PubSubBroadcast:
