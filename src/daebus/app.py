@@ -22,6 +22,7 @@ from .components import Component
 from .exceptions import SetupError, TransportError
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, Publisher, PubSubBroadcast, ReceiverCounts
 from .runtime import ServiceRuntime, loop as _loop
+from .runtime.instances import new_instance_id
 from .runtime.invoke import is_async_callable
 from .transport import Transport, transport_from_url
 from .transport._url import redact_url
@@ -105,6 +106,9 @@ class Daebus(Registry):
         self.reply_channels = list(reply_channels)
         self.logger = logging.getLogger(f"daebus.{name}")
         self.service: str | None = None
+        #: This run's id among the instances of its service, ``<host>:<pid>:<random>``,
+        #: shown in its log lines (None before the first run).
+        self.instance_id: str | None = None
         self.debug = False
         self.broadcast = PubSubBroadcast(app=self)
         #: name -> thread of each started ``@thread`` task (0.0.31's attribute).
@@ -506,13 +510,14 @@ class Daebus(Registry):
             if not await self._connect(transport):
                 return
             self._running = True
-            runtime = self._runtime = ServiceRuntime(self, service, transport)
+            self.instance_id = new_instance_id()
+            runtime = self._runtime = ServiceRuntime(self, service, transport, self.instance_id)
             context._register_running(self)
             try:
                 await runtime.start()
                 for component in self._components:
                     await component.start_async(self)
-                log.info("service %r started", service)
+                log.info("service %r started as instance %s", service, self.instance_id)
                 if on_ready is not None:
                     on_ready()
                 await self._stop_event.wait()
@@ -527,7 +532,7 @@ class Daebus(Registry):
                 await runtime.shutdown(self.shutdown_timeout)
                 context._unregister_running(self)
                 self._runtime = None
-                log.info("service %r stopped", service)
+                log.info("service %r stopped (instance %s)", service, self.instance_id)
         finally:
             self._running = False
             await transport.close()

@@ -11,6 +11,11 @@ Every channel name and every envelope is built here and nowhere else.
 - An error reply refusing a request unrun (the service is full, or stopping) also has
   ``payload.code == "busy"``; 0.0.31 callers ignore the extra key and read the message.
 
+The instances of one service share its requests through a few names of their own, none
+of which a 0.0.31 peer sees: the membership record and the announcement channel
+(:func:`instances_key`, :func:`instances_channel`) and one claim key per request
+(:func:`claim_key`). See :mod:`daebus.runtime.instances`.
+
 Replies go only to channels that look like reply channels (:class:`ReplyChannels`), and
 what a request brings along is cut to :data:`FIELD_LIMIT` characters wherever it is
 echoed or logged (:func:`shorten`).
@@ -42,12 +47,15 @@ __all__ = [
     "Reply",
     "ReplyChannels",
     "busy_payload",
+    "claim_key",
     "decode_object",
     "decode_reply",
     "encode_reply",
     "encode_request",
     "error_payload",
     "fallback_reply_channel",
+    "instances_channel",
+    "instances_key",
     "is_pattern",
     "new_reply_channel",
     "new_request_id",
@@ -99,6 +107,21 @@ def workflow_channel(service: str) -> str:
     return f"{service}.workflows"
 
 
+def instances_key(service: str) -> str:
+    """The membership record of a service's instances: a sorted set, id -> expiry (ms)."""
+    return f"daebus:instances:{service}"
+
+
+def instances_channel(service: str) -> str:
+    """The channel a service's instances announce their arrivals and departures on."""
+    return f"daebus:instances:{service}"
+
+
+def claim_key(service: str, digest: str) -> str:
+    """The key an instance sets to take one request of ``service`` (``digest``: its hash)."""
+    return f"daebus:claim:{service}:{digest}"
+
+
 def new_reply_channel() -> str:
     """A fresh per-caller reply channel, ``caller:<uuid4>``."""
     return f"caller:{uuid.uuid4()}"
@@ -137,7 +160,9 @@ class ReplyChannels:
         globs = [*DEFAULT_REPLY_CHANNELS, *([_escape_glob(fallback)] if fallback else []), *allowed]
         self.globs = tuple(globs)
         self._allowed = [compile_glob(glob) for glob in self.globs]
-        self._own = frozenset({service_channel(service), workflow_channel(service)})
+        self._own = frozenset(
+            {service_channel(service), workflow_channel(service), instances_channel(service)}
+        )
         self._listened: frozenset[str] = frozenset()
         self._patterns: list[Any] = []
         # reply_to -> why it is refused (None: allowed). Callers keep one reply channel

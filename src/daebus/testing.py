@@ -241,6 +241,7 @@ class TestClient:
             protocol.workflow_channel(self.service),
         }
         self._reply_channels = {self._responses_channel}
+        self._instances = protocol.instances_channel(self.service)
         self._stop_monitor: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -378,8 +379,8 @@ class TestClient:
         if published.channel == self._responses_channel:
             self.responses._offer(Message(published.channel, published.data))
             return
-        if published.channel in self._reply_channels:
-            return
+        if published.channel in self._reply_channels or published.channel == self._instances:
+            return  # replies, and the announcements of the app's instances
         message = Message(published.channel, published.data)
         for capture in tuple(self._captures):
             capture._offer(message)

@@ -5,6 +5,7 @@ parts, one module each:
 
 - :mod:`.admission`: slots and back-pressure (what runs at once, what waits);
 - :mod:`.requests`: requests, from the bytes read to the reply;
+- :mod:`.instances`: the other instances of the service, and which one runs a request;
 - :mod:`.broadcasts`: broadcasts, in listener batches;
 - :mod:`.invoke`: calling user code (async, generator, or ``def`` in a worker);
 - :mod:`.jobs`: background jobs and thread tasks;
@@ -36,6 +37,7 @@ from ..transport._url import redact_url
 from .admission import Admission
 from .broadcasts import Broadcasts
 from .inbox import LoopInbox
+from .instances import Instances
 from .invoke import Invoker
 from .jobs import BackgroundTask, Schedules
 from .publisher import Publisher
@@ -55,7 +57,7 @@ logger = logging.getLogger("daebus.runtime")
 class ServiceRuntime:
     """A running service: starts it, holds its parts, and stops it."""
 
-    def __init__(self, app: Daebus, service: str, transport: Transport) -> None:
+    def __init__(self, app: Daebus, service: str, transport: Transport, instance_id: str) -> None:
         self.app = app
         self.service = service
         self.transport = transport
@@ -72,6 +74,7 @@ class ServiceRuntime:
         self.invoke = self.invoker.invoke
         self.admission = Admission(app, self.loop)
         self.publisher = Publisher(self)
+        self.instances = Instances(self, instance_id)
         self.requests = Requests(self)
         self.broadcasts = Broadcasts(self)
         self.admission.connect(
@@ -90,18 +93,25 @@ class ServiceRuntime:
         """Subscribe everything, start jobs and threads, then run the start hooks."""
         app = self.app
         self.transport.add_batch_end(self.broadcasts.start)
+        # Before the service's channel: every request this instance gets is then one
+        # the others know to claim (see .instances).
+        await self.instances.join()
         await self._subscribe("request", protocol.service_channel(self.service))
         if app.workflow_handlers:
             await self._subscribe("workflow", protocol.workflow_channel(self.service))
         for channel in list(app._listeners):
             await self.subscribe_listener(channel)
         logger.info(
-            "service %r listening on %r (%d action(s), %d listener(s)) via %s",
+            "service %r listening on %r (%d action(s), %d listener(s)) via %s as instance %s%s",
             self.service,
             protocol.service_channel(self.service),
             len(app.action_handlers),
             sum(map(len, app._listeners.values())),
             redact_url(self.transport.url),
+            self.instances.id,
+            f" (sharing requests with {len(self.instances.others)} other(s))"
+            if self.instances.others
+            else "",
         )
         for task in app.background_tasks:
             self.schedule(task)

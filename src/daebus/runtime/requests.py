@@ -6,7 +6,9 @@ throttled warning. One that is malformed, too large or names no known action is
 answered with an error reply. A request without ``reply_to`` (a client publishing bare
 JSON) is answered on ``<service>.responses``, if its ``service`` field is this
 service's name or absent. A plain ``def`` action runs start to end in a worker, reply
-included; anything else runs in a task on the loop.
+included; anything else runs in a task on the loop. When other instances of the service
+run too, a request is claimed first and runs only here if this instance wins it
+(:mod:`.instances`).
 """
 
 from __future__ import annotations
@@ -67,14 +69,23 @@ class Requests:
         self.pool = runtime.executor
         self.invoke = runtime.invoker.invoke
         self.call_sync = runtime.invoker.call_sync
+        self.instances = runtime.instances
 
     def on_request(self, kind: str, delivery: Delivery) -> None:
         """Transport callback for the service (and workflow) channel.
 
         Starts the request, or queues it behind ``max_in_flight``; past ``max_queued``
-        it is refused at once with a busy error reply. Never returns an awaitable: the
-        transport keeps reading (see :mod:`daebus.runtime`).
+        it is refused at once with a busy error reply. With other instances running, it
+        is claimed first, and admitted so only if this instance wins it. Never returns
+        an awaitable: the transport keeps reading (see :mod:`daebus.runtime`).
         """
+        if self.instances.shared:
+            self.instances.claim(kind, delivery, self.admit)
+            return
+        self.admit(kind, delivery)
+
+    def admit(self, kind: str, delivery: Delivery) -> None:
+        """Start a request this instance runs, or queue (or refuse) it behind the others."""
         slots = self.admission
         if (
             slots.requests

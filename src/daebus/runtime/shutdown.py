@@ -4,6 +4,11 @@ Requests being handled finish within the shutdown timeout (then are cancelled, a
 answered as stopped); those still waiting for a slot, or read while unsubscribing,
 get a busy error reply at once ("stopping"; callers raise ``ServiceBusyError``).
 Waiting broadcasts are dropped. The log says how many of each.
+
+An instance that shares its service's requests with others finishes what it took: it
+unsubscribes from the service's channels and announces its departure first, so the
+others take every later request, then runs the requests it claimed, queued ones
+included, before it refuses anything.
 """
 
 from __future__ import annotations
@@ -23,15 +28,20 @@ logger = logging.getLogger("daebus.runtime")
 
 async def shut_down(runtime: ServiceRuntime, timeout: float) -> None:
     """Stop taking messages, drain in-flight work, stop jobs and threads, close."""
-    admission, loop = runtime.admission, runtime.loop
+    admission, loop, instances = runtime.admission, runtime.loop, runtime.instances
     deadline = loop.time() + timeout
+    if instances.shared:
+        await _unsubscribe(runtime, ("request", "workflow"))
+        await instances.leave()
+        await instances.claims_settled(deadline - loop.time())
+        # Everything taken runs, queued requests included, within the timeout.
+        settled = loop.create_task(admission.settle())
+        _done, late = await asyncio.wait({settled}, timeout=max(0.0, deadline - loop.time()))
+        for task in late:
+            task.cancel()
     admission.stop()
-    for subscription in list(runtime.subscriptions.values()):
-        try:
-            await subscription.unsubscribe()
-        except Exception as exc:
-            logger.debug("unsubscribe %s failed: %s", subscription.name, exc)
-    runtime.subscriptions.clear()
+    await _unsubscribe(runtime, ("request", "workflow", "listener"))
+    await instances.leave()
     if admission.refused_at_stop or admission.dropped_at_stop:
         logger.warning(
             "stopping: refused %d request(s) unrun and dropped %d broadcast(s) that "
@@ -65,3 +75,12 @@ async def shut_down(runtime: ServiceRuntime, timeout: float) -> None:
     runtime.job_executor.shutdown(wait=False, cancel_futures=True)
     runtime.transport.remove_batch_end(runtime.broadcasts.start)
     runtime.throttle.flush()
+
+
+async def _unsubscribe(runtime: ServiceRuntime, kinds: tuple[str, ...]) -> None:
+    for key in [key for key in runtime.subscriptions if key[0] in kinds]:
+        subscription = runtime.subscriptions.pop(key)
+        try:
+            await subscription.unsubscribe()
+        except Exception as exc:
+            logger.debug("unsubscribe %s failed: %s", subscription.name, exc)

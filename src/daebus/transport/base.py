@@ -197,6 +197,35 @@ class Transport(ABC):
         """Publish several messages in order; return each one's receiver count."""
         return [await self.publish(channel, data) for channel, data in messages]
 
+    # -- the instances of a service (see daebus.runtime.instances) --------------------
+    async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take ``key`` for ``owner`` for ``ttl_ms`` ms if nobody holds it; True if taken.
+
+        Atomic across every transport of the server (Redis's ``SET NX PX``): of several
+        instances claiming one key, exactly one gets True.
+
+        Raises:
+            TransportError: the server cannot be reached or refuses the command.
+            NotImplementedError: the transport has no claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
+
+    async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
+        """Mark ``member`` of the record ``key`` alive for ``ttl_ms`` ms more; list the live.
+
+        Members whose time ran out are forgotten first; times are the server's, so the
+        clocks of the members' hosts do not matter.
+
+        Raises:
+            TransportError: the server cannot be reached or refuses the commands.
+            NotImplementedError: the transport has no membership records.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no membership records")
+
+    async def remove_member(self, key: str, member: str) -> None:
+        """Forget ``member`` of the record ``key`` at once (idempotent)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no membership records")
+
     # -- subscribing -----------------------------------------------------------------
     async def subscribe(
         self, name: str, handler: DeliveryHandler, *, pattern: bool = False

@@ -16,7 +16,10 @@ It behaves as Redis pub/sub does, so that code tested on it behaves the same on 
 - a closed or unsubscribed transport is neither sent nor counted.
 
 Unlike Redis, a slow subscriber's queue is not capped: nothing is ever dropped.
-The broker's key-value side (``app.cache``) is a ``fakeredis`` server, when installed.
+The claims and membership records that instances of one service share requests with
+(:meth:`MemoryBroker.claim`, :meth:`MemoryBroker.renew_member`) behave as their Redis
+commands do, on the process's monotonic clock. The broker's key-value side
+(``app.cache``) is a ``fakeredis`` server, when installed.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,6 +78,10 @@ class MemoryBroker:
         self._patterns: dict[str, tuple[Callable[[bytes], bool], dict[MemoryTransport, None]]] = {}
         self._monitors: list[Monitor] = []
         self._cache_server: fakeredis.FakeServer | None = None
+        # key -> expiry (monotonic seconds) of claims, and of each member of a record.
+        self._claims: dict[str, float] = {}
+        self._claims_pruned_at = 0
+        self._records: dict[str, dict[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryBroker {self.name!r}>"
@@ -189,6 +197,42 @@ class MemoryBroker:
                 self._monitors.remove(callback)
 
         return remove
+
+    # -- claims and membership records -----------------------------------------------
+    def claim(self, key: str, ttl_ms: int) -> bool:
+        """Take ``key`` for ``ttl_ms`` ms unless it is held: Redis's ``SET NX PX``."""
+        now = time.monotonic()
+        with self._lock:
+            claims = self._claims
+            expiry = claims.get(key)
+            if expiry is not None and expiry > now:
+                return False
+            claims[key] = now + ttl_ms / 1000
+            # Forget the expired claims now and then, as the server would.
+            if len(claims) > 2 * self._claims_pruned_at + 1000:
+                for stale in [k for k, until in claims.items() if until <= now]:
+                    del claims[stale]
+                self._claims_pruned_at = len(claims)
+            return True
+
+    def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
+        """Keep ``member`` alive ``ttl_ms`` ms more; forget the expired; list the members."""
+        now = time.monotonic()
+        with self._lock:
+            record = self._records.setdefault(key, {})
+            for stale in [name for name, until in record.items() if until <= now]:
+                del record[stale]
+            record[member] = now + ttl_ms / 1000
+            return sorted(record)
+
+    def remove_member(self, key: str, member: str) -> None:
+        """Forget ``member`` of the record ``key`` (idempotent)."""
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                record.pop(member, None)
+                if not record:
+                    del self._records[key]
 
     # -- the key-value side ----------------------------------------------------------
     def cache_server(self) -> fakeredis.FakeServer:
@@ -334,6 +378,25 @@ class MemoryTransport(Transport):
     def publish_blocking(self, channel: str, data: bytes, timeout: float | None = None) -> int:
         """Publish from any thread (the broker is thread-safe); never blocks for long."""
         return self.broker.publish(channel, data, self)
+
+    async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take ``key`` on the broker if nobody holds it (``SET NX PX``)."""
+        self._check_open()
+        return self.broker.claim(key, ttl_ms)
+
+    async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
+        """Keep ``member`` of the broker's record ``key`` alive; list the live members."""
+        self._check_open()
+        return self.broker.renew_member(key, member, ttl_ms)
+
+    async def remove_member(self, key: str, member: str) -> None:
+        """Forget ``member`` of the broker's record ``key``."""
+        self._check_open()
+        self.broker.remove_member(key, member)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TransportError(f"{self!r} is closed")
 
     def blocking_client(self) -> redis.Redis:
         """A redis-py client on the broker's fakeredis server (``decode_responses=True``).

@@ -98,6 +98,8 @@ class RedisTransport(Transport):
         # publish_blocking's connections: one per thread that publishes.
         self._local = threading.local()
         self._blocking: dict[BlockingConnection, threading.Thread] = {}
+        # The server's clock minus ours, in ms: membership records use the server's.
+        self._server_clock: int | None = None
 
     def __repr__(self) -> str:
         return f"<RedisTransport {self.shown_url}>"
@@ -265,6 +267,43 @@ class RedisTransport(Transport):
                 # decode_responses: this is also the app's ``cache``, as in 0.0.31.
                 self._sync = sync_client(self._url, decode_responses=True)
             return self._sync
+
+    # -- the instances of a service ---------------------------------------------------
+    async def _command(self, *args: str | bytes | int) -> Any:
+        """One command on the publishing connection (pipelined with what else is sent)."""
+        publisher = self._ready_publisher() or await self._open_publisher()
+        return await publisher.send(*args)
+
+    async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """``SET key owner NX PX ttl_ms``: True if this call set it."""
+        return await self._command("SET", key, owner, "NX", "PX", ttl_ms) is not None
+
+    async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
+        """Score ``member`` with its expiry on the server's clock; prune; list the members."""
+        publisher = self._ready_publisher() or await self._open_publisher()
+        if self._server_clock is None:
+            self._learn_server_clock(await publisher.send("TIME"))
+        assert self._server_clock is not None
+        now = int(time.time() * 1000) + self._server_clock
+        # One write, one round trip: the record is pruned, renewed and read at once, and
+        # the server's clock read again for the next time.
+        replies = await asyncio.gather(
+            publisher.send("ZREMRANGEBYSCORE", key, "-inf", now),
+            publisher.send("ZADD", key, now + ttl_ms, member),
+            publisher.send("PEXPIRE", key, ttl_ms),
+            publisher.send("ZRANGE", key, 0, -1),
+            publisher.send("TIME"),
+        )
+        self._learn_server_clock(replies[-1])
+        return [bytes(name).decode("utf-8", "replace") for name in replies[-2]]
+
+    def _learn_server_clock(self, reply: Any) -> None:
+        seconds, micros = reply
+        self._server_clock = int(seconds) * 1000 + int(micros) // 1000 - int(time.time() * 1000)
+
+    async def remove_member(self, key: str, member: str) -> None:
+        """``ZREM key member``."""
+        await self._command("ZREM", key, member)
 
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:

@@ -1,0 +1,316 @@
+"""The instances of one service: who else runs it, and which instance runs a request.
+
+Every instance subscribes to the service's channel and gets every request. While it
+knows of no other instance, it runs each request as a lone service always has, with no
+extra round trip. Once it knows of others, it first claims each request (an atomic
+``SET NX PX`` of a key made of the service and a hash of the request's bytes,
+:func:`daebus.protocol.claim_key`) and runs only those it wins: each request runs once,
+on the instance that claimed it first. Each request has one preferred instance among
+those known (picked by its hash): that one claims at once, the others only
+:data:`DEFER` seconds later, so the load spreads evenly, and an instance that lags or
+has died loses its share to the others instead of holding it up.
+
+Instances know of each other through a record and a channel (:mod:`daebus.protocol`
+names both): each one renews its entry in the record every :data:`RENEW_EVERY` seconds,
+scored with its expiry on the server's clock, and announces its arrival and departure
+on the channel. An instance that stops removes its entry at once; a killed one's
+expires, and the others run alone again at their next renewal.
+
+No request runs twice when an instance arrives: it subscribes to the announcements,
+writes itself into the record and reads it, announces itself, and only then subscribes
+to the service's channel, so every request it can get was published after its
+announcement. An instance already running reads announcements and requests on one
+connection, in the order the server took them: it knows of the newcomer before any
+request they both get. Of two instances starting together, the second to write reads
+the first in the record, and the first either reads the second there too or gets its
+announcement (it subscribed before writing). An instance that leaves unsubscribes from
+the service's channel before it announces its departure, so the others claim every
+request it might still get. A lost subscriber connection may miss announcements: the
+instance claims everything until a renewal made once it is subscribed again says it
+is alone.
+
+A request is known by its bytes: two identical requests within :data:`CLAIM_TTL_MS`
+(only possible for requests without a ``request_id``) run once when instances share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import encoding, protocol
+from ..exceptions import TransportError
+
+if TYPE_CHECKING:
+    from ..transport import Delivery, Subscription
+    from . import ServiceRuntime
+
+__all__ = ["CLAIM_TTL_MS", "DEFER", "EXPIRY_MS", "RENEW_EVERY", "Instances", "new_instance_id"]
+
+# The name the runtime has always logged under: users filter on it.
+logger = logging.getLogger("daebus.runtime")
+
+#: Seconds between two renewals of an instance's entry in the record.
+RENEW_EVERY = 5.0
+#: How long an entry lives unrenewed: a killed instance is forgotten after this.
+EXPIRY_MS = 15_000
+#: How long a claim is held: longer than any instance takes to read a request.
+CLAIM_TTL_MS = 30_000
+#: How long an instance waits before claiming a request another instance is preferred
+#: for: the preferred one wins unless its loop lags by about this much.
+DEFER = 0.005
+
+
+def new_instance_id() -> str:
+    """``<host>:<pid>:<random>``: tells the instances of a service apart in logs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Instances:
+    """This instance among those of its service: whether it shares, and its claims."""
+
+    def __init__(self, runtime: ServiceRuntime, instance_id: str) -> None:
+        self.id = instance_id
+        self.service = runtime.service
+        self.transport = runtime.transport
+        self.loop = runtime.loop
+        self.throttle = runtime.throttle
+        self._key = protocol.instances_key(self.service)
+        self._channel = protocol.instances_channel(self.service)
+        #: True while requests must be claimed before they run: read for each request.
+        self.shared = False
+        #: The other instances this one knows of.
+        self.others: set[str] = set()
+        # Every instance known, this one too, in one order all of them agree on.
+        self._ring = [instance_id]
+        #: Requests this instance claimed and won, and those another instance won.
+        self.taken = 0
+        self.passed = 0
+        self._enabled = False
+        self._uncertain = False  # announcements may have been missed
+        self._disconnects = 0
+        self._renewed_at: float | None = None
+        # Announcements read while a renewal is under way: newer than what it reads.
+        self._recent: list[tuple[str, str]] | None = None
+        self._subscription: Subscription | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._claims: set[asyncio.Task[None]] = set()
+
+    # -- arriving and leaving --------------------------------------------------------
+    async def join(self) -> None:
+        """Learn of the other instances and announce this one; before requests come in.
+
+        A transport without claims (or a server refusing them) leaves the instance
+        running every request it gets, as before instances shared requests.
+        """
+        transport = self.transport
+        try:
+            self._subscription = await transport.subscribe(self._channel, self._on_announcement)
+            members = await transport.renew_member(self._key, self.id, EXPIRY_MS)
+            self._renewed_at = self.loop.time()
+            self._set_others(members)
+            await transport.publish(self._channel, self._announcement("join"))
+        except (NotImplementedError, TransportError) as exc:
+            if isinstance(exc, TransportError):
+                logger.warning(
+                    "instance %s cannot share the requests of %r with other instances "
+                    "(%s): it runs every request it gets",
+                    self.id,
+                    self.service,
+                    exc,
+                )
+            await self._unsubscribe()
+            self.others.clear()
+            self.shared = False
+            return
+        self._enabled = True
+        transport.add_disconnect_handler(self._on_disconnect)
+        self._renewer = self.loop.create_task(
+            self._renew_forever(), name=f"daebus-instances {self.service}"
+        )
+        if self.others:
+            logger.info(
+                "instance %s joins %d other instance(s) of %r: requests are claimed",
+                self.id,
+                len(self.others),
+                self.service,
+            )
+
+    async def leave(self) -> None:
+        """Remove this instance from the record and announce it (idempotent).
+
+        Call it once the service's channels are unsubscribed: the others then claim
+        every request this instance might still have got.
+        """
+        if not self._enabled:
+            return
+        self._enabled = False
+        self.transport.remove_disconnect_handler(self._on_disconnect)
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        try:
+            await self.transport.remove_member(self._key, self.id)
+            await self.transport.publish(self._channel, self._announcement("leave"))
+        except TransportError as exc:  # the others forget it when its entry expires
+            logger.debug("instance %s could not announce its departure: %s", self.id, exc)
+        await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(TransportError):
+                await subscription.unsubscribe()
+
+    async def claims_settled(self, timeout: float) -> None:
+        """Wait (up to ``timeout`` seconds) for the claims under way to be answered."""
+        if self._claims:
+            await asyncio.wait(set(self._claims), timeout=max(0.0, timeout))
+
+    def _announcement(self, event: str) -> bytes:
+        return encoding.dumps({"event": event, "instance": self.id})
+
+    # -- knowing of the others -------------------------------------------------------
+    def _on_announcement(self, delivery: Delivery) -> None:
+        try:
+            message = protocol.decode_object(delivery.data)
+        except protocol.BadMessageError:
+            return
+        event, who = message.get("event"), message.get("instance")
+        if not isinstance(who, str) or who == self.id or event not in ("join", "leave"):
+            return
+        if self._recent is not None:
+            self._recent.append((event, who))
+        before = len(self.others)
+        self._apply(event, who)
+        if len(self.others) != before:
+            logger.info(
+                "instance %s of %r %s: this instance (%s) knows of %d other(s)%s",
+                who,
+                self.service,
+                "joined" if event == "join" else "left",
+                self.id,
+                len(self.others),
+                "" if self.others else ": it runs every request alone again",
+            )
+        self._update()
+
+    def _apply(self, event: str, who: str) -> None:
+        if event == "join":
+            self.others.add(who)
+        else:
+            self.others.discard(who)
+
+    def _set_others(self, members: list[str]) -> None:
+        self.others = {member for member in members if member != self.id}
+        self._update()
+
+    def _update(self) -> None:
+        self.shared = bool(self.others) or self._uncertain
+        self._ring = sorted({*self.others, self.id})
+
+    def _on_disconnect(self, _error: TransportError) -> None:
+        self._disconnects += 1
+        self._uncertain = True
+        self._update()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """Renew this instance's entry and re-read the record (every :data:`RENEW_EVERY`)."""
+        disconnects, receiving = self._disconnects, self.transport.receiving
+        self._recent = []
+        try:
+            members = await self.transport.renew_member(self._key, self.id, EXPIRY_MS)
+        except TransportError as exc:
+            self.throttle.log(
+                logging.WARNING,
+                "renew",
+                "instance %s could not renew its entry for %r: %s",
+                self.id,
+                self.service,
+                exc,
+            )
+            return
+        finally:
+            recent, self._recent = self._recent, None
+        now = self.loop.time()
+        lapsed = self._renewed_at is None or now - self._renewed_at >= EXPIRY_MS / 1000
+        self._renewed_at = now
+        was_alone = not self.others
+        self._set_others(members)
+        for event, who in recent:
+            self._apply(event, who)
+        if receiving and disconnects == self._disconnects:
+            self._uncertain = False
+        self._update()
+        if was_alone and self.others:
+            logger.info(
+                "instance %s of %r knows of %d other(s): requests are claimed",
+                self.id,
+                self.service,
+                len(self.others),
+            )
+        elif self.others == set() and not was_alone:
+            logger.info(
+                "instance %s of %r: the other instances are gone; it runs every request alone",
+                self.id,
+                self.service,
+            )
+        if lapsed:
+            # Its entry may have expired meanwhile: the others may have forgotten it.
+            with contextlib.suppress(TransportError):
+                await self.transport.publish(self._channel, self._announcement("join"))
+
+    # -- claiming --------------------------------------------------------------------
+    def claim(self, kind: str, delivery: Delivery, then: Callable[[str, Delivery], None]) -> None:
+        """Claim a request; ``then(kind, delivery)`` runs it if this instance wins."""
+        hashed = hashlib.blake2b(delivery.data, digest_size=16)
+        hashed.update(delivery.channel.encode("utf-8", "replace"))
+        digest = hashed.digest()
+        ring = self._ring
+        preferred = ring[int.from_bytes(digest[:8], "big") % len(ring)]
+        key = protocol.claim_key(self.service, digest.hex())
+        delay = 0.0 if preferred == self.id else DEFER
+        task = self.loop.create_task(self._claim(key, delay, kind, delivery, then))
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _claim(
+        self,
+        key: str,
+        delay: float,
+        kind: str,
+        delivery: Delivery,
+        then: Callable[[str, Delivery], Any],
+    ) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            won = await self.transport.claim(key, self.id, CLAIM_TTL_MS)
+        except TransportError as exc:
+            self.throttle.log(
+                logging.WARNING,
+                "claim",
+                "dropped a request on %r unrun: could not claim it: %s",
+                protocol.shorten(delivery.channel),
+                exc,
+            )
+            return
+        if won:
+            self.taken += 1
+            then(kind, delivery)
+        else:
+            self.passed += 1
