@@ -243,6 +243,10 @@ SERVICE = textwrap.dedent(
     """
     import sys
     from daebus import Daebus
+    from daebus.runtime import instances
+
+    # Forgotten soon after a kill, so that the test need not wait the default expiry.
+    instances.RENEW_EVERY, instances.EXPIRY_MS = 0.5, 2_000
 
     app = Daebus("shared")
 
@@ -301,7 +305,7 @@ def test_subprocess_instances_share_and_a_killed_one_expires(
     apps.start(local, service)
     wait_for(knows_others(local, 2))
     one.kill()
-    # Forgotten once its entry runs out (the subprocess's default expiry).
+    # Forgotten once its entry runs out (the subprocess's 2 s expiry, the local one's 1 s).
     wait_for(knows_others(local, 1), timeout=30, message="the killed instance never expired")
     two.terminate(signal.SIGTERM)
     wait_for(lambda: not runtime_of(local).instances.shared, timeout=15)

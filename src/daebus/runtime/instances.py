@@ -58,9 +58,9 @@ __all__ = ["CLAIM_TTL_MS", "DEFER", "EXPIRY_MS", "RENEW_EVERY", "Instances", "ne
 logger = logging.getLogger("daebus.runtime")
 
 #: Seconds between two renewals of an instance's entry in the record.
-RENEW_EVERY = 5.0
+RENEW_EVERY = 15.0
 #: How long an entry lives unrenewed: a killed instance is forgotten after this.
-EXPIRY_MS = 15_000
+EXPIRY_MS = 45_000
 #: How long a claim is held: longer than any instance takes to read a request.
 CLAIM_TTL_MS = 30_000
 #: How long an instance waits before claiming a request another instance is preferred

@@ -88,7 +88,7 @@ SILENCE_TIMEOUT = 5.0
 #: How often a connection that pings when idle (a subscriber) asks its server whether it
 #: is still there. Each ask wakes the process twice (the timer, the answer): an idle
 #: service must stay cheap to keep on a small device.
-HEALTH_CHECK_INTERVAL = 2.5
+HEALTH_CHECK_INTERVAL = 4.0
 
 
 class RespConnection(asyncio.Protocol):
@@ -292,7 +292,12 @@ class RespConnection(asyncio.Protocol):
         now = self._loop.time()
         if self._paused:  # not reading: nothing can be seen to come
             self._last_received = now
-        silent_for = now - max(self._last_received, self._waiting_since)
+        owed_since = self._waiting_since
+        if self._ping_when_idle:
+            # Alive, it sends something at least every interval (a pong, if nothing
+            # else): silence counts from its last data, not from the PING just sent.
+            owed_since -= self._health_check_interval
+        silent_for = now - max(self._last_received, owed_since)
         if silent_for >= self._silence_timeout:
             # Owed an answer: a server silent for this long is stopped or gone.
             self._dropped_because = f"no answer for {silent_for:.0f} s"

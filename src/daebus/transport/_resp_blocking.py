@@ -253,8 +253,11 @@ class BlockingSubscriber(BlockingConnection):
         super().__init__(endpoint, timeout)
         self.channel = channel
         self._silence_timeout = _resp.SILENCE_TIMEOUT
-        self._health_check_interval = _resp.HEALTH_CHECK_INTERVAL
-        self._probed_at: float | None = None  # when an unanswered health-check PING went
+        # A caller waiting for its reply wants to know soon that the server is gone:
+        # it asks after a second of silence, whatever the idle connections do.
+        self._health_check_interval = min(_resp.HEALTH_CHECK_INTERVAL, 1.0)
+        self._probed = False  # a health-check PING is unanswered
+        self._last_data = 0.0  # monotonic time of the last data from the server
 
     def open(self, timeout: float | None = None) -> None:
         """Be connected and subscribed, reconnecting if the server closed the connection.
@@ -267,7 +270,8 @@ class BlockingSubscriber(BlockingConnection):
             return
         self.close()
         self._connect(self._timeout if timeout is None else timeout)
-        self._probed_at = None
+        self._probed = False
+        self._last_data = time.monotonic()
         self._send(pack("SUBSCRIBE", self.channel))
         self._read()  # the confirmation
 
@@ -325,16 +329,17 @@ class BlockingSubscriber(BlockingConnection):
                 continue
             if not chunk:
                 raise OSError("connection closed by the server")
-            self._probed_at = None
+            self._probed = False
+            self._last_data = time.monotonic()
             return chunk
 
     def _check_silence(self, sock: socket.socket) -> None:
-        now = time.monotonic()
-        if self._probed_at is None:
-            self._probed_at = now
+        silent_for = time.monotonic() - self._last_data
+        if not self._probed:
+            self._probed = True
             sock.sendall(PING)
-        elif now - self._probed_at >= self._silence_timeout:
-            raise OSError(f"no answer for {now - self._probed_at:.0f} s")
+        elif silent_for >= self._silence_timeout:
+            raise OSError(f"no answer for {silent_for:.0f} s")
 
 
 def _describe(exc: BaseException) -> str:
