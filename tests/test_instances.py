@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import signal
 import textwrap
 import threading
@@ -145,6 +146,29 @@ def test_instances_share_requests(apps: Apps, count: int) -> None:
     assert set(shares) == {app.instance_id for app in started}
     assert min(shares.values()) >= 200, shares
     assert collections.Counter(replies) == shares
+
+
+def test_a_forged_departure_does_not_make_an_instance_run_alone(
+    apps: Apps, redis_client: redis.Redis
+) -> None:
+    # Anyone can publish on the announcements channel: the record, not the message,
+    # decides whether an instance is alone.
+    counted = Counted()
+    service = unique_name("shared")
+    first, second = counted.app(), counted.app()
+    apps.start(first, service)
+    apps.start(second, service)
+    for app in (first, second):
+        wait_for(knows_others(app, 1))
+    for other in (first, second):
+        forged = {"event": "leave", "instance": other.instance_id}
+        redis_client.publish(protocol.instances_channel(service), json.dumps(forged))
+    replies = call_many(apps.caller(service), range(300))
+
+    assert sorted(counted.numbers()) == list(range(300))  # each ran exactly once
+    assert collections.Counter(replies) == counted.per_instance()
+    for app in (first, second):
+        assert knows_others(app, 1)()
 
 
 def test_lone_instance_makes_no_claim(private_apps: Apps, private_redis: Any) -> None:

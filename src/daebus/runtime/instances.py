@@ -97,8 +97,11 @@ class Instances:
         self._uncertain = False  # announcements may have been missed
         self._disconnects = 0
         self._renewed_at: float | None = None
-        # Announcements read while a renewal is under way: newer than what it reads.
-        self._recent: list[tuple[str, str]] | None = None
+        # Joins announced while a renewal is under way: newer than what it reads.
+        self._recent: list[str] | None = None
+        # A renewal made because an instance announced it left (see _on_announcement).
+        self._checking: asyncio.Task[None] | None = None
+        self._renewing = asyncio.Lock()
         self._subscription: Subscription | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._claims: set[asyncio.Task[None]] = set()
@@ -153,11 +156,12 @@ class Instances:
             return
         self._enabled = False
         self.transport.remove_disconnect_handler(self._on_disconnect)
-        renewer, self._renewer = self._renewer, None
-        if renewer is not None:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+        for task in (self._renewer, self._checking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._renewer = self._checking = None
         try:
             await self.transport.remove_member(self._key, self.id)
             await self.transport.publish(self._channel, self._announcement("leave"))
@@ -188,27 +192,30 @@ class Instances:
         event, who = message.get("event"), message.get("instance")
         if not isinstance(who, str) or who == self.id or event not in ("join", "leave"):
             return
+        if event == "leave":
+            # Anyone who can publish can announce anything: a departure taken on its word
+            # could make this instance run alone while another still runs, and both run
+            # every request. The record decides: the instance that left has removed itself
+            # from it before announcing, so read it again; until then, go on claiming.
+            if who in self.others and (self._checking is None or self._checking.done()):
+                self._checking = self.loop.create_task(
+                    self.renew(), name=f"daebus-instances-check {self.service}"
+                )
+            return
+        # A join is taken at once: an instance that believes others run only claims more
+        # than it needs to, until the next renewal reads the record.
         if self._recent is not None:
-            self._recent.append((event, who))
-        before = len(self.others)
-        self._apply(event, who)
-        if len(self.others) != before:
+            self._recent.append(who)
+        if who not in self.others:
+            self.others.add(who)
             logger.info(
-                "instance %s of %r %s: this instance (%s) knows of %d other(s)%s",
+                "instance %s of %r joined: this instance (%s) knows of %d other(s)",
                 who,
                 self.service,
-                "joined" if event == "join" else "left",
                 self.id,
                 len(self.others),
-                "" if self.others else ": it runs every request alone again",
             )
         self._update()
-
-    def _apply(self, event: str, who: str) -> None:
-        if event == "join":
-            self.others.add(who)
-        else:
-            self.others.discard(who)
 
     def _set_others(self, members: list[str]) -> None:
         self.others = {member for member in members if member != self.id}
@@ -230,6 +237,11 @@ class Instances:
 
     async def renew(self) -> None:
         """Renew this instance's entry and re-read the record (every :data:`RENEW_EVERY`)."""
+        # One at a time: the joins announced during a renewal are kept for it alone.
+        async with self._renewing:
+            await self._renew()
+
+    async def _renew(self) -> None:
         disconnects, receiving = self._disconnects, self.transport.receiving
         self._recent = []
         try:
@@ -251,8 +263,7 @@ class Instances:
         self._renewed_at = now
         was_alone = not self.others
         self._set_others(members)
-        for event, who in recent:
-            self._apply(event, who)
+        self.others.update(recent)
         if receiving and disconnects == self._disconnects:
             self._uncertain = False
         self._update()
