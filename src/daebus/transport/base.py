@@ -197,12 +197,33 @@ class Transport(ABC):
         """Publish several messages in order; return each one's receiver count."""
         return [await self.publish(channel, data) for channel, data in messages]
 
-    # -- the instances of a service (see daebus.runtime.instances) --------------------
+    # -- the instances of a service (see daebus.runtime.instances and .jobs) -----------
     async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take ``key`` for ``owner`` for ``ttl_ms`` ms if nobody holds it; True if taken.
 
         Atomic across every transport of the server (Redis's ``SET NX PX``): of several
         instances claiming one key, exactly one gets True.
+
+        Raises:
+            TransportError: the server cannot be reached or refuses the command.
+            NotImplementedError: the transport has no claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
+
+    async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Hold ``key`` ``ttl_ms`` ms more if ``owner`` still holds it; True if renewed.
+
+        Atomic: a claim that expired and was taken by another owner meanwhile is left
+        to it (False).
+
+        Raises:
+            TransportError: the server cannot be reached or refuses the command.
+            NotImplementedError: the transport has no claims.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
+
+    async def release_claim(self, key: str, owner: str) -> bool:
+        """Drop ``key`` if ``owner`` still holds it (atomic, idempotent); True if dropped.
 
         Raises:
             TransportError: the server cannot be reached or refuses the command.

@@ -16,9 +16,10 @@ It behaves as Redis pub/sub does, so that code tested on it behaves the same on 
 - a closed or unsubscribed transport is neither sent nor counted.
 
 Unlike Redis, a slow subscriber's queue is not capped: nothing is ever dropped.
-The claims and membership records that instances of one service share requests with
-(:meth:`MemoryBroker.claim`, :meth:`MemoryBroker.renew_member`) behave as their Redis
-commands do, on the process's monotonic clock. The broker's key-value side
+The claims and membership records that instances of one service share requests and
+jobs with (:meth:`MemoryBroker.claim`, :meth:`MemoryBroker.renew_claim`,
+:meth:`MemoryBroker.renew_member`) behave as their Redis commands do, on the process's
+monotonic clock. The broker's key-value side
 (``app.cache``) is a ``fakeredis`` server, when installed.
 """
 
@@ -78,8 +79,9 @@ class MemoryBroker:
         self._patterns: dict[str, tuple[Callable[[bytes], bool], dict[MemoryTransport, None]]] = {}
         self._monitors: list[Monitor] = []
         self._cache_server: fakeredis.FakeServer | None = None
-        # key -> expiry (monotonic seconds) of claims, and of each member of a record.
-        self._claims: dict[str, float] = {}
+        # key -> (owner, expiry) of claims, and member -> expiry of each record; expiries
+        # are monotonic seconds.
+        self._claims: dict[str, tuple[str, float]] = {}
         self._claims_pruned_at = 0
         self._records: dict[str, dict[str, float]] = {}
 
@@ -199,20 +201,40 @@ class MemoryBroker:
         return remove
 
     # -- claims and membership records -----------------------------------------------
-    def claim(self, key: str, ttl_ms: int) -> bool:
-        """Take ``key`` for ``ttl_ms`` ms unless it is held: Redis's ``SET NX PX``."""
+    def claim(self, key: str, ttl_ms: int, owner: str = "") -> bool:
+        """Take ``key`` for ``owner`` for ``ttl_ms`` ms unless it is held: ``SET NX PX``."""
         now = time.monotonic()
         with self._lock:
             claims = self._claims
-            expiry = claims.get(key)
-            if expiry is not None and expiry > now:
+            held = claims.get(key)
+            if held is not None and held[1] > now:
                 return False
-            claims[key] = now + ttl_ms / 1000
+            claims[key] = (owner, now + ttl_ms / 1000)
             # Forget the expired claims now and then, as the server would.
             if len(claims) > 2 * self._claims_pruned_at + 1000:
-                for stale in [k for k, until in claims.items() if until <= now]:
+                for stale in [k for k, (_, until) in claims.items() if until <= now]:
                     del claims[stale]
                 self._claims_pruned_at = len(claims)
+            return True
+
+    def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Hold ``key`` ``ttl_ms`` ms more if ``owner`` still holds it."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._claims.get(key)
+            if held is None or held[0] != owner or held[1] <= now:
+                return False
+            self._claims[key] = (owner, now + ttl_ms / 1000)
+            return True
+
+    def release_claim(self, key: str, owner: str) -> bool:
+        """Drop ``key`` if ``owner`` still holds it."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._claims.get(key)
+            if held is None or held[0] != owner or held[1] <= now:
+                return False
+            del self._claims[key]
             return True
 
     def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
@@ -382,7 +404,17 @@ class MemoryTransport(Transport):
     async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take ``key`` on the broker if nobody holds it (``SET NX PX``)."""
         self._check_open()
-        return self.broker.claim(key, ttl_ms)
+        return self.broker.claim(key, ttl_ms, owner)
+
+    async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Hold ``key`` on the broker ``ttl_ms`` ms more if ``owner`` still holds it."""
+        self._check_open()
+        return self.broker.renew_claim(key, owner, ttl_ms)
+
+    async def release_claim(self, key: str, owner: str) -> bool:
+        """Drop ``key`` on the broker if ``owner`` still holds it."""
+        self._check_open()
+        return self.broker.release_claim(key, owner)
 
     async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
         """Keep ``member`` of the broker's record ``key`` alive; list the live members."""

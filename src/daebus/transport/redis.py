@@ -39,6 +39,17 @@ _CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = SILENCE_TIMEOUT
 
 
+# A GET and a write in one script: nothing runs between them, so a claim that expired
+# and was taken by another owner in the meantime is never extended or deleted.
+_RENEW_IF_OWNER = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+_DELETE_IF_OWNER = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+
+
 def normalize_url(url: str) -> str:
     """Accept ``valkey://`` and ``valkeys://`` as spellings of ``redis://`` / ``rediss://``."""
     if url.startswith("valkey://"):
@@ -277,6 +288,14 @@ class RedisTransport(Transport):
     async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """``SET key owner NX PX ttl_ms``: True if this call set it."""
         return await self._command("SET", key, owner, "NX", "PX", ttl_ms) is not None
+
+    async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """``PEXPIRE`` the key if its value is still ``owner``: one script, so atomic."""
+        return bool(await self._command("EVAL", _RENEW_IF_OWNER, 1, key, owner, ttl_ms))
+
+    async def release_claim(self, key: str, owner: str) -> bool:
+        """``DEL`` the key if its value is still ``owner``: one script, so atomic."""
+        return bool(await self._command("EVAL", _DELETE_IF_OWNER, 1, key, owner))
 
     async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
         """Score ``member`` with its expiry on the server's clock; prune; list the members."""
