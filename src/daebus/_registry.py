@@ -229,8 +229,15 @@ class Registry:
 
     # -- background jobs -------------------------------------------------------------
     @setupmethod
-    def background(self, name: str, interval: float) -> Callable[[F], F]:
+    def background(
+        self, name: str, interval: float, *, shared: bool = False, lease: float | None = None
+    ) -> Callable[[F], F]:
         """Run the function every ``interval`` seconds, first one interval after start.
+
+        Every instance of the service runs it, unless ``shared=True``: then one instance
+        at a time does, the one holding the job's lease in Redis. A holder that stops
+        hands it over at once; a killed one's lease expires after ``lease`` seconds
+        (by default three intervals, at least 10 s) and another instance takes it.
 
         Example::
 
@@ -238,21 +245,38 @@ class Registry:
         @app.background("heartbeat", 60)
         def heartbeat():
             broadcast.send("monitoring", {"alive": True})
+
+        @app.background("report", 3600, shared=True)
+        def report():
+            ...
         """
 
         def decorator(func: F) -> F:
-            self.add_background(name, interval, func)
+            self.add_background(name, interval, func, shared=shared, lease=lease)
             return func
 
         return decorator
 
     @setupmethod
-    def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
+    def add_background(
+        self,
+        name: str,
+        interval: float,
+        func: Callable[..., Any],
+        *,
+        shared: bool = False,
+        lease: float | None = None,
+    ) -> None:
         """Register a background job (a job of the same name is replaced, with a warning)."""
         _check_name("background task", name)
-        old = self.background_tasks.add(BackgroundTask(name, interval, func))
+        task = BackgroundTask(name, interval, func, shared=shared, lease=lease)
+        old = self.background_tasks.add(task)
         if old is not None and old.func is not func:
             logger.warning("background task %r is registered again; the new one replaces it", name)
+        self._background_added(task)
+
+    def _background_added(self, task: BackgroundTask) -> None:
+        """Called with each background job registered (a running app schedules it)."""
 
     # -- threads ---------------------------------------------------------------------
     @setupmethod

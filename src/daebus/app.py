@@ -30,6 +30,8 @@ from .transport._url import redact_url
 if TYPE_CHECKING:
     import redis
 
+    from .runtime.jobs import BackgroundTask
+
 __all__ = ["Daebus"]
 
 C = TypeVar("C", bound=Component)
@@ -192,10 +194,8 @@ class Daebus(Registry):
             self._call_in_loop(functools.partial(_unsubscribe_listener, channel=channel))
         return removed
 
-    def add_background(self, name: str, interval: float, func: Callable[..., Any]) -> None:
-        """Register a background job; while running, it is scheduled at once."""
-        super().add_background(name, interval, func)
-        task = self.background_tasks[name]
+    def _background_added(self, task: BackgroundTask) -> None:
+        """While running, a background job is scheduled as soon as it is registered."""
         runtime = self._runtime
         if runtime is not None:
             runtime.loop.call_soon_threadsafe(runtime.schedule, task)
@@ -288,7 +288,7 @@ class Daebus(Registry):
                 log.warning(
                     "blueprint %r replaces the background task %r", blueprint.name, task.name
                 )
-            self.add_background(task.name, task.interval, task.func)
+            self.add_background(*task, shared=task.shared, lease=task.lease)
         for name, thread_task in blueprint.thread_tasks.items():
             if name in self.thread_tasks:
                 log.warning("blueprint %r replaces the thread %r", blueprint.name, name)

@@ -14,7 +14,8 @@ Every channel name and every envelope is built here and nowhere else.
 The instances of one service share its requests through a few names of their own, none
 of which a 0.0.31 peer sees: the membership record and the announcement channel
 (:func:`instances_key`, :func:`instances_channel`) and one claim key per request
-(:func:`claim_key`). See :mod:`daebus.runtime.instances`.
+(:func:`claim_key`). See :mod:`daebus.runtime.instances`. A shared background job is
+run by the instance holding its lease (:func:`lease_key`; see :mod:`daebus.runtime.jobs`).
 
 Replies go only to channels that look like reply channels (:class:`ReplyChannels`), and
 what a request brings along is cut to :data:`FIELD_LIMIT` characters wherever it is
@@ -57,6 +58,7 @@ __all__ = [
     "instances_channel",
     "instances_key",
     "is_pattern",
+    "lease_key",
     "new_reply_channel",
     "new_request_id",
     "recover_reply_address",
@@ -120,6 +122,11 @@ def instances_channel(service: str) -> str:
 def claim_key(service: str, digest: str) -> str:
     """The key an instance sets to take one request of ``service`` (``digest``: its hash)."""
     return f"daebus:claim:{service}:{digest}"
+
+
+def lease_key(service: str, job: str) -> str:
+    """The lease of a shared background job: its value is the holding instance's id."""
+    return f"daebus:lease:{service}:{job}"
 
 
 def new_reply_channel() -> str:

@@ -83,7 +83,7 @@ class ServiceRuntime:
             start_broadcasts=self.broadcasts.start,
             drop_held=self.broadcasts.drop_held,
         )
-        self.schedules = Schedules(app, self.invoker, self.job_executor)
+        self.schedules = Schedules(self)
         self.subscriptions: dict[tuple[str, str], Subscription] = {}
         # The loop only keeps weak references to tasks: hold on to fire-and-forget ones.
         self._side_tasks: set[asyncio.Task[Any]] = set()
