@@ -17,13 +17,13 @@ from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
 from ._standalone import standalone_publisher
+from ._thread_tasks import ThreadTasks
 from .blueprint import Blueprint
 from .components import Component
 from .exceptions import SetupError, TransportError
 from .pubsub import DEFAULT_MAX_MESSAGE_SIZE, Publisher, PubSubBroadcast, ReceiverCounts
 from .runtime import ServiceRuntime, loop as _loop
 from .runtime.instances import new_instance_id
-from .runtime.invoke import is_async_callable
 from .transport import Transport, transport_from_url
 from .transport._url import redact_url
 
@@ -42,7 +42,7 @@ _RETRY_DELAY_MAX = 1.0
 _REPORT_EVERY = 10.0
 
 
-class Daebus(Registry):
+class Daebus(Registry, ThreadTasks):
     """A service: actions, listeners, background jobs, threads and hooks on one Redis.
 
     Args:
@@ -304,69 +304,6 @@ class Daebus(Registry):
             self.socket_handlers[message_type] = func
         self._handlers_changed()
         return self
-
-    # -- threads ---------------------------------------------------------------------
-    def start_thread(self, name: str) -> bool:
-        """Start a registered thread task; False if unknown or already running."""
-        task = self.thread_tasks.get(name)
-        if task is None:
-            log.warning("no thread task named %r", name)
-            return False
-        if task.is_alive():
-            log.warning("thread task %r is already running", name)
-            return False
-        task.stop_requested.clear()
-        ctx = context.MessageContext(self)
-        thread = threading.Thread(
-            target=self._run_thread, args=(task, ctx), name=f"daebus_{name}", daemon=True
-        )
-        task.thread = thread
-        self.threads[name] = thread
-        thread.start()
-        return True
-
-    def _run_thread(self, task: Any, ctx: context.MessageContext) -> None:
-        def running() -> bool:
-            return self._running and not task.stop_requested.is_set()
-
-        with context.bind(ctx):
-            try:
-                args = (running,) if task.takes_running else ()
-                if is_async_callable(task.func):
-                    _loop.run(task.func(*args))
-                else:
-                    task.func(*args)
-            except Exception:
-                log.exception("thread task %r failed", task.name)
-
-    def stop_thread(self, name: str, timeout: float = 5.0) -> bool:
-        """Ask a thread task to stop (its ``running()`` turns false) and wait for it.
-
-        Returns True once the thread has ended, False if unknown or still alive.
-        """
-        task = self.thread_tasks.get(name)
-        if task is None:
-            log.warning("no thread task named %r", name)
-            return False
-        task.stop_requested.set()
-        if task.thread is not None and task.thread is not threading.current_thread():
-            task.thread.join(timeout)
-        if task.is_alive():
-            log.warning("thread task %r did not stop within %.1fs", name, timeout)
-            return False
-        return True
-
-    def _join_threads(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        for task in self.thread_tasks.values():
-            task.stop_requested.set()
-        for task in self.thread_tasks.values():
-            thread = task.thread
-            if thread is None or thread is threading.current_thread():
-                continue
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                log.warning("thread task %r is still running at shutdown", task.name)
 
     # -- publishing for broadcast ----------------------------------------------------
     def _publisher(self) -> Publisher:
