@@ -171,6 +171,69 @@ def test_a_forged_departure_does_not_make_an_instance_run_alone(
         assert knows_others(app, 1)()
 
 
+def test_forged_joins_cost_little_and_write_nothing_of_theirs_to_the_log(
+    apps: Apps, redis_client: redis.Redis, logs: pytest.LogCaptureFixture
+) -> None:
+    counted = Counted()
+    service = unique_name("shared")
+    first, second = counted.app(), counted.app()
+    apps.start(first, service)
+    apps.start(second, service)
+    for app in (first, second):
+        wait_for(knows_others(app, 1))
+    channel = protocol.instances_channel(service)
+    with redis_client.pipeline(transaction=False) as pipe:
+        for n in range(5000):  # ids shaped like real ones, beyond what is believed
+            pipe.publish(channel, json.dumps({"event": "join", "instance": f"x:{n}:abcdef"}))
+        forged_line = "evil\n2026-01-01 ERROR daebus FORGED LINE \x1b[2J"
+        pipe.publish(channel, json.dumps({"event": "join", "instance": forged_line}))
+        pipe.execute()
+    replies = call_many(apps.caller(service), range(300))
+
+    assert sorted(counted.numbers()) == list(range(300))  # each ran exactly once
+    assert collections.Counter(replies) == counted.per_instance()
+    text = "\n".join(record.getMessage() for record in logs.records)
+    assert "FORGED" not in text
+    assert text.count("joined: this instance") <= 4  # a line, then a count, per instance
+    for app in (first, second):  # the record decides: the forged ones are forgotten
+        wait_for(knows_others(app, 1), message="the forged instances were never forgotten")
+
+
+def test_after_a_restart_no_instance_runs_alone_too_soon(
+    monkeypatch: pytest.MonkeyPatch, private_apps: Apps, private_redis: Any
+) -> None:
+    # A restarted server has forgotten the record: the instance that writes itself back
+    # first must not take the record's word that it is alone.
+    monkeypatch.setattr(instances_module, "RENEW_EVERY", 1.0)
+    monkeypatch.setattr(instances_module, "EXPIRY_MS", 3000)
+    counted = Counted()
+    service = unique_name("shared")
+    first, second = counted.app(), counted.app()
+    private_apps.start(first, service)
+    private_apps.start(second, service)
+    for app in (first, second):
+        wait_for(knows_others(app, 1))
+    caller = private_apps.caller(service, timeout=2)
+    private_redis.kill()
+    private_redis.start()
+
+    def answered() -> bool:
+        try:
+            caller.send_request("work", {"n": -1})
+        except Exception:
+            return False
+        return True
+
+    wait_for(answered, timeout=15, message="the service did not come back")
+    done = 0
+    stop = time.monotonic() + 3.0  # three renewals' time after the restart
+    while time.monotonic() < stop:
+        caller.send_request("work", {"n": done})
+        done += 1
+    numbers = [n for n in counted.numbers() if isinstance(n, int) and n >= 0]
+    assert sorted(numbers) == list(range(done)), "some requests ran twice"
+
+
 def test_lone_instance_makes_no_claim(private_apps: Apps, private_redis: Any) -> None:
     counted = Counted()
     service = private_apps.start(counted.app())

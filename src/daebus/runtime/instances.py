@@ -40,6 +40,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import Callable
@@ -61,16 +62,27 @@ logger = logging.getLogger("daebus.runtime")
 RENEW_EVERY = 15.0
 #: How long an entry lives unrenewed: a killed instance is forgotten after this.
 EXPIRY_MS = 45_000
-#: How long a claim is held: longer than any instance takes to read a request.
-CLAIM_TTL_MS = 30_000
+#: How long a claim is held: longer than any instance takes to read a request. An
+#: instance frozen for longer (SIGSTOP, a suspended machine) may, once it runs again,
+#: run requests from before the freeze that another instance has run already.
+CLAIM_TTL_MS = 120_000
+#: The most instances of one service an instance believes in: past it, announced joins
+#: are ignored (it claims every request anyway), so a flood of forged ones costs little.
+MAX_INSTANCES = 1000
 #: How long an instance waits before claiming a request another instance is preferred
 #: for: the preferred one wins unless its loop lags by about this much.
 DEFER = 0.005
 
 
+# What new_instance_id makes, the host name letters it may take included: an
+# announcement naming anything else is not from an instance (nor logged as one).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}:[0-9]{1,10}:[0-9a-f]{6}")
+
+
 def new_instance_id() -> str:
     """``<host>:<pid>:<random>``: tells the instances of a service apart in logs."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:100] or "host"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 class Instances:
@@ -95,6 +107,9 @@ class Instances:
         self.passed = 0
         self._enabled = False
         self._uncertain = False  # announcements may have been missed
+        # Loop time before which a renewal may not end the uncertainty (see _rejoin).
+        self._certain_after = 0.0
+        self._rejoining: asyncio.Task[None] | None = None
         self._disconnects = 0
         self._renewed_at: float | None = None
         # Joins announced while a renewal is under way: newer than what it reads.
@@ -156,12 +171,12 @@ class Instances:
             return
         self._enabled = False
         self.transport.remove_disconnect_handler(self._on_disconnect)
-        for task in (self._renewer, self._checking):
+        for task in (self._renewer, self._checking, self._rejoining):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._renewer = self._checking = None
+        self._renewer = self._checking = self._rejoining = None
         try:
             await self.transport.remove_member(self._key, self.id)
             await self.transport.publish(self._channel, self._announcement("leave"))
@@ -190,32 +205,44 @@ class Instances:
         except protocol.BadMessageError:
             return
         event, who = message.get("event"), message.get("instance")
-        if not isinstance(who, str) or who == self.id or event not in ("join", "leave"):
+        if (
+            not isinstance(who, str)
+            or who == self.id
+            or event not in ("join", "leave")
+            or not _INSTANCE_ID.fullmatch(who)
+        ):
             return
+        # Anyone who can publish can announce anything. A departure taken on its word
+        # could make this instance run alone while another still runs, and both run
+        # every request: the record decides (the instance that left removed itself from
+        # it before announcing). A join is taken at once, since an instance that
+        # believes others run only claims more than it needs to, and checked too.
         if event == "leave":
-            # Anyone who can publish can announce anything: a departure taken on its word
-            # could make this instance run alone while another still runs, and both run
-            # every request. The record decides: the instance that left has removed itself
-            # from it before announcing, so read it again; until then, go on claiming.
-            if who in self.others and (self._checking is None or self._checking.done()):
-                self._checking = self.loop.create_task(
-                    self.renew(), name=f"daebus-instances-check {self.service}"
-                )
+            if who in self.others:
+                self._check_record()
             return
-        # A join is taken at once: an instance that believes others run only claims more
-        # than it needs to, until the next renewal reads the record.
         if self._recent is not None:
             self._recent.append(who)
-        if who not in self.others:
+        if who not in self.others and len(self.others) < MAX_INSTANCES:
             self.others.add(who)
-            logger.info(
+            self._update()
+            self.throttle.log(
+                logging.INFO,
+                "joined",
                 "instance %s of %r joined: this instance (%s) knows of %d other(s)",
                 who,
                 self.service,
                 self.id,
                 len(self.others),
             )
-        self._update()
+            self._check_record()
+
+    def _check_record(self) -> None:
+        """Read the record soon (one reading at a time) to learn who really runs."""
+        if self._checking is None or self._checking.done():
+            self._checking = self.loop.create_task(
+                self.renew(), name=f"daebus-instances-check {self.service}"
+            )
 
     def _set_others(self, members: list[str]) -> None:
         self.others = {member for member in members if member != self.id}
@@ -229,6 +256,23 @@ class Instances:
         self._disconnects += 1
         self._uncertain = True
         self._update()
+        if self._rejoining is None or self._rejoining.done():
+            self._rejoining = self.loop.create_task(
+                self._rejoin(), name=f"daebus-instances-rejoin {self.service}"
+            )
+
+    async def _rejoin(self) -> None:
+        """Once subscribed again: write this instance back and announce it.
+
+        A restarted server has forgotten the record: every instance writes itself back
+        and announces itself as soon as it is back, and none trusts a record that says
+        it is alone before every other one has had a renewal's time to do the same.
+        """
+        await self.transport.until_receiving()
+        self._certain_after = self.loop.time() + RENEW_EVERY
+        await self.renew()
+        with contextlib.suppress(TransportError):
+            await self.transport.publish(self._channel, self._announcement("join"))
 
     async def _renew_forever(self) -> None:
         while True:
@@ -239,9 +283,13 @@ class Instances:
         """Renew this instance's entry and re-read the record (every :data:`RENEW_EVERY`)."""
         # One at a time: the joins announced during a renewal are kept for it alone.
         async with self._renewing:
-            await self._renew()
+            # Joins announced while it read are believed meanwhile, then checked by
+            # reading again: a real instance is in the record by then, a forged one not.
+            while await self._renew():
+                pass
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
+        """Renew and read the record once; True if joins came meanwhile (read again)."""
         disconnects, receiving = self._disconnects, self.transport.receiving
         self._recent = []
         try:
@@ -255,28 +303,28 @@ class Instances:
                 self.service,
                 exc,
             )
-            return
+            return False
         finally:
             recent, self._recent = self._recent, None
         now = self.loop.time()
         lapsed = self._renewed_at is None or now - self._renewed_at >= EXPIRY_MS / 1000
         self._renewed_at = now
-        was_alone = not self.others
+        was_shared = self.shared
         self._set_others(members)
-        self.others.update(recent)
-        if receiving and disconnects == self._disconnects:
+        self.others.update(recent[: max(0, MAX_INSTANCES - len(self.others))])
+        if receiving and disconnects == self._disconnects and now >= self._certain_after:
             self._uncertain = False
         self._update()
-        if was_alone and self.others:
+        if self.shared and not was_shared:
             logger.info(
                 "instance %s of %r knows of %d other(s): requests are claimed",
                 self.id,
                 self.service,
                 len(self.others),
             )
-        elif self.others == set() and not was_alone:
+        elif was_shared and not self.shared:
             logger.info(
-                "instance %s of %r: the other instances are gone; it runs every request alone",
+                "instance %s of %r: no other instance runs; it runs every request alone",
                 self.id,
                 self.service,
             )
@@ -284,6 +332,7 @@ class Instances:
             # Its entry may have expired meanwhile: the others may have forgotten it.
             with contextlib.suppress(TransportError):
                 await self.transport.publish(self._channel, self._announcement("join"))
+        return bool(recent)
 
     # -- claiming --------------------------------------------------------------------
     def claim(self, kind: str, delivery: Delivery, then: Callable[[str, Delivery], None]) -> None:
