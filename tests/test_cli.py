@@ -441,6 +441,20 @@ def test_listen_reconnects_after_the_server_restarts(private_redis: RedisServer)
         assert proc.terminate(signal.SIGINT) == 0, proc.output()
 
 
+def test_listen_notices_a_server_that_stops_answering(private_redis: RedisServer) -> None:
+    channel = unique_name("watch")
+    with daebus_process("listen", channel, url=private_redis.url) as proc:
+        wait_stderr(proc, "listening on")
+        private_redis.pause()  # SIGSTOP: the connection stays open, nothing answers
+        try:
+            # Asked after 4 s of silence, given up on 5 s after the last answer.
+            wait_stderr(proc, "no answer for", timeout=20)
+        finally:
+            private_redis.resume()
+        wait_stderr(proc, "reconnected", timeout=20)
+        assert proc.terminate(signal.SIGINT) == 0, proc.output()
+
+
 # -- daebus run ------------------------------------------------------------------------
 
 SERVICE_MODULE = """

@@ -4,15 +4,7 @@ Every command takes ``--redis-url``; without it the server is found as the libra
 finds it (:func:`daebus.config.resolve_redis_url`); ``--redis-url embedded`` names the
 shared embedded server. A URL is shown (in errors and banners) with its password masked.
 Output is coloured only when it goes to a terminal, and never when ``$NO_COLOR`` is set.
-
-Exit codes (``daebus call`` uses them all)::
-
-    0  success
-    1  failure: the server cannot be reached, the app cannot be imported, ...
-    2  usage error: a bad option or argument, a JSON argument that is not JSON
-    3  the service answered with an error reply
-    4  no reply, or no next part of a streamed reply, within --timeout
-    5  no service is listening: the request reached no one
+The exit codes are the ``EXIT_*`` constants, listed by ``daebus call --help``.
 """
 
 from __future__ import annotations
@@ -461,6 +453,7 @@ def _listen(url: str, patterns: list[str]) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    from .transport import _resp
     from .transport.redis import normalize_url
 
     options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
@@ -489,11 +482,18 @@ def _listen(url: str, patterns: list[str]) -> None:
                         err=True,
                     )
                 connected_once, down = True, False
-                delay = 0.05
-                while True:
+                delay, heard, asked = 0.05, time.monotonic(), False
+                while True:  # a hung server is asked, then given up on, as services do
                     message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "pmessage":
-                        _print_message(message["channel"], message["data"], terminal)
+                    if message is not None:
+                        heard, asked = time.monotonic(), False
+                        if message["type"] == "pmessage":
+                            _print_message(message["channel"], message["data"], terminal)
+                    elif time.monotonic() - heard >= _resp.SILENCE_TIMEOUT and asked:
+                        raise redis.TimeoutError(f"no answer for {_resp.SILENCE_TIMEOUT:.0f} s")
+                    elif time.monotonic() - heard >= _resp.HEALTH_CHECK_INTERVAL and not asked:
+                        pubsub.ping()
+                        asked = True
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if not connected_once:
                     raise Failure(_without_password(f"Redis at {url}: {exc}", url)) from None
