@@ -80,6 +80,18 @@ def knows_others(app: Daebus, count: int) -> Callable[[], bool]:
     return lambda: app._runtime is not None and len(app._runtime.instances.others) == count
 
 
+def started_together(apps: Apps, count: int) -> tuple[Counted, str, list[Daebus]]:
+    """``count`` instances of a new service, started, each knowing of the others."""
+    counted = Counted()
+    service = unique_name("shared")
+    started = [counted.app() for _ in range(count)]
+    for app in started:
+        apps.start(app, service)
+    for app in started:
+        wait_for(knows_others(app, count - 1), message="the instances do not know each other")
+    return counted, service, started
+
+
 @pytest.fixture
 def quick_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process instances renew every 0.2 s, and are forgotten 1 s after their last."""
@@ -132,13 +144,7 @@ async def test_membership_record(any_url: str) -> None:
 
 @pytest.mark.parametrize("count", [2, 3])
 def test_instances_share_requests(apps: Apps, count: int) -> None:
-    counted = Counted()
-    service = unique_name("shared")
-    started = [counted.app() for _ in range(count)]
-    for app in started:
-        apps.start(app, service)
-    for app in started:
-        wait_for(knows_others(app, count - 1), message="the instances do not know each other")
+    counted, service, started = started_together(apps, count)
     replies = call_many(apps.caller(service), range(1000))
 
     assert sorted(counted.numbers()) == list(range(1000))  # each ran exactly once
@@ -153,13 +159,7 @@ def test_a_forged_departure_does_not_make_an_instance_run_alone(
 ) -> None:
     # Anyone can publish on the announcements channel: the record, not the message,
     # decides whether an instance is alone.
-    counted = Counted()
-    service = unique_name("shared")
-    first, second = counted.app(), counted.app()
-    apps.start(first, service)
-    apps.start(second, service)
-    for app in (first, second):
-        wait_for(knows_others(app, 1))
+    counted, service, (first, second) = started_together(apps, 2)
     for other in (first, second):
         forged = {"event": "leave", "instance": other.instance_id}
         redis_client.publish(protocol.instances_channel(service), json.dumps(forged))
@@ -174,13 +174,7 @@ def test_a_forged_departure_does_not_make_an_instance_run_alone(
 def test_forged_joins_cost_little_and_write_nothing_of_theirs_to_the_log(
     apps: Apps, redis_client: redis.Redis, logs: pytest.LogCaptureFixture
 ) -> None:
-    counted = Counted()
-    service = unique_name("shared")
-    first, second = counted.app(), counted.app()
-    apps.start(first, service)
-    apps.start(second, service)
-    for app in (first, second):
-        wait_for(knows_others(app, 1))
+    counted, service, (first, second) = started_together(apps, 2)
     channel = protocol.instances_channel(service)
     with redis_client.pipeline(transaction=False) as pipe:
         for n in range(5000):  # ids shaped like real ones, beyond what is believed
@@ -206,13 +200,7 @@ def test_after_a_restart_no_instance_runs_alone_too_soon(
     # first must not take the record's word that it is alone.
     monkeypatch.setattr(instances_module, "RENEW_EVERY", 1.0)
     monkeypatch.setattr(instances_module, "EXPIRY_MS", 3000)
-    counted = Counted()
-    service = unique_name("shared")
-    first, second = counted.app(), counted.app()
-    private_apps.start(first, service)
-    private_apps.start(second, service)
-    for app in (first, second):
-        wait_for(knows_others(app, 1))
+    counted, service, _ = started_together(private_apps, 2)
     caller = private_apps.caller(service, timeout=2)
     private_redis.kill()
     private_redis.start()
