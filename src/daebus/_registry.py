@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast, overload
 
 from ._routes import check_handler, compile_pattern
 from .exceptions import SetupError
+from .protocol import is_pattern
 from .runtime.jobs import BackgroundTask, BackgroundTasks, ThreadTask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +48,41 @@ class Listener:
 
     func: Callable[..., Any]
     ordered: bool = False
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class DurableListener:
+    """A listener of a durable channel: its stream, its group and how it retries.
+
+    ``group`` None is the service's name. See :mod:`daebus.runtime.durable`.
+    """
+
+    channel: str
+    func: Callable[..., Any]
+    group: str | None
+    retries: int
+    backoff: float
+    min_idle_time: float
+    start: str
+
+    def __post_init__(self) -> None:
+        if is_pattern(self.channel):
+            raise SetupError(
+                f"durable listeners take exact channel names, not a pattern: {self.channel!r}"
+            )
+        if self.group is not None:
+            _check_name("group", self.group)
+        if not isinstance(self.retries, int) or self.retries < 0:
+            raise SetupError(f"retries must be an int >= 0, got {self.retries!r}")
+        if not self.backoff > 0 or not self.min_idle_time > 0:
+            raise SetupError("backoff and min_idle_time must be positive numbers of seconds")
+        if not isinstance(self.start, str) or not (
+            self.start in ("latest", "earliest") or _STREAM_ID.fullmatch(self.start)
+        ):
+            raise SetupError(f"start must be 'latest', 'earliest' or a stream id: {self.start!r}")
+
+
+_STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
 class ListenHandlers(MutableMapping[str, Callable[..., Any]]):
@@ -91,6 +128,8 @@ class Registry:
         # replaced whole on each change: the runtime reads it for every broadcast, from
         # the loop, while another thread may add or remove a listener.
         self._listeners: dict[str, tuple[Listener, ...]] = {}
+        # (channel, group) -> the durable listener of that group; group None: the service.
+        self._durable: dict[tuple[str, str | None], DurableListener] = {}
         #: ``@background`` jobs by name. ``tasks[name].interval = s`` reschedules.
         self.background_tasks = BackgroundTasks()
         #: ``@thread`` tasks by name. Internal; use ``add_thread``.
@@ -170,7 +209,18 @@ class Registry:
 
     # -- listeners -------------------------------------------------------------------
     @setupmethod
-    def listen(self, channel: str, *, ordered: bool = False) -> Callable[[F], F]:
+    def listen(
+        self,
+        channel: str,
+        *,
+        ordered: bool = False,
+        durable: bool = False,
+        group: str | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        min_idle_time: float = 30.0,
+        start: str = "latest",
+    ) -> Callable[[F], F]:
         """Register a listener for broadcasts on ``channel``, a name or a glob (``user:*``).
 
         The listener gets the decoded message, and the actual channel as a second
@@ -184,24 +234,63 @@ class Registry:
         context of its own. Messages are handled side by side, as they come; with
         ``ordered=True`` this listener gets them one at a time, in the order they
         arrived (for a pattern, all the messages it matches), ``def`` or ``async def``.
+
+        ``durable=True`` consumes the messages sent with ``broadcast.send(channel,
+        data, durable=True)`` instead, from the channel's stream, as the consumer group
+        ``group`` (the service's name by default): each group gets every message, the
+        instances of a group share them, and each is acknowledged once the listener
+        returns. One that raises is tried again ``retries`` times, ``backoff`` seconds
+        apart at first (doubling, with jitter), then goes to the group's dead-letter
+        stream; one held by an instance that died is taken by another once it has been
+        idle ``min_idle_time`` seconds. A new group starts at ``start``: ``"latest"``
+        (messages sent from now on), ``"earliest"`` (everything the stream holds) or a
+        stream id. See docs/durable.md.
         """
 
         def decorator(func: F) -> F:
-            self.add_listener(channel, func, ordered=ordered)
+            self.add_listener(
+                channel,
+                func,
+                ordered=ordered,
+                durable=durable,
+                group=group,
+                retries=retries,
+                backoff=backoff,
+                min_idle_time=min_idle_time,
+                start=start,
+            )
             return func
 
         return decorator
 
     @setupmethod
     def add_listener(
-        self, channel: str, func: Callable[..., Any], *, ordered: bool = False
+        self,
+        channel: str,
+        func: Callable[..., Any],
+        *,
+        ordered: bool = False,
+        durable: bool = False,
+        group: str | None = None,
+        retries: int = 3,
+        backoff: float = 1.0,
+        min_idle_time: float = 30.0,
+        start: str = "latest",
     ) -> None:
         """Register ``func`` for ``channel``, after the listeners it has already.
 
         A function that listens on ``channel`` already is not added twice: its
-        ``ordered`` is updated.
+        ``ordered`` is updated. A durable listener (see :meth:`listen`) replaces the
+        one its group had on ``channel``.
         """
         _check_name("channel", channel)
+        if durable:
+            if ordered:
+                raise SetupError("a durable listener cannot be ordered (not supported yet)")
+            self._durable[channel, group] = DurableListener(
+                channel, func, group, retries, backoff, min_idle_time, start
+            )
+            return
         listener = Listener(func, ordered)
         listeners = self._listeners.get(channel, ())
         if any(known.func == func for known in listeners):

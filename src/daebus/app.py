@@ -177,11 +177,17 @@ class Daebus(Registry, ThreadTasks):
 
     # -- registration that also works while running ----------------------------------
     def add_listener(
-        self, channel: str, func: Callable[..., Any], *, ordered: bool = False
+        self, channel: str, func: Callable[..., Any], *, ordered: bool = False, **durable: Any
     ) -> None:
-        """Register a listener; while running, the channel is subscribed at once."""
-        super().add_listener(channel, func, ordered=ordered)
-        self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
+        """Register a listener; while running, the channel is subscribed at once.
+
+        ``durable``: the options of a durable listener (see :meth:`listen`).
+        """
+        super().add_listener(channel, func, ordered=ordered, **durable)
+        if durable.get("durable"):
+            self._call_in_loop(_refresh_durable)
+        else:
+            self._call_in_loop(functools.partial(_subscribe_listener, channel=channel))
 
     def remove_listener(self, channel: str, func: Callable[..., Any] | None = None) -> bool:
         """Remove a listener (all of ``channel``'s if ``func`` is None); see the registry.
@@ -282,6 +288,17 @@ class Daebus(Registry, ThreadTasks):
         for channel, listeners in list(blueprint._listeners.items()):
             for listener in listeners:
                 self.add_listener(channel, listener.func, ordered=listener.ordered)
+        for durable in blueprint._durable.values():
+            self.add_listener(
+                durable.channel,
+                durable.func,
+                durable=True,
+                group=durable.group,
+                retries=durable.retries,
+                backoff=durable.backoff,
+                min_idle_time=durable.min_idle_time,
+                start=durable.start,
+            )
         self.workflow_handlers.update(blueprint.workflow_handlers)
         for task in blueprint.background_tasks:
             if task.name in self.background_tasks:
@@ -321,6 +338,15 @@ class Daebus(Registry, ThreadTasks):
         return asyncio.run_coroutine_threadsafe(
             runtime.transport.publish_many(messages), runtime.loop
         ).result()
+
+    def _stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> Any:
+        """``broadcast.send(..., durable=True)``: the id, or a future of it on the loop."""
+        runtime = self._runtime
+        if runtime is None:
+            return standalone_publisher().transport.stream_add_blocking(stream, fields, maxlen)
+        if threading.get_ident() == runtime.loop_thread:
+            return asyncio.ensure_future(runtime.transport.stream_add(stream, fields, maxlen))
+        return runtime.transport.stream_add_blocking(stream, fields, maxlen)
 
     # -- running ---------------------------------------------------------------------
     def run(
@@ -535,3 +561,7 @@ def _subscribe_listener(runtime: ServiceRuntime, *, channel: str) -> Any:
 
 def _unsubscribe_listener(runtime: ServiceRuntime, *, channel: str) -> Any:
     return runtime.unsubscribe_listener(channel)
+
+
+async def _refresh_durable(runtime: ServiceRuntime) -> None:
+    await runtime.durable.refresh()

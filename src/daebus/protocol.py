@@ -39,16 +39,19 @@ from .transport._glob import compile_glob
 __all__ = [
     "CODE_BUSY",
     "DEFAULT_REPLY_CHANNELS",
+    "DEFAULT_STREAM_MAXLEN",
     "ENVELOPE_KEYS",
     "FIELD_LIMIT",
     "STATUS_ERROR",
     "STATUS_PROGRESS",
     "STATUS_SUCCESS",
+    "STREAM_DATA_FIELD",
     "BadMessageError",
     "Reply",
     "ReplyChannels",
     "busy_payload",
     "claim_key",
+    "dead_letter_key",
     "decode_object",
     "decode_reply",
     "encode_reply",
@@ -65,6 +68,7 @@ __all__ = [
     "request_payload",
     "service_channel",
     "shorten",
+    "stream_key",
     "workflow_channel",
 ]
 
@@ -127,6 +131,22 @@ def claim_key(service: str, digest: str) -> str:
 def lease_key(service: str, job: str) -> str:
     """The lease of a shared background job: its value is the holding instance's id."""
     return f"daebus:lease:{service}:{job}"
+
+
+#: How many messages a durable channel's stream keeps by default (``XADD MAXLEN ~``).
+DEFAULT_STREAM_MAXLEN = 10_000
+#: The field of a stream entry that holds a durable message's JSON.
+STREAM_DATA_FIELD = "data"
+
+
+def stream_key(channel: str) -> str:
+    """The stream that holds a durable channel's messages (see docs/durable.md)."""
+    return f"daebus:stream:{channel}"
+
+
+def dead_letter_key(channel: str, group: str) -> str:
+    """The stream of one group's messages on ``channel`` that failed every try."""
+    return f"daebus:dead:{channel}:{group}"
 
 
 def new_reply_channel() -> str:

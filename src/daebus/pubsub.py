@@ -69,6 +69,10 @@ class PubSubRequest:
         self.action: Any = data.get("action")
         self.channel: str | None = None
         self.pattern: str | None = None
+        #: A durable message's stream id, and how many times its group has had it
+        #: handed out, this time included (None and 0 for other messages).
+        self.message_id: str | None = None
+        self.delivery_count = 0
         self._reply_channel: Any = _UNSET
 
     @classmethod
@@ -207,8 +211,20 @@ class PubSubBroadcast:
             return publisher
         return standalone_publisher()
 
-    def send(self, channel: str, payload: Any) -> Receivers:
+    def send(
+        self,
+        channel: str,
+        payload: Any,
+        *,
+        durable: bool = False,
+        maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
+    ) -> Any:
         """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
+
+        With ``durable=True`` it is appended to the channel's stream instead, for the
+        durable listeners of ``channel`` (see docs/durable.md), which keeps about its
+        last ``maxlen`` messages; returns the message's id (a future of it on the
+        service's loop).
 
         Raises:
             ValueError: ``channel`` is empty or not a string.
@@ -217,12 +233,44 @@ class PubSubBroadcast:
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty string")
         data = encoding.dumps(payload)
+        if durable:
+            return self._append(channel, data, maxlen)
         # The count or a future of it, as the Publisher protocol says.
         receivers: Receivers = self._publisher().publish(channel, data)
         return receivers
 
-    def send_many(self, messages: Iterable[tuple[str, Any]]) -> ReceiverCounts:
-        """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts."""
+    def _append(self, channel: str, data: bytes, maxlen: int) -> Any:
+        if not isinstance(maxlen, int) or maxlen < 1:
+            raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
+        stream = protocol.stream_key(channel)
+        fields = {protocol.STREAM_DATA_FIELD: data}
+        if self._client is not None:
+            added = self._client.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[union-attr,arg-type]
+            return added.decode() if isinstance(added, bytes) else added
+        if self._app is not None:
+            return self._app._stream_add(stream, fields, maxlen)
+        return standalone_publisher().transport.stream_add_blocking(stream, fields, maxlen)
+
+    def send_many(
+        self,
+        messages: Iterable[tuple[str, Any]],
+        *,
+        durable: bool = False,
+        maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
+    ) -> Any:
+        """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts.
+
+        With ``durable=True`` each is appended to its channel's stream (see
+        :meth:`send`) and their ids are returned instead.
+        """
+        if durable:
+            ids = [
+                self.send(channel, payload, durable=True, maxlen=maxlen)
+                for channel, payload in messages
+            ]
+            if ids and asyncio.isfuture(ids[0]):
+                return asyncio.gather(*ids)
+            return ids
         encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
         if self._client is None:
             if self._app is not None:

@@ -7,6 +7,7 @@ parts, one module each:
 - :mod:`.requests`: requests, from the bytes read to the reply;
 - :mod:`.instances`: the other instances of the service, and which one runs a request;
 - :mod:`.broadcasts`: broadcasts, in listener batches;
+- :mod:`.durable`: durable listeners, consumer groups on streams;
 - :mod:`.invoke`: calling user code (async, generator, or ``def`` in a worker);
 - :mod:`.jobs`: background jobs and thread tasks;
 - :mod:`.publisher`: publishing from the loop or from threads;
@@ -36,6 +37,7 @@ from ..transport import Delivery, Subscription, Transport
 from ..transport._url import redact_url
 from .admission import Admission
 from .broadcasts import Broadcasts
+from .durable import DurableListeners
 from .inbox import LoopInbox
 from .instances import Instances
 from .invoke import Invoker
@@ -77,6 +79,7 @@ class ServiceRuntime:
         self.instances = Instances(self, instance_id)
         self.requests = Requests(self)
         self.broadcasts = Broadcasts(self)
+        self.durable = DurableListeners(self)
         self.admission.connect(
             start_request=self.requests.start,
             refuse_unrun=self.requests.refuse_unrun,
@@ -101,6 +104,7 @@ class ServiceRuntime:
             await self._subscribe("workflow", protocol.workflow_channel(self.service))
         for channel in list(app._listeners):
             await self.subscribe_listener(channel)
+        await self.durable.refresh()
         logger.info(
             "service %r listening on %r (%d action(s), %d listener(s)) via %s as instance %s%s",
             self.service,
@@ -214,4 +218,6 @@ class ServiceRuntime:
 
         See :mod:`.shutdown`.
         """
+        await self.durable.stop_reading(timeout)
         await shut_down(self, timeout)
+        self.durable.close()

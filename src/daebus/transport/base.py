@@ -26,6 +26,7 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "DisconnectHandler",
+    "StreamEntry",
     "Subscription",
     "Transport",
 ]
@@ -40,6 +41,16 @@ class Delivery(NamedTuple):
     data: bytes
     #: The glob pattern that matched, for pattern subscriptions; None otherwise.
     pattern: str | None = None
+
+
+class StreamEntry(NamedTuple):
+    """One entry of a stream, as a consumer group hands it out."""
+
+    id: str
+    #: The entry's fields (``data`` holds a durable message's JSON).
+    fields: dict[str, bytes]
+    #: How many times the group has handed it out, this time included.
+    deliveries: int
 
 
 #: Called on the transport's loop for each message. Returning an awaitable makes the
@@ -246,6 +257,55 @@ class Transport(ABC):
     async def remove_member(self, key: str, member: str) -> None:
         """Forget ``member`` of the record ``key`` at once (idempotent)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no membership records")
+
+    # -- streams (durable channels: see daebus.runtime.durable) -------------------------
+    # Redis's stream commands, with their semantics: the memory transport implements
+    # the same. Each raises TransportError when the server refuses or cannot be reached,
+    # and NotImplementedError for a transport without streams.
+    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD stream MAXLEN ~ maxlen * fields...``: the new entry's id."""
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """:meth:`stream_add` from a thread that is not the transport's loop."""
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
+        """``XGROUP CREATE stream group start MKSTREAM``; False if the group existed."""
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    async def stream_read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """``XREADGROUP ... BLOCK block_ms STREAMS stream >``: entries new to the group.
+
+        Waits at most ``block_ms`` for one; a transport reads on a connection of its own
+        for each ``(stream, group)``, so the wait holds up nothing else.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """``XACK``: how many of ``ids`` were pending."""
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    async def stream_claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
+    ) -> list[StreamEntry]:
+        """``XCLAIM stream group consumer 0 ids...``: take pending entries again.
+
+        Each one's delivery count goes up by one. With ``touch``, ``JUSTID``: their idle
+        time is reset and their count left alone (a claim extended); nothing is returned.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
+    async def stream_autoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """``XAUTOCLAIM``: take up to ``count`` entries pending ``min_idle_ms`` or more.
+
+        Entries deleted from the stream meanwhile are dropped from the pending list.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
 
     # -- subscribing -----------------------------------------------------------------
     async def subscribe(

@@ -31,13 +31,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import TransportError
 from ._glob import compile_glob
-from .base import Delivery, DeliveryHandler, Subscription, Transport
+from ._memory_streams import MemoryStreams
+from .base import Delivery, DeliveryHandler, StreamEntry, Subscription, Transport
 
 if TYPE_CHECKING:
     import fakeredis
@@ -84,6 +85,8 @@ class MemoryBroker:
         self._claims: dict[str, tuple[str, float]] = {}
         self._claims_pruned_at = 0
         self._records: dict[str, dict[str, float]] = {}
+        #: The streams of durable channels (see :mod:`._memory_streams`).
+        self.streams = MemoryStreams()
 
     def __repr__(self) -> str:
         return f"<MemoryBroker {self.name!r}>"
@@ -425,6 +428,44 @@ class MemoryTransport(Transport):
         """Forget ``member`` of the broker's record ``key``."""
         self._check_open()
         self.broker.remove_member(key, member)
+
+    # Streams: the broker's (see ._memory_streams), as the Redis commands behave.
+    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD`` on the broker."""
+        self._check_open()
+        return self.broker.streams.add(stream, fields, maxlen)
+
+    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD`` on the broker, from any thread."""
+        return self.broker.streams.add(stream, fields, maxlen)
+
+    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
+        """``XGROUP CREATE ... MKSTREAM`` on the broker."""
+        self._check_open()
+        return self.broker.streams.create_group(stream, group, start)
+
+    async def stream_read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """``XREADGROUP ... BLOCK`` on the broker."""
+        self._check_open()
+        return await self.broker.streams.read(stream, group, consumer, count, block_ms)
+
+    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """``XACK`` on the broker."""
+        return self.broker.streams.ack(stream, group, ids)
+
+    async def stream_claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
+    ) -> list[StreamEntry]:
+        """``XCLAIM`` on the broker."""
+        return self.broker.streams.claim(stream, group, consumer, ids, touch)
+
+    async def stream_autoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """``XAUTOCLAIM`` on the broker."""
+        return self.broker.streams.autoclaim(stream, group, consumer, min_idle_ms, count)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,0 +1,189 @@
+"""Streams for the memory transport: Redis's stream commands, in process.
+
+What durable channels use of ``XADD``, ``XGROUP CREATE``, ``XREADGROUP``, ``XACK``,
+``XCLAIM`` and ``XAUTOCLAIM``, with their semantics: every group gets every entry,
+each entry handed out goes on the pending list of the group (with its consumer, the
+time it was handed out and its delivery count) until it is acknowledged, and trimming
+the stream leaves pending entries that are gone to be dropped when claimed. Times are
+the process's monotonic clock. Thread-safe: transports on any loop may share a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..exceptions import TransportError
+from ._streams import parse_id
+from .base import StreamEntry
+
+__all__ = ["MemoryStreams"]
+
+Id = tuple[int, int]
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    since: float  # monotonic seconds: when it was last handed out or claimed
+    deliveries: int
+
+
+@dataclass
+class _Group:
+    last: Id
+    pending: dict[Id, _Pending] = field(default_factory=dict)
+
+
+@dataclass
+class _Stream:
+    entries: dict[Id, dict[str, bytes]] = field(default_factory=dict)  # in id order
+    last: Id = (0, 0)
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+
+class MemoryStreams:
+    """The streams of one memory broker."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        # Readers waiting for an entry: each is woken on its own loop.
+        self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+
+    def add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD stream MAXLEN maxlen * fields`` (trimmed exactly, which ``~`` allows)."""
+        with self._lock:
+            entries = self._streams.setdefault(stream, _Stream())
+            ms = int(time.time() * 1000)
+            last = entries.last
+            new = (ms, 0) if ms > last[0] else (last[0], last[1] + 1)
+            entries.entries[new] = dict(fields)
+            entries.last = new
+            while len(entries.entries) > maxlen:
+                del entries.entries[next(iter(entries.entries))]
+            waiters = self._waiters.pop(stream, [])
+        for loop, waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
+                loop.call_soon_threadsafe(_wake, waiter)
+        return f"{new[0]}-{new[1]}"
+
+    def create_group(self, stream: str, group: str, start: str) -> bool:
+        """``XGROUP CREATE stream group start MKSTREAM``."""
+        with self._lock:
+            entries = self._streams.setdefault(stream, _Stream())
+            if group in entries.groups:
+                return False
+            last = entries.last if start == "$" else parse_id(start)
+            entries.groups[group] = _Group(last)
+            return True
+
+    def _group(self, stream: str, group: str) -> tuple[_Stream, _Group]:
+        entries = self._streams.get(stream)
+        if entries is None or group not in entries.groups:
+            raise TransportError(f"NOGROUP No such key {stream!r} or consumer group {group!r}")
+        return entries, entries.groups[group]
+
+    def read_now(self, stream: str, group: str, consumer: str, count: int) -> list[StreamEntry]:
+        """``XREADGROUP ... COUNT count STREAMS stream >`` without waiting."""
+        with self._lock:
+            entries, state = self._group(stream, group)
+            now = time.monotonic()
+            found: list[StreamEntry] = []
+            for entry_id, fields in entries.entries.items():
+                if len(found) >= count:
+                    break
+                if entry_id > state.last:
+                    state.last = entry_id
+                    state.pending[entry_id] = _Pending(consumer, now, 1)
+                    found.append(StreamEntry(f"{entry_id[0]}-{entry_id[1]}", dict(fields), 1))
+            return found
+
+    async def read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """``XREADGROUP ... BLOCK block_ms``: waits up to ``block_ms`` for an entry."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + block_ms / 1000
+        while True:
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._lock:  # registered before reading: an add in between wakes it
+                self._waiters.setdefault(stream, []).append((loop, waiter))
+            found = self.read_now(stream, group, consumer, count)
+            remaining = deadline - loop.time()
+            if found or remaining <= 0:
+                return found
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                return []
+
+    def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """``XACK``."""
+        with self._lock:
+            entries = self._streams.get(stream)
+            state = entries.groups.get(group) if entries is not None else None
+            if state is None:
+                return 0
+            return sum(state.pending.pop(parse_id(i), None) is not None for i in ids)
+
+    def claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], touch: bool
+    ) -> list[StreamEntry]:
+        """``XCLAIM stream group consumer 0 ids... [JUSTID]``."""
+        with self._lock:
+            entries, state = self._group(stream, group)
+            return self._take(entries, state, consumer, [parse_id(i) for i in ids], touch)
+
+    def autoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """``XAUTOCLAIM stream group consumer min_idle_ms 0-0 COUNT count``."""
+        with self._lock:
+            entries, state = self._group(stream, group)
+            oldest = time.monotonic() - min_idle_ms / 1000
+            idle = [i for i, p in sorted(state.pending.items()) if p.since <= oldest][:count]
+            return self._take(entries, state, consumer, idle, False)
+
+    @staticmethod
+    def _take(
+        entries: _Stream, state: _Group, consumer: str, ids: list[Id], touch: bool
+    ) -> list[StreamEntry]:
+        now = time.monotonic()
+        taken: list[StreamEntry] = []
+        for entry_id in ids:
+            pending = state.pending.get(entry_id)
+            if pending is None:
+                continue
+            fields = entries.entries.get(entry_id)
+            if fields is None:  # trimmed away while pending: as Redis 7 does
+                del state.pending[entry_id]
+                continue
+            pending.consumer, pending.since = consumer, now
+            if not touch:
+                pending.deliveries += 1
+                name = f"{entry_id[0]}-{entry_id[1]}"
+                taken.append(StreamEntry(name, dict(fields), pending.deliveries))
+        return taken
+
+    def length(self, stream: str) -> int:
+        """``XLEN``."""
+        with self._lock:
+            entries = self._streams.get(stream)
+            return 0 if entries is None else len(entries.entries)
+
+    def entries(self, stream: str) -> list[StreamEntry]:
+        """``XRANGE stream - +`` (delivery counts 0): for tests and tools."""
+        with self._lock:
+            entries = self._streams.get(stream)
+            items = list(entries.entries.items()) if entries is not None else []
+        return [StreamEntry(f"{i[0]}-{i[1]}", dict(f), 0) for i, f in items]
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
