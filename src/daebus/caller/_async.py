@@ -96,7 +96,7 @@ class AsyncDaebusCaller:
 
     @property
     def transport(self) -> Transport | None:
-        """The transport the caller is connected with, or None."""
+        """The transport, while the caller is connected (subscribed to its replies); else None."""
         return self._transport
 
     @property
@@ -154,11 +154,16 @@ class AsyncDaebusCaller:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def begin_use(self) -> None:
-        """Count a request in: a close() from now on waits for it (see :meth:`end_use`)."""
+    def begin_use(self) -> int:
+        """Count a request in: a close() from now on waits for it (see :meth:`end_use`).
+
+        Returns how many requests were in flight before this one.
+        """
         with self._use_lock:
-            self._in_flight += 1
+            before = self._in_flight
+            self._in_flight = before + 1
             self._close_deferred = False  # used again: a close() before this is moot
+            return before
 
     def end_use(self) -> bool:
         """Count a request out; True if a close() deferred for it is now due."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +17,11 @@ from .. import protocol
 from .._portal import get_portal
 from ..encoding import dumps
 from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
-from ..transport import ChannelReader, Transport
+from ..transport import Transport
 from ..transport._url import redact_url
 from . import _messages
 from ._async import AsyncDaebusCaller
-from ._reply_paths import OwnConnection, RoutedByPortal, Waits, bounded
+from ._reply_paths import OwnConnection, RoutedByPortal, bounded, time_left
 
 if TYPE_CHECKING:
     import redis
@@ -69,8 +70,9 @@ class DaebusCaller:
         self.pending_requests = self._core.pending
         # The caller's own reply connection, on its own reply channel, for a thread that
         # calls while no other does (see _start); made for the transport it reads from.
-        self._lane: ChannelReader | None = None
-        self._lane_transport: Transport | None = None
+        # Whoever holds the lane lock uses it.
+        self._own: OwnConnection | None = None
+        self._own_transport: Transport | None = None
         self._lane_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -96,14 +98,18 @@ class DaebusCaller:
         return self
 
     def _transport(self, timeout: float | None = None) -> Transport:
+        transport = self._core.transport  # None until connected
+        if transport is None:
+            transport = self._connect(timeout or self._core.timeout)
+        return transport
+
+    def _connect(self, timeout: float) -> Transport:
         core = self._core
+        # Resolve here, in the calling thread, where the app context is visible.
+        url = core.resolve_url()
+        failure = f"cannot connect to {redact_url(url)}"
+        get_portal().call(bounded(core.connect(url), timeout, failure))
         transport = core.transport
-        if transport is None or not core.connected:
-            # Resolve here, in the calling thread, where the app context is visible.
-            url = core.resolve_url()
-            failure = f"cannot connect to {redact_url(url)}"
-            get_portal().call(bounded(core.connect(url), timeout or core.timeout, failure))
-            transport = core.transport
         assert transport is not None
         return transport
 
@@ -116,9 +122,9 @@ class DaebusCaller:
     def _close_lane(self) -> None:
         if self._lane_lock.acquire(blocking=False):  # else a request uses it: it stays
             try:
-                lane, self._lane, self._lane_transport = self._lane, None, None
-                if lane is not None:
-                    lane.close()
+                own, self._own, self._own_transport = self._own, None, None
+                if own is not None:
+                    own.close()
             finally:
                 self._lane_lock.release()
 
@@ -134,51 +140,59 @@ class DaebusCaller:
         """Publish a request; return the call, and ``alone``.
 
         ``alone``: the call has the caller's own reply connection (from the caller's
-        second request on: see :meth:`_lane_on`), read by this thread. Requests made
-        while others are in flight go through the portal, which reads the replies of
-        them all. The caller is in use from here until :meth:`_finish` (or a failure
+        second request on: see :meth:`_own_connection`), read by this thread. Requests
+        made while others are in flight go through the portal, which reads the replies
+        of them all. The caller is in use from here until :meth:`_finish` (or a failure
         here). Connecting, publishing and waiting for the first reply share one
         deadline, ``timeout`` from now.
         """
         core = self._core
-        alone = not core.in_flight and self._lane_lock.acquire(blocking=False)
-        core.begin_use()  # before looking at the connection: close() now waits for us
+        # Counted in before looking at the connection: close() now waits for us.
+        alone = core.begin_use() == 0 and self._lane_lock.acquire(blocking=False)
         call: OwnConnection | RoutedByPortal | None = None
         try:
-            waits = Waits(timeout or core.timeout)
-            connected = core.connected
-            transport = self._transport(waits.wait)
-            # The whole timeout when no connect took part of it: the same value call
-            # after call, so that the socket keeps the timeout it has.
-            publish_wait = waits.wait if connected else waits.remaining()
-            lane = self._lane_on(transport) if alone else None
-            if lane is not None:
-                call = OwnConnection(core, lane, action)
+            wait = timeout or core.timeout
+            deadline_at = time.monotonic() + wait
+            transport = core.transport
+            if transport is not None:
+                # The whole timeout when no connect took part of it: the same value call
+                # after call, so that the socket keeps the timeout it has.
+                publish_wait = wait
             else:
-                if alone:  # a first request, or a transport without such connections
+                transport = self._connect(wait)
+                publish_wait = time_left(deadline_at)
+            if alone:
+                call = self._own
+                if call is None or self._own_transport is not transport:
+                    call = self._own_connection(transport)
+                if call is None:  # a first request, or a transport without such connections
                     self._lane_lock.release()
                     alone = False
-                call = RoutedByPortal(core, action)
-            call.start(transport, {} if payload is None else payload, waits, publish_wait)
+            if call is None:
+                call = RoutedByPortal(core)
+            payload = {} if payload is None else payload
+            call.start(transport, action, payload, wait, deadline_at, publish_wait)
             return call, alone
         except BaseException:
             self._finish(call, alone)
             raise
 
-    def _lane_on(self, transport: Transport) -> ChannelReader | None:
+    def _own_connection(self, transport: Transport) -> OwnConnection | None:
         """The caller's own reply connection on ``transport`` (hold the lane lock).
 
         None for the first request on a transport: a caller used once (made and closed
         around one call) does not pay for a connection of its own.
         """
-        if self._lane_transport is not transport:
-            if self._lane is not None:
-                self._lane.close()
-            self._lane, self._lane_transport = None, transport
+        if self._own_transport is not transport:
+            if self._own is not None:
+                self._own.close()
+            self._own, self._own_transport = None, transport
             return None
-        if self._lane is None:
-            self._lane = transport.channel_reader(protocol.new_reply_channel())
-        return self._lane
+        if self._own is None:
+            lane = transport.channel_reader(protocol.new_reply_channel())
+            if lane is not None:
+                self._own = OwnConnection(self._core, lane)
+        return self._own
 
     def _finish(self, call: OwnConnection | RoutedByPortal | None, alone: bool) -> None:
         """The request is over: forget its id, and the caller is no longer in use for it."""
@@ -186,15 +200,20 @@ class DaebusCaller:
             self._core.pending.pop(call.request_id, None)
         if alone:
             self._lane_lock.release()
-        self._end_use()
+        if self._core.end_use():
+            self._close_now()
 
     def _end_use(self) -> None:
         if self._core.end_use():
-            self._close_lane()
-            try:
-                get_portal().call(self._core.aclose())
-            except Exception:
-                self.logger.exception("closing the caller after its last request failed")
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Carry out a close() deferred until the caller's last request ended."""
+        self._close_lane()
+        try:
+            get_portal().call(self._core.aclose())
+        except Exception:
+            self.logger.exception("closing the caller after its last request failed")
 
     @contextlib.contextmanager
     def _in_use(self) -> Iterator[None]:

@@ -11,7 +11,7 @@
 
 Either way a call's first reply is awaited until the call's deadline (connecting and
 publishing used part of its timeout) and each later part of a streamed reply for the
-whole timeout again: :class:`Waits`.
+whole timeout again.
 """
 
 from __future__ import annotations
@@ -30,36 +30,13 @@ from ..transport import ChannelReader, Transport
 from . import _messages
 from ._async import AsyncDaebusCaller
 
-__all__ = ["OwnConnection", "RoutedByPortal", "Waits", "bounded"]
+__all__ = ["OwnConnection", "RoutedByPortal", "bounded", "time_left"]
 
 
-class Waits:
-    """How long a blocking call waits for each reply.
-
-    The first reply: until the call's deadline. Each later part of a streamed reply:
-    the whole timeout again.
-    """
-
-    __slots__ = ("_first_deadline", "wait")
-
-    def __init__(self, wait: float) -> None:
-        self.wait = wait
-        self._first_deadline: float | None = time.monotonic() + wait
-
-    def remaining(self) -> float:
-        """Time left until the first reply's deadline (at least a moment)."""
-        deadline_at = self._first_deadline
-        if deadline_at is None:
-            return self.wait
-        return max(deadline_at - time.monotonic(), 0.001)
-
-    def next(self) -> float:
-        """How long to wait for the next reply."""
-        if self._first_deadline is None:
-            return self.wait
-        remaining = self.remaining()
-        self._first_deadline = None
-        return remaining
+def time_left(deadline_at: float) -> float:
+    """Time left until ``deadline_at`` (at least a moment: a reply already there is read)."""
+    left = deadline_at - time.monotonic()
+    return left if left > 0.001 else 0.001
 
 
 async def bounded(work: Awaitable[None], timeout: float, failure: str) -> None:
@@ -72,78 +49,137 @@ async def bounded(work: Awaitable[None], timeout: float, failure: str) -> None:
 
 
 class OwnConnection:
-    """A call whose thread publishes and reads its replies on the caller's own connection."""
+    """The caller's own reply connection, and the call that uses it (one at a time).
 
-    def __init__(self, core: AsyncDaebusCaller, lane: ChannelReader, action: str) -> None:
+    Made once for a caller's lane and used by each of its calls in turn (the caller's
+    lane lock says whose turn it is): a call publishes from its thread, then reads its
+    replies on the lane.
+    """
+
+    __slots__ = (
+        "_action",
+        "_core",
+        "_first_deadline",
+        "_service_channel",
+        "_wait",
+        "lane",
+        "request_id",
+    )
+
+    def __init__(self, core: AsyncDaebusCaller, lane: ChannelReader) -> None:
         self._core = core
-        self._lane = lane
-        self._action = action
-        self.request_id = protocol.new_request_id()
+        self.lane = lane
+        self._service_channel = protocol.service_channel(core.target_service)
+        self.request_id = ""
+        self._action = ""
+        self._wait = 0.0
+        self._first_deadline: float | None = None
 
-    def start(self, transport: Transport, payload: Any, waits: Waits, publish_wait: float) -> None:
-        """Publish the request; ServiceUnavailableError if it reached no one."""
-        core = self._core
-        data = core.encode_request(self._action, payload, self.request_id, self._lane.channel)
-        self._lane.open(publish_wait)
-        self._waits = waits
+    def start(
+        self,
+        transport: Transport,
+        action: str,
+        payload: Any,
+        wait: float,
+        deadline_at: float,
+        publish_wait: float,
+    ) -> None:
+        """Publish a request; ServiceUnavailableError if it reached no one.
+
+        Its first reply is awaited until ``deadline_at``, each later part of a streamed
+        reply for ``wait`` again.
+        """
+        core, lane = self._core, self.lane
+        self.request_id = request_id = protocol.new_request_id()
+        self._action = action
+        self._wait = wait
+        self._first_deadline = deadline_at
+        data = _messages.encode_request(
+            core.target_service, action, payload, lane.channel, request_id, core.max_message_size
+        )
+        lane.open(publish_wait)
         # Its replies come on the lane: the entry only shows the request is in flight.
-        core.pending[self.request_id] = _read_on_the_lane
-        channel = protocol.service_channel(core.target_service)
-        if transport.publish_blocking(channel, data, publish_wait) == 0:
-            raise _messages.unavailable(core.target_service, self._action)
+        core.pending[request_id] = _read_on_the_lane
+        if transport.publish_blocking(self._service_channel, data, publish_wait) == 0:
+            raise _messages.unavailable(core.target_service, action)
 
     def next_reply(self) -> protocol.Reply:
         """The next reply to the request, read from the lane in this thread."""
-        core, lane, service = self._core, self._lane, self._core.target_service
-        remaining = self._waits.next()
-        deadline_at = time.monotonic() + remaining
+        core, lane = self._core, self.lane
+        now = time.monotonic()
+        deadline_at = self._first_deadline
+        if deadline_at is None:
+            deadline_at = now + self._wait
+            remaining = self._wait
+        else:
+            self._first_deadline = None
+            remaining = deadline_at - now
+            if remaining < 0.001:  # at least a moment: a reply already there is read
+                remaining = 0.001
         while remaining > 0:
             try:
                 data = lane.next_message(remaining)
             except TransportError as exc:
-                raise _messages.connection_lost(service, self._action, exc) from exc
+                raise _messages.connection_lost(core.target_service, self._action, exc) from exc
             if data is None:
                 break
             reply = _messages.decode_reply(core.logger, lane.channel, data)
             if reply is not None:
                 if reply.request_id == self.request_id:
-                    _messages.log_reply(service, reply)
+                    _messages.log_reply(core.target_service, reply)
                     return reply
                 # A late reply to an earlier request that timed out.
                 core.logger.debug("ignored a reply for unknown request %r", reply.request_id)
             remaining = deadline_at - time.monotonic()
-        raise _messages.timed_out(service, self._action, self._waits.wait)
+        raise _messages.timed_out(core.target_service, self._action, self._wait)
+
+    def close(self) -> None:
+        """Close the connection (it opens again if used)."""
+        self.lane.close()
 
 
 class RoutedByPortal:
     """A call whose replies the portal's loop routes to a queue this thread waits on."""
 
-    def __init__(self, core: AsyncDaebusCaller, action: str) -> None:
+    def __init__(self, core: AsyncDaebusCaller) -> None:
         self._core = core
-        self._action = action
         self.request_id = protocol.new_request_id()
         self._replies: queue.SimpleQueue[protocol.Reply | BaseException] = queue.SimpleQueue()
 
-    def start(self, transport: Transport, payload: Any, waits: Waits, publish_wait: float) -> None:
-        """Publish the request: from this thread if it is the only call, else by the portal."""
+    def start(
+        self,
+        transport: Transport,
+        action: str,
+        payload: Any,
+        wait: float,
+        deadline_at: float,
+        publish_wait: float,
+    ) -> None:
+        """Publish the request: from this thread if it is the only call, else by the portal.
+
+        Its first reply is awaited until ``deadline_at``, each later part of a streamed
+        reply for ``wait`` again.
+        """
         core = self._core
-        self._waits = waits
+        self._action = action
+        self._wait = wait
+        self._first_deadline: float | None = deadline_at
         if not transport.receiving:  # the portal would miss a reply sent now
             get_portal().call(
                 bounded(
                     transport.until_receiving(),
-                    waits.remaining(),
+                    time_left(deadline_at),
                     f"cannot resubscribe at {transport.shown_url}",
                 )
             )
-        data = core.encode_request(self._action, payload, self.request_id)
+        data = core.encode_request(action, payload, self.request_id)
         core.pending[self.request_id] = self._replies.put
         channel = protocol.service_channel(core.target_service)
         if core.in_flight == 1:
             # Alone: publish from this thread; a hop to the portal's loop would cost
             # more than the round trip.
             if transport.publish_blocking(channel, data, publish_wait) == 0:
-                raise _messages.unavailable(core.target_service, self._action)
+                raise _messages.unavailable(core.target_service, action)
         else:
             # Published by the portal's loop, which pipelines the requests of every
             # thread; this one only wakes up for replies (or a failure).
@@ -154,10 +190,12 @@ class RoutedByPortal:
     def next_reply(self) -> protocol.Reply:
         """The next reply to the request, as the portal hands it over."""
         service, action = self._core.target_service, self._action
+        deadline_at, self._first_deadline = self._first_deadline, None
+        wait = self._wait if deadline_at is None else time_left(deadline_at)
         try:
-            reply = self._replies.get(timeout=self._waits.next())
+            reply = self._replies.get(timeout=wait)
         except queue.Empty:
-            raise _messages.timed_out(service, action, self._waits.wait) from None
+            raise _messages.timed_out(service, action, self._wait) from None
         if isinstance(reply, BaseException):
             if isinstance(reply, _NoReceiverError):
                 raise _messages.unavailable(service, action)

@@ -58,7 +58,7 @@ class BlockingConnection:
         self._parser = hiredis.Reader()
         # Sent by send_only, replies not read yet: sent again if the connection is lost.
         self._unconfirmed: deque[bytes] = deque()
-        self._last_used = 0.0
+        self._last_used = 0.0  # monotonic time the connection was last made ready for use
 
     def _connect(self, timeout: float) -> socket.socket:
         endpoint = self._endpoint
@@ -141,7 +141,9 @@ class BlockingConnection:
             self._send_again(exc)
 
     def _make_ready(self, timeout: float, *, read_unconfirmed: bool = True) -> None:
-        idle = time.monotonic() - self._last_used >= _CHECK_AFTER_IDLE
+        now = time.monotonic()
+        idle = now - self._last_used >= _CHECK_AFTER_IDLE
+        self._last_used = now
         if self._sock is not None and timeout != self._sock_timeout:
             self._set_timeout(self._sock, timeout)
         if self._unconfirmed and (read_unconfirmed or idle):
@@ -203,7 +205,6 @@ class BlockingConnection:
         sock = self._sock
         if sock is None:
             raise TransportError(f"{self._endpoint}: not connected")
-        self._last_used = time.monotonic()
         try:
             sock.sendall(packed)
         except OSError as exc:
@@ -256,8 +257,12 @@ class BlockingSubscriber(BlockingConnection):
         # A caller waiting for its reply wants to know soon that the server is gone:
         # it asks after a second of silence, whatever the idle connections do.
         self._health_check_interval = min(_resp.HEALTH_CHECK_INTERVAL, 1.0)
-        self._probed = False  # a health-check PING is unanswered
-        self._last_data = 0.0  # monotonic time of the last data from the server
+        # While a health-check PING is unanswered: since when the server has been silent
+        # (the start of the wait in which it sent nothing). None once anything comes.
+        self._silent_since: float | None = None
+        # Tells without an exception that the idle socket has nothing to read (open()
+        # asks before every call); None where poll() is missing.
+        self._poller: select.poll | None = None
 
     def open(self, timeout: float | None = None) -> None:
         """Be connected and subscribed, reconnecting if the server closed the connection.
@@ -266,80 +271,83 @@ class BlockingSubscriber(BlockingConnection):
         wait for the server. Raises ``TransportError``.
         """
         sock = self._sock
-        if sock is not None and not _closed_by_peer(sock):
-            return
+        if sock is not None:
+            poller = self._poller
+            # Nothing to read means no end of file either: the connection is still up.
+            if (poller is not None and not poller.poll(0)) or not _closed_by_peer(sock):
+                return
         self.close()
-        self._connect(self._timeout if timeout is None else timeout)
-        self._probed = False
-        self._last_data = time.monotonic()
+        sock = self._connect(self._timeout if timeout is None else timeout)
+        self._silent_since = None
+        if _poll is not None:
+            self._poller = _poll()
+            self._poller.register(sock, select.POLLIN)
         self._send(pack("SUBSCRIBE", self.channel))
         self._read()  # the confirmation
 
     def next_message(self, timeout: float) -> bytes | None:
         """The data of the next message, or None if none comes within ``timeout`` seconds.
 
-        Raises ``TransportError`` if the connection is lost, or its server stays silent
-        for :data:`~daebus.transport._resp.SILENCE_TIMEOUT` (it is closed then).
+        Waits in slices of at most the health check's interval, checking the server
+        between them. Raises ``TransportError`` if the connection is lost, or its server
+        stays silent for :data:`~daebus.transport._resp.SILENCE_TIMEOUT` (it is closed
+        then).
         """
         sock = self._sock
         if sock is None:
             raise TransportError(f"{self._endpoint}: not connected")
         deadline = time.monotonic() + timeout
+        remaining = timeout
+        interval = self._health_check_interval
         parser = self._parser
-        while True:
-            try:
+        try:
+            while True:
                 reply = parser.gets()
                 while reply is False:
-                    chunk = self._receive(sock, deadline)
-                    if chunk is None:
+                    if remaining <= 0:
                         return None
+                    wait = interval if remaining > interval else remaining
+                    if wait != self._sock_timeout:
+                        self._set_timeout(sock, wait)
+                    try:
+                        chunk = sock.recv(65536)
+                    except OSError as exc:
+                        if not _timed_out(exc):
+                            raise
+                        # A whole slice without a byte from the server.
+                        now = time.monotonic()
+                        self._check_silence(sock, now - wait, now)
+                        remaining = deadline - now
+                        continue
+                    if not chunk:
+                        raise OSError("connection closed by the server")
+                    self._silent_since = None
                     parser.feed(chunk)
                     reply = parser.gets()
-            except OSError as exc:
-                self.close()
-                raise TransportError(f"{self._endpoint}: {exc}") from exc
-            except hiredis.ProtocolError as exc:
-                self.close()
-                raise TransportError(f"{self._endpoint}: {exc}") from exc
-            if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
-                data: bytes = reply[2]
-                return data
-            # Anything else (a confirmation, a health check's pong) is not a message.
+                if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                    data: bytes = reply[2]
+                    return data
+                # Anything else (a confirmation, a health check's pong) is not a message.
+                remaining = deadline - time.monotonic()
+        except OSError as exc:
+            self.close()
+            raise TransportError(f"{self._endpoint}: {exc}") from exc
+        except hiredis.ProtocolError as exc:
+            self.close()
+            raise TransportError(f"{self._endpoint}: {exc}") from exc
 
-    def _receive(self, sock: socket.socket, deadline: float) -> bytes | None:
-        """The next chunk from the server, or None at ``deadline``.
-
-        Waits in slices of at most the health check's interval, checking the server
-        between them. Raises OSError if the connection is lost or the server silent.
-        """
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            interval = self._health_check_interval
-            wait = interval if remaining > interval else remaining
-            if wait != self._sock_timeout:
-                self._set_timeout(sock, wait)
-            try:
-                chunk = sock.recv(65536)
-            except OSError as exc:
-                if not _timed_out(exc):
-                    raise
-                self._check_silence(sock)
-                continue
-            if not chunk:
-                raise OSError("connection closed by the server")
-            self._probed = False
-            self._last_data = time.monotonic()
-            return chunk
-
-    def _check_silence(self, sock: socket.socket) -> None:
-        silent_for = time.monotonic() - self._last_data
-        if not self._probed:
-            self._probed = True
+    def _check_silence(self, sock: socket.socket, silent_since: float, now: float) -> None:
+        """The server sent nothing since ``silent_since``: ask it, or give up on it."""
+        if self._silent_since is None:
+            self._silent_since = silent_since
             sock.sendall(PING)
-        elif silent_for >= self._silence_timeout:
-            raise OSError(f"no answer for {silent_for:.0f} s")
+        elif now - self._silent_since >= self._silence_timeout:
+            raise OSError(f"no answer for {now - self._silent_since:.0f} s")
+
+    def close(self) -> None:
+        """Close the socket (idempotent); :meth:`open` opens it again."""
+        self._poller = None
+        super().close()
 
 
 def _describe(exc: BaseException) -> str:
@@ -387,3 +395,4 @@ def _closed_by_peer(sock: socket.socket) -> bool:
 
 
 _PEEK_NOW = socket.MSG_PEEK | socket.MSG_DONTWAIT if hasattr(socket, "MSG_DONTWAIT") else None
+_poll = getattr(select, "poll", None)  # not on Windows
