@@ -247,3 +247,25 @@ def test_a_hung_server_is_noticed_by_the_service_and_by_waiting_callers(
         echoed, timeout=10, interval=0.1, message=f"no answer after the server came back: {errors}"
     )
     assert reply == {"back": True}
+
+
+def test_a_caller_reading_its_own_lane_notices_a_hung_server(
+    quick_health_checks: None, private_apps: Apps, private_redis: Any
+) -> None:
+    # From its second call on, a thread calling alone reads its reply on a connection of
+    # the caller's own: that one asks the server too while it waits.
+    entered: list[str] = []
+    service = private_apps.start(slow_app(3, entered))
+    caller = private_apps.caller(service, timeout=20)
+    assert caller.send_request("echo", {"n": 1}) == {"n": 1}  # the lane exists from now on
+    outcome: list[tuple[float, BaseException | None]] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(timed(lambda: caller.send_request("slow")))
+    )
+    thread.start()
+    wait_for(lambda: entered, message="the call did not reach its handler")
+    with stopped(private_redis):
+        thread.join(15)
+    elapsed, error = outcome[0]
+    assert isinstance(error, ConnectionLostError), repr(error)
+    assert elapsed < 1.0 + 0.2 + 3.0, f"noticed after {elapsed:.2f} s"  # far from the 20 s
