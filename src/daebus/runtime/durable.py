@@ -56,6 +56,8 @@ _READ_BLOCK_MS = 1000
 #: How long a consumer waits before it reads again after a failed read.
 _FAILED_READ_PAUSE = 0.5
 _STARTS = {"latest": "$", "earliest": "0"}
+#: How much of a handler's error a dead letter keeps (as an error reply does).
+_ERROR_LIMIT = 2000
 
 
 class DurableListeners:
@@ -273,7 +275,8 @@ class Consumer:
             exc_info=exc,
         )
         if entry.deliveries >= tries:
-            await self._dead_letter(entry, f"{type(exc).__name__}: {error_text(exc)}")
+            error = f"{type(exc).__name__}: {error_text(exc)}"
+            await self._dead_letter(entry, protocol.shorten(error, _ERROR_LIMIT))
             return
         delay = min(self.listener.backoff * 2 ** (entry.deliveries - 1), MAX_BACKOFF)
         # Jitter: instances that failed together do not all try again together.
@@ -296,13 +299,16 @@ class Consumer:
         await self.transport.stream_add(self.dead_letters, fields, protocol.DEFAULT_STREAM_MAXLEN)
         await self.transport.stream_ack(self.stream, self.group, [entry.id])
         self._release(entry.id)
-        logger.warning(
+        # Poison messages can come in floods: a line, then a count, per channel.
+        self.runtime.throttle.log(
+            logging.WARNING,
+            f"dead letter {self.channel}",
             "durable message %s on %r (group %r) moved to %r: %s",
             entry.id,
             protocol.shorten(self.channel),
             self.group,
             self.dead_letters,
-            error,
+            protocol.shorten(error),
         )
 
     # -- claims ----------------------------------------------------------------------
