@@ -133,3 +133,15 @@ def callgrind_instructions(valgrind: str, command: Sequence[str]) -> int:
     if found is None:
         raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
     return int(found.group(1).replace(",", ""))
+
+
+def instructions_per_unit(
+    valgrind: str, command_for: Callable[[int], Sequence[str]], small: int, large: int
+) -> float:
+    """What one unit (a message, a request, a call) costs the traced process.
+
+    ``command_for(n)`` runs ``n`` units. Two runs, ``small`` and ``large``: the difference
+    of their totals divided by the difference in units leaves start-up and shutdown out.
+    """
+    totals = [callgrind_instructions(valgrind, command_for(n)) for n in (small, large)]
+    return (totals[1] - totals[0]) / (large - small)

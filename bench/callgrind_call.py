@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import ECHO_PAYLOAD, callgrind_instructions
+from _common import ECHO_PAYLOAD, instructions_per_unit
 
 SERVICE = "bench-callgrind-call"
 
@@ -91,7 +91,6 @@ def main() -> int:
     from daebus.server import EmbeddedServer
 
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in both runs
-    totals = []
     with EmbeddedServer() as server:
         service = subprocess.Popen(
             [sys.executable, __file__, "--serve", "--url", server.url],
@@ -101,11 +100,12 @@ def main() -> int:
         )
         try:
             _wait_for_service(server.url, service)
-            for count in (args.small, args.large):
-                command = [sys.executable, __file__, "--call", str(count), "--url", server.url]
-                totals.append(
-                    callgrind_instructions(valgrind, [*command, "--warmup", str(args.warmup)])
-                )
+
+            def calling(count: int) -> list[str]:
+                return [sys.executable, __file__, "--call", str(count), "--url", server.url,
+                        "--warmup", str(args.warmup)]  # fmt: skip
+
+            per_call = instructions_per_unit(valgrind, calling, args.small, args.large)
         finally:
             service.terminate()
             try:
@@ -113,7 +113,6 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 service.kill()
                 service.wait()
-    per_call = (totals[1] - totals[0]) / (args.large - args.small)
     print(
         f"Python {sys.version.split()[0]}, DaebusCaller -> def action: "
         f"{per_call / 1000:.1f}k instructions per call"

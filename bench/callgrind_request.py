@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-from _common import callgrind_instructions
+from _common import instructions_per_unit
 
 SERVICE = "bench-callgrind-request"
 
@@ -126,12 +126,13 @@ def main() -> int:
 
     os.environ.setdefault("PYTHONHASHSEED", "0")  # the same dict layouts in both runs
     os.environ["CALLGRIND_REQUEST_GAP"] = str(args.gap)
-    totals = []
     with EmbeddedServer() as server:
-        for count in (args.small, args.large):
-            command = [sys.executable, __file__, "--serve", str(count), "--url", server.url]
-            totals.append(callgrind_instructions(valgrind, [*command, "--kind", args.kind]))
-    per_request = (totals[1] - totals[0]) / (args.large - args.small)
+
+        def serving(count: int) -> list[str]:
+            return [sys.executable, __file__, "--serve", str(count), "--url", server.url,
+                    "--kind", args.kind]  # fmt: skip
+
+        per_request = instructions_per_unit(valgrind, serving, args.small, args.large)
     print(
         f"Python {sys.version.split()[0]}, {args.kind} action: "
         f"{per_request / 1000:.1f}k instructions per request"
