@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from _apps import Apps
-from _helpers import PHASE_REPORTS, dead_url
+from _helpers import PHASE_REPORTS, ServiceProcess, dead_url
 from _servers import (
     ExternalRedis,
     RedisEndpoint,
@@ -174,3 +174,20 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.INFO, logger="daebus")
     return caplog
+
+
+@pytest.fixture
+def service_processes(redis_url: str) -> Iterator[Callable[..., ServiceProcess]]:
+    """``start(code, *args)``: a Python program run on the session server, killed after."""
+    started: list[ServiceProcess] = []
+
+    def start(code: str, *args: str) -> ServiceProcess:
+        process = ServiceProcess(code=code, args=args, redis_url=redis_url)
+        started.append(process.start())
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.close()

@@ -11,7 +11,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -335,31 +335,16 @@ SERVICE = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def processes(redis_url: str) -> Iterator[Callable[[str, str], ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(service: str, runs_key: str) -> ServiceProcess:
-        process = ServiceProcess(code=SERVICE, args=[service, runs_key], redis_url=redis_url)
-        started.append(process.start())
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.close()
-
-
 def test_subprocess_instances_share_and_a_killed_one_expires(
     quick_expiry: None,
     apps: Apps,
     redis_url: str,
     redis_client: redis.Redis,
-    processes: Callable[[str, str], ServiceProcess],
+    service_processes: Callable[..., ServiceProcess],
 ) -> None:
     service, runs_key = unique_name("shared"), unique_name("runs")
-    one, two = processes(service, runs_key), processes(service, runs_key)
+    one = service_processes(SERVICE, service, runs_key)
+    two = service_processes(SERVICE, service, runs_key)
     one.wait_ready(service)
     two.wait_ready(service, count=2)
     key = protocol.instances_key(service)

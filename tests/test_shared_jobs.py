@@ -208,30 +208,14 @@ SERVICE = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def processes(redis_url: str) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(*args: str) -> ServiceProcess:
-        process = ServiceProcess(code=SERVICE, args=args, redis_url=redis_url)
-        started.append(process.start())
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in started:
-            process.close()
-
-
 def test_a_killed_holder_loses_the_job_within_a_lease_time(
     apps: Apps,
     redis_client: redis.Redis,
-    processes: Callable[..., ServiceProcess],
+    service_processes: Callable[..., ServiceProcess],
 ) -> None:
     service, runs_key = unique_name("jobs"), unique_name("runs")
     interval, lease = 0.1, 1.5
-    child = processes(service, runs_key, str(interval), str(lease))
+    child = service_processes(SERVICE, service, runs_key, str(interval), str(lease))
     child.wait_ready(service)
 
     def recorded() -> list[Any]:
