@@ -48,6 +48,7 @@ class Listener:
 
     func: Callable[..., Any]
     ordered: bool = False
+    shared: bool = False
 
 
 @dataclass(frozen=True, eq=False, slots=True)
@@ -64,6 +65,9 @@ class DurableListener:
     backoff: float
     min_idle_time: float
     start: str
+    ordered: bool = False
+    # A field name of the message, or a function of the message: see Registry.listen.
+    key: str | Callable[[Any], Any] | None = None
 
     def __post_init__(self) -> None:
         if is_pattern(self.channel):
@@ -80,6 +84,8 @@ class DurableListener:
             self.start in ("latest", "earliest") or _STREAM_ID.fullmatch(self.start)
         ):
             raise SetupError(f"start must be 'latest', 'earliest' or a stream id: {self.start!r}")
+        if self.key is not None and not (callable(self.key) or isinstance(self.key, str)):
+            raise SetupError(f"key must be a field name or a function, got {self.key!r}")
 
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
@@ -214,12 +220,14 @@ class Registry:
         channel: str,
         *,
         ordered: bool = False,
+        shared: bool = False,
         durable: bool = False,
         group: str | None = None,
         retries: int = 3,
         backoff: float = 1.0,
         min_idle_time: float = 30.0,
         start: str = "latest",
+        key: str | Callable[[Any], Any] | None = None,
     ) -> Callable[[F], F]:
         """Register a listener for broadcasts on ``channel``, a name or a glob (``user:*``).
 
@@ -234,6 +242,9 @@ class Registry:
         context of its own. Messages are handled side by side, as they come; with
         ``ordered=True`` this listener gets them one at a time, in the order they
         arrived (for a pattern, all the messages it matches), ``def`` or ``async def``.
+        Every instance of the service gets every message, unless ``shared=True``: then
+        the service's instances share the channel's messages, each handled by one of
+        them.
 
         ``durable=True`` consumes the messages sent with ``broadcast.send(channel,
         data, durable=True)`` instead, from the channel's stream, as the consumer group
@@ -244,7 +255,10 @@ class Registry:
         stream; one held by an instance that died is taken by another once it has been
         idle ``min_idle_time`` seconds. A new group starts at ``start``: ``"latest"``
         (messages sent from now on), ``"earliest"`` (everything the stream holds) or a
-        stream id. See docs/durable.md.
+        stream id. A durable listener handles its messages side by side; with
+        ``ordered=True`` one at a time, in stream order, and with ``key`` (a field name
+        of the message, or a function of it) in stream order per key, different keys
+        side by side. See docs/durable.md.
         """
 
         def decorator(func: F) -> F:
@@ -252,12 +266,14 @@ class Registry:
                 channel,
                 func,
                 ordered=ordered,
+                shared=shared,
                 durable=durable,
                 group=group,
                 retries=retries,
                 backoff=backoff,
                 min_idle_time=min_idle_time,
                 start=start,
+                key=key,
             )
             return func
 
@@ -270,12 +286,14 @@ class Registry:
         func: Callable[..., Any],
         *,
         ordered: bool = False,
+        shared: bool = False,
         durable: bool = False,
         group: str | None = None,
         retries: int = 3,
         backoff: float = 1.0,
         min_idle_time: float = 30.0,
         start: str = "latest",
+        key: str | Callable[[Any], Any] | None = None,
     ) -> None:
         """Register ``func`` for ``channel``, after the listeners it has already.
 
@@ -285,13 +303,13 @@ class Registry:
         """
         _check_name("channel", channel)
         if durable:
-            if ordered:
-                raise SetupError("a durable listener cannot be ordered (not supported yet)")
             self._durable[channel, group] = DurableListener(
-                channel, func, group, retries, backoff, min_idle_time, start
+                channel, func, group, retries, backoff, min_idle_time, start, ordered, key
             )
             return
-        listener = Listener(func, ordered)
+        if key is not None:
+            raise SetupError("key= orders the messages of a durable listener: add durable=True")
+        listener = Listener(func, ordered, shared)
         listeners = self._listeners.get(channel, ())
         if any(known.func == func for known in listeners):
             self._listeners[channel] = tuple(

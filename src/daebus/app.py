@@ -287,7 +287,9 @@ class Daebus(Registry, ThreadTasks):
             self.action_handlers[name] = func
         for channel, listeners in list(blueprint._listeners.items()):
             for listener in listeners:
-                self.add_listener(channel, listener.func, ordered=listener.ordered)
+                self.add_listener(
+                    channel, listener.func, ordered=listener.ordered, shared=listener.shared
+                )
         for durable in blueprint._durable.values():
             self.add_listener(
                 durable.channel,
@@ -298,6 +300,8 @@ class Daebus(Registry, ThreadTasks):
                 backoff=durable.backoff,
                 min_idle_time=durable.min_idle_time,
                 start=durable.start,
+                ordered=durable.ordered,
+                key=durable.key,
             )
         self.workflow_handlers.update(blueprint.workflow_handlers)
         for task in blueprint.background_tasks:

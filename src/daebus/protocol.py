@@ -46,6 +46,8 @@ __all__ = [
     "STATUS_PROGRESS",
     "STATUS_SUCCESS",
     "STREAM_DATA_FIELD",
+    "STREAM_DEADLINE_FIELD",
+    "STREAM_GROUP_FIELD",
     "BadMessageError",
     "Reply",
     "ReplyChannels",
@@ -66,6 +68,7 @@ __all__ = [
     "new_request_id",
     "recover_reply_address",
     "request_payload",
+    "request_stream_key",
     "service_channel",
     "shorten",
     "stream_key",
@@ -137,6 +140,11 @@ def lease_key(service: str, job: str) -> str:
 DEFAULT_STREAM_MAXLEN = 10_000
 #: The field of a stream entry that holds a durable message's JSON.
 STREAM_DATA_FIELD = "data"
+#: The field of a replayed dead letter that names the one group it is for: the other
+#: groups of its channel, which handled it already, acknowledge it without running it.
+STREAM_GROUP_FIELD = "group"
+#: The field of a durable request: when (ms since the epoch) its caller stops waiting.
+STREAM_DEADLINE_FIELD = "deadline"
 
 
 def stream_key(channel: str) -> str:
@@ -147,6 +155,11 @@ def stream_key(channel: str) -> str:
 def dead_letter_key(channel: str, group: str) -> str:
     """The stream of one group's messages on ``channel`` that failed every try."""
     return f"daebus:dead:{channel}:{group}"
+
+
+def request_stream_key(service: str) -> str:
+    """The stream of a service's durable requests, read by its instances as one group."""
+    return f"daebus:requests:{service}"
 
 
 def new_reply_channel() -> str:

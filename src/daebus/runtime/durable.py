@@ -223,6 +223,12 @@ class Consumer:
                 error = f"handed out {entry.deliveries} times without being acknowledged"
                 await self._dead_letter(entry, error)
                 return
+            target = entry.fields.get(protocol.STREAM_GROUP_FIELD)
+            if target is not None and target != self.group.encode():
+                # A dead letter replayed for another group: this one handled it already.
+                await self.transport.stream_ack(self.stream, self.group, [entry.id])
+                self._release(entry.id)
+                return
             try:
                 value = encoding.loads(entry.fields[protocol.STREAM_DATA_FIELD])
             except (KeyError, ValueError):
