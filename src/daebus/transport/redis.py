@@ -368,10 +368,17 @@ class RedisTransport(Transport):
                 raise TransportError(f"{self!r} is closed")
             reader = self._stream_readers[stream, group] = await open_connection(self._endpoint)
         block_ms = min(block_ms, int(SILENCE_TIMEOUT * 500))
-        reply = await reader.send(
-            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
-            "STREAMS", stream, ">",
-        )  # fmt: skip
+        try:
+            reply = await reader.send(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", stream, ">",
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            # Its reply would answer the next read: a reader stopped mid-wait is dropped.
+            if self._stream_readers.get((stream, group)) is reader:
+                del self._stream_readers[stream, group]
+            reader.close()
+            raise
         return entries_of(reply[0][1]) if reply else []
 
     async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
