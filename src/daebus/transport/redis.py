@@ -22,10 +22,10 @@ from redis.retry import Retry
 
 from ..exceptions import TransportError
 from ._endpoint import Endpoint
+from ._redis_streams import RedisStreams
 from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack, pack_publish
 from ._resp_blocking import BlockingConnection, BlockingSubscriber
-from ._streams import entries_of, flat_fields
-from .base import ChannelReader, Delivery, StreamEntry, Transport
+from .base import ChannelReader, Delivery
 
 __all__ = ["COMMAND_TIMEOUT", "RedisTransport", "normalize_url"]
 
@@ -79,13 +79,14 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     )
 
 
-class RedisTransport(Transport):
+class RedisTransport(RedisStreams):
     """Pub/sub over a Redis-compatible server (``redis://``, ``rediss://``, ``unix://``).
 
     Two connections: one publishes (commands pipelined, replies matched in order), one
     subscribes (every channel and pattern; it reconnects on its own). Both are
     :class:`~daebus.transport._resp.RespConnection`; blocking publishes from other
-    threads and the app's ``cache`` use a redis-py client.
+    threads and the app's ``cache`` use a redis-py client. The stream commands of
+    durable channels are :class:`~daebus.transport._redis_streams.RedisStreams`'.
     """
 
     ends_batches = True  # the messages of one read from the socket
@@ -327,97 +328,6 @@ class RedisTransport(Transport):
     async def remove_member(self, key: str, member: str) -> None:
         """``ZREM key member``."""
         await self._command("ZREM", key, member)
-
-    # -- streams ---------------------------------------------------------------------
-    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD stream MAXLEN ~ maxlen * fields...`` on the publishing connection."""
-        reply = await self._command(
-            "XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields)
-        )
-        return bytes(reply).decode()
-
-    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD`` from any thread, on that thread's own blocking connection."""
-        packed = pack("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
-        try:
-            return bytes(self._thread_connection().command(packed)).decode()
-        except TransportError as exc:
-            raise TransportError(f"XADD to {stream!r} failed: {exc}") from exc
-
-    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
-        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
-        try:
-            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
-        except TransportError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        return True
-
-    async def stream_read(
-        self, stream: str, group: str, consumer: str, count: int, block_ms: int
-    ) -> list[StreamEntry]:
-        """``XREADGROUP`` on the connection of ``(stream, group)`` (opened as needed).
-
-        The wait is kept under the connection's silence timeout, past which it would
-        take the server for gone.
-        """
-        reader = self._stream_readers.get((stream, group))
-        if reader is None or not reader.is_open:
-            if self._closed:
-                raise TransportError(f"{self!r} is closed")
-            reader = self._stream_readers[stream, group] = await open_connection(self._endpoint)
-        block_ms = min(block_ms, int(SILENCE_TIMEOUT * 500))
-        try:
-            reply = await reader.send(
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", stream, ">",
-            )  # fmt: skip
-        except asyncio.CancelledError:
-            # Its reply would answer the next read: a reader stopped mid-wait is dropped.
-            if self._stream_readers.get((stream, group)) is reader:
-                del self._stream_readers[stream, group]
-            reader.close()
-            raise
-        return entries_of(reply[0][1]) if reply else []
-
-    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK stream group ids...``."""
-        return int(await self._command("XACK", stream, group, *ids))
-
-    async def stream_claim(
-        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
-    ) -> list[StreamEntry]:
-        """``XCLAIM stream group consumer 0 ids... [JUSTID]``."""
-        if touch:
-            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
-            return []
-        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
-        return await self._with_deliveries(stream, group, entries_of(reply))
-
-    async def stream_autoclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
-    ) -> list[StreamEntry]:
-        """``XAUTOCLAIM ... 0-0 COUNT count`` (Redis 6.2 and later)."""
-        reply = await self._command(
-            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, "0-0", "COUNT", count
-        )
-        return await self._with_deliveries(stream, group, entries_of(reply[1]))
-
-    async def _with_deliveries(
-        self, stream: str, group: str, entries: list[StreamEntry]
-    ) -> list[StreamEntry]:
-        """The entries with their delivery counts, read from ``XPENDING`` in one round trip."""
-        if not entries:
-            return entries
-        publisher = self._ready_publisher() or await self._open_publisher()
-        pending = await asyncio.gather(
-            *(publisher.send("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
-        )
-        return [
-            entry._replace(deliveries=int(rows[0][3]) if rows else 1)
-            for entry, rows in zip(entries, pending, strict=True)
-        ]
 
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:

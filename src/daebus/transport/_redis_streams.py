@@ -1,0 +1,132 @@
+"""The stream commands of the Redis transport: what durable channels send to the server.
+
+A mixin of :class:`~daebus.transport.redis.RedisTransport`, kept apart from its pub/sub
+so that each reads as one concept. Commands go on the transport's publishing connection
+(pipelined with what else it sends), or on a thread's own blocking connection, except
+the blocking ``XREADGROUP``: each ``(stream, group)`` waits on a connection of its own,
+so that a wait holds up nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from ..exceptions import TransportError
+from ._endpoint import Endpoint
+from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack
+from ._resp_blocking import BlockingConnection
+from ._streams import entries_of, flat_fields
+from .base import StreamEntry, Transport
+
+__all__ = ["RedisStreams"]
+
+
+class RedisStreams(Transport):
+    """Redis's stream commands for a transport that has the connections below."""
+
+    _closed: bool
+    _endpoint: Endpoint
+    #: (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
+    _stream_readers: dict[tuple[str, str], RespConnection]
+
+    @abstractmethod
+    async def _command(self, *args: str | bytes | int) -> Any:
+        """One command on the publishing connection."""
+
+    @abstractmethod
+    def _ready_publisher(self) -> RespConnection | None:
+        """The publishing connection, if it is open with nothing queued before it."""
+
+    @abstractmethod
+    async def _open_publisher(self) -> RespConnection:
+        """The publishing connection, opened if need be."""
+
+    @abstractmethod
+    def _thread_connection(self) -> BlockingConnection:
+        """The calling thread's own blocking connection."""
+
+    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD stream MAXLEN ~ maxlen * fields...`` on the publishing connection."""
+        reply = await self._command(
+            "XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields)
+        )
+        return bytes(reply).decode()
+
+    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+        """``XADD`` from any thread, on that thread's own blocking connection."""
+        packed = pack("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+        try:
+            return bytes(self._thread_connection().command(packed)).decode()
+        except TransportError as exc:
+            raise TransportError(f"XADD to {stream!r} failed: {exc}") from exc
+
+    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
+        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
+        try:
+            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
+        except TransportError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def stream_read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """``XREADGROUP`` on the connection of ``(stream, group)`` (opened as needed).
+
+        The wait is kept under the connection's silence timeout, past which it would
+        take the server for gone.
+        """
+        reader = self._stream_readers.get((stream, group))
+        if reader is None or not reader.is_open:
+            if self._closed:
+                raise TransportError(f"{self!r} is closed")
+            reader = self._stream_readers[stream, group] = await open_connection(self._endpoint)
+        block_ms = min(block_ms, int(SILENCE_TIMEOUT * 500))
+        reply = await reader.send(
+            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+            "STREAMS", stream, ">",
+        )  # fmt: skip
+        return entries_of(reply[0][1]) if reply else []
+
+    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """``XACK stream group ids...``."""
+        return int(await self._command("XACK", stream, group, *ids))
+
+    async def stream_claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
+    ) -> list[StreamEntry]:
+        """``XCLAIM stream group consumer 0 ids... [JUSTID]``."""
+        if touch:
+            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
+            return []
+        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
+        return await self._with_deliveries(stream, group, entries_of(reply))
+
+    async def stream_autoclaim(
+        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+    ) -> list[StreamEntry]:
+        """``XAUTOCLAIM ... 0-0 COUNT count`` (Redis 6.2 and later)."""
+        reply = await self._command(
+            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, "0-0", "COUNT", count
+        )
+        return await self._with_deliveries(stream, group, entries_of(reply[1]))
+
+    async def _with_deliveries(
+        self, stream: str, group: str, entries: list[StreamEntry]
+    ) -> list[StreamEntry]:
+        """The entries with their delivery counts, read from ``XPENDING`` in one round trip."""
+        if not entries:
+            return entries
+        publisher = self._ready_publisher() or await self._open_publisher()
+        pending = await asyncio.gather(
+            *(publisher.send("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
+        )
+        return [
+            entry._replace(deliveries=int(rows[0][3]) if rows else 1)
+            for entry, rows in zip(entries, pending, strict=True)
+        ]
