@@ -212,7 +212,7 @@ def test_call_prints_each_part_then_the_reply(redis_url: str, service: str) -> N
 def test_call_on_a_terminal_labels_parts_and_indents_the_reply(
     redis_url: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("daebus.cli._is_terminal", lambda: True)
+    monkeypatch.setattr("daebus.cli._options.is_terminal", lambda: True)
     result = invoke("call", service, "count", "--redis-url", redis_url)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[:3] == [f'part {i + 1}: {{"part": {i}}}' for i in range(3)]

@@ -1,0 +1,5 @@
+"""``python -m daebus.cli``: the ``daebus`` command."""
+
+from . import main
+
+main()
