@@ -55,8 +55,14 @@ class MemoryStreams:
         # Readers waiting for an entry: each is woken on its own loop.
         self._waiters: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
 
-    def add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD stream MAXLEN maxlen * fields`` (trimmed exactly, which ``~`` allows)."""
+    def add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD stream MAXLEN maxlen * fields``, then ``XTRIM stream MINID <now - max_age_ms>``.
+
+        Trimmed exactly, which ``~`` allows. Ids and ages are on the wall clock, as a
+        server's are on its own.
+        """
         with self._lock:
             entries = self._streams.setdefault(stream, _Stream())
             ms = int(time.time() * 1000)
@@ -64,8 +70,7 @@ class MemoryStreams:
             new = (ms, 0) if ms > last[0] else (last[0], last[1] + 1)
             entries.entries[new] = dict(fields)
             entries.last = new
-            while len(entries.entries) > maxlen:
-                del entries.entries[next(iter(entries.entries))]
+            _trim(entries, maxlen, None if max_age_ms is None else (ms - max_age_ms, 0))
             waiters = self._waiters.pop(stream, [])
         for loop, waiter in waiters:
             with contextlib.suppress(RuntimeError):  # its loop has closed: nobody waits
@@ -182,6 +187,20 @@ class MemoryStreams:
             entries = self._streams.get(stream)
             items = list(entries.entries.items()) if entries is not None else []
         return [StreamEntry(f"{i[0]}-{i[1]}", dict(f), 0) for i, f in items]
+
+
+def _trim(entries: _Stream, maxlen: int, oldest: Id | None) -> None:
+    """Drop the entries past the last ``maxlen``, and those with ids below ``oldest``.
+
+    Pending entries that go stay on their groups' pending lists, as on Redis: a claim
+    drops them.
+    """
+    kept = entries.entries
+    while kept:
+        first = next(iter(kept))
+        if len(kept) <= maxlen and (oldest is None or first >= oldest):
+            return
+        del kept[first]
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

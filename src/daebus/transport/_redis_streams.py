@@ -18,6 +18,7 @@ from ..exceptions import TransportError
 from ._endpoint import Endpoint
 from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack
 from ._resp_blocking import BlockingConnection
+from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
 from .base import StreamEntry, Transport
 
@@ -31,6 +32,7 @@ class RedisStreams(Transport):
     _endpoint: Endpoint
     #: (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
     _stream_readers: dict[tuple[str, str], RespConnection]
+    _server_clock: ServerClock
 
     @abstractmethod
     async def _command(self, *args: str | bytes | int) -> Any:
@@ -48,20 +50,49 @@ class RedisStreams(Transport):
     def _thread_connection(self) -> BlockingConnection:
         """The calling thread's own blocking connection."""
 
-    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD stream MAXLEN ~ maxlen * fields...`` on the publishing connection."""
-        reply = await self._command(
-            "XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields)
-        )
-        return bytes(reply).decode()
+    @abstractmethod
+    async def _server_now_ms(self, publisher: RespConnection) -> int:
+        """Now on the server's clock, in ms (asking ``publisher`` if need be)."""
 
-    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD`` from any thread, on that thread's own blocking connection."""
-        packed = pack("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+    async def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD stream MAXLEN ~ maxlen * fields...`` on the publishing connection.
+
+        With ``max_age_ms``, ``XTRIM stream MINID ~ <now - max_age_ms>`` follows in the
+        same write (``XADD`` takes one of ``MAXLEN`` and ``MINID``, never both); now is
+        the server's time, since the ids it compares are.
+        """
+        add = _add_command(stream, fields, maxlen)
+        if max_age_ms is None:
+            return bytes(await self._command(*add)).decode()
+        publisher = self._ready_publisher() or await self._open_publisher()
+        oldest = await self._server_now_ms(publisher) - max_age_ms
+        replies = await asyncio.gather(
+            publisher.send(*add),
+            publisher.send("XTRIM", stream, "MINID", "~", oldest),
+            return_exceptions=True,  # both are answered: neither error goes unread
+        )
+        return _added_id(stream, replies)
+
+    def stream_add_blocking(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """:meth:`stream_add` from any thread, on that thread's own blocking connection."""
+        connection = self._thread_connection()
         try:
-            return bytes(self._thread_connection().command(packed)).decode()
+            commands = [pack(*_add_command(stream, fields, maxlen))]
+            if max_age_ms is not None:
+                now = self._server_clock.now_ms()
+                if now is None:
+                    self._server_clock.learn(connection.command(pack("TIME")))
+                    now = self._server_clock.now_ms()
+                    assert now is not None
+                commands.append(pack("XTRIM", stream, "MINID", "~", now - max_age_ms))
+            replies = connection.pipeline(commands)
         except TransportError as exc:
             raise TransportError(f"XADD to {stream!r} failed: {exc}") from exc
+        return _added_id(stream, replies)
 
     async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
         """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
@@ -130,3 +161,19 @@ class RedisStreams(Transport):
             entry._replace(deliveries=int(rows[0][3]) if rows else 1)
             for entry, rows in zip(entries, pending, strict=True)
         ]
+
+
+def _add_command(
+    stream: str, fields: dict[str, bytes], maxlen: int
+) -> tuple[str | bytes | int, ...]:
+    return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+
+
+def _added_id(stream: str, replies: Sequence[Any]) -> str:
+    """The id ``XADD`` replied, or the first error of the ``XADD`` and ``XTRIM`` replies."""
+    for reply in replies:
+        if isinstance(reply, TransportError):
+            raise TransportError(f"XADD to {stream!r} failed: {reply}") from reply
+        if isinstance(reply, BaseException):
+            raise reply
+    return bytes(replies[0]).decode()

@@ -262,11 +262,21 @@ class Transport(ABC):
     # Redis's stream commands, with their semantics: the memory transport implements
     # the same. Each raises TransportError when the server refuses or cannot be reached,
     # and NotImplementedError for a transport without streams.
-    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD stream MAXLEN ~ maxlen * fields...``: the new entry's id."""
+    async def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD stream MAXLEN ~ maxlen * fields...``: the new entry's id.
+
+        The stream keeps about its last ``maxlen`` entries. With ``max_age_ms``, entries
+        older than that are trimmed too (``XTRIM stream MINID ~ <now - max_age_ms>``), age
+        being measured on the server's clock, as the ids are. Trimming is approximate
+        (``~``): Redis removes whole nodes of the stream, so a few more may stay.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
-    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
+    def stream_add_blocking(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
         """:meth:`stream_add` from a thread that is not the transport's loop."""
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 

@@ -430,14 +430,18 @@ class MemoryTransport(Transport):
         self.broker.remove_member(key, member)
 
     # Streams: the broker's (see ._memory_streams), as the Redis commands behave.
-    async def stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD`` on the broker."""
+    async def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD`` (and ``XTRIM ... MINID``) on the broker."""
         self._check_open()
-        return self.broker.streams.add(stream, fields, maxlen)
+        return self.broker.streams.add(stream, fields, maxlen, max_age_ms)
 
-    def stream_add_blocking(self, stream: str, fields: dict[str, bytes], maxlen: int) -> str:
-        """``XADD`` on the broker, from any thread."""
-        return self.broker.streams.add(stream, fields, maxlen)
+    def stream_add_blocking(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD`` (and ``XTRIM ... MINID``) on the broker, from any thread."""
+        return self.broker.streams.add(stream, fields, maxlen, max_age_ms)
 
     async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
         """``XGROUP CREATE ... MKSTREAM`` on the broker."""

@@ -25,6 +25,7 @@ from ._endpoint import Endpoint
 from ._redis_streams import RedisStreams
 from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack, pack_publish
 from ._resp_blocking import BlockingConnection, BlockingSubscriber
+from ._server_clock import ServerClock
 from .base import ChannelReader, Delivery
 
 __all__ = ["COMMAND_TIMEOUT", "RedisTransport", "normalize_url"]
@@ -111,8 +112,8 @@ class RedisTransport(RedisStreams):
         # publish_blocking's connections: one per thread that publishes.
         self._local = threading.local()
         self._blocking: dict[BlockingConnection, threading.Thread] = {}
-        # The server's clock minus ours, in ms: membership records use the server's.
-        self._server_clock: int | None = None
+        # Membership records and the trimming of streams by age use the server's clock.
+        self._server_clock = ServerClock()
         # (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
         self._stream_readers: dict[tuple[str, str], RespConnection] = {}
 
@@ -305,10 +306,7 @@ class RedisTransport(RedisStreams):
     async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
         """Score ``member`` with its expiry on the server's clock; prune; list the members."""
         publisher = self._ready_publisher() or await self._open_publisher()
-        if self._server_clock is None:
-            self._learn_server_clock(await publisher.send("TIME"))
-        assert self._server_clock is not None
-        now = int(time.time() * 1000) + self._server_clock
+        now = await self._server_now_ms(publisher)
         # One write, one round trip: the record is pruned, renewed and read at once, and
         # the server's clock read again for the next time.
         replies = await asyncio.gather(
@@ -318,12 +316,17 @@ class RedisTransport(RedisStreams):
             publisher.send("ZRANGE", key, 0, -1),
             publisher.send("TIME"),
         )
-        self._learn_server_clock(replies[-1])
+        self._server_clock.learn(replies[-1])
         return [bytes(name).decode("utf-8", "replace") for name in replies[-2]]
 
-    def _learn_server_clock(self, reply: Any) -> None:
-        seconds, micros = reply
-        self._server_clock = int(seconds) * 1000 + int(micros) // 1000 - int(time.time() * 1000)
+    async def _server_now_ms(self, publisher: RespConnection) -> int:
+        """Now on the server's clock, in ms (asked with ``TIME`` if not learned lately)."""
+        now = self._server_clock.now_ms()
+        if now is None:
+            self._server_clock.learn(await publisher.send("TIME"))
+            now = self._server_clock.now_ms()
+            assert now is not None
+        return now
 
     async def remove_member(self, key: str, member: str) -> None:
         """``ZREM key member``."""
