@@ -322,12 +322,20 @@ class Registry:
     def remove_listener(self, channel: str, func: Callable[..., Any] | None = None) -> bool:
         """Remove ``func`` from ``channel``'s listeners, or all of them if ``func`` is None.
 
-        Returns whether there was anything to remove.
+        Durable listeners too, of every group. Returns whether there was anything to
+        remove.
         """
+        durable = [
+            key
+            for key, known in self._durable.items()
+            if known.channel == channel and (func is None or known.func == func)
+        ]
+        for key in durable:
+            del self._durable[key]
         listeners = self._listeners.get(channel, ())
         kept = () if func is None else tuple(known for known in listeners if known.func != func)
         if len(kept) == len(listeners):
-            return False
+            return bool(durable)
         if kept:
             self._listeners[channel] = kept
         else:

@@ -195,9 +195,12 @@ class Daebus(Registry, ThreadTasks):
         While running, the channel is unsubscribed once its last listener is gone;
         messages already read for it are dropped.
         """
+        durable = len(self._durable)
         removed = super().remove_listener(channel, func)
         if removed and channel not in self._listeners:
             self._call_in_loop(functools.partial(_unsubscribe_listener, channel=channel))
+        if len(self._durable) != durable:
+            self._call_in_loop(_refresh_durable)
         return removed
 
     def _background_added(self, task: BackgroundTask) -> None:

@@ -66,6 +66,7 @@ __all__ = [
     "lease_key",
     "new_reply_channel",
     "new_request_id",
+    "order_lease_key",
     "recover_reply_address",
     "request_payload",
     "request_stream_key",
@@ -155,6 +156,11 @@ def stream_key(channel: str) -> str:
 def dead_letter_key(channel: str, group: str) -> str:
     """The stream of one group's messages on ``channel`` that failed every try."""
     return f"daebus:dead:{channel}:{group}"
+
+
+def order_lease_key(channel: str, group: str) -> str:
+    """The lease of the one instance that reads an ordered durable listener's group."""
+    return f"daebus:lease:durable:{group}:{channel}"
 
 
 def request_stream_key(service: str) -> str:

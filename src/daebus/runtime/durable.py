@@ -1,28 +1,27 @@
 """Durable listeners: consumer groups on the streams of durable channels.
 
 ``broadcast.send(channel, data, durable=True)`` appends the message to the channel's
-stream (:func:`daebus.protocol.stream_key`, trimmed to about ``maxlen`` entries as
-messages are added). Each ``@app.listen(channel, durable=True)`` reads that stream as
-a consumer group (``group``, by default the service's name) with the instance's id as
-the consumer name: every group gets every message, the instances of a group share
-them. docs/durable.md describes the wire format.
+stream (:func:`daebus.protocol.stream_key`). Each ``@app.listen(channel, durable=True)``
+reads that stream as a consumer group (``group``, by default the service's name) with
+the instance's id as the member's name (:class:`~.consumer.StreamConsumer`): every
+group gets every message, the instances of a group share them. docs/durable.md
+describes the wire format.
 
 Delivery is at least once. A message stays on the group's pending list until its
 listener returns, then it is acknowledged. A listener that raises leaves it pending:
-after a backoff (doubling from ``backoff``, with jitter) the instance claims it again
-(``XCLAIM``, which counts the delivery on the server) and runs it again; after
-``retries`` more tries it goes to the group's dead-letter stream with its error, and
-is acknowledged. While an instance holds a message (running it or waiting to retry
-it) it extends its claim every third of ``min_idle_time`` (``XCLAIM ... JUSTID``), so
-no other instance takes it; messages held by an instance that died go idle, and
-another instance takes them (``XAUTOCLAIM``) once they have been idle for
-``min_idle_time``. A message that has been handed out more often than its tries
-allow without ever being acknowledged (it kills its instance, say) goes to the
-dead-letter stream without running again.
+after a backoff (doubling from ``backoff``, with jitter) the instance takes it again
+and runs it again; after ``retries`` more tries it goes to the group's dead-letter
+stream with its error, and is acknowledged. A message that has been handed out more
+often than its tries allow without ever being acknowledged (it kills its instance,
+say) goes to the dead-letter stream without running again.
 
-Listeners run through the runtime's admission and invoker, in a context of their own,
-as other listeners do; each group's consumer holds at most :data:`PREFETCH` messages
-at once.
+Messages are handled side by side. An ``ordered`` listener handles them one at a time
+in stream order, and a ``key``-ed one in stream order per key, different keys side by
+side. Order across a group needs one reader: the group's instances take turns through
+a lease (:func:`daebus.protocol.order_lease_key`), held by one of them at a time and
+taken over by another when its holder stops or dies. A new holder first takes, in
+order, what the last one left pending. A message that fails waits for its next try
+in its place: the messages behind it (of its key) wait too.
 """
 
 from __future__ import annotations
@@ -31,11 +30,13 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import context, encoding, protocol
 from ..exceptions import TransportError
 from ..pubsub import PubSubRequest, PubSubResponse
+from .consumer import StreamConsumer
 from .invoke import accepts_arguments, error_text
 
 if TYPE_CHECKING:
@@ -43,21 +44,18 @@ if TYPE_CHECKING:
     from ..transport import StreamEntry
     from . import ServiceRuntime
 
-__all__ = ["MAX_BACKOFF", "PREFETCH", "DurableListeners"]
+__all__ = ["MAX_BACKOFF", "DurableListeners", "ListenerConsumer"]
 
 logger = logging.getLogger("daebus.durable")
 
-#: How many messages one group's consumer holds at once (running, or waiting to retry).
-PREFETCH = 16
 #: The longest wait between two tries of a message, in seconds.
 MAX_BACKOFF = 300.0
-#: The longest wait of one read for new messages, in ms: how soon a stop is noticed.
-_READ_BLOCK_MS = 1000
-#: How long a consumer waits before it reads again after a failed read.
-_FAILED_READ_PAUSE = 0.5
-_STARTS = {"latest": "$", "earliest": "0"}
 #: How much of a handler's error a dead letter keeps (as an error reply does).
 _ERROR_LIMIT = 2000
+#: The key of the messages whose key cannot be read: they keep their order together.
+_NO_KEY = object()
+#: How long a message whose handling the server interrupted waits before it runs again.
+_FAILED_PAUSE = 1.0
 
 
 class DurableListeners:
@@ -65,20 +63,23 @@ class DurableListeners:
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         self.runtime = runtime
-        self.consumers: dict[tuple[str, str | None], Consumer] = {}
+        self.consumers: dict[tuple[str, str | None], ListenerConsumer] = {}
 
     async def refresh(self) -> None:
-        """Start a consumer for each durable listener that has none (on the loop).
+        """Start a consumer for each new durable listener, stop those removed (on the loop).
 
         Returns once each new group exists, so that a message sent afterwards is the
         group's even when it starts at ``"latest"``.
         """
-        for key, listener in list(self.runtime.app._durable.items()):
+        listeners = self.runtime.app._durable
+        for key in [key for key in self.consumers if key not in listeners]:
+            self.consumers.pop(key).stop_reading()  # what it holds finishes
+        for key, listener in list(listeners.items()):
             consumer = self.consumers.get(key)
             if consumer is not None:
                 consumer.listener = listener  # a listener registered again replaces it
                 continue
-            consumer = self.consumers[key] = Consumer(self.runtime, listener)
+            consumer = self.consumers[key] = ListenerConsumer(self.runtime, listener)
             try:
                 await consumer.create_group()
             except TransportError as exc:  # the consumer tries again as it reads
@@ -89,167 +90,191 @@ class DurableListeners:
         """Stop taking messages; those being handled finish (see :meth:`close`)."""
         consumers = list(self.consumers.values())
         for consumer in consumers:
-            consumer.stopping = True
+            consumer.stop_reading()
         readers = [c.reader for c in consumers if c.reader is not None]
         if readers:
-            _done, late = await asyncio.wait(readers, timeout=timeout)
-            for task in late:
-                task.cancel()
+            await asyncio.wait(readers, timeout=timeout)
+        for consumer in consumers:
+            await consumer.give_up_turn()
 
     def close(self) -> None:
         """Stop extending claims: the handlers are done, or abandoned to other instances."""
         for consumer in self.consumers.values():
-            if consumer.keeper is not None:
-                consumer.keeper.cancel()
+            consumer.close()
         self.consumers.clear()
 
 
-class Consumer:
-    """One group's consumer of one channel's stream, on this instance."""
+class ListenerConsumer(StreamConsumer):
+    """One group's member on one durable channel, on this instance."""
 
     def __init__(self, runtime: ServiceRuntime, listener: DurableListener) -> None:
-        self.runtime = runtime
+        group = listener.group or runtime.service
+        super().__init__(
+            runtime,
+            stream=protocol.stream_key(listener.channel),
+            group=group,
+            start=listener.start,
+            min_idle_time=listener.min_idle_time,
+            what=f"the durable channel {protocol.shorten(listener.channel)!r}",
+        )
         self.listener = listener
         self.channel = listener.channel
-        self.stream = protocol.stream_key(listener.channel)
-        self.group = listener.group or runtime.service
-        self.dead_letters = protocol.dead_letter_key(listener.channel, self.group)
-        self.name = runtime.instances.id
-        self.transport = runtime.transport
-        self.loop = runtime.loop
-        self.stopping = False
-        # Message id -> its delivery count, for every message held: running or waiting.
-        self.held: dict[str, int] = {}
-        # Message id -> the loop time its next try is due.
-        self.retry_at: dict[str, float] = {}
-        self._freed = asyncio.Event()
-        self._group_made = False  # the group is known to exist
-        self.reader: asyncio.Task[None] | None = None
-        self.keeper: asyncio.Task[None] | None = None
+        self.dead_letters = protocol.dead_letter_key(listener.channel, group)
+        self.in_order = listener.ordered or listener.key is not None
+        # In order: key -> its messages taken and not yet handled, oldest first.
+        self.queues: dict[Any, deque[StreamEntry]] = {}
+        self.lease = protocol.order_lease_key(listener.channel, group)
+        self.has_turn = False
+        self._turn_renewed = 0.0
+        self._catching_up = False  # a new holder takes what the last one left first
 
-    def start(self) -> None:
-        """Start reading, and extending the claims of what is held."""
-        self.reader = self.loop.create_task(self._read_forever(), name=f"durable {self}")
-        self.keeper = self.loop.create_task(self._keep_claims(), name=f"claims {self}")
+    # -- taking turns (ordered and keyed listeners) ---------------------------------------
+    async def may_read(self) -> bool:
+        """Ordered: only while this instance holds the group's turn (see the module)."""
+        if not self.in_order:
+            return True
+        lease_ms = int(self.min_idle_time * 1000)
+        now = self.loop.time()
+        if self.has_turn:
+            if now - self._turn_renewed >= self.min_idle_time / 3:
+                self.has_turn = await self.transport.renew_claim(self.lease, self.name, lease_ms)
+                self._turn_renewed = now
+                if not self.has_turn:
+                    logger.warning("%r lost its turn to another instance", self)
+        elif await self.transport.claim(self.lease, self.name, lease_ms):
+            self.has_turn = self._catching_up = True
+            self._turn_renewed = now
+        if not self.has_turn:
+            await asyncio.sleep(self.min_idle_time / 3)
+            return False
+        if self._catching_up:
+            await self._catch_up()
+            return False
+        return True
 
-    def __repr__(self) -> str:
-        return f"<Consumer {self.channel!r} group={self.group!r} as {self.name}>"
-
-    # -- reading ---------------------------------------------------------------------
-    async def create_group(self) -> None:
-        """Create the group at its start position, unless it exists."""
-        start = _STARTS.get(self.listener.start, self.listener.start)
-        await self.transport.stream_create_group(self.stream, self.group, start)
-        self._group_made = True
-
-    async def _read_forever(self) -> None:
-        min_idle_ms = int(self.listener.min_idle_time * 1000)
-        reclaim_every = self.listener.min_idle_time / 2
-        next_reclaim = 0.0
-        while not self.stopping:
-            try:
-                if not self._group_made:
-                    await self.create_group()
-                now = self.loop.time()
-                if now >= next_reclaim:
-                    next_reclaim = now + reclaim_every
-                    taken = await self.transport.stream_autoclaim(
-                        self.stream, self.group, self.name, min_idle_ms, self._room()
-                    )
-                    self._take([e for e in taken if e.id not in self.held])
-                await self._retry_due()
-                if self._room() <= 0:
-                    self._freed.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._freed.wait(), self._wait_ms() / 1000)
-                    continue
-                self._take(
-                    await self.transport.stream_read(
-                        self.stream, self.group, self.name, self._room(), self._wait_ms()
-                    )
-                )
-            except TransportError as exc:
-                if "NOGROUP" in str(exc):
-                    self._group_made = False  # the stream or the group was deleted: make them again
-                self.runtime.throttle.log(
-                    logging.WARNING,
-                    f"durable read {self.channel}",
-                    "reading the durable channel %r as group %r failed: %s",
-                    protocol.shorten(self.channel),
-                    self.group,
-                    exc,
-                )
-                await asyncio.sleep(_FAILED_READ_PAUSE)
-
-    def _room(self) -> int:
-        return PREFETCH - len(self.held)
+    async def _catch_up(self) -> None:
+        """Take, in order, every message the group's last reader left pending."""
+        room = self._room()
+        if room <= 0:
+            self._freed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), 1.0)
+            return
+        taken = await self.transport.stream_autoclaim(self.stream, self.group, self.name, 0, room)
+        self._take([entry for entry in taken if entry.id not in self.held])
+        if len(taken) < room:
+            self._catching_up = False
 
     def _wait_ms(self) -> int:
-        """How long a read may wait: until the next retry is due, at most a second."""
-        wait = _READ_BLOCK_MS
-        if self.retry_at:
-            due = min(self.retry_at.values()) - self.loop.time()
-            wait = min(wait, int(due * 1000))
-        return max(wait, 1)
+        wait = super()._wait_ms()
+        if self.in_order:  # back in time to renew the turn
+            wait = min(wait, max(int(self.min_idle_time * 1000 / 3), 1))
+        return wait
 
-    async def _retry_due(self) -> None:
-        now = self.loop.time()
-        due = [i for i, at in self.retry_at.items() if at <= now]
-        if not due:
-            return
-        for message_id in due:
-            del self.retry_at[message_id]
-        taken = await self.transport.stream_claim(self.stream, self.group, self.name, due)
-        for message_id in set(due) - {entry.id for entry in taken}:
-            self._release(message_id)  # trimmed away meanwhile: nothing left to run
-        self._take(taken)
+    def should_reclaim(self) -> bool:
+        """Not in order: only the holder of the turn reads, so nobody else holds any."""
+        return not self.in_order
 
+    async def give_up_turn(self) -> None:
+        """Hand the turn to another instance at once (at stop)."""
+        if self.has_turn:
+            self.has_turn = False
+            with contextlib.suppress(TransportError):
+                await self.transport.release_claim(self.lease, self.name)
+
+    # -- taking messages ---------------------------------------------------------------
     def _take(self, entries: list[StreamEntry]) -> None:
-        admission = self.runtime.admission
+        if not self.in_order:
+            super()._take(entries)
+            return
         for entry in entries:
             self.held[entry.id] = entry.deliveries
-            admission.spawn(self._handle(entry))
+            key = self._key_of(entry)
+            queue = self.queues.get(key)
+            if queue is None:
+                queue = self.queues[key] = deque()
+                self.runtime.admission.spawn(self._run_in_order(key, queue))
+            queue.append(entry)
+        self._start_keeping_claims()
 
-    def _release(self, message_id: str) -> None:
-        self.held.pop(message_id, None)
-        self.retry_at.pop(message_id, None)
-        self._freed.set()
+    def _key_of(self, entry: StreamEntry) -> Any:
+        key = self.listener.key
+        if key is None:
+            return None
+        try:
+            value = encoding.loads(entry.fields[protocol.STREAM_DATA_FIELD])
+            found = key(value) if callable(key) else value.get(key)
+            hash(found)
+        except Exception:  # a message that has no key is run in the order of the keyless
+            return _NO_KEY
+        return found
+
+    async def _run_in_order(self, key: Any, queue: deque[StreamEntry]) -> None:
+        """Handle one key's messages one at a time, each tried until it is done with."""
+        try:
+            while queue:
+                entry: StreamEntry | None = queue[0]
+                try:
+                    while entry is not None:
+                        entry = await self._try_in_place(entry)
+                except TransportError as exc:
+                    # Still held, and first of its key: tried again, the others wait.
+                    logger.warning("durable message %s on %r: %s", queue[0].id, self.channel, exc)
+                    await asyncio.sleep(_FAILED_PAUSE)
+                    continue
+                queue.popleft()
+        finally:
+            if self.queues.get(key) is queue:
+                del self.queues[key]
+            for entry in queue:  # cancelled: left pending for the next holder
+                self.release(entry.id)
+            self.runtime.admission.task_done()
+
+    async def _try_in_place(self, entry: StreamEntry) -> StreamEntry | None:
+        """One try of a message; the message again when it is due for another, else None."""
+        delay = await self._handle_or_delay(entry)
+        if delay is None:
+            return None
+        await asyncio.sleep(delay)
+        taken = await self.transport.stream_claim(self.stream, self.group, self.name, [entry.id])
+        if not taken:
+            self.release(entry.id)  # trimmed away meanwhile: nothing left to run
+            return None
+        self.held[entry.id] = taken[0].deliveries
+        return taken[0]
 
     # -- handling --------------------------------------------------------------------
-    async def _handle(self, entry: StreamEntry) -> None:
-        """Run the listener on one message; ack it, or retry it, or dead-letter it."""
+    async def handle(self, entry: StreamEntry) -> None:
+        """Run the listener on a message taken; a failed one is taken again after a while."""
+        delay = await self._handle_or_delay(entry)
+        if delay is not None:
+            self.retry_later(entry.id, delay)
+
+    async def _handle_or_delay(self, entry: StreamEntry) -> float | None:
+        """Run the listener on one message; return when to try it again, if it failed.
+
+        None: it is done with (acknowledged, or moved to the dead-letter stream).
+        """
+        if self.is_for_another_group(entry):
+            await self.ack(entry.id)  # replayed for another group: handled here already
+            return None
+        if entry.deliveries > self.listener.retries + 1:
+            error = f"handed out {entry.deliveries} times without being acknowledged"
+            await self._dead_letter(entry, error)
+            return None
         try:
-            if entry.deliveries > self.listener.retries + 1:
-                error = f"handed out {entry.deliveries} times without being acknowledged"
-                await self._dead_letter(entry, error)
-                return
-            target = entry.fields.get(protocol.STREAM_GROUP_FIELD)
-            if target is not None and target != self.group.encode():
-                # A dead letter replayed for another group: this one handled it already.
-                await self.transport.stream_ack(self.stream, self.group, [entry.id])
-                self._release(entry.id)
-                return
-            try:
-                value = encoding.loads(entry.fields[protocol.STREAM_DATA_FIELD])
-            except (KeyError, ValueError):
-                await self._dead_letter(entry, "not a JSON message in a 'data' field")
-                return
-            try:
-                await self._call(entry, value)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                self._release(entry.id)  # left pending: another instance takes it
-                raise
-            except BaseException as exc:
-                await self._failed(entry, exc)
-                return
-            await self.transport.stream_ack(self.stream, self.group, [entry.id])
-            self._release(entry.id)
-        except TransportError as exc:
-            # Left pending: tried again once it has been idle for min_idle_time.
-            self._release(entry.id)
-            logger.warning("durable message %s on %r: %s", entry.id, self.channel, exc)
-        finally:
-            self.runtime.admission.task_done()
+            value = encoding.loads(entry.fields[protocol.STREAM_DATA_FIELD])
+        except (KeyError, ValueError):
+            await self._dead_letter(entry, "not a JSON message in a 'data' field")
+            return None
+        try:
+            await self._call(entry, value)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            return await self._failed(entry, exc)
+        await self.ack(entry.id)
+        return None
 
     async def _call(self, entry: StreamEntry, value: Any) -> None:
         runtime = self.runtime
@@ -267,7 +292,8 @@ class Consumer:
         if response.sent:
             await response.flush()
 
-    async def _failed(self, entry: StreamEntry, exc: BaseException) -> None:
+    async def _failed(self, entry: StreamEntry, exc: BaseException) -> float | None:
+        """Log a failed try; dead-letter the message after the last, else its backoff."""
         tries = self.listener.retries + 1
         self.runtime.throttle.log(
             logging.ERROR,
@@ -283,10 +309,10 @@ class Consumer:
         if entry.deliveries >= tries:
             error = f"{type(exc).__name__}: {error_text(exc)}"
             await self._dead_letter(entry, protocol.shorten(error, _ERROR_LIMIT))
-            return
-        delay = min(self.listener.backoff * 2 ** (entry.deliveries - 1), MAX_BACKOFF)
+            return None
+        delay: float = min(self.listener.backoff * 2.0 ** (entry.deliveries - 1), MAX_BACKOFF)
         # Jitter: instances that failed together do not all try again together.
-        self.retry_at[entry.id] = self.loop.time() + delay * random.uniform(0.5, 1.0)
+        return delay * random.uniform(0.5, 1.0)
 
     async def _dead_letter(self, entry: StreamEntry, error: str) -> None:
         """Move the message to the group's dead-letter stream, then acknowledge it.
@@ -303,8 +329,7 @@ class Consumer:
             "consumer": self.name.encode(),
         }
         await self.transport.stream_add(self.dead_letters, fields, protocol.DEFAULT_STREAM_MAXLEN)
-        await self.transport.stream_ack(self.stream, self.group, [entry.id])
-        self._release(entry.id)
+        await self.ack(entry.id)
         # Poison messages can come in floods: a line, then a count, per channel.
         self.runtime.throttle.log(
             logging.WARNING,
@@ -316,18 +341,3 @@ class Consumer:
             self.dead_letters,
             protocol.shorten(error),
         )
-
-    # -- claims ----------------------------------------------------------------------
-    async def _keep_claims(self) -> None:
-        """Reset the idle time of every message held, so no other instance takes it."""
-        every = self.listener.min_idle_time / 3
-        while True:
-            await asyncio.sleep(every)
-            if not self.held:
-                continue
-            try:
-                await self.transport.stream_claim(
-                    self.stream, self.group, self.name, list(self.held), touch=True
-                )
-            except TransportError as exc:
-                logger.warning("extending the claims on %r failed: %s", self.channel, exc)

@@ -1,0 +1,251 @@
+"""A consumer group's member on this instance: what reads a stream, and what it holds.
+
+Durable listeners (:mod:`.durable`) and durable requests (:mod:`.durable_requests`)
+both read a stream as a member of a consumer group, named by the instance's id. This
+is what they share: reading new entries (``XREADGROUP``), taking those of members that
+died (``XAUTOCLAIM`` of entries idle for ``min_idle_time``), taking again those due for
+another try (``XCLAIM``, which counts the delivery), and extending the claim on every
+entry held (``XCLAIM ... JUSTID`` every third of ``min_idle_time``) so that no other
+member takes an entry this one is still working on. What is done with an entry is the
+subclass's :meth:`StreamConsumer.handle`.
+
+A consumer holds at most :data:`PREFETCH` entries at once (running, or waiting for
+another try). Its read waits on a connection of its own; stopping cancels the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from .. import protocol
+from ..exceptions import TransportError
+
+if TYPE_CHECKING:
+    from ..transport import StreamEntry
+    from . import ServiceRuntime
+
+__all__ = ["PREFETCH", "StreamConsumer"]
+
+logger = logging.getLogger("daebus.durable")
+
+#: How many entries one consumer holds at once (running, or waiting for another try).
+PREFETCH = 16
+#: The longest wait of one read for new entries, in ms (the transport may cap it).
+_READ_BLOCK_MS = 5000
+#: How long a consumer waits before it reads again after a failed read.
+_FAILED_READ_PAUSE = 0.5
+_STARTS = {"latest": "$", "earliest": "0"}
+
+
+class StreamConsumer:
+    """One member of a consumer group, on this instance; see the module docstring."""
+
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        *,
+        stream: str,
+        group: str,
+        start: str,
+        min_idle_time: float,
+        what: str,
+    ) -> None:
+        self.runtime = runtime
+        self.stream = stream
+        self.group = group
+        self.start_at = start
+        self.min_idle_time = min_idle_time
+        self.what = what  # for log lines: "the durable channel 'orders'"
+        self.name = runtime.instances.id
+        self.transport = runtime.transport
+        self.loop = runtime.loop
+        self.stopping = False
+        # Entry id -> its delivery count, for every entry held: running or waiting.
+        self.held: dict[str, int] = {}
+        # Entry id -> the timer of its next try.
+        self.retry_at: dict[str, asyncio.TimerHandle] = {}
+        self._freed = asyncio.Event()
+        self._group_made = False  # the group is known to exist
+        self.reader: asyncio.Task[None] | None = None
+        self.keeper: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.stream!r} group={self.group!r} as {self.name}>"
+
+    def start(self) -> None:
+        """Start reading."""
+        self.reader = self.loop.create_task(self._read_forever(), name=f"read {self}")
+
+    def stop_reading(self) -> None:
+        """Take nothing more; what is held finishes (or is left to the other members)."""
+        self.stopping = True
+        if self.reader is not None:
+            self.reader.cancel()
+
+    def close(self) -> None:
+        """Stop extending claims: what was held is done, or abandoned to the others."""
+        self.stop_reading()
+        for timer in self.retry_at.values():
+            timer.cancel()
+        if self.keeper is not None:
+            self.keeper.cancel()
+
+    async def create_group(self) -> None:
+        """Create the group at its start position, unless it exists."""
+        start = _STARTS.get(self.start_at, self.start_at)
+        await self.transport.stream_create_group(self.stream, self.group, start)
+        self._group_made = True
+
+    # -- what subclasses decide ----------------------------------------------------------
+    async def handle(self, entry: StreamEntry) -> None:
+        """Handle one entry taken: acknowledge it, or :meth:`retry_later`, or leave it."""
+        raise NotImplementedError
+
+    def should_reclaim(self) -> bool:
+        """Whether to look for the entries of members that died, now that it is due."""
+        return True
+
+    async def may_read(self) -> bool:
+        """Whether this member reads now (one that waits for its turn says False)."""
+        return True
+
+    # -- reading ---------------------------------------------------------------------
+    async def _read_forever(self) -> None:
+        min_idle_ms = int(self.min_idle_time * 1000)
+        reclaim_every = self.min_idle_time / 2
+        next_reclaim = 0.0
+        while not self.stopping:
+            try:
+                if not await self.may_read():
+                    continue
+                if not self._group_made:
+                    await self.create_group()
+                now = self.loop.time()
+                if now >= next_reclaim and self._room() > 0:
+                    next_reclaim = now + reclaim_every
+                    if self.should_reclaim():
+                        await self.reclaim(min_idle_ms)
+                if self._room() <= 0:
+                    self._freed.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), self._wait_ms() / 1000)
+                    continue
+                self._take(
+                    await self.transport.stream_read(
+                        self.stream, self.group, self.name, self._room(), self._wait_ms()
+                    )
+                )
+            except TransportError as exc:
+                if "NOGROUP" in str(exc):
+                    self._group_made = False  # the stream or the group was deleted: make them again
+                self.runtime.throttle.log(
+                    logging.WARNING,
+                    f"durable read {self.stream}",
+                    "reading %s as group %r failed: %s",
+                    self.what,
+                    self.group,
+                    exc,
+                )
+                await asyncio.sleep(_FAILED_READ_PAUSE)
+
+    async def reclaim(self, min_idle_ms: int) -> None:
+        """Take the entries other members have held for ``min_idle_ms`` or more."""
+        taken = await self.transport.stream_autoclaim(
+            self.stream, self.group, self.name, min_idle_ms, self._room()
+        )
+        self._take([entry for entry in taken if entry.id not in self.held])
+
+    def _room(self) -> int:
+        return PREFETCH - len(self.held)
+
+    def _wait_ms(self) -> int:
+        """How long a read may wait for new entries."""
+        return _READ_BLOCK_MS
+
+    async def _retry(self, entry_id: str) -> None:
+        self.retry_at.pop(entry_id, None)
+        try:
+            taken = await self.transport.stream_claim(
+                self.stream, self.group, self.name, [entry_id]
+            )
+        except TransportError as exc:
+            # Left pending: taken again once it has been idle for min_idle_time.
+            self.release(entry_id)
+            logger.warning(
+                "taking durable entry %s of %r again failed: %s", entry_id, self.stream, exc
+            )
+            return
+        if not taken:
+            self.release(entry_id)  # trimmed away meanwhile: nothing left to run
+            return
+        self._take(taken)
+
+    def _take(self, entries: list[StreamEntry]) -> None:
+        admission = self.runtime.admission
+        for entry in entries:
+            self.held[entry.id] = entry.deliveries
+            admission.spawn(self._handle_one(entry))
+        self._start_keeping_claims()
+
+    def _start_keeping_claims(self) -> None:
+        if self.held and (self.keeper is None or self.keeper.done()):
+            self.keeper = self.loop.create_task(self._keep_claims(), name=f"claims {self}")
+
+    async def _handle_one(self, entry: StreamEntry) -> None:
+        try:
+            await self.handle(entry)
+        except TransportError as exc:
+            # Left pending: taken again once it has been idle for min_idle_time.
+            self.release(entry.id)
+            logger.warning("durable entry %s of %r: %s", entry.id, self.stream, exc)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.release(entry.id)  # left pending: another member takes it
+            raise
+        finally:
+            self.runtime.admission.task_done()
+
+    # -- after handling --------------------------------------------------------------
+    async def ack(self, entry_id: str) -> None:
+        """Acknowledge an entry, and hold it no more."""
+        await self.transport.stream_ack(self.stream, self.group, [entry_id])
+        self.release(entry_id)
+
+    def retry_later(self, entry_id: str, delay: float) -> None:
+        """Take the entry again (counting a delivery) once ``delay`` seconds have passed."""
+        self.retry_at[entry_id] = self.loop.call_later(
+            delay, lambda: self.runtime.keep(self.loop.create_task(self._retry(entry_id)))
+        )
+
+    def release(self, entry_id: str) -> None:
+        """Hold an entry no more, leaving it where it is (pending, or acknowledged)."""
+        self.held.pop(entry_id, None)
+        timer = self.retry_at.pop(entry_id, None)
+        if timer is not None:
+            timer.cancel()
+        self._freed.set()
+
+    def is_for_another_group(self, entry: StreamEntry) -> bool:
+        """Whether the entry is a dead letter replayed for another group of the stream."""
+        target = entry.fields.get(protocol.STREAM_GROUP_FIELD)
+        return target is not None and target != self.group.encode()
+
+    # -- claims ----------------------------------------------------------------------
+    async def _keep_claims(self) -> None:
+        """Reset the idle time of every entry held, so no other member takes it.
+
+        Runs while anything is held: an idle consumer does not wake up for it.
+        """
+        every = self.min_idle_time / 3
+        while self.held:
+            await asyncio.sleep(every)
+            if not self.held:
+                return
+            try:
+                await self.transport.stream_claim(
+                    self.stream, self.group, self.name, list(self.held), touch=True
+                )
+            except TransportError as exc:
+                logger.warning("extending the claims on %r failed: %s", self.stream, exc)
