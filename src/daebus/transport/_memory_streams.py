@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..exceptions import TransportError
 from ._streams import parse_id
@@ -37,6 +38,7 @@ class _Pending:
 class _Group:
     last: Id
     pending: dict[Id, _Pending] = field(default_factory=dict)
+    consumers: set[str] = field(default_factory=set)  # every consumer that read or claimed
 
 
 @dataclass
@@ -103,6 +105,7 @@ class MemoryStreams:
                 if len(found) >= count:
                     break
                 if entry_id > state.last:
+                    state.consumers.add(consumer)
                     state.last = entry_id
                     state.pending[entry_id] = _Pending(consumer, now, 1)
                     found.append(StreamEntry(f"{entry_id[0]}-{entry_id[1]}", dict(fields), 1))
@@ -169,6 +172,7 @@ class MemoryStreams:
                 del state.pending[entry_id]
                 continue
             pending.consumer, pending.since = consumer, now
+            state.consumers.add(consumer)
             if not touch:
                 pending.deliveries += 1
                 name = f"{entry_id[0]}-{entry_id[1]}"
@@ -187,6 +191,63 @@ class MemoryStreams:
             entries = self._streams.get(stream)
             items = list(entries.entries.items()) if entries is not None else []
         return [StreamEntry(f"{i[0]}-{i[1]}", dict(f), 0) for i, f in items]
+
+    # -- for tools: dead letters and health (see daebus.dead_letters, daebus.health) --
+    def names(self) -> list[str]:
+        """The streams that exist (``SCAN``): those added to, or given a group."""
+        with self._lock:
+            return list(self._streams)
+
+    def range(self, stream: str, start: str, end: str, count: int | None) -> list[StreamEntry]:
+        """``XRANGE stream start end [COUNT count]`` (``-`` and ``+`` for either end)."""
+        low = (0, 0) if start == "-" else parse_id(start)
+        high = (1 << 64, 0) if end == "+" else _end_id(end)
+        with self._lock:
+            entries = self._streams.get(stream)
+            found: list[StreamEntry] = []
+            for entry_id, fields in entries.entries.items() if entries is not None else ():
+                if entry_id > high or (count is not None and len(found) >= count):
+                    break
+                if entry_id >= low:
+                    found.append(StreamEntry(f"{entry_id[0]}-{entry_id[1]}", dict(fields), 0))
+            return found
+
+    def delete(self, stream: str, ids: Sequence[str]) -> int:
+        """``XDEL stream ids...``: how many entries were deleted."""
+        with self._lock:
+            entries = self._streams.get(stream)
+            if entries is None:
+                return 0
+            return sum(entries.entries.pop(parse_id(i), None) is not None for i in ids)
+
+    def remove(self, stream: str) -> int:
+        """``DEL stream``, its groups with it: how many entries it held."""
+        with self._lock:
+            entries = self._streams.pop(stream, None)
+            return 0 if entries is None else len(entries.entries)
+
+    def groups(self, stream: str) -> list[dict[str, Any]]:
+        """``XINFO GROUPS stream``, with Redis's keys; the lag is always known here."""
+        with self._lock:
+            entries = self._streams.get(stream)
+            if entries is None:
+                return []
+            return [
+                {
+                    "name": name,
+                    "consumers": len(state.consumers),
+                    "pending": len(state.pending),
+                    "last-delivered-id": f"{state.last[0]}-{state.last[1]}",
+                    "lag": sum(1 for entry_id in entries.entries if entry_id > state.last),
+                }
+                for name, state in entries.groups.items()
+            ]
+
+
+def _end_id(entry_id: str) -> Id:
+    """The upper end of a range: ``"<ms>"`` alone means every sequence of that ms."""
+    ms, sep, _ = entry_id.partition("-")
+    return parse_id(entry_id) if sep else (int(ms), 1 << 64)
 
 
 def _trim(entries: _Stream, maxlen: int, oldest: Id | None) -> None:
