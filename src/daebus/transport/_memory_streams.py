@@ -85,7 +85,10 @@ class MemoryStreams:
             entries = self._streams.setdefault(stream, _Stream())
             if group in entries.groups:
                 return False
-            last = entries.last if start == "$" else parse_id(start)
+            try:
+                last = entries.last if start == "$" else parse_id(start)
+            except ValueError:
+                raise TransportError(f"ERR Invalid stream ID {start!r}") from None
             entries.groups[group] = _Group(last)
             return True
 
@@ -143,6 +146,8 @@ class MemoryStreams:
         self, stream: str, group: str, consumer: str, ids: Sequence[str], touch: bool
     ) -> list[StreamEntry]:
         """``XCLAIM stream group consumer 0 ids... [JUSTID]``."""
+        if not ids:
+            return []  # the Redis transport sends no command then
         with self._lock:
             entries, state = self._group(stream, group)
             return self._take(entries, state, consumer, [parse_id(i) for i in ids], touch)
@@ -154,7 +159,21 @@ class MemoryStreams:
         with self._lock:
             entries, state = self._group(stream, group)
             oldest = time.monotonic() - min_idle_ms / 1000
-            idle = [i for i, p in sorted(state.pending.items()) if p.since <= oldest][:count]
+            # As Redis scans: in id order, looking at count * 10 entries at most; one
+            # deleted meanwhile leaves the pending list at once, idle or not, and uses
+            # up one of the count.
+            idle: list[Id] = []
+            attempts = count * 10
+            for entry_id, pending in sorted(state.pending.items()):
+                if count <= 0 or attempts <= 0:
+                    break
+                attempts -= 1
+                if entry_id not in entries.entries:
+                    del state.pending[entry_id]
+                    count -= 1
+                elif pending.since <= oldest:
+                    idle.append(entry_id)
+                    count -= 1
             return self._take(entries, state, consumer, idle, False)
 
     @staticmethod

@@ -125,13 +125,17 @@ class RedisStreams(Transport):
         return entries_of(reply[0][1]) if reply else []
 
     async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK stream group ids...``."""
+        """``XACK stream group ids...`` (none: 0, without asking, as Redis wants one)."""
+        if not ids:
+            return 0
         return int(await self._command("XACK", stream, group, *ids))
 
     async def stream_claim(
         self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
     ) -> list[StreamEntry]:
-        """``XCLAIM stream group consumer 0 ids... [JUSTID]``."""
+        """``XCLAIM stream group consumer 0 ids... [JUSTID]`` (none: nothing to take)."""
+        if not ids:
+            return []
         if touch:
             await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
             return []

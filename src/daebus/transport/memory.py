@@ -457,18 +457,21 @@ class MemoryTransport(Transport):
 
     async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         """``XACK`` on the broker."""
+        self._check_open()
         return self.broker.streams.ack(stream, group, ids)
 
     async def stream_claim(
         self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
     ) -> list[StreamEntry]:
         """``XCLAIM`` on the broker."""
+        self._check_open()
         return self.broker.streams.claim(stream, group, consumer, ids, touch)
 
     async def stream_autoclaim(
         self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
     ) -> list[StreamEntry]:
         """``XAUTOCLAIM`` on the broker."""
+        self._check_open()
         return self.broker.streams.autoclaim(stream, group, consumer, min_idle_ms, count)
 
     def _check_open(self) -> None:
