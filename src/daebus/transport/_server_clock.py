@@ -1,4 +1,4 @@
-"""The server's clock, as seen from a client: ours plus an offset learned from ``TIME``.
+"""The server's clock, as seen from a client: learned from ``TIME``, kept by ours.
 
 Times kept on the server (membership expiries, the ids of stream entries) are the
 server's; a client whose host clock is off by seconds would misjudge them with its own.
@@ -11,30 +11,38 @@ from typing import Any
 
 __all__ = ["ServerClock"]
 
-#: How long an offset is trusted: hosts' clocks drift, and a server may fail over to
+#: How long a reading is trusted: clocks drift apart, and a server may fail over to
 #: another host with a clock of its own.
 _TRUSTED_FOR = 60.0
 
 
 class ServerClock:
-    """The offset of a server's clock from this process's, once a ``TIME`` reply told it."""
+    """A server's time, from the last ``TIME`` reply plus the time elapsed here since.
 
-    __slots__ = ("_learned_at", "_offset_ms")
+    Elapsed time is read on the monotonic clock, so a jump of this host's wall clock
+    changes nothing; and since a reply is read a little after the server wrote it, the
+    estimate is never ahead of the server's time, only behind by the reply's travel.
+    """
+
+    __slots__ = ("_reading",)
 
     def __init__(self) -> None:
-        self._offset_ms: int | None = None
-        self._learned_at = 0.0
+        # (the server's ms, our monotonic seconds then): one attribute, so that a thread
+        # reading it never pairs one reply's time with another's moment.
+        self._reading: tuple[int, float] | None = None
 
     def learn(self, reply: Any) -> None:
-        """Take the offset from the reply of ``TIME`` (seconds and microseconds)."""
+        """Take the server's time from the reply of ``TIME`` (seconds and microseconds)."""
         seconds, micros = reply
-        server_ms = int(seconds) * 1000 + int(micros) // 1000
-        self._offset_ms = server_ms - int(time.time() * 1000)
-        self._learned_at = time.monotonic()
+        self._reading = (int(seconds) * 1000 + int(micros) // 1000, time.monotonic())
 
     def now_ms(self) -> int | None:
         """Now on the server's clock, in ms; None if not learned lately (send ``TIME``)."""
-        offset = self._offset_ms
-        if offset is None or time.monotonic() - self._learned_at > _TRUSTED_FOR:
+        reading = self._reading
+        if reading is None:
             return None
-        return int(time.time() * 1000) + offset
+        server_ms, learned_at = reading
+        elapsed = time.monotonic() - learned_at
+        if elapsed > _TRUSTED_FOR:
+            return None
+        return server_ms + int(elapsed * 1000)
