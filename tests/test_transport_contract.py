@@ -7,17 +7,21 @@ them, which is a bug: code tested on ``memory://`` must behave the same on Redis
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
+import redis
 
 from _helpers import QUIET, unique_name
 from daebus import TransportError
 from daebus.transport import Delivery, Transport, transport_from_url
-from daebus.transport.memory import forget
+from daebus.transport._streams import parse_id
+from daebus.transport.memory import broker_for, forget
 
 T = TypeVar("T")
 
@@ -493,3 +497,305 @@ class TestTransportContract:
             assert set(at_here.loops) == {asyncio.get_running_loop()}
         finally:
             other_loop.run(there.close())
+
+
+# -- streams: the commands of durable channels ------------------------------------------
+
+#: The most entries Redis may keep past a trimming bound: ``~`` removes whole nodes of
+#: the stream only, of up to 100 entries each (stream-node-max-entries).
+NODE = 100
+
+
+def stream_ids(url: str, stream: str) -> list[str]:
+    """The ids a stream holds (``XRANGE stream - +``), read beside the transport."""
+    if url.startswith("memory://"):
+        return [entry.id for entry in broker_for(url).streams.entries(stream)]
+    client = redis.Redis.from_url(url)
+    try:
+        return [bytes(entry_id).decode() for entry_id, _ in client.xrange(stream)]
+    finally:
+        client.close()
+
+
+def in_order(ids: list[str]) -> bool:
+    """Whether the ids increase strictly, as Redis orders them."""
+    return all(parse_id(a) < parse_id(b) for a, b in itertools.pairwise(ids))
+
+
+async def add_many(transport: Transport, stream: str, count: int, **options: Any) -> list[str]:
+    """Add ``count`` entries ``0``, ``1``... in one go (pipelined on Redis); their ids."""
+    return list(
+        await asyncio.gather(
+            *(
+                transport.stream_add(stream, {"data": str(n).encode()}, 10_000, **options)
+                for n in range(count)
+            )
+        )
+    )
+
+
+class TestStreamContract:
+    """The stream commands of ``Transport``, as Redis behaves: durable channels use them."""
+
+    async def test_ids_increase_and_entries_keep_their_fields(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "ids"
+        ids = [
+            await transport.stream_add(stream, {"data": b"a", "extra": b"\x00\xff"}, 100),
+            *await add_many(transport, stream, 3),
+            await asyncio.to_thread(transport.stream_add_blocking, stream, {"data": b"t"}, 100),
+        ]
+        ids.append(await transport.stream_add(stream, {"data": b"last"}, 100))
+
+        assert all(re.fullmatch(r"\d+-\d+", entry_id) for entry_id in ids)
+        assert in_order(ids)
+        assert stream_ids(url, stream) == ids
+        assert await transport.stream_create_group(stream, "g", "0")
+        entries = await transport.stream_read(stream, "g", "c", 100, 10)
+        assert [e.id for e in entries] == ids
+        assert [e.deliveries for e in entries] == [1] * len(ids)
+        assert entries[0].fields == {"data": b"a", "extra": b"\x00\xff"}
+        assert [e.fields["data"] for e in entries[1:]] == [b"0", b"1", b"2", b"t", b"last"]
+
+    async def test_a_group_is_created_once_and_makes_its_stream(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "group"
+        assert await transport.stream_create_group(stream, "g", "$") is True
+        assert await transport.stream_create_group(stream, "g", "0") is False  # BUSYGROUP
+        assert stream_ids(url, stream) == []
+        assert await transport.stream_read(stream, "g", "c", 10, 10) == []
+        with pytest.raises(TransportError):
+            await transport.stream_create_group(stream, "other", "not-an-id")
+
+    async def test_a_new_group_starts_where_it_is_told(self, open_transport: Open, ns: str) -> None:
+        transport = await open_transport()
+        stream = ns + "start"
+        first, second = await add_many(transport, stream, 2)
+        assert await transport.stream_create_group(stream, "latest", "$")
+        assert await transport.stream_create_group(stream, "earliest", "0")
+        assert await transport.stream_create_group(stream, "after", first)
+        third = await transport.stream_add(stream, {"data": b"2"}, 100)
+
+        async def read(group: str) -> list[str]:
+            return [e.id for e in await transport.stream_read(stream, group, "c", 10, 10)]
+
+        assert await read("latest") == [third]
+        assert await read("earliest") == [first, second, third]
+        assert await read("after") == [second, third]
+
+    async def test_groups_each_get_every_entry_and_members_share_them(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport, other = await open_transport(), await open_transport()
+        stream = ns + "share"
+        for group in ("billing", "audit"):
+            assert await transport.stream_create_group(stream, group, "$")
+        ids = await add_many(transport, stream, 5)
+
+        taken_by_a = await transport.stream_read(stream, "billing", "a", 2, 10)
+        taken_by_b = await other.stream_read(stream, "billing", "b", 10, 10)
+        assert [e.id for e in taken_by_a] == ids[:2]
+        assert [e.id for e in taken_by_b] == ids[2:]
+        assert await transport.stream_read(stream, "billing", "a", 10, 10) == []
+        assert [e.id for e in await other.stream_read(stream, "audit", "c", 10, 10)] == ids
+
+    async def test_a_waiting_read_gets_an_entry_added_meanwhile(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        reader, writer = await open_transport(), await open_transport()
+        stream = ns + "wait"
+        assert await reader.stream_create_group(stream, "g", "$")
+        waiting = asyncio.ensure_future(reader.stream_read(stream, "g", "c", 10, 10_000))
+        await asyncio.sleep(QUIET)  # most likely waiting by now; if not, it reads at once
+        entry_id = await writer.stream_add(stream, {"data": b"late"}, 100)
+        (entry,) = await asyncio.wait_for(waiting, 10)
+        assert (entry.id, entry.fields, entry.deliveries) == (entry_id, {"data": b"late"}, 1)
+
+    async def test_a_missing_group_is_a_transport_error(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "nogroup"
+        (entry_id,) = await add_many(transport, stream, 1)
+        for missing_stream in (stream, ns + "no-such-stream"):
+            with pytest.raises(TransportError, match="NOGROUP"):
+                await transport.stream_read(missing_stream, "g", "c", 1, 10)
+            with pytest.raises(TransportError, match="NOGROUP"):
+                await transport.stream_claim(missing_stream, "g", "c", [entry_id])
+            with pytest.raises(TransportError, match="NOGROUP"):
+                await transport.stream_autoclaim(missing_stream, "g", "c", 0, 10)
+            assert await transport.stream_ack(missing_stream, "g", [entry_id]) == 0
+
+    async def test_an_ack_counts_the_entries_that_were_pending(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "ack"
+        assert await transport.stream_create_group(stream, "g", "$")
+        ids = await add_many(transport, stream, 4)
+        await transport.stream_read(stream, "g", "c", 3, 10)  # ids[3] stays unread
+
+        assert await transport.stream_ack(stream, "g", [ids[0], ids[1], "1-1"]) == 2
+        assert await transport.stream_ack(stream, "g", [ids[0]]) == 0
+        assert await transport.stream_ack(stream, "g", [ids[3]]) == 0  # never handed out
+        assert await transport.stream_ack(stream, "g", [ids[2], ids[2]]) == 1
+        assert await transport.stream_ack(stream, "g", []) == 0
+
+    async def test_a_claim_moves_entries_and_counts_deliveries(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "claim"
+        assert await transport.stream_create_group(stream, "g", "$")
+        ids = await add_many(transport, stream, 3)
+        await transport.stream_read(stream, "g", "a", 10, 10)
+
+        claimed = await transport.stream_claim(stream, "g", "b", [ids[2], ids[0]])
+        assert [(e.id, e.fields, e.deliveries) for e in claimed] == [
+            (ids[2], {"data": b"2"}, 2),
+            (ids[0], {"data": b"0"}, 2),
+        ]
+        # A touch (JUSTID) returns nothing and leaves the count alone.
+        assert await transport.stream_claim(stream, "g", "a", [ids[0]], touch=True) == []
+        (again,) = await transport.stream_claim(stream, "g", "b", [ids[0]])
+        assert again.deliveries == 3
+        # Acknowledged or unknown entries are not pending: nothing to claim.
+        assert await transport.stream_ack(stream, "g", [ids[1]]) == 1
+        assert await transport.stream_claim(stream, "g", "b", [ids[1], "1-1"]) == []
+        assert await transport.stream_claim(stream, "g", "b", [ids[1]], touch=True) == []
+        assert await transport.stream_claim(stream, "g", "b", []) == []
+        assert await transport.stream_claim(stream, "g", "b", [], touch=True) == []
+        assert await transport.stream_ack(stream, "g", ids) == 2  # still pending: 0 and 2
+
+    async def test_autoclaim_takes_entries_idle_long_enough(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "autoclaim"
+        assert await transport.stream_create_group(stream, "g", "$")
+        ids = await add_many(transport, stream, 3)
+        await transport.stream_read(stream, "g", "dead", 10, 10)
+
+        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10) == []
+        first = await transport.stream_autoclaim(stream, "g", "b", 0, 2)
+        assert [(e.id, e.fields["data"], e.deliveries) for e in first] == [
+            (ids[0], b"0", 2),
+            (ids[1], b"1", 2),
+        ]
+        everything = await transport.stream_autoclaim(stream, "g", "c", 0, 10)
+        assert [(e.id, e.deliveries) for e in everything] == [
+            (ids[0], 3),
+            (ids[1], 3),
+            (ids[2], 2),
+        ]
+
+    async def test_claims_drop_pending_entries_trimmed_away(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "trimmed"
+        assert await transport.stream_create_group(stream, "g", "$")
+        old = await add_many(transport, stream, 2 * NODE)
+        assert len(await transport.stream_read(stream, "g", "dead", 10 * NODE, 10)) == 2 * NODE
+        await asyncio.sleep(0.3)
+        await transport.stream_add(stream, {"data": b"new"}, 10_000, max_age_ms=100)
+        kept = set(stream_ids(url, stream))
+        gone = [entry_id for entry_id in old if entry_id not in kept]
+        still = [entry_id for entry_id in old if entry_id in kept]
+        assert gone
+
+        # Redis drops a deleted entry from the pending list as soon as a claim meets it,
+        # idle or not: it is neither returned nor pending any more.
+        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10 * NODE) == []
+        assert await transport.stream_claim(stream, "g", "b", gone[:3]) == []
+        assert await transport.stream_ack(stream, "g", gone) == 0
+        taken = await transport.stream_autoclaim(stream, "g", "b", 0, 10 * NODE)
+        assert [e.id for e in taken] == still
+        assert await transport.stream_ack(stream, "g", still) == len(still)
+
+    async def test_trimming_by_length_keeps_about_the_last_entries(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        count = 2 * NODE + 50
+
+        def add_from_a_thread(stream: str) -> list[str]:
+            return [
+                transport.stream_add_blocking(stream, {"data": str(n).encode()}, 10)
+                for n in range(count)
+            ]
+
+        async def add_from_the_loop(stream: str) -> list[str]:
+            return [
+                await transport.stream_add(stream, {"data": str(n).encode()}, 10)
+                for n in range(count)
+            ]
+
+        for stream, ids in (
+            (ns + "len", await add_from_the_loop(ns + "len")),
+            (ns + "len-blocking", await asyncio.to_thread(add_from_a_thread, ns + "len-blocking")),
+        ):
+            kept = stream_ids(url, stream)
+            assert 10 <= len(kept) <= 10 + NODE
+            assert kept == ids[-len(kept) :]
+
+    async def test_trimming_by_age_drops_old_entries_and_keeps_young_ones(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "age"
+        old = await add_many(transport, stream, 2 * NODE)
+        await asyncio.sleep(0.3)  # every entry is older than 100 ms now
+        newest = await transport.stream_add(stream, {"data": b"new"}, 10_000, max_age_ms=100)
+        kept = stream_ids(url, stream)
+        assert kept[-1] == newest
+        assert len(kept) <= 1 + NODE
+        assert kept[:-1] == old[len(old) - len(kept) + 1 :]
+
+        # Young entries stay; and from another thread, it trims alike.
+        young = await add_many(transport, stream, 5, max_age_ms=60_000)
+        assert stream_ids(url, stream)[-6:] == [newest, *young]
+        await asyncio.sleep(0.3)
+        last = await asyncio.to_thread(
+            lambda: transport.stream_add_blocking(stream, {"data": b"z"}, 10_000, max_age_ms=100)
+        )
+        kept = stream_ids(url, stream)
+        assert kept[-1] == last
+        assert len(kept) <= 1 + NODE
+
+    async def test_both_bounds_apply_together(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "both"
+        ids = await add_many(transport, stream, 3 * NODE, max_age_ms=3_600_000)
+        for _ in range(2 * NODE):
+            ids.append(await transport.stream_add(stream, {"data": b"x"}, 10, max_age_ms=3_600_000))
+        kept = stream_ids(url, stream)
+        assert 10 <= len(kept) <= 10 + NODE
+        assert kept == ids[-len(kept) :]
+
+    async def test_stream_commands_on_a_closed_transport_fail(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "closed"
+        assert await transport.stream_create_group(stream, "g", "$")
+        (entry_id,) = await add_many(transport, stream, 1)
+        await transport.close()
+        attempts: list[Callable[[], Awaitable[object]]] = [
+            lambda: transport.stream_add(stream, {"data": b"x"}, 10),
+            lambda: transport.stream_create_group(stream, "h", "$"),
+            lambda: transport.stream_read(stream, "g", "c", 1, 10),
+            lambda: transport.stream_ack(stream, "g", [entry_id]),
+            lambda: transport.stream_claim(stream, "g", "c", [entry_id]),
+            lambda: transport.stream_claim(stream, "g", "c", [entry_id], touch=True),
+            lambda: transport.stream_autoclaim(stream, "g", "c", 0, 1),
+        ]
+        for attempt in attempts:
+            with pytest.raises(TransportError):
+                await attempt()
