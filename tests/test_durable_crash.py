@@ -29,7 +29,7 @@ import redis
 
 from _helpers import ServiceProcess, unique_name, wait_for
 from daebus import broadcast, protocol
-from daebus.runtime.durable import PREFETCH
+from daebus.runtime.consumer import PREFETCH
 
 pytestmark = pytest.mark.timeout(180)
 
