@@ -90,14 +90,22 @@ class ServerStartError(RuntimeError):
 class RedisServer:
     """A throwaway Redis-compatible server process bound to 127.0.0.1 on a free port.
 
-    Persistence is off and all files (the log included) live in a private temp directory.
-    The port is chosen at the first `start()` and kept by `restart()`, so clients holding
-    the URL can reconnect to the "same" server after a crash or a restart. With a
-    `password` the server requires it (``requirepass``) and `url` carries it.
+    All files (the log included) live in a private temp directory. Persistence is off
+    unless `persistent`: then every write goes to the append-only file before it is
+    answered (``appendfsync always``), so what the server acknowledged survives a kill
+    and a restart. The port is chosen at the first `start()` and kept by `restart()`, so
+    clients holding the URL can reconnect to the "same" server after a crash or a
+    restart. With a `password` the server requires it (``requirepass``) and `url`
+    carries it.
     """
 
     def __init__(
-        self, binary: Path | None = None, *, port: int | None = None, password: str | None = None
+        self,
+        binary: Path | None = None,
+        *,
+        port: int | None = None,
+        password: str | None = None,
+        persistent: bool = False,
     ) -> None:
         found = binary or find_server_binary()
         if found is None:
@@ -111,6 +119,7 @@ class RedisServer:
         self._log: IO[bytes] | None = None
         #: The password the server requires from its next start on (None: none).
         self.password = password
+        self.persistent = persistent
 
     @property
     def port(self) -> int:
@@ -271,7 +280,8 @@ class RedisServer:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            *(["--appendfsync", "always"] if self.persistent else []),
             "--dir",
             str(self._dir),
             "--daemonize",
