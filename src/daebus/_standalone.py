@@ -58,6 +58,12 @@ class StandalonePublisher:
         """Publish a batch in one round trip; return each receiver count."""
         return self.transport.publish_many_blocking(messages)
 
+    def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+    ) -> str:
+        """Append to a stream (a durable send); return the entry's id."""
+        return self.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+
     def is_stale(self) -> bool:
         """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
         transport = self.transport

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from . import encoding, protocol
 from ._standalone import standalone_publisher
@@ -218,38 +219,41 @@ class PubSubBroadcast:
         *,
         durable: bool = False,
         maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
+        max_age: float | None = None,
     ) -> Any:
         """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
 
         With ``durable=True`` it is appended to the channel's stream instead, for the
-        durable listeners of ``channel`` (see docs/durable.md), which keeps about its
-        last ``maxlen`` messages; returns the message's id (a future of it on the
-        service's loop).
+        durable listeners of ``channel`` (see docs/durable.md); returns the message's id
+        (a future of it on the service's loop). The stream keeps about its last
+        ``maxlen`` messages and, with ``max_age``, none much older than that many
+        seconds (by the server's clock): both are trimmed as messages are added.
 
         Raises:
-            ValueError: ``channel`` is empty or not a string.
+            ValueError: ``channel`` is empty or not a string; ``maxlen`` or ``max_age``
+                is not a positive number, or ``max_age`` is given without ``durable``.
             SerializationError: ``payload`` cannot be encoded.
         """
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty string")
+        max_age_ms = _retention_ms(max_age, durable)
         data = encoding.dumps(payload)
         if durable:
-            return self._append(channel, data, maxlen)
+            return self._append(channel, data, maxlen, max_age_ms)
         # The count or a future of it, as the Publisher protocol says.
         receivers: Receivers = self._publisher().publish(channel, data)
         return receivers
 
-    def _append(self, channel: str, data: bytes, maxlen: int) -> Any:
-        if not isinstance(maxlen, int) or maxlen < 1:
+    def _append(self, channel: str, data: bytes, maxlen: int, max_age_ms: int | None) -> Any:
+        if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
         stream = protocol.stream_key(channel)
         fields = {protocol.STREAM_DATA_FIELD: data}
         if self._client is not None:
-            added = self._client.xadd(stream, fields, maxlen=maxlen, approximate=True)  # type: ignore[union-attr,arg-type]
-            return added.decode() if isinstance(added, bytes) else added
-        if self._app is not None:
-            return self._app._stream_add(stream, fields, maxlen)
-        return standalone_publisher().transport.stream_add_blocking(stream, fields, maxlen)
+            return _append_with_client(self._client, stream, fields, maxlen, max_age_ms)
+        # Both publishers have stream_add: the runtime's, or the one outside any app.
+        publisher = self._app._publisher() if self._app is not None else standalone_publisher()
+        return cast("_StreamPublisher", publisher).stream_add(stream, fields, maxlen, max_age_ms)
 
     def send_many(
         self,
@@ -257,15 +261,18 @@ class PubSubBroadcast:
         *,
         durable: bool = False,
         maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
+        max_age: float | None = None,
     ) -> Any:
         """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts.
 
         With ``durable=True`` each is appended to its channel's stream (see
-        :meth:`send`) and their ids are returned instead.
+        :meth:`send`, which ``maxlen`` and ``max_age`` are for) and their ids are
+        returned instead.
         """
+        _retention_ms(max_age, durable)  # refused before anything is sent
         if durable:
             ids = [
-                self.send(channel, payload, durable=True, maxlen=maxlen)
+                self.send(channel, payload, durable=True, maxlen=maxlen, max_age=max_age)
                 for channel, payload in messages
             ]
             if ids and asyncio.isfuture(ids[0]):
@@ -283,6 +290,43 @@ class PubSubBroadcast:
 
     def __repr__(self) -> str:
         return f"<PubSubBroadcast app={self._app!r}>"
+
+
+class _StreamPublisher(Protocol):
+    def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+    ) -> Any: ...
+
+
+def _retention_ms(max_age: Any, durable: bool) -> int | None:
+    """``max_age`` (seconds) in whole ms, at least 1; None for no age limit."""
+    if max_age is None:
+        return None
+    if (
+        not isinstance(max_age, int | float)
+        or isinstance(max_age, bool)
+        or not math.isfinite(max_age)
+        or max_age <= 0
+    ):
+        raise ValueError(f"max_age must be a positive number of seconds, got {max_age!r}")
+    if not durable:
+        raise ValueError("max_age applies to durable messages: pass durable=True")
+    return max(1, math.ceil(max_age * 1000))
+
+
+def _append_with_client(
+    client: Any, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+) -> str:
+    """``XADD`` with a redis-py client; for an age, ``XTRIM MINID`` from the new id.
+
+    The new id is the server's time: trimming from it needs no clock of ours.
+    """
+    added = client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+    entry_id: str = added.decode() if isinstance(added, bytes) else added
+    if max_age_ms is not None:
+        added_ms = int(entry_id.partition("-")[0])
+        client.xtrim(stream, minid=added_ms - max_age_ms, approximate=True)
+    return entry_id
 
 
 def standalone_broadcast() -> PubSubBroadcast:

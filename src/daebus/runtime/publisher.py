@@ -38,6 +38,19 @@ class Publisher:
             return future
         return runtime.transport.publish_blocking(channel, data)
 
+    def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+    ) -> Any:
+        """Append to a stream (a durable send); on the loop a future of the id, elsewhere the id."""
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            future = asyncio.ensure_future(
+                runtime.transport.stream_add(stream, fields, maxlen, max_age_ms=max_age_ms)
+            )
+            future.add_done_callback(functools.partial(_report_failure, runtime.throttle, stream))
+            return future
+        return runtime.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Publish without waiting for the receiver count (a worker's final reply).
 
@@ -75,7 +88,7 @@ class Publisher:
         )
 
 
-def _report_failure(throttle: LogThrottle, channel: str, future: asyncio.Future[int]) -> None:
+def _report_failure(throttle: LogThrottle, channel: str, future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         _log_if_failed(throttle, channel, future.exception())
 
