@@ -25,7 +25,7 @@ from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from ..transport import Delivery, Subscription, Transport, _shared
 from . import _messages
 
-__all__ = ["AsyncDaebusCaller", "ReplySink"]
+__all__ = ["AsyncDaebusCaller", "ReplySink", "durable_ttl"]
 
 #: Where a request's replies go: each reply, or the error that ends the wait for them.
 ReplySink = Callable[[protocol.Reply | BaseException], None]
@@ -224,7 +224,7 @@ class AsyncDaebusCaller:
         return _messages.server_silent(self.target_service, action, timeout, where)
 
     async def _exchange(
-        self, action: str, payload: Any, timeout: float | None
+        self, action: str, payload: Any, timeout: float | None, ttl: float | None = None
     ) -> AsyncGenerator[protocol.Reply, None]:
         # Use with contextlib.aclosing, so that the finally clauses run on exit.
         service = self.target_service
@@ -246,12 +246,23 @@ class AsyncDaebusCaller:
                         assert transport is not None
                         if not transport.receiving:  # a reply sent now would be missed
                             await transport.until_receiving()
-                        count = await transport.publish(protocol.service_channel(service), data)
+                        if ttl is None:
+                            channel = protocol.service_channel(service)
+                            count = await transport.publish(channel, data)
+                        else:
+                            await transport.stream_add(
+                                protocol.request_stream_key(service),
+                                _messages.durable_entry(data, ttl or wait),
+                                protocol.DEFAULT_STREAM_MAXLEN,
+                            )
+                            count = 1  # left on the stream for an instance to take
                         if count:
                             reply = await replies.get()
                 except asyncio.TimeoutError:
                     if count is None:
                         raise self._server_silent(action, wait) from None
+                    if ttl is not None:
+                        raise _messages.durable_timed_out(service, action, wait) from None
                     raise _messages.timed_out(service, action, wait) from None
                 if count == 0:
                     raise _messages.unavailable(service, action)
@@ -278,12 +289,20 @@ class AsyncDaebusCaller:
         payload: Any = None,
         timeout: float | None = None,
         on_progress: Callable[[Any], Any] | None = None,
+        *,
+        durable: bool = False,
+        ttl: float | None = None,
     ) -> Any:
         """Call ``action`` and return the final reply's payload.
 
         ``on_progress`` gets the payload of each streamed part (it may be async).
         ``timeout`` bounds the call: connecting, sending and the first reply, then each
         next part of a streamed reply; None or 0 means the caller's default.
+
+        ``durable=True`` leaves the request on the service's request stream rather than
+        publishing it: it waits there while no instance of the service runs, is run
+        once by one of them (again by another if that one dies), and is dropped unrun
+        once ``ttl`` seconds (by default the timeout) have passed. See docs/durable.md.
 
         Raises:
             RemoteError: the service answered with an error.
@@ -295,7 +314,8 @@ class AsyncDaebusCaller:
         """
         if payload is None:
             payload = {}
-        async with contextlib.aclosing(self._exchange(action, payload, timeout)) as replies:
+        exchange = self._exchange(action, payload, timeout, durable_ttl(durable, ttl))
+        async with contextlib.aclosing(exchange) as replies:
             async for reply in replies:
                 if not reply.final:
                     if on_progress is not None:
@@ -312,10 +332,20 @@ class AsyncDaebusCaller:
         raise AssertionError("unreachable: the exchange ends with a final reply")
 
     async def stream(
-        self, action: str, payload: Any = None, timeout: float | None = None
+        self,
+        action: str,
+        payload: Any = None,
+        timeout: float | None = None,
+        *,
+        durable: bool = False,
+        ttl: float | None = None,
     ) -> AsyncIterator[Any]:
-        """Call ``action`` and yield each part of the reply, the final one last."""
-        exchange = self._exchange(action, {} if payload is None else payload, timeout)
+        """Call ``action`` and yield each part of the reply, the final one last.
+
+        ``durable`` and ``ttl``: as for :meth:`send_request`.
+        """
+        payload = {} if payload is None else payload
+        exchange = self._exchange(action, payload, timeout, durable_ttl(durable, ttl))
         async with contextlib.aclosing(exchange) as replies:
             async for reply in replies:
                 if reply.final and reply.is_error:
@@ -360,3 +390,16 @@ class AsyncDaebusCaller:
                 yield
         except asyncio.TimeoutError:
             raise self._server_silent(what, self.timeout) from None
+
+
+def durable_ttl(durable: bool, ttl: float | None) -> float | None:
+    """None for a request published; else how long a durable one may wait (0: the timeout)."""
+    if not durable:
+        if ttl is not None:
+            raise ValueError("ttl= is for durable requests: add durable=True")
+        return None
+    if ttl is None:
+        return 0.0
+    if not ttl > 0:
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    return float(ttl)

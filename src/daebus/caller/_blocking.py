@@ -20,7 +20,7 @@ from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from ..transport import Transport
 from ..transport._url import redact_url
 from . import _messages
-from ._async import AsyncDaebusCaller
+from ._async import AsyncDaebusCaller, durable_ttl
 from ._reply_paths import OwnConnection, RoutedByPortal, bounded, time_left
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class DaebusCaller:
         self.close()
 
     def _start(
-        self, action: str, payload: Any, timeout: float | None
+        self, action: str, payload: Any, timeout: float | None, ttl: float | None = None
     ) -> tuple[OwnConnection | RoutedByPortal, bool]:
         """Publish a request; return the call, and ``alone``.
 
@@ -171,7 +171,7 @@ class DaebusCaller:
             if call is None:
                 call = RoutedByPortal(core)
             payload = {} if payload is None else payload
-            call.start(transport, action, payload, wait, deadline_at, publish_wait)
+            call.start(transport, action, payload, wait, deadline_at, publish_wait, ttl)
             return call, alone
         except BaseException:
             self._finish(call, alone)
@@ -229,12 +229,20 @@ class DaebusCaller:
         payload: Any = None,
         timeout: float | None = None,
         on_progress: Callable[[Any], Any] | None = None,
+        *,
+        durable: bool = False,
+        ttl: float | None = None,
     ) -> Any:
         """Call ``action`` and return the final reply's payload.
 
         ``on_progress`` gets the payload of each streamed part, in this thread.
         ``timeout`` bounds the call: connecting, sending and the first reply, then each
         next part of a streamed reply; None or 0 means the caller's default.
+
+        ``durable=True`` leaves the request on the service's request stream rather than
+        publishing it: it waits there while no instance of the service runs, is run
+        once by one of them (again by another if that one dies), and is dropped unrun
+        once ``ttl`` seconds (by default the timeout) have passed. See docs/durable.md.
 
         Raises:
             RemoteError: the service answered with an error (``str(e)`` is its message).
@@ -244,7 +252,7 @@ class DaebusCaller:
             ConnectionLostError: the connection dropped while the call waited.
             TransportError: the server cannot be reached or did not answer in time.
         """
-        call, alone = self._start(action, payload, timeout)
+        call, alone = self._start(action, payload, timeout, durable_ttl(durable, ttl))
         try:
             reply = call.next_reply()
             while not reply.final:
@@ -261,10 +269,19 @@ class DaebusCaller:
         return reply.payload
 
     def stream(
-        self, action: str, payload: Any = None, timeout: float | None = None
+        self,
+        action: str,
+        payload: Any = None,
+        timeout: float | None = None,
+        *,
+        durable: bool = False,
+        ttl: float | None = None,
     ) -> Iterator[Any]:
-        """Call ``action`` and yield each part of the reply, the final one last."""
-        call, alone = self._start(action, payload, timeout)
+        """Call ``action`` and yield each part of the reply, the final one last.
+
+        ``durable`` and ``ttl``: as for :meth:`send_request`.
+        """
+        call, alone = self._start(action, payload, timeout, durable_ttl(durable, ttl))
         try:
             while True:
                 reply = call.next_reply()

@@ -7,6 +7,7 @@ send the same bytes and fail with the same words.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, NoReturn
 
 from .. import protocol
@@ -23,6 +24,8 @@ from ..exceptions import (
 __all__ = [
     "connection_lost",
     "decode_reply",
+    "durable_entry",
+    "durable_timed_out",
     "encode_request",
     "fail_with",
     "log_reply",
@@ -83,6 +86,28 @@ def unavailable(service: str, action: str) -> ServiceUnavailableError:
 def timed_out(service: str, action: str, timeout: float) -> CallTimeoutError:
     """No reply (or next part) in time."""
     return CallTimeoutError(f"Request to {service}.{action} timed out after {timeout}s")
+
+
+def durable_timed_out(service: str, action: str, timeout: float) -> CallTimeoutError:
+    """No reply in time to a request left on the service's request stream."""
+    return CallTimeoutError(
+        f"Durable request to {service}.{action} timed out after {timeout}s: no instance "
+        f"of {service!r} answered it in time (one that reads it after its deadline drops "
+        "it unrun; services on daebus 0.0.31 do not read durable requests)"
+    )
+
+
+def durable_entry(data: bytes, ttl: float) -> dict[str, bytes]:
+    """A durable request's stream entry: the request, and when its caller stops waiting.
+
+    The deadline is read on the clock of the instance that takes the request: clocks
+    apart by more than a request's ``ttl`` make it run late, or not at all.
+    """
+    deadline_ms = int((time.time() + ttl) * 1000)
+    return {
+        protocol.STREAM_DATA_FIELD: data,
+        protocol.STREAM_DEADLINE_FIELD: str(deadline_ms).encode(),
+    }
 
 
 def server_silent(service: str, action: str, timeout: float, where: str) -> TransportError:

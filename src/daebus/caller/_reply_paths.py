@@ -30,7 +30,7 @@ from ..transport import ChannelReader, Transport
 from . import _messages
 from ._async import AsyncDaebusCaller
 
-__all__ = ["OwnConnection", "RoutedByPortal", "bounded", "time_left"]
+__all__ = ["OwnConnection", "RoutedByPortal", "bounded", "send_durable", "time_left"]
 
 
 def time_left(deadline_at: float) -> float:
@@ -59,6 +59,7 @@ class OwnConnection:
     __slots__ = (
         "_action",
         "_core",
+        "_durable",
         "_first_deadline",
         "_service_channel",
         "_wait",
@@ -72,6 +73,7 @@ class OwnConnection:
         self._service_channel = protocol.service_channel(core.target_service)
         self.request_id = ""
         self._action = ""
+        self._durable = False
         self._wait = 0.0
         self._first_deadline: float | None = None
 
@@ -83,16 +85,19 @@ class OwnConnection:
         wait: float,
         deadline_at: float,
         publish_wait: float,
+        ttl: float | None = None,
     ) -> None:
         """Publish a request; ServiceUnavailableError if it reached no one.
 
         Its first reply is awaited until ``deadline_at``, each later part of a streamed
-        reply for ``wait`` again.
+        reply for ``wait`` again. With a ``ttl`` the request is durable: it goes on the
+        service's request stream instead (see :func:`send_durable`).
         """
         core, lane = self._core, self.lane
         self.request_id = request_id = protocol.new_request_id()
         self._action = action
         self._wait = wait
+        self._durable = ttl is not None
         self._first_deadline = deadline_at
         data = _messages.encode_request(
             core.target_service, action, payload, lane.channel, request_id, core.max_message_size
@@ -100,7 +105,9 @@ class OwnConnection:
         lane.open(publish_wait)
         # Its replies come on the lane: the entry only shows the request is in flight.
         core.pending[request_id] = _read_on_the_lane
-        if transport.publish_blocking(self._service_channel, data, publish_wait) == 0:
+        if ttl is not None:
+            send_durable(transport, core.target_service, data, ttl or wait)
+        elif transport.publish_blocking(self._service_channel, data, publish_wait) == 0:
             raise _messages.unavailable(core.target_service, action)
 
     def next_reply(self) -> protocol.Reply:
@@ -131,7 +138,7 @@ class OwnConnection:
                 # A late reply to an earlier request that timed out.
                 core.logger.debug("ignored a reply for unknown request %r", reply.request_id)
             remaining = deadline_at - time.monotonic()
-        raise _messages.timed_out(core.target_service, self._action, self._wait)
+        raise _timed_out(core.target_service, self._action, self._wait, self._durable)
 
     def close(self) -> None:
         """Close the connection (it opens again if used)."""
@@ -154,15 +161,18 @@ class RoutedByPortal:
         wait: float,
         deadline_at: float,
         publish_wait: float,
+        ttl: float | None = None,
     ) -> None:
         """Publish the request: from this thread if it is the only call, else by the portal.
 
         Its first reply is awaited until ``deadline_at``, each later part of a streamed
-        reply for ``wait`` again.
+        reply for ``wait`` again. With a ``ttl`` the request is durable: this thread puts
+        it on the service's request stream (see :func:`send_durable`).
         """
         core = self._core
         self._action = action
         self._wait = wait
+        self._durable = ttl is not None
         self._first_deadline: float | None = deadline_at
         if not transport.receiving:  # the portal would miss a reply sent now
             get_portal().call(
@@ -175,7 +185,9 @@ class RoutedByPortal:
         data = core.encode_request(action, payload, self.request_id)
         core.pending[self.request_id] = self._replies.put
         channel = protocol.service_channel(core.target_service)
-        if core.in_flight == 1:
+        if ttl is not None:
+            send_durable(transport, core.target_service, data, ttl or wait)
+        elif core.in_flight == 1:
             # Alone: publish from this thread; a hop to the portal's loop would cost
             # more than the round trip.
             if transport.publish_blocking(channel, data, publish_wait) == 0:
@@ -195,7 +207,7 @@ class RoutedByPortal:
         try:
             reply = self._replies.get(timeout=wait)
         except queue.Empty:
-            raise _messages.timed_out(service, action, self._wait) from None
+            raise _timed_out(service, action, self._wait, self._durable) from None
         if isinstance(reply, BaseException):
             if isinstance(reply, _NoReceiverError):
                 raise _messages.unavailable(service, action)
@@ -203,6 +215,21 @@ class RoutedByPortal:
                 raise _messages.connection_lost(service, action, reply) from reply
             raise reply
         return reply
+
+
+def _timed_out(service: str, action: str, wait: float, durable: bool) -> Exception:
+    if durable:
+        return _messages.durable_timed_out(service, action, wait)
+    return _messages.timed_out(service, action, wait)
+
+
+def send_durable(transport: Transport, service: str, data: bytes, ttl: float) -> None:
+    """Put a request on ``service``'s request stream, to be dropped after ``ttl`` seconds."""
+    transport.stream_add_blocking(
+        protocol.request_stream_key(service),
+        _messages.durable_entry(data, ttl),
+        protocol.DEFAULT_STREAM_MAXLEN,
+    )
 
 
 def _read_on_the_lane(reply: protocol.Reply | BaseException) -> None:

@@ -8,6 +8,7 @@ parts, one module each:
 - :mod:`.instances`: the other instances of the service, and which one runs a request;
 - :mod:`.broadcasts`: broadcasts, in listener batches;
 - :mod:`.durable`: durable listeners, consumer groups on streams;
+- :mod:`.durable_requests`: the service's request stream, read as one group;
 - :mod:`.invoke`: calling user code (async, generator, or ``def`` in a worker);
 - :mod:`.jobs`: background jobs and thread tasks;
 - :mod:`.publisher`: publishing from the loop or from threads;
@@ -33,11 +34,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import context, protocol
+from ..exceptions import TransportError
 from ..transport import Delivery, Subscription, Transport
 from ..transport._url import redact_url
 from .admission import Admission
 from .broadcasts import Broadcasts
 from .durable import DurableListeners
+from .durable_requests import RequestConsumer
 from .inbox import LoopInbox
 from .instances import Instances
 from .invoke import Invoker
@@ -80,6 +83,7 @@ class ServiceRuntime:
         self.requests = Requests(self)
         self.broadcasts = Broadcasts(self)
         self.durable = DurableListeners(self)
+        self.request_stream = RequestConsumer(self)
         self.admission.connect(
             start_request=self.requests.start,
             refuse_unrun=self.requests.refuse_unrun,
@@ -105,6 +109,7 @@ class ServiceRuntime:
         for channel in list(app._listeners):
             await self.subscribe_listener(channel)
         await self.durable.refresh()
+        await self._read_request_stream()
         logger.info(
             "service %r listening on %r (%d action(s), %d listener(s)) via %s as instance %s%s",
             self.service,
@@ -124,6 +129,14 @@ class ServiceRuntime:
                 app.start_thread(name)
         for hook in list(app._on_start_handlers):
             await self.run_hook(hook, "start")
+
+    async def _read_request_stream(self) -> None:
+        """Read the durable requests, once the group that holds them exists."""
+        try:
+            await self.request_stream.create_group()
+        except TransportError as exc:  # the consumer tries again as it reads
+            logger.warning("cannot create the group of %r: %s", self.request_stream, exc)
+        self.request_stream.start()
 
     async def _subscribe(self, kind: str, name: str) -> None:
         if (kind, name) in self.subscriptions:
@@ -218,6 +231,8 @@ class ServiceRuntime:
 
         See :mod:`.shutdown`.
         """
+        self.request_stream.stop_reading()
         await self.durable.stop_reading(timeout)
         await shut_down(self, timeout)
         self.durable.close()
+        self.request_stream.close()

@@ -104,7 +104,7 @@ class Requests:
         Anything else gets a task on the loop.
         """
         try:
-            accepted = self._accept(kind, delivery)
+            accepted = self.accept(kind, delivery)
         except Exception:  # a bug of ours must not stop the reader
             logger.exception("could not dispatch a message on %r", shorten(delivery.channel))
             return
@@ -121,7 +121,7 @@ class Requests:
         else:
             self.admission.spawn(self._run_async(name, handler, ctx))
 
-    def _accept(
+    def accept(
         self, kind: str, delivery: Delivery
     ) -> tuple[str, Callable[..., Any], context.MessageContext] | None:
         """Decode and validate a request; refuse (or drop) it and return None if bad.
@@ -289,6 +289,24 @@ class Requests:
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
     ) -> None:
         """An ``async def`` (or async generator) action on the loop; failures are answered."""
+        try:
+            await self.answer(name, handler, ctx)
+        finally:
+            self.admission.task_done()
+
+    async def answer(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        ctx: context.MessageContext,
+        *,
+        redone_elsewhere: bool = False,
+    ) -> None:
+        """Run an action on the loop (a ``def`` one in a worker) and send its reply.
+
+        A failure is answered with an error reply. One cut short by the service's stop
+        is answered so too, unless ``redone_elsewhere``: another instance runs it again.
+        """
         response = ctx.response
         try:
             result = await self.invoke(handler, ctx, (), response)
@@ -312,7 +330,7 @@ class Requests:
                     with contextlib.suppress(TransportError):
                         await count
         except asyncio.CancelledError:
-            if self.admission.stopping and not response.final_sent:
+            if self.admission.stopping and not response.final_sent and not redone_elsewhere:
                 # Abandoned at shutdown: say so rather than leave the caller to time out.
                 self.refuse(
                     response,
@@ -324,8 +342,6 @@ class Requests:
             self._log_failure(name, exc)
             if not response.final_sent:
                 await _settled(self.refuse(response, error_text(exc), log=False))
-        finally:
-            self.admission.task_done()
 
     def _run_sync(
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext

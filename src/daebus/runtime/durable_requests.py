@@ -1,0 +1,129 @@
+"""Durable requests: a service's request stream, read by its instances as one group.
+
+``send_request(action, payload, durable=True)`` appends the request (the same JSON as
+on the service's channel, ``reply_to`` included) to the service's request stream
+(:func:`daebus.protocol.request_stream_key`) instead of publishing it, with the time
+its caller stops waiting (:data:`daebus.protocol.STREAM_DEADLINE_FIELD`). There it
+waits while no instance runs. Every instance of the service reads the stream as a
+member of the group named after the service (created at the stream's start, so that
+requests sent before any instance ever ran are read too): each request is taken by
+one instance, run as a request from the service's channel is, answered on the
+caller's reply channel, and acknowledged once answered.
+
+A request that fails is answered with its error, as on the pub/sub path, and is not
+tried again: its caller has its answer. One held by an instance that died is taken
+by another once it has been idle :data:`MIN_IDLE_TIME` seconds, and run again, unless
+its caller has stopped waiting meanwhile: a request past its deadline is dropped with
+a log line rather than run late. One handed out :data:`MAX_DELIVERIES` times without
+being answered (it kills its instance, say) is answered with an error instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .. import protocol
+from ..pubsub import PubSubRequest, PubSubResponse
+from ..transport import Delivery
+from .consumer import StreamConsumer
+
+if TYPE_CHECKING:
+    from ..transport import StreamEntry
+    from . import ServiceRuntime
+
+__all__ = ["MAX_DELIVERIES", "MIN_IDLE_TIME", "RequestConsumer"]
+
+logger = logging.getLogger("daebus.durable")
+
+#: How long a request held by an instance goes without news before another takes it:
+#: the holder extends its claim every third of this while the request runs.
+MIN_IDLE_TIME = 10.0
+#: How many times a request may be handed out before it is answered with an error.
+MAX_DELIVERIES = 3
+
+
+class RequestConsumer(StreamConsumer):
+    """This instance's member of the group that reads the service's request stream."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        super().__init__(
+            runtime,
+            stream=protocol.request_stream_key(runtime.service),
+            group=runtime.service,
+            start="earliest",
+            min_idle_time=MIN_IDLE_TIME,
+            what=f"the durable requests of {runtime.service!r}",
+        )
+        self.requests = runtime.requests
+        self.channel = protocol.service_channel(runtime.service)
+        self._swept = False  # what instances that ran before left has been taken
+
+    def should_reclaim(self) -> bool:
+        """Only while other instances are known: a lone instance has nobody to take from.
+
+        An instance that ran before and died is still known for a while after (until its
+        entry in the record expires), and its first sweep at start takes what any
+        earlier instance left.
+        """
+        return bool(self.runtime.instances.others) or not self._swept
+
+    async def reclaim(self, min_idle_ms: int) -> None:
+        """Take the requests that instances gone left unanswered."""
+        await super().reclaim(min_idle_ms)
+        self._swept = True
+
+    async def handle(self, entry: StreamEntry) -> None:
+        """Run one durable request and answer it, or drop it if its caller is gone."""
+        data = entry.fields.get(protocol.STREAM_DATA_FIELD, b"")
+        late = self._late_by(entry)
+        if late is not None:
+            self.runtime.throttle.log(
+                logging.WARNING,
+                "late durable request",
+                "dropped durable request %s for %r unrun: its caller stopped waiting %.1f s ago",
+                entry.id,
+                self.runtime.service,
+                late,
+            )
+            await self.ack(entry.id)
+            return
+        if entry.deliveries > MAX_DELIVERIES:
+            self._refuse(entry, data)
+            await self.ack(entry.id)
+            return
+        accepted = self.requests.accept("request", Delivery(self.channel, data))
+        if accepted is not None:
+            name, handler, ctx = accepted
+            request = ctx.request
+            assert isinstance(request, PubSubRequest)
+            request.message_id = entry.id
+            request.delivery_count = entry.deliveries
+            await self.requests.answer(name, handler, ctx, redone_elsewhere=True)
+        await self.ack(entry.id)
+
+    @staticmethod
+    def _late_by(entry: StreamEntry) -> float | None:
+        """How many seconds past its deadline a request is; None if not (or none)."""
+        try:
+            deadline = int(entry.fields[protocol.STREAM_DEADLINE_FIELD])
+        except (KeyError, ValueError):
+            return None
+        late = time.time() - deadline / 1000
+        return late if late > 0 else None
+
+    def _refuse(self, entry: StreamEntry, data: bytes) -> None:
+        try:
+            message = protocol.decode_object(data)
+        except protocol.BadMessageError:
+            return
+        fields = ("reply_to", "request_id", "service")
+        request = PubSubRequest({field: message.get(field) for field in fields})
+        if not self.requests.addressable(request, self.channel):
+            return
+        text = (
+            f"durable request {entry.id} was handed out {entry.deliveries} times "
+            "without being answered (does it stop its instance?); it was not run again"
+        )
+        self.requests.refuse(PubSubResponse(self.runtime.publisher, request), text)
