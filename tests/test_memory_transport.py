@@ -186,6 +186,22 @@ async def test_drained_waits_for_the_handlers_awaitables(url: str) -> None:
         await transport.close()
 
 
+# -- streams: what only memory:// does (the shared commands are in the contract suite) ----
+
+
+def test_streams_are_trimmed_exactly_by_length_and_by_age(url: str) -> None:
+    # Redis's ``~`` may keep up to a node (100 entries) more; memory:// keeps none more.
+    streams = broker_for(url).streams
+    ids = [streams.add("s", {"data": str(n).encode()}, 3) for n in range(5)]
+    assert [entry.id for entry in streams.entries("s")] == ids[-3:]
+
+    old = [streams.add("t", {"data": b"old"}, 1000) for _ in range(5)]
+    last_ms = int(old[-1].split("-")[0])
+    wait_for(lambda: int(streams.add("probe", {}, 1).split("-")[0]) > last_ms + 1)
+    young = streams.add("t", {"data": b"young"}, 1000, max_age_ms=1)
+    assert [entry.id for entry in streams.entries("t")] == [young]
+
+
 # -- Redis's glob rules beyond the contract's table (each checked against Valkey's KEYS) --
 
 
