@@ -9,6 +9,7 @@ from .app import Daebus
 from .blueprint import Blueprint
 from .caller import AsyncDaebusCaller, DaebusCaller
 from .context import broadcast, cache, get_daemon, logger, request, response
+from .dead_letters import DeadLetter, DeadLetters, dead_letter_queues
 from .encoding import DaebusJSONEncoder
 from .exceptions import (
     CallError,
@@ -24,6 +25,7 @@ from .exceptions import (
     SetupError,
     TransportError,
 )
+from .health import health_stats, ping, subscriber_counts
 from .pubsub import PubSubBroadcast, PubSubRequest, PubSubResponse
 
 if TYPE_CHECKING:
@@ -72,6 +74,8 @@ __all__ = [
     "DaebusHttp",
     "DaebusJSONEncoder",
     "DaebusWebSocket",
+    "DeadLetter",
+    "DeadLetters",
     "HttpRequest",
     "HttpResponse",
     "MessageTooLargeError",
@@ -89,9 +93,13 @@ __all__ = [
     "__version__",
     "broadcast",
     "cache",
+    "dead_letter_queues",
     "direct_logger",
     "get_daemon",
+    "health_stats",
     "logger",
+    "ping",
     "request",
     "response",
+    "subscriber_counts",
 ]
