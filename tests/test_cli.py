@@ -99,13 +99,16 @@ def test_the_installed_script_runs() -> None:
     assert done.stdout.strip() == f"daebus, version {daebus.__version__}"
 
 
-@pytest.mark.parametrize("command", ["run", "call", "publish", "listen", "demo"])
+@pytest.mark.parametrize(
+    "command",
+    ["run", "call", "publish", "listen", "demo", "stats", "dlq list", "dlq replay", "dlq purge"],
+)
 def test_every_command_has_help_and_redis_url(command: str) -> None:
-    result = invoke(command, "--help")
+    result = invoke(*command.split(), "--help")
     assert result.exit_code == 0
     assert f"Usage: daebus {command}" in result.stdout
     assert "--redis-url" in result.stdout
-    assert command in invoke("--help").stdout
+    assert command.split()[0] in invoke("--help").stdout
 
 
 def test_call_help_imports_neither_the_demo_nor_redis_py() -> None:
@@ -685,6 +688,10 @@ def assert_no_password(text: str) -> None:
         (["listen", "channel.*"], "down", EXIT_FAILURE),
         (["demo"], "wrong password", EXIT_FAILURE),
         (["run", "daebus.demo:shop"], "bad URL", EXIT_FAILURE),
+        (["dlq", "list", "channel"], "wrong password", EXIT_FAILURE),
+        (["dlq", "purge", "channel", "--all", "--yes"], "down", EXIT_FAILURE),
+        (["stats"], "wrong password", EXIT_FAILURE),
+        (["stats"], "down", EXIT_FAILURE),
     ],
 )
 @pytest.mark.parametrize("given", ["--redis-url", "$DAEBUS_REDIS_URL"])

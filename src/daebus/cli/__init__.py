@@ -14,6 +14,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ._dead_letters import dlq
 from ._failures import (
     EXIT_ERROR_REPLY,
     EXIT_FAILURE,
@@ -22,6 +23,7 @@ from ._failures import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
 )
+from ._health import stats
 from ._listen import listen
 from ._messages import call, publish
 from ._options import (
@@ -56,7 +58,7 @@ def cli(ctx: click.Context) -> None:
         ctx.color = False
 
 
-for _command in (run, call, publish, listen, server, demo_command):
+for _command in (run, call, publish, listen, dlq, stats, server, demo_command):
     cli.add_command(_command)
 
 
