@@ -80,16 +80,17 @@ class RedisStreams(Transport):
     ) -> str:
         """:meth:`stream_add` from any thread, on that thread's own blocking connection."""
         connection = self._thread_connection()
+        add = pack(*_add_command(stream, fields, maxlen))
         try:
-            commands = [pack(*_add_command(stream, fields, maxlen))]
-            if max_age_ms is not None:
+            if max_age_ms is None:
+                return bytes(connection.command(add)).decode()
+            now = self._server_clock.now_ms()
+            if now is None:
+                self._server_clock.learn(connection.command(pack("TIME")))
                 now = self._server_clock.now_ms()
-                if now is None:
-                    self._server_clock.learn(connection.command(pack("TIME")))
-                    now = self._server_clock.now_ms()
-                    assert now is not None
-                commands.append(pack("XTRIM", stream, "MINID", "~", now - max_age_ms))
-            replies = connection.pipeline(commands)
+                assert now is not None
+            trim = pack("XTRIM", stream, "MINID", "~", now - max_age_ms)
+            replies = connection.pipeline([add, trim])
         except TransportError as exc:
             raise TransportError(f"XADD to {stream!r} failed: {exc}") from exc
         return _added_id(stream, replies)
