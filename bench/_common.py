@@ -13,6 +13,8 @@ from typing import Any
 ECHO_PAYLOAD = {"text": "hello", "n": 42}
 #: Parts of the streamed reply, before the final one.
 STREAM_PARTS = 100
+#: How long the load-sharing scenario's handlers take (they sleep).
+WORK_SECONDS = 0.005
 
 
 class Tally:

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from _common import Meter, pubsub_of
@@ -50,6 +50,13 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
 BATCHED = {"bare_pipeline", "daebus_send_many"}
 PRIMARY = "daebus_send"
 PRIMARY_BATCH = "daebus_send_many"
+
+
+class Tallies(Protocol):
+    """Listeners that can be asked for their tallies of a run."""
+
+    def query(self, run: str, timeout: float) -> list[dict[str, Any]] | None:
+        """Every listener's tally of ``run``, or None if one did not answer in time."""
 
 
 class _Listeners:
@@ -118,10 +125,15 @@ class _Listeners:
         self.bench.procs.stop(*self.children)
 
 
-def _drain(listeners: _Listeners, run: str, expected: int, bench: Bench) -> list[dict[str, Any]]:
-    """Poll the tallies until complete, stalled or out of time (see the module doc)."""
+def drain(
+    listeners: Tallies, run: str, expected: int, bench: Bench, deadline_s: float | None = None
+) -> list[dict[str, Any]]:
+    """Poll the tallies until complete, stalled or out of time (see the module doc).
+
+    ``deadline_s``: the longest wait, if not the configured ``drain_deadline``.
+    """
     cfg = bench.config
-    deadline = time.monotonic() + cfg.drain_deadline
+    deadline = time.monotonic() + (cfg.drain_deadline if deadline_s is None else deadline_s)
     reports: list[dict[str, Any]] = []
     last_counts: list[int] | None = None
     last_change = time.monotonic()
@@ -217,7 +229,7 @@ def _one_run(bench: Bench, variant: str, listeners: _Listeners, count: int) -> d
     began = publish(run, count)
     ended = time.monotonic()
     publishing = listeners.meter.since(before)
-    reports = _drain(listeners, run, count, bench)
+    reports = drain(listeners, run, count, bench)
     usage = listeners.meter.since(before)
     if not reports:
         reports = [{"count": 0, "out_of_order": 0, "last": None}] * len(listeners.children)

@@ -101,12 +101,19 @@ class Processes:
         self.dir = Path(self._dir.name)
         self._client = redis.Redis.from_url(url)
 
-    def spawn(self, role: str, *args: str) -> Child:
-        log = self.dir / f"{role}-{len(self.children)}.log"
+    def spawn(
+        self, role: str, *args: str, python: str | None = None, script: Path = SERVICES
+    ) -> Child:
+        """Start ``python script role --url URL --ttl TTL args...``.
+
+        By default the bench's own python runs ``bench/_services.py``; another script
+        (run by another virtualenv's python) takes the same first three arguments.
+        """
+        log = self.dir / f"{role}-{len(self.started)}.log"
         env = dict(os.environ, DAEBUS_REDIS_URL=self.url, PYTHONUNBUFFERED="1")
         command = [
-            sys.executable,
-            str(SERVICES),
+            python or sys.executable,
+            str(script),
             role,
             "--url",
             self.url,

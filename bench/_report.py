@@ -175,18 +175,91 @@ def render_idle(result: dict[str, Any]) -> str:
     return head + "\n" + table(headers, rows)
 
 
+def render_durable(result: dict[str, Any], title: str = "6. Durable fan-out") -> str:
+    rows = [
+        [
+            row["label"],
+            row["services"],
+            _num(row["messages"]),
+            _num(row["published_per_s"]),
+            _num(row["delivered_all_per_s"]),
+            " / ".join(_num(rate) for rate in row["delivered_per_s"]),
+            f"{_x(row['ratio'])} {row['versus']}" if row["ratio"] else "-",
+            row["lost"],
+            row["out_of_order"],
+            _num(row["producer_cpu_us"], 1),
+            _num(row["consumer_cpu_us"], 1),
+            _num(row["server_cpu_us"], 1),
+        ]
+        for row in result["rows"]
+    ]
+    head = (
+        f"{title}: each service its own consumer group (delivered/s: in all, then per"
+        " service; ratio: delivered/s in all; CPU us per message of the producer,"
+        " of one consumer, of the server)"
+    )
+    headers = [
+        "variant",
+        "services",
+        "messages",
+        "published/s",
+        "delivered/s",
+        "per service",
+        "vs",
+        "lost",
+        "out of order",
+        "producer",
+        "consumer",
+        "server",
+    ]
+    return head + "\n" + table(headers, rows)
+
+
+def render_faststream(result: dict[str, Any]) -> str:
+    return render_durable(result, "8. Durable fan-out, daebus against FastStream")
+
+
+def render_sharing(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["label"],
+            row["instances"],
+            _num(row["done"]),
+            _num(row["per_s"]),
+            _num(row["ideal_per_s"]),
+            _x(row["ratio"]),
+            "; ".join("/".join(str(n) for n in shares) for shares in row["shares"]),
+            row["lost"] if row["mode"] != "pubsub" else "",
+            len(row["errors"]) or "",
+        ]
+        for row in result["rows"]
+    ]
+    head = (
+        f"7. Load sharing: handlers of {result['work_ms']:.0f} ms, max_workers=1, N instances"
+        f" ({result['callers']} calling threads; ideal: N x one instance's rate;"
+        " shares: per instance, per round)"
+    )
+    headers = ["mode", "instances", "done", "per s", "ideal", "ratio", "shares", "lost", "errors"]
+    return head + "\n" + table(headers, rows)
+
+
 RENDERERS = {
     "latency": render_latency,
     "throughput": render_throughput,
     "fanout": render_fanout,
     "stream": render_stream,
     "idle": render_idle,
+    "durable": render_durable,
+    "sharing": render_sharing,
+    "faststream": render_faststream,
 }
 
 
 def render(name: str, result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{name}: FAILED: {result['error']}"
+    if "skipped" in result:
+        return f"{name}: skipped: {result['skipped']}"
     return RENDERERS[name](result)
 
 
@@ -296,6 +369,43 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     and row["rss_mb"] <= IDLE_RSS_MB,
                 )
             )
+    return out + durable_targets(results)
+
+
+def durable_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Durable fan-out against the bare stream loop; load sharing against one instance."""
+    out = []
+    for services in (1, 4):
+        daebus = _row(results.get("durable"), variant="daebus", services=services)
+        bare = _row(results.get("durable"), variant="bare", services=services)
+        if daebus and bare:
+            out.append(
+                _target(
+                    f"durable fan-out to {services} service(s): delivered/s in all, lost",
+                    f"{daebus['delivered_all_per_s']:,.0f}/s vs"
+                    f" {bare['delivered_all_per_s']:,.0f}/s bare, {daebus['lost']} lost",
+                    daebus["ratio"],
+                    ">= 1.0x, 0 lost",
+                    daebus["ratio"] is not None and daebus["ratio"] >= 1.0 and daebus["lost"] == 0,
+                )
+            )
+    sharing = results.get("sharing")
+    for row in sharing.get("rows", []) if sharing else []:
+        if row["instances"] == 1:
+            continue
+        out.append(
+            _target(
+                f"load sharing, {row['mode']}, {row['instances']} instances: rate",
+                f"{row['per_s']:,.0f}/s vs {row['ideal_per_s']:,.0f}/s ideal,"
+                f" {row['lost']} lost, {len(row['errors'])} errors",
+                row["ratio"],
+                ">= 0.9x N x one instance's",
+                row["ratio"] is not None
+                and row["ratio"] >= 0.9
+                and not row["lost"]
+                and not row["errors"],
+            )
+        )
     return out
 
 

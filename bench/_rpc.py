@@ -177,7 +177,7 @@ def latency(bench: Bench) -> dict[str, Any]:
 
 
 # -- 2. throughput with concurrent callers sharing one caller -------------------------
-def _thread_throughput(
+def thread_throughput(
     call: Callable[[], Any], callers: int, seconds: float, max_calls: int
 ) -> dict[str, Any]:
     counts = [0] * callers
@@ -269,11 +269,9 @@ def throughput(bench: Bench) -> dict[str, Any]:
                     )
                     if key.startswith(("bare", "daebus")):
                         _check(call())
-                        _thread_throughput(call, callers, cfg.throughput_warmup, max_calls)
+                        thread_throughput(call, callers, cfg.throughput_warmup, max_calls)
                         before = meter.snapshot()
-                        result = _thread_throughput(
-                            call, callers, cfg.throughput_seconds, max_calls
-                        )
+                        result = thread_throughput(call, callers, cfg.throughput_seconds, max_calls)
                         result["usage"] = meter.since(before)
                     else:
                         result = asyncio.run(

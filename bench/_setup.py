@@ -30,6 +30,15 @@ class Config:
     drain_deadline: float  # longest wait for listeners to catch up
     drain_stall: float  # counts not growing this long: the rest is lost
     idle_seconds: float
+    durable_rounds: int
+    durable_messages: int  # per run, to each group
+    durable_batch: int  # messages per send_many / pipeline
+    durable_warmup: int
+    sharing_rounds: int
+    sharing_instances: tuple[int, ...]
+    sharing_callers: int  # threads sharing one DaebusCaller
+    sharing_seconds: float  # of calls, per instance count, per round
+    sharing_messages: int  # durable messages per instance, per round
     call_timeout: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,6 +63,15 @@ FULL = Config(
     drain_deadline=60.0,
     drain_stall=3.0,
     idle_seconds=20.0,
+    durable_rounds=2,
+    durable_messages=100_000,
+    durable_batch=1000,
+    durable_warmup=2000,
+    sharing_rounds=2,
+    sharing_instances=(1, 2, 4),
+    sharing_callers=16,
+    sharing_seconds=4.0,
+    sharing_messages=800,
 )
 
 QUICK = Config(
@@ -74,6 +92,15 @@ QUICK = Config(
     drain_deadline=30.0,
     drain_stall=2.0,
     idle_seconds=5.0,
+    durable_rounds=1,
+    durable_messages=20_000,
+    durable_batch=1000,
+    durable_warmup=1000,
+    sharing_rounds=1,
+    sharing_instances=(1, 2, 4),
+    sharing_callers=16,
+    sharing_seconds=2.0,
+    sharing_messages=300,
 )
 
 # Every scenario and every variant, with counts too small for figures that mean
@@ -96,6 +123,15 @@ SMOKE = Config(
     drain_deadline=20.0,
     drain_stall=2.0,
     idle_seconds=1.0,
+    durable_rounds=1,
+    durable_messages=500,
+    durable_batch=200,
+    durable_warmup=50,
+    sharing_rounds=1,
+    sharing_instances=(1, 2),
+    sharing_callers=8,
+    sharing_seconds=0.3,
+    sharing_messages=30,
 )
 
 

@@ -21,10 +21,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import _durable
 import _fanout
 import _idle
 import _report
 import _rpc
+import _sharing
 import hiredis
 import redis
 from _procs import Processes, check_loopback
@@ -40,6 +42,9 @@ SCENARIOS = {
     "fanout": _fanout.fanout,
     "stream": _rpc.stream,
     "idle": _idle.idle,
+    "durable": _durable.durable,
+    "sharing": _sharing.sharing,
+    "faststream": _durable.faststream,
 }
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,7 +102,13 @@ def _machine(url: str, argv: list[str]) -> dict[str, Any]:
         client.close()
     version = info.get("valkey_version") or info.get("redis_version")
     server = f"{info.get('server_name', 'redis')} {version}"
-    dirty = _git("status", "--porcelain", "--", "src")
+    commit = _git("rev-parse", "--short", "HEAD")
+    # PYTHONPATH=DIR/src runs another copy (a snapshot of a commit, say): name it.
+    source = Path(daebus.__file__).resolve().parent.parent
+    if source != REPO / "src":
+        commit += f" (daebus imported from {source})"
+    elif _git("status", "--porcelain", "--", "src") not in ("", "?"):
+        commit += " (src modified)"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", "bench/run.py", *argv]),
@@ -111,8 +122,7 @@ def _machine(url: str, argv: list[str]) -> dict[str, Any]:
         "hiredis_in_use": bool(redis.utils.HIREDIS_AVAILABLE),
         "daebus": daebus.__version__,
         "event_loop": loop_name(),
-        "commit": _git("rev-parse", "--short", "HEAD")
-        + (" (src modified)" if dirty not in ("", "?") else ""),
+        "commit": commit,
         "server": server,
         "url": url,
     }

@@ -24,7 +24,7 @@ import psutil
 import redis
 from _common import ECHO_PAYLOAD
 from _procs import Processes
-from _rpc import _thread_throughput
+from _rpc import thread_throughput
 
 from daebus import DaebusCaller
 from daebus._portal import get_portal
@@ -66,7 +66,7 @@ def one_run(
 ) -> str:
     """Call from ``threads`` threads for ``seconds``; return a line of figures per call.
 
-    The calls are made as in ``run.py``'s throughput scenario (``_rpc._thread_throughput``),
+    The calls are made as in ``run.py``'s throughput scenario (``_rpc.thread_throughput``),
     a warm-up first.
     """
     watched = {name: psutil.Process(pid) for name, pid in processes.items()}
@@ -93,9 +93,9 @@ def one_run(
         )
 
     max_calls = int(seconds * 200_000)
-    _thread_throughput(call, threads, min(1.0, seconds / 2), max_calls)  # warm-up
+    thread_throughput(call, threads, min(1.0, seconds / 2), max_calls)  # warm-up
     before = sample()
-    result = _thread_throughput(call, threads, seconds, max_calls)
+    result = thread_throughput(call, threads, seconds, max_calls)
     after = sample()
     calls, errors = int(result["calls"]), result["errors"]
     failed = f" | {len(errors)} failed calls, first: {errors[0]}" if errors else ""
