@@ -33,8 +33,9 @@ logger = logging.getLogger("daebus.durable")
 
 #: How many entries one consumer holds at once (running, or waiting for another try).
 PREFETCH = 16
-#: The longest wait of one read for new entries, in ms (the transport may cap it).
-_READ_BLOCK_MS = 5000
+#: The longest wait of one read for new entries, in ms (the transport may cap it): a
+#: consumer with nothing to do wakes up this seldom.
+_READ_BLOCK_MS = 30_000
 #: How long a consumer waits before it reads again after a failed read.
 _FAILED_READ_PAUSE = 0.5
 _STARTS = {"latest": "$", "earliest": "0"}
@@ -124,18 +125,22 @@ class StreamConsumer:
                 if not self._group_made:
                     await self.create_group()
                 now = self.loop.time()
+                reclaiming = self.should_reclaim()
                 if now >= next_reclaim and self._room() > 0:
                     next_reclaim = now + reclaim_every
-                    if self.should_reclaim():
+                    if reclaiming:
                         await self.reclaim(min_idle_ms)
+                wait_ms = self._wait_ms()
+                if reclaiming:  # back in time for the next look
+                    wait_ms = max(min(wait_ms, int((next_reclaim - now) * 1000)), 1)
                 if self._room() <= 0:
                     self._freed.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._freed.wait(), self._wait_ms() / 1000)
+                        await asyncio.wait_for(self._freed.wait(), wait_ms / 1000)
                     continue
                 self._take(
                     await self.transport.stream_read(
-                        self.stream, self.group, self.name, self._room(), self._wait_ms()
+                        self.stream, self.group, self.name, self._room(), wait_ms
                     )
                 )
             except TransportError as exc:

@@ -22,7 +22,11 @@ from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
 from .base import StreamEntry, Transport
 
-__all__ = ["RedisStreams"]
+__all__ = ["MAX_READ_BLOCK", "RedisStreams"]
+
+#: The longest a read for new entries waits on the server, in seconds: a consumer with
+#: nothing to do reads this seldom.
+MAX_READ_BLOCK = 30.0
 
 
 class RedisStreams(Transport):
@@ -110,19 +114,30 @@ class RedisStreams(Transport):
     ) -> list[StreamEntry]:
         """``XREADGROUP`` on the connection of ``(stream, group)`` (opened as needed).
 
-        The wait is kept under the connection's silence timeout, past which it would
-        take the server for gone.
+        The wait is at most :data:`MAX_READ_BLOCK` seconds; the connection takes the
+        server for gone only once it has been silent that long and
+        :data:`~._resp.SILENCE_TIMEOUT` more. Cancelled mid-wait, the connection is
+        dropped: the reply it owes would answer the next read.
         """
         reader = self._stream_readers.get((stream, group))
         if reader is None or not reader.is_open:
             if self._closed:
                 raise TransportError(f"{self!r} is closed")
-            reader = self._stream_readers[stream, group] = await open_connection(self._endpoint)
-        block_ms = min(block_ms, int(SILENCE_TIMEOUT * 500))
-        reply = await reader.send(
-            "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
-            "STREAMS", stream, ">",
-        )  # fmt: skip
+            reader = await open_connection(
+                self._endpoint, silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK
+            )
+            self._stream_readers[stream, group] = reader
+        block_ms = min(block_ms, int(MAX_READ_BLOCK * 1000))
+        try:
+            reply = await reader.send(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", stream, ">",
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            if self._stream_readers.get((stream, group)) is reader:
+                del self._stream_readers[stream, group]
+            reader.close()
+            raise
         return entries_of(reply[0][1]) if reply else []
 
     async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
