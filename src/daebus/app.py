@@ -346,15 +346,6 @@ class Daebus(Registry, ThreadTasks):
             runtime.transport.publish_many(messages), runtime.loop
         ).result()
 
-    def _stream_add(self, stream: str, fields: dict[str, bytes], maxlen: int) -> Any:
-        """``broadcast.send(..., durable=True)``: the id, or a future of it on the loop."""
-        runtime = self._runtime
-        if runtime is None:
-            return standalone_publisher().transport.stream_add_blocking(stream, fields, maxlen)
-        if threading.get_ident() == runtime.loop_thread:
-            return asyncio.ensure_future(runtime.transport.stream_add(stream, fields, maxlen))
-        return runtime.transport.stream_add_blocking(stream, fields, maxlen)
-
     # -- running ---------------------------------------------------------------------
     def run(
         self,
