@@ -309,6 +309,11 @@ class Registry:
             return
         if key is not None:
             raise SetupError("key= orders the messages of a durable listener: add durable=True")
+        if ordered and shared:
+            raise SetupError(
+                "ordered=True cannot hold across the instances that share a channel's "
+                "messages (shared=True): use durable=True with ordered=True or key="
+            )
         listener = Listener(func, ordered, shared)
         listeners = self._listeners.get(channel, ())
         if any(known.func == func for known in listeners):

@@ -10,6 +10,10 @@ Each listener of a channel gets each message, in a context (and, with several, a
 task) of its own. An ordered listener (``listen(..., ordered=True)``) takes its
 messages one at a time: those that come while it is busy wait in its
 :class:`Backlog`, counted with the messages waiting for a slot.
+
+A shared listener (``listen(..., shared=True)``) gets only the messages this instance
+wins among those of its service (:mod:`.shared_listeners`): they are claimed as they
+are read, and each one won is queued then, for that listener alone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .admission import QUEUED_OVERHEAD
 from .eager import finish, first_step, start_task
 from .invoke import ASYNC, accepts_arguments, kind_of
 from .requests import preview
+from .shared_listeners import ForListeners, SharedListeners
 
 if TYPE_CHECKING:
     from .._registry import Listener
@@ -79,6 +84,7 @@ class Broadcasts:
         self._backlogs: dict[Listener, Backlog] = {}
         # Whether daebus.flow logs each broadcast: asked once per batch, not per message.
         self._flow_debug = False
+        self.shared = SharedListeners(runtime, self._queue_won)
 
     def on_broadcast(self, delivery: Delivery) -> None:
         """Transport callback for listener channels and patterns: queue it for its batch.
@@ -89,7 +95,27 @@ class Broadcasts:
         ``max_queued_bytes``, listeners have fallen behind: the broadcast is dropped,
         with a warning that counts the drops per channel. Never returns an awaitable:
         the transport keeps reading (see :mod:`daebus.runtime`).
+
+        A message for shared listeners is claimed for them first; only what this
+        instance handles now is queued (see :mod:`.shared_listeners`).
         """
+        if self.shared.counts:
+            sorted_out = self.shared.sort(delivery)
+            if sorted_out is None:
+                return
+            delivery = sorted_out
+        self._queue(delivery)
+
+    def subscribed(self, name: str) -> None:
+        """A listener channel or pattern is subscribed (again): see :mod:`.shared_listeners`."""
+        self.shared.subscribed(name)
+
+    def _queue_won(self, delivery: Delivery) -> None:
+        """A message won for a shared listener: queue it, and handle it as slots allow."""
+        self._queue(delivery)
+        self.start()
+
+    def _queue(self, delivery: Delivery) -> None:
         admission = self.admission
         queue = admission.broadcasts
         queued = admission.bytes + len(delivery.data) + QUEUED_OVERHEAD
@@ -178,7 +204,7 @@ class Broadcasts:
             if found is None:
                 return
             shape, value = found
-            if shape is None:  # several listeners, or an ordered one
+            if shape is None or type(delivery) is ForListeners:  # several, or ordered
                 await self._call_each(delivery, value)
                 return
             listener, kind, takes_channel = shape
@@ -220,7 +246,18 @@ class Broadcasts:
     async def _call_each(self, delivery: Delivery, value: Any) -> None:
         """Call several listeners (or an ordered one): each in a task of its own."""
         key = delivery.pattern if delivery.pattern is not None else delivery.channel
-        calls = self._routes[key][2]  # as _shape_for left it, just now
+        route = self._routes[key]  # as _shape_for left it, just now
+        calls = route[2]
+        if type(delivery) is ForListeners:
+            chosen = [listener.func for listener in delivery.listeners]
+            calls = tuple(
+                call
+                for listener, call in zip(route[0], calls, strict=True)
+                if any(listener.func is func for func in chosen)
+            )
+            if len(calls) == 1 and calls[0][3] is None:
+                await self._call(calls[0], delivery, value, len(route[0]) > 1)
+                return
         if len(calls) == 1:
             await self._call_in_order(calls[0], delivery, value)
             return

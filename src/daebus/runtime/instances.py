@@ -31,6 +31,10 @@ is alone.
 
 A request is known by its bytes: two identical requests within :data:`CLAIM_TTL_MS`
 (only possible for requests without a ``request_id``) run once when instances share.
+
+Shared listeners claim the same way, through :meth:`Instances.take`; how they tell
+identical broadcasts apart, with the sync markers this channel carries too, is
+:mod:`.shared_listeners`'s to say.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ DEFER = 0.005
 # What new_instance_id makes, the host name letters it may take included: an
 # announcement naming anything else is not from an instance (nor logged as one).
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}:[0-9]{1,10}:[0-9a-f]{6}")
+# What Instances.mark puts in a sync marker: one bounded in size is all that is kept.
+_MARK = re.compile(r"[0-9a-f]{1,32}")
 
 
 def new_instance_id() -> str:
@@ -102,15 +108,25 @@ class Instances:
         self.others: set[str] = set()
         # Every instance known, this one too, in one order all of them agree on.
         self._ring = [instance_id]
-        #: Requests this instance claimed and won, and those another instance won.
+        #: Messages (requests, broadcasts) this instance claimed and won, and those
+        #: another instance won.
         self.taken = 0
         self.passed = 0
+        #: True once this instance has begun to leave: it takes no more broadcasts
+        #: for its shared listeners (see :meth:`leave`).
+        self.leaving = False
+        #: How many times the connection carrying the subscriptions was lost.
+        self.disconnects = 0
+        #: Called with ``(name, mark)`` for each sync marker read (this instance's own
+        #: too), and once the subscriptions are back after a lost connection: set by
+        #: :mod:`.shared_listeners`.
+        self.on_sync: Callable[[str, str], None] | None = None
+        self.on_receiving: Callable[[], None] | None = None
         self._enabled = False
         self._uncertain = False  # announcements may have been missed
         # Loop time before which a renewal may not end the uncertainty (see _rejoin).
         self._certain_after = 0.0
         self._rejoining: asyncio.Task[None] | None = None
-        self._disconnects = 0
         self._renewed_at: float | None = None
         # Joins announced while a renewal is under way: newer than what it reads.
         self._recent: list[str] | None = None
@@ -120,6 +136,7 @@ class Instances:
         self._subscription: Subscription | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._claims: set[asyncio.Task[None]] = set()
+        self._markers: set[asyncio.Task[None]] = set()
 
     # -- arriving and leaving --------------------------------------------------------
     async def join(self) -> None:
@@ -161,14 +178,22 @@ class Instances:
                 self.service,
             )
 
+    @property
+    def enabled(self) -> bool:
+        """True while this instance is in the record and reads the announcements."""
+        return self._enabled
+
     async def leave(self) -> None:
         """Remove this instance from the record and announce it (idempotent).
 
         Call it once the service's channels are unsubscribed: the others then claim
-        every request this instance might still have got.
+        every request this instance might still have got. From now on this instance
+        takes no broadcast for a shared listener while others run: they claim each one
+        it might still get, since it stops claiming before it announces its departure.
         """
         if not self._enabled:
             return
+        self.leaving = True
         self._enabled = False
         self.transport.remove_disconnect_handler(self._on_disconnect)
         for task in (self._renewer, self._checking, self._rejoining):
@@ -198,6 +223,26 @@ class Instances:
     def _announcement(self, event: str) -> bytes:
         return encoding.dumps({"event": event, "instance": self.id})
 
+    def mark(self, name: str) -> None:
+        """Publish a sync marker for the listener channel or pattern ``name``.
+
+        Every instance of the service reading ``name`` reads the marker at the same
+        point of that channel's messages (see :mod:`.shared_listeners`). Sent in the
+        background; a marker lost is asked again for by whoever still needs one.
+        """
+        if not self._enabled:
+            return
+        marker = {"event": "sync", "instance": self.id, "name": name, "mark": secrets.token_hex(8)}
+        task = self.loop.create_task(self._publish(encoding.dumps(marker)))
+        self._markers.add(task)
+        task.add_done_callback(self._markers.discard)
+
+    async def _publish(self, data: bytes) -> None:
+        try:
+            await self.transport.publish(self._channel, data)
+        except TransportError as exc:
+            logger.debug("instance %s could not publish a sync marker: %s", self.id, exc)
+
     # -- knowing of the others -------------------------------------------------------
     def _on_announcement(self, delivery: Delivery) -> None:
         try:
@@ -205,6 +250,16 @@ class Instances:
         except protocol.BadMessageError:
             return
         event, who = message.get("event"), message.get("instance")
+        if event == "sync":  # this instance's own markers too
+            name, mark = message.get("name"), message.get("mark")
+            if (
+                self.on_sync is not None
+                and isinstance(name, str)
+                and isinstance(mark, str)
+                and _MARK.fullmatch(mark)
+            ):
+                self.on_sync(name, mark)
+            return
         if (
             not isinstance(who, str)
             or who == self.id
@@ -253,7 +308,7 @@ class Instances:
         self._ring = sorted({*self.others, self.id})
 
     def _on_disconnect(self, _error: TransportError) -> None:
-        self._disconnects += 1
+        self.disconnects += 1
         self._uncertain = True
         self._update()
         if self._rejoining is None or self._rejoining.done():
@@ -269,6 +324,8 @@ class Instances:
         it is alone before every other one has had a renewal's time to do the same.
         """
         await self.transport.until_receiving()
+        if self.on_receiving is not None:
+            self.on_receiving()
         self._certain_after = self.loop.time() + RENEW_EVERY
         await self.renew()
         with contextlib.suppress(TransportError):
@@ -290,7 +347,7 @@ class Instances:
 
     async def _renew(self) -> bool:
         """Renew and read the record once; True if joins came meanwhile (read again)."""
-        disconnects, receiving = self._disconnects, self.transport.receiving
+        disconnects, receiving = self.disconnects, self.transport.receiving
         self._recent = []
         try:
             members = await self.transport.renew_member(self._key, self.id, EXPIRY_MS)
@@ -312,7 +369,7 @@ class Instances:
         was_shared = self.shared
         self._set_others(members)
         self.others.update(recent[: max(0, MAX_INSTANCES - len(self.others))])
-        if receiving and disconnects == self._disconnects and now >= self._certain_after:
+        if receiving and disconnects == self.disconnects and now >= self._certain_after:
             self._uncertain = False
         self._update()
         if self.shared and not was_shared:
@@ -339,12 +396,30 @@ class Instances:
         """Claim a request; ``then(kind, delivery)`` runs it if this instance wins."""
         hashed = hashlib.blake2b(delivery.data, digest_size=16)
         hashed.update(delivery.channel.encode("utf-8", "replace"))
-        digest = hashed.digest()
+        self.take(hashed.digest(), "a request", delivery.channel, then, kind, delivery)
+
+    def take(
+        self,
+        digest: bytes,
+        what: str,
+        channel: str,
+        then: Callable[..., None],
+        *args: Any,
+        unclaimed: bool = False,
+        defer: float = DEFER,
+    ) -> None:
+        """Claim the message known by ``digest``; ``then(*args)`` if this instance wins.
+
+        ``what`` and ``channel`` say what it is in a log line. A claim the server does
+        not answer drops the message, unless ``unclaimed``: then it runs anyway, which
+        may run it twice rather than not at all. An instance not preferred for the
+        message claims it ``defer`` seconds late.
+        """
         ring = self._ring
         preferred = ring[int.from_bytes(digest[:8], "big") % len(ring)]
         key = protocol.claim_key(self.service, digest.hex())
-        delay = 0.0 if preferred == self.id else DEFER
-        task = self.loop.create_task(self._claim(key, delay, kind, delivery, then))
+        delay = 0.0 if preferred == self.id else defer
+        task = self.loop.create_task(self._claim(key, delay, what, channel, unclaimed, then, args))
         self._claims.add(task)
         task.add_done_callback(self._claims.discard)
 
@@ -352,9 +427,11 @@ class Instances:
         self,
         key: str,
         delay: float,
-        kind: str,
-        delivery: Delivery,
-        then: Callable[[str, Delivery], Any],
+        what: str,
+        channel: str,
+        unclaimed: bool,
+        then: Callable[..., Any],
+        args: tuple[Any, ...],
     ) -> None:
         if delay:
             await asyncio.sleep(delay)
@@ -364,13 +441,17 @@ class Instances:
             self.throttle.log(
                 logging.WARNING,
                 "claim",
-                "dropped a request on %r unrun: could not claim it: %s",
-                protocol.shorten(delivery.channel),
+                "%s %s on %r: could not claim it: %s",
+                "ran" if unclaimed else "dropped",
+                f"{what} unclaimed" if unclaimed else f"{what} unrun",
+                protocol.shorten(channel),
                 exc,
             )
+            if unclaimed:
+                then(*args)
             return
         if won:
             self.taken += 1
-            then(kind, delivery)
+            then(*args)
         else:
             self.passed += 1
