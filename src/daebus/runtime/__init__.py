@@ -160,6 +160,7 @@ class ServiceRuntime:
     async def subscribe_listener(self, channel: str) -> None:
         """Start receiving broadcasts for a listener's channel or pattern."""
         await self._subscribe("listener", channel)
+        self.broadcasts.subscribed(channel)
 
     async def unsubscribe_listener(self, channel: str) -> None:
         """Stop receiving ``channel`` unless a listener was added to it meanwhile."""
