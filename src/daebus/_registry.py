@@ -244,7 +244,10 @@ class Registry:
         arrived (for a pattern, all the messages it matches), ``def`` or ``async def``.
         Every instance of the service gets every message, unless ``shared=True``: then
         the service's instances share the channel's messages, each handled by one of
-        them.
+        them (identical messages too, each one); a message may be handled twice right
+        after an instance arrives or reconnects, and one taken by an instance that is
+        killed is lost (``durable=True`` keeps them). ``ordered=True`` cannot hold
+        across instances: it is refused with ``shared=True``.
 
         ``durable=True`` consumes the messages sent with ``broadcast.send(channel,
         data, durable=True)`` instead, from the channel's stream, as the consumer group
