@@ -19,6 +19,7 @@ from daebus import (
     request,
     response,
 )
+from daebus.protocol import request_stream_key
 from daebus.pytest_plugin import ClientFactory
 from daebus.testing import Capture, Message, TestClient, memory_url, run_app
 from daebus.transport.memory import broker_for
@@ -69,6 +70,14 @@ def test_run_app_calls_streams_and_raises_remote_errors() -> None:
         assert caught.value.action == "hello"
         assert client.stream("count", {"to": 3}) == [1, 2, 3, "done"]
         assert client.cache.get("hellos") == "1"
+
+
+def test_durable_calls_go_through_the_request_stream() -> None:
+    with run_app(greeter(), service="greeter") as client:
+        assert client.call("hello", {"name": "Bo"}, durable=True) == {"message": "Hello, Bo!"}
+        assert client.stream("count", {"to": 2}, durable=True) == [1, 2, "done"]
+        streams = broker_for(client.url).streams
+        assert streams.length(request_stream_key("greeter")) == 2
 
 
 def test_publish_returns_once_the_listener_ran() -> None:

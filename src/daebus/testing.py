@@ -287,17 +287,32 @@ class TestClient:
         self.close()
 
     # -- requests --------------------------------------------------------------------
-    def call(self, action: str, payload: Any = None, *, timeout: float | None = None) -> Any:
+    def call(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        durable: bool = False,
+    ) -> Any:
         """Call ``action`` as a caller would; return the final reply's payload.
+
+        ``durable=True`` sends it as a durable request, through the app's request stream.
 
         Raises:
             RemoteError: the app answered with an error (or the handler raised).
             CallTimeoutError: no reply in time.
         """
-        return self._require_caller().send_request(action, payload, timeout=timeout)
+        caller = self._require_caller()
+        return caller.send_request(action, payload, timeout=timeout, durable=durable)
 
     def stream(
-        self, action: str, payload: Any = None, *, timeout: float | None = None
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        timeout: float | None = None,
+        durable: bool = False,
     ) -> list[Any]:
         """Call a streamed ``action``; return every part of the reply, the final one last.
 
@@ -305,7 +320,8 @@ class TestClient:
             RemoteError: the app answered with an error (or the handler raised).
             CallTimeoutError: a part did not come in time.
         """
-        return list(self._require_caller().stream(action, payload, timeout=timeout))
+        caller = self._require_caller()
+        return list(caller.stream(action, payload, timeout=timeout, durable=durable))
 
     def send(self, action: str, payload: Any = None, *, wait: bool = True) -> int:
         """Send a request without ``reply_to``; return the receiver count.
