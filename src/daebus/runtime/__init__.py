@@ -7,6 +7,7 @@ parts, one module each:
 - :mod:`.requests`: requests, from the bytes read to the reply;
 - :mod:`.instances`: the other instances of the service, and which one runs a request;
 - :mod:`.broadcasts`: broadcasts, in listener batches;
+- :mod:`.shared_listeners`: which instance handles a broadcast for a shared listener;
 - :mod:`.durable`: durable listeners, consumer groups on streams;
 - :mod:`.durable_requests`: the service's request stream, read as one group;
 - :mod:`.invoke`: calling user code (async, generator, or ``def`` in a worker);
