@@ -236,5 +236,6 @@ class ServiceRuntime:
         self.request_stream.stop_reading()
         await self.durable.stop_reading(timeout)
         await shut_down(self, timeout)
+        await self.durable.give_up_turns()
         self.durable.close()
         self.request_stream.close()

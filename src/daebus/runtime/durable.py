@@ -94,7 +94,13 @@ class DurableListeners:
         readers = [c.reader for c in consumers if c.reader is not None]
         if readers:
             await asyncio.wait(readers, timeout=timeout)
-        for consumer in consumers:
+
+    async def give_up_turns(self) -> None:
+        """Hand the turns of ordered listeners to other instances, once handlers are done.
+
+        Not before: the next holder starts with what this one left pending.
+        """
+        for consumer in self.consumers.values():
             await consumer.give_up_turn()
 
     def close(self) -> None:
