@@ -193,6 +193,17 @@ def test_call_prints_the_reply_as_json(redis_url: str, service: str) -> None:
     assert result.stderr == ""
 
 
+def test_call_durable_goes_through_the_request_stream(redis_url: str, service: str) -> None:
+    result = invoke("call", service, "echo", '{"n": 1}', "--durable", "--redis-url", redis_url)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"n": 1}
+    nobody = invoke(
+        "call", f"{service}-nobody", "echo", "--durable", "-t", "0.5", "--redis-url", redis_url
+    )
+    assert nobody.exit_code == 4
+    assert "no instance" in nobody.stderr
+
+
 def test_call_payload_defaults_to_an_empty_object(redis_url: str, service: str) -> None:
     result = invoke("call", service, "echo", "--redis-url", redis_url)
     assert result.exit_code == 0, result.output

@@ -39,8 +39,21 @@ __all__ = ["call", "publish"]
     show_default=True,
     help="Seconds to wait for the reply, or for the next part of a streamed reply.",
 )
+@click.option(
+    "--durable",
+    is_flag=True,
+    help="Leave the request on the service's request stream: it waits there for an "
+    "instance until the timeout.",
+)
 @redis_url_option()
-def call(service: str, action: str, payload: str, timeout: float, redis_url: str | None) -> None:
+def call(
+    service: str,
+    action: str,
+    payload: str,
+    timeout: float,
+    durable: bool,
+    redis_url: str | None,
+) -> None:
     """Call ACTION of SERVICE with a JSON payload (default {}; - reads stdin).
 
     Streamed parts are printed as they arrive, then the final reply: one JSON value a
@@ -62,7 +75,7 @@ def call(service: str, action: str, payload: str, timeout: float, redis_url: str
     where = f"{service}.{action}"
     with reported(url), DaebusCaller(service, redis_url=url, timeout=timeout) as caller:
         try:
-            reply = caller.send_request(action, data, on_progress=print_part)
+            reply = caller.send_request(action, data, on_progress=print_part, durable=durable)
         except RemoteError as exc:
             raise ErrorReplyFailure(f"{where} answered with an error: {exc.message}") from exc
         except ServiceUnavailableError as exc:
@@ -70,6 +83,8 @@ def call(service: str, action: str, payload: str, timeout: float, redis_url: str
                 f"no service {service!r} is listening at {redact_url(url)}"
             ) from exc
         except CallTimeoutError as exc:
+            if durable:
+                raise TimeoutFailure(str(exc)) from exc
             raise TimeoutFailure(f"{where}: no reply within {timeout}s") from exc
     click.echo(json_text(reply, pretty=terminal))
 
