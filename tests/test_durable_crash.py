@@ -9,7 +9,8 @@ one in its place. The handler records each message it handles in Redis. What mus
   that instance was killed (read from the group's pending list right after the kill, when
   nobody can have taken it yet), so duplicates are at most PREFETCH per kill;
 - poison messages (the handler always raises on them) end in the group's dead-letter
-  stream with their error, while the others flow.
+  stream with their error, while the others flow; once the handler is fixed,
+  ``daebus dlq replay`` brings them back and each is handled once.
 
 The test prints the counts (messages, duplicates, kills) so that a run can be quoted:
 ``python -m pytest -s tests/test_durable_crash.py``.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import collections
 import json
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from _helpers import ServiceProcess, unique_name, wait_for
+from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from daebus import broadcast, protocol
 from daebus.runtime.consumer import PREFETCH
 
@@ -53,7 +56,7 @@ SERVICE = textwrap.dedent(
 
     @app.listen(channel, durable=True, min_idle_time=float(min_idle_time), retries=2, backoff=0.05)
     def handle(data):
-        if data["poison"]:
+        if data["poison"] and not app.cache.exists(prefix + ":cured"):
             app.cache.hincrby(prefix + ":poison-tries", data["n"], 1)
             raise ValueError(f"poison message {data['n']}")
         # A few ms of work, so that messages are in flight when the instance is killed.
@@ -257,3 +260,27 @@ def test_instances_killed_every_two_seconds_lose_nothing(
     # Tried retries + 1 times (3), more only if an instance died holding it.
     too_often = {n: t for n, t in tries.items() if t > 3 and ids[n] not in in_flight}
     assert not too_often, too_often
+
+    # The handler is fixed; `daebus dlq replay` sends the poison messages back, and
+    # each is handled once (twice if its dead letter was written twice).
+    client.set(f"{prefix}:cured", 1)
+    command = ["dlq", "replay", channel, "--group", group, "--all", "--redis-url", redis_url]
+    replay = subprocess.run(
+        [sys.executable, "-m", "daebus.cli", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+
+    def replayed_handled() -> bool:
+        got = handled()
+        return poison <= got.keys() and client.xpending(stream, group)["pending"] == 0
+
+    wait_for(replayed_handled, timeout=30, interval=0.1, message=state)
+    time.sleep(QUIET)
+    after = handled()
+    assert {n: after[n] for n in poison} == dict(dead_ns), "replayed messages handled"
+    assert {n: c for n, c in after.items() if n not in poison} == counts
+    assert client.xlen(dead) == 0
+    print(f"replayed {sum(dead_ns.values())} dead letters with `daebus dlq replay`: handled once")
