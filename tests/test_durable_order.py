@@ -1,4 +1,5 @@
-"""Durable listeners that keep order: ``ordered=True``, ``key=``, and removing one.
+"""Durable listeners that keep order (``ordered=True``, ``key=``), removing one, and
+how many run at once.
 
 Each test runs on a real server and on the memory transport. Order is checked where it
 is hardest to keep: two instances of the group, handlers that take varying time, a
@@ -204,3 +205,28 @@ def test_key_without_durable_is_refused() -> None:
     app = Daebus("svc")
     with pytest.raises(SetupError, match="durable"):
         app.add_listener("x", print, key="user")
+
+
+def test_durable_handlers_count_against_max_in_flight(where: Apps) -> None:
+    channel = unique_name("jobs")
+    app = Daebus("jobs", max_in_flight=3)
+    running: list[int] = []
+    most = [0]
+    done: list[int] = []
+    lock = threading.Lock()
+
+    @app.listen(channel, durable=True)
+    def work(data: int) -> None:
+        with lock:
+            running.append(data)
+            most[0] = max(most[0], len(running))
+        time.sleep(0.02)
+        with lock:
+            running.remove(data)
+            done.append(data)
+
+    where.start(app)
+    _send_all(where.url, channel, list(range(30)))
+    wait_for(lambda: len(done) >= 30, timeout=30)
+    assert sorted(done) == list(range(30))
+    assert most[0] == 3

@@ -10,7 +10,8 @@ member takes an entry this one is still working on. What is done with an entry i
 subclass's :meth:`StreamConsumer.handle`.
 
 A consumer holds at most :data:`PREFETCH` entries at once (running, or waiting for
-another try). Its read waits on a connection of its own; stopping cancels the wait.
+another try), and takes none while the service handles ``max_in_flight`` messages
+already. Its read waits on a connection of its own; stopping cancels the wait.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ PREFETCH = 16
 #: The longest wait of one read for new entries, in ms (the transport may cap it): a
 #: consumer with nothing to do wakes up this seldom.
 _READ_BLOCK_MS = 30_000
+#: How long a consumer waits before it looks again for a free slot of the service, in ms.
+_FULL_PAUSE_MS = 50
 #: How long a consumer waits before it reads again after a failed read.
 _FAILED_READ_PAUSE = 0.5
 _STARTS = {"latest": "$", "earliest": "0"}
@@ -134,9 +137,7 @@ class StreamConsumer:
                 if reclaiming:  # back in time for the next look
                     wait_ms = max(min(wait_ms, int((next_reclaim - now) * 1000)), 1)
                 if self._room() <= 0:
-                    self._freed.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._freed.wait(), wait_ms / 1000)
+                    await self._wait_for_room(wait_ms)
                     continue
                 self._take(
                     await self.transport.stream_read(
@@ -164,7 +165,23 @@ class StreamConsumer:
         self._take([entry for entry in taken if entry.id not in self.held])
 
     def _room(self) -> int:
-        return PREFETCH - len(self.held)
+        """How many entries to take now: within PREFETCH, and within the service's slots.
+
+        Durable handlers count against ``max_in_flight`` with everything else.
+        """
+        admission = self.runtime.admission
+        running = admission.tasks + admission.jobs_started - admission.jobs_finished
+        return min(PREFETCH - len(self.held), admission.capacity - running)
+
+    async def _wait_for_room(self, wait_ms: int) -> None:
+        """Wait until this consumer releases an entry, or the service frees a slot."""
+        if len(self.held) < PREFETCH:
+            # The service's slots are full, with work that is not this consumer's: it
+            # does not say when a slot frees, so look again shortly.
+            wait_ms = min(wait_ms, _FULL_PAUSE_MS)
+        self._freed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._freed.wait(), wait_ms / 1000)
 
     def _wait_ms(self) -> int:
         """How long a read may wait for new entries."""

@@ -162,9 +162,7 @@ class ListenerConsumer(StreamConsumer):
         """Take, in order, every message the group's last reader left pending."""
         room = self._room()
         if room <= 0:
-            self._freed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), 1.0)
+            await self._wait_for_room(1000)
             return
         taken = await self.transport.stream_autoclaim(self.stream, self.group, self.name, 0, room)
         self._take([entry for entry in taken if entry.id not in self.held])
