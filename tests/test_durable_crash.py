@@ -19,6 +19,7 @@ The test prints the counts (messages, duplicates, kills) so that a run can be qu
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import subprocess
 import sys
@@ -284,3 +285,129 @@ def test_instances_killed_every_two_seconds_lose_nothing(
     assert {n: c for n, c in after.items() if n not in poison} == counts
     assert client.xlen(dead) == 0
     print(f"replayed {sum(dead_ns.values())} dead letters with `daebus dlq replay`: handled once")
+
+
+# -- order under kills --------------------------------------------------------------------
+
+ORDERED_MESSAGES = 3_000
+ORDERED_RATE = 400
+KEYS = 4
+ORDERED_SERVICE = textwrap.dedent(
+    """
+    import random, sys, time
+    from daebus import Daebus, request
+
+    channel, service, prefix, min_idle_time = sys.argv[1:5]
+    app = Daebus("ordered")
+
+    @app.listen(channel, durable=True, key="k", min_idle_time=float(min_idle_time))
+    def apply(data):
+        time.sleep(random.uniform(0.001, 0.003))
+        app.cache.rpush(prefix + ":" + data["k"], data["n"])
+
+    app.run(service)
+    """
+)
+
+
+def test_keyed_order_survives_killing_the_reader(
+    service_processes: Callable[..., ServiceProcess],
+    client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A keyed listener on 3 instances; the one holding the group's turn is SIGKILLed
+    every 2 s. Each key's messages are applied in stream order: a message may be
+    applied again right after itself (it was in flight at a kill), never before an
+    earlier one."""
+    channel, service, prefix = unique_name("keyed"), unique_name("keyedsvc"), unique_name("rec")
+    stream, group = protocol.stream_key(channel), service
+    lease = protocol.order_lease_key(channel, group)
+    monkeypatch.setenv("DAEBUS_REDIS_URL", redis_url)
+    min_idle = "1.0"
+
+    def start() -> ServiceProcess:
+        return service_processes(ORDERED_SERVICE, channel, service, prefix, min_idle)
+
+    instances = [start() for _ in range(INSTANCES)]
+    for process in instances:
+        process.wait_ready(protocol.service_channel(service), count=INSTANCES, timeout=30)
+    wait_for(
+        lambda: any(_text(g["name"]) == group for g in client.xinfo_groups(stream)),
+        timeout=30,
+        message="the group was never created",
+    )
+
+    def send_all() -> None:
+        started = time.monotonic()
+        for n in range(ORDERED_MESSAGES):
+            ahead = started + n / ORDERED_RATE - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            broadcast.send(channel, {"k": f"k{n % KEYS}", "n": n}, durable=True)
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    kills = 0
+    in_flight: set[int] = set()
+    next_kill = time.monotonic() + KILL_EVERY
+    while sender.is_alive():
+        sender.join(timeout=max(0.0, next_kill - time.monotonic()))
+        if not sender.is_alive():
+            break
+        next_kill += KILL_EVERY
+        holder = client.get(lease)
+        if holder is None:
+            continue  # between two holders: no reader to kill now
+        slot = next((i for i, p in enumerate(instances) if f":{p.pid}:".encode() in holder), None)
+        if slot is None:
+            continue
+        victim = instances[slot]
+        pid = victim.pid
+        assert pid is not None
+        victim.kill()
+        kills += 1
+        consumer = _consumer_of(client, stream, group, pid)
+        if consumer is not None:
+            for message_id in _held_by(client, stream, group, consumer):
+                for _, fields in client.xrange(stream, message_id, message_id):
+                    in_flight.add(_json_n(_text(fields[b"data"])))
+        instances[slot] = start()
+    sender.join()
+
+    def applied() -> dict[str, list[int]]:
+        return {
+            f"k{k}": [int(n) for n in client.lrange(f"{prefix}:k{k}", 0, -1)] for k in range(KEYS)
+        }
+
+    def all_applied() -> bool:
+        return sum(len(set(v)) for v in applied().values()) == ORDERED_MESSAGES
+
+    wait_for(
+        all_applied,
+        timeout=60,
+        interval=0.2,
+        message=lambda: (
+            f"{sum(len(set(v)) for v in applied().values())} applied\n"
+            + "\n".join(p.output()[-2000:] for p in instances)
+        ),
+    )
+    wait_for(lambda: client.xpending(stream, group)["pending"] == 0, timeout=30)
+    inversions, repeats, bad_repeats = 0, 0, []
+    for key, numbers in applied().items():
+        for before, after in itertools.pairwise(numbers):
+            if after < before:
+                inversions += 1
+            elif after == before:
+                repeats += 1
+                if after not in in_flight:
+                    bad_repeats.append((key, after))
+        assert sorted(set(numbers)) == list(range(int(key[1:]), ORDERED_MESSAGES, KEYS))
+    print(
+        f"\nkeyed order under kills: {ORDERED_MESSAGES} messages over {KEYS} keys, {kills} "
+        f"kills of the reader, {inversions} inversions, {repeats} messages applied again "
+        f"right after themselves ({len(in_flight)} held at the kills)"
+    )
+    assert kills >= 2, f"only {kills} kills"
+    assert inversions == 0
+    assert not bad_repeats, bad_repeats
