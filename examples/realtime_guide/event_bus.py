@@ -35,12 +35,8 @@ def message_handler(message, channel):
 
 
 @app.listen("notifications")
-def count_notifications(message):
-    global notifications_seen
-    notifications_seen += 1
-
-
-notifications_seen = 0
+def log_notification(message):
+    print(f"Logged notification: {message}")
 
 
 # Example 2: Event Bus. bus.on("user.created", ...) and bus.on_pattern("user.*", ...).
