@@ -243,6 +243,25 @@ def render_sharing(result: dict[str, Any]) -> str:
     return head + "\n" + table(headers, rows)
 
 
+def render_durable_request(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            row["label"],
+            _num(row["p50_us"], 1),
+            _num(row["p99_us"], 1),
+            _num(row["mean_us"], 1),
+            _x(row["p50_ratio"]),
+            _x(row["p99_ratio"]),
+            _x(row["mean_ratio"]),
+        ]
+        for row in result["rows"]
+    ]
+    n = result["rows"][0]["n"]
+    head = f"9. Durable requests, sequential ({n} timed calls per variant, one at a time)"
+    headers = ["variant", "p50 us", "p99 us", "mean us", "p50 vs pub/sub", "p99", "mean"]
+    return "\n".join([head, table(headers, rows), "", _cpu_table(result["rows"], "call")])
+
+
 RENDERERS = {
     "latency": render_latency,
     "throughput": render_throughput,
@@ -252,6 +271,7 @@ RENDERERS = {
     "durable": render_durable,
     "sharing": render_sharing,
     "faststream": render_faststream,
+    "durable_request": render_durable_request,
 }
 
 
@@ -389,6 +409,18 @@ def durable_targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     daebus["ratio"] is not None and daebus["ratio"] >= 1.0 and daebus["lost"] == 0,
                 )
             )
+    requests = results.get("durable_request")
+    durable, pubsub = _row(requests, variant="durable"), _row(requests, variant="pubsub")
+    if durable and pubsub:
+        out.append(
+            _target(
+                "durable request p50 (send_request(durable=True))",
+                f"{durable['p50_us']:.0f} us vs {pubsub['p50_us']:.0f} us pub/sub",
+                durable["p50_ratio"],
+                "<= 1.5x",
+                durable["p50_ratio"] is not None and durable["p50_ratio"] <= 1.5,
+            )
+        )
     sharing = results.get("sharing")
     for row in sharing.get("rows", []) if sharing else []:
         if row["instances"] == 1:

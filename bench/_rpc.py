@@ -111,7 +111,7 @@ def _service_of(variant: str) -> str:
 
 
 # -- 1. sequential latency -------------------------------------------------------------
-def _time_calls(
+def time_calls(
     call: Callable[[], Any], warmup: int, count: int, meter: Meter
 ) -> tuple[list[float], dict[str, float]]:
     _check(call())
@@ -158,10 +158,10 @@ def latency(bench: Bench) -> dict[str, Any]:
         for order in rounds(LATENCY_VARIANTS, cfg.rounds):
             for key in order:
                 if key == "bare":
-                    block = _time_calls(partial(bare.call, ECHO_PAYLOAD), warm, count, meter)
+                    block = time_calls(partial(bare.call, ECHO_PAYLOAD), warm, count, meter)
                 elif key.startswith("daebus"):
                     call = partial(caller.send_request, _action(key), ECHO_PAYLOAD)
-                    block = _time_calls(call, warm, count, meter)
+                    block = time_calls(call, warm, count, meter)
                 else:
                     block = asyncio.run(
                         _async_time_calls(bench, service, _action(key), warm, count, meter)

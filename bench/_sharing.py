@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import redis
@@ -93,8 +94,11 @@ def _start(bench: Bench, count: int, label: str) -> Instances:
     return instances
 
 
-def pubsub_mode(bench: Bench, instances: Instances) -> dict[str, Any]:
-    """Concurrent calls from threads sharing one caller; each call names its instance."""
+def pubsub_mode(bench: Bench, instances: Instances, durable: bool = False) -> dict[str, Any]:
+    """Concurrent calls from threads sharing one caller; each call names its instance.
+
+    ``durable``: the calls are durable requests, through the service's request stream.
+    """
     cfg = bench.config
     by_pid: collections.Counter[int] = collections.Counter()
     lock = threading.Lock()
@@ -102,7 +106,7 @@ def pubsub_mode(bench: Bench, instances: Instances) -> dict[str, Any]:
         caller.connect()
 
         def call() -> None:
-            pid = caller.send_request("work")
+            pid = caller.send_request("work", durable=durable)
             with lock:
                 by_pid[pid] += 1
 
@@ -174,6 +178,10 @@ def _send_durable(bench: Bench, instances: Instances, run: str, count: int) -> f
 MODES: dict[str, tuple[str, Callable[[Bench, Instances], dict[str, Any]]]] = {
     "pubsub": ("pub/sub requests, threads sharing a DaebusCaller", pubsub_mode),
     "durable": ("durable listener, send_many(durable=True) burst", durable_mode),
+    "durable_request": (
+        "durable requests, threads sharing a DaebusCaller",
+        partial(pubsub_mode, durable=True),
+    ),
 }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import _durable
+import _durable_rpc
 import _fanout
 import _idle
 import _report
@@ -45,6 +46,7 @@ SCENARIOS = {
     "durable": _durable.durable,
     "sharing": _sharing.sharing,
     "faststream": _durable.faststream,
+    "durable_request": _durable_rpc.durable_request,
 }
 
 REPO = Path(__file__).resolve().parent.parent
