@@ -12,6 +12,9 @@ one in its place. The handler records each message it handles in Redis. What mus
   stream with their error, while the others flow; once the handler is fixed,
   ``daebus dlq replay`` brings them back and each is handled once.
 
+A second test kills the instance that reads a keyed listener's group: each key's
+messages stay in stream order.
+
 The test prints the counts (messages, duplicates, kills) so that a run can be quoted:
 ``python -m pytest -s tests/test_durable_crash.py``.
 """
@@ -326,8 +329,11 @@ def test_keyed_order_survives_killing_the_reader(
     monkeypatch.setenv("DAEBUS_REDIS_URL", redis_url)
     min_idle = "1.0"
 
+    started: list[ServiceProcess] = []
+
     def start() -> ServiceProcess:
-        return service_processes(ORDERED_SERVICE, channel, service, prefix, min_idle)
+        started.append(service_processes(ORDERED_SERVICE, channel, service, prefix, min_idle))
+        return started[-1]
 
     instances = [start() for _ in range(INSTANCES)]
     for process in instances:
@@ -409,5 +415,7 @@ def test_keyed_order_survives_killing_the_reader(
         f"right after themselves ({len(in_flight)} held at the kills)"
     )
     assert kills >= 2, f"only {kills} kills"
-    assert inversions == 0
+    assert inversions == 0, "\n".join(
+        line for p in started for line in p.stderr().splitlines() if "WARNING" in line
+    )
     assert not bad_repeats, bad_repeats
