@@ -76,6 +76,8 @@ class DurableListener:
             )
         if self.group is not None:
             _check_name("group", self.group)
+            if ":" in self.group:
+                raise SetupError(f"a durable listener's group cannot hold ':': {self.group!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise SetupError(f"retries must be an int >= 0, got {self.retries!r}")
         if not self.backoff > 0 or not self.min_idle_time > 0:

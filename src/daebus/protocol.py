@@ -52,6 +52,7 @@ __all__ = [
     "Reply",
     "ReplyChannels",
     "busy_payload",
+    "check_group",
     "claim_key",
     "dead_letter_key",
     "decode_object",
@@ -153,14 +154,25 @@ def stream_key(channel: str) -> str:
     return f"daebus:stream:{channel}"
 
 
+def check_group(group: str) -> str:
+    """``group`` if it can name a consumer group; ValueError if it holds a ``:``.
+
+    The keys of a group's dead letters and of its turn end with ``:<group>`` or start
+    with ``<group>:``: a ``:`` in the name would make two groups' keys the same.
+    """
+    if ":" in group:
+        raise ValueError(f"a consumer group's name cannot hold ':': {group!r}")
+    return group
+
+
 def dead_letter_key(channel: str, group: str) -> str:
     """The stream of one group's messages on ``channel`` that failed every try."""
-    return f"daebus:dead:{channel}:{group}"
+    return f"daebus:dead:{channel}:{check_group(group)}"
 
 
 def order_lease_key(channel: str, group: str) -> str:
     """The lease of the one instance that reads an ordered durable listener's group."""
-    return f"daebus:lease:durable:{group}:{channel}"
+    return f"daebus:order:{check_group(group)}:{channel}"
 
 
 def request_stream_key(service: str) -> str:

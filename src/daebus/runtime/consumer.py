@@ -9,9 +9,10 @@ entry held (``XCLAIM ... JUSTID`` every third of ``min_idle_time``) so that no o
 member takes an entry this one is still working on. What is done with an entry is the
 subclass's :meth:`StreamConsumer.handle`.
 
-A consumer holds at most :data:`PREFETCH` entries at once (running, or waiting for
-another try), and takes none while the service handles ``max_in_flight`` messages
-already. Its read waits on a connection of its own; stopping cancels the wait.
+A consumer runs at most :data:`PREFETCH` entries at once, holds at most
+:data:`MAX_HELD` (those waiting for another try included), and takes none while the
+service handles ``max_in_flight`` messages already. Its read waits on a connection of
+its own; stopping cancels the wait.
 """
 
 from __future__ import annotations
@@ -28,17 +29,22 @@ if TYPE_CHECKING:
     from ..transport import StreamEntry
     from . import ServiceRuntime
 
-__all__ = ["PREFETCH", "StreamConsumer"]
+__all__ = ["MAX_HELD", "PREFETCH", "StreamConsumer"]
 
 logger = logging.getLogger("daebus.durable")
 
-#: How many entries one consumer holds at once (running, or waiting for another try).
+#: How many entries one consumer runs at once.
 PREFETCH = 16
+#: How many entries one consumer holds at once, those waiting for another try included:
+#: a flood of failing messages, each waiting out its backoff, does not stop the others.
+MAX_HELD = 256
 #: The longest wait of one read for new entries, in ms (the transport may cap it): a
 #: consumer with nothing to do wakes up this seldom.
 _READ_BLOCK_MS = 30_000
 #: How long a consumer waits before it looks again for a free slot of the service, in ms.
 _FULL_PAUSE_MS = 50
+#: The pauses before each new try of an acknowledgement the server did not take.
+_ACK_PAUSES = (0.2, 0.5, 1.0, 2.0)
 #: How long a consumer waits before it reads again after a failed read.
 _FAILED_READ_PAUSE = 0.5
 _STARTS = {"latest": "$", "earliest": "0"}
@@ -171,11 +177,15 @@ class StreamConsumer:
         """
         admission = self.runtime.admission
         running = admission.tasks + admission.jobs_started - admission.jobs_finished
-        return min(PREFETCH - len(self.held), admission.capacity - running)
+        return min(self._own_room(), admission.capacity - running)
+
+    def _own_room(self) -> int:
+        running_here = len(self.held) - len(self.retry_at)
+        return min(PREFETCH - running_here, MAX_HELD - len(self.held))
 
     async def _wait_for_room(self, wait_ms: int) -> None:
         """Wait until this consumer releases an entry, or the service frees a slot."""
-        if len(self.held) < PREFETCH:
+        if self._own_room() > 0:
             # The service's slots are full, with work that is not this consumer's: it
             # does not say when a slot frees, so look again shortly.
             wait_ms = min(wait_ms, _FULL_PAUSE_MS)
@@ -231,8 +241,20 @@ class StreamConsumer:
 
     # -- after handling --------------------------------------------------------------
     async def ack(self, entry_id: str) -> None:
-        """Acknowledge an entry, and hold it no more."""
-        await self.transport.stream_ack(self.stream, self.group, [entry_id])
+        """Acknowledge an entry, and hold it no more.
+
+        An acknowledgement the server does not take is sent again for a few seconds
+        (a server restarting, or loading its data): each one lost makes the entry run
+        again elsewhere.
+        """
+        for pause in (*_ACK_PAUSES, None):
+            try:
+                await self.transport.stream_ack(self.stream, self.group, [entry_id])
+                break
+            except TransportError:
+                if pause is None:
+                    raise
+                await asyncio.sleep(pause)
         self.release(entry_id)
 
     def retry_later(self, entry_id: str, delay: float) -> None:
@@ -240,6 +262,7 @@ class StreamConsumer:
         self.retry_at[entry_id] = self.loop.call_later(
             delay, lambda: self.runtime.keep(self.loop.create_task(self._retry(entry_id)))
         )
+        self._freed.set()  # it no longer runs: room for another
 
     def release(self, entry_id: str) -> None:
         """Hold an entry no more, leaving it where it is (pending, or acknowledged)."""

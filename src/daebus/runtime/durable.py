@@ -34,7 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import context, encoding, protocol
-from ..exceptions import TransportError
+from ..exceptions import SetupError, TransportError
 from ..pubsub import PubSubRequest, PubSubResponse
 from .consumer import StreamConsumer
 from .invoke import accepts_arguments, error_text
@@ -115,6 +115,11 @@ class ListenerConsumer(StreamConsumer):
 
     def __init__(self, runtime: ServiceRuntime, listener: DurableListener) -> None:
         group = listener.group or runtime.service
+        if ":" in group:
+            raise SetupError(
+                f"the durable listener of {listener.channel!r} needs a group= without ':' "
+                f"(the service's name {group!r}, its group by default, holds one)"
+            )
         super().__init__(
             runtime,
             stream=protocol.stream_key(listener.channel),
@@ -133,6 +138,7 @@ class ListenerConsumer(StreamConsumer):
         self.has_turn = False
         self._turn_renewed = 0.0
         self._catching_up = False  # a new holder takes what the last one left first
+        self._caught_up_to = "0-0"  # where the next look for what it left starts
 
     # -- taking turns (ordered and keyed listeners) ---------------------------------------
     async def may_read(self) -> bool:
@@ -149,6 +155,7 @@ class ListenerConsumer(StreamConsumer):
                     logger.warning("%r lost its turn to another instance", self)
         elif await self.transport.claim(self.lease, self.name, lease_ms):
             self.has_turn = self._catching_up = True
+            self._caught_up_to = "0-0"
             self._turn_renewed = now
         if not self.has_turn:
             await asyncio.sleep(self.min_idle_time / 3)
@@ -159,15 +166,24 @@ class ListenerConsumer(StreamConsumer):
         return True
 
     async def _catch_up(self) -> None:
-        """Take, in order, every message the group's last reader left pending."""
+        """Take, in order, every message the group's last reader left pending.
+
+        Each look starts past the last message taken, so none is taken twice; the
+        catching up ends with a look that finds nothing more.
+        """
         room = self._room()
         if room <= 0:
             await self._wait_for_room(1000)
             return
-        taken = await self.transport.stream_autoclaim(self.stream, self.group, self.name, 0, room)
-        self._take([entry for entry in taken if entry.id not in self.held])
-        if len(taken) < room:
+        taken = await self.transport.stream_autoclaim(
+            self.stream, self.group, self.name, 0, room, start=self._caught_up_to
+        )
+        if not taken:
             self._catching_up = False
+            return
+        milliseconds, sequence = taken[-1].id.split("-")
+        self._caught_up_to = f"{milliseconds}-{int(sequence) + 1}"
+        self._take([entry for entry in taken if entry.id not in self.held])
 
     def _wait_ms(self) -> int:
         wait = super()._wait_ms()

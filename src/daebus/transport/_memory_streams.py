@@ -153,9 +153,16 @@ class MemoryStreams:
             return self._take(entries, state, consumer, [parse_id(i) for i in ids], touch)
 
     def autoclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        start: str = "0-0",
     ) -> list[StreamEntry]:
-        """``XAUTOCLAIM stream group consumer min_idle_ms 0-0 COUNT count``."""
+        """``XAUTOCLAIM stream group consumer min_idle_ms start COUNT count``."""
+        low = parse_id(start)
         with self._lock:
             entries, state = self._group(stream, group)
             oldest = time.monotonic() - min_idle_ms / 1000
@@ -165,6 +172,8 @@ class MemoryStreams:
             idle: list[Id] = []
             attempts = count * 10
             for entry_id, pending in sorted(state.pending.items()):
+                if entry_id < low:
+                    continue
                 if count <= 0 or attempts <= 0:
                     break
                 attempts -= 1

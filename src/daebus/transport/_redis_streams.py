@@ -159,18 +159,29 @@ class RedisStreams(Transport):
         return await self._with_deliveries(stream, group, entries_of(reply))
 
     async def stream_autoclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        *,
+        start: str = "0-0",
     ) -> list[StreamEntry]:
-        """``XAUTOCLAIM ... 0-0 COUNT count`` (Redis 6.2 and later)."""
+        """``XAUTOCLAIM ... start COUNT count`` (Redis 6.2 and later)."""
         reply = await self._command(
-            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, "0-0", "COUNT", count
+            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
         )
         return await self._with_deliveries(stream, group, entries_of(reply[1]))
 
     async def _with_deliveries(
         self, stream: str, group: str, entries: list[StreamEntry]
     ) -> list[StreamEntry]:
-        """The entries with their delivery counts, read from ``XPENDING`` in one round trip."""
+        """The entries with their delivery counts, read from ``XPENDING`` in one round trip.
+
+        An entry no longer pending when asked (another member acknowledged it between
+        the two commands) is left out: it is done with.
+        """
         if not entries:
             return entries
         publisher = self._ready_publisher() or await self._open_publisher()
@@ -178,8 +189,9 @@ class RedisStreams(Transport):
             *(publisher.send("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
         )
         return [
-            entry._replace(deliveries=int(rows[0][3]) if rows else 1)
+            entry._replace(deliveries=int(rows[0][3]))
             for entry, rows in zip(entries, pending, strict=True)
+            if rows
         ]
 
 

@@ -309,11 +309,19 @@ class Transport(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
     async def stream_autoclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        *,
+        start: str = "0-0",
     ) -> list[StreamEntry]:
         """``XAUTOCLAIM``: take up to ``count`` entries pending ``min_idle_ms`` or more.
 
-        Entries deleted from the stream meanwhile are dropped from the pending list.
+        Looks at the pending entries from id ``start`` on. Entries deleted from the
+        stream meanwhile are dropped from the pending list.
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 

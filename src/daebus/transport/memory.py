@@ -468,11 +468,19 @@ class MemoryTransport(Transport):
         return self.broker.streams.claim(stream, group, consumer, ids, touch)
 
     async def stream_autoclaim(
-        self, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        *,
+        start: str = "0-0",
     ) -> list[StreamEntry]:
         """``XAUTOCLAIM`` on the broker."""
         self._check_open()
-        return self.broker.streams.autoclaim(stream, group, consumer, min_idle_ms, count)
+        streams = self.broker.streams
+        return streams.autoclaim(stream, group, consumer, min_idle_ms, count, start)
 
     def _check_open(self) -> None:
         if self._closed:
