@@ -263,14 +263,19 @@ class SharedListeners:
 
 
 def _roles(listeners: tuple[Listener, ...]) -> _Roles:
-    """Sort listeners; a shared one is named alike on every instance by its function."""
+    """Sort listeners; a shared one is named alike on every instance by its function.
+
+    By its qualified name, not its module's: the module of one file is ``__main__`` run
+    as ``python tasks.py`` and ``tasks`` run by ``daebus run tasks:app``, and instances
+    started either way must agree.
+    """
     shared: list[tuple[Listener, bytes]] = []
     seen: dict[str, int] = {}
     for listener in listeners:
         if not listener.shared:
             continue
         func = listener.func
-        name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
+        name = str(getattr(func, "__qualname__", ""))
         seen[name] = seen.get(name, 0) + 1  # two of one name: told apart by their rank
         shared.append((listener, f"{name}#{seen[name]}".encode("utf-8", "replace")))
     others = tuple(listener for listener in listeners if not listener.shared)
