@@ -28,7 +28,7 @@ from daebus import (
     request,
     response,
 )
-from daebus.protocol import request_stream_key
+from daebus.protocol import request_stream_key, stream_key
 from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(90)
@@ -219,4 +219,22 @@ app.run({service!r}, redis_url={redis_url!r})
     assert result == [survivor.pid]
     assert [m.split(b":")[1] for m in client.lrange(marks, 0, -1)] == [b"1", b"2"]
     assert client.xlen(request_stream_key(service)) >= 1
+    client.close()
+
+
+def test_a_stopped_instance_leaves_its_groups(apps: Apps, redis_url: str) -> None:
+    """Counted as a member no more (health_stats counts the consumers of a group)."""
+    channel = unique_name("jobs")
+    app = _adder()
+    app.add_listener(channel, print, durable=True)
+    service = apps.start(app)
+    caller = apps.caller(service)
+    assert caller.send_request("add", {"a": 1, "b": 1}, durable=True) == 2
+    client = redis.Redis.from_url(redis_url)
+    requests, listened = request_stream_key(service), stream_key(channel)
+    assert len(client.xinfo_consumers(requests, service)) == 1
+    assert len(client.xinfo_consumers(listened, service)) == 1
+    app.stop()
+    assert client.xinfo_consumers(requests, service) == []
+    assert client.xinfo_consumers(listened, service) == []
     client.close()

@@ -693,6 +693,29 @@ class TestStreamContract:
             (ids[2], 2),
         ]
 
+    async def test_autoclaim_starts_where_it_is_told(self, open_transport: Open, ns: str) -> None:
+        transport = await open_transport()
+        stream = ns + "cursor"
+        assert await transport.stream_create_group(stream, "g", "$")
+        ids = await add_many(transport, stream, 4)
+        await transport.stream_read(stream, "g", "dead", 10, 10)
+
+        taken = await transport.stream_autoclaim(stream, "g", "b", 0, 10, start=ids[2])
+        assert [e.id for e in taken] == ids[2:]
+
+    async def test_a_member_leaves_its_group_only_once_it_holds_nothing(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "leave"
+        assert await transport.stream_create_group(stream, "g", "$")
+        (entry_id,) = await add_many(transport, stream, 1)
+        await transport.stream_read(stream, "g", "member", 10, 10)
+
+        assert await transport.stream_leave_group(stream, "g", "member") is False
+        assert await transport.stream_ack(stream, "g", [entry_id]) == 1
+        assert await transport.stream_leave_group(stream, "g", "member") is True
+
     async def test_claims_drop_pending_entries_trimmed_away(
         self, open_transport: Open, url: str, ns: str
     ) -> None:

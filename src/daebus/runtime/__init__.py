@@ -236,6 +236,7 @@ class ServiceRuntime:
         self.request_stream.stop_reading()
         await self.durable.stop_reading(timeout)
         await shut_down(self, timeout)
-        await self.durable.give_up_turns()
+        await self.durable.leave()
+        await self.request_stream.leave_group()
         self.durable.close()
         self.request_stream.close()

@@ -95,6 +95,15 @@ class StreamConsumer:
         if self.reader is not None:
             self.reader.cancel()
 
+    async def leave_group(self) -> None:
+        """Leave the group, if this member holds nothing: a stopped one is not counted."""
+        if self.held or not self._group_made:
+            return
+        try:
+            await self.transport.stream_leave_group(self.stream, self.group, self.name)
+        except TransportError as exc:
+            logger.debug("leaving the group of %r failed: %s", self.stream, exc)
+
     def close(self) -> None:
         """Stop extending claims: what was held is done, or abandoned to the others."""
         self.stop_reading()

@@ -95,13 +95,14 @@ class DurableListeners:
         if readers:
             await asyncio.wait(readers, timeout=timeout)
 
-    async def give_up_turns(self) -> None:
-        """Hand the turns of ordered listeners to other instances, once handlers are done.
+    async def leave(self) -> None:
+        """Once the handlers are done: hand over the turns, and leave the groups.
 
-        Not before: the next holder starts with what this one left pending.
+        Not before: the next holder of a turn starts with what this one left pending.
         """
         for consumer in self.consumers.values():
             await consumer.give_up_turn()
+            await consumer.leave_group()
 
     def close(self) -> None:
         """Stop extending claims: the handlers are done, or abandoned to other instances."""

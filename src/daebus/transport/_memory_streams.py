@@ -152,6 +152,15 @@ class MemoryStreams:
             entries, state = self._group(stream, group)
             return self._take(entries, state, consumer, [parse_id(i) for i in ids], touch)
 
+    def leave_group(self, stream: str, group: str, consumer: str) -> bool:
+        """Forget ``consumer`` of ``group`` if it holds no pending entry."""
+        with self._lock:
+            _entries, state = self._group(stream, group)
+            if any(pending.consumer == consumer for pending in state.pending.values()):
+                return False
+            state.consumers.discard(consumer)
+            return True
+
     def autoclaim(
         self,
         stream: str,

@@ -158,6 +158,13 @@ class RedisStreams(Transport):
         reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
         return await self._with_deliveries(stream, group, entries_of(reply))
 
+    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
+        """``XPENDING stream group - + 1 consumer``, then ``XGROUP DELCONSUMER`` if none."""
+        if await self._command("XPENDING", stream, group, "-", "+", 1, consumer):
+            return False
+        await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
+        return True
+
     async def stream_autoclaim(
         self,
         stream: str,

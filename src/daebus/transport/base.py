@@ -308,6 +308,14 @@ class Transport(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
+    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
+        """Forget ``consumer`` of ``group`` if it holds no pending entry; True if forgotten.
+
+        ``XGROUP DELCONSUMER``, only once ``XPENDING`` says it holds nothing: deleting
+        one that does would leave its entries to nobody.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
     async def stream_autoclaim(
         self,
         stream: str,

@@ -467,6 +467,11 @@ class MemoryTransport(Transport):
         self._check_open()
         return self.broker.streams.claim(stream, group, consumer, ids, touch)
 
+    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
+        """``XGROUP DELCONSUMER`` on the broker, if the consumer holds nothing."""
+        self._check_open()
+        return self.broker.streams.leave_group(stream, group, consumer)
+
     async def stream_autoclaim(
         self,
         stream: str,
