@@ -231,15 +231,20 @@ def render_sharing(result: dict[str, Any]) -> str:
             "; ".join("/".join(str(n) for n in shares) for shares in row["shares"]),
             row["lost"] if row["mode"] != "pubsub" else "",
             len(row["errors"]) or "",
+            _num(row.get("instances_cpu_us"), 0),
+            _num(row.get("bench_cpu_us"), 0),
+            _num(row.get("server_cpu_us"), 0),
         ]
         for row in result["rows"]
     ]
     head = (
         f"7. Load sharing: handlers of {result['work_ms']:.0f} ms, max_workers=1, N instances"
         f" ({result['callers']} calling threads; ideal: N x one instance's rate;"
-        " shares: per instance, per round)"
+        " shares: per instance, per round; CPU us per call or message of all the instances,"
+        " of the caller or sender, of the server)"
     )
     headers = ["mode", "instances", "done", "per s", "ideal", "ratio", "shares", "lost", "errors"]
+    headers += ["instances", "caller", "server"]
     return head + "\n" + table(headers, rows)
 
 

@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 
 import redis
-from _common import WORK_SECONDS, pubsub_of
+from _common import WORK_SECONDS, Meter, add_usage, pubsub_of
 from _fanout import drain
 from _procs import Child
 from _rpc import thread_throughput
@@ -54,6 +54,7 @@ class Instances:
     durable: str  # the durable listener's channel
     reports: str  # the plain channel on which every instance answers for its tally
     children: list[Child] = field(default_factory=list)
+    meter: Meter | None = None  # CPU of the instances, of the bench, of the server
 
     def query(self, run: str, timeout: float) -> list[dict[str, Any]] | None:
         """Every instance's tally of ``run``, or None if one did not answer in time."""
@@ -91,6 +92,9 @@ def _start(bench: Bench, count: int, label: str) -> Instances:
     procs = bench.procs
     procs.wait_subscribed(service, count, timeout=60.0, watch=instances.children)
     procs.wait_subscribed(instances.reports, count, timeout=60.0, watch=instances.children)
+    instances.meter = Meter(
+        bench.url, {f"instance{i}": child.pid for i, child in enumerate(instances.children)}
+    )
     return instances
 
 
@@ -113,8 +117,11 @@ def pubsub_mode(bench: Bench, instances: Instances, durable: bool = False) -> di
         callers, max_calls = cfg.sharing_callers, 1_000_000
         thread_throughput(call, callers, cfg.sharing_seconds / 4, max_calls)  # warm-up
         by_pid.clear()
+        before = instances.meter.snapshot() if instances.meter else {}
         result = thread_throughput(call, callers, cfg.sharing_seconds, max_calls)
+        usage = instances.meter.since(before) if instances.meter else {}
     return {
+        "usage": usage,
         "done": result["calls"],
         "seconds": result["seconds"],
         "shares": sorted(by_pid.values(), reverse=True),
@@ -129,11 +136,13 @@ def durable_mode(bench: Bench, instances: Instances) -> dict[str, Any]:
     # A warm-up run: connections, and every instance's group consumer reading.
     _send_durable(bench, instances, uuid.uuid4().hex, 4 * instances.count)
     run = uuid.uuid4().hex
+    before = instances.meter.snapshot() if instances.meter else {}
     began = _send_durable(bench, instances, run, count)
     # At one message per 5 ms on a lone instance, the slowest case, and then some.
     deadline = max(bench.config.drain_deadline, 3 * count * WORK_SECONDS)
     total = _Total(instances)
     drain(total, run, count, bench, deadline)
+    usage = instances.meter.since(before) if instances.meter else {}
     reports = total.reports
     received = sum(report["count"] for report in reports)
     lasts = [report["last"] for report in reports if report.get("last") is not None]
@@ -143,6 +152,7 @@ def durable_mode(bench: Bench, instances: Instances) -> dict[str, Any]:
         "shares": sorted((report["count"] for report in reports), reverse=True),
         "lost": max(0, count - received),
         "errors": [],
+        "usage": usage,
     }
 
 
@@ -198,8 +208,16 @@ def sharing(bench: Bench) -> dict[str, Any]:
                     result = measure(bench, instances)
                     total = totals.setdefault(
                         (mode, count),
-                        {"done": 0, "seconds": 0.0, "shares": [], "lost": 0, "errors": []},
+                        {
+                            "done": 0,
+                            "seconds": 0.0,
+                            "shares": [],
+                            "lost": 0,
+                            "errors": [],
+                            "usage": {},
+                        },
                     )
+                    add_usage(total["usage"], result.get("usage", {}))
                     total["done"] += result["done"]
                     total["seconds"] += result["seconds"]
                     total["shares"].append(result["shares"])
@@ -207,6 +225,8 @@ def sharing(bench: Bench) -> dict[str, Any]:
                     total["errors"] += result["errors"]
             finally:
                 with contextlib.suppress(Exception):
+                    if instances.meter is not None:
+                        instances.meter.close()
                     bench.procs.stop(*instances.children)
                     _delete_stream(bench, instances.durable)
     rows = []
@@ -217,6 +237,7 @@ def sharing(bench: Bench) -> dict[str, Any]:
             total = totals[mode, count]
             rate = total["done"] / total["seconds"] if total["seconds"] else 0.0
             ideal = one_rate * count / counts[0]
+            usage, done = total["usage"], max(1, total["done"])
             rows.append(
                 {
                     "mode": mode,
@@ -229,6 +250,13 @@ def sharing(bench: Bench) -> dict[str, Any]:
                     "shares": total["shares"],
                     "lost": total["lost"],
                     "errors": total["errors"],
+                    # CPU us per call or message: of all the instances together, of the
+                    # bench (the caller or the sender), of the server.
+                    "instances_cpu_us": 1e6
+                    * sum(v for k, v in usage.items() if k.startswith("instance"))
+                    / done,
+                    "bench_cpu_us": 1e6 * usage.get("bench", 0.0) / done,
+                    "server_cpu_us": 1e6 * usage.get("server", 0.0) / done,
                 }
             )
     return {"rows": rows, "work_ms": WORK_SECONDS * 1000, "callers": cfg.sharing_callers}
