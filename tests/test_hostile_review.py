@@ -12,7 +12,10 @@ the others show one that holds, where no other test looked.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import secrets
+import signal
 import threading
 import time
 from collections import Counter
@@ -23,7 +26,7 @@ import pytest
 import redis
 
 from _apps import Apps
-from _helpers import QUIET, unique_name, wait_for
+from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from _servers import RedisServer
 from daebus import (
     CallTimeoutError,
@@ -38,6 +41,8 @@ from daebus.protocol import (
     STREAM_DATA_FIELD,
     STREAM_DEADLINE_FIELD,
     encode_request,
+    instances_channel,
+    instances_key,
     request_stream_key,
     service_channel,
 )
@@ -343,3 +348,182 @@ def test_health_calls_on_a_hung_server_with_many_channels_stay_bounded(
     finally:
         private_redis.resume()
     assert result[0]["healthy"] is False
+
+
+# -- shared listeners: forged sync markers, a frozen instance --------------------------------
+
+
+class _Heard:
+    """What the shared listener of each in-process instance handled."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[str, str]] = []  # (instance, message as JSON)
+
+    def app(self, channel: str) -> Daebus:
+        app = Daebus("shared-review")
+
+        def heard(data: Any) -> None:
+            with self.lock:
+                self.items.append((str(app.instance_id), json.dumps(data, sort_keys=True)))
+
+        heard.__qualname__ = "Review.heard"  # one name on every instance
+        app.add_listener(channel, heard, shared=True)
+        return app
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.items)
+
+    def messages(self) -> Counter[str]:
+        with self.lock:
+            return Counter(text for _, text in self.items)
+
+
+def _in_step(started: list[Daebus], channel: str) -> None:
+    def ready() -> bool:
+        return all(
+            app._runtime is not None
+            and len(app._runtime.instances.others) == len(started) - 1
+            and app._runtime.broadcasts.shared.in_step(channel)
+            for app in started
+        )
+
+    wait_for(ready, timeout=15, message="the instances never got in step")
+
+
+def _marker(channel: str, mark: str) -> bytes:
+    return json.dumps(
+        {"event": "sync", "instance": "x:1:abcdef", "name": channel, "mark": mark}
+    ).encode()
+
+
+def test_forged_markers_amid_a_burst_lose_and_double_nothing(
+    apps: Apps, client: redis.Redis
+) -> None:
+    """Fresh forged markers, malformed ones and one naming another channel, published
+    between identical heartbeats and distinct events: each message handled once."""
+    heard, channel, service = _Heard(), unique_name("beats"), unique_name("shared-review")
+    started = [heard.app(channel) for _ in range(3)]
+    for app in started:
+        apps.start(app, service)
+    _in_step(started, channel)
+    announcements = instances_channel(service)
+    sent: list[bytes] = []
+    for burst in range(6):
+        with client.pipeline(transaction=False) as pipe:
+            for n in range(40):
+                if n % 7 == 0:
+                    pipe.publish(announcements, _marker(channel, secrets.token_hex(8)))
+                if n % 11 == 0:
+                    pipe.publish(announcements, _marker(channel, "not-a-mark" * 10))
+                    pipe.publish(announcements, _marker("other", secrets.token_hex(8)))
+                    pipe.publish(announcements, b"\x00 not json")
+                message = {"status": "ok"} if n % 3 else {"burst": burst, "n": n}
+                data = json.dumps(message).encode()
+                sent.append(data)
+                pipe.publish(channel, data)
+            pipe.execute()
+        wait_for(lambda: heard.count() >= len(sent), timeout=30)
+    time.sleep(QUIET)
+    expected = Counter(json.dumps(json.loads(m), sort_keys=True) for m in sent)
+    assert heard.messages() == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="shared_listeners.py SharedListeners._on_sync forgets all but the last "
+    "_RECENT_MARKS (256) marks: a forger who floods 257 fresh marks then replays an "
+    "earlier one restarts every instance's count where claims (CLAIM_TTL_MS, 120 s) "
+    "still hold the keys of that count, and every instance loses the claim of each "
+    "repeated message: identical broadcasts are handled by nobody",
+)
+def test_a_replayed_marker_after_a_flood_loses_no_message(apps: Apps, client: redis.Redis) -> None:
+    heard, channel, service = _Heard(), unique_name("beats"), unique_name("shared-review")
+    started = [heard.app(channel) for _ in range(2)]
+    for app in started:
+        apps.start(app, service)
+    _in_step(started, channel)
+    announcements = instances_channel(service)
+    beat = json.dumps({"status": "ok"}).encode()
+    replayed = secrets.token_hex(8)
+    client.publish(announcements, _marker(channel, replayed))
+    for _ in range(3):
+        client.publish(channel, beat)
+    wait_for(lambda: heard.count() == 3, timeout=15)
+    with client.pipeline(transaction=False) as pipe:
+        for _ in range(300):
+            pipe.publish(announcements, _marker(channel, secrets.token_hex(8)))
+        pipe.publish(announcements, _marker(channel, replayed))
+        for _ in range(3):
+            pipe.publish(channel, beat)
+        pipe.execute()
+    wait_for(lambda: heard.count() >= 6, timeout=10, message=lambda: f"{heard.count()} of 6")
+
+
+SHARED_SERVICE = """
+import sys
+from daebus import Daebus
+from daebus.runtime import instances
+
+instances.RENEW_EVERY, instances.EXPIRY_MS = 0.5, 2_000
+app = Daebus("shared-review")
+
+@app.listen(sys.argv[2], shared=True)
+def heard(data):
+    app.cache.hincrby(sys.argv[3], str(data["n"]), 1)
+
+app.run(sys.argv[1])
+"""
+
+
+def test_an_instance_frozen_and_thawed_mid_stream_doubles_and_loses_nothing(
+    client: redis.Redis, service_processes: Callable[..., ServiceProcess]
+) -> None:
+    """SIGSTOP one of two instances for a few seconds (less than a claim lives) while
+    messages flow, then SIGCONT: the other takes what the frozen one was preferred for,
+    and the thawed one, reading its backlog, runs none of it again."""
+    service, channel, runs = unique_name("frozen"), unique_name("flow"), unique_name("runs")
+    one = service_processes(SHARED_SERVICE, service, channel, runs)
+    two = service_processes(SHARED_SERVICE, service, channel, runs)
+    one.wait_ready(service)
+    two.wait_ready(service, count=2)
+    wait_for(lambda: client.zcard(instances_key(service)) == 2)
+    probe = 0
+
+    def probed_once() -> bool:  # both in step: 20 probes handled 20 times
+        nonlocal probe
+        probe += 1
+        client.delete(runs)
+        with client.pipeline(transaction=False) as pipe:
+            for n in range(20):
+                pipe.publish(channel, json.dumps({"n": -probe * 100 - n}))
+            pipe.execute()
+        wait_for(lambda: sum(map(int, client.hvals(runs))) >= 20, timeout=10)
+        time.sleep(QUIET)
+        return sum(map(int, client.hvals(runs))) == 20
+
+    wait_for(probed_once, timeout=30, interval=0.1, message="the instances never got in step")
+    client.delete(runs)
+    assert one.pid is not None
+    sent = 0
+
+    def publish(count: int) -> None:
+        nonlocal sent
+        for _ in range(count):
+            client.publish(channel, json.dumps({"n": sent}))
+            sent += 1
+            time.sleep(0.005)
+
+    publish(100)
+    os.kill(one.pid, signal.SIGSTOP)
+    try:
+        publish(300)  # the frozen one reads none of these until it thaws
+    finally:
+        os.kill(one.pid, signal.SIGCONT)
+    publish(100)
+    wait_for(lambda: len(client.hkeys(runs)) >= sent, timeout=30, interval=0.1)
+    time.sleep(1.0)  # the thawed one's backlog, had it run any of it again
+    handled = {int(k): int(v) for k, v in client.hgetall(runs).items()}
+    assert sorted(handled) == list(range(sent))
+    assert [n for n, times in handled.items() if times > 1] == []
