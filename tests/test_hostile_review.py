@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
+import random
 import secrets
 import signal
 import threading
@@ -31,7 +33,10 @@ from _servers import RedisServer
 from daebus import (
     CallTimeoutError,
     Daebus,
+    DaebusCaller,
     DeadLetters,
+    RemoteError,
+    SetupError,
     broadcast,
     dead_letter_queues,
     health_stats,
@@ -47,6 +52,8 @@ from daebus.protocol import (
     service_channel,
 )
 from daebus.runtime.consumer import PREFETCH
+from daebus.runtime.durable_requests import MAX_DELIVERIES
+from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -527,3 +534,168 @@ def test_an_instance_frozen_and_thawed_mid_stream_doubles_and_loses_nothing(
     handled = {int(k): int(v) for k, v in client.hgetall(runs).items()}
     assert sorted(handled) == list(range(sent))
     assert [n for n, times in handled.items() if times > 1] == []
+
+
+# -- durable requests: one that kills every instance that runs it ----------------------------
+
+KILLER_SERVICE = """
+import os, signal, sys
+from daebus import Daebus, request
+
+app = Daebus("killer")
+
+@app.action("die")
+def die():
+    app.cache.rpush(sys.argv[2], request.delivery_count)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@app.action("add")
+def add():
+    return request.payload["a"] + request.payload["b"]
+
+app.run(sys.argv[1])
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_request_that_kills_its_instance_is_answered_with_an_error_not_looped(
+    client: redis.Redis, service_processes: Callable[..., ServiceProcess], redis_url: str
+) -> None:
+    """One instance at a time, restarted as a supervisor would: the request runs
+    MAX_DELIVERIES times, then the next instance answers it with an error, unrun, and
+    goes on serving."""
+    service, runs = unique_name("killer"), unique_name("runs")
+
+    def start() -> ServiceProcess:
+        process = service_processes(KILLER_SERVICE, service, runs)
+        process.wait_ready(service, timeout=30)
+        return process
+
+    process = start()
+    caller = DaebusCaller(service, redis_url=redis_url)
+    outcome: list[BaseException | Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(caller.send_request("die", durable=True, timeout=120))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    restarts = 0
+    while thread.is_alive():
+        assert restarts <= MAX_DELIVERIES + 1, f"restarted {restarts} times: it loops"
+        if not process.is_running():
+            restarts += 1
+            process = start()
+        wait_for(lambda: not process.is_running() or not thread.is_alive(), timeout=60)  # noqa: B023
+    (error,) = outcome
+    assert isinstance(error, RemoteError), error
+    assert "handed out" in str(error)
+    assert [int(n) for n in client.lrange(runs, 0, -1)] == list(range(1, MAX_DELIVERIES + 1))
+    assert restarts == MAX_DELIVERIES
+    assert caller.send_request("add", {"a": 1, "b": 2}, durable=True, timeout=20) == 3
+    caller.close()
+
+
+# -- durable listeners: odd arguments ------------------------------------------------------
+
+
+@pytest.fixture
+def memory_url() -> Iterator[str]:
+    url = f"memory://{unique_name('review')}"
+    previous = os.environ.get("DAEBUS_REDIS_URL")
+    os.environ["DAEBUS_REDIS_URL"] = url
+    yield url
+    if previous is None:
+        del os.environ["DAEBUS_REDIS_URL"]
+    else:
+        os.environ["DAEBUS_REDIS_URL"] = previous
+    forget(url)
+
+
+def test_key_functions_that_raise_or_return_unhashable_values_keep_order(
+    memory_url: str,
+) -> None:
+    """Keyless messages (the function raised, or returned a list) run in order among
+    themselves; each key's messages in order; every message handled once."""
+    seen: list[tuple[Any, int]] = []
+
+    def key(message: dict[str, Any]) -> Any:
+        if message["kind"] == "raise":
+            raise LookupError("no key here")
+        if message["kind"] == "list":
+            return [message["n"]]
+        return message["user"]
+
+    async def handle(message: dict[str, Any]) -> None:
+        await asyncio.sleep(random.uniform(0, 0.01))
+        seen.append((message.get("user", "keyless"), message["n"]))
+
+    app = Daebus("keyed")
+    app.add_listener("events", handle, durable=True, key=key)
+    with Apps(memory_url) as apps:
+        apps.start(app)
+        for n in range(60):
+            kind = ("raise", "list", "user")[n % 3]
+            message = {"kind": kind, "n": n}
+            if kind == "user":
+                message["user"] = n % 2
+            broadcast.send("events", message, durable=True)
+        wait_for(lambda: len(seen) == 60, timeout=20)
+    by_key: dict[Any, list[int]] = {}
+    for who, n in seen:
+        by_key.setdefault(who, []).append(n)
+    assert sorted(n for _, n in seen) == list(range(60))
+    assert all(numbers == sorted(numbers) for numbers in by_key.values()), by_key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="durable.py ListenerConsumer._key_of calls an async key function without "
+    "awaiting it: every message gets a distinct coroutine as its key, so one user's "
+    "messages run side by side (and Python warns of coroutines never awaited); "
+    "_registry.py accepts such a key",
+)
+def test_an_async_key_function_is_refused_or_keeps_order(memory_url: str) -> None:
+    seen: list[int] = []
+
+    async def user_of(message: dict[str, Any]) -> Any:
+        return message["user"]
+
+    async def handle(message: dict[str, Any]) -> None:
+        await asyncio.sleep(random.uniform(0, 0.02))
+        seen.append(message["n"])
+
+    app = Daebus("keyed")
+    try:
+        app.add_listener("events", handle, durable=True, key=user_of)
+    except SetupError:
+        return
+    with Apps(memory_url) as apps:
+        apps.start(app)
+        for n in range(30):
+            broadcast.send("events", {"user": 1, "n": n}, durable=True)
+        wait_for(lambda: len(seen) == 30, timeout=20)
+    assert seen == list(range(30))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_registry.py DurableListener accepts min_idle_time=math.inf; "
+    "consumer.py StreamConsumer._read_forever computes int(min_idle_time * 1000) "
+    "outside its try, so the reader dies of OverflowError at once, logging nothing, "
+    "and the listener never gets a message",
+)
+def test_an_infinite_min_idle_time_is_refused_or_works(memory_url: str) -> None:
+    seen: list[Any] = []
+    app = Daebus("patient")
+    try:
+        app.add_listener("jobs", seen.append, durable=True, min_idle_time=math.inf)
+    except SetupError:
+        return
+    with Apps(memory_url) as apps:
+        apps.start(app)
+        broadcast.send("jobs", 1, durable=True)
+        wait_for(lambda: seen == [1], timeout=10)
