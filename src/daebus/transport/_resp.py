@@ -107,12 +107,13 @@ class RespConnection(asyncio.Protocol):
         on_pushes_end: Callable[[], None] | None = None,
         *,
         ping_when_idle: bool = False,
-        silence_timeout: float = SILENCE_TIMEOUT,
+        silence_timeout: float | None = None,
     ) -> None:
         self._on_push = on_push
         self._on_pushes_end = on_pushes_end
         self._ping_when_idle = ping_when_idle
-        self._silence_timeout = silence_timeout
+        # Read when made, not when defined: tests shorten the module's value.
+        self._silence_timeout = SILENCE_TIMEOUT if silence_timeout is None else silence_timeout
         self._health_check_interval = HEALTH_CHECK_INTERVAL
         self._health_check: asyncio.TimerHandle | None = None
         self._last_received = 0.0  # loop time of the last data from the server
@@ -337,7 +338,7 @@ async def open_connection(
     on_push: PushHandler | None = None,
     on_pushes_end: Callable[[], None] | None = None,
     ping_when_idle: bool = False,
-    silence_timeout: float = SILENCE_TIMEOUT,
+    silence_timeout: float | None = None,
     timeout: float = 2.0,
 ) -> RespConnection:
     """Connect, authenticate and select the database; raise TransportError on failure.
@@ -345,8 +346,9 @@ async def open_connection(
     ``on_push`` gets each pub/sub message; ``on_pushes_end`` is called after each run of
     them that one read brought, before the connection waits for anything. Neither may
     raise. ``ping_when_idle``: see :class:`RespConnection`. ``silence_timeout``: how long
-    the server may keep silent while it owes an answer (a connection whose commands
-    block on the server waits longer).
+    the server may keep silent while it owes an answer (by default
+    :data:`SILENCE_TIMEOUT`; a connection whose commands block on the server waits
+    longer).
     """
     loop = asyncio.get_running_loop()
 
