@@ -131,13 +131,6 @@ def test_hand_written_request_entries_are_acknowledged_and_the_rest_flow(
     assert {"a": 5, "b": 5} in runs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable_requests.py RequestConsumer._late_by: int(deadline) / 1000 raises "
-    "OverflowError for a deadline of hundreds of digits; only KeyError and ValueError "
-    "are caught, the entry stays held and claimed forever, and PREFETCH of them stop "
-    "the instance from taking any durable request",
-)
 def test_absurd_deadlines_do_not_wedge_the_request_stream(apps: Apps, client: redis.Redis) -> None:
     runs: list[Any] = []
     service = apps.start(_adder(runs))
@@ -153,12 +146,6 @@ def test_absurd_deadlines_do_not_wedge_the_request_stream(apps: Apps, client: re
 # -- durable requests: deadlines -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable_requests.py RequestConsumer.handle checks the deadline once, when "
-    "the request is taken; a def action then waits in the worker pool (max_in_flight "
-    "is four per worker) and runs after its caller stopped waiting",
-)
 def test_a_durable_request_waiting_for_a_worker_is_not_run_after_its_caller_gave_up(
     apps: Apps, client: redis.Redis
 ) -> None:
@@ -198,12 +185,6 @@ def test_a_durable_request_waiting_for_a_worker_is_not_run_after_its_caller_gave
 # -- durable requests: an instance that stops while it holds one ----------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable_requests.py RequestConsumer.should_reclaim: an instance reclaims only "
-    "while it knows of others; the instance that stopped left the record, so the one "
-    "left alone never takes the request it left pending, and the caller times out",
-)
 def test_a_request_cut_short_by_a_stop_is_run_by_the_instance_left(
     apps: Apps, client: redis.Redis
 ) -> None:
@@ -255,14 +236,6 @@ def _slow_applier(name: str, seen: list[tuple[str, int]], lock: threading.Lock) 
     return apply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable.py ListenerConsumer.may_read renews the turn's lease only from the "
-    "read loop, which stop_reading cancels first; while the stopping holder finishes "
-    "the messages it took (up to shutdown_timeout) the lease lapses after "
-    "min_idle_time, the other instance takes the turn and catches up with "
-    "XAUTOCLAIM min-idle 0, taking what the holder still runs: each runs twice",
-)
 def test_an_ordered_holder_stopping_slowly_keeps_its_turn(apps: Apps) -> None:
     channel, service = unique_name("ledger"), unique_name("books")
     seen: list[tuple[str, int]] = []
@@ -311,13 +284,6 @@ def _returns_within(seconds: float, func: Callable[[], Any]) -> bool:
     return done.wait(seconds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_admin.py open_admin without timeout builds transport/redis.py sync_client: "
-    "a 5 s socket timeout retried 3 times at the command and again at the connection, "
-    "so DeadLetters and dead_letter_queues (and daebus dlq) take 20 s on a connection "
-    "already open and over 80 s on a new one before raising TransportError",
-)
 @pytest.mark.timeout(200)
 def test_dead_letter_tools_give_up_on_a_hung_server_promptly(
     private_redis: RedisServer,
@@ -683,13 +649,6 @@ def test_key_functions_that_raise_or_return_unhashable_values_keep_order(
     assert all(numbers == sorted(numbers) for numbers in by_key.values()), by_key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="durable.py ListenerConsumer._key_of calls an async key function without "
-    "awaiting it: every message gets a distinct coroutine as its key, so one user's "
-    "messages run side by side (and Python warns of coroutines never awaited); "
-    "_registry.py accepts such a key",
-)
 def test_an_async_key_function_is_refused_or_keeps_order(memory_url: str) -> None:
     seen: list[int] = []
 
@@ -713,13 +672,6 @@ def test_an_async_key_function_is_refused_or_keeps_order(memory_url: str) -> Non
     assert seen == list(range(30))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_registry.py DurableListener accepts min_idle_time=math.inf; "
-    "consumer.py StreamConsumer._read_forever computes int(min_idle_time * 1000) "
-    "outside its try, so the reader dies of OverflowError at once, logging nothing, "
-    "and the listener never gets a message",
-)
 def test_an_infinite_min_idle_time_is_refused_or_works(memory_url: str) -> None:
     seen: list[Any] = []
     app = Daebus("patient")

@@ -31,9 +31,9 @@ _SCAN_COUNT = 1000
 def open_admin(url: str | None = None, *, timeout: float | None = None) -> Admin:
     """An :class:`Admin` of ``url``, else of the server the library would use.
 
-    ``timeout`` bounds each connect and each command, with no retry: what a health
-    check needs to answer promptly about a server that is down or hung. Without it the
-    client has daebus's usual timeouts and retries, which ride over a server restart.
+    ``timeout`` (by default the library's command timeout, 5 s) bounds each connect and
+    each command, with no retry: a tool, or a health check, answers promptly about a
+    server that is down or hung.
 
     Raises:
         TransportError: no URL is configured and no server can be found or started.
@@ -118,17 +118,16 @@ class RedisAdmin(Admin):
 
     def __init__(self, url: str, timeout: float | None = None) -> None:
         # redis-py is loaded only when used: ``import daebus`` must not pay for it.
-        from .transport.redis import normalize_url, sync_client
+        from .transport.redis import COMMAND_TIMEOUT, normalize_url
 
         self.url = url
         if timeout is None:
-            self.client: redis.Redis = sync_client(url)
-            return
+            timeout = COMMAND_TIMEOUT
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.client = redis.Redis.from_url(
+        self.client: redis.Redis = redis.Redis.from_url(
             normalize_url(url),
             socket_connect_timeout=timeout,
             socket_timeout=timeout,

@@ -8,7 +8,9 @@ been registered, since the app took a copy of its tables then.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -80,14 +82,22 @@ class DurableListener:
                 raise SetupError(f"a durable listener's group cannot hold ':': {self.group!r}")
         if not isinstance(self.retries, int) or self.retries < 0:
             raise SetupError(f"retries must be an int >= 0, got {self.retries!r}")
-        if not self.backoff > 0 or not self.min_idle_time > 0:
-            raise SetupError("backoff and min_idle_time must be positive numbers of seconds")
+        for name, seconds in (("backoff", self.backoff), ("min_idle_time", self.min_idle_time)):
+            if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
+                raise SetupError(
+                    f"{name} must be a positive, finite number of seconds: {seconds!r}"
+                )
         if not isinstance(self.start, str) or not (
             self.start in ("latest", "earliest") or _STREAM_ID.fullmatch(self.start)
         ):
             raise SetupError(f"start must be 'latest', 'earliest' or a stream id: {self.start!r}")
         if self.key is not None and not (callable(self.key) or isinstance(self.key, str)):
             raise SetupError(f"key must be a field name or a function, got {self.key!r}")
+        if callable(self.key) and (
+            inspect.iscoroutinefunction(self.key) or inspect.isasyncgenfunction(self.key)
+        ):
+            # Its "key" would be a new coroutine for every message: no order at all.
+            raise SetupError("key must be a plain function of the message, not an async one")
 
 
 _STREAM_ID = re.compile(r"\d+(-\d+)?")

@@ -245,6 +245,18 @@ class StreamConsumer:
         except (asyncio.CancelledError, KeyboardInterrupt):
             self.release(entry.id)  # left pending: another member takes it
             raise
+        except Exception as exc:
+            # A bug of ours, or an entry nobody foresaw: left pending, it comes back
+            # after min_idle_time with one more delivery, until it is given up on.
+            self.release(entry.id)
+            self.runtime.throttle.log(
+                logging.ERROR,
+                f"durable entry {self.stream}",
+                "handling durable entry %s of %r failed",
+                entry.id,
+                self.stream,
+                exc_info=exc,
+            )
         finally:
             self.runtime.admission.task_done()
 

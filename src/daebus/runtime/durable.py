@@ -137,7 +137,7 @@ class ListenerConsumer(StreamConsumer):
         self.queues: dict[Any, deque[StreamEntry]] = {}
         self.lease = protocol.order_lease_key(listener.channel, group)
         self.has_turn = False
-        self._turn_renewed = 0.0
+        self._turn_keeper: asyncio.Task[None] | None = None
         self._catching_up = False  # a new holder takes what the last one left first
         self._caught_up_to = "0-0"  # where the next look for what it left starts
 
@@ -146,18 +146,12 @@ class ListenerConsumer(StreamConsumer):
         """Ordered: only while this instance holds the group's turn (see the module)."""
         if not self.in_order:
             return True
-        lease_ms = int(self.min_idle_time * 1000)
-        now = self.loop.time()
-        if self.has_turn:
-            if now - self._turn_renewed >= self.min_idle_time / 3:
-                self.has_turn = await self.transport.renew_claim(self.lease, self.name, lease_ms)
-                self._turn_renewed = now
-                if not self.has_turn:
-                    logger.warning("%r lost its turn to another instance", self)
-        elif await self.transport.claim(self.lease, self.name, lease_ms):
+        if not self.has_turn and await self.transport.claim(
+            self.lease, self.name, int(self.min_idle_time * 1000)
+        ):
             self.has_turn = self._catching_up = True
             self._caught_up_to = "0-0"
-            self._turn_renewed = now
+            self._turn_keeper = self.loop.create_task(self._keep_turn(), name=f"turn {self}")
         if not self.has_turn:
             await asyncio.sleep(self.min_idle_time / 3)
             return False
@@ -186,9 +180,27 @@ class ListenerConsumer(StreamConsumer):
         self._caught_up_to = f"{milliseconds}-{int(sequence) + 1}"
         self._take([entry for entry in taken if entry.id not in self.held])
 
+    async def _keep_turn(self) -> None:
+        """Renew the turn while this instance holds it, stopping or not.
+
+        In a task of its own, not in the read loop: a stop ends the reading first, and
+        the handlers still running must keep the turn until they are done.
+        """
+        lease_ms = int(self.min_idle_time * 1000)
+        while self.has_turn:
+            await asyncio.sleep(self.min_idle_time / 3)
+            try:
+                renewed = await self.transport.renew_claim(self.lease, self.name, lease_ms)
+            except TransportError as exc:
+                logger.warning("renewing the turn of %r failed: %s", self, exc)
+                continue
+            if not renewed and self.has_turn:
+                self.has_turn = False
+                logger.warning("%r lost its turn to another instance", self)
+
     def _wait_ms(self) -> int:
         wait = super()._wait_ms()
-        if self.in_order:  # back in time to renew the turn
+        if self.in_order:  # soon back, should the turn be lost meanwhile
             wait = min(wait, max(int(self.min_idle_time * 1000 / 3), 1))
         return wait
 
@@ -198,16 +210,26 @@ class ListenerConsumer(StreamConsumer):
 
     async def give_up_turn(self) -> None:
         """Hand the turn to another instance at once (at stop)."""
+        if self._turn_keeper is not None:
+            self._turn_keeper.cancel()
         if self.has_turn:
             self.has_turn = False
             with contextlib.suppress(TransportError):
                 await self.transport.release_claim(self.lease, self.name)
+
+    def close(self) -> None:
+        """Stop reading, extending claims and renewing the turn."""
+        super().close()
+        if self._turn_keeper is not None:
+            self._turn_keeper.cancel()
 
     # -- taking messages ---------------------------------------------------------------
     def _take(self, entries: list[StreamEntry]) -> None:
         if not self.in_order:
             super()._take(entries)
             return
+        if not self.has_turn:
+            return  # lost meanwhile: left pending, the next holder catches up with them
         for entry in entries:
             self.held[entry.id] = entry.deliveries
             key = self._key_of(entry)

@@ -28,6 +28,7 @@ from .. import protocol
 from ..pubsub import PubSubRequest, PubSubResponse
 from ..transport import Delivery
 from .consumer import StreamConsumer
+from .invoke import START_BY
 
 if TYPE_CHECKING:
     from ..transport import StreamEntry
@@ -58,21 +59,22 @@ class RequestConsumer(StreamConsumer):
         )
         self.requests = runtime.requests
         self.channel = protocol.service_channel(runtime.service)
-        self._swept = False  # what instances that ran before left has been taken
+        # Until when to look for requests other members left, though none is known:
+        # those of an instance that just stopped or restarted go idle only later.
+        self._reclaim_until = runtime.loop.time() + 2 * MIN_IDLE_TIME
 
     def should_reclaim(self) -> bool:
-        """Only while other instances are known: a lone instance has nobody to take from.
+        """While other instances are known, and for twice :data:`MIN_IDLE_TIME` after.
 
-        An instance that ran before and died is still known for a while after (until its
-        entry in the record expires), and its first sweep at start takes what any
-        earlier instance left.
+        A lone instance has nobody to take from, and does not wake up to look; but the
+        requests of an instance that stopped (cut short by its stop timeout), or of
+        this one before a restart, only go idle long enough after it is gone.
         """
-        return bool(self.runtime.instances.others) or not self._swept
-
-    async def reclaim(self, min_idle_ms: int) -> None:
-        """Take the requests that instances gone left unanswered."""
-        await super().reclaim(min_idle_ms)
-        self._swept = True
+        now = self.loop.time()
+        if self.runtime.instances.others:
+            self._reclaim_until = now + 2 * MIN_IDLE_TIME
+            return True
+        return now < self._reclaim_until
 
     async def handle(self, entry: StreamEntry) -> None:
         """Run one durable request and answer it, or drop it if its caller is gone."""
@@ -100,18 +102,29 @@ class RequestConsumer(StreamConsumer):
             assert isinstance(request, PubSubRequest)
             request.message_id = entry.id
             request.delivery_count = entry.deliveries
+            # Set in this entry's own task: a def action that waits for a worker past its
+            # caller's deadline is not run at all.
+            START_BY.set(self._deadline(entry))
             await self.requests.answer(name, handler, ctx, redone_elsewhere=True)
         await self.ack(entry.id)
 
     @staticmethod
-    def _late_by(entry: StreamEntry) -> float | None:
-        """How many seconds past its deadline a request is; None if not (or none)."""
-        try:
-            deadline = int(entry.fields[protocol.STREAM_DEADLINE_FIELD])
-        except (KeyError, ValueError):
+    def _deadline(entry: StreamEntry) -> float | None:
+        """When (``time.time()``) a request's caller stops waiting; None if it says not.
+
+        A deadline that is not a number of ms since the epoch (at most 15 digits) is
+        none: the caller that wrote it is not a daebus caller.
+        """
+        field = entry.fields.get(protocol.STREAM_DEADLINE_FIELD, b"")
+        if not (0 < len(field) <= 15 and field.isdigit()):
             return None
-        late = time.time() - deadline / 1000
-        return late if late > 0 else None
+        return int(field) / 1000
+
+    def _late_by(self, entry: StreamEntry) -> float | None:
+        """How many seconds past its deadline a request is; None if not (or none)."""
+        deadline = self._deadline(entry)
+        late = None if deadline is None else time.time() - deadline
+        return late if late is not None and late > 0 else None
 
     def _refuse(self, entry: StreamEntry, data: bytes) -> None:
         try:

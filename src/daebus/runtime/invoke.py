@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -24,10 +25,12 @@ from .. import context
 __all__ = [
     "ASYNC",
     "ASYNC_GENERATOR",
+    "START_BY",
     "SYNC",
     "HandlerExitError",
     "Invoker",
     "Parts",
+    "StartedTooLateError",
     "Workers",
     "accepts_arguments",
     "error_text",
@@ -93,6 +96,18 @@ def _remember(inspection: Callable[[Any], T], func: Any) -> T:
 def kind_of(func: Callable[..., Any]) -> str:
     """How a handler is called: :data:`ASYNC`, :data:`ASYNC_GENERATOR` or :data:`SYNC`."""
     return _remember(_inspect_kind, func)
+
+
+#: When (``time.time()``) a ``def`` handler still waiting for a worker is no longer to be
+#: called at all: set in the context of a call whose caller stops waiting then (a
+#: durable request), it reaches the worker with the context.
+START_BY: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "daebus_start_by", default=None
+)
+
+
+class StartedTooLateError(Exception):
+    """A handler was not called: a worker was free for it only after :data:`START_BY`."""
 
 
 class HandlerExitError(Exception):
@@ -178,6 +193,9 @@ class Invoker:
         response: Parts | None,
     ) -> Any:
         """Call a ``def`` handler in this (worker) thread; see :meth:`invoke`."""
+        start_by = START_BY.get()
+        if start_by is not None and time.time() > start_by:
+            raise StartedTooLateError(f"{time.time() - start_by:.1f} s after its caller gave up")
         result = func(*args)
         if inspect.isgenerator(result):
             result = drive(result, response)

@@ -24,7 +24,7 @@ from .. import context, protocol
 from ..exceptions import SerializationError, TransportError
 from ..protocol import shorten
 from ..pubsub import PubSubRequest, PubSubResponse
-from .invoke import SYNC, error_text, kind_of
+from .invoke import SYNC, StartedTooLateError, error_text, kind_of
 
 if TYPE_CHECKING:
     from ..transport import Delivery
@@ -338,6 +338,14 @@ class Requests:
                     kind="stopped",
                 )
             raise
+        except StartedTooLateError as exc:
+            self.throttle.log(
+                logging.WARNING,
+                "started too late",
+                "dropped a request for %r unrun: a worker was free for it only %s",
+                shorten(name),
+                exc,
+            )
         except Exception as exc:
             self._log_failure(name, exc)
             if not response.final_sent:
