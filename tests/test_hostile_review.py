@@ -518,13 +518,6 @@ def test_an_instance_frozen_briefly_and_thawed_doubles_and_loses_nothing(
     assert [n for n, times in handled.items() if times > 1] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="instances.py: once the frozen instance's entry expires (EXPIRY_MS, 45 s by "
-    "default) the other runs alone and claims nothing; the thawed one still believes in "
-    "it, claims its backlog and wins every claim nobody made: messages sent during the "
-    "freeze run twice. README says this takes a freeze of over 2 minutes (CLAIM_TTL_MS)",
-)
 def test_an_instance_frozen_past_the_record_expiry_runs_nothing_twice(
     client: redis.Redis, service_processes: Callable[..., ServiceProcess]
 ) -> None:

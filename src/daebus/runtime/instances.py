@@ -14,7 +14,10 @@ Instances know of each other through a record and a channel (:mod:`daebus.protoc
 names both): each one renews its entry in the record every :data:`RENEW_EVERY` seconds,
 scored with its expiry on the server's clock, and announces its arrival and departure
 on the channel. An instance that stops removes its entry at once; a killed one's
-expires, and the others run alone again at their next renewal.
+expires. The others run alone again at once when the last other instance left with a
+word, and go on claiming for :data:`CLAIM_TTL_MS` when its entry expired: an instance
+whose entry expired because it was frozen (SIGSTOP, a suspended machine), not killed,
+finds the claims of what ran meanwhile when it thaws, and runs none of it again.
 
 No request runs twice when an instance arrives: it subscribes to the announcements,
 writes itself into the record and reads it, announces itself, and only then subscribes
@@ -124,6 +127,11 @@ class Instances:
         self.on_receiving: Callable[[], None] | None = None
         self._enabled = False
         self._uncertain = False  # announcements may have been missed
+        # Until when to go on claiming once no other instance is known: one that was
+        # only frozen (its entry expired) may come back and claim what this one ran.
+        self._claim_until = 0.0
+        # Instances that announced their departure: gone for good, not maybe frozen.
+        self._departed: set[str] = set()
         # Loop time before which a renewal may not end the uncertainty (see _rejoin).
         self._certain_after = 0.0
         self._rejoining: asyncio.Task[None] | None = None
@@ -274,6 +282,7 @@ class Instances:
         # believes others run only claims more than it needs to, and checked too.
         if event == "leave":
             if who in self.others:
+                self._departed.add(who)
                 self._check_record()
             return
         if self._recent is not None:
@@ -300,11 +309,19 @@ class Instances:
             )
 
     def _set_others(self, members: list[str]) -> None:
-        self.others = {member for member in members if member != self.id}
+        others = {member for member in members if member != self.id}
+        if (self.others - others) - self._departed:
+            # Expired without a word: killed, or frozen and coming back. Claims made
+            # meanwhile keep a thawed one from running again what ran here.
+            self._claim_until = self.loop.time() + CLAIM_TTL_MS / 1000
+        self._departed &= others
+        self.others = others
         self._update()
 
     def _update(self) -> None:
-        self.shared = bool(self.others) or self._uncertain
+        self.shared = (
+            bool(self.others) or self._uncertain or self.loop.time() < self._claim_until
+        )
         self._ring = sorted({*self.others, self.id})
 
     def _on_disconnect(self, _error: TransportError) -> None:
