@@ -404,14 +404,6 @@ def test_forged_markers_amid_a_burst_lose_and_double_nothing(
     assert heard.messages() == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="shared_listeners.py SharedListeners._on_sync forgets all but the last "
-    "_RECENT_MARKS (256) marks: a forger who floods 257 fresh marks then replays an "
-    "earlier one restarts every instance's count where claims (CLAIM_TTL_MS, 120 s) "
-    "still hold the keys of that count, and every instance loses the claim of each "
-    "repeated message: identical broadcasts are handled by nobody",
-)
 def test_a_replayed_marker_after_a_flood_loses_no_message(apps: Apps, client: redis.Redis) -> None:
     heard, channel, service = _Heard(), unique_name("beats"), unique_name("shared-review")
     started = [heard.app(channel) for _ in range(2)]

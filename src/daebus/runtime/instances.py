@@ -319,9 +319,7 @@ class Instances:
         self._update()
 
     def _update(self) -> None:
-        self.shared = (
-            bool(self.others) or self._uncertain or self.loop.time() < self._claim_until
-        )
+        self.shared = bool(self.others) or self._uncertain or self.loop.time() < self._claim_until
         self._ring = sorted({*self.others, self.id})
 
     def _on_disconnect(self, _error: TransportError) -> None:

@@ -47,9 +47,14 @@ common marker, the instances in step agree on every key, and an instance out of 
 claims nothing. The bytes stay in the key so that, should counts ever differ, two
 different messages still get different keys: handled twice rather than not at all.
 
-A marker that repeats one read recently is ignored (a replay). Replayed to instances
-none of which read the first one, while its claims live (:data:`.instances.CLAIM_TTL_MS`),
-it could make them lose races to those claims; whoever can publish on the service's
+A marker that repeats one read while its claims may live
+(:data:`.instances.CLAIM_TTL_MS`) is ignored: replayed, it would restart the count
+where those claims hold the keys, and every instance would lose the races to them.
+Past :data:`_RECENT_MARKS` markers in that time (a flood), new ones are ignored rather
+than old ones forgotten: an instance that ignores a marker the others take counts on
+apart from them, so its keys differ, and a message may be handled twice, never by
+none. Replayed to instances none of which read the first one, while its claims live,
+a marker could still make them lose races; whoever can publish on the service's
 channels can forge requests too.
 
 **Leaving.** An instance that stops takes no more shared broadcasts once it begins to
@@ -71,6 +76,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..transport import Delivery
+from .instances import CLAIM_TTL_MS
 
 if TYPE_CHECKING:
     from .._registry import Listener
@@ -86,8 +92,9 @@ __all__ = ["ForListeners", "SharedListeners"]
 DEFER = 0.05
 #: Seconds an instance out of step waits for its marker before it asks again.
 ASK_AGAIN = 1.0
-#: How many marks an instance remembers, to ignore a marker read twice.
-_RECENT_MARKS = 256
+#: How many marks an instance remembers at most (for a claim's lifetime each), to
+#: ignore a marker read twice.
+_RECENT_MARKS = 10_000
 
 
 class ForListeners(Delivery):
@@ -140,7 +147,8 @@ class SharedListeners:
         #: Channel or pattern with a shared listener -> its _Count.
         self.counts: dict[str, _Count] = {}
         self._roles: dict[str, _Roles] = {}
-        self._recent: dict[str, None] = {}
+        # Mark -> when it was read, oldest first: the marks whose claims may live.
+        self._recent: dict[str, float] = {}
         runtime.instances.on_sync = self._on_sync
         runtime.instances.on_receiving = self._rearm_all
 
@@ -238,11 +246,13 @@ class SharedListeners:
 
     def _on_sync(self, name: str, mark: str) -> None:
         recent = self._recent
-        if mark in recent:
-            return
-        recent[mark] = None
-        if len(recent) > _RECENT_MARKS:
+        now = self.loop.time()
+        forget_before = now - CLAIM_TTL_MS / 1000
+        while recent and next(iter(recent.values())) < forget_before:
             del recent[next(iter(recent))]
+        if mark in recent or len(recent) >= _RECENT_MARKS:
+            return
+        recent[mark] = now
         count = self.counts.get(name)
         if (
             count is not None
