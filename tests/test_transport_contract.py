@@ -559,6 +559,22 @@ class TestStreamContract:
         assert entries[0].fields == {"data": b"a", "extra": b"\x00\xff"}
         assert [e.fields["data"] for e in entries[1:]] == [b"0", b"1", b"2", b"t", b"last"]
 
+    async def test_many_entries_are_added_in_order_from_a_thread(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        one, two = ns + "many-1", ns + "many-2"
+        entries = [(one if n % 2 else two, {"data": str(n).encode()}) for n in range(6)]
+        ids = await asyncio.to_thread(transport.stream_add_many_blocking, entries, 100)
+        aged = await asyncio.to_thread(
+            transport.stream_add_many_blocking, entries[:2], 100, max_age_ms=60_000
+        )
+
+        assert len(ids) == 6
+        assert stream_ids(url, one) == [ids[1], ids[3], ids[5], aged[1]]
+        assert stream_ids(url, two) == [ids[0], ids[2], ids[4], aged[0]]
+        assert await asyncio.to_thread(transport.stream_add_many_blocking, [], 100) == []
+
     async def test_a_group_is_created_once_and_makes_its_stream(
         self, open_transport: Open, url: str, ns: str
     ) -> None:

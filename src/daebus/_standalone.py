@@ -64,6 +64,12 @@ class StandalonePublisher:
         """Append to a stream (a durable send); return the entry's id."""
         return self.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
 
+    def stream_add_many(
+        self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
+    ) -> list[str]:
+        """Append many entries in one round trip; return their ids."""
+        return self.transport.stream_add_many_blocking(entries, maxlen, max_age_ms=max_age_ms)
+
     def is_stale(self) -> bool:
         """Whether its ``memory://`` broker was forgotten, so that apps now use another."""
         transport = self.transport

@@ -51,6 +51,21 @@ class Publisher:
             return future
         return runtime.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
 
+    def stream_add_many(
+        self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
+    ) -> Any:
+        """Append many entries: on the loop a future of their ids, elsewhere the ids.
+
+        On the loop each is a command of its own, written with the others in one go;
+        from a thread they go in one round trip on the thread's connection.
+        """
+        runtime = self._runtime
+        if threading.get_ident() == runtime.loop_thread:
+            return asyncio.gather(
+                *(self.stream_add(stream, fields, maxlen, max_age_ms) for stream, fields in entries)
+            )
+        return runtime.transport.stream_add_many_blocking(entries, maxlen, max_age_ms=max_age_ms)
+
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Publish without waiting for the receiver count (a worker's final reply).
 

@@ -280,6 +280,22 @@ class Transport(ABC):
         """:meth:`stream_add` from a thread that is not the transport's loop."""
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
+    def stream_add_many_blocking(
+        self,
+        entries: Sequence[tuple[str, dict[str, bytes]]],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+    ) -> list[str]:
+        """:meth:`stream_add_blocking` for each ``(stream, fields)``: their ids, in order.
+
+        A transport that can sends them in one round trip.
+        """
+        return [
+            self.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+            for stream, fields in entries
+        ]
+
     async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
         """``XGROUP CREATE stream group start MKSTREAM``; False if the group existed."""
         raise NotImplementedError(f"{type(self).__name__} has no streams")
