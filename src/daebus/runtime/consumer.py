@@ -33,8 +33,9 @@ __all__ = ["MAX_HELD", "PREFETCH", "StreamConsumer"]
 
 logger = logging.getLogger("daebus.durable")
 
-#: How many entries one consumer runs at once.
-PREFETCH = 16
+#: How many entries one consumer runs at once (and reads at most in one read), within
+#: the service's ``max_in_flight``.
+PREFETCH = 64
 #: How many entries one consumer holds at once, those waiting for another try included:
 #: a flood of failing messages, each waiting out its backoff, does not stop the others.
 MAX_HELD = 256
@@ -81,6 +82,8 @@ class StreamConsumer:
         self._group_made = False  # the group is known to exist
         self.reader: asyncio.Task[None] | None = None
         self.keeper: asyncio.Task[None] | None = None
+        # The entries handled in this turn of the loop, and the future of their one XACK.
+        self._acks: tuple[list[str], asyncio.Future[None]] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stream!r} group={self.group!r} as {self.name}>"
@@ -264,19 +267,37 @@ class StreamConsumer:
     async def ack(self, entry_id: str) -> None:
         """Acknowledge an entry, and hold it no more.
 
-        An acknowledgement the server does not take is sent again for a few seconds
-        (a server restarting, or loading its data): each one lost makes the entry run
-        again elsewhere.
+        The entries handled in one turn of the loop are acknowledged together, in one
+        ``XACK``. An acknowledgement the server does not take is sent again for a few
+        seconds (a server restarting, or loading its data): each one lost makes the
+        entry run again elsewhere.
         """
+        if self._acks is None:
+            done = self.loop.create_future()
+            done.add_done_callback(_retrieve)
+            self._acks = ([], done)
+            self.runtime.keep(self.loop.create_task(self._send_acks()))
+        ids, done = self._acks
+        ids.append(entry_id)
+        await asyncio.shield(done)
+        self.release(entry_id)
+
+    async def _send_acks(self) -> None:
+        """Acknowledge the entries of this turn of the loop in one ``XACK``."""
+        await asyncio.sleep(0)  # the handlers finishing in this turn add theirs first
+        assert self._acks is not None
+        (ids, done), self._acks = self._acks, None
         for pause in (*_ACK_PAUSES, None):
             try:
-                await self.transport.stream_ack(self.stream, self.group, [entry_id])
-                break
-            except TransportError:
+                await self.transport.stream_ack(self.stream, self.group, ids)
+            except TransportError as exc:
                 if pause is None:
-                    raise
+                    done.set_exception(exc)
+                    return
                 await asyncio.sleep(pause)
-        self.release(entry_id)
+            else:
+                done.set_result(None)
+                return
 
     def retry_later(self, entry_id: str, delay: float) -> None:
         """Take the entry again (counting a delivery) once ``delay`` seconds have passed."""
@@ -315,3 +336,9 @@ class StreamConsumer:
                 )
             except TransportError as exc:
                 logger.warning("extending the claims on %r failed: %s", self.stream, exc)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a batch's failure as seen: its waiters may all have been cancelled."""
+    if not future.cancelled():
+        future.exception()
