@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from _apps import Apps
-from _helpers import PHASE_REPORTS, ServiceProcess, dead_url
+from _helpers import PHASE_REPORTS, ServiceProcess, dead_url, unique_name
 from _servers import (
     ExternalRedis,
     RedisEndpoint,
@@ -22,6 +22,7 @@ from _servers import (
     skip_or_fail,
 )
 from daebus.server import SharedServer
+from daebus.transport.memory import forget
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -148,6 +149,16 @@ def apps(redis_url: str) -> Iterator[Apps]:
     """Apps started in-process on the shared server; every one is stopped at teardown."""
     with Apps(redis_url) as manager:
         yield manager
+
+
+@pytest.fixture(params=["redis", "memory"])
+def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
+    """Apps on the shared server, then (a second run of the test) on a fresh memory://."""
+    url = redis_url if request.param == "redis" else f"memory://{unique_name('where')}"
+    with Apps(url) as manager:
+        yield manager
+    if url.startswith("memory://"):
+        forget(url)
 
 
 @pytest.fixture

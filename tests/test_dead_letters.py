@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,21 +24,11 @@ from daebus import (
     request,
 )
 from daebus.protocol import STREAM_GROUP_FIELD, dead_letter_key, stream_key
-from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(60)
 
 #: Fast retries: two tries, then the dead-letter stream.
 FAILING = {"retries": 1, "backoff": 0.01}
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('dlq')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 def send(url: str, channel: str, payload: Any) -> str:

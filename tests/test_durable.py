@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,9 @@ from _apps import Apps
 from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request
 from daebus.protocol import dead_letter_key, stream_key
-from daebus.transport.memory import broker_for, forget
+from daebus.transport.memory import broker_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('durable')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 def _entries(url: str, stream: str) -> list[dict[str, bytes]]:

@@ -561,15 +561,6 @@ def test_a_flood_of_poison_messages_does_not_hold_up_the_others(
 # -- start positions ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('durable')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
-
-
 def test_earliest_gets_a_backlog_once_and_a_restart_does_not_replay_it(where: Apps) -> None:
     channel, service = unique_name("backlog"), unique_name("late")
     sender = Daebus("sender")

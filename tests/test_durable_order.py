@@ -14,7 +14,6 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,8 @@ import pytest
 from _apps import Apps
 from _helpers import QUIET, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request
-from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('order')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 def _send_all(url: str, channel: str, payloads: list[Any]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,18 +28,8 @@ from daebus import (
     response,
 )
 from daebus.protocol import request_stream_key, stream_key
-from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('dreq')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 def _adder(runs: list[Any] | None = None) -> Daebus:

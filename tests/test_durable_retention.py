@@ -23,7 +23,7 @@ from daebus import Daebus, broadcast, request
 from daebus.protocol import stream_key
 from daebus.pubsub import PubSubBroadcast
 from daebus.transport._server_clock import ServerClock
-from daebus.transport.memory import broker_for, forget
+from daebus.transport.memory import broker_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,15 +32,6 @@ pytestmark = pytest.mark.timeout(60)
 NODE = 100
 #: Longer than the ages the tests give, so that what was sent before is older.
 OLDER = 0.3
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('retention')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 @pytest.fixture

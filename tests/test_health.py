@@ -8,7 +8,6 @@ has a pytest timeout far below what a retrying client would take.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,18 +16,8 @@ from _apps import Apps
 from _helpers import dead_url, unique_name, wait_for
 from _servers import RedisServer
 from daebus import Daebus, TransportError, broadcast, health_stats, ping, subscriber_counts
-from daebus.transport.memory import forget
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=["redis", "memory"])
-def where(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Apps]:
-    url = redis_url if request.param == "redis" else f"memory://{unique_name('health')}"
-    with Apps(url) as apps:
-        yield apps
-    if url.startswith("memory://"):
-        forget(url)
 
 
 def send(url: str, channel: str, payload: Any) -> str:
