@@ -272,6 +272,18 @@ class StreamConsumer:
         seconds (a server restarting, or loading its data): each one lost makes the
         entry run again elsewhere.
         """
+        await asyncio.shield(self._batch_ack(entry_id))
+
+    def ack_soon(self, entry_id: str) -> None:
+        """Acknowledge an entry with this turn's others, without waiting for the server.
+
+        The entry is held until the ``XACK`` is answered. A failure is logged, and the
+        entry left pending, to be taken again once idle: at least once still holds.
+        """
+        self._batch_ack(entry_id)
+
+    def _batch_ack(self, entry_id: str) -> asyncio.Future[None]:
+        """Add the entry to this turn's ``XACK``; the future of that ``XACK``."""
         if self._acks is None:
             done = self.loop.create_future()
             done.add_done_callback(_retrieve)
@@ -279,25 +291,31 @@ class StreamConsumer:
             self.runtime.keep(self.loop.create_task(self._send_acks()))
         ids, done = self._acks
         ids.append(entry_id)
-        await asyncio.shield(done)
-        self.release(entry_id)
+        return done
 
     async def _send_acks(self) -> None:
-        """Acknowledge the entries of this turn of the loop in one ``XACK``."""
+        """Acknowledge the entries of this turn of the loop in one ``XACK``, then free them."""
         await asyncio.sleep(0)  # the handlers finishing in this turn add theirs first
         assert self._acks is not None
         (ids, done), self._acks = self._acks, None
-        for pause in (*_ACK_PAUSES, None):
-            try:
-                await self.transport.stream_ack(self.stream, self.group, ids)
-            except TransportError as exc:
-                if pause is None:
-                    done.set_exception(exc)
+        try:
+            for pause in (*_ACK_PAUSES, None):
+                try:
+                    await self.transport.stream_ack(self.stream, self.group, ids)
+                except TransportError as exc:
+                    if pause is None:
+                        done.set_exception(exc)
+                        logger.warning(
+                            "acknowledging %d entries of %r failed: %s", len(ids), self.stream, exc
+                        )
+                        return
+                    await asyncio.sleep(pause)
+                else:
+                    done.set_result(None)
                     return
-                await asyncio.sleep(pause)
-            else:
-                done.set_result(None)
-                return
+        finally:
+            for entry_id in ids:
+                self.release(entry_id)
 
     def retry_later(self, entry_id: str, delay: float) -> None:
         """Take the entry again (counting a delivery) once ``delay`` seconds have passed."""

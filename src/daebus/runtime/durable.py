@@ -316,7 +316,10 @@ class ListenerConsumer(StreamConsumer):
             raise
         except BaseException as exc:
             return await self._failed(entry, exc)
-        await self.ack(entry.id)
+        if self.in_order:
+            await self.ack(entry.id)  # confirmed before the next message of its key runs
+        else:
+            self.ack_soon(entry.id)
         return None
 
     async def _call(self, entry: StreamEntry, value: Any) -> None:

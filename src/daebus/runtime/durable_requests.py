@@ -106,7 +106,7 @@ class RequestConsumer(StreamConsumer):
             # caller's deadline is not run at all.
             START_BY.set(self._deadline(entry))
             await self.requests.answer(name, handler, ctx, redone_elsewhere=True)
-        await self.ack(entry.id)
+        self.ack_soon(entry.id)
 
     @staticmethod
     def _deadline(entry: StreamEntry) -> float | None:
