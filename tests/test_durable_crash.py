@@ -38,7 +38,7 @@ from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from daebus import broadcast, protocol
 from daebus.runtime.consumer import PREFETCH
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.soak]
 
 MESSAGES = 10_000
 #: Messages sent per second: the run of sends lasts MESSAGES / RATE seconds.

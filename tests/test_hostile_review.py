@@ -56,7 +56,7 @@ from daebus.runtime.consumer import PREFETCH
 from daebus.runtime.durable_requests import MAX_DELIVERIES
 from daebus.transport.memory import forget
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.soak]
 
 
 @pytest.fixture
