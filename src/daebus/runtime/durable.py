@@ -234,10 +234,13 @@ class ListenerConsumer(StreamConsumer):
             self.held[entry.id] = entry.deliveries
             key = self._key_of(entry)
             queue = self.queues.get(key)
-            if queue is None:
-                queue = self.queues[key] = deque()
-                self.runtime.admission.spawn(self._run_in_order(key, queue))
-            queue.append(entry)
+            if queue is not None:
+                queue.append(entry)
+                continue
+            # Filled before its runner starts: on Python 3.12 a task may start at once
+            # (an eager task), and a runner finding its queue empty would end there.
+            queue = self.queues[key] = deque([entry])
+            self.runtime.admission.spawn(self._run_in_order(key, queue))
         self._start_keeping_claims()
 
     def _key_of(self, entry: StreamEntry) -> Any:
