@@ -42,7 +42,7 @@ from typing import Any
 
 import redis
 from _common import Meter, pubsub_of
-from _fanout import drain
+from _fanout import collect_reports, drain
 from _procs import Child
 from _setup import Bench
 from _stream_baseline import produce, wait_groups
@@ -158,14 +158,7 @@ class _Consumers:
             self._client.publish(self._asks, ask)
         else:  # in the stream: answered after every entry before it
             self._client.xadd(self.stream, {"data": ask})
-        by_pid: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while len(by_pid) < len(self.children) and time.monotonic() < deadline:
-            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None and message["type"] == "message":
-                report = json.loads(message["data"])
-                by_pid[report["pid"]] = report
-        return list(by_pid.values()) if len(by_pid) == len(self.children) else None
+        return collect_reports(self._pubsub, len(self.children), timeout)
 
     def close(self) -> None:
         self.meter.close()

@@ -106,14 +106,7 @@ class _Listeners:
                 return None
         request = {"report": run, "reply_to": self._reports}
         self._client.publish(self.channel, json.dumps(request))
-        by_pid: dict[int, dict[str, Any]] = {}
-        deadline = time.monotonic() + timeout
-        while len(by_pid) < len(self.children) and time.monotonic() < deadline:
-            message = self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None and message["type"] == "message":
-                report = json.loads(message["data"])
-                by_pid[report["pid"]] = report
-        return list(by_pid.values()) if len(by_pid) == len(self.children) else None
+        return collect_reports(self._pubsub, len(self.children), timeout)
 
     def close(self) -> None:
         self.meter.close()
@@ -123,6 +116,18 @@ class _Listeners:
             self._pubsub.close()
         self._client.close()
         self.bench.procs.stop(*self.children)
+
+
+def collect_reports(pubsub: Any, count: int, timeout: float) -> list[dict[str, Any]] | None:
+    """The reports of ``count`` children on ``pubsub`` (one per pid), or None if late."""
+    by_pid: dict[int, dict[str, Any]] = {}
+    deadline = time.monotonic() + timeout
+    while len(by_pid) < count and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+        if message is not None and message["type"] == "message":
+            report = json.loads(message["data"])
+            by_pid[report["pid"]] = report
+    return list(by_pid.values()) if len(by_pid) == count else None
 
 
 def drain(

@@ -41,6 +41,13 @@ def _x(value: float | None) -> str:
 
 # -- per-scenario tables ---------------------------------------------------------------
 def render_latency(result: dict[str, Any]) -> str:
+    n = result["rows"][0]["n"]
+    head = f"1. Sequential RPC latency ({n} timed calls per variant, one at a time)"
+    return _latency_tables(result, head, ["p50 vs bare", "p99 vs bare", "mean"])
+
+
+def _latency_tables(result: dict[str, Any], head: str, ratio_headers: list[str]) -> str:
+    """Percentiles of sequential calls with their ratios, then where their CPU went."""
     rows = [
         [
             row["label"],
@@ -53,9 +60,7 @@ def render_latency(result: dict[str, Any]) -> str:
         ]
         for row in result["rows"]
     ]
-    n = result["rows"][0]["n"]
-    head = f"1. Sequential RPC latency ({n} timed calls per variant, one at a time)"
-    headers = ["variant", "p50 us", "p99 us", "mean us", "p50 vs bare", "p99 vs bare", "mean"]
+    headers = ["variant", "p50 us", "p99 us", "mean us", *ratio_headers]
     return "\n".join([head, table(headers, rows), "", _cpu_table(result["rows"], "call")])
 
 
@@ -249,22 +254,9 @@ def render_sharing(result: dict[str, Any]) -> str:
 
 
 def render_durable_request(result: dict[str, Any]) -> str:
-    rows = [
-        [
-            row["label"],
-            _num(row["p50_us"], 1),
-            _num(row["p99_us"], 1),
-            _num(row["mean_us"], 1),
-            _x(row["p50_ratio"]),
-            _x(row["p99_ratio"]),
-            _x(row["mean_ratio"]),
-        ]
-        for row in result["rows"]
-    ]
     n = result["rows"][0]["n"]
     head = f"9. Durable requests, sequential ({n} timed calls per variant, one at a time)"
-    headers = ["variant", "p50 us", "p99 us", "mean us", "p50 vs pub/sub", "p99", "mean"]
-    return "\n".join([head, table(headers, rows), "", _cpu_table(result["rows"], "call")])
+    return _latency_tables(result, head, ["p50 vs pub/sub", "p99", "mean"])
 
 
 RENDERERS = {
