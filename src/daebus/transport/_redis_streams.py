@@ -88,11 +88,7 @@ class RedisStreams(Transport):
         try:
             if max_age_ms is None:
                 return bytes(connection.command(add)).decode()
-            now = self._server_clock.now_ms()
-            if now is None:
-                self._server_clock.learn(connection.command(pack("TIME")))
-                now = self._server_clock.now_ms()
-                assert now is not None
+            now = self._server_now_ms_blocking(connection)
             trim = pack("XTRIM", stream, "MINID", "~", now - max_age_ms)
             replies = connection.pipeline([add, trim])
         except TransportError as exc:
@@ -113,11 +109,7 @@ class RedisStreams(Transport):
         commands = [pack(*_add_command(stream, fields, maxlen)) for stream, fields in entries]
         try:
             if max_age_ms is not None:
-                now = self._server_clock.now_ms()
-                if now is None:
-                    self._server_clock.learn(connection.command(pack("TIME")))
-                    now = self._server_clock.now_ms()
-                    assert now is not None
+                now = self._server_now_ms_blocking(connection)
                 streams = dict.fromkeys(stream for stream, _fields in entries)
                 commands += [pack("XTRIM", s, "MINID", "~", now - max_age_ms) for s in streams]
             replies = connection.pipeline(commands)
@@ -128,6 +120,15 @@ class RedisStreams(Transport):
             _added_id(stream, [reply, *trims])
             for (stream, _fields), reply in zip(entries, replies, strict=False)
         ]
+
+    def _server_now_ms_blocking(self, connection: BlockingConnection) -> int:
+        """Now on the server's clock, in ms (asking with ``TIME`` on ``connection`` if need be)."""
+        now = self._server_clock.now_ms()
+        if now is None:
+            self._server_clock.learn(connection.command(pack("TIME")))
+            now = self._server_clock.now_ms()
+            assert now is not None
+        return now
 
     async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
         """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
