@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..exceptions import TransportError
+from .eager import finish, first_step, start_task
 
 if TYPE_CHECKING:
     from ..transport import StreamEntry
@@ -84,6 +85,8 @@ class StreamConsumer:
         self.keeper: asyncio.Task[None] | None = None
         # The entries handled in this turn of the loop, and the future of their one XACK.
         self._acks: tuple[list[str], asyncio.Future[None]] | None = None
+        # How many entries held are done with, waiting for their XACK's answer.
+        self.acking = 0
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stream!r} group={self.group!r} as {self.name}>"
@@ -157,11 +160,12 @@ class StreamConsumer:
                 if self._room() <= 0:
                     await self._wait_for_room(wait_ms)
                     continue
-                self._take(
-                    await self.transport.stream_read(
-                        self.stream, self.group, self.name, self._room(), wait_ms
-                    )
+                taken = await self.transport.stream_read(
+                    self.stream, self.group, self.name, self._room(), wait_ms
                 )
+                self._take(taken)
+                if taken:
+                    await self._settle()
             except TransportError as exc:
                 if "NOGROUP" in str(exc):
                     self._group_made = False  # the stream or the group was deleted: make them again
@@ -174,6 +178,20 @@ class StreamConsumer:
                     exc,
                 )
                 await asyncio.sleep(_FAILED_READ_PAUSE)
+
+    async def _settle(self) -> None:
+        """Let the entries just taken start, and wait for the answer to their ``XACK``.
+
+        As a plain loop of read, handle, acknowledge does: while the acknowledgement
+        travels, new entries pile up, and the next read takes them together. Reading
+        again at once would take them a few at a time, each read costing this process
+        and the server about as much as many entries do.
+        """
+        await asyncio.sleep(0)  # before 3.12 the batch's task starts on this turn
+        acks = self._acks
+        if acks is not None:
+            with contextlib.suppress(TransportError):
+                await asyncio.shield(acks[1])
 
     async def reclaim(self, min_idle_ms: int) -> None:
         """Take the entries other members have held for ``min_idle_ms`` or more."""
@@ -192,7 +210,7 @@ class StreamConsumer:
         return min(self._own_room(), admission.capacity - running)
 
     def _own_room(self) -> int:
-        running_here = len(self.held) - len(self.retry_at)
+        running_here = len(self.held) - len(self.retry_at) - self.acking
         return min(PREFETCH - running_here, MAX_HELD - len(self.held))
 
     async def _wait_for_room(self, wait_ms: int) -> None:
@@ -228,11 +246,46 @@ class StreamConsumer:
         self._take(taken)
 
     def _take(self, entries: list[StreamEntry]) -> None:
+        if not entries:
+            return
         admission = self.runtime.admission
         for entry in entries:
             self.held[entry.id] = entry.deliveries
-            admission.spawn(self._handle_one(entry))
+        admission.tasks += len(entries)  # each _handle_one() ends with task_done()
+        admission.track(start_task(self.loop, self._handle_in_turn(entries, 0)))
         self._start_keeping_claims()
+
+    async def _handle_in_turn(self, entries: list[StreamEntry], first: int) -> None:
+        """Handle ``entries[first:]`` one after the other in this task, until one waits.
+
+        As broadcasts are (:meth:`.broadcasts.Broadcasts.handle_queued`): a task of its
+        own for each entry would cost much of a listener's time per message, and most
+        handlers finish without waiting. The first entry that waits is seen through by
+        this task, which is then its own from start to end (``asyncio.current_task()``,
+        timeouts and cancellation work in a handler), and a new task takes the rest,
+        so the entries still run side by side.
+        """
+        for index in range(first, len(entries)):
+            try:
+                stepped = first_step(self._handle_one(entries[index]))
+            except BaseException:  # CancelledError or KeyboardInterrupt: as from its own task
+                self._hand_over(entries, index + 1)
+                raise
+            if stepped is not None:
+                self._hand_over(entries, index + 1)
+                await finish(stepped)
+                return
+
+    def _hand_over(self, entries: list[StreamEntry], first: int) -> None:
+        """A new task takes ``entries[first:]``.
+
+        A plain task, not an eager one: started inside this task, an eager one would
+        run its first step nested in this one's, and a run of entries that each wait
+        would nest as deep as the batch is long.
+        """
+        if first < len(entries):
+            task = self.loop.create_task(self._handle_in_turn(entries, first))
+            self.runtime.admission.track(task)
 
     def _start_keeping_claims(self) -> None:
         if self.held and (self.keeper is None or self.keeper.done()):
@@ -291,6 +344,7 @@ class StreamConsumer:
             self.runtime.keep(self.loop.create_task(self._send_acks()))
         ids, done = self._acks
         ids.append(entry_id)
+        self.acking += 1
         return done
 
     async def _send_acks(self) -> None:
@@ -314,6 +368,7 @@ class StreamConsumer:
                     done.set_result(None)
                     return
         finally:
+            self.acking -= len(ids)
             for entry_id in ids:
                 self.release(entry_id)
 
