@@ -37,7 +37,7 @@ from .. import context, encoding, protocol
 from ..exceptions import SetupError, TransportError
 from ..pubsub import PubSubRequest, PubSubResponse
 from .consumer import StreamConsumer
-from .invoke import accepts_arguments, error_text
+from .invoke import ASYNC, accepts_arguments, error_text, kind_of
 
 if TYPE_CHECKING:
     from .._registry import DurableListener
@@ -313,8 +313,20 @@ class ListenerConsumer(StreamConsumer):
         except (KeyError, ValueError):
             await self._dead_letter(entry, "not a JSON message in a 'data' field")
             return None
+        ctx = DurableContext(self, entry, value)
+        func = self.listener.func
+        args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
         try:
-            await self._call(entry, value)
+            if kind_of(func) is ASYNC:  # the common case, without invoke()'s layers
+                token = context.push(ctx)
+                try:
+                    await func(*args)
+                finally:
+                    context.pop(token)
+            else:
+                await self.runtime.invoke(func, ctx, args, ctx.response)
+            if ctx.built and ctx.response.sent:
+                await ctx.response.flush()
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -324,22 +336,6 @@ class ListenerConsumer(StreamConsumer):
         else:
             self.ack_soon(entry.id)
         return None
-
-    async def _call(self, entry: StreamEntry, value: Any) -> None:
-        runtime = self.runtime
-        request = PubSubRequest.from_broadcast(value, self.channel, None)
-        request.message_id = entry.id
-        request.delivery_count = entry.deliveries
-        request.reply_channel = runtime.replies.fallback(request.service)
-        response = PubSubResponse(
-            runtime.publisher, request, max_message_size=runtime.app.max_message_size
-        )
-        ctx = context.MessageContext(runtime.app, "pubsub", request, response)
-        func = self.listener.func
-        args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
-        await runtime.invoke(func, ctx, args, response)
-        if response.sent:
-            await response.flush()
 
     async def _failed(self, entry: StreamEntry, exc: BaseException) -> float | None:
         """Log a failed try; dead-letter the message after the last, else its backoff."""
@@ -390,3 +386,34 @@ class ListenerConsumer(StreamConsumer):
             self.dead_letters,
             protocol.shorten(error),
         )
+
+
+class DurableContext(context.MessageContext):
+    """A durable listener's context, whose request and response are made on first use.
+
+    As :class:`.broadcasts.BroadcastContext` is, for the same reason: most listeners
+    never read them. Its request carries the message's id and delivery count; what the
+    listener sends with ``response`` goes to its service's responses channel, as a
+    listener's does when the message names no reply channel.
+    """
+
+    __slots__ = ("_consumer", "_entry", "_value")
+
+    def __init__(self, consumer: ListenerConsumer, entry: StreamEntry, value: Any) -> None:
+        self.app = consumer.runtime.app
+        self.kind = "pubsub"
+        self.built = False
+        self._consumer = consumer
+        self._entry = entry
+        self._value = value
+
+    def _parts(self) -> tuple[PubSubRequest, PubSubResponse]:
+        runtime, entry = self._consumer.runtime, self._entry
+        request = PubSubRequest.from_broadcast(self._value, self._consumer.channel, None)
+        request.message_id = entry.id
+        request.delivery_count = entry.deliveries
+        request.reply_channel = runtime.replies.fallback(request.service)
+        response = PubSubResponse(
+            runtime.publisher, request, max_message_size=runtime.app.max_message_size
+        )
+        return request, response
