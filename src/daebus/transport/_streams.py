@@ -29,7 +29,7 @@ def flat_fields(fields: Mapping[str, bytes]) -> list[str | bytes]:
 
 
 def entries_of(reply: Any, deliveries: int = 1) -> list[StreamEntry]:
-    """The ``[[id, [field, value, ...]], ...]`` of a stream reply as entries.
+    """The ``[[id, [field, value, ...]], ...]`` of a stream reply (bytes) as entries.
 
     Entries whose fields are nil (deleted while pending) are left out.
     """
@@ -37,9 +37,13 @@ def entries_of(reply: Any, deliveries: int = 1) -> list[StreamEntry]:
     for raw_id, raw_fields in reply or ():
         if raw_fields is None:
             continue
-        fields = {
-            bytes(raw_fields[i]).decode("utf-8", "replace"): bytes(raw_fields[i + 1])
-            for i in range(0, len(raw_fields) - 1, 2)
-        }
-        entries.append(StreamEntry(bytes(raw_id).decode(), fields, deliveries))
+        if len(raw_fields) == 2:  # one field: a durable message's "data"
+            fields = {raw_fields[0].decode("utf-8", "replace"): raw_fields[1]}
+        else:
+            pairs = iter(raw_fields)  # a field without a value (never sent) is left out
+            fields = {
+                name.decode("utf-8", "replace"): value
+                for name, value in zip(pairs, pairs, strict=False)
+            }
+        entries.append(StreamEntry(raw_id.decode(), fields, deliveries))
     return entries
