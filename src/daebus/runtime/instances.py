@@ -44,14 +44,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import heapq
+import itertools
 import logging
 import os
 import re
 import secrets
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import encoding, protocol
 from ..exceptions import TransportError
@@ -86,6 +89,17 @@ DEFER = 0.005
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,100}:[0-9]{1,10}:[0-9a-f]{6}")
 # What Instances.mark puts in a sync marker: one bounded in size is all that is kept.
 _MARK = re.compile(r"[0-9a-f]{1,32}")
+
+
+class _Claim(NamedTuple):
+    """A message to claim, and what to do once it is won (see :meth:`Instances.take`)."""
+
+    key: str
+    what: str
+    channel: str
+    unclaimed: bool
+    then: Callable[..., None]
+    args: tuple[Any, ...]
 
 
 def new_instance_id() -> str:
@@ -143,7 +157,12 @@ class Instances:
         self._renewing = asyncio.Lock()
         self._subscription: Subscription | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._claims: set[asyncio.Task[None]] = set()
+        # Claims sent and not yet answered, and the late ones still to send (by when).
+        self._unanswered = 0
+        self._deferred: list[tuple[float, int, _Claim]] = []
+        self._deferred_timer: asyncio.TimerHandle | None = None
+        self._order = itertools.count()  # keeps claims due together in order
+        self._settled: asyncio.Event | None = None
         self._markers: set[asyncio.Task[None]] = set()
 
     # -- arriving and leaving --------------------------------------------------------
@@ -225,8 +244,10 @@ class Instances:
 
     async def claims_settled(self, timeout: float) -> None:
         """Wait (up to ``timeout`` seconds) for the claims under way to be answered."""
-        if self._claims:
-            await asyncio.wait(set(self._claims), timeout=max(0.0, timeout))
+        if self._unanswered or self._deferred:
+            self._settled = asyncio.Event()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), max(0.0, timeout))
 
     def _announcement(self, event: str) -> bytes:
         return encoding.dumps({"event": event, "instance": self.id})
@@ -429,44 +450,58 @@ class Instances:
         not answer drops the message, unless ``unclaimed``: then it runs anyway, which
         may run it twice rather than not at all. An instance not preferred for the
         message claims it ``defer`` seconds late.
+
+        Every instance claims every message: no task is made for a claim, and the
+        late ones wait together, under one timer.
         """
         ring = self._ring
         preferred = ring[int.from_bytes(digest[:8], "big") % len(ring)]
-        key = protocol.claim_key(self.service, digest.hex())
-        delay = 0.0 if preferred == self.id else defer
-        task = self.loop.create_task(self._claim(key, delay, what, channel, unclaimed, then, args))
-        self._claims.add(task)
-        task.add_done_callback(self._claims.discard)
+        claim = _Claim(
+            protocol.claim_key(self.service, digest.hex()), what, channel, unclaimed, then, args
+        )
+        if preferred == self.id:
+            self._send(claim)
+            return
+        due = self.loop.time() + defer
+        heapq.heappush(self._deferred, (due, next(self._order), claim))
+        if self._deferred_timer is None or due < self._deferred_timer.when():
+            if self._deferred_timer is not None:
+                self._deferred_timer.cancel()
+            self._deferred_timer = self.loop.call_at(due, self._send_due)
 
-    async def _claim(
-        self,
-        key: str,
-        delay: float,
-        what: str,
-        channel: str,
-        unclaimed: bool,
-        then: Callable[..., Any],
-        args: tuple[Any, ...],
-    ) -> None:
-        if delay:
-            await asyncio.sleep(delay)
-        try:
-            won = await self.transport.claim(key, self.id, CLAIM_TTL_MS)
-        except TransportError as exc:
+    def _send_due(self) -> None:
+        """Send the late claims now due; wake up again for the next one."""
+        self._deferred_timer = None
+        deferred, now = self._deferred, self.loop.time()
+        while deferred and deferred[0][0] <= now:
+            self._send(heapq.heappop(deferred)[2])
+        if deferred:
+            self._deferred_timer = self.loop.call_at(deferred[0][0], self._send_due)
+
+    def _send(self, claim: _Claim) -> None:
+        self._unanswered += 1
+        self.transport.claim_then(
+            claim.key, self.id, CLAIM_TTL_MS, functools.partial(self._answered, claim)
+        )
+
+    def _answered(self, claim: _Claim, won: bool | Exception) -> None:
+        self._unanswered -= 1
+        if not self._unanswered and not self._deferred and self._settled is not None:
+            self._settled.set()
+        if isinstance(won, Exception):
             self.throttle.log(
                 logging.WARNING,
                 "claim",
                 "%s %s on %r: could not claim it: %s",
-                "ran" if unclaimed else "dropped",
-                f"{what} unclaimed" if unclaimed else f"{what} unrun",
-                protocol.shorten(channel),
-                exc,
+                "ran" if claim.unclaimed else "dropped",
+                f"{claim.what} unclaimed" if claim.unclaimed else f"{claim.what} unrun",
+                protocol.shorten(claim.channel),
+                won,
             )
-            if unclaimed:
-                then(*args)
-            return
-        if won:
+            if claim.unclaimed:
+                claim.then(*claim.args)
+        elif won:
             self.taken += 1
-            then(*args)
+            claim.then(*claim.args)
         else:
             self.passed += 1

@@ -34,6 +34,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+#: The tasks of claims under way (see Transport.claim_then).
+_claiming: set[asyncio.Task[None]] = set()
+
+
 class Delivery(NamedTuple):
     """One message as it came off the wire (a named tuple: one is made per message)."""
 
@@ -220,6 +224,29 @@ class Transport(ABC):
             NotImplementedError: the transport has no claims.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot claim keys")
+
+    def claim_then(
+        self, key: str, owner: str, ttl_ms: int, callback: Callable[[bool | Exception], None]
+    ) -> None:
+        """Like :meth:`claim`; ``callback`` gets True or False, or the exception.
+
+        For a claim made for every message: where it can, a transport sends it without
+        a task, and calls back as the reply is read. By default, a task awaits
+        :meth:`claim`.
+        """
+
+        async def claim() -> None:
+            try:
+                won = await self.claim(key, owner, ttl_ms)
+            except Exception as exc:  # TransportError; NotImplementedError
+                callback(exc)
+            else:
+                callback(won)
+
+        task = asyncio.get_running_loop().create_task(claim())
+        # The loop keeps only a weak reference to a task.
+        _claiming.add(task)
+        task.add_done_callback(_claiming.discard)
 
     async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Hold ``key`` ``ttl_ms`` ms more if ``owner`` still holds it; True if renewed.

@@ -295,6 +295,20 @@ class RedisTransport(RedisStreams):
         """``SET key owner NX PX ttl_ms``: True if this call set it."""
         return await self._command("SET", key, owner, "NX", "PX", ttl_ms) is not None
 
+    def claim_then(
+        self, key: str, owner: str, ttl_ms: int, callback: Callable[[bool | Exception], None]
+    ) -> None:
+        """Like :meth:`claim`; ``callback`` runs as the reply is read, with no task."""
+        publisher = self._ready_publisher()
+        if publisher is None:
+            super().claim_then(key, owner, ttl_ms, callback)
+            return
+
+        def claimed(reply: Any) -> None:
+            callback(reply if isinstance(reply, TransportError) else reply is not None)
+
+        publisher.send_packed_then(pack("SET", key, owner, "NX", "PX", ttl_ms), claimed)
+
     async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """``PEXPIRE`` the key if its value is still ``owner``: one script, so atomic."""
         return bool(await self._command("EVAL", _RENEW_IF_OWNER, 1, key, owner, ttl_ms))
