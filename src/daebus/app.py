@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _systemd, config, context
+from . import _launch, _systemd, config, context
 from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
@@ -362,6 +362,8 @@ class Daebus(Registry, ThreadTasks):
         ``$DAEBUS_REDIS_URL``, else localhost:6379. ``debug=True`` logs every message.
         If logging is not configured yet, it is set up to print to stderr.
         """
+        # Under `daebus run FILE`, the command's options apply to the file's own call.
+        service, debug, redis_url = _launch.run_options(service, debug, redis_url)
         configure_for_run(debug)
         handle_signals = threading.current_thread() is threading.main_thread()
         _loop.run(
@@ -450,6 +452,7 @@ class Daebus(Registry, ThreadTasks):
             raise SetupError("service must be a non-empty string")
         if self._runtime is not None:
             raise SetupError(f"app {self.name!r} is already running")
+        _launch.note_served()
         if redis_url or redis_host is not None or redis_port is not None:
             url = config.resolve_redis_url(redis_url, redis_host, redis_port)
         else:  # may probe localhost or start the shared server: not on the loop
