@@ -21,7 +21,7 @@ import redis
 
 import daebus._systemd
 from _apps import Apps
-from _helpers import ServiceProcess, unique_name
+from _helpers import EXAMPLES, ServiceProcess, unique_name
 from daebus import Daebus, DaebusCaller
 from daebus._systemd import Notifier
 
@@ -182,3 +182,43 @@ def test_a_socket_that_is_gone_is_a_warning_not_an_error(
     assert notifier.notify("STOPPING=1") is False
     warnings = [r for r in caplog.records if "cannot notify systemd" in r.getMessage()]
     assert len(warnings) == 1
+
+
+# -- the example unit ------------------------------------------------------------------
+
+EXAMPLE = EXAMPLES / "systemd"
+
+
+def test_the_example_unit_asks_for_notify_a_watchdog_and_restarts() -> None:
+    lines = (EXAMPLE / "daebus-example.service").read_text().splitlines()
+    settings = [line for line in lines if line and not line.startswith("#")]
+    for wanted in ("Type=notify", "Restart=on-failure", "NotifyAccess=main"):
+        assert wanted in settings
+    assert any(line.startswith("WatchdogSec=") for line in settings)
+    (exec_start,) = [line for line in settings if line.startswith("ExecStart=")]
+    assert exec_start.endswith("daebus run /opt/sensor/sensor_service.py")
+
+
+def test_the_example_service_under_a_fake_systemd(systemd: FakeSystemd, redis_url: str) -> None:
+    # What the unit's ExecStart runs, with the environment systemd gives it.
+    env = {"NOTIFY_SOCKET": systemd.address, "WATCHDOG_USEC": "200000"}
+    with (
+        ServiceProcess(
+            module="daebus.cli",
+            args=["run", str(EXAMPLE / "sensor_service.py"), "--log-format", "json"],
+            redis_url=redis_url,
+            env=env,
+            name="sensor",
+        ) as proc,
+        DaebusCaller("sensor", redis_url=redis_url, timeout=10) as caller,
+    ):
+        systemd.wait_for("READY=1")
+        assert caller.send_request("read", {"unit": "fahrenheit"}) == {
+            "value": 70.7,
+            "unit": "fahrenheit",
+        }
+        assert caller.send_request("uptime", {})["pid"] == proc.pid
+        systemd.wait_for("WATCHDOG=1")
+        assert proc.terminate(signal.SIGTERM) == 0, proc.output()
+        systemd.wait_for("STOPPING=1")
+        assert all(line.startswith("{") for line in proc.stderr().splitlines()), proc.output()
