@@ -101,10 +101,12 @@ def test_a_file_that_runs_its_app_keeps_the_name_it_gives(redis_url: str, tmp_pa
         assert "'monitor'" not in proc.stderr()
 
 
-def test_a_module_level_run_is_served_once(redis_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_module", [False, True])
+def test_a_module_level_run_is_served_once(redis_url: str, tmp_path: Path, as_module: bool) -> None:
     service = unique_name("user_service")
     script = write(tmp_path, "blueprints", MODULE_LEVEL_RUN.format(service=service))
-    with daebus_run(script, url=redis_url) as proc:
+    target = Path("blueprints") if as_module else script  # imported, or run as __main__
+    with daebus_run(target, url=redis_url, cwd=tmp_path) as proc:
         proc.wait_ready(service)
         assert call(redis_url, service, "get_user") == {"id": "u7"}
         assert proc.terminate(signal.SIGTERM) == 0, proc.output()

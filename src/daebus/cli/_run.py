@@ -156,7 +156,9 @@ def run(
         if module_name.endswith(".py") and not attribute:
             app, name = _run_file(Path(module_name), service, debug, redis_url)
         else:
-            app = load_app(target)
+            # A module may run its app as it is imported: the options apply there too.
+            with _launch.command_line(service, debug, redis_url):
+                app = load_app(target)
             name = service or app.name
         if app is not None and _launch.served() == served:
             app.run(name, debug=debug, redis_url=redis_url)
