@@ -81,6 +81,8 @@ def test_the_next_command_finds_the_demos_services(
         assert claim.pid == demo.pid
         assert claim.by == "daebus demo"
 
+        status = daebus("server", "--status")
+        assert f"claimed by daebus demo (pid {demo.pid})" in status.stdout, status.stdout
         called = daebus("call", "inventory", "stock", '{"item": "bolt"}')
         assert called.returncode == 0, called.stdout + called.stderr
         assert json.loads(called.stdout.splitlines()[-1]) == {"item": "bolt", "total": 6}
