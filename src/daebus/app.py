@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import config, context
+from . import _launch, _systemd, config, context
 from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
@@ -362,6 +362,8 @@ class Daebus(Registry, ThreadTasks):
         ``$DAEBUS_REDIS_URL``, else localhost:6379. ``debug=True`` logs every message.
         If logging is not configured yet, it is set up to print to stderr.
         """
+        # Under `daebus run FILE`, the command's options apply to the file's own call.
+        service, debug, redis_url = _launch.run_options(service, debug, redis_url)
         configure_for_run(debug)
         handle_signals = threading.current_thread() is threading.main_thread()
         _loop.run(
@@ -450,6 +452,7 @@ class Daebus(Registry, ThreadTasks):
             raise SetupError("service must be a non-empty string")
         if self._runtime is not None:
             raise SetupError(f"app {self.name!r} is already running")
+        _launch.note_served()
         if redis_url or redis_host is not None or redis_port is not None:
             url = config.resolve_redis_url(redis_url, redis_host, redis_port)
         else:  # may probe localhost or start the shared server: not on the loop
@@ -467,7 +470,10 @@ class Daebus(Registry, ThreadTasks):
         # Not shared with callers: back-pressure pauses this connection's reader, and a
         # caller waiting on it for a reply would then wait for ever.
         transport = transport_from_url(url)
+        notifier = _systemd.Notifier.from_environment()  # does nothing outside systemd
         try:
+            notifier.start_watchdog(loop)
+            notifier.status(f"connecting to {redact_url(url)}")
             if not await self._connect(transport):
                 return
             self._running = True
@@ -479,12 +485,16 @@ class Daebus(Registry, ThreadTasks):
                 for component in self._components:
                     await component.start_async(self)
                 log.info("service %r started as instance %s", service, self.instance_id)
+                # Every subscription is in place and every component started: a request
+                # sent once systemd says "started" is answered.
+                notifier.ready(f"serving {service!r} as instance {self.instance_id}")
                 if on_ready is not None:
                     on_ready()
                 await self._stop_event.wait()
                 log.info("service %r stopping", service)
             finally:
                 self._running = False
+                notifier.stopping(f"stopping {service!r}: draining in-flight work")
                 for component in reversed(self._components):
                     try:
                         await component.stop_async()
@@ -496,6 +506,7 @@ class Daebus(Registry, ThreadTasks):
                 log.info("service %r stopped (instance %s)", service, self.instance_id)
         finally:
             self._running = False
+            notifier.close()
             await transport.close()
             if handle_signals:
                 for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,9 @@
 """Where Redis is: the configured URL, else a Redis on localhost, else the shared server.
 
+A process holding a claim on the shared server (``daebus demo --keep-running``) makes
+unconfigured processes skip localhost for the shared server while it lives, so that the
+next command finds its services (:mod:`daebus.server._claims`).
+
 With nothing configured, whatever answers PING on localhost:6379 is trusted: on a
 machine without a Redis of its own, any local user could listen there first. Setting
 the URL to ``embedded`` skips that probe and goes straight to the user's shared server.
@@ -60,6 +64,8 @@ def resolve_redis_url(
     """Pick the Redis URL, and log which one and why (once per process).
 
     In order: ``redis_url``; ``redis_host``/``redis_port``; ``$DAEBUS_REDIS_URL``;
+    the user's shared embedded server while a process claims it (``daebus demo
+    --keep-running``: see :func:`daebus.server.claim_shared_server`);
     ``redis://localhost:6379/0`` (``$DAEBUS_DEFAULT_REDIS_URL`` if set) when it answers
     PING within :data:`PROBE_TIMEOUT`; else the user's shared embedded server
     (:class:`daebus.server.SharedServer`), started if it does not run, as a
@@ -107,12 +113,21 @@ def _implicit_url() -> str:
         if probe in _probed:
             refused = _probed[probe]
         else:
-            refused = _probed[probe] = _probe(probe)
+            refused = _probed[probe] = _claimed() or _probe(probe)
             if refused is None:
                 log.info("using %s (answered PING; no URL configured)", redact_url(probe))
         if refused is None:
             return probe
         return _shared_server_url(refused)
+
+
+def _claimed() -> str | None:
+    """Why localhost is skipped for the shared server (a live claim on it), or None."""
+    # Imported here, as the probe's redis-py is: a configured URL never needs either.
+    from .server import live_claim
+
+    claim = live_claim()
+    return None if claim is None else f"{claim.by} (pid {claim.pid}) claims it"
 
 
 def _probe(url: str) -> str | None:

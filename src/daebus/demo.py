@@ -8,7 +8,10 @@ Given no server (``--redis-url``, ``$DAEBUS_REDIS_URL``), or ``embedded``, the d
 on the user's shared embedded server, started if need be: the server every daebus
 process falls back to with nothing configured, so the demo takes the path a newcomer's
 services take. It never probes localhost:6379: a Redis there may run real services
-called ``shop`` or ``inventory``, which the demo's requests must not reach.
+called ``shop`` or ``inventory``, which the demo's requests must not reach. With
+``--keep-running`` it then claims the shared server (:func:`daebus.server.claim_shared_server`)
+until it stops: every daebus command and process started meanwhile with no server
+configured uses the shared server too, so ``daebus call inventory stock`` finds it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import click
 
 from . import Daebus, DaebusCaller, broadcast, request, response
 from .config import EMBEDDED, ENV_REDIS_URL
-from .server import ensure_shared_server
+from .server import claim_shared_server, ensure_shared_server
 from .transport._url import redact_url
 
 __all__ = ["configured_url", "inventory", "main", "run", "shop"]
@@ -117,7 +120,11 @@ def run(redis_url: str | None = None, *, keep_running: bool = False) -> int:
         try:
             ok = _exchange(url)
             if ok and keep_running:
-                _wait_for_interrupt(url)
+                if configured_url(redis_url):
+                    _wait_for_interrupt(url, claimed=False)
+                else:
+                    with claim_shared_server("daebus demo"):
+                        _wait_for_interrupt(url, claimed=True)
         finally:
             shop.stop()
     finally:
@@ -156,12 +163,22 @@ def _exchange(url: str) -> bool:
     return ok
 
 
-def _wait_for_interrupt(url: str) -> None:
-    """Block until SIGINT or SIGTERM, saying how to talk to the services meanwhile."""
+def _wait_for_interrupt(url: str, *, claimed: bool) -> None:
+    """Block until SIGINT or SIGTERM, saying how to talk to the services meanwhile.
+
+    ``claimed``: unconfigured commands find the services (the demo claims the shared
+    server), so the commands shown need no ``--redis-url``.
+    """
     shown = redact_url(url)  # the user knows the password; the terminal's scrollback need not
+    option = "" if claimed else f"--redis-url {shown} "
     _say(f"\nThe services keep running on {shown}. In another shell, try:")
-    _say(f'  daebus call --redis-url {shown} shop order \'{{"item": "widget"}}\'')
-    _say(f"  daebus listen --redis-url {shown} 'inventory.*'")
+    _say(f'  daebus call {option}shop order \'{{"item": "widget"}}\'')
+    _say(f"  daebus listen {option}'inventory.*'")
+    if claimed:
+        _say(
+            "Until the demo stops, daebus processes with no server configured use this one.",
+            dim=True,
+        )
     _say("Press Ctrl-C to stop.", dim=True)
     stop = threading.Event()
 

@@ -21,7 +21,7 @@ def server(show_status: bool, stop: bool) -> None:
     It is the server every daebus process of yours uses when nothing is configured and
     nothing answers on localhost:6379 (a unix socket in your runtime folder).
     """
-    from ..server import run_shared_server, shared_server_status, stop_shared_server
+    from ..server import live_claim, run_shared_server, shared_server_status, stop_shared_server
 
     with reported():
         if show_status:
@@ -30,6 +30,12 @@ def server(show_status: bool, stop: bool) -> None:
                 click.echo(f"running at {status.url} (pid {status.pid})")
             else:
                 click.echo(f"not running (it would be at {status.url})")
+            claim = live_claim()
+            if claim is not None:
+                click.echo(
+                    f"claimed by {claim.by} (pid {claim.pid}): processes with no server "
+                    "configured use it, even when a Redis answers on localhost:6379"
+                )
             return
         if stop:
             pid = stop_shared_server()

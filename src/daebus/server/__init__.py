@@ -5,6 +5,8 @@
   private server on a free loopback port (the benchmarks).
 - ``_shared``: :class:`SharedServer`, the user's shared server.
 - ``_folder``: the user's private folder it lives in, and the checks that make it safe.
+- ``_claims``: a process's claim that unconfigured processes use the shared server even
+  when a Redis answers on localhost:6379 (``daebus demo --keep-running`` holds one).
 
 :class:`SharedServer` is the one server every daebus process of a user on a machine falls
 back to when no Redis is configured and nothing answers on localhost:6379 (see
@@ -38,6 +40,7 @@ from ._binary import (
     EmbeddedServer,
     find_server_binary,
 )
+from ._claims import CLAIMS_NAME, Claim, claim_shared_server, live_claim
 from ._folder import ENV_RUNTIME_DIR, runtime_dir
 from ._shared import (
     LOCK_NAME,
@@ -54,6 +57,7 @@ from ._shared import (
 )
 
 __all__ = [
+    "CLAIMS_NAME",
     "ENV_RUNTIME_DIR",
     "LOCK_NAME",
     "LOG_NAME",
@@ -62,11 +66,14 @@ __all__ = [
     "PUBSUB_BUFFER_HARD_LIMIT",
     "PUBSUB_BUFFER_SOFT_LIMIT",
     "SOCKET_NAME",
+    "Claim",
     "EmbeddedServer",
     "SharedServer",
     "SharedServerStatus",
+    "claim_shared_server",
     "ensure_shared_server",
     "find_server_binary",
+    "live_claim",
     "run_shared_server",
     "runtime_dir",
     "shared_server_status",
