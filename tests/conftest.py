@@ -71,18 +71,22 @@ def _session_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     SharedServer(path).stop()
 
 
+_SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 @pytest.fixture(autouse=True)
 def _clean_daebus_environment(monkeypatch: pytest.MonkeyPatch, _session_runtime_dir: Path) -> None:
     """Keep a developer's DAEBUS_* settings from leaking into the code under test.
 
-    Only ``$DAEBUS_EVENT_LOOP`` stays: it picks the loop the whole run tests on.
+    Only ``$DAEBUS_EVENT_LOOP`` stays: it picks the loop the whole run tests on. A run
+    under a systemd unit does not let the apps under test notify that unit.
 
     Code that resolves the server with nothing configured must not find the machine's
     own Redis on port 6379, nor the user's shared server: the default probe points at a
     closed port and the runtime folder is the session's own.
     """
     for name in list(os.environ):
-        if name.startswith("DAEBUS_"):
+        if name.startswith("DAEBUS_") or name in _SYSTEMD_VARIABLES:
             monkeypatch.delenv(name)
     if _EVENT_LOOP is not None:
         monkeypatch.setenv("DAEBUS_EVENT_LOOP", _EVENT_LOOP)
