@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from click.testing import CliRunner, Result
 
 from _apps import Apps
@@ -341,3 +342,20 @@ def test_patterns_count_once_per_instance() -> None:
 )
 def test_durations(seconds: float, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+def test_what_an_entry_holds_reaches_the_terminal_escaped(private_redis: Any) -> None:
+    # Anyone who can write to the server can write an entry.
+    client = redis.Redis.from_url(private_redis.url)
+    evil = "evil\x1b[2J\nFORGED"
+    key = protocol.registry_key(evil, "x:1:abcdef")
+    entry = {"service": evil, "instance": "x:1:abcdef", "ttl": 60, "actions": ["a\x1b[31m"]}
+    client.set(key, json.dumps(entry), px=60_000)
+    client.zadd(protocol.registry_index(), {key: 1 << 60})
+    try:
+        for args in (["services"], ["inspect", evil]):
+            output = invoke(*args, "--redis-url", private_redis.url).output
+            assert "\x1b" not in output
+            assert "\\x1b[2J\\nFORGED" in output
+    finally:
+        client.close()

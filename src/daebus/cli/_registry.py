@@ -98,23 +98,24 @@ def inspect_command(service: str, as_json: bool, timeout: float, redis_url: str 
         raise NoServiceFailure(f"no instance of {service!r} is running (none is in the registry)")
     if as_json:
         return
-    click.echo(f"service {service}: {len(found)} instance{'s' * (len(found) != 1)}")
+    _echo(f"service {service}: {len(found)} instance{'s' * (len(found) != 1)}")
     for entry in found:
         _print_instance(entry)
 
 
 def _print_instance(entry: dict[str, Any]) -> None:
     started = datetime.datetime.fromtimestamp(float(entry.get("started", 0)))
-    click.echo(
-        f"\ninstance {entry.get('instance')} (host {entry.get('host')}, pid {entry.get('pid')}, "
+    click.echo()
+    _echo(
+        f"instance {entry.get('instance')} (host {entry.get('host')}, pid {entry.get('pid')}, "
         f"daebus {entry.get('daebus')}, Python {entry.get('python')})"
     )
-    click.echo(
+    _echo(
         f"  {entry.get('state')} since {started:%Y-%m-%d %H:%M:%S} "
         f"(up {duration(entry.get('uptime'))}), last seen {duration(entry['last_seen'])} ago"
     )
     handled, errors = entry.get("handled") or {}, entry.get("errors") or {}
-    click.echo(
+    _echo(
         f"  in flight {entry.get('in_flight', 0)}, queued {entry.get('queued', 0)}; "
         + ", ".join(
             f"{kind} {handled.get(kind, 0)} handled, {errors.get(kind, 0)} failed"
@@ -128,7 +129,7 @@ def _print_instance(entry: dict[str, Any]) -> None:
     _print_list("threads", entry.get("threads"))
     http = entry.get("http")
     if isinstance(http, dict):
-        click.echo(f"  HTTP on {http.get('host')}:{http.get('port')}")
+        _echo(f"  HTTP on {http.get('host')}:{http.get('port')}")
         routes = [f"{' '.join(r['methods'])} {r['path']}" for r in entry.get("routes") or ()]
         _print_list("routes", routes)
     if "sockets" in entry:
@@ -154,7 +155,7 @@ def _listener(listener: dict[str, Any]) -> str:
 
 def _print_list(label: str, items: Any) -> None:
     if items:
-        click.echo(f"  {label}: {', '.join(str(item) for item in items)}")
+        _echo(f"  {label}: {', '.join(str(item) for item in items)}")
 
 
 @click.command(short_help="List the channels that have subscribers.")
@@ -261,7 +262,17 @@ def duration(seconds: Any) -> str:
     return f"{secs}s"
 
 
+def _echo(line: str) -> None:
+    """Print a line made of what the registry holds, control characters escaped.
+
+    Anyone who can write to the server can write an entry: it never reaches the
+    terminal as it is.
+    """
+    click.echo(protocol.shorten(line, 4000))
+
+
 def _print_table(rows: list[list[str]]) -> None:
+    rows = [[protocol.shorten(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
