@@ -137,9 +137,14 @@ def service_health(
     except ServiceUnavailableError:
         return _unready(service, f"no instance of {service!r} is running")
     except CallTimeoutError:
-        return _unready(service, f"no instance of {service!r} answered within {timeout:g} s")
+        # Busy, hung, or a daebus 0.0.31 service: it answers no action it does not know.
+        return _unready(
+            service,
+            f"no instance of {service!r} answered within {timeout:g} s (a daebus 0.0.31 "
+            "service never answers the health action: call one of its actions instead)",
+        )
     except RemoteError as exc:
-        # A daebus 0.0.31 service answers, but knows no health action: it runs.
+        # A daebus from before the health action answers it as unknown: it runs.
         if "Unknown action" in str(exc):
             return {
                 "service": service,
@@ -147,7 +152,7 @@ def service_health(
                 "reasons": [],
                 "checks": {},
                 "state": "running",
-                "note": "the service answers but has no health checks (daebus 0.0.31?)",
+                "note": "it answers, but has no health action (an older daebus)",
             }
         return _unready(service, f"the health check failed: {exc}")
     except (DaebusError, ValueError, OSError) as exc:
