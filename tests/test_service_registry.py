@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import textwrap
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -359,3 +360,29 @@ def test_what_an_entry_holds_reaches_the_terminal_escaped(private_redis: Any) ->
             assert "\\x1b[2J\\nFORGED" in output
     finally:
         client.close()
+
+
+def test_a_stopping_instance_leaves_the_registry_before_it_drains(apps: Apps) -> None:
+    app = Daebus("draining")
+    entered, release = threading.Event(), threading.Event()
+
+    @app.action("slow")
+    def slow() -> None:
+        entered.set()
+        release.wait(10)
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    calling = threading.Thread(target=lambda: caller.send_request("slow", {}, timeout=10))
+    calling.start()
+    assert entered.wait(5)
+    stopper = threading.Thread(target=app.stop)
+    stopper.start()
+    try:
+        # Gone while the action still runs: the stop has begun, the drain has not ended.
+        wait_for(lambda: registry.service_info(service, apps.url)["instances"] == [])
+        assert calling.is_alive()
+    finally:
+        release.set()
+        calling.join(10)
+        stopper.join(15)

@@ -7,7 +7,7 @@ listeners, HTTP routes and WebSocket handlers, and its counts of messages in fli
 handled and failed. It is written when the service has subscribed everything, then
 again every :data:`HEARTBEAT` seconds, and lives :data:`EXPIRY_BEATS` heartbeats: a
 killed instance drops out of the registry within three heartbeats; one that stops
-deletes its entry at once. :mod:`daebus.registry` reads it.
+deletes its entry as soon as it begins to stop. :mod:`daebus.registry` reads it.
 
 Nothing of it is paid for per message: the counts are plain integers that the runtime
 bumps as each message finishes (:class:`Tally`), and only the heartbeat publishes them.
@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import encoding, protocol
+from .._compat import timeout
 from ..exceptions import TransportError
 
 if TYPE_CHECKING:
@@ -111,15 +112,29 @@ class Presence:
         beats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beats
+        await self._drop()
+
+    async def _beat_forever(self) -> None:
+        # Woken by the heartbeat, or by the app's stop: the entry goes as the stop
+        # begins, not once the components (an HTTP server draining) have stopped.
+        stopping = self.runtime.app._stop_event
+        while True:
+            if stopping is None:
+                await asyncio.sleep(self._heartbeat)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    async with timeout(self._heartbeat):
+                        await stopping.wait()
+                if stopping.is_set():
+                    await self._drop()
+                    return
+            await self._write()
+
+    async def _drop(self) -> None:
         try:
             await self.transport.drop_entry(self._index, self._key)
         except TransportError as exc:  # it expires by itself
             logger.debug("could not remove the registry entry of %s: %s", self._key, exc)
-
-    async def _beat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat)
-            await self._write()
 
     async def _write(self) -> bool:
         """Write the entry; False if the transport keeps none."""

@@ -71,7 +71,7 @@ async def _run(runtime: ServiceRuntime, func: Callable[..., Any]) -> str | None:
     try:
         async with timeout(CHECK_TIMEOUT):
             result = await runtime.invoke(func, ctx, (), executor=runtime.job_executor)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin on Python 3.10
         return f"no answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         return protocol.shorten(error_text(exc) or type(exc).__name__, 500)
