@@ -109,6 +109,11 @@ class Presence:
         beats, self._beats = self._beats, None
         if beats is None:
             return
+        stopping = self.runtime.app._stop_event
+        if stopping is not None and stopping.is_set():
+            # The heartbeat deletes it as the stop begins: the stop does not wait for that.
+            self.runtime.keep(beats)
+            return
         beats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beats
