@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from _helpers import QUIET, unique_name
+from _helpers import QUIET, unique_name, wait_until
 from daebus import TransportError
+from daebus._admin import open_admin
 from daebus.transport import Delivery, Transport, transport_from_url
 from daebus.transport._streams import parse_id
 from daebus.transport.memory import broker_for, forget
@@ -515,6 +516,53 @@ def stream_ids(url: str, stream: str) -> list[str]:
         return [bytes(entry_id).decode() for entry_id, _ in client.xrange(stream)]
     finally:
         client.close()
+
+
+class TestRegistryContract:
+    """Entries that expire, listed in an index; and the channels with subscribers."""
+
+    async def test_entries_are_listed_until_they_expire_or_are_dropped(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        index = ns + "index"
+        await transport.put_entry(index, ns + "a", b'{"a": 1}', 60_000)
+        await transport.put_entry(index, ns + "b", b"short", 1000)
+        await transport.put_entry(index, ns + "a", b'{"a": 2}', 60_000)  # replaced
+        with open_admin(url) as admin:
+            listed = admin.entries(index)
+            assert [(key, value) for key, value, _ in listed] == [
+                (ns + "a", b'{"a": 2}'),
+                (ns + "b", b"short"),
+            ]
+            assert 50 < listed[0][2] <= 60
+            assert 0 <= listed[1][2] <= 1
+            await wait_until(
+                lambda: [key for key, _, _ in admin.entries(index)] == [ns + "a"],
+                message="the short-lived entry never expired",
+            )
+            await transport.drop_entry(index, ns + "a")
+            await transport.drop_entry(index, ns + "a")  # idempotent
+            assert admin.entries(index) == []
+            assert admin.entries(ns + "no-such-index") == []
+
+    async def test_channels_with_a_subscriber_are_listed(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        subscriber = await open_transport()
+        await subscriber.subscribe(ns + "one", Recorder())
+        await subscriber.subscribe(ns + "two", Recorder())
+        await subscriber.subscribe(ns + "pat:*", Recorder(), pattern=True)
+        with open_admin(url) as admin:
+            assert [c for c in admin.channels() if c.startswith(ns)] == [ns + "one", ns + "two"]
+            assert admin.channels(ns + "t*") == [ns + "two"]
+            assert admin.subscribers([ns + "one", ns + "none"]) == {ns + "one": 1, ns + "none": 0}
+
+    async def test_entries_on_a_closed_transport_fail(self, open_transport: Open, ns: str) -> None:
+        transport = await open_transport()
+        await transport.close()
+        with pytest.raises(TransportError):
+            await transport.put_entry(ns + "index", ns + "a", b"x", 1000)
 
 
 def in_order(ids: list[str]) -> bool:

@@ -27,6 +27,7 @@ from .exceptions import (
 )
 from .health import health_stats, ping, subscriber_counts
 from .pubsub import PubSubBroadcast, PubSubRequest, PubSubResponse
+from .registry import service_health, service_info, services
 
 if TYPE_CHECKING:
     from .http import DaebusHttp, HttpRequest, HttpResponse
@@ -101,5 +102,8 @@ __all__ = [
     "ping",
     "request",
     "response",
+    "service_health",
+    "service_info",
+    "services",
     "subscriber_counts",
 ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import config
 from .exceptions import TransportError
 from .transport import check_url_options
+from .transport._glob import compile_glob
 from .transport.base import StreamEntry
 from .transport.memory import MemoryBroker, broker_for
 
@@ -101,6 +102,18 @@ class Admin:
 
     def patterns(self) -> int:
         """``PUBSUB NUMPAT``: how many pattern subscriptions there are."""
+        raise NotImplementedError
+
+    def channels(self, pattern: str | None = None) -> list[str]:
+        """``PUBSUB CHANNELS [pattern]``: the channels with a subscriber, sorted."""
+        raise NotImplementedError
+
+    def entries(self, index: str) -> list[tuple[str, bytes, float]]:
+        """``(key, value, seconds left)`` of each live entry ``index`` lists, by key.
+
+        See :meth:`daebus.transport.Transport.put_entry`: keys listed that expired
+        meanwhile are skipped.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -235,6 +248,28 @@ class RedisAdmin(Admin):
         with self._reported("PUBSUB NUMPAT"):
             return int(self.client.pubsub_numpat())
 
+    def channels(self, pattern: str | None = None) -> list[str]:
+        with self._reported("PUBSUB CHANNELS"):
+            names = self.client.pubsub_channels(pattern or "*")
+        return sorted({_text(name) for name in names})
+
+    def entries(self, index: str) -> list[tuple[str, bytes, float]]:
+        with self._reported(f"ZRANGE {index}"):
+            keys = sorted({_text(key) for key in self.client.zrange(index, 0, -1)})
+            if not keys:
+                return []
+            # PTTL, not the index's scores: the time left by the server's own clock.
+            pipe = self.client.pipeline(transaction=False)
+            pipe.mget(keys)
+            for key in keys:
+                pipe.pttl(key)
+            values, *left = pipe.execute()
+        return [
+            (key, bytes(value), max(0, int(ms)) / 1000)
+            for key, value, ms in zip(keys, values, left, strict=True)
+            if value is not None
+        ]
+
     def close(self) -> None:
         self.client.close()
 
@@ -284,6 +319,16 @@ class MemoryAdmin(Admin):
 
     def patterns(self) -> int:
         return self.broker.numpat()
+
+    def channels(self, pattern: str | None = None) -> list[str]:
+        names = self.broker.channel_names()
+        if pattern is None:
+            return names
+        matches = compile_glob(pattern)
+        return [name for name in names if matches(name.encode("utf-8"))]
+
+    def entries(self, index: str) -> list[tuple[str, bytes, float]]:
+        return self.broker.records.entries(index)
 
 
 #: A length no stream reaches: an add that trims nothing.

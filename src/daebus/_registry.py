@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast, overload
 
 from ._routes import check_handler, compile_pattern
 from .exceptions import SetupError
-from .protocol import is_pattern
+from .protocol import RESERVED_ACTION_PREFIX, is_pattern
 from .runtime.jobs import BackgroundTask, BackgroundTasks, ThreadTask
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -162,6 +162,8 @@ class Registry:
         #: WebSocket message type -> handler, served by an attached ``DaebusWebSocket``.
         #: Internal; use ``add_socket_handler``.
         self.socket_handlers: dict[str, Callable[..., Any]] = {}
+        #: name -> readiness check (``@health_check``). Internal; use ``add_health_check``.
+        self.health_checks: dict[str, Callable[..., Any]] = {}
 
     @property
     def listen_handlers(self) -> MutableMapping[str, Callable[..., Any]]:
@@ -221,6 +223,10 @@ class Registry:
     def add_action(self, name: str, func: Callable[..., Any]) -> None:
         """Register ``func`` as the handler of action ``name`` (replaces, with a warning)."""
         _check_name("action", name)
+        if name.startswith(RESERVED_ACTION_PREFIX):
+            raise SetupError(
+                f"action names starting with {RESERVED_ACTION_PREFIX!r} are daebus's own: {name!r}"
+            )
         if name in self.action_handlers and self.action_handlers[name] is not func:
             logger.warning("action %r is registered again; the new handler replaces it", name)
         self.action_handlers[name] = func
@@ -496,6 +502,36 @@ class Registry:
             return f
 
         return decorator
+
+    # -- readiness -------------------------------------------------------------------
+    @overload
+    def health_check(self, name: F) -> F: ...
+    @overload
+    def health_check(self, name: str | None = None) -> Callable[[F], F]: ...
+
+    @setupmethod
+    def health_check(self, name: str | Callable[..., Any] | None = None) -> Any:
+        """Register a readiness check: the service is ready only while every check passes.
+
+        The check takes no arguments (``def`` or ``async def``) and fails by returning
+        False or by raising, whose message is then the reason given; anything else
+        passes. ``daebus health``, the health action and ``/readyz`` run the checks
+        (see :mod:`daebus.readiness`). Named after the function unless given a name.
+        """
+        if callable(name):
+            self.add_health_check(name)
+            return name
+
+        def decorator(func: F) -> F:
+            self.add_health_check(func, name)
+            return func
+
+        return decorator
+
+    @setupmethod
+    def add_health_check(self, func: Callable[..., Any], name: str | None = None) -> None:
+        """Register ``func`` as the readiness check ``name`` (default: its name; replaces)."""
+        self.health_checks[_check_name("health check", name or func.__name__)] = func
 
     # -- HTTP routes and WebSocket handlers ------------------------------------------
     @setupmethod

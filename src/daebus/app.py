@@ -320,6 +320,7 @@ class Daebus(Registry, ThreadTasks):
         self._on_start_handlers.extend(blueprint._on_start_handlers)
         self._on_stop_handlers.extend(blueprint._on_stop_handlers)
         self.routes.extend(blueprint.routes)
+        self.health_checks.update(blueprint.health_checks)
         for message_type, func in blueprint.socket_handlers.items():
             if self.socket_handlers.get(message_type, func) is not func:
                 log.warning(

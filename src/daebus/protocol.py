@@ -16,6 +16,9 @@ of which a 0.0.31 peer sees: the membership record and the announcement channel
 (:func:`instances_key`, :func:`instances_channel`) and one claim key per request
 (:func:`claim_key`). See :mod:`daebus.runtime.instances`. A shared background job is
 run by the instance holding its lease (:func:`lease_key`; see :mod:`daebus.runtime.jobs`).
+Each instance keeps an entry in the service registry (:func:`registry_index`,
+:func:`registry_key`; see :mod:`daebus.runtime.presence`), and answers the reserved
+action :data:`HEALTH_ACTION` itself: a 0.0.31 service answers it as an unknown action.
 
 Replies go only to channels that look like reply channels (:class:`ReplyChannels`), and
 what a request brings along is cut to :data:`FIELD_LIMIT` characters wherever it is
@@ -37,11 +40,14 @@ from . import encoding
 from .transport._glob import compile_glob
 
 __all__ = [
+    "CHANNEL_KINDS",
     "CODE_BUSY",
     "DEFAULT_REPLY_CHANNELS",
     "DEFAULT_STREAM_MAXLEN",
     "ENVELOPE_KEYS",
     "FIELD_LIMIT",
+    "HEALTH_ACTION",
+    "RESERVED_ACTION_PREFIX",
     "STATUS_ERROR",
     "STATUS_PROGRESS",
     "STATUS_SUCCESS",
@@ -52,6 +58,7 @@ __all__ = [
     "Reply",
     "ReplyChannels",
     "busy_payload",
+    "channel_kind",
     "check_group",
     "claim_key",
     "dead_letter_key",
@@ -69,6 +76,8 @@ __all__ = [
     "new_request_id",
     "order_lease_key",
     "recover_reply_address",
+    "registry_index",
+    "registry_key",
     "request_payload",
     "request_stream_key",
     "service_channel",
@@ -136,6 +145,46 @@ def claim_key(service: str, digest: str) -> str:
 def lease_key(service: str, job: str) -> str:
     """The lease of a shared background job: its value is the holding instance's id."""
     return f"daebus:lease:{service}:{job}"
+
+
+#: Action names the runtime answers itself; a user's action may not start so.
+RESERVED_ACTION_PREFIX = "daebus:"
+#: The action every daebus service answers with its readiness (see daebus.readiness).
+HEALTH_ACTION = "daebus:health"
+
+
+def registry_index() -> str:
+    """The service registry's index: a sorted set of entry keys, scored with their expiry."""
+    return "daebus:registry"
+
+
+def registry_key(service: str, instance: str) -> str:
+    """The registry entry of one running instance: its JSON, expiring unless refreshed."""
+    return f"daebus:registry:{service}:{instance}"
+
+
+#: What :func:`channel_kind` says of a channel.
+CHANNEL_KINDS = ("service", "reply", "daebus", "plain")
+
+
+def channel_kind(channel: str, services: Iterable[str] = ()) -> str:
+    """Whether ``channel`` is a service's (of ``services``), a reply, daebus's own, or plain.
+
+    A service's channels are its name and ``<service>.workflows``; reply channels are
+    those callers listen on (``caller:*``, ``caller_*``, ``<service>.responses``);
+    daebus's own start with ``daebus:`` (the instances' announcements). A service's
+    channel is known as such only when ``services`` names it.
+    """
+    known = services if isinstance(services, (set, frozenset)) else set(services)
+    if channel in known or (
+        channel.endswith(".workflows") and channel[: -len(".workflows")] in known
+    ):
+        return "service"
+    if channel.startswith(("caller:", "caller_")) or channel.endswith(".responses"):
+        return "reply"
+    if channel.startswith("daebus:"):
+        return "daebus"
+    return "plain"
 
 
 #: How many messages a durable channel's stream keeps by default (``XADD MAXLEN ~``).

@@ -23,13 +23,14 @@ from ._failures import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
 )
-from ._health import stats
+from ._health import health, stats
 from ._listen import listen
 from ._messages import call, publish
 from ._options import (
     CONTEXT_SETTINGS,
     color_from_env as color_from_env,  # python -m daebus.demo uses it
 )
+from ._registry import channels, inspect_command, services
 from ._run import load_app, run
 from ._server import (
     demo_command as demo_command,  # python -m daebus.demo runs it
@@ -58,7 +59,20 @@ def cli(ctx: click.Context) -> None:
         ctx.color = False
 
 
-for _command in (run, call, publish, listen, dlq, stats, server, demo_command):
+for _command in (
+    run,
+    call,
+    publish,
+    listen,
+    services,
+    inspect_command,
+    health,
+    channels,
+    dlq,
+    stats,
+    server,
+    demo_command,
+):
     cli.add_command(_command)
 
 

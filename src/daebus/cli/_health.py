@@ -1,17 +1,20 @@
-"""``daebus stats``: the server's health, and where the groups of durable channels stand."""
+"""``daebus stats`` and ``daebus health``: the server's health, and a service's readiness."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
 
+from ..exceptions import DaebusError
 from ..health import DEFAULT_TIMEOUT, health_stats
+from ..registry import service_health, service_info
 from ..transport._url import redact_url
 from ._failures import Failure, reported, without_password
 from ._options import json_text, redis_url_option, resolve_url
 
-__all__ = ["stats"]
+__all__ = ["health", "stats"]
 
 
 @click.command(short_help="Show the server's health and the durable channels' groups.")
@@ -71,3 +74,46 @@ def _print_channel(channel: str, state: dict[str, Any]) -> None:
             f"lag {lag}, {dead} dead letter{'s' * (dead != 1)}"
         )
         click.echo(click.style(line, fg="yellow") if dead else line)
+
+
+@click.command(short_help="Check that a service answers and is ready.")
+@click.argument("service")
+@click.option("--json", "as_json", is_flag=True, help="The answer as JSON, for programs.")
+@click.option(
+    "--timeout",
+    "-t",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the service's answer.",
+)
+@redis_url_option()
+def health(service: str, as_json: bool, timeout: float, redis_url: str | None) -> None:
+    """Ask SERVICE, live, whether it is ready: exit 0 if it is, 1 (with the reason) if not.
+
+    One instance answers the health action (daebus:health) that every daebus service
+    answers itself: it is ready once started and subscribed, while not stopping, and
+    while each of its @app.health_check checks passes. Not ready: no instance runs, none
+    answers within --timeout, it is starting or stopping, or a check failed. For a
+    container's or a timer's health check. (The server itself: daebus stats.)
+    """
+    url = resolve_url(redis_url)
+    with reported(url):
+        answer = service_health(service, url, timeout=timeout)
+    if answer.get("instance") is not None:
+        with contextlib.suppress(DaebusError):  # a courtesy: the answer says what matters
+            answer["instances"] = len(service_info(service, url, timeout=timeout)["instances"])
+    if as_json:
+        click.echo(json_text(answer, pretty=True))
+    elif answer.get("ready"):
+        where = f" (instance {answer['instance']})" if answer.get("instance") else ""
+        count = answer.get("instances")
+        more = f"; {count} instance{'s' * (count != 1)} running" if count else ""
+        click.echo(f"{service}: ready{where}{more}")
+        for name, outcome in answer.get("checks", {}).items():
+            click.echo(f"  check {name}: {outcome}")
+    if not answer.get("ready"):
+        if as_json:
+            raise click.exceptions.Exit(1)
+        reasons = "; ".join(answer.get("reasons") or ["unknown"])
+        raise Failure(without_password(f"{service} is not ready: {reasons}", url))

@@ -13,30 +13,40 @@ from urllib.parse import urlsplit
 
 import click
 
+from .. import protocol
+from ..protocol import shorten
 from ..transport._url import redact_url
 from . import _options
 from ._failures import Failure, without_password
-from ._options import decode_message, redis_url_option, resolve_url
+from ._options import decode_message, json_text, redis_url_option, resolve_url
 
-__all__ = ["listen", "stopped_by_sigterm"]
+__all__ = ["describe_envelope", "listen", "stopped_by_sigterm"]
 
 _RECONNECT_MAX_DELAY = 1.0
 
 
 @click.command(short_help="Print the messages on channels matching patterns.")
 @click.argument("patterns", metavar="PATTERN...", nargs=-1, required=True)
+@click.option(
+    "--readable",
+    "-r",
+    is_flag=True,
+    help="Show requests and replies as such: 'request ACTION id=... reply_to=...' and "
+    "'reply STATUS id=... final|part', then the payload.",
+)
 @redis_url_option()
-def listen(patterns: tuple[str, ...], redis_url: str | None) -> None:
+def listen(patterns: tuple[str, ...], readable: bool, redis_url: str | None) -> None:
     """Print each message on channels matching the glob PATTERNs until Ctrl-C.
 
     A line is the time it arrived, the channel, and the message: compact JSON if it is
-    JSON, as it came otherwise. A lost connection is re-established.
+    JSON, as it came otherwise. A lost connection is re-established. To follow the
+    calls of a service: daebus listen -r SERVICE 'caller:*'.
     """
     url = resolve_url(redis_url)
     unique = list(dict.fromkeys(patterns))
     with stopped_by_sigterm():
         try:
-            _listen(url, unique)
+            _listen(url, unique, readable)
         except KeyboardInterrupt:
             click.secho("stopped", dim=True, err=True)
 
@@ -59,7 +69,7 @@ def stopped_by_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _listen(url: str, patterns: list[str]) -> None:
+def _listen(url: str, patterns: list[str], readable: bool = False) -> None:
     # A plain redis-py PubSub rather than daebus's transport: here we can wait for the
     # server to confirm the subscriptions, and so say "listening" only once it is true.
     # Imported here: redis-py is slow to import, and only this command uses it directly.
@@ -102,7 +112,7 @@ def _listen(url: str, patterns: list[str]) -> None:
                     if message is not None:
                         heard, asked = time.monotonic(), False
                         if message["type"] == "pmessage":
-                            _print_message(message["channel"], message["data"], terminal)
+                            _print_message(message["channel"], message["data"], terminal, readable)
                     elif time.monotonic() - heard >= _resp.SILENCE_TIMEOUT and asked:
                         raise redis.TimeoutError(f"no answer for {_resp.SILENCE_TIMEOUT:.0f} s")
                     elif time.monotonic() - heard >= _resp.HEALTH_CHECK_INTERVAL and not asked:
@@ -139,10 +149,36 @@ def _subscribe(pubsub: Any, patterns: list[str]) -> None:
             pending.discard(message["channel"].decode("utf-8", "replace"))
 
 
-def _print_message(channel: bytes, data: bytes, terminal: bool) -> None:
+def describe_envelope(data: bytes) -> str | None:
+    """A request or a reply envelope as a line a person reads; None for anything else.
+
+    ``request ACTION id=ID reply_to=CHANNEL PAYLOAD``; ``reply STATUS id=ID final PAYLOAD``
+    (``part`` for a streamed part; an error's payload is its message).
+    """
+    try:
+        message = protocol.decode_object(data)
+    except protocol.BadMessageError:
+        return None
+    if "action" in message and ("reply_to" in message or "request_id" in message):
+        words = ["request", shorten(message["action"]), f"id={shorten(message.get('request_id'))}"]
+        if message.get("reply_to") is not None:
+            words.append(f"reply_to={shorten(message['reply_to'])}")
+        payload = protocol.request_payload(message)
+    elif "status" in message and "request_id" in message:
+        reply = protocol.decode_reply(data)
+        words = ["reply", shorten(reply.status), f"id={shorten(reply.request_id)}"]
+        words.append("final" if reply.final else "part")
+        payload = reply.error_message if reply.is_error else reply.payload
+    else:
+        return None
+    return " ".join([*words, json_text(payload)])
+
+
+def _print_message(channel: bytes, data: bytes, terminal: bool, readable: bool = False) -> None:
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
     name = channel.decode("utf-8", "replace")
-    text, is_json = decode_message(data)
+    described = describe_envelope(data) if readable else None
+    text, is_json = (described, True) if described is not None else decode_message(data)
     if terminal:
         line = " ".join(
             [

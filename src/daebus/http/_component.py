@@ -23,6 +23,7 @@ from ..runtime.throttle import LogThrottle
 from ..runtime.workers import WorkerPool
 from ._cors import CorsPolicy
 from ._dispatch import REFUSED_LOG_EVERY, Dispatcher, MountHandler
+from ._health import health_mounts
 from ._log import ServerLog
 from ._static import StaticFolder
 
@@ -76,6 +77,11 @@ class DaebusHttp:
         debug: put the exception text of a failing handler in its 500 body. None (the
             default) follows ``app.run(debug=...)``.
         access_log: log every request to ``daebus.http.access``.
+        health: serve ``GET /healthz`` (200 while the service's loop answers) and
+            ``GET /readyz`` (200 when the instance is ready: started, subscribed, not
+            stopping, every ``@app.health_check`` passing; else 503 with the reasons),
+            for the probes of a supervisor or a load balancer. They win over routes
+            of the same paths.
 
     Failing to listen (the port is taken) makes the service's start fail with an
     ``OSError`` saying so, instead of running without HTTP as 0.0.31 did. There is no
@@ -96,6 +102,7 @@ class DaebusHttp:
         shutdown_timeout: float | None = None,
         debug: bool | None = None,
         access_log: bool = False,
+        health: bool = False,
     ) -> None:
         if max_concurrent < 1:
             raise SetupError("max_concurrent must be at least 1")
@@ -111,6 +118,7 @@ class DaebusHttp:
         self.shutdown_timeout = shutdown_timeout
         self.debug = debug
         self.access_log = access_log
+        self.health = health
         self.daemon: Daebus | None = None
         #: ``daebus.<app name>.http`` once attached (0.0.31's attribute): what this
         #: component logs about requests and its server goes there.
@@ -209,6 +217,8 @@ class DaebusHttp:
                     mounts[_mount_path(path)] = handler
                 if provided:
                     providers.append(component)
+        if self.health:
+            mounts.update(health_mounts(app))
         dispatcher.component_mounts = mounts
         self._mount_providers = providers
         # One throttle for the run's log lines about clients: counted until the stop.

@@ -14,6 +14,8 @@ parts, one module each:
 - :mod:`.jobs`: background jobs and thread tasks;
 - :mod:`.publisher`: publishing from the loop or from threads;
 - :mod:`.shutdown`: draining and closing;
+- :mod:`.presence`: this instance's entry in the service registry, and its counts;
+- :mod:`.readiness`: whether it is ready (``daebus health``, ``/readyz``);
 - :mod:`.eager`, :mod:`.workers`, :mod:`.inbox`, :mod:`.loop`, :mod:`.throttle`:
   the machinery under them.
 
@@ -46,6 +48,7 @@ from .inbox import LoopInbox
 from .instances import Instances
 from .invoke import Invoker
 from .jobs import BackgroundTask, Schedules
+from .presence import Presence, Tally
 from .publisher import Publisher
 from .requests import Requests
 from .shutdown import shut_down
@@ -79,12 +82,17 @@ class ServiceRuntime:
         #: ``await runtime.invoke(func, ctx, args)``: see :meth:`.invoke.Invoker.invoke`.
         self.invoke = self.invoker.invoke
         self.admission = Admission(app, self.loop)
+        #: What was handled and what failed, published with the registry entry.
+        self.tally = Tally()
+        #: True once started: subscribed, jobs started, start hooks run.
+        self.started = False
         self.publisher = Publisher(self)
         self.instances = Instances(self, instance_id)
         self.requests = Requests(self)
         self.broadcasts = Broadcasts(self)
         self.durable = DurableListeners(self)
         self.request_stream = RequestConsumer(self)
+        self.presence = Presence(self)
         self.admission.connect(
             start_request=self.requests.start,
             refuse_unrun=self.requests.refuse_unrun,
@@ -130,6 +138,8 @@ class ServiceRuntime:
                 app.start_thread(name)
         for hook in list(app._on_start_handlers):
             await self.run_hook(hook, "start")
+        self.started = True
+        await self.presence.join()
 
     async def _read_request_stream(self) -> None:
         """Read the durable requests, once the group that holds them exists."""
@@ -233,6 +243,7 @@ class ServiceRuntime:
 
         See :mod:`.shutdown`.
         """
+        await self.presence.leave()  # gone from the registry at once
         self.request_stream.stop_reading()
         await self.durable.stop_reading(timeout)
         await shut_down(self, timeout)

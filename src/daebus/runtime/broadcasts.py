@@ -76,6 +76,7 @@ class Broadcasts:
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.invoke = runtime.invoker.invoke
+        self.tally = runtime.tally
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
         # Channel or pattern -> its _Route: listeners are inspected once, and again only
@@ -229,9 +230,11 @@ class Broadcasts:
             except BaseException as exc:  # SystemExit too: one listener must not stop the service
                 self._failed(delivery, exc)
         finally:
+            self.tally.broadcasts += 1
             self.admission.task_done()
 
     def _failed(self, delivery: Delivery, exc: BaseException, name: str | None = None) -> None:
+        self.tally.broadcast_errors += 1
         key = delivery.pattern or delivery.channel
         self.throttle.log(
             logging.ERROR,

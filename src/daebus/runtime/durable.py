@@ -316,6 +316,7 @@ class ListenerConsumer(StreamConsumer):
         ctx = DurableContext(self, entry, value)
         func = self.listener.func
         args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
+        tally = self.runtime.tally
         try:
             if kind_of(func) is ASYNC:  # the common case, without invoke()'s layers
                 token = context.push(ctx)
@@ -330,7 +331,10 @@ class ListenerConsumer(StreamConsumer):
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as exc:
+            tally.durable += 1
+            tally.durable_errors += 1
             return await self._failed(entry, exc)
+        tally.durable += 1
         if self.in_order:
             await self.ack(entry.id)  # confirmed before the next message of its key runs
         else:

@@ -25,6 +25,7 @@ from ..exceptions import SerializationError, TransportError
 from ..protocol import shorten
 from ..pubsub import PubSubRequest, PubSubResponse
 from .invoke import SYNC, StartedTooLateError, error_text, kind_of
+from .readiness import health_action
 
 if TYPE_CHECKING:
     from ..transport import Delivery
@@ -70,6 +71,9 @@ class Requests:
         self.invoke = runtime.invoker.invoke
         self.call_sync = runtime.invoker.call_sync
         self.instances = runtime.instances
+        self.tally = runtime.tally
+        # The actions the runtime answers itself, under names users cannot register.
+        self._builtin = {protocol.HEALTH_ACTION: health_action(runtime)}
 
     def on_request(self, kind: str, delivery: Delivery) -> None:
         """Transport callback for the service (and workflow) channel.
@@ -173,6 +177,8 @@ class Requests:
             )
             return None
         handler = table.get(name)
+        if handler is None and kind == "request":
+            handler = self._builtin.get(name)
         if handler is None:
             self.refuse(
                 response,
@@ -350,6 +356,8 @@ class Requests:
             self._log_failure(name, exc)
             if not response.final_sent:
                 await _settled(self.refuse(response, error_text(exc), log=False))
+        finally:
+            self.tally.requests += 1
 
     def _run_sync(
         self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
@@ -385,7 +393,8 @@ class Requests:
             self.admission.job_done()
 
     def _log_failure(self, name: str, exc: BaseException) -> None:
-        """Log a failed action with its traceback, once a period per action."""
+        """Count and log a failed action (its traceback once a period per action)."""
+        self.tally.request_failed()
         self.throttle.log(
             logging.ERROR,
             f"action {name}",

@@ -285,6 +285,24 @@ class Transport(ABC):
         """Forget ``member`` of the record ``key`` at once (idempotent)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no membership records")
 
+    # -- the service registry (see daebus.runtime.presence and daebus.registry) ----------
+    async def put_entry(self, index: str, key: str, value: bytes, ttl_ms: int) -> None:
+        """Keep ``value`` at ``key`` for ``ttl_ms`` ms, and list ``key`` in ``index``.
+
+        ``SET key value PX ttl_ms``; the index is a sorted set of keys scored with their
+        expiry on the server's clock, from which the expired ones are pruned as entries
+        are put. Readers (:meth:`daebus._admin.Admin.entries`) skip keys that expired.
+
+        Raises:
+            TransportError: the server cannot be reached or refuses the commands.
+            NotImplementedError: the transport has no such entries.
+        """
+        raise NotImplementedError(f"{type(self).__name__} keeps no registry entries")
+
+    async def drop_entry(self, index: str, key: str) -> None:
+        """Delete ``key`` and take it off ``index`` at once (idempotent)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no registry entries")
+
     # -- streams (durable channels: see daebus.runtime.durable) -------------------------
     # Redis's stream commands, with their semantics: the memory transport implements
     # the same. Each raises TransportError when the server refuses or cannot be reached,

@@ -17,9 +17,8 @@ It behaves as Redis pub/sub does, so that code tested on it behaves the same on 
 
 Unlike Redis, a slow subscriber's queue is not capped: nothing is ever dropped.
 The claims and membership records that instances of one service share requests and
-jobs with (:meth:`MemoryBroker.claim`, :meth:`MemoryBroker.renew_claim`,
-:meth:`MemoryBroker.renew_member`) behave as their Redis commands do, on the process's
-monotonic clock. The broker's key-value side
+jobs with, and the entries of the service registry, behave as their Redis commands do,
+on the process's monotonic clock (:mod:`._memory_records`). The broker's key-value side
 (``app.cache``) is a ``fakeredis`` server, when installed.
 """
 
@@ -29,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..exceptions import TransportError
 from ._glob import compile_glob
+from ._memory_records import MemoryRecords
 from ._memory_streams import MemoryStreams
 from .base import Delivery, DeliveryHandler, StreamEntry, Subscription, Transport
 
@@ -80,11 +79,8 @@ class MemoryBroker:
         self._patterns: dict[str, tuple[Callable[[bytes], bool], dict[MemoryTransport, None]]] = {}
         self._monitors: list[Monitor] = []
         self._cache_server: fakeredis.FakeServer | None = None
-        # key -> (owner, expiry) of claims, and member -> expiry of each record; expiries
-        # are monotonic seconds.
-        self._claims: dict[str, tuple[str, float]] = {}
-        self._claims_pruned_at = 0
-        self._records: dict[str, dict[str, float]] = {}
+        #: Claims, membership records and registry entries (see :mod:`._memory_records`).
+        self.records = MemoryRecords()
         #: The streams of durable channels (see :mod:`._memory_streams`).
         self.streams = MemoryStreams()
 
@@ -148,6 +144,11 @@ class MemoryBroker:
         with self._lock:
             return len(self._patterns)
 
+    def channel_names(self) -> list[str]:
+        """The channels with a subscriber (Redis's ``PUBSUB CHANNELS``), sorted."""
+        with self._lock:
+            return sorted(self._channels)
+
     # -- publishing ------------------------------------------------------------------
     def publish(self, channel: str, data: bytes, publisher: MemoryTransport | None = None) -> int:
         """Queue ``data`` for every subscriber of ``channel``; return the receiver count.
@@ -202,62 +203,6 @@ class MemoryBroker:
                 self._monitors.remove(callback)
 
         return remove
-
-    # -- claims and membership records -----------------------------------------------
-    def claim(self, key: str, ttl_ms: int, owner: str = "") -> bool:
-        """Take ``key`` for ``owner`` for ``ttl_ms`` ms unless it is held: ``SET NX PX``."""
-        now = time.monotonic()
-        with self._lock:
-            claims = self._claims
-            held = claims.get(key)
-            if held is not None and held[1] > now:
-                return False
-            claims[key] = (owner, now + ttl_ms / 1000)
-            # Forget the expired claims now and then, as the server would.
-            if len(claims) > 2 * self._claims_pruned_at + 1000:
-                for stale in [k for k, (_, until) in claims.items() if until <= now]:
-                    del claims[stale]
-                self._claims_pruned_at = len(claims)
-            return True
-
-    def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
-        """Hold ``key`` ``ttl_ms`` ms more if ``owner`` still holds it."""
-        now = time.monotonic()
-        with self._lock:
-            held = self._claims.get(key)
-            if held is None or held[0] != owner or held[1] <= now:
-                return False
-            self._claims[key] = (owner, now + ttl_ms / 1000)
-            return True
-
-    def release_claim(self, key: str, owner: str) -> bool:
-        """Drop ``key`` if ``owner`` still holds it."""
-        now = time.monotonic()
-        with self._lock:
-            held = self._claims.get(key)
-            if held is None or held[0] != owner or held[1] <= now:
-                return False
-            del self._claims[key]
-            return True
-
-    def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
-        """Keep ``member`` alive ``ttl_ms`` ms more; forget the expired; list the members."""
-        now = time.monotonic()
-        with self._lock:
-            record = self._records.setdefault(key, {})
-            for stale in [name for name, until in record.items() if until <= now]:
-                del record[stale]
-            record[member] = now + ttl_ms / 1000
-            return sorted(record)
-
-    def remove_member(self, key: str, member: str) -> None:
-        """Forget ``member`` of the record ``key`` (idempotent)."""
-        with self._lock:
-            record = self._records.get(key)
-            if record is not None:
-                record.pop(member, None)
-                if not record:
-                    del self._records[key]
 
     # -- the key-value side ----------------------------------------------------------
     def cache_server(self) -> fakeredis.FakeServer:
@@ -407,27 +352,37 @@ class MemoryTransport(Transport):
     async def claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Take ``key`` on the broker if nobody holds it (``SET NX PX``)."""
         self._check_open()
-        return self.broker.claim(key, ttl_ms, owner)
+        return self.broker.records.claim(key, ttl_ms, owner)
 
     async def renew_claim(self, key: str, owner: str, ttl_ms: int) -> bool:
         """Hold ``key`` on the broker ``ttl_ms`` ms more if ``owner`` still holds it."""
         self._check_open()
-        return self.broker.renew_claim(key, owner, ttl_ms)
+        return self.broker.records.renew_claim(key, owner, ttl_ms)
 
     async def release_claim(self, key: str, owner: str) -> bool:
         """Drop ``key`` on the broker if ``owner`` still holds it."""
         self._check_open()
-        return self.broker.release_claim(key, owner)
+        return self.broker.records.release_claim(key, owner)
 
     async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
         """Keep ``member`` of the broker's record ``key`` alive; list the live members."""
         self._check_open()
-        return self.broker.renew_member(key, member, ttl_ms)
+        return self.broker.records.renew_member(key, member, ttl_ms)
 
     async def remove_member(self, key: str, member: str) -> None:
         """Forget ``member`` of the broker's record ``key``."""
         self._check_open()
-        self.broker.remove_member(key, member)
+        self.broker.records.remove_member(key, member)
+
+    async def put_entry(self, index: str, key: str, value: bytes, ttl_ms: int) -> None:
+        """Keep ``value`` at ``key`` on the broker for ``ttl_ms`` ms, listed in ``index``."""
+        self._check_open()
+        self.broker.records.put_entry(index, key, value, ttl_ms)
+
+    async def drop_entry(self, index: str, key: str) -> None:
+        """Delete ``key`` on the broker and take it off ``index``."""
+        self._check_open()
+        self.broker.records.drop_entry(index, key)
 
     # Streams: the broker's (see ._memory_streams), as the Redis commands behave.
     async def stream_add(

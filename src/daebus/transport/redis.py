@@ -346,6 +346,23 @@ class RedisTransport(RedisStreams):
         """``ZREM key member``."""
         await self._command("ZREM", key, member)
 
+    async def put_entry(self, index: str, key: str, value: bytes, ttl_ms: int) -> None:
+        """``SET key value PX ttl_ms``; ``key`` scored in ``index`` with its expiry; prune."""
+        publisher = self._ready_publisher() or await self._open_publisher()
+        now = await self._server_now_ms(publisher)
+        replies = await asyncio.gather(
+            publisher.send("SET", key, value, "PX", ttl_ms),
+            publisher.send("ZADD", index, now + ttl_ms, key),
+            publisher.send("ZREMRANGEBYSCORE", index, "-inf", now),
+            publisher.send("TIME"),
+        )
+        self._server_clock.learn(replies[-1])
+
+    async def drop_entry(self, index: str, key: str) -> None:
+        """``DEL key`` and ``ZREM index key``, in one round trip."""
+        publisher = self._ready_publisher() or await self._open_publisher()
+        await asyncio.gather(publisher.send("DEL", key), publisher.send("ZREM", index, key))
+
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:
         if self._closed:

@@ -1,0 +1,238 @@
+"""This instance's entry in the service registry: what it runs, and how it fares.
+
+Every running instance keeps one entry (:func:`daebus.protocol.registry_key`, listed in
+:func:`daebus.protocol.registry_index`): a JSON object naming the service, the instance,
+its host and pid, the daebus and Python versions, when it started, its actions,
+listeners, HTTP routes and WebSocket handlers, and its counts of messages in flight,
+handled and failed. It is written when the service has subscribed everything, then
+again every :data:`HEARTBEAT` seconds, and lives :data:`EXPIRY_BEATS` heartbeats: a
+killed instance drops out of the registry within three heartbeats; one that stops
+deletes its entry as soon as it begins to stop. :mod:`daebus.registry` reads it.
+
+Nothing of it is paid for per message: the counts are plain integers that the runtime
+bumps as each message finishes (:class:`Tally`), and only the heartbeat publishes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import encoding, protocol
+from .._compat import timeout
+from ..exceptions import TransportError
+
+if TYPE_CHECKING:
+    from . import ServiceRuntime
+
+__all__ = ["EXPIRY_BEATS", "HEARTBEAT", "Presence", "Tally"]
+
+logger = logging.getLogger("daebus.runtime")
+
+#: Seconds between two writes of an instance's registry entry.
+HEARTBEAT = 5.0
+#: How many heartbeats an entry outlives its last write by: a killed instance is gone
+#: from the registry within this many.
+EXPIRY_BEATS = 3
+
+
+class Tally:
+    """What the instance handled, and how much failed: plain counts, bumped in place.
+
+    Bumped on the loop, where each message finishes; failures of ``def`` actions are
+    counted in the workers, under a lock (they are rare). ``def`` actions that finished
+    are the admission's own count (``Admission.jobs_finished``), not counted twice.
+    """
+
+    __slots__ = (
+        "_lock",
+        "broadcast_errors",
+        "broadcasts",
+        "durable",
+        "durable_errors",
+        "request_errors",
+        "requests",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: Requests answered on the loop (``async def`` actions, durable requests).
+        self.requests = 0
+        #: Broadcasts handed to the listeners of their channel or pattern.
+        self.broadcasts = 0
+        #: Durable messages tried (each try counts), and tries that raised.
+        self.durable = 0
+        self.durable_errors = 0
+        #: Listener calls that raised.
+        self.broadcast_errors = 0
+        #: Actions that raised, on the loop or in a worker.
+        self.request_errors = 0
+
+    def request_failed(self) -> None:
+        """An action raised (from any thread)."""
+        with self._lock:
+            self.request_errors += 1
+
+
+class Presence:
+    """This instance's registry entry, written now and at every heartbeat."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        self.runtime = runtime
+        self.transport = runtime.transport
+        self.started = time.time()
+        self._started_at = runtime.loop.time()
+        self._index = protocol.registry_index()
+        self._key = protocol.registry_key(runtime.service, runtime.instances.id)
+        self._beats: asyncio.Task[None] | None = None
+        self._host = socket.gethostname()
+        self._heartbeat = HEARTBEAT
+
+    async def join(self) -> None:
+        """Write the entry, then keep it fresh; a transport without entries keeps none."""
+        self._heartbeat = HEARTBEAT
+        if not await self._write():
+            return
+        self._beats = self.runtime.loop.create_task(
+            self._beat_forever(), name=f"daebus-presence {self.runtime.service}"
+        )
+
+    async def leave(self) -> None:
+        """Delete the entry at once (idempotent): the instance is stopping."""
+        beats, self._beats = self._beats, None
+        if beats is None:
+            return
+        stopping = self.runtime.app._stop_event
+        if stopping is not None and stopping.is_set():
+            # The heartbeat deletes it as the stop begins: the stop does not wait for that.
+            self.runtime.keep(beats)
+            return
+        beats.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beats
+        await self._drop()
+
+    async def _beat_forever(self) -> None:
+        # Woken by the heartbeat, or by the app's stop: the entry goes as the stop
+        # begins, not once the components (an HTTP server draining) have stopped.
+        stopping = self.runtime.app._stop_event
+        while True:
+            if stopping is None:
+                await asyncio.sleep(self._heartbeat)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    async with timeout(self._heartbeat):
+                        await stopping.wait()
+                if stopping.is_set():
+                    await self._drop()
+                    return
+            await self._write()
+
+    async def _drop(self) -> None:
+        try:
+            await self.transport.drop_entry(self._index, self._key)
+        except TransportError as exc:  # it expires by itself
+            logger.debug("could not remove the registry entry of %s: %s", self._key, exc)
+
+    async def _write(self) -> bool:
+        """Write the entry; False if the transport keeps none."""
+        ttl_ms = int(self._heartbeat * EXPIRY_BEATS * 1000)
+        try:
+            await self.transport.put_entry(
+                self._index, self._key, encoding.dumps(self.describe()), ttl_ms
+            )
+        except NotImplementedError:
+            return False
+        except TransportError as exc:
+            self.runtime.throttle.log(
+                logging.WARNING,
+                "registry",
+                "instance %s could not refresh its registry entry: %s",
+                self.runtime.instances.id,
+                exc,
+            )
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The entry: who this instance is, what it runs, and its counts so far."""
+        import daebus  # here: daebus imports the runtime as it initialises
+
+        runtime = self.runtime
+        app = runtime.app
+        admission = runtime.admission
+        tally = runtime.tally
+        entry: dict[str, Any] = {
+            "service": runtime.service,
+            "instance": runtime.instances.id,
+            "host": self._host,
+            "pid": os.getpid(),
+            "daebus": daebus.__version__,
+            "python": platform.python_version(),
+            "started": round(self.started, 3),
+            "uptime": round(runtime.loop.time() - self._started_at, 3),
+            "heartbeat": self._heartbeat,
+            "ttl": self._heartbeat * EXPIRY_BEATS,
+            "state": "stopping" if admission.stopping else "running",
+            "actions": sorted(app.action_handlers),
+            "workflows": sorted(app.workflow_handlers),
+            "listeners": _listeners(runtime),
+            "jobs": sorted(task.name for task in app.background_tasks),
+            "threads": sorted(app.thread_tasks),
+            "health_checks": sorted(app.health_checks),
+            "in_flight": admission.active,
+            "queued": admission.queued,
+            "handled": {
+                "requests": tally.requests + admission.jobs_finished,
+                "broadcasts": tally.broadcasts,
+                "durable": tally.durable,
+            },
+            "errors": {
+                "requests": tally.request_errors,
+                "broadcasts": tally.broadcast_errors,
+                "durable": tally.durable_errors,
+            },
+        }
+        http = app.http
+        if http is not None:
+            entry["http"] = {"host": http.host, "port": http.port}
+            entry["routes"] = [
+                {"path": path, "methods": list(methods)} for path, methods, _ in list(app.routes)
+            ]
+        if app.websocket is not None:
+            entry["sockets"] = sorted(app.socket_handlers)
+        return entry
+
+
+def _listeners(runtime: ServiceRuntime) -> list[dict[str, Any]]:
+    app = runtime.app
+    found: list[dict[str, Any]] = [
+        {
+            "channel": channel,
+            "pattern": protocol.is_pattern(channel),
+            "durable": False,
+            "shared": listener.shared,
+            "ordered": listener.ordered,
+        }
+        for channel, listeners in list(app._listeners.items())
+        for listener in listeners
+    ]
+    found.extend(
+        {
+            "channel": durable.channel,
+            "pattern": False,
+            "durable": True,
+            # The instances of a group share its messages: each is handled by one.
+            "shared": True,
+            "ordered": durable.ordered,
+            "group": durable.group or runtime.service,
+        }
+        for durable in list(app._durable.values())
+    )
+    return found

@@ -1,0 +1,87 @@
+"""Whether this instance is ready: started, subscribed, not stopping, its checks passing.
+
+Asked three ways, all answered here: the reserved action
+:data:`daebus.protocol.HEALTH_ACTION` that every daebus service answers itself (what
+``daebus health SERVICE`` and :func:`daebus.registry.service_health` call), and
+``/readyz`` on a ``DaebusHttp(health=True)``. ``/healthz`` only says the service's loop
+answers.
+
+The user's checks (``@app.health_check``) run side by side, each with the app's
+context, ``def`` ones in the job threads (never the handlers' pool, which may be full),
+each within :data:`CHECK_TIMEOUT` seconds. A check fails by returning False or by
+raising; the reason is then its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import context, protocol
+from .._compat import timeout
+from .invoke import error_text
+
+if TYPE_CHECKING:
+    from . import ServiceRuntime
+
+__all__ = ["CHECK_TIMEOUT", "health_action", "readiness"]
+
+#: Seconds a user's check may take before it counts as failed.
+CHECK_TIMEOUT = 5.0
+
+
+async def readiness(runtime: ServiceRuntime) -> dict[str, Any]:
+    """``{"ready", "reasons", "checks", "service", "instance", "state"}`` of this instance.
+
+    ``reasons`` says why it is not ready (empty when it is); ``checks`` maps each user
+    check to ``"ok"`` or why it failed.
+    """
+    reasons: list[str] = []
+    if runtime.stopping or not runtime.app.is_running():
+        state = "stopping"
+        reasons.append("the service is stopping")
+    elif not runtime.started:
+        state = "starting"
+        reasons.append("the service is starting")
+    else:
+        state = "running"
+    if not runtime.transport.receiving:
+        reasons.append("not subscribed: the connection to Redis is being made again")
+    checks = dict(runtime.app.health_checks)
+    results = await asyncio.gather(*(_run(runtime, func) for func in checks.values()))
+    outcome: dict[str, str] = {}
+    for name, failure in zip(checks, results, strict=True):
+        outcome[name] = "ok" if failure is None else failure
+        if failure is not None:
+            reasons.append(f"check {name!r} failed: {failure}")
+    return {
+        "service": runtime.service,
+        "instance": runtime.instances.id,
+        "ready": not reasons,
+        "state": state,
+        "reasons": reasons,
+        "checks": outcome,
+    }
+
+
+async def _run(runtime: ServiceRuntime, func: Callable[..., Any]) -> str | None:
+    """Why the check failed, or None if it passed."""
+    ctx = context.MessageContext(runtime.app)
+    try:
+        async with timeout(CHECK_TIMEOUT):
+            result = await runtime.invoke(func, ctx, (), executor=runtime.job_executor)
+    except asyncio.TimeoutError:  # not the builtin on Python 3.10
+        return f"no answer within {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        return protocol.shorten(error_text(exc) or type(exc).__name__, 500)
+    return "returned False" if result is False else None
+
+
+def health_action(runtime: ServiceRuntime) -> Callable[[], Any]:
+    """The handler of :data:`~daebus.protocol.HEALTH_ACTION` for ``runtime``."""
+
+    async def health() -> dict[str, Any]:
+        return await readiness(runtime)
+
+    return health

@@ -1,0 +1,262 @@
+"""Readiness: the health action, ``daebus health``, ``@app.health_check``, /healthz and /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from click.testing import CliRunner, Result
+
+from _apps import Apps
+from _helpers import unique_name, wait_for
+from _http import fetch, serve
+from daebus import Blueprint, Daebus, DaebusHttp, SetupError, protocol, registry
+from daebus.cli import cli
+from daebus.runtime import readiness as readiness_module
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def health(service: str, url: str, *args: str) -> Result:
+    return CliRunner().invoke(
+        cli, ["health", service, "--redis-url", url, *args], catch_exceptions=False
+    )
+
+
+class Switch:
+    """A user check that passes until it is turned off (from the test's thread)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def check(self) -> bool:
+        return self.on
+
+
+def test_every_service_answers_the_health_action(apps: Apps) -> None:
+    app = Daebus("plain")
+    service = apps.start(app)
+    answer = apps.caller(service).send_request(protocol.HEALTH_ACTION, {})
+    assert answer == {
+        "service": service,
+        "instance": app.instance_id,
+        "ready": True,
+        "state": "running",
+        "reasons": [],
+        "checks": {},
+    }
+    result = health(service, apps.url)
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{service}: ready (instance {app.instance_id}); 1 instance running\n"
+
+
+def test_a_failing_check_makes_the_service_not_ready(apps: Apps) -> None:
+    app, switch = Daebus("checked"), Switch()
+    app.add_health_check(switch.check, "database")
+
+    @app.health_check
+    async def queue_depth() -> None:
+        await asyncio.sleep(0)
+
+    service = apps.start(app)
+    result = health(service, apps.url)
+    assert result.exit_code == 0, result.output
+    assert "  check database: ok\n  check queue_depth: ok\n" in result.output
+
+    switch.on = False
+    result = health(service, apps.url)
+    assert result.exit_code == 1
+    assert f"Error: {service} is not ready: check 'database' failed: returned False" in (
+        result.output
+    )
+    answer = json.loads(health(service, apps.url, "--json").output)
+    assert answer["ready"] is False
+    assert answer["checks"] == {"database": "returned False", "queue_depth": "ok"}
+    assert answer["instance"] == app.instance_id
+
+
+def test_a_check_that_raises_or_hangs_fails_with_its_reason(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readiness_module, "CHECK_TIMEOUT", 0.2)
+    release = threading.Event()
+    app = Daebus("failing")
+
+    @app.health_check("disk")
+    def disk() -> None:
+        raise OSError("disk full")
+
+    @app.health_check("slow")
+    def slow() -> None:
+        release.wait(10)
+
+    service = apps.start(app)
+    try:
+        answer = registry.service_health(service, apps.url, timeout=5)
+    finally:
+        release.set()
+    assert answer["ready"] is False
+    assert answer["checks"] == {"disk": "disk full", "slow": "no answer within 0.2 s"}
+    assert answer["reasons"] == [
+        "check 'disk' failed: disk full",
+        "check 'slow' failed: no answer within 0.2 s",
+    ]
+
+
+def test_health_of_a_service_that_does_not_run(apps: Apps) -> None:
+    service = unique_name("nobody")
+    result = health(service, apps.url)
+    assert result.exit_code == 1
+    assert f"no instance of {service!r} is running" in result.output
+    answer = json.loads(health(service, apps.url, "--json").output)
+    assert answer == {
+        "service": service,
+        "ready": False,
+        "reasons": [f"no instance of {service!r} is running"],
+        "checks": {},
+    }
+
+
+def test_a_service_that_does_not_answer_in_time_is_not_ready(apps: Apps, redis_url: str) -> None:
+    # Something subscribes to the service's channel and never answers (a hung instance).
+    service = unique_name("hung")
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(service)
+    try:
+        started = time.monotonic()
+        result = health(service, apps.url, "--timeout", "0.5")
+        assert result.exit_code == 1
+        assert f"no instance of {service!r} answered within 0.5 s" in result.output
+        assert time.monotonic() - started < 5
+    finally:
+        pubsub.close()
+        client.close()
+
+
+def test_an_older_service_answering_unknown_action_counts_as_running(redis_url: str) -> None:
+    # A daebus from before the health action answers it so (0.0.31 does not answer).
+    service = unique_name("old")
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(service)
+    stop = threading.Event()
+
+    def answer_like_0_0_31() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.05)
+            if message is None or message["type"] != "message":
+                continue
+            request = json.loads(message["data"])
+            error = f"Unknown action '{request['action']}' for service '{service}'"
+            reply = {"status": "error", "payload": {"error": error}}
+            client.publish(
+                request["reply_to"],
+                json.dumps({**reply, "request_id": request["request_id"], "final": True}),
+            )
+
+    thread = threading.Thread(target=answer_like_0_0_31, daemon=True)
+    thread.start()
+    try:
+        answer = registry.service_health(service, redis_url, timeout=5)
+    finally:
+        stop.set()
+        thread.join(5)
+        pubsub.close()
+        client.close()
+    assert answer["ready"] is True
+    assert "older daebus" in answer["note"]
+
+
+def test_reserved_action_names_are_refused() -> None:
+    app = Daebus("reserved")
+    with pytest.raises(SetupError, match="daebus's own"):
+        app.add_action(protocol.HEALTH_ACTION, lambda: None)
+    with pytest.raises(SetupError, match="daebus's own"):
+        app.action("daebus:anything")(lambda: None)
+
+
+def test_blueprints_bring_their_health_checks(apps: Apps) -> None:
+    blueprint = Blueprint("parts")
+
+    @blueprint.health_check
+    def part() -> bool:
+        return False
+
+    app = Daebus("assembled")
+    app.register_blueprint(blueprint)
+    service = apps.start(app)
+    answer = registry.service_health(service, apps.url)
+    assert answer["checks"] == {"part": "returned False"}
+
+
+# -- /healthz and /readyz ------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(apps: Apps) -> None:
+    app, switch = Daebus("probed"), Switch()
+    app.add_health_check(switch.check, "upstream")
+    component = serve(apps, app, health=True)
+
+    alive = fetch(component.url, "/healthz")
+    assert alive.status == 200
+    assert alive.json() == {"status": "alive", "service": app.service, "instance": app.instance_id}
+    assert alive.header("Cache-Control") == "no-store"
+    ready = fetch(component.url, "/readyz")
+    assert ready.status == 200
+    assert ready.json()["ready"] is True
+    assert fetch(component.url, "/readyz", "HEAD").status == 200
+
+    switch.on = False
+    not_ready = fetch(component.url, "/readyz")
+    assert not_ready.status == 503
+    assert not_ready.json()["reasons"] == ["check 'upstream' failed: returned False"]
+    assert fetch(component.url, "/healthz").status == 200  # alive, though not ready
+    assert fetch(component.url, "/readyz", "POST").status == 405
+
+
+def test_no_health_paths_unless_asked(apps: Apps) -> None:
+    app = Daebus("unprobed")
+    component = serve(apps, app)
+    assert fetch(component.url, "/healthz").status == 404
+    assert fetch(component.url, "/readyz").status == 404
+
+
+def test_readyz_says_stopping_while_the_service_stops(apps: Apps) -> None:
+    app = Daebus("stopping")
+    release = threading.Event()
+    entered = threading.Event()
+
+    @app.action("slow")
+    def slow() -> None:
+        entered.set()
+        release.wait(10)
+
+    component = app.attach(DaebusHttp(port=0, host="127.0.0.1", health=True))
+    service = apps.start(app)
+    runtime: Any = app._runtime
+    caller = apps.caller(service)
+    calling = threading.Thread(target=lambda: caller.send_request("slow", {}, timeout=10))
+    calling.start()
+    try:
+        assert entered.wait(5)
+        url = component.url
+        assert fetch(url, "/readyz").status == 200
+        stopper = threading.Thread(target=app.stop)
+        stopper.start()
+        wait_for(lambda: not app.is_running())
+        answer = asyncio.run_coroutine_threadsafe(
+            readiness_module.readiness(runtime), runtime.loop
+        ).result(5)
+        assert answer["ready"] is False
+        assert answer["state"] == "stopping"
+        assert answer["reasons"] == ["the service is stopping"]
+    finally:
+        release.set()
+        calling.join(10)
+    stopper.join(15)
