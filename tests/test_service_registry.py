@@ -20,7 +20,7 @@ from _helpers import ServiceProcess, unique_name, wait_for
 from daebus import Daebus, DaebusCaller, protocol, registry
 from daebus.cli import cli
 from daebus.cli._registry import describe_channels, duration
-from daebus.runtime import presence
+from daebus.runtime import instances
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -39,7 +39,7 @@ def listed(url: str) -> dict[str, int]:
 @pytest.fixture
 def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> float:
     """In-process instances write their entry every 0.2 s."""
-    monkeypatch.setattr(presence, "HEARTBEAT", 0.2)
+    monkeypatch.setattr(instances, "RENEW_EVERY", 0.2)
     return 0.2
 
 
@@ -48,9 +48,9 @@ SERVICE = textwrap.dedent(
     """
     import sys
     from daebus import Daebus
-    from daebus.runtime import presence
+    from daebus.runtime import instances
 
-    presence.HEARTBEAT = float(sys.argv[2])
+    instances.RENEW_EVERY = float(sys.argv[2])
     app = Daebus("registered")
 
     @app.action("work")

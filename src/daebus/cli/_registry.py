@@ -49,7 +49,7 @@ def services(as_json: bool, timeout: float, redis_url: str | None) -> None:
     """List the running services: instances, uptime, messages handled, errors, last seen.
 
     Read from the service registry, where every running instance refreshes its entry
-    every 5 s: an instance that was killed is listed until its entry expires, three
+    every 15 s: an instance that was killed is listed until its entry expires, three
     heartbeats later; one that stopped is gone at once. HANDLED and ERRORS add up
     requests, broadcasts and durable messages over every instance since it started.
     """

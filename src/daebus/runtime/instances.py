@@ -53,7 +53,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import encoding, protocol
@@ -139,6 +139,8 @@ class Instances:
         #: :mod:`.shared_listeners`.
         self.on_sync: Callable[[str, str], None] | None = None
         self.on_receiving: Callable[[], None] | None = None
+        #: Called at every renewal, with it: :mod:`.presence` writes the registry entry.
+        self.on_renew: list[Callable[[], Awaitable[Any]]] = []
         self._enabled = False
         self._uncertain = False  # announcements may have been missed
         # Until when to go on claiming once no other instance is known: one that was
@@ -370,7 +372,9 @@ class Instances:
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(RENEW_EVERY)
-            await self.renew()
+            # The instance's other periodic writes (its registry entry) go with this
+            # one, in the same write to the server: an idle service wakes up once.
+            await asyncio.gather(self.renew(), *(write() for write in self.on_renew))
 
     async def renew(self) -> None:
         """Renew this instance's entry and re-read the record (every :data:`RENEW_EVERY`)."""

@@ -4,10 +4,14 @@ Every running instance keeps one entry (:func:`daebus.protocol.registry_key`, li
 :func:`daebus.protocol.registry_index`): a JSON object naming the service, the instance,
 its host and pid, the daebus and Python versions, when it started, its actions,
 listeners, HTTP routes and WebSocket handlers, and its counts of messages in flight,
-handled and failed. It is written when the service has subscribed everything, then
-again every :data:`HEARTBEAT` seconds, and lives :data:`EXPIRY_BEATS` heartbeats: a
-killed instance drops out of the registry within three heartbeats; one that stops
-deletes its entry as soon as it begins to stop. :mod:`daebus.registry` reads it.
+handled and failed. It is written when the service has subscribed everything, then at
+every heartbeat, and lives :data:`EXPIRY_BEATS` heartbeats: a killed instance drops out
+of the registry within three heartbeats; one that stops deletes its entry as soon as it
+begins to stop. :mod:`daebus.registry` reads it.
+
+The heartbeat is the instance's renewal among its service's instances
+(:data:`.instances.RENEW_EVERY`): the entry is written with that renewal, in the same
+write to the server, so an idle service wakes up no more often for it.
 
 Nothing of it is paid for per message: the counts are plain integers that the runtime
 bumps as each message finishes (:class:`Tally`), and only the heartbeat publishes them.
@@ -26,18 +30,16 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import encoding, protocol
-from .._compat import timeout
 from ..exceptions import TransportError
+from . import instances
 
 if TYPE_CHECKING:
     from . import ServiceRuntime
 
-__all__ = ["EXPIRY_BEATS", "HEARTBEAT", "Presence", "Tally"]
+__all__ = ["EXPIRY_BEATS", "Presence", "Tally"]
 
 logger = logging.getLogger("daebus.runtime")
 
-#: Seconds between two writes of an instance's registry entry.
-HEARTBEAT = 5.0
 #: How many heartbeats an entry outlives its last write by: a killed instance is gone
 #: from the registry within this many.
 EXPIRY_BEATS = 3
@@ -91,73 +93,78 @@ class Presence:
         self._started_at = runtime.loop.time()
         self._index = protocol.registry_index()
         self._key = protocol.registry_key(runtime.service, runtime.instances.id)
-        self._beats: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
+        self._dropped = False
         self._host = socket.gethostname()
-        self._heartbeat = HEARTBEAT
+        self._heartbeat = instances.RENEW_EVERY
 
     async def join(self) -> None:
         """Write the entry, then keep it fresh; a transport without entries keeps none."""
-        self._heartbeat = HEARTBEAT
+        self._heartbeat = instances.RENEW_EVERY
         if not await self._write():
             return
-        self._beats = self.runtime.loop.create_task(
-            self._beat_forever(), name=f"daebus-presence {self.runtime.service}"
+        self.runtime.instances.on_renew.append(self._write)
+        self._watcher = self.runtime.loop.create_task(
+            self._drop_at_stop(), name=f"daebus-presence {self.runtime.service}"
         )
 
     async def leave(self) -> None:
         """Delete the entry at once (idempotent): the instance is stopping."""
-        beats, self._beats = self._beats, None
-        if beats is None:
+        with contextlib.suppress(ValueError):
+            self.runtime.instances.on_renew.remove(self._write)
+        watcher, self._watcher = self._watcher, None
+        if watcher is None:
             return
         stopping = self.runtime.app._stop_event
         if stopping is not None and stopping.is_set():
-            # The heartbeat deletes it as the stop begins: the stop does not wait for that.
-            self.runtime.keep(beats)
+            # Deleted as the stop began (below): the stop does not wait for that.
+            self.runtime.keep(watcher)
             return
-        beats.cancel()
+        watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await beats
+            await watcher
         await self._drop()
 
-    async def _beat_forever(self) -> None:
-        # Woken by the heartbeat, or by the app's stop: the entry goes as the stop
-        # begins, not once the components (an HTTP server draining) have stopped.
+    async def _drop_at_stop(self) -> None:
+        # The entry goes as the stop begins, not once the components (an HTTP server
+        # draining) have stopped.
         stopping = self.runtime.app._stop_event
-        while True:
-            if stopping is None:
-                await asyncio.sleep(self._heartbeat)
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    async with timeout(self._heartbeat):
-                        await stopping.wait()
-                if stopping.is_set():
-                    await self._drop()
-                    return
-            await self._write()
+        if stopping is not None:
+            await stopping.wait()
+            with contextlib.suppress(ValueError):
+                self.runtime.instances.on_renew.remove(self._write)
+            await self._drop()
 
     async def _drop(self) -> None:
-        try:
-            await self.transport.drop_entry(self._index, self._key)
-        except TransportError as exc:  # it expires by itself
-            logger.debug("could not remove the registry entry of %s: %s", self._key, exc)
+        self._dropped = True
+        # After a write under way: else it could land after the deletion.
+        async with self._writing:
+            try:
+                await self.transport.drop_entry(self._index, self._key)
+            except TransportError as exc:  # it expires by itself
+                logger.debug("could not remove the registry entry of %s: %s", self._key, exc)
 
     async def _write(self) -> bool:
         """Write the entry; False if the transport keeps none."""
         ttl_ms = int(self._heartbeat * EXPIRY_BEATS * 1000)
-        try:
-            await self.transport.put_entry(
-                self._index, self._key, encoding.dumps(self.describe()), ttl_ms
-            )
-        except NotImplementedError:
-            return False
-        except TransportError as exc:
-            self.runtime.throttle.log(
-                logging.WARNING,
-                "registry",
-                "instance %s could not refresh its registry entry: %s",
-                self.runtime.instances.id,
-                exc,
-            )
+        async with self._writing:
+            if self._dropped:
+                return True
+            try:
+                await self.transport.put_entry(
+                    self._index, self._key, encoding.dumps(self.describe()), ttl_ms
+                )
+            except NotImplementedError:
+                return False
+            except TransportError as exc:
+                self.runtime.throttle.log(
+                    logging.WARNING,
+                    "registry",
+                    "instance %s could not refresh its registry entry: %s",
+                    self.runtime.instances.id,
+                    exc,
+                )
         return True
 
     def describe(self) -> dict[str, Any]:
