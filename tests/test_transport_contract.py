@@ -780,6 +780,20 @@ class TestStreamContract:
         assert await transport.stream_ack(stream, "g", [entry_id]) == 1
         assert await transport.stream_leave_group(stream, "g", "member") is True
 
+    async def test_pending_elsewhere_counts_the_other_members_entries(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "elsewhere"
+        assert await transport.stream_create_group(stream, "g", "$")
+        assert await transport.stream_pending_elsewhere(stream, "g", "me") == 0
+        await add_many(transport, stream, 3)
+        await transport.stream_read(stream, "g", "other", 2, 10)
+        await transport.stream_read(stream, "g", "me", 1, 10)
+
+        assert await transport.stream_pending_elsewhere(stream, "g", "me") == 2
+        assert await transport.stream_pending_elsewhere(stream, "g", "other") == 1
+
     async def test_claims_drop_pending_entries_trimmed_away(
         self, open_transport: Open, url: str, ns: str
     ) -> None:

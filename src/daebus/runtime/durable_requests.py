@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import protocol
+from ..exceptions import TransportError
 from ..pubsub import PubSubRequest, PubSubResponse
 from ..transport import Delivery
 from .consumer import StreamConsumer
@@ -75,6 +76,24 @@ class RequestConsumer(StreamConsumer):
             self._reclaim_until = now + 2 * MIN_IDLE_TIME
             return True
         return now < self._reclaim_until
+
+    async def reclaim(self, min_idle_ms: int) -> None:
+        """Take what other members left; a lone instance stops looking once none is left.
+
+        With no other instance known, nobody else can take a request: when no other
+        member holds any, there is nothing more to look for until another instance
+        shows up, and an idle service need not wake up to look.
+        """
+        await super().reclaim(min_idle_ms)
+        if not self.runtime.instances.others and self._reclaim_until:
+            try:
+                left = await self.transport.stream_pending_elsewhere(
+                    self.stream, self.group, self.name
+                )
+            except TransportError:
+                return  # looked at again next time
+            if not left and not self.runtime.instances.others:
+                self._reclaim_until = 0.0
 
     async def handle(self, entry: StreamEntry) -> None:
         """Run one durable request and answer it, or drop it if its caller is gone."""

@@ -161,6 +161,12 @@ class MemoryStreams:
             state.consumers.discard(consumer)
             return True
 
+    def pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
+        """How many pending entries of ``group`` members other than ``consumer`` hold."""
+        with self._lock:
+            _entries, state = self._group(stream, group)
+            return sum(pending.consumer != consumer for pending in state.pending.values())
+
     def autoclaim(
         self,
         stream: str,

@@ -196,6 +196,12 @@ class RedisStreams(Transport):
         await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
         return True
 
+    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
+        """``XPENDING stream group``: the counts of the members other than ``consumer``."""
+        reply = await self._command("XPENDING", stream, group)
+        members = reply[3] if reply and len(reply) > 3 and reply[3] else []
+        return sum(int(count) for name, count in members if bytes(name).decode() != consumer)
+
     async def stream_autoclaim(
         self,
         stream: str,

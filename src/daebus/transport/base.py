@@ -377,6 +377,13 @@ class Transport(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
+    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
+        """How many of ``group``'s pending entries members other than ``consumer`` hold.
+
+        ``XPENDING``'s summary: 0 means no other member left anything to take over.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no streams")
+
     async def stream_autoclaim(
         self,
         stream: str,

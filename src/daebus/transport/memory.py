@@ -427,6 +427,11 @@ class MemoryTransport(Transport):
         self._check_open()
         return self.broker.streams.leave_group(stream, group, consumer)
 
+    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
+        """``XPENDING``'s summary on the broker, without ``consumer``'s entries."""
+        self._check_open()
+        return self.broker.streams.pending_elsewhere(stream, group, consumer)
+
     async def stream_autoclaim(
         self,
         stream: str,
