@@ -8,6 +8,7 @@ message that fails before it succeeds, and the reader handing over its turn.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import random
@@ -218,4 +219,27 @@ def test_durable_handlers_count_against_max_in_flight(where: Apps) -> None:
     _send_all(where.url, channel, list(range(30)))
     wait_for(lambda: len(done) >= 30, timeout=30)
     assert sorted(done) == list(range(30))
+    assert most[0] == 3
+
+
+def test_async_durable_handlers_that_wait_count_against_max_in_flight(where: Apps) -> None:
+    # A read may take more entries than there are free slots: those wait for a slot.
+    channel = unique_name("jobs")
+    app = Daebus("jobs", max_in_flight=3)
+    running: set[int] = set()
+    most = [0]
+    done: list[int] = []
+
+    @app.listen(channel, durable=True)
+    async def work(data: int) -> None:
+        running.add(data)
+        most[0] = max(most[0], len(running))
+        await asyncio.sleep(0.01)
+        running.discard(data)
+        done.append(data)
+
+    where.start(app)
+    _send_all(where.url, channel, list(range(40)))
+    wait_for(lambda: len(done) >= 40, timeout=30)
+    assert sorted(done) == list(range(40))
     assert most[0] == 3

@@ -201,13 +201,23 @@ class StreamConsumer:
         self._take([entry for entry in taken if entry.id not in self.held])
 
     def _room(self) -> int:
-        """How many entries to take now: within PREFETCH, and within the service's slots.
+        """How many entries to take now: none while every slot of the service is taken.
 
-        Durable handlers count against ``max_in_flight`` with everything else.
+        Else up to PREFETCH running or waiting here (MAX_HELD held), and up to the
+        service's ``max_in_flight`` more than its free slots. Durable handlers count
+        against ``max_in_flight`` with everything else, so an entry taken waits here for
+        a slot before it starts (:meth:`_handle_in_turn`). Reading more than the free
+        slots makes fewer, larger reads, for this process and the server; no more than
+        a service's worth waits, so that other members take their share of a backlog.
         """
+        free = self._free_slots()
+        if free <= 0:
+            return 0
+        return min(self._own_room(), free + self.runtime.admission.capacity)
+
+    def _free_slots(self) -> int:
         admission = self.runtime.admission
-        running = admission.tasks + admission.jobs_started - admission.jobs_finished
-        return min(self._own_room(), admission.capacity - running)
+        return admission.capacity - admission.active
 
     def _own_room(self) -> int:
         running_here = len(self.held) - len(self.retry_at) - self.acking
@@ -248,11 +258,9 @@ class StreamConsumer:
     def _take(self, entries: list[StreamEntry]) -> None:
         if not entries:
             return
-        admission = self.runtime.admission
         for entry in entries:
             self.held[entry.id] = entry.deliveries
-        admission.tasks += len(entries)  # each _handle_one() ends with task_done()
-        admission.track(start_task(self.loop, self._handle_in_turn(entries, 0)))
+        self.runtime.admission.track(start_task(self.loop, self._handle_in_turn(entries, 0)))
         self._start_keeping_claims()
 
     async def _handle_in_turn(self, entries: list[StreamEntry], first: int) -> None:
@@ -263,9 +271,13 @@ class StreamConsumer:
         handlers finish without waiting. The first entry that waits is seen through by
         this task, which is then its own from start to end (``asyncio.current_task()``,
         timeouts and cancellation work in a handler), and a new task takes the rest,
-        so the entries still run side by side.
+        so the entries still run side by side. Each waits for a slot of the service.
         """
+        admission = self.runtime.admission
         for index in range(first, len(entries)):
+            if self._free_slots() <= 0 and not await self._wait_for_slot(entries[index:]):
+                return
+            admission.tasks += 1  # _handle_one() ends with task_done()
             try:
                 stepped = first_step(self._handle_one(entries[index]))
             except BaseException:  # CancelledError or KeyboardInterrupt: as from its own task
@@ -275,6 +287,29 @@ class StreamConsumer:
                 self._hand_over(entries, index + 1)
                 await finish(stepped)
                 return
+
+    async def _wait_for_slot(self, waiting: list[StreamEntry]) -> bool:
+        """Wait for a slot of the service; False if it stops first.
+
+        Then the entries ``waiting`` are held no more, left pending for another member:
+        a stopping service starts nothing more.
+        """
+        try:
+            while self._free_slots() <= 0:
+                if self.runtime.admission.stopping:
+                    for entry in waiting:
+                        self.release(entry.id)
+                    return False
+                # This consumer's entries say when they end; other messages do not, so
+                # look again shortly.
+                self._freed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), _FULL_PAUSE_MS / 1000)
+        except BaseException:  # cancelled: left pending as well
+            for entry in waiting:
+                self.release(entry.id)
+            raise
+        return True
 
     def _hand_over(self, entries: list[StreamEntry], first: int) -> None:
         """A new task takes ``entries[first:]``.

@@ -224,6 +224,11 @@ class ListenerConsumer(StreamConsumer):
             self._turn_keeper.cancel()
 
     # -- taking messages ---------------------------------------------------------------
+    def _room(self) -> int:
+        """In order: no more than the free slots, one runner each at most (see _take)."""
+        room = super()._room()
+        return min(room, self._free_slots()) if self.in_order else room
+
     def _take(self, entries: list[StreamEntry]) -> None:
         if not self.in_order:
             super()._take(entries)
