@@ -9,10 +9,11 @@ entry held (``XCLAIM ... JUSTID`` every third of ``min_idle_time``) so that no o
 member takes an entry this one is still working on. What is done with an entry is the
 subclass's :meth:`StreamConsumer.handle`.
 
-A consumer runs at most :data:`PREFETCH` entries at once, holds at most
-:data:`MAX_HELD` (those waiting for another try included), and takes none while the
-service handles ``max_in_flight`` messages already. Its read waits on a connection of
-its own; stopping cancels the wait.
+A consumer has at most :data:`PREFETCH` entries running or waiting for a slot, holds at
+most :data:`MAX_HELD` (those waiting for another try included), and takes none while
+the service handles ``max_in_flight`` messages already; an entry taken starts once the
+service has a free slot. Its read waits on a connection of its own; stopping cancels
+the wait.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ __all__ = ["MAX_HELD", "PREFETCH", "StreamConsumer"]
 
 logger = logging.getLogger("daebus.durable")
 
-#: How many entries one consumer runs at once (and reads at most in one read), within
-#: the service's ``max_in_flight``.
+#: How many entries one consumer has running or waiting for a slot at once (and reads
+#: at most in one read); those running are within the service's ``max_in_flight``.
 PREFETCH = 64
 #: How many entries one consumer holds at once, those waiting for another try included:
 #: a flood of failing messages, each waiting out its backoff, does not stop the others.
