@@ -28,6 +28,7 @@ from daebus import (
     response,
 )
 from daebus.protocol import request_stream_key, stream_key
+from daebus.transport.memory import broker_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -65,6 +66,27 @@ def test_a_durable_request_is_answered(where: Apps) -> None:
     assert payload == {"a": 2, "b": 3}
     assert message_id
     assert deliveries == 1
+
+
+def _stream_length(url: str, stream: str) -> int:
+    if url.startswith("memory://"):
+        return len(broker_for(url).streams.entries(stream))
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.xlen(stream))
+    finally:
+        client.close()
+
+
+def test_answered_durable_requests_leave_the_stream(where: Apps) -> None:
+    service = where.start(_adder())
+    caller = where.caller(service)
+    for n in range(5):
+        assert caller.send_request("add", {"a": n, "b": 1}, durable=True) == n + 1
+    with pytest.raises(RemoteError):
+        caller.send_request("fail", {}, durable=True)
+    # Deleted with the acknowledgement that follows each answer.
+    wait_for(lambda: _stream_length(where.url, request_stream_key(service)) == 0, timeout=10)
 
 
 def test_a_durable_request_waits_for_the_service(where: Apps) -> None:
@@ -207,7 +229,8 @@ app.run({service!r}, redis_url={redis_url!r})
     survivor = second if victim is first else first
     assert result == [survivor.pid]
     assert [m.split(b":")[1] for m in client.lrange(marks, 0, -1)] == [b"1", b"2"]
-    assert client.xlen(request_stream_key(service)) >= 1
+    # Answered, it leaves the stream.
+    wait_for(lambda: client.xlen(request_stream_key(service)) == 0, timeout=10)
     client.close()
 
 

@@ -780,6 +780,19 @@ class TestStreamContract:
         assert await transport.stream_ack(stream, "g", [entry_id]) == 1
         assert await transport.stream_leave_group(stream, "g", "member") is True
 
+    async def test_an_acknowledgement_may_delete_the_entries(
+        self, open_transport: Open, url: str, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "acked-deleted"
+        assert await transport.stream_create_group(stream, "g", "$")
+        first, second = await add_many(transport, stream, 2)
+        await transport.stream_read(stream, "g", "member", 10, 10)
+
+        assert await transport.stream_ack(stream, "g", [first], delete=True) == 1
+        assert await transport.stream_ack(stream, "g", [second]) == 1
+        assert stream_ids(url, stream) == [second]
+
     async def test_pending_elsewhere_counts_the_other_members_entries(
         self, open_transport: Open, ns: str
     ) -> None:

@@ -56,6 +56,10 @@ _STARTS = {"latest": "$", "earliest": "0"}
 class StreamConsumer:
     """One member of a consumer group, on this instance; see the module docstring."""
 
+    #: Whether an entry is deleted from the stream once acknowledged: true where the
+    #: stream has one group, whose entries nobody reads again.
+    delete_when_done = False
+
     def __init__(
         self,
         runtime: ServiceRuntime,
@@ -391,7 +395,9 @@ class StreamConsumer:
         try:
             for pause in (*_ACK_PAUSES, None):
                 try:
-                    await self.transport.stream_ack(self.stream, self.group, ids)
+                    await self.transport.stream_ack(
+                        self.stream, self.group, ids, delete=self.delete_when_done
+                    )
                 except TransportError as exc:
                     if pause is None:
                         done.set_exception(exc)

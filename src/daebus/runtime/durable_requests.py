@@ -8,7 +8,8 @@ waits while no instance runs. Every instance of the service reads the stream as 
 member of the group named after the service (created at the stream's start, so that
 requests sent before any instance ever ran are read too): each request is taken by
 one instance, run as a request from the service's channel is, answered on the
-caller's reply channel, and acknowledged once answered.
+caller's reply channel, and acknowledged and deleted from the stream once answered: the
+stream holds only the requests still to answer.
 
 A request that fails is answered with its error, as on the pub/sub path, and is not
 tried again: its caller has its answer. One held by an instance that died is taken
@@ -48,6 +49,10 @@ MAX_DELIVERIES = 3
 
 class RequestConsumer(StreamConsumer):
     """This instance's member of the group that reads the service's request stream."""
+
+    # Answered, a request is done with: the stream keeps only those still to answer,
+    # so its length bound (MAXLEN) counts only a backlog.
+    delete_when_done = True
 
     def __init__(self, runtime: ServiceRuntime) -> None:
         super().__init__(

@@ -133,14 +133,18 @@ class MemoryStreams:
             except asyncio.TimeoutError:
                 return []
 
-    def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK``."""
+    def ack(self, stream: str, group: str, ids: Sequence[str], delete: bool = False) -> int:
+        """``XACK``, then ``XDEL`` if ``delete``."""
         with self._lock:
             entries = self._streams.get(stream)
             state = entries.groups.get(group) if entries is not None else None
-            if state is None:
-                return 0
-            return sum(state.pending.pop(parse_id(i), None) is not None for i in ids)
+            acked = 0
+            if state is not None:
+                acked = sum(state.pending.pop(parse_id(i), None) is not None for i in ids)
+            if delete and entries is not None:
+                for entry_id in ids:
+                    entries.entries.pop(parse_id(entry_id), None)
+            return acked
 
     def claim(
         self, stream: str, group: str, consumer: str, ids: Sequence[str], touch: bool

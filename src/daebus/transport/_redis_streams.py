@@ -171,11 +171,18 @@ class RedisStreams(Transport):
             raise
         return entries_of(reply[0][1]) if reply else []
 
-    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK stream group ids...`` (none: 0, without asking, as Redis wants one)."""
+    async def stream_ack(
+        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
+    ) -> int:
+        """``XACK stream group ids...`` [and ``XDEL stream ids...``] (none: 0, unasked)."""
         if not ids:
             return 0
-        return int(await self._command("XACK", stream, group, *ids))
+        if not delete:
+            return int(await self._command("XACK", stream, group, *ids))
+        acked, _deleted = await asyncio.gather(
+            self._command("XACK", stream, group, *ids), self._command("XDEL", stream, *ids)
+        )
+        return int(acked)
 
     async def stream_claim(
         self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False

@@ -355,8 +355,14 @@ class Transport(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
-    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK``: how many of ``ids`` were pending."""
+    async def stream_ack(
+        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
+    ) -> int:
+        """``XACK``: how many of ``ids`` were pending.
+
+        With ``delete``, ``XDEL`` too, in the same round trip: for a stream whose entries
+        are done with once one group has them (a service's durable requests).
+        """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
     async def stream_claim(

@@ -410,10 +410,12 @@ class MemoryTransport(Transport):
         self._check_open()
         return await self.broker.streams.read(stream, group, consumer, count, block_ms)
 
-    async def stream_ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        """``XACK`` on the broker."""
+    async def stream_ack(
+        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
+    ) -> int:
+        """``XACK`` [and ``XDEL``] on the broker."""
         self._check_open()
-        return self.broker.streams.ack(stream, group, ids)
+        return self.broker.streams.ack(stream, group, ids, delete)
 
     async def stream_claim(
         self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
