@@ -976,5 +976,9 @@ def test_junk_is_logged_once_a_period_then_counted(
         matching = [line for line in lines if what in line]
         assert len(matching) == 2, matching  # the first, then how many more
         assert matching[1].startswith(("49 more like this", "4 more like this")), matching
+    # The count ends with the latest line held back, not the first again.
+    (unknown_count,) = [line for line in lines if "Unknown action" in line and "more like" in line]
+    assert "nope49" in unknown_count
+    assert "nope0" not in unknown_count
     tracebacks = [r for r in caplog.records if r.exc_info and "fail" in r.getMessage()]
     assert len(tracebacks) == 1

@@ -23,7 +23,7 @@ _OTHERS = "(other kinds)"
 
 
 class _Kind:
-    __slots__ = ("count", "level", "line", "logger", "since")
+    __slots__ = ("count", "last", "level", "line", "logger", "since")
 
     def __init__(self, line: str, level: int, logger: logging.Logger) -> None:
         self.line = line
@@ -31,6 +31,8 @@ class _Kind:
         self.logger = logger
         self.count = 0
         self.since = time.monotonic()
+        # The latest line held back, unformatted: formatted only if it is reported.
+        self.last: tuple[str, tuple[Any, ...]] | None = None
 
 
 class LogThrottle:
@@ -72,6 +74,7 @@ class LogThrottle:
                 entry = self._kinds.get(kind)
             if entry is not None:
                 entry.count += 1
+                entry.last = (msg, args)
                 return
             line = msg % args if args else msg
             self._kinds[kind] = _Kind(line, level, logger)
@@ -98,12 +101,21 @@ class LogThrottle:
         self._loop.call_later(self.period, self._tally, kind)
 
     def _report(self, entry: _Kind, count: int) -> None:
+        if entry.last is None:
+            line = entry.line
+        else:
+            msg, args = entry.last
+            try:
+                line = msg % args if args else msg
+            except (TypeError, ValueError):  # as logging would, rather than fail here
+                line = f"{msg} {args!r}"
+            entry.last = None
         entry.logger.log(
             entry.level,
-            "%d more like this in the last %.0fs: %s",
+            "%d more like this in the last %.0fs, the latest: %s",
             count,
             max(1.0, time.monotonic() - entry.since),
-            entry.line,
+            line,
         )
 
     def flush(self) -> None:
