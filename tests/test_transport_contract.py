@@ -744,18 +744,34 @@ class TestStreamContract:
         ids = await add_many(transport, stream, 3)
         await transport.stream_read(stream, "g", "dead", 10, 10)
 
-        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10) == []
-        first = await transport.stream_autoclaim(stream, "g", "b", 0, 2)
+        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10) == ([], "0-0")
+        first, next_start = await transport.stream_autoclaim(stream, "g", "b", 0, 2)
         assert [(e.id, e.fields["data"], e.deliveries) for e in first] == [
             (ids[0], b"0", 2),
             (ids[1], b"1", 2),
         ]
-        everything = await transport.stream_autoclaim(stream, "g", "c", 0, 10)
+        assert next_start == ids[2]  # where the scan stopped
+        everything, next_start = await transport.stream_autoclaim(stream, "g", "c", 0, 10)
+        assert next_start == "0-0"  # the whole pending list was seen
         assert [(e.id, e.deliveries) for e in everything] == [
             (ids[0], 3),
             (ids[1], 3),
             (ids[2], 2),
         ]
+
+    async def test_autoclaim_looks_at_ten_times_its_count_and_says_where_it_stopped(
+        self, open_transport: Open, ns: str
+    ) -> None:
+        transport = await open_transport()
+        stream = ns + "scan"
+        assert await transport.stream_create_group(stream, "g", "$")
+        ids = await add_many(transport, stream, 30)
+        await transport.stream_read(stream, "g", "busy", 30, 10)
+
+        # None is idle an hour: 2 x 10 entries are looked at, the next look starts after.
+        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 2) == ([], ids[20])
+        rest = await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 2, start=ids[20])
+        assert rest == ([], "0-0")
 
     async def test_autoclaim_starts_where_it_is_told(self, open_transport: Open, ns: str) -> None:
         transport = await open_transport()
@@ -764,7 +780,7 @@ class TestStreamContract:
         ids = await add_many(transport, stream, 4)
         await transport.stream_read(stream, "g", "dead", 10, 10)
 
-        taken = await transport.stream_autoclaim(stream, "g", "b", 0, 10, start=ids[2])
+        taken, _ = await transport.stream_autoclaim(stream, "g", "b", 0, 10, start=ids[2])
         assert [e.id for e in taken] == ids[2:]
 
     async def test_a_member_leaves_its_group_only_once_it_holds_nothing(
@@ -824,10 +840,10 @@ class TestStreamContract:
 
         # Redis drops a deleted entry from the pending list as soon as a claim meets it,
         # idle or not: it is neither returned nor pending any more.
-        assert await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10 * NODE) == []
+        assert (await transport.stream_autoclaim(stream, "g", "b", 3_600_000, 10 * NODE))[0] == []
         assert await transport.stream_claim(stream, "g", "b", gone[:3]) == []
         assert await transport.stream_ack(stream, "g", gone) == 0
-        taken = await transport.stream_autoclaim(stream, "g", "b", 0, 10 * NODE)
+        taken, _ = await transport.stream_autoclaim(stream, "g", "b", 0, 10 * NODE)
         assert [e.id for e in taken] == still
         assert await transport.stream_ack(stream, "g", still) == len(still)
 

@@ -48,6 +48,8 @@ _READ_BLOCK_MS = 30_000
 _FULL_PAUSE_MS = 50
 #: The pauses before each new try of an acknowledgement the server did not take.
 _ACK_PAUSES = (0.2, 0.5, 1.0, 2.0)
+#: How many XAUTOCLAIMs one look for the entries of members that died makes at most.
+_RECLAIM_LOOKS = 10
 #: How long a consumer waits before it reads again after a failed read.
 _FAILED_READ_PAUSE = 0.5
 _STARTS = {"latest": "$", "earliest": "0"}
@@ -92,6 +94,8 @@ class StreamConsumer:
         self._acks: tuple[list[str], asyncio.Future[None]] | None = None
         # How many entries held are done with, waiting for their XACK's answer.
         self.acking = 0
+        # Where the next look for entries to reclaim starts (see reclaim).
+        self._reclaim_from = "0-0"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.stream!r} group={self.group!r} as {self.name}>"
@@ -199,11 +203,23 @@ class StreamConsumer:
                 await asyncio.shield(acks[1])
 
     async def reclaim(self, min_idle_ms: int) -> None:
-        """Take the entries other members have held for ``min_idle_ms`` or more."""
-        taken = await self.transport.stream_autoclaim(
-            self.stream, self.group, self.name, min_idle_ms, self._room()
-        )
-        self._take([entry for entry in taken if entry.id not in self.held])
+        """Take the entries other members have held for ``min_idle_ms`` or more.
+
+        Each ``XAUTOCLAIM`` looks at ten times as many pending entries as it may take:
+        the look goes on where the last one stopped (across calls too) until it has been
+        over the whole pending list, so that entries far down a long list, behind those
+        of members still at work, are found as well.
+        """
+        for _ in range(_RECLAIM_LOOKS):
+            room = self._room()
+            if room <= 0:
+                return
+            taken, self._reclaim_from = await self.transport.stream_autoclaim(
+                self.stream, self.group, self.name, min_idle_ms, room, start=self._reclaim_from
+            )
+            self._take([entry for entry in taken if entry.id not in self.held])
+            if self._reclaim_from == "0-0":
+                return
 
     def _room(self) -> int:
         """How many entries to take now: none while every slot of the service is taken.

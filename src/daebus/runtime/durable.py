@@ -163,21 +163,18 @@ class ListenerConsumer(StreamConsumer):
     async def _catch_up(self) -> None:
         """Take, in order, every message the group's last reader left pending.
 
-        Each look starts past the last message taken, so none is taken twice; the
-        catching up ends with a look that finds nothing more.
+        Each look starts where the last one stopped, so none is taken twice; the
+        catching up ends once the looks have been over the whole pending list.
         """
         room = self._room()
         if room <= 0:
             await self._wait_for_room(1000)
             return
-        taken = await self.transport.stream_autoclaim(
+        taken, self._caught_up_to = await self.transport.stream_autoclaim(
             self.stream, self.group, self.name, 0, room, start=self._caught_up_to
         )
-        if not taken:
+        if self._caught_up_to == "0-0":
             self._catching_up = False
-            return
-        milliseconds, sequence = taken[-1].id.split("-")
-        self._caught_up_to = f"{milliseconds}-{int(sequence) + 1}"
         self._take([entry for entry in taken if entry.id not in self.held])
 
     async def _keep_turn(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..exceptions import TransportError
 from ._streams import parse_id
-from .base import StreamEntry
+from .base import Reclaimed, StreamEntry
 
 __all__ = ["MemoryStreams"]
 
@@ -179,7 +179,7 @@ class MemoryStreams:
         min_idle_ms: int,
         count: int,
         start: str = "0-0",
-    ) -> list[StreamEntry]:
+    ) -> Reclaimed:
         """``XAUTOCLAIM stream group consumer min_idle_ms start COUNT count``."""
         low = parse_id(start)
         with self._lock:
@@ -187,13 +187,15 @@ class MemoryStreams:
             oldest = time.monotonic() - min_idle_ms / 1000
             # As Redis scans: in id order, looking at count * 10 entries at most; one
             # deleted meanwhile leaves the pending list at once, idle or not, and uses
-            # up one of the count.
+            # up one of the count. The next look starts at the first entry not seen.
             idle: list[Id] = []
             attempts = count * 10
+            next_start = "0-0"
             for entry_id, pending in sorted(state.pending.items()):
                 if entry_id < low:
                     continue
                 if count <= 0 or attempts <= 0:
+                    next_start = f"{entry_id[0]}-{entry_id[1]}"
                     break
                 attempts -= 1
                 if entry_id not in entries.entries:
@@ -202,7 +204,7 @@ class MemoryStreams:
                 elif pending.since <= oldest:
                     idle.append(entry_id)
                     count -= 1
-            return self._take(entries, state, consumer, idle, False)
+            return Reclaimed(self._take(entries, state, consumer, idle, False), next_start)
 
     @staticmethod
     def _take(

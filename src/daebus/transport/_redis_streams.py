@@ -20,7 +20,7 @@ from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack
 from ._resp_blocking import BlockingConnection
 from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
-from .base import StreamEntry, Transport
+from .base import Reclaimed, StreamEntry, Transport
 
 __all__ = ["MAX_READ_BLOCK", "RedisStreams"]
 
@@ -218,12 +218,13 @@ class RedisStreams(Transport):
         count: int,
         *,
         start: str = "0-0",
-    ) -> list[StreamEntry]:
+    ) -> Reclaimed:
         """``XAUTOCLAIM ... start COUNT count`` (Redis 6.2 and later)."""
         reply = await self._command(
             "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
         )
-        return await self._with_deliveries(stream, group, entries_of(reply[1]))
+        entries = await self._with_deliveries(stream, group, entries_of(reply[1]))
+        return Reclaimed(entries, bytes(reply[0]).decode())
 
     async def _with_deliveries(
         self, stream: str, group: str, entries: list[StreamEntry]

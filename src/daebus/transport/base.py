@@ -26,6 +26,7 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "DisconnectHandler",
+    "Reclaimed",
     "StreamEntry",
     "Subscription",
     "Transport",
@@ -55,6 +56,14 @@ class StreamEntry(NamedTuple):
     fields: dict[str, bytes]
     #: How many times the group has handed it out, this time included.
     deliveries: int
+
+
+class Reclaimed(NamedTuple):
+    """What ``XAUTOCLAIM`` took, and where its next look should start."""
+
+    entries: list[StreamEntry]
+    #: The id the scan stopped at, or ``"0-0"`` once it went over the whole pending list.
+    next_start: str
 
 
 #: Called on the transport's loop for each message. Returning an awaitable makes the
@@ -399,11 +408,12 @@ class Transport(ABC):
         count: int,
         *,
         start: str = "0-0",
-    ) -> list[StreamEntry]:
+    ) -> Reclaimed:
         """``XAUTOCLAIM``: take up to ``count`` entries pending ``min_idle_ms`` or more.
 
-        Looks at the pending entries from id ``start`` on. Entries deleted from the
-        stream meanwhile are dropped from the pending list.
+        Looks at the pending entries from id ``start`` on, at most ten times ``count`` of
+        them (as Redis does), and says where the next look should start. Entries deleted
+        from the stream meanwhile are dropped from the pending list.
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 

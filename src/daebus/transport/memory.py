@@ -37,7 +37,7 @@ from ..exceptions import TransportError
 from ._glob import compile_glob
 from ._memory_records import MemoryRecords
 from ._memory_streams import MemoryStreams
-from .base import Delivery, DeliveryHandler, StreamEntry, Subscription, Transport
+from .base import Delivery, DeliveryHandler, Reclaimed, StreamEntry, Subscription, Transport
 
 if TYPE_CHECKING:
     import fakeredis
@@ -443,7 +443,7 @@ class MemoryTransport(Transport):
         count: int,
         *,
         start: str = "0-0",
-    ) -> list[StreamEntry]:
+    ) -> Reclaimed:
         """``XAUTOCLAIM`` on the broker."""
         self._check_open()
         streams = self.broker.streams
