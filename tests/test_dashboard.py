@@ -378,6 +378,29 @@ async def test_the_bus_is_watched_only_while_a_page_watches(
         )
 
 
+async def test_a_hostile_websocket_client_costs_a_bounded_effort(
+    client: TestClient[Any, Any],
+) -> None:
+    async with client.ws_connect("/ws") as socket:
+        assert (await socket.receive_json(timeout=10))["type"] == "ready"
+        await socket.send_bytes(b"\x00\xff binary")  # ignored
+        for i in range(500):  # faster than they are answered: read as they are answered
+            await socket.send_json({"type": "publish", "id": i, "channel": "c", "message": i})
+        await socket.send_json({"type": "nonsense", "id": "x"})
+        published = []
+        while (message := await socket.receive_json(timeout=10))["type"] != "error":
+            if message["type"] == "published":
+                published.append(message["id"])
+        assert published == list(range(500))
+        assert message == {"type": "error", "id": "x", "error": "unknown type 'nonsense'"}
+        await socket.send_str("x" * 300_000)  # past the limit: the socket is closed
+        while (closed := await socket.receive(timeout=10)).type == WSMsgType.TEXT:
+            pass
+        assert closed.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+    # The dashboard goes on.
+    assert (await client.get("/api/snapshot")).status == 200
+
+
 # -- the guard ---------------------------------------------------------------------------
 
 

@@ -61,8 +61,8 @@ _HEADERS = {
 }
 #: Calls under way at once, over every client; past it a call is refused (429).
 MAX_CALLS = 16
-#: Requests of one WebSocket under way at once; past it, the next ones are dropped.
-MAX_TASKS = 64
+#: Calls of one WebSocket under way at once; past it, the next ones are refused.
+MAX_SOCKET_CALLS = 8
 #: Seconds a WebSocket has to send its token when one is required.
 AUTH_WITHIN = 10.0
 #: Seconds a snapshot may take to reach one WebSocket before that client is dropped.
@@ -213,7 +213,7 @@ class _Session:
         async for received in self.socket:
             if received.type != WSMsgType.TEXT:
                 continue
-            self._handle(_message(received))
+            await self._handle(_message(received))
 
     async def _welcome(self) -> None:
         feed = self.dashboard.feed
@@ -235,30 +235,35 @@ class _Session:
         async with self._lock:
             await self.socket.send_str(text)
 
-    def _handle(self, message: dict[str, Any]) -> None:
+    async def _handle(self, message: dict[str, Any]) -> None:
+        # Awaited before the next message is read, but for calls, which may take long:
+        # a client that sends faster than it is answered is simply read more slowly.
         kind = message.get("type")
         ident = message.get("id")
         if not isinstance(ident, int | str) or isinstance(ident, bool):
             ident = None
         if kind == "call":
-            self._spawn(self._call(ident, message))
+            if len(self.tasks) >= MAX_SOCKET_CALLS:
+                error = f"{MAX_SOCKET_CALLS} calls of this page are under way"
+                await self._quietly(self.send({"type": "error", "id": ident, "error": error}))
+                return
+            task = asyncio.get_running_loop().create_task(self._call_quietly(ident, message))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         elif kind == "publish":
-            self._spawn(self._publish(ident, message))
+            await self._quietly(self._publish(ident, message))
         elif kind != "auth":
             error = "not a JSON object" if kind == _INVALID else f"unknown type {kind!r}"
-            self._spawn(self.send({"type": "error", "id": ident, "error": error[:200]}))
-
-    def _spawn(self, work: Any) -> None:
-        if len(self.tasks) >= MAX_TASKS:  # a client that sends faster than it is answered
-            work.close()  # dropped: a reply to each would be one more task
-            return
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(self._quietly(work))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+            await self._quietly(self.send({"type": "error", "id": ident, "error": error[:200]}))
 
     async def _quietly(self, work: Any) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
             await work
+
+    async def _call_quietly(self, ident: Any, message: dict[str, Any]) -> None:
+        # The call's coroutine is made here, in the task: a task cancelled before it
+        # starts leaves no coroutine never awaited.
+        await self._quietly(self._call(ident, message))
 
     async def _call(self, ident: Any, message: dict[str, Any]) -> None:
         try:
