@@ -18,6 +18,7 @@ dashboard subscribes only while a page watches (see :mod:`._snapshot`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -50,6 +51,7 @@ class BusObserver:
         self.not_json = 0
         self._transport: Transport | None = None
         self._subscription: Subscription | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def watching(self) -> bool:
@@ -64,17 +66,21 @@ class BusObserver:
 
     async def start(self, transport: Transport) -> None:
         """Subscribe to every channel on ``transport`` (idempotent). Raises ``TransportError``."""
-        if self._subscription is not None:
-            return
-        self._subscription = await transport.subscribe("*", self._on_delivery, pattern=True)
-        self._transport = transport
+        # Held across the subscription: two starts at once (a page arriving as the feed
+        # ticks) would subscribe twice, and count every message twice.
+        async with self._lock:
+            if self._subscription is not None:
+                return
+            self._subscription = await transport.subscribe("*", self._on_delivery, pattern=True)
+            self._transport = transport
 
     async def stop(self) -> None:
         """Unsubscribe (idempotent); what was counted stays."""
-        subscription, self._subscription = self._subscription, None
-        self._transport = None
-        if subscription is not None:
-            await subscription.unsubscribe()
+        async with self._lock:
+            subscription, self._subscription = self._subscription, None
+            self._transport = None
+            if subscription is not None:
+                await subscription.unsubscribe()
 
     def _on_delivery(self, delivery: Delivery) -> None:
         try:
