@@ -213,3 +213,35 @@ def test_the_dashboard_shows_the_services_and_calls_them(
     browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
     print(f"screenshot: {screenshot}")
+
+
+def test_the_page_takes_its_token_from_the_fragment(
+    private_redis: RedisServer, browser: Any
+) -> None:
+    token = "a-token-for-the-page"
+    args = ["dashboard", "--port", "0", "--token", token]
+    with daebus_command(private_redis.url, *args, name="dashboard") as process:
+        found = wait_for(
+            lambda: re.search(r"at (http://127\.0\.0\.1:\d+/)", process.stdout()),
+            timeout=30,
+            message=lambda: process.output(),
+        )
+        address = found.group(1)
+        # Without it, the page asks for it; a wrong one is refused.
+        browser.get(address)
+        wait_for(lambda: browser.find_element("id", "token-form").is_displayed(), timeout=20)
+        fill(browser, "token-input", "not-the-token")
+        browser.find_element("css selector", "#token-form button").click()
+        wait_for(lambda: text_of(browser, "token-error") == "that token was refused", timeout=20)
+        fill(browser, "token-input", token)
+        browser.find_element("css selector", "#token-form button").click()
+        wait_for(lambda: text_of(browser, "status") == "connected", timeout=20)
+        # From the fragment: used, then taken out of the address bar.
+        browser.execute_script("sessionStorage.clear()")
+        browser.get("about:blank")
+        browser.get(f"{address}#token={token}")
+        wait_for(lambda: text_of(browser, "status") == "connected", timeout=20)
+        wait_for(lambda: token not in browser.current_url, timeout=20)
+        assert not browser.find_element("id", "token-form").is_displayed()
+        assert process.terminate() == 0, process.output()
+        assert token not in process.stderr()

@@ -247,6 +247,12 @@
   }
   function onMessage(message) {
     switch (message.type) {
+      case "auth_required":
+        if (!token()) {  // the server waits for it: ask now
+          setStatus("token needed", "down");
+          $("token-form").hidden = false;
+        }
+        break;
       case "ready":
         retryDelay = 500;
         $("token-form").hidden = true;
@@ -350,7 +356,8 @@
     event.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token-input").value);
     $("token-input").value = "";
-    connect();
+    $("token-error").textContent = "";
+    if (!send({ type: "auth", token: token() }) && !socket) connect();
   }
 
   document.addEventListener("DOMContentLoaded", () => {
@@ -359,6 +366,11 @@
     $("publish-form").addEventListener("submit", onPublish);
     $("token-form").addEventListener("submit", onToken);
     $("call-service").addEventListener("input", showActionNames);
+    // A URL with a token pasted into this tab: no reload, only a change of fragment.
+    window.addEventListener("hashchange", () => {
+      takeTokenFromFragment();
+      if (!socket) connect();
+    });
     connect();
   });
 })();
