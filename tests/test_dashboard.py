@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from _apps import Apps
 from _helpers import ServiceProcess, unique_name, wait_for, wait_until
-from daebus import Daebus, request, response
+from daebus import Daebus, broadcast, request, response
 from daebus.dashboard import Dashboard, Guard, _snapshot, is_loopback, serve
 from daebus.dashboard._latency import LatencyTable
 from daebus.dashboard._observer import MAX_DECODED, BusObserver
@@ -267,6 +267,42 @@ async def test_the_snapshot_lists_the_services_and_what_they_run(
     assert sorted(found["actions"]) == ["count", "echo", "fail"]
     assert len(found["instances"]) == 1
     assert found["instances"][0]["state"] == "running"
+
+
+async def test_the_snapshot_shows_durable_backlogs_and_dead_letters(
+    client: TestClient[Any, Any], apps: Apps, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Daebus("dash-durable")
+    channel = unique_name("dash-orders")
+
+    @app.listen(channel, durable=True, retries=1, backoff=0.01)
+    def always_fails(data: Any) -> None:
+        raise RuntimeError("no stock")
+
+    service = apps.start(app)
+    monkeypatch.setenv("DAEBUS_REDIS_URL", redis_url)
+    for n in range(2):
+        broadcast.send(channel, {"order": n}, durable=True)
+
+    async def durable() -> dict[str, Any] | None:
+        snapshot = await (await client.get("/api/snapshot")).json()
+        found = [d for d in snapshot["server"]["durable"] if d["channel"] == channel]
+        return found[0] if found and found[0]["groups"][0]["dead_letters"] == 2 else None
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while (found := await durable()) is None:
+        assert asyncio.get_running_loop().time() < deadline, "no dead letters shown"
+        await asyncio.sleep(0.1)
+    assert found["length"] == 2
+    [group] = found["groups"]
+    assert group["group"] == service
+    assert group["pending"] == 0
+    snapshot = await (await client.get("/api/snapshot")).json()
+    assert snapshot["server"]["dead_letters"] >= 2
+    [entry] = [s for s in snapshot["services"] if s["service"] == service]
+    [listener] = entry["listeners"]
+    assert listener["channel"] == channel
+    assert listener["durable"] is True
 
 
 async def test_a_call_returns_its_parts_and_its_reply(
