@@ -23,6 +23,7 @@ import pytest
 
 from _helpers import ServiceProcess, wait_for
 from _servers import RedisServer
+from daebus import broadcast
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -146,8 +147,16 @@ def call_from_the_page(browser: Any, service: str, action: str, payload: str) ->
 
 
 def test_the_dashboard_shows_the_services_and_calls_them(
-    dashboard: str, browser: Any, tmp_path: Path
+    dashboard: str,
+    browser: Any,
+    tmp_path: Path,
+    private_redis: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A durable channel nobody reads yet: its backlog is shown.
+    monkeypatch.setenv("DAEBUS_REDIS_URL", private_redis.url)
+    for n in range(3):
+        broadcast.send("orders", {"order": n}, durable=True)
     browser.get(dashboard)
     wait_for(lambda: text_of(browser, "status") == "connected", timeout=20)
     # Both services appear, inventory with its two instances and its action.
@@ -206,6 +215,12 @@ def test_the_dashboard_shows_the_services_and_calls_them(
             [r.split()[3] for r in texts(browser, '#traffic tr[data-channel="inventory.events"]')]
             == ["3"]
         ),
+        timeout=20,
+    )
+
+    # The durable channel's backlog (the server's figures are read every 5 s).
+    wait_for(
+        lambda: [r.split()[:2] for r in texts(browser, "#durable tr")] == [["orders", "3"]],
         timeout=20,
     )
 
