@@ -101,7 +101,18 @@ def test_the_installed_script_runs() -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["run", "call", "publish", "listen", "demo", "stats", "dlq list", "dlq replay", "dlq purge"],
+    [
+        "run",
+        "call",
+        "publish",
+        "listen",
+        "demo",
+        "stats",
+        "dlq list",
+        "dlq replay",
+        "dlq purge",
+        "dashboard",
+    ],
 )
 def test_every_command_has_help_and_redis_url(command: str) -> None:
     result = invoke(*command.split(), "--help")

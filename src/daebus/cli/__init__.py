@@ -14,6 +14,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ._dashboard import dashboard
 from ._dead_letters import dlq
 from ._failures import (
     EXIT_ERROR_REPLY,
@@ -72,6 +73,7 @@ for _command in (
     stats,
     server,
     demo_command,
+    dashboard,
 ):
     cli.add_command(_command)
 
