@@ -386,3 +386,59 @@ def test_a_stopping_instance_leaves_the_registry_before_it_drains(apps: Apps) ->
         release.set()
         calling.join(10)
         stopper.join(15)
+
+
+# What anyone who can write to the server may leave under the registry's keys.
+FORGED = [
+    {"instance": "x:1:no-service"},
+    {"service": 7, "instance": "x:1:not-a-name"},
+    {
+        "service": "forged",
+        "instance": "x:1:wrong-types",
+        "uptime": 1.7e308,
+        "started": "yesterday",
+        "in_flight": -3,
+        "ttl": "long",
+        "handled": [1, 2],
+        "errors": {"requests": "many"},
+        "actions": "abc",
+        "listeners": ["events:*", {"channel": 5, "pattern": True}, {"pattern": True}],
+        "routes": [1, {"path": "/x"}],
+        "http": [],
+        "sockets": 3,
+    },
+    {"service": "forged", "instance": "x:1:huge", "started": 2**53, "actions": ["a"] * 10},
+]
+
+
+def test_forged_entries_of_any_shape_are_read_without_failing(private_redis: Any) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    for entry in FORGED:
+        key = protocol.registry_key(str(entry.get("service")), str(entry["instance"]))
+        client.set(key, json.dumps(entry), px=60_000)
+        client.zadd(protocol.registry_index(), {key: 1 << 60})
+    client.close()
+    url = private_redis.url
+
+    found = registry.instances(url)
+    assert sorted(entry["instance"] for entry in found) == ["x:1:huge", "x:1:wrong-types"]
+    wrong = next(entry for entry in found if entry["instance"] == "x:1:wrong-types")
+    assert wrong["service"] == "forged"
+    for field in ("uptime", "started", "in_flight", "handled", "actions", "http", "sockets"):
+        assert field not in wrong, field
+    assert wrong["errors"] == {}
+    assert wrong["listeners"] == []
+    assert wrong["routes"] == []
+    (summary,) = registry.services(url)
+    assert summary["instances"] == 2
+    assert summary["in_flight"] == 0
+
+    for args in (
+        ["services"],
+        ["inspect", "forged"],
+        ["channels"],
+        ["inspect", "forged", "--json"],
+    ):
+        result = invoke(*args, "--redis-url", url)
+        assert result.exit_code == 0, result.output
+        assert len(result.output) < 5000
