@@ -108,6 +108,40 @@ def test_a_check_that_raises_or_hangs_fails_with_its_reason(
     ]
 
 
+def test_a_hung_check_is_not_started_again_while_it_runs(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run of a hung `def` check holds a job thread: a probe every few seconds would
+    # take them all, and the service's `def` jobs and stop hooks would never run again.
+    monkeypatch.setattr(readiness_module, "CHECK_TIMEOUT", 0.1)
+    release, probed, ticked = threading.Event(), threading.Event(), threading.Event()
+    runs = []
+    app = Daebus("stuck")
+
+    @app.background("tick", 0.05)
+    def tick() -> None:
+        if probed.is_set():
+            ticked.set()
+
+    @app.health_check("stuck")
+    def stuck() -> None:
+        runs.append(1)
+        release.wait(30)
+
+    service = apps.start(app)
+    try:
+        for _ in range(10):  # more than the job threads
+            answer = registry.service_health(service, apps.url, timeout=5)
+            assert answer["checks"] == {"stuck": "no answer within 0.1 s"}
+        assert len(runs) == 1
+        probed.set()
+        assert ticked.wait(10), "a def job found no thread"
+    finally:
+        release.set()
+    wait_for(lambda: registry.service_health(service, apps.url, timeout=5)["ready"], timeout=10)
+    assert len(runs) >= 2
+
+
 def test_health_of_a_service_that_does_not_run(apps: Apps) -> None:
     service = unique_name("nobody")
     result = health(service, apps.url)
