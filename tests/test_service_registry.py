@@ -442,3 +442,18 @@ def test_forged_entries_of_any_shape_are_read_without_failing(private_redis: Any
         result = invoke(*args, "--redis-url", url)
         assert result.exit_code == 0, result.output
         assert len(result.output) < 5000
+
+
+def test_an_entry_too_large_or_not_a_string_is_not_read(private_redis: Any) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    key = protocol.registry_key("bloated", "x:1:big")
+    entry = {"service": "bloated", "instance": "x:1:big", "actions": ["a" * 1000] * 3000}
+    client.set(key, json.dumps(entry), px=60_000)
+    client.zadd(protocol.registry_index(), {key: 1 << 60})
+    other = protocol.registry_key("hashed", "x:1:hash")  # not a string at all
+    client.hset(other, "service", "hashed")
+    client.zadd(protocol.registry_index(), {other: 1 << 60})
+    client.close()
+    with Apps(private_redis.url) as own:
+        own.start(Daebus("small"), "small")
+        assert listed(private_redis.url) == {"small": 1}

@@ -254,20 +254,26 @@ class RedisAdmin(Admin):
         return sorted({_text(name) for name in names})
 
     def entries(self, index: str) -> list[tuple[str, bytes, float]]:
+        # Anyone who can write to the server can list keys in the index, or write a huge
+        # value: at most ENTRIES_READ keys are read (the soonest to expire: those of
+        # running instances), and an entry longer than ENTRY_LIMIT is not one.
         with self._reported(f"ZRANGE {index}"):
-            keys = sorted({_text(key) for key in self.client.zrange(index, 0, -1)})
+            listed = self.client.zrange(index, 0, ENTRIES_READ - 1)
+            keys = sorted({_text(key) for key in listed})
             if not keys:
                 return []
             # PTTL, not the index's scores: the time left by the server's own clock.
             pipe = self.client.pipeline(transaction=False)
-            pipe.mget(keys)
             for key in keys:
+                pipe.getrange(key, 0, ENTRY_LIMIT)
                 pipe.pttl(key)
-            values, *left = pipe.execute()
+            # A key of another type answers WRONGTYPE: that one is skipped, not the lot.
+            replies = pipe.execute(raise_on_error=False)
         return [
             (key, bytes(value), max(0, int(ms)) / 1000)
-            for key, value, ms in zip(keys, values, left, strict=True)
-            if value is not None
+            for key, value, ms in zip(keys, replies[::2], replies[1::2], strict=True)
+            # GETRANGE gives b"" for a key that expired meanwhile.
+            if isinstance(value, bytes) and value and len(value) <= ENTRY_LIMIT
         ]
 
     def close(self) -> None:
@@ -330,6 +336,10 @@ class MemoryAdmin(Admin):
     def entries(self, index: str) -> list[tuple[str, bytes, float]]:
         return self.broker.records.entries(index)
 
+
+#: How many registry entries are read at most, and the longest one read (bytes).
+ENTRIES_READ = 10_000
+ENTRY_LIMIT = 1024 * 1024
 
 #: A length no stream reaches: an add that trims nothing.
 _UNTRIMMED = 1 << 62
