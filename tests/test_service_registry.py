@@ -20,7 +20,7 @@ from _helpers import ServiceProcess, unique_name, wait_for
 from daebus import Daebus, DaebusCaller, protocol, registry
 from daebus.cli import cli
 from daebus.cli._registry import describe_channels, duration
-from daebus.runtime import instances
+from daebus.runtime import instances, presence
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -457,3 +457,29 @@ def test_an_entry_too_large_or_not_a_string_is_not_read(private_redis: Any) -> N
     with Apps(private_redis.url) as own:
         own.start(Daebus("small"), "small")
         assert listed(private_redis.url) == {"small": 1}
+
+
+def test_a_heartbeat_whose_entry_fails_does_not_end_the_heartbeats(
+    apps: Apps, quick_heartbeat: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The entry is written with the instance's renewal: a write that raised ended both.
+    described = presence.Presence.describe
+    calls = []
+
+    def describe_once_wrong(self: presence.Presence) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("dictionary changed size during iteration")
+        return described(self)
+
+    monkeypatch.setattr(presence.Presence, "describe", describe_once_wrong)
+    app = Daebus("beating")
+    app.add_action("ping", lambda: "pong")
+    service = apps.start(app)
+    apps.caller(service).send_request("ping", {})
+
+    def handled() -> bool:
+        found = registry.service_info(service, apps.url)["instances"]
+        return bool(found) and found[0]["handled"]["requests"] == 1
+
+    wait_for(handled, timeout=10, message="the heartbeats stopped")
