@@ -207,6 +207,48 @@ def test_an_older_service_answering_unknown_action_counts_as_running(redis_url: 
     assert "older daebus" in answer["note"]
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"ready": True, "instance": "i\rFORGED", "checks": ["a"], "state": 5},
+        {"ready": True, "instance": ["x"], "checks": {"c\rFORGED": {"x": 1}}},
+        {"ready": False, "reasons": [1, None, "r\rFORGED"], "checks": "x"},
+        {"ready": False, "reasons": "not a list"},
+    ],
+)
+def test_a_forged_health_answer_is_shown_escaped(redis_url: str, forged: dict[str, Any]) -> None:
+    # Whatever subscribes to a service's channel can answer for it.
+    service = unique_name("forger")
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(service)
+    stop = threading.Event()
+
+    def answer_forged() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.05)
+            if message is None or message["type"] != "message":
+                continue
+            request = json.loads(message["data"])
+            reply = {"status": "success", "payload": forged, "final": True}
+            client.publish(
+                request["reply_to"], json.dumps({**reply, "request_id": request["request_id"]})
+            )
+
+    thread = threading.Thread(target=answer_forged, daemon=True)
+    thread.start()
+    try:
+        for args in ((), ("--json",)):
+            result = health(service, redis_url, *args)
+            assert result.exit_code == (0 if forged["ready"] else 1), result.output
+            assert "\r" not in result.output
+    finally:
+        stop.set()
+        thread.join(5)
+        pubsub.close()
+        client.close()
+
+
 def test_reserved_action_names_are_refused() -> None:
     app = Daebus("reserved")
     with pytest.raises(SetupError, match="daebus's own"):

@@ -131,7 +131,8 @@ def service_health(
     ``@app.health_check`` passing) and says ``{"ready", "reasons", "checks", "service",
     "instance", "state"}``. When no instance answers, or the server cannot be reached,
     within ``timeout``: ``{"ready": False, "reasons": [why]}`` and no ``instance``.
-    Never raises for a service that is down: a health probe wants an answer.
+    Never raises for a service that is down: a health probe wants an answer. Reasons
+    and checks are text whatever answered (anything subscribed to the channel can).
     """
     from .caller import DaebusCaller  # loads redis-py: only when asked
 
@@ -163,7 +164,7 @@ def service_health(
         return _unready(service, str(exc) or type(exc).__name__)
     if not isinstance(answer, dict) or not isinstance(answer.get("ready"), bool):
         return _unready(service, f"not a health answer: {protocol.shorten(answer)}")
-    return answer
+    return _health_answer(answer)
 
 
 # The fields of an entry, by what they must be (see daebus.runtime.presence).
@@ -228,6 +229,29 @@ def _is_number(value: Any) -> bool:
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def _health_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer`` with its fields of the types callers rely on.
+
+    Whatever subscribes to a service's channel can answer for it: a reason or a check
+    that is not text becomes its ``repr``; a name that is not text is left out.
+    """
+    for field in ("service", "instance", "state"):
+        if field in answer and not isinstance(answer[field], str):
+            del answer[field]
+    reasons = answer.get("reasons")
+    if not isinstance(reasons, list):
+        reasons = [] if reasons is None else [reasons]
+    answer["reasons"] = [_text(reason) for reason in reasons]
+    checks = answer.get("checks")
+    checks = checks if isinstance(checks, dict) else {}
+    answer["checks"] = {_text(name): _text(outcome) for name, outcome in checks.items()}
+    return answer
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else protocol.shorten(value)
 
 
 def _unready(service: str, reason: str) -> dict[str, Any]:
