@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -140,6 +141,31 @@ def test_a_hung_check_is_not_started_again_while_it_runs(
         release.set()
     wait_for(lambda: registry.service_health(service, apps.url, timeout=5)["ready"], timeout=10)
     assert len(runs) >= 2
+
+
+def test_a_service_busy_to_the_full_still_answers_its_health(apps: Apps) -> None:
+    # Busy is not unready: a probe queued behind the work timed out, as if nobody ran.
+    release = threading.Event()
+    app = Daebus("full", max_in_flight=1, max_queued=1)
+
+    @app.action("slow")
+    def slow() -> None:
+        release.wait(30)
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    calls = concurrent.futures.ThreadPoolExecutor(2)
+    pending = [calls.submit(caller.send_request, "slow", {}, timeout=30) for _ in range(2)]
+    try:
+        wait_for(lambda: app._runtime.admission.requests, timeout=10)  # type: ignore[union-attr]
+        answer = registry.service_health(service, apps.url, timeout=5)
+        assert answer["ready"] is True, answer
+        assert answer["instance"] == app.instance_id
+    finally:
+        release.set()
+    for request in pending:
+        request.result(timeout=10)
+    calls.shutdown()
 
 
 def test_health_of_a_service_that_does_not_run(apps: Apps) -> None:
