@@ -199,7 +199,7 @@ def _checked(entry: dict[str, Any]) -> dict[str, Any] | None:
         if field in entry:
             counts = entry[field]
             if isinstance(counts, dict):
-                entry[field] = {k: n for k, n in counts.items() if k in _KINDS and _is_number(n)}
+                entry[field] = {kind: n for kind, n in counts.items() if _is_number(n)}
             else:
                 del entry[field]
     entry["listeners"] = [
