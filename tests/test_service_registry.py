@@ -232,11 +232,14 @@ def test_counts_are_published_with_the_heartbeat(apps: Apps, quick_heartbeat: fl
     app.broadcast.send(channel + ":durable", "kept", durable=True)
 
     def counts() -> tuple[Any, Any] | None:
-        (summary,) = [s for s in registry.services(apps.url) if s["service"] == service]
         (entry,) = registry.service_info(service, apps.url)["instances"]
         wanted = ({"requests": 7, "broadcasts": 2, "durable": 1}, {"requests": 2, "broadcasts": 1})
         got = (entry["handled"], {k: v for k, v in entry["errors"].items() if v})
-        return (summary, entry) if got == wanted else None
+        if got != wanted:
+            return None
+        # Read after the entry: read before, it could be a heartbeat older.
+        (summary,) = [s for s in registry.services(apps.url) if s["service"] == service]
+        return summary, entry
 
     summary, _ = wait_for(counts, timeout=10, message="the counts never came")
     assert (summary["handled"], summary["errors"], summary["instances"]) == (10, 3, 1)
