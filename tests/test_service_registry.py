@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from _apps import Apps
 from _helpers import ServiceProcess, unique_name, wait_for
-from daebus import Daebus, DaebusCaller, protocol, registry
+from daebus import Daebus, DaebusCaller, _admin, protocol, registry
 from daebus.cli import cli
 from daebus.cli._registry import describe_channels, duration
 from daebus.runtime import instances, presence
@@ -486,3 +486,23 @@ def test_a_heartbeat_whose_entry_fails_does_not_end_the_heartbeats(
         return bool(found) and found[0]["handled"]["requests"] == 1
 
     wait_for(handled, timeout=10, message="the heartbeats stopped")
+
+
+def test_forged_entries_cannot_crowd_out_the_running_instances(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What registry readers read in all is bounded: the instances that run (their
+    # entries expire soonest) are read first, forged entries that never expire last.
+    monkeypatch.setattr(_admin, "ENTRIES_BYTES", 20_000)
+    client = redis.Redis.from_url(private_redis.url)
+    for n in range(10):
+        key = protocol.registry_key("forged", f"x:{n}:padded")
+        entry = {"service": "forged", "instance": f"x:{n}:padded", "padding": "p" * 5000}
+        client.set(key, json.dumps(entry), px=60_000)
+        client.zadd(protocol.registry_index(), {key: 1 << 60})
+    client.close()
+    with Apps(private_redis.url) as own:
+        own.start(Daebus("real"), "real")
+        found = listed(private_redis.url)
+    assert found["real"] == 1
+    assert found["forged"] < 10
