@@ -322,6 +322,29 @@ def test_healthz_and_readyz(apps: Apps) -> None:
     assert fetch(component.url, "/readyz", "POST").status == 405
 
 
+def test_probes_at_once_share_one_run_of_the_checks(apps: Apps) -> None:
+    # /readyz is not behind max_concurrent: a flood of probes must not become a flood
+    # of the checks' own queries.
+    runs, gate = [], threading.Event()
+    app = Daebus("flooded")
+
+    @app.health_check
+    async def database() -> None:
+        runs.append(1)
+        await asyncio.to_thread(gate.wait, 10)
+
+    component = serve(apps, app, health=True)
+    probes = concurrent.futures.ThreadPoolExecutor(10)
+    answers = [probes.submit(fetch, component.url, "/readyz") for _ in range(10)]
+    try:
+        wait_for(lambda: len(component._dispatcher._active) == 10, timeout=10)
+    finally:
+        gate.set()
+    assert [answer.result(timeout=10).status for answer in answers] == [200] * 10
+    probes.shutdown()
+    assert len(runs) == 1
+
+
 def test_no_health_paths_unless_asked(apps: Apps) -> None:
     app = Daebus("unprobed")
     component = serve(apps, app)

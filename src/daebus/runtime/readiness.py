@@ -37,8 +37,19 @@ async def readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     """``{"ready", "reasons", "checks", "service", "instance", "state"}`` of this instance.
 
     ``reasons`` says why it is not ready (empty when it is); ``checks`` maps each user
-    check to ``"ok"`` or why it failed.
+    check to ``"ok"`` or why it failed. Probes that come while the checks run share
+    their answer: ``/readyz`` is not behind ``max_concurrent``, and a flood of probes
+    must not become a flood of the checks' own queries.
     """
+    asked = _asked.get(runtime)
+    if asked is None:
+        asked = _asked[runtime] = runtime.loop.create_task(_readiness(runtime))
+        asked.add_done_callback(lambda _: _asked.pop(runtime, None))
+    # Shielded: a probe that gives up (its client left) does not end the others'.
+    return dict(await asyncio.shield(asked))
+
+
+async def _readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     reasons: list[str] = []
     if runtime.stopping or not runtime.app.is_running():
         state = "stopping"
@@ -108,6 +119,10 @@ def _in_thread(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> 
     return run
 
 
+# Each running service's readiness being found out (see readiness).
+_asked: weakref.WeakKeyDictionary[ServiceRuntime, asyncio.Task[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 # The runs of each running service's def checks under way, by name (see _in_thread).
 _running: weakref.WeakKeyDictionary[ServiceRuntime, dict[str, asyncio.Task[Any]]] = (
     weakref.WeakKeyDictionary()
