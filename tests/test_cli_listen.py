@@ -9,7 +9,7 @@ import pytest
 from _apps import Apps
 from _helpers import ServiceProcess, unique_name, wait_for
 from daebus import Daebus, protocol
-from daebus.cli._listen import describe_envelope
+from daebus.cli._listen import _print_message, describe_envelope
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,6 +30,17 @@ def test_requests_and_replies_are_described() -> None:
     assert "\n" not in str(describe_envelope(forged))
     for other in (b'{"n": 1}', b"plain text", b"[1, 2]", b'{"status": "ok"}'):
         assert describe_envelope(other) is None
+
+
+@pytest.mark.parametrize("readable", [False, True])
+def test_a_channel_name_reaches_the_terminal_escaped(
+    capsys: pytest.CaptureFixture[str], readable: bool
+) -> None:
+    # Anyone can publish on any channel: its name must not forge a line.
+    _print_message(b"evil\r2026 FORGED", b'{"a": 1}', False, readable)
+    line = capsys.readouterr().out
+    assert "\r" not in line
+    assert "evil\\r2026 FORGED" in line
 
 
 def test_listen_readable_follows_the_calls_of_a_service(apps: Apps, redis_url: str) -> None:

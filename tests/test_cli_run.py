@@ -112,6 +112,19 @@ def test_a_module_level_run_is_served_once(redis_url: str, tmp_path: Path, as_mo
         assert proc.terminate(signal.SIGTERM) == 0, proc.output()
 
 
+def test_a_file_whose_path_has_a_colon_or_a_space_is_run_as_a_file(
+    redis_url: str, tmp_path: Path
+) -> None:
+    service = unique_name("odd_path")
+    folder = tmp_path / "at 10:30"  # not MODULE:APP
+    folder.mkdir()
+    script = write(folder, "my service", SELF_RUNNING.format(service=service))
+    with daebus_run(script, url=redis_url) as proc:
+        proc.wait_ready(service)
+        assert call(redis_url, service, "get_status")["status"] == "healthy"
+        assert proc.terminate(signal.SIGTERM) == 0, proc.output()
+
+
 def test_the_command_line_service_applies_to_the_files_own_run(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -108,6 +109,65 @@ def test_a_check_that_raises_or_hangs_fails_with_its_reason(
     ]
 
 
+def test_a_hung_check_is_not_started_again_while_it_runs(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each run of a hung `def` check holds a job thread: a probe every few seconds would
+    # take them all, and the service's `def` jobs and stop hooks would never run again.
+    monkeypatch.setattr(readiness_module, "CHECK_TIMEOUT", 0.1)
+    release, probed, ticked = threading.Event(), threading.Event(), threading.Event()
+    runs = []
+    app = Daebus("stuck")
+
+    @app.background("tick", 0.05)
+    def tick() -> None:
+        if probed.is_set():
+            ticked.set()
+
+    @app.health_check("stuck")
+    def stuck() -> None:
+        runs.append(1)
+        release.wait(30)
+
+    service = apps.start(app)
+    try:
+        for _ in range(10):  # more than the job threads
+            answer = registry.service_health(service, apps.url, timeout=5)
+            assert answer["checks"] == {"stuck": "no answer within 0.1 s"}
+        assert len(runs) == 1
+        probed.set()
+        assert ticked.wait(10), "a def job found no thread"
+    finally:
+        release.set()
+    wait_for(lambda: registry.service_health(service, apps.url, timeout=5)["ready"], timeout=10)
+    assert len(runs) >= 2
+
+
+def test_a_service_busy_to_the_full_still_answers_its_health(apps: Apps) -> None:
+    # Busy is not unready: a probe queued behind the work timed out, as if nobody ran.
+    release = threading.Event()
+    app = Daebus("full", max_in_flight=1, max_queued=1)
+
+    @app.action("slow")
+    def slow() -> None:
+        release.wait(30)
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    calls = concurrent.futures.ThreadPoolExecutor(2)
+    pending = [calls.submit(caller.send_request, "slow", {}, timeout=30) for _ in range(2)]
+    try:
+        wait_for(lambda: app._runtime.admission.requests, timeout=10)  # type: ignore[union-attr]
+        answer = registry.service_health(service, apps.url, timeout=5)
+        assert answer["ready"] is True, answer
+        assert answer["instance"] == app.instance_id
+    finally:
+        release.set()
+    for request in pending:
+        request.result(timeout=10)
+    calls.shutdown()
+
+
 def test_health_of_a_service_that_does_not_run(apps: Apps) -> None:
     service = unique_name("nobody")
     result = health(service, apps.url)
@@ -173,6 +233,48 @@ def test_an_older_service_answering_unknown_action_counts_as_running(redis_url: 
     assert "older daebus" in answer["note"]
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"ready": True, "instance": "i\rFORGED", "checks": ["a"], "state": 5},
+        {"ready": True, "instance": ["x"], "checks": {"c\rFORGED": {"x": 1}}},
+        {"ready": False, "reasons": [1, None, "r\rFORGED"], "checks": "x"},
+        {"ready": False, "reasons": "not a list"},
+    ],
+)
+def test_a_forged_health_answer_is_shown_escaped(redis_url: str, forged: dict[str, Any]) -> None:
+    # Whatever subscribes to a service's channel can answer for it.
+    service = unique_name("forger")
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(service)
+    stop = threading.Event()
+
+    def answer_forged() -> None:
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.05)
+            if message is None or message["type"] != "message":
+                continue
+            request = json.loads(message["data"])
+            reply = {"status": "success", "payload": forged, "final": True}
+            client.publish(
+                request["reply_to"], json.dumps({**reply, "request_id": request["request_id"]})
+            )
+
+    thread = threading.Thread(target=answer_forged, daemon=True)
+    thread.start()
+    try:
+        for args in ((), ("--json",)):
+            result = health(service, redis_url, *args)
+            assert result.exit_code == (0 if forged["ready"] else 1), result.output
+            assert "\r" not in result.output
+    finally:
+        stop.set()
+        thread.join(5)
+        pubsub.close()
+        client.close()
+
+
 def test_reserved_action_names_are_refused() -> None:
     app = Daebus("reserved")
     with pytest.raises(SetupError, match="daebus's own"):
@@ -218,6 +320,29 @@ def test_healthz_and_readyz(apps: Apps) -> None:
     assert not_ready.json()["reasons"] == ["check 'upstream' failed: returned False"]
     assert fetch(component.url, "/healthz").status == 200  # alive, though not ready
     assert fetch(component.url, "/readyz", "POST").status == 405
+
+
+def test_probes_at_once_share_one_run_of_the_checks(apps: Apps) -> None:
+    # /readyz is not behind max_concurrent: a flood of probes must not become a flood
+    # of the checks' own queries.
+    runs, gate = [], threading.Event()
+    app = Daebus("flooded")
+
+    @app.health_check
+    async def database() -> None:
+        runs.append(1)
+        await asyncio.to_thread(gate.wait, 10)
+
+    component = serve(apps, app, health=True)
+    probes = concurrent.futures.ThreadPoolExecutor(10)
+    answers = [probes.submit(fetch, component.url, "/readyz") for _ in range(10)]
+    try:
+        wait_for(lambda: len(component._dispatcher._active) == 10, timeout=10)
+    finally:
+        gate.set()
+    assert [answer.result(timeout=10).status for answer in answers] == [200] * 10
+    probes.shutdown()
+    assert len(runs) == 1
 
 
 def test_no_health_paths_unless_asked(apps: Apps) -> None:

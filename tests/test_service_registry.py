@@ -17,10 +17,10 @@ from click.testing import CliRunner, Result
 
 from _apps import Apps
 from _helpers import ServiceProcess, unique_name, wait_for
-from daebus import Daebus, DaebusCaller, protocol, registry
+from daebus import Daebus, DaebusCaller, _admin, protocol, registry
 from daebus.cli import cli
 from daebus.cli._registry import describe_channels, duration
-from daebus.runtime import instances
+from daebus.runtime import instances, presence
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -232,11 +232,14 @@ def test_counts_are_published_with_the_heartbeat(apps: Apps, quick_heartbeat: fl
     app.broadcast.send(channel + ":durable", "kept", durable=True)
 
     def counts() -> tuple[Any, Any] | None:
-        (summary,) = [s for s in registry.services(apps.url) if s["service"] == service]
         (entry,) = registry.service_info(service, apps.url)["instances"]
         wanted = ({"requests": 7, "broadcasts": 2, "durable": 1}, {"requests": 2, "broadcasts": 1})
         got = (entry["handled"], {k: v for k, v in entry["errors"].items() if v})
-        return (summary, entry) if got == wanted else None
+        if got != wanted:
+            return None
+        # Read after the entry: read before, it could be a heartbeat older.
+        (summary,) = [s for s in registry.services(apps.url) if s["service"] == service]
+        return summary, entry
 
     summary, _ = wait_for(counts, timeout=10, message="the counts never came")
     assert (summary["handled"], summary["errors"], summary["instances"]) == (10, 3, 1)
@@ -386,3 +389,120 @@ def test_a_stopping_instance_leaves_the_registry_before_it_drains(apps: Apps) ->
         release.set()
         calling.join(10)
         stopper.join(15)
+
+
+# What anyone who can write to the server may leave under the registry's keys.
+FORGED = [
+    {"instance": "x:1:no-service"},
+    {"service": 7, "instance": "x:1:not-a-name"},
+    {
+        "service": "forged",
+        "instance": "x:1:wrong-types",
+        "uptime": 1.7e308,
+        "started": "yesterday",
+        "in_flight": -3,
+        "ttl": "long",
+        "handled": [1, 2],
+        "errors": {"requests": "many", "http": 2},
+        "actions": "abc",
+        "listeners": ["events:*", {"channel": 5, "pattern": True}, {"pattern": True}],
+        "routes": [1, {"path": "/x"}],
+        "http": [],
+        "sockets": 3,
+    },
+    {"service": "forged", "instance": "x:1:huge", "started": 2**53, "actions": ["a"] * 10},
+]
+
+
+def test_forged_entries_of_any_shape_are_read_without_failing(private_redis: Any) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    for entry in FORGED:
+        key = protocol.registry_key(str(entry.get("service")), str(entry["instance"]))
+        client.set(key, json.dumps(entry), px=60_000)
+        client.zadd(protocol.registry_index(), {key: 1 << 60})
+    client.close()
+    url = private_redis.url
+
+    found = registry.instances(url)
+    assert sorted(entry["instance"] for entry in found) == ["x:1:huge", "x:1:wrong-types"]
+    wrong = next(entry for entry in found if entry["instance"] == "x:1:wrong-types")
+    assert wrong["service"] == "forged"
+    for field in ("uptime", "started", "in_flight", "handled", "actions", "http", "sockets"):
+        assert field not in wrong, field
+    assert wrong["errors"] == {"http": 2}  # kinds to come are kept
+    assert wrong["listeners"] == []
+    assert wrong["routes"] == []
+    (summary,) = registry.services(url)
+    assert summary["instances"] == 2
+    assert summary["in_flight"] == 0
+
+    for args in (
+        ["services"],
+        ["inspect", "forged"],
+        ["channels"],
+        ["inspect", "forged", "--json"],
+    ):
+        result = invoke(*args, "--redis-url", url)
+        assert result.exit_code == 0, result.output
+        assert len(result.output) < 5000
+
+
+def test_an_entry_too_large_or_not_a_string_is_not_read(private_redis: Any) -> None:
+    client = redis.Redis.from_url(private_redis.url)
+    key = protocol.registry_key("bloated", "x:1:big")
+    entry = {"service": "bloated", "instance": "x:1:big", "actions": ["a" * 1000] * 3000}
+    client.set(key, json.dumps(entry), px=60_000)
+    client.zadd(protocol.registry_index(), {key: 1 << 60})
+    other = protocol.registry_key("hashed", "x:1:hash")  # not a string at all
+    client.hset(other, "service", "hashed")
+    client.zadd(protocol.registry_index(), {other: 1 << 60})
+    client.close()
+    with Apps(private_redis.url) as own:
+        own.start(Daebus("small"), "small")
+        assert listed(private_redis.url) == {"small": 1}
+
+
+def test_a_heartbeat_whose_entry_fails_does_not_end_the_heartbeats(
+    apps: Apps, quick_heartbeat: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The entry is written with the instance's renewal: a write that raised ended both.
+    described = presence.Presence.describe
+    calls = []
+
+    def describe_once_wrong(self: presence.Presence) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("dictionary changed size during iteration")
+        return described(self)
+
+    monkeypatch.setattr(presence.Presence, "describe", describe_once_wrong)
+    app = Daebus("beating")
+    app.add_action("ping", lambda: "pong")
+    service = apps.start(app)
+    apps.caller(service).send_request("ping", {})
+
+    def handled() -> bool:
+        found = registry.service_info(service, apps.url)["instances"]
+        return bool(found) and found[0]["handled"]["requests"] == 1
+
+    wait_for(handled, timeout=10, message="the heartbeats stopped")
+
+
+def test_forged_entries_cannot_crowd_out_the_running_instances(
+    private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What registry readers read in all is bounded: the instances that run (their
+    # entries expire soonest) are read first, forged entries that never expire last.
+    monkeypatch.setattr(_admin, "ENTRIES_BYTES", 20_000)
+    client = redis.Redis.from_url(private_redis.url)
+    for n in range(10):
+        key = protocol.registry_key("forged", f"x:{n}:padded")
+        entry = {"service": "forged", "instance": f"x:{n}:padded", "padding": "p" * 5000}
+        client.set(key, json.dumps(entry), px=60_000)
+        client.zadd(protocol.registry_index(), {key: 1 << 60})
+    client.close()
+    with Apps(private_redis.url) as own:
+        own.start(Daebus("real"), "real")
+        found = listed(private_redis.url)
+    assert found["real"] == 1
+    assert found["forged"] < 10

@@ -150,6 +150,12 @@ def test_no_watchdog_for_another_pid_or_without_watchdog_usec() -> None:
     assert Notifier.from_environment({"WATCHDOG_USEC": "4000000"}).watchdog is None
 
 
+def test_a_watchdog_of_a_few_microseconds_does_not_spin_the_loop() -> None:
+    # Pinging every half microsecond would keep a core busy; no unit can mean it.
+    junk = {"NOTIFY_SOCKET": "/run/nowhere", "WATCHDOG_USEC": "1"}
+    assert Notifier.from_environment(junk).watchdog == daebus._systemd.SHORTEST_PING
+
+
 def test_nothing_happens_outside_systemd(apps: Apps, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("WATCHDOG_USEC", "100000")  # ignored without a socket

@@ -254,21 +254,33 @@ class RedisAdmin(Admin):
         return sorted({_text(name) for name in names})
 
     def entries(self, index: str) -> list[tuple[str, bytes, float]]:
+        # Anyone who can write to the server can list keys in the index, or write huge
+        # values: what is read is bounded (ENTRIES_READ keys, ENTRY_LIMIT bytes each,
+        # about ENTRIES_BYTES in all), the keys soonest to expire first: those of the
+        # running instances, refreshed every heartbeat.
         with self._reported(f"ZRANGE {index}"):
-            keys = sorted({_text(key) for key in self.client.zrange(index, 0, -1)})
-            if not keys:
-                return []
-            # PTTL, not the index's scores: the time left by the server's own clock.
-            pipe = self.client.pipeline(transaction=False)
-            pipe.mget(keys)
-            for key in keys:
-                pipe.pttl(key)
-            values, *left = pipe.execute()
-        return [
-            (key, bytes(value), max(0, int(ms)) / 1000)
-            for key, value, ms in zip(keys, values, left, strict=True)
-            if value is not None
-        ]
+            keys = list(
+                dict.fromkeys(_text(key) for key in self.client.zrange(index, 0, ENTRIES_READ - 1))
+            )
+            found = []
+            budget = ENTRIES_BYTES
+            for start in range(0, len(keys), _ENTRIES_BATCH):
+                batch = keys[start : start + _ENTRIES_BATCH]
+                # PTTL, not the index's scores: the time left by the server's own clock.
+                pipe = self.client.pipeline(transaction=False)
+                for key in batch:
+                    pipe.getrange(key, 0, ENTRY_LIMIT)
+                    pipe.pttl(key)
+                # A key of another type answers WRONGTYPE: that one is skipped, not all.
+                replies = pipe.execute(raise_on_error=False)
+                for key, value, ms in zip(batch, replies[::2], replies[1::2], strict=True):
+                    # GETRANGE gives b"" for a key that expired meanwhile.
+                    if isinstance(value, bytes) and value and len(value) <= ENTRY_LIMIT:
+                        found.append((key, bytes(value), max(0, int(ms)) / 1000))
+                        budget -= len(value)
+                        if budget <= 0:
+                            return sorted(found)
+        return sorted(found)
 
     def close(self) -> None:
         self.client.close()
@@ -330,6 +342,14 @@ class MemoryAdmin(Admin):
     def entries(self, index: str) -> list[tuple[str, bytes, float]]:
         return self.broker.records.entries(index)
 
+
+#: How many registry entries are read at most, the longest one read, and about how
+#: many bytes in all (see RedisAdmin.entries).
+ENTRIES_READ = 100_000
+ENTRY_LIMIT = 256 * 1024
+ENTRIES_BYTES = 64 * 1024 * 1024
+# Keys read in one round trip: at most 64 MiB of entries.
+_ENTRIES_BATCH = 256
 
 #: A length no stream reaches: an add that trims nothing.
 _UNTRIMMED = 1 << 62

@@ -20,13 +20,23 @@ import os
 import socket
 from collections.abc import Mapping
 
-__all__ = ["ENV_NOTIFY_SOCKET", "ENV_WATCHDOG_PID", "ENV_WATCHDOG_USEC", "Notifier"]
+__all__ = [
+    "ENV_NOTIFY_SOCKET",
+    "ENV_WATCHDOG_PID",
+    "ENV_WATCHDOG_USEC",
+    "SHORTEST_PING",
+    "Notifier",
+]
 
 logger = logging.getLogger("daebus.systemd")
 
 ENV_NOTIFY_SOCKET = "NOTIFY_SOCKET"
 ENV_WATCHDOG_USEC = "WATCHDOG_USEC"
 ENV_WATCHDOG_PID = "WATCHDOG_PID"
+
+#: Seconds between two watchdog pings at the least: a watchdog of a few microseconds
+#: (a unit's typo) would otherwise keep the loop pinging without a pause.
+SHORTEST_PING = 0.01
 
 # systemd's notification socket has a large receive buffer and is read at once: a send
 # never waits in practice. Bounded all the same, since it runs on the event loop.
@@ -148,4 +158,14 @@ def _watchdog_interval(env: Mapping[str, str]) -> float | None:
     except ValueError:
         logger.warning("ignoring $%s=%r: not a number of microseconds", ENV_WATCHDOG_USEC, usec)
         return None
-    return value / 2_000_000 if value > 0 else None
+    if value <= 0:
+        return None
+    if value < 2_000_000 * SHORTEST_PING:
+        logger.warning(
+            "$%s=%s is shorter than a service can answer: pinging every %gs",
+            ENV_WATCHDOG_USEC,
+            value,
+            SHORTEST_PING,
+        )
+        return SHORTEST_PING
+    return value / 2_000_000

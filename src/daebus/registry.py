@@ -43,7 +43,9 @@ def instances(
 
     Each is the JSON the instance wrote (see :mod:`daebus.runtime.presence`), with
     ``last_seen`` (seconds since it was written, by the server's clock) added and
-    ``uptime`` brought up to now.
+    ``uptime`` brought up to now. Anyone who can write to the server can write an
+    entry: one without a service and an instance name is skipped, and a field of the
+    wrong type (a number that is not a count, a list that is not of names) is left out.
 
     Raises:
         TransportError: the server cannot be reached within ``timeout``.
@@ -53,9 +55,11 @@ def instances(
     entries = []
     for _key, value, left in found:
         try:
-            entry = protocol.decode_object(value)
+            entry = _checked(protocol.decode_object(value))
         except protocol.BadMessageError:
             continue  # not written by daebus: nothing to show
+        if entry is None:
+            continue
         ttl = entry.get("ttl")
         seen = max(0.0, float(ttl) - left) if isinstance(ttl, int | float) else 0.0
         entry["last_seen"] = round(seen, 3)
@@ -127,7 +131,8 @@ def service_health(
     ``@app.health_check`` passing) and says ``{"ready", "reasons", "checks", "service",
     "instance", "state"}``. When no instance answers, or the server cannot be reached,
     within ``timeout``: ``{"ready": False, "reasons": [why]}`` and no ``instance``.
-    Never raises for a service that is down: a health probe wants an answer.
+    Never raises for a service that is down: a health probe wants an answer. Reasons
+    and checks are text whatever answered (anything subscribed to the channel can).
     """
     from .caller import DaebusCaller  # loads redis-py: only when asked
 
@@ -159,7 +164,94 @@ def service_health(
         return _unready(service, str(exc) or type(exc).__name__)
     if not isinstance(answer, dict) or not isinstance(answer.get("ready"), bool):
         return _unready(service, f"not a health answer: {protocol.shorten(answer)}")
+    return _health_answer(answer)
+
+
+# The fields of an entry, by what they must be (see daebus.runtime.presence).
+_NUMBERS = ("pid", "started", "uptime", "heartbeat", "ttl", "in_flight", "queued")
+_TEXTS = ("host", "daebus", "python", "state")
+_NAMES = ("actions", "workflows", "jobs", "threads", "health_checks", "sockets")
+_COUNTS = ("handled", "errors")
+# Larger is no count, time or pid: a forged number would only widen tables.
+_LARGEST = 2**53
+# No channel a service listens on is longer; a forged glob could take a reader's memory.
+_CHANNEL_LIMIT = 1024
+
+
+def _checked(entry: dict[str, Any]) -> dict[str, Any] | None:
+    """``entry`` with each field of the type readers rely on, or None if it names nobody."""
+    if not isinstance(entry.get("service"), str) or not isinstance(entry.get("instance"), str):
+        return None
+    for field in _NUMBERS:
+        if field in entry and not _is_number(entry[field]):
+            del entry[field]
+    for field in _TEXTS:
+        if field in entry and not isinstance(entry[field], str):
+            del entry[field]
+    for field in _NAMES:
+        if field in entry:
+            names = entry[field]
+            if isinstance(names, list):
+                entry[field] = [name for name in names if isinstance(name, str)]
+            else:
+                del entry[field]
+    for field in _COUNTS:
+        if field in entry:
+            counts = entry[field]
+            if isinstance(counts, dict):
+                entry[field] = {kind: n for kind, n in counts.items() if _is_number(n)}
+            else:
+                del entry[field]
+    entry["listeners"] = [
+        listener
+        for listener in _list(entry.get("listeners"))
+        if isinstance(listener, dict)
+        and isinstance(listener.get("channel"), str)
+        and len(listener["channel"]) <= _CHANNEL_LIMIT
+    ]
+    if "routes" in entry:
+        entry["routes"] = [
+            route
+            for route in _list(entry["routes"])
+            if isinstance(route, dict)
+            and isinstance(route.get("path"), str)
+            and isinstance(route.get("methods"), list)
+            and all(isinstance(method, str) for method in route["methods"])
+        ]
+    if "http" in entry and not isinstance(entry["http"], dict):
+        del entry["http"]
+    return entry
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= _LARGEST
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _health_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer`` with its fields of the types callers rely on.
+
+    Whatever subscribes to a service's channel can answer for it: a reason or a check
+    that is not text becomes its ``repr``; a name that is not text is left out.
+    """
+    for field in ("service", "instance", "state"):
+        if field in answer and not isinstance(answer[field], str):
+            del answer[field]
+    reasons = answer.get("reasons")
+    if not isinstance(reasons, list):
+        reasons = [] if reasons is None else [reasons]
+    answer["reasons"] = [_text(reason) for reason in reasons]
+    checks = answer.get("checks")
+    checks = checks if isinstance(checks, dict) else {}
+    answer["checks"] = {_text(name): _text(outcome) for name, outcome in checks.items()}
     return answer
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else protocol.shorten(value)
 
 
 def _unready(service: str, reason: str) -> dict[str, Any]:

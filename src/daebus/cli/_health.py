@@ -9,6 +9,7 @@ import click
 
 from ..exceptions import DaebusError
 from ..health import DEFAULT_TIMEOUT, health_stats
+from ..protocol import shorten
 from ..registry import service_health, service_info
 from ..transport._url import redact_url
 from ._failures import Failure, reported, without_password
@@ -106,14 +107,15 @@ def health(service: str, as_json: bool, timeout: float, redis_url: str | None) -
     if as_json:
         click.echo(json_text(answer, pretty=True))
     elif answer.get("ready"):
-        where = f" (instance {answer['instance']})" if answer.get("instance") else ""
+        # What the answer holds is escaped: whatever subscribes to the channel can answer.
+        where = f" (instance {shorten(answer['instance'])})" if answer.get("instance") else ""
         count = answer.get("instances")
         more = f"; {count} instance{'s' * (count != 1)} running" if count else ""
         click.echo(f"{service}: ready{where}{more}")
-        for name, outcome in answer.get("checks", {}).items():
-            click.echo(f"  check {name}: {outcome}")
+        for name, outcome in answer["checks"].items():
+            click.echo(f"  check {shorten(name)}: {shorten(outcome, 500)}")
     if not answer.get("ready"):
         if as_json:
             raise click.exceptions.Exit(1)
-        reasons = "; ".join(answer.get("reasons") or ["unknown"])
+        reasons = shorten("; ".join(answer["reasons"] or ["unknown"]), 4000)
         raise Failure(without_password(f"{service} is not ready: {reasons}", url))

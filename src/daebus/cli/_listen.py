@@ -176,7 +176,8 @@ def describe_envelope(data: bytes) -> str | None:
 
 def _print_message(channel: bytes, data: bytes, terminal: bool, readable: bool = False) -> None:
     stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
-    name = channel.decode("utf-8", "replace")
+    # Anyone can publish on any channel: control characters in its name are escaped.
+    name = shorten(channel.decode("utf-8", "replace"), 4000)
     described = describe_envelope(data) if readable else None
     text, is_json = (described, True) if described is not None else decode_message(data)
     if terminal:

@@ -104,14 +104,17 @@ def inspect_command(service: str, as_json: bool, timeout: float, redis_url: str 
 
 
 def _print_instance(entry: dict[str, Any]) -> None:
-    started = datetime.datetime.fromtimestamp(float(entry.get("started", 0)))
+    try:
+        started = f"{datetime.datetime.fromtimestamp(entry.get('started', 0)):%Y-%m-%d %H:%M:%S}"
+    except (OverflowError, ValueError, OSError):  # a forged time, past year 9999
+        started = "?"
     click.echo()
     _echo(
         f"instance {entry.get('instance')} (host {entry.get('host')}, pid {entry.get('pid')}, "
         f"daebus {entry.get('daebus')}, Python {entry.get('python')})"
     )
     _echo(
-        f"  {entry.get('state')} since {started:%Y-%m-%d %H:%M:%S} "
+        f"  {entry.get('state')} since {started} "
         f"(up {duration(entry.get('uptime'))}), last seen {duration(entry['last_seen'])} ago"
     )
     handled, errors = entry.get("handled") or {}, entry.get("errors") or {}

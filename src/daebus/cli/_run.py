@@ -150,6 +150,8 @@ def run(
         os.environ[config.ENV_REDIS_URL] = redis_url
     served = _launch.served()
     module_name, _, attribute = target.partition(":")
+    if target.endswith(".py") and Path(target).is_file():
+        module_name, attribute = target, ""  # a colon in a folder's name names no APP
     # The app resolves a missing URL itself, after it has set up logging, so that the
     # log says which server it chose.
     with reported(secret=given):

@@ -157,7 +157,9 @@ class Presence:
                 )
             except NotImplementedError:
                 return False
-            except TransportError as exc:
+            except Exception as exc:
+                # A TransportError; or a bug, which must not end the instance's renewals
+                # that the entry is written with.
                 self.runtime.throttle.log(
                     logging.WARNING,
                     "registry",

@@ -9,18 +9,20 @@ answers.
 The user's checks (``@app.health_check``) run side by side, each with the app's
 context, ``def`` ones in the job threads (never the handlers' pool, which may be full),
 each within :data:`CHECK_TIMEOUT` seconds. A check fails by returning False or by
-raising; the reason is then its message.
+raising; the reason is then its message. A ``def`` check still running when asked
+again is not started again: the probe waits for the run under way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import context, protocol
 from .._compat import timeout
-from .invoke import error_text
+from .invoke import SYNC, error_text, kind_of
 
 if TYPE_CHECKING:
     from . import ServiceRuntime
@@ -35,8 +37,19 @@ async def readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     """``{"ready", "reasons", "checks", "service", "instance", "state"}`` of this instance.
 
     ``reasons`` says why it is not ready (empty when it is); ``checks`` maps each user
-    check to ``"ok"`` or why it failed.
+    check to ``"ok"`` or why it failed. Probes that come while the checks run share
+    their answer: ``/readyz`` is not behind ``max_concurrent``, and a flood of probes
+    must not become a flood of the checks' own queries.
     """
+    asked = _asked.get(runtime)
+    if asked is None:
+        asked = _asked[runtime] = runtime.loop.create_task(_readiness(runtime))
+        asked.add_done_callback(lambda _: _asked.pop(runtime, None))
+    # Shielded: a probe that gives up (its client left) does not end the others'.
+    return dict(await asyncio.shield(asked))
+
+
+async def _readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     reasons: list[str] = []
     if runtime.stopping or not runtime.app.is_running():
         state = "stopping"
@@ -49,7 +62,7 @@ async def readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     if not runtime.transport.receiving:
         reasons.append("not subscribed: the connection to Redis is being made again")
     checks = dict(runtime.app.health_checks)
-    results = await asyncio.gather(*(_run(runtime, func) for func in checks.values()))
+    results = await asyncio.gather(*(_run(runtime, name, func) for name, func in checks.items()))
     outcome: dict[str, str] = {}
     for name, failure in zip(checks, results, strict=True):
         outcome[name] = "ok" if failure is None else failure
@@ -65,17 +78,55 @@ async def readiness(runtime: ServiceRuntime) -> dict[str, Any]:
     }
 
 
-async def _run(runtime: ServiceRuntime, func: Callable[..., Any]) -> str | None:
+async def _run(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> str | None:
     """Why the check failed, or None if it passed."""
-    ctx = context.MessageContext(runtime.app)
     try:
         async with timeout(CHECK_TIMEOUT):
-            result = await runtime.invoke(func, ctx, (), executor=runtime.job_executor)
+            if kind_of(func) is SYNC:
+                # Shielded: a thread cannot be stopped; its run goes on for the next probe.
+                result = await asyncio.shield(_in_thread(runtime, name, func))
+            else:
+                result = await runtime.invoke(
+                    func, context.MessageContext(runtime.app), (), executor=runtime.job_executor
+                )
     except asyncio.TimeoutError:  # not the builtin on Python 3.10
         return f"no answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:
         return protocol.shorten(error_text(exc) or type(exc).__name__, 500)
     return "returned False" if result is False else None
+
+
+def _in_thread(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> asyncio.Task[Any]:
+    """The run of ``def`` check ``name``: the one under way, else a new one.
+
+    A hung check holds a job thread until it returns: started again at every probe, it
+    would take every thread from the service's ``def`` jobs and stop hooks.
+    """
+    running = _running.setdefault(runtime, {})
+    run = running.get(name)
+    if run is None:
+        ctx = context.MessageContext(runtime.app)
+        run = running[name] = runtime.loop.create_task(
+            runtime.invoke(func, ctx, (), executor=runtime.job_executor)
+        )
+
+        def finished(task: asyncio.Task[Any]) -> None:
+            running.pop(name, None)
+            if not task.cancelled():
+                task.exception()  # retrieved: a probe that gave up on it says why
+
+        run.add_done_callback(finished)
+    return run
+
+
+# Each running service's readiness being found out (see readiness).
+_asked: weakref.WeakKeyDictionary[ServiceRuntime, asyncio.Task[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+# The runs of each running service's def checks under way, by name (see _in_thread).
+_running: weakref.WeakKeyDictionary[ServiceRuntime, dict[str, asyncio.Task[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def health_action(runtime: ServiceRuntime) -> Callable[[], Any]:

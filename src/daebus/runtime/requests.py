@@ -37,6 +37,10 @@ __all__ = ["Requests", "preview"]
 logger = logging.getLogger("daebus.runtime")
 flow = logging.getLogger("daebus.flow")
 
+#: Health probes that may run past ``max_in_flight`` at once (see Requests.admit).
+HEALTH_HEADROOM = 4
+_HEALTH = protocol.HEALTH_ACTION.encode()
+
 #: Error texts (a handler's exception) are longer than fields, but still bounded.
 _TEXT_LIMIT = 2000
 
@@ -91,14 +95,35 @@ class Requests:
     def admit(self, kind: str, delivery: Delivery) -> None:
         """Start a request this instance runs, or queue (or refuse) it behind the others."""
         slots = self.admission
-        if (
-            slots.requests
-            or slots.stopping
-            or slots.tasks + slots.jobs_started - slots.jobs_finished >= slots.capacity
+        if slots.stopping or (
+            (
+                slots.requests
+                or slots.tasks + slots.jobs_started - slots.jobs_finished >= slots.capacity
+            )
+            and not self._asks_health(kind, delivery)
         ):
             slots.hold(kind, delivery)
             return
         self.start(kind, delivery)
+
+    def _asks_health(self, kind: str, delivery: Delivery) -> bool:
+        """Whether a request that would wait for a slot is a health probe, answered at once.
+
+        A busy service is not an unready one: queued behind the work, a probe would time
+        out, as if no instance ran. Up to :data:`HEALTH_HEADROOM` run past the limits.
+        """
+        if kind != "request" or _HEALTH not in delivery.data:  # the usual case: no decoding
+            return False
+        slots = self.admission
+        if (
+            slots.tasks + slots.jobs_started - slots.jobs_finished
+            >= slots.capacity + HEALTH_HEADROOM
+        ):
+            return False
+        try:
+            return protocol.decode_object(delivery.data).get("action") == protocol.HEALTH_ACTION
+        except protocol.BadMessageError:
+            return False
 
     def start(self, kind: str, delivery: Delivery) -> None:
         """Check one request on the loop, then start its handler (or refuse it).

@@ -17,11 +17,14 @@ from collections.abc import Callable
 
 __all__ = ["compile_glob", "glob_match"]
 
-# A compiled pattern: None is a star, a frozenset the bytes one position accepts.
-_Token = frozenset[int] | None
+# A compiled pattern: None is a star, else a table of the bytes one position accepts
+# (``table[byte]`` is 1 for those). 256 bytes each, and one table per literal byte for
+# every pattern: a kilobyte of classes compiled to sets of ints took megabytes.
+_Token = bytes | None
 
-_ANY_BYTE = frozenset(range(256))
-_NOTHING: frozenset[int] = frozenset()
+_ANY_BYTE = b"\x01" * 256
+_NOTHING = bytes(256)
+_LITERALS = tuple(bytes(byte) + b"\x01" + bytes(255 - byte) for byte in range(256))
 _BACKSLASH, _CARET, _CLOSE, _DASH, _OPEN, _QUESTION, _STAR = b"\\^]-[?*"
 
 
@@ -30,17 +33,17 @@ def _signed(byte: int) -> int:
     return byte - 256 if byte >= 128 else byte
 
 
-def _class(pattern: bytes, i: int) -> tuple[frozenset[int], int]:
+def _class(pattern: bytes, i: int) -> tuple[bytes, int]:
     """Parse the class opening at ``pattern[i - 1]``; return it and the index after it."""
     n = len(pattern)
     negate = i < n and pattern[i] == _CARET
     if negate:
         i += 1
-    members: set[int] = set()
+    members = bytearray(256)
     while True:
         if i < n and pattern[i] == _BACKSLASH and n - i >= 2:
             i += 1
-            members.add(pattern[i])
+            members[pattern[i]] = 1
         elif i < n and pattern[i] == _CLOSE:
             break
         elif i >= n:
@@ -48,13 +51,20 @@ def _class(pattern: bytes, i: int) -> tuple[frozenset[int], int]:
             break
         elif n - i >= 3 and pattern[i + 1] == _DASH:
             start, end = sorted((_signed(pattern[i]), _signed(pattern[i + 2])))
-            members.update(b for b in _ANY_BYTE if start <= _signed(b) <= end)
+            for b in range(256):
+                if start <= _signed(b) <= end:
+                    members[b] = 1
             i += 2
         else:
-            members.add(pattern[i])
+            members[pattern[i]] = 1
         i += 1
-    accepted = _ANY_BYTE - members if negate else frozenset(members)
-    return accepted, i + 1
+    if negate:
+        members = members.translate(_FLIP)
+    return bytes(members), i + 1
+
+
+# Turns a table of accepted bytes into the table of the others.
+_FLIP = bytes.maketrans(b"\x00\x01", b"\x01\x00")
 
 
 def _tokens(pattern: bytes) -> tuple[_Token, ...]:
@@ -75,7 +85,7 @@ def _tokens(pattern: bytes) -> tuple[_Token, ...]:
         else:
             if byte == _BACKSLASH and n - i >= 2:  # a lone trailing backslash is literal
                 i += 1
-            tokens.append(frozenset((pattern[i],)))
+            tokens.append(_LITERALS[pattern[i]])
             i += 1
     return tuple(tokens)
 
@@ -93,7 +103,7 @@ def _match(tokens: tuple[_Token, ...], subject: bytes) -> bool:
         if token is None:
             star, star_s = t, s
             t += 1
-        elif subject[s] in token:
+        elif token[subject[s]]:
             t += 1
             s += 1
         elif star >= 0:
