@@ -34,6 +34,8 @@ from daebus import (
     request,
     response,
 )
+from daebus.runtime import instances as instances_module
+from daebus.runtime.throttle import LogThrottle
 from daebus.transport import _resp_blocking
 
 
@@ -99,6 +101,51 @@ def test_b2_service_and_caller_recover_after_redis_restarts(
         assert outcomes.count("ok") >= 2
     finally:
         stop_traffic.set()
+
+
+@pytest.mark.slow
+def test_a_server_that_stays_down_is_reported_by_the_transport_not_every_heartbeat(
+    private_redis: Any, private_apps: Apps, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    # Heartbeats every 0.2 s: a 4 s outage spans 20 of them, each a failed renewal and a
+    # failed registry write; and a line of each kind may go out every 0.5 s.
+    monkeypatch.setattr(instances_module, "RENEW_EVERY", 0.2)
+    monkeypatch.setattr(LogThrottle.__init__, "__defaults__", (0.5,))
+    app = Daebus("outage")
+
+    @app.action("echo")
+    def echo() -> Any:
+        return request.payload
+
+    @app.listen(unique_name("events"), durable=True)
+    async def on_event(data: Any) -> None:
+        pass
+
+    service = private_apps.start(app)
+    caller = private_apps.caller(service, timeout=1)
+    assert caller.send_request("echo", 1) == 1
+    caplog.set_level(logging.DEBUG, logger="daebus")
+    caplog.clear()
+    private_redis.stop()
+    time.sleep(4)  # the outage itself, not a wait for a message
+    private_redis.start()
+    wait_for(lambda: "reconnected" in caplog.text, timeout=5, message="no reconnect logged")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("lost the subscriber connection" in line for line in warnings), warnings
+    said_by_the_transport = ("lost the subscriber", "still cannot reach", "reconnected to")
+    # The server kept nothing: the groups are made again, and that is worth saying once.
+    gone = [line for line in warnings if "is gone (deleted" in line]
+    assert 1 <= len(gone) <= 2, warnings
+    others = [
+        line
+        for line in warnings
+        if line not in gone and not any(said in line for said in said_by_the_transport)
+    ]
+    # A renewal, a registry write and a read under way as the server went may each fail
+    # before the subscriber connection is known to be lost; nothing repeats after that.
+    assert len(others) <= 3, others
+    # Still said, at debug, for whoever looks.
+    assert any("could not renew" in r.getMessage() for r in caplog.records)
 
 
 def test_a_caller_alone_after_a_restart_gets_its_reply_at_the_first_try(

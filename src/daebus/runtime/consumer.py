@@ -177,15 +177,26 @@ class StreamConsumer:
                     await self._settle()
             except TransportError as exc:
                 if "NOGROUP" in str(exc):
-                    self._group_made = False  # the stream or the group was deleted: make them again
-                self.runtime.throttle.log(
-                    logging.WARNING,
-                    f"durable read {self.stream}",
-                    "reading %s as group %r failed: %s",
-                    self.what,
-                    self.group,
-                    exc,
-                )
+                    self._group_made = False
+                    self.runtime.throttle.log(
+                        logging.WARNING,
+                        f"durable group {self.stream}",
+                        "the stream of %s or its group %r is gone (deleted, or the server "
+                        "restarted without persistence): making them again",
+                        self.what,
+                        self.group,
+                    )
+                else:
+                    # While the subscriber reconnects, the transport already says that the
+                    # server is unreachable, and for how long.
+                    self.runtime.throttle.log(
+                        logging.WARNING if self.transport.receiving else logging.DEBUG,
+                        f"durable read {self.stream}",
+                        "reading %s as group %r failed: %s",
+                        self.what,
+                        self.group,
+                        exc,
+                    )
                 await asyncio.sleep(_FAILED_READ_PAUSE)
 
     async def _settle(self) -> None:
@@ -466,7 +477,13 @@ class StreamConsumer:
                     self.stream, self.group, self.name, list(self.held), touch=True
                 )
             except TransportError as exc:
-                logger.warning("extending the claims on %r failed: %s", self.stream, exc)
+                self.runtime.throttle.log(
+                    logging.WARNING if self.transport.receiving else logging.DEBUG,
+                    f"durable claims {self.stream}",
+                    "extending the claims on %r failed: %s",
+                    self.stream,
+                    exc,
+                )
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:

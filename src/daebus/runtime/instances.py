@@ -392,8 +392,10 @@ class Instances:
         try:
             members = await self.transport.renew_member(self._key, self.id, EXPIRY_MS)
         except TransportError as exc:
+            # While the subscriber reconnects, the transport already says the server is
+            # unreachable, and how long for: a line here every heartbeat would repeat it.
             self.throttle.log(
-                logging.WARNING,
+                logging.WARNING if self.transport.receiving else logging.DEBUG,
                 "renew",
                 "instance %s could not renew its entry for %r: %s",
                 self.id,

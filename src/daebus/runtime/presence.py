@@ -159,9 +159,11 @@ class Presence:
                 return False
             except Exception as exc:
                 # A TransportError; or a bug, which must not end the instance's renewals
-                # that the entry is written with.
+                # that the entry is written with. While the subscriber reconnects, the
+                # transport already says that the server is unreachable.
+                down = isinstance(exc, TransportError) and not self.transport.receiving
                 self.runtime.throttle.log(
-                    logging.WARNING,
+                    logging.DEBUG if down else logging.WARNING,
                     "registry",
                     "instance %s could not refresh its registry entry: %s",
                     self.runtime.instances.id,
