@@ -189,7 +189,13 @@ class ListenerConsumer(StreamConsumer):
             try:
                 renewed = await self.transport.renew_claim(self.lease, self.name, lease_ms)
             except TransportError as exc:
-                logger.warning("renewing the turn of %r failed: %s", self, exc)
+                self.runtime.throttle.log(
+                    logging.WARNING if self.transport.receiving else logging.DEBUG,
+                    f"durable turn {self.stream}",
+                    "renewing the turn of %r failed: %s",
+                    self,
+                    exc,
+                )
                 continue
             if not renewed and self.has_turn:
                 self.has_turn = False
