@@ -28,6 +28,7 @@ from daebus import (
     DaebusCaller,
     DaebusError,
     ServiceBusyError,
+    SetupError,
     TransportError,
     broadcast,
     protocol,
@@ -586,4 +587,20 @@ def test_start_twice_and_stop_idempotent(apps: Apps) -> None:
         app.start(service, redis_url=apps.url)
     app.stop()
     app.stop()
+    assert not app.is_running()
+
+
+async def test_a_second_serve_is_refused_even_while_the_first_is_connecting(
+    redis_url: str,
+) -> None:
+    app = Daebus("once")
+    ready = asyncio.Event()
+    first = asyncio.create_task(app.serve("once-a", redis_url=redis_url, on_ready=ready.set))
+    await asyncio.sleep(0)  # the first has begun, and awaits its connection
+    with pytest.raises(SetupError, match="already running"):
+        await app.serve("once-b", redis_url=redis_url)
+    await asyncio.wait_for(ready.wait(), 10)
+    assert app.service == "once-a"
+    app.stop()
+    await asyncio.wait_for(first, 10)
     assert not app.is_running()

@@ -120,6 +120,9 @@ class Daebus(Registry, ThreadTasks):
         #: The attached components, in the order of attachment. Internal; see components.
         self._components: list[Component] = []
         self._running = False
+        # Held from the first line of serve() to its last: a second serve(), from another
+        # thread or task, is refused even before the first has made its runtime.
+        self._serving = threading.Lock()
         self._runtime: ServiceRuntime | None = None
         self._stop_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -451,8 +454,25 @@ class Daebus(Registry, ThreadTasks):
         """Run the service on the current event loop until :meth:`stop` (or a signal)."""
         if not isinstance(service, str) or not service:
             raise SetupError("service must be a non-empty string")
-        if self._runtime is not None:
+        if not self._serving.acquire(blocking=False):
             raise SetupError(f"app {self.name!r} is already running")
+        try:
+            await self._serve(
+                service, redis_url, redis_host, redis_port, debug, handle_signals, on_ready
+            )
+        finally:
+            self._serving.release()
+
+    async def _serve(
+        self,
+        service: str,
+        redis_url: str | None,
+        redis_host: str | None,
+        redis_port: int | None,
+        debug: bool,
+        handle_signals: bool,
+        on_ready: Callable[[], Any] | None,
+    ) -> None:
         _launch.note_served()
         if redis_url or redis_host is not None or redis_port is not None:
             url = config.resolve_redis_url(redis_url, redis_host, redis_port)
