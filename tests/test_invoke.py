@@ -160,7 +160,18 @@ async def test_system_exit_comes_out_as_a_plain_failure(pool: WorkerPool) -> Non
     async def leave_async(req: Any) -> None:
         raise SystemExit(4)
 
-    for handler in (leave, leave_async):
+    def interrupt(req: Any) -> None:
+        raise KeyboardInterrupt
+
+    async def interrupt_async(req: Any) -> None:
+        raise KeyboardInterrupt
+
+    for handler, raised in (
+        (leave, SystemExit),
+        (leave_async, SystemExit),
+        (interrupt, KeyboardInterrupt),
+        (interrupt_async, KeyboardInterrupt),
+    ):
         with pytest.raises(HandlerExitError) as caught:
             await invoker.invoke(handler, ctx(), ("r",))
-        assert isinstance(caught.value.args[0], SystemExit)
+        assert isinstance(caught.value.args[0], raised)

@@ -109,6 +109,36 @@ def test_a_check_that_raises_or_hangs_fails_with_its_reason(
     ]
 
 
+def test_a_check_raising_what_no_check_should_fails_and_the_service_runs_on(
+    apps: Apps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readiness_module, "CHECK_TIMEOUT", 0.5)
+    app = Daebus("odd-checks")
+
+    @app.health_check("interrupted")
+    def interrupted() -> None:
+        raise KeyboardInterrupt("not from a terminal")
+
+    @app.health_check("cancelled")
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    @app.health_check("slow_async")
+    async def slow_async() -> None:
+        await asyncio.sleep(10)
+
+    app.add_action("ping", lambda: "pong")
+    service = apps.start(app)
+    answer = registry.service_health(service, apps.url, timeout=5)
+    assert answer["checks"] == {
+        "interrupted": "not from a terminal",
+        "cancelled": "cancelled",
+        "slow_async": "no answer within 0.5 s",
+    }
+    assert apps.caller(service, timeout=5).send_request("ping") == "pong"
+    assert app.is_running()
+
+
 def test_a_hung_check_is_not_started_again_while_it_runs(
     apps: Apps, monkeypatch: pytest.MonkeyPatch
 ) -> None:

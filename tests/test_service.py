@@ -254,6 +254,32 @@ def test_b1_handler_exception_is_an_error_reply(apps: Apps) -> None:
     assert parts == [1]
 
 
+def test_a_handler_raising_keyboard_interrupt_does_not_stop_the_service(apps: Apps) -> None:
+    # Ctrl-C reaches a service as a signal, or as its task's cancellation: one raised
+    # by a handler is that handler's failure.
+    app = Daebus("interrupts")
+
+    @app.action("interrupt")
+    async def interrupt() -> None:
+        raise KeyboardInterrupt("from an action")
+
+    heard = threading.Event()
+
+    @app.listen("interrupts.events")
+    async def listener(_message: Any) -> None:
+        heard.set()
+        raise KeyboardInterrupt("from a listener")
+
+    caller = apps.caller(apps.start(app), timeout=30)
+    with pytest.raises(RemoteError, match="from an action"):
+        caller.send_request("interrupt")
+    assert caller.send_message("interrupts.events", {"n": 1}) == 1
+    assert heard.wait(10)
+    with pytest.raises(RemoteError, match="from an action"):  # still serving
+        caller.send_request("interrupt")
+    assert app.is_running()
+
+
 def test_a_handler_raising_system_exit_does_not_stop_the_service(apps: Apps) -> None:
     app = Daebus("exits")
     app.add_action("exit", lambda: sys.exit(3))

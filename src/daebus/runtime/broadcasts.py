@@ -225,9 +225,10 @@ class Broadcasts:
                     await self.invoke(listener, ctx, args, ctx.response)
                 if ctx.built and ctx.response.sent:
                     await ctx.response.flush()
-            except (asyncio.CancelledError, KeyboardInterrupt):
+            except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # SystemExit too: one listener must not stop the service
+            # KeyboardInterrupt and SystemExit too: one listener must not stop the service.
+            except BaseException as exc:
                 self._failed(delivery, exc)
         finally:
             self.tally.broadcasts += 1
@@ -282,7 +283,7 @@ class Broadcasts:
             await self.invoke(listener, ctx, args, None if kind is ASYNC else ctx.response)
             if ctx.built and ctx.response.sent:
                 await ctx.response.flush()
-        except (asyncio.CancelledError, KeyboardInterrupt):
+        except asyncio.CancelledError:
             raise
         except BaseException as exc:
             self._failed(delivery, exc, _name_of(listener) if named else None)

@@ -336,9 +336,9 @@ class ListenerConsumer(StreamConsumer):
                 await self.runtime.invoke(func, ctx, args, ctx.response)
             if ctx.built and ctx.response.sent:
                 await ctx.response.flush()
-        except (asyncio.CancelledError, KeyboardInterrupt):
+        except asyncio.CancelledError:
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # KeyboardInterrupt too: a failed try, as in invoke
             tally.durable += 1
             tally.durable_errors += 1
             return await self._failed(entry, exc)

@@ -179,9 +179,12 @@ class Invoker:
             return await (executor or self.pool).run(
                 copied.run, self.call_sync, func, args, response
             )
-        except (asyncio.CancelledError, KeyboardInterrupt, Exception):
+        except (asyncio.CancelledError, Exception):
             raise
         except BaseException as exc:
+            # KeyboardInterrupt too: a service takes Ctrl-C as a signal (app.run) or as
+            # its task's cancellation (asyncio.run), so one out of a handler is the
+            # handler's own; raised in a task, it would stop the event loop.
             raise HandlerExitError(exc) from exc
         finally:
             context.pop(token)

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import context, protocol
-from .._compat import timeout
 from .invoke import SYNC, error_text, kind_of
 
 if TYPE_CHECKING:
@@ -79,21 +78,37 @@ async def _readiness(runtime: ServiceRuntime) -> dict[str, Any]:
 
 
 async def _run(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> str | None:
-    """Why the check failed, or None if it passed."""
+    """Why the check failed, or None if it passed.
+
+    The check runs in a task of its own, waited for rather than awaited: whatever it
+    raises, a ``CancelledError`` of its own included, is its failure, never the probe's.
+    """
+    if kind_of(func) is SYNC:
+        run = _in_thread(runtime, name, func)
+    else:
+        ctx = context.MessageContext(runtime.app)
+        run = runtime.loop.create_task(runtime.invoke(func, ctx, (), executor=runtime.job_executor))
+        run.add_done_callback(_retrieve)
     try:
-        async with timeout(CHECK_TIMEOUT):
-            if kind_of(func) is SYNC:
-                # Shielded: a thread cannot be stopped; its run goes on for the next probe.
-                result = await asyncio.shield(_in_thread(runtime, name, func))
-            else:
-                result = await runtime.invoke(
-                    func, context.MessageContext(runtime.app), (), executor=runtime.job_executor
-                )
-    except asyncio.TimeoutError:  # not the builtin on Python 3.10
+        done, _ = await asyncio.wait({run}, timeout=CHECK_TIMEOUT)
+    finally:
+        # A thread cannot be stopped: a def check's run goes on, for the next probe.
+        if kind_of(func) is not SYNC and not run.done():
+            run.cancel()
+    if not done:
         return f"no answer within {CHECK_TIMEOUT:g} s"
-    except Exception as exc:
-        return protocol.shorten(error_text(exc) or type(exc).__name__, 500)
-    return "returned False" if result is False else None
+    if run.cancelled():
+        return "cancelled"
+    failure = run.exception()
+    if failure is not None:
+        return protocol.shorten(error_text(failure), 500)
+    return "returned False" if run.result() is False else None
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a check's failure as seen: its probe may have stopped waiting for it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _in_thread(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> asyncio.Task[Any]:
@@ -112,8 +127,7 @@ def _in_thread(runtime: ServiceRuntime, name: str, func: Callable[..., Any]) -> 
 
         def finished(task: asyncio.Task[Any]) -> None:
             running.pop(name, None)
-            if not task.cancelled():
-                task.exception()  # retrieved: a probe that gave up on it says why
+            _retrieve(task)
 
         run.add_done_callback(finished)
     return run
