@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -506,3 +507,25 @@ def test_forged_entries_cannot_crowd_out_the_running_instances(
         found = listed(private_redis.url)
     assert found["real"] == 1
     assert found["forged"] < 10
+
+
+def test_a_registry_write_that_keeps_failing_is_said_once(
+    private_redis: Any, private_apps: Apps, quick_heartbeat: float, caplog: Any
+) -> None:
+    # Someone made the registry's index a plain string: every ZADD of it fails.
+    server = redis.Redis.from_url(private_redis.url)
+    server.set(protocol.registry_index(), "not a sorted set")
+    caplog.set_level("DEBUG", logger="daebus")
+    service = private_apps.start(Daebus("forged-index"))
+
+    def failures() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "registry entry" in r.getMessage()]
+
+    wait_for(lambda: len(failures()) >= 5, timeout=10, message="the writes do not fail")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1, warned
+    assert "could not refresh its registry entry: WRONGTYPE" in warned[0]
+    server.delete(protocol.registry_index())
+    wait_for(lambda: service in listed(private_redis.url), timeout=10)
+    assert "refreshes its registry entry again" in caplog.text
+    server.close()

@@ -96,6 +96,9 @@ class Presence:
         self._watcher: asyncio.Task[None] | None = None
         self._writing = asyncio.Lock()
         self._dropped = False
+        # Why the last write failed, if it did: a failure that repeats at every heartbeat
+        # (a key of the wrong type, an ACL) is worth one warning, not one a heartbeat.
+        self._failing: str | None = None
         self._host = socket.gethostname()
         self._heartbeat = instances.RENEW_EVERY
 
@@ -162,12 +165,23 @@ class Presence:
                 # that the entry is written with. While the subscriber reconnects, the
                 # transport already says that the server is unreachable.
                 down = isinstance(exc, TransportError) and not self.transport.receiving
+                if self._failing == str(exc):
+                    logger.debug("registry entry of %s: still failing", self._key)
+                    return True
+                self._failing = str(exc)
                 self.runtime.throttle.log(
                     logging.DEBUG if down else logging.WARNING,
                     "registry",
-                    "instance %s could not refresh its registry entry: %s",
+                    "instance %s could not refresh its registry entry: %s (said again "
+                    "only if the reason changes)",
                     self.runtime.instances.id,
                     exc,
+                )
+                return True
+            if self._failing is not None:
+                self._failing = None
+                logger.info(
+                    "instance %s refreshes its registry entry again", self.runtime.instances.id
                 )
         return True
 
