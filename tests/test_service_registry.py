@@ -529,3 +529,14 @@ def test_a_registry_write_that_keeps_failing_is_said_once(
     wait_for(lambda: service in listed(private_redis.url), timeout=10)
     assert "refreshes its registry entry again" in caplog.text
     server.close()
+
+
+def test_an_entry_too_long_for_readers_is_shortened_to_fit(apps: Apps) -> None:
+    app = Daebus("sprawling")
+    for number in range(20_000):  # about 700 KiB of action names
+        app.add_action(f"an_action_with_a_long_name_{number:05}", lambda: None)
+    service = apps.start(app)
+    (entry,) = registry.service_info(service, apps.url)["instances"]
+    assert entry["truncated"] == {"actions": 20_000}
+    assert 0 < len(entry["actions"]) < 20_000
+    assert entry["actions"][0] == "an_action_with_a_long_name_00000"

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import config
+from . import config, protocol
 from .exceptions import TransportError
 from .transport import check_url_options
 from .transport._glob import compile_glob
@@ -346,7 +346,7 @@ class MemoryAdmin(Admin):
 #: How many registry entries are read at most, the longest one read, and about how
 #: many bytes in all (see RedisAdmin.entries).
 ENTRIES_READ = 100_000
-ENTRY_LIMIT = 256 * 1024
+ENTRY_LIMIT = protocol.REGISTRY_ENTRY_LIMIT
 ENTRIES_BYTES = 64 * 1024 * 1024
 # Keys read in one round trip: at most 64 MiB of entries.
 _ENTRIES_BATCH = 256

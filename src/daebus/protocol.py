@@ -163,6 +163,11 @@ def registry_key(service: str, instance: str) -> str:
     return f"daebus:registry:{service}:{instance}"
 
 
+#: The longest registry entry a reader reads: a longer one is skipped as junk, so an
+#: instance shortens its own to fit (see daebus.runtime.presence).
+REGISTRY_ENTRY_LIMIT = 256 * 1024
+
+
 #: What :func:`channel_kind` says of a channel.
 CHANNEL_KINDS = ("service", "reply", "daebus", "plain")
 

@@ -156,7 +156,7 @@ class Presence:
                 return True
             try:
                 await self.transport.put_entry(
-                    self._index, self._key, encoding.dumps(self.describe()), ttl_ms
+                    self._index, self._key, _fitted(self.describe()), ttl_ms
                 )
             except NotImplementedError:
                 return False
@@ -233,6 +233,32 @@ class Presence:
         if app.websocket is not None:
             entry["sockets"] = sorted(app.socket_handlers)
         return entry
+
+
+# The lists of an entry that grow with the app: shortened, longest first, to fit.
+_LISTS = ("routes", "listeners", "actions", "workflows", "sockets", "jobs", "threads")
+
+
+def _fitted(entry: dict[str, Any]) -> bytes:
+    """``entry`` encoded, its lists shortened until it fits a reader's limit.
+
+    A reader skips a longer entry as junk: the instance would be missing from the
+    registry. What was left out is counted under ``"truncated"`` (list -> how many).
+    """
+    data = encoding.dumps(entry)
+    keep = max((len(entry.get(name, ())) for name in _LISTS), default=0)
+    while len(data) > protocol.REGISTRY_ENTRY_LIMIT and keep > 0:
+        keep //= 2
+        truncated: dict[str, int] = {}
+        shortened = dict(entry)
+        for name in _LISTS:
+            items = entry.get(name)
+            if isinstance(items, list) and len(items) > keep:
+                shortened[name] = items[:keep]
+                truncated[name] = len(items)
+        shortened["truncated"] = truncated
+        data = encoding.dumps(shortened)
+    return data
 
 
 def _listeners(runtime: ServiceRuntime) -> list[dict[str, Any]]:
