@@ -240,6 +240,19 @@ async def guarded(redis_url: str) -> AsyncIterator[TestClient[Any, Any]]:
         yield test_client
 
 
+def test_services_list_what_their_instances_run_once() -> None:
+    listener = {"channel": "events", "durable": False, "shared": False}
+    reordered = {"shared": False, "durable": False, "channel": "events"}
+    entries = [
+        {"service": "a", "instance": "1", "actions": ["x", "y"], "listeners": [listener]},
+        {"service": "a", "instance": "2", "actions": ["y", "z"], "listeners": [reordered]},
+        {"service": "b", "instance": "3", "actions": ["x"], "listeners": "junk"},
+    ]
+    a, b = _snapshot.group_services(entries)
+    assert [len(a["instances"]), a["actions"], a["listeners"]] == [2, ["x", "y", "z"], [listener]]
+    assert [b["service"], b["actions"], b["listeners"]] == ["b", ["x"], []]
+
+
 async def test_the_page_is_served_with_a_strict_policy(client: TestClient[Any, Any]) -> None:
     page = await client.get("/")
     assert page.status == 200

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -98,6 +99,9 @@ def clip(value: Any, depth: int = 4, *, text: int = 200, items: int = 100) -> An
 def group_services(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The registry's entries grouped by service: instances, and what any of them runs."""
     services: dict[str, dict[str, Any]] = {}
+    # What each service's lists hold already, as canonical JSON: a list's own `in`
+    # would make a flood of forged entries cost the square of their size.
+    seen: dict[tuple[str, str], set[str]] = {}
     for entry in entries[:MAX_INSTANCES]:
         kept = clip({k: entry[k] for k in _ENTRY_FIELDS if k in entry})
         name = str(kept.get("service"))
@@ -109,8 +113,11 @@ def group_services(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for field in ("actions", "listeners", "routes"):
             values = kept.get(field)
             if isinstance(values, list):
+                held = seen.setdefault((name, field), set())
                 for value in values:
-                    if value not in service[field]:
+                    key = json.dumps(value, sort_keys=True, default=str)
+                    if key not in held:
+                        held.add(key)
                         service[field].append(value)
     return [services[name] for name in sorted(services)]
 
