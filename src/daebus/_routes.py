@@ -218,6 +218,19 @@ class RouteTable:
             allowed.update(route.handlers)
         return None, {}, allowed
 
+    def template(self, canonical: str, method: str) -> str | None:
+        """The path, as registered (``/users/<int:id>``), of the route :meth:`match` finds.
+
+        Slower than :meth:`match`: for what a trace or a log names a request by.
+        """
+        route = self._static.get(canonical)
+        if route is not None and route.handler_for(method) is not None:
+            return route.pattern.path
+        for route in self._dynamic:
+            if route.handler_for(method) is not None and route.pattern.match(canonical) is not None:
+                return route.pattern.path
+        return None
+
 
 def allow_header(methods: Iterable[str]) -> str:
     """The ``Allow`` header of a path taking ``methods`` (HEAD with GET, always OPTIONS)."""

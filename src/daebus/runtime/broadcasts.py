@@ -77,6 +77,7 @@ class Broadcasts:
         self.throttle = runtime.throttle
         self.invoke = runtime.invoker.invoke
         self.tally = runtime.tally
+        self.tracing = runtime.tracing
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
         # Channel or pattern -> its _Route: listeners are inspected once, and again only
@@ -210,6 +211,7 @@ class Broadcasts:
                 return
             listener, kind, takes_channel = shape
             ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
+            traced = None if self.tracing is None else self.tracing.broadcast(delivery)
             try:
                 if kind is ASYNC:  # the common case, without invoke()'s layers
                     token = context.push(ctx)
@@ -229,12 +231,17 @@ class Broadcasts:
                 raise
             except BaseException as exc:  # SystemExit too: one listener must not stop the service
                 self._failed(delivery, exc)
+            finally:
+                if traced is not None:
+                    traced.close()
         finally:
             self.tally.broadcasts += 1
             self.admission.task_done()
 
     def _failed(self, delivery: Delivery, exc: BaseException, name: str | None = None) -> None:
         self.tally.broadcast_errors += 1
+        if self.tracing is not None:
+            self.tracing.failed(exc)
         key = delivery.pattern or delivery.channel
         self.throttle.log(
             logging.ERROR,
@@ -278,6 +285,7 @@ class Broadcasts:
         listener, kind, takes_channel, _ = call
         ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
         args = (value, delivery.channel) if takes_channel else (value,)
+        traced = None if self.tracing is None else self.tracing.broadcast(delivery)
         try:
             await self.invoke(listener, ctx, args, None if kind is ASYNC else ctx.response)
             if ctx.built and ctx.response.sent:
@@ -286,6 +294,9 @@ class Broadcasts:
             raise
         except BaseException as exc:
             self._failed(delivery, exc, _name_of(listener) if named else None)
+        finally:
+            if traced is not None:
+                traced.close()
 
     async def _call_in_order(
         self, call: _Call, delivery: Delivery | None, value: Any, *, resumed: bool = False

@@ -319,6 +319,10 @@ class ListenerConsumer(StreamConsumer):
         func = self.listener.func
         args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
         tally = self.runtime.tally
+        tracing = self.runtime.tracing
+        traced = (
+            None if tracing is None else tracing.durable_message(self.channel, self.group, entry)
+        )
         try:
             if kind_of(func) is ASYNC:  # the common case, without invoke()'s layers
                 token = context.push(ctx)
@@ -335,7 +339,12 @@ class ListenerConsumer(StreamConsumer):
         except BaseException as exc:
             tally.durable += 1
             tally.durable_errors += 1
+            if traced is not None:
+                traced.failed(exc)
             return await self._failed(entry, exc)
+        finally:
+            if traced is not None:
+                traced.close()
         tally.durable += 1
         if self.in_order:
             await self.ack(entry.id)  # confirmed before the next message of its key runs

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import context, protocol
+from .._flow import preview, sent_reply
 from ..exceptions import SerializationError, TransportError
 from ..protocol import shorten
 from ..pubsub import PubSubRequest, PubSubResponse
@@ -43,12 +44,6 @@ _HEALTH = protocol.HEALTH_ACTION.encode()
 
 #: Error texts (a handler's exception) are longer than fields, but still bounded.
 _TEXT_LIMIT = 2000
-
-
-def preview(data: bytes) -> str:
-    """The start of a message, for a log line (escaped: it may be anything)."""
-    text = shorten(data[: protocol.FIELD_LIMIT].decode("utf-8", "replace"))
-    return text + (f"... ({len(data)} bytes)" if len(data) > protocol.FIELD_LIMIT else "")
 
 
 def _is_short_id(request_id: Any) -> bool:
@@ -76,6 +71,7 @@ class Requests:
         self.call_sync = runtime.invoker.call_sync
         self.instances = runtime.instances
         self.tally = runtime.tally
+        self.tracing = runtime.tracing
         # The actions the runtime answers itself, under names users cannot register.
         self._builtin = {protocol.HEALTH_ACTION: health_action(runtime)}
 
@@ -311,6 +307,7 @@ class Requests:
         data = protocol.encode_reply(
             protocol.STATUS_ERROR, protocol.busy_payload(text), request.request_id, True
         )
+        sent_reply(channel, protocol.STATUS_ERROR, request.request_id, True, data)
         try:
             self.publisher.publish(channel, data)
         except TransportError as exc:  # the transport is closing under us
@@ -339,6 +336,11 @@ class Requests:
         is answered so too, unless ``redone_elsewhere``: another instance runs it again.
         """
         response = ctx.response
+        traced = (
+            None
+            if self.tracing is None
+            else self.tracing.request(self.service, name, response.request)
+        )
         try:
             result = await self.invoke(handler, ctx, (), response)
             with contextlib.suppress(TransportError):  # logged by the publisher, as below
@@ -382,6 +384,8 @@ class Requests:
             if not response.final_sent:
                 await _settled(self.refuse(response, error_text(exc), log=False))
         finally:
+            if traced is not None:
+                traced.close()
             self.tally.requests += 1
 
     def _run_sync(
@@ -390,7 +394,10 @@ class Requests:
         """A plain ``def`` action, start to end in a worker: call, reply, free the slot."""
         response = ctx.response
         token = context.push(ctx)
+        traced = None
         try:
+            if self.tracing is not None:
+                traced = self.tracing.request(self.service, name, response.request)
             try:
                 result = self.call_sync(handler, (), response)
             except BaseException as exc:  # SystemExit too: one handler must not stop the service
@@ -414,12 +421,16 @@ class Requests:
                     exc,
                 )
         finally:
+            if traced is not None:
+                traced.close()
             context.pop(token)
             self.admission.job_done()
 
     def _log_failure(self, name: str, exc: BaseException) -> None:
         """Count and log a failed action (its traceback once a period per action)."""
         self.tally.request_failed()
+        if self.tracing is not None:
+            self.tracing.failed(exc)
         self.throttle.log(
             logging.ERROR,
             f"action {name}",
