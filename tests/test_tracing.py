@@ -454,9 +454,9 @@ def test_debug_logs_the_messages_sent(apps: Apps, caplog: pytest.LogCaptureFixtu
             return lambda: any(line.startswith(prefix) for line in lines())
 
         wait_for(has(f"=> {service} tell request_id="), message=lambda: str(lines()))
-        wait_for(has(f"<= {client.response_channel} success"), message=lambda: str(lines()))
+        wait_for(has("<= caller:"), message=lambda: str(lines()))
         wait_for(has(f"=> {channel} (broadcast)"), message=lambda: str(lines()))
-        assert any("final=True" in line for line in lines() if line.startswith("<= "))
+        assert any(" success request_id=" in line and "final=True" in line for line in lines())
     finally:
         logging.getLogger("daebus").setLevel(logging.NOTSET)
 

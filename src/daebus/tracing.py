@@ -78,22 +78,24 @@ class Active:
     that handles the message.
     """
 
-    __slots__ = ("_serving_token", "_token", "_tracing", "span")
+    __slots__ = ("_failed", "_serving_token", "_token", "_tracing", "span")
 
     def __init__(self, tracing: Tracing, span: Span) -> None:
         self._tracing = tracing
         self.span = span
+        self._failed = False
         self._token = tracing._attach(tracing._with_span(span))
         self._serving_token = _serving.set(self)
 
     def failed(self, exc: BaseException) -> None:
         """Mark the span failed by ``exc``."""
+        self._failed = True
         self._tracing.failed_span(self.span, exc)
 
     def http_status(self, status: int) -> None:
         """The HTTP status answered; a server error (5xx) marks the span failed."""
         self.span.set_attribute("http.response.status_code", status)
-        if status >= 500:
+        if status >= 500 and not self._failed:  # else the failure said more
             self.span.set_status(self._tracing._status(self._tracing._error))
 
     def close(self) -> None:
