@@ -205,6 +205,33 @@ def test_streamed_replies_are_one_client_span(apps: Apps, spans: Spans) -> None:
     assert called.status.status_code is StatusCode.UNSET
 
 
+def test_a_request_wanting_no_reply_continues_the_handlers_trace(apps: Apps, spans: Spans) -> None:
+    notes: list[Any] = []
+    sink_name = unique_name("notes")
+    sink = _traced("notes", spans)
+    sink.add_action("note", lambda: notes.append(request.payload))
+    source = _traced("noter", spans)
+    to_sink = DaebusCaller(sink_name, redis_url=apps.url)
+
+    @source.action("work")
+    def work() -> str:
+        to_sink.send_to_service({"done": 1}, action="note")
+        return "ok"
+
+    apps.start(sink, sink_name)
+    service = apps.start(source)
+    try:
+        assert apps.caller(service).send_request("work") == "ok"
+        wait_for(lambda: notes)
+    finally:
+        to_sink.close()
+    assert notes == [{"done": 1}]
+    sent = spans.named(f"send {sink_name}.note")
+    assert sent.kind is SpanKind.PRODUCER
+    assert _is_child(sent, spans.named(f"process {service}.work"))
+    assert _is_child(spans.named(f"process {sink_name}.note"), sent)
+
+
 # -- durable messages and requests --------------------------------------------------------
 def test_a_durable_request_continues_the_callers_trace(apps: Apps, spans: Spans) -> None:
     app = _traced("durable_traced", spans)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import config, context, protocol, tracing as _tracing
 from .._compat import timeout as deadline
+from .._flow import published
 from ..encoding import dumps
 from ..exceptions import ConnectionLostError, TransportError
 from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
@@ -432,7 +433,9 @@ class AsyncDaebusCaller:
         async with self._within_timeout(channel):
             await self.connect()
             assert self._transport is not None
-            count = await self._transport.publish(channel, dumps(payload))
+            data = dumps(payload)
+            published(channel, data, False)
+            count = await self._transport.publish(channel, data)
             if count == 0 and channel != self.target_service:
                 count = await self._transport.publish(
                     protocol.service_channel(self.target_service),

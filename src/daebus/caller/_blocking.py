@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .. import protocol, tracing as _tracing
+from .._flow import published
 from .._portal import get_portal
 from ..encoding import dumps
 from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
@@ -350,7 +351,9 @@ class DaebusCaller:
         """
         with self._in_use():
             transport = self._transport()
-            count = transport.publish_blocking(channel, dumps(payload), self.timeout)
+            data = dumps(payload)
+            published(channel, data, False)
+            count = transport.publish_blocking(channel, data, self.timeout)
             if count == 0 and channel != self.target_service:
                 count = transport.publish_blocking(
                     protocol.service_channel(self.target_service),
