@@ -1,10 +1,10 @@
 """OpenTelemetry tracing: spans of calls, handlers and broadcasts, and the context on the wire.
 
 Every test has a TracerProvider of its own, exporting to memory, and real services on
-the test server: a chain of calls across services is one trace, a failure is an error
-span, durable messages and HTTP requests continue the trace they came from, and a
-request without a context (or with a broken one) starts a new trace. Off, nothing of
-it is on the wire.
+the test server (some on the memory transport too): a chain of calls across services
+is one trace, a failure is an error span, durable messages and HTTP requests continue
+the trace they came from, and a request without a context (or with a broken one)
+starts a new trace. Off, nothing of it is on the wire.
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def _raw_request(url: str, service: str, envelope: dict[str, Any], timeout: floa
 
 
 # -- a chain of calls ---------------------------------------------------------------------
-def test_a_three_hop_chain_is_one_trace(apps: Apps, spans: Spans) -> None:
+def test_a_three_hop_chain_is_one_trace(where: Apps, spans: Spans) -> None:
     """client -> A (async def, async caller) -> B (def, blocking caller) -> C."""
     a_name, b_name, c_name = (unique_name(n) for n in ("hop-a", "hop-b", "hop-c"))
     a, b, c = _traced("hop_a", spans), _traced("hop_b", spans), _traced("hop_c", spans)
-    to_c = DaebusCaller(c_name, redis_url=apps.url)
+    to_c = DaebusCaller(c_name, redis_url=where.url)
 
     @c.action("c")
     async def in_c() -> str:
@@ -124,10 +124,10 @@ def test_a_three_hop_chain_is_one_trace(apps: Apps, spans: Spans) -> None:
         async with AsyncDaebusCaller(b_name) as to_b:
             return "a" + await to_b.send_request("b")
 
-    apps.start(c, c_name)
-    apps.start(b, b_name)
-    apps.start(a, a_name)
-    client = apps.caller(a_name, tracing=True, tracer_provider=spans.provider)
+    where.start(c, c_name)
+    where.start(b, b_name)
+    where.start(a, a_name)
+    client = where.caller(a_name, tracing=True, tracer_provider=spans.provider)
     try:
         assert client.send_request("a") == "abc"
     finally:
@@ -233,15 +233,15 @@ def test_a_request_wanting_no_reply_continues_the_handlers_trace(apps: Apps, spa
 
 
 # -- durable messages and requests --------------------------------------------------------
-def test_a_durable_request_continues_the_callers_trace(apps: Apps, spans: Spans) -> None:
+def test_a_durable_request_continues_the_callers_trace(where: Apps, spans: Spans) -> None:
     app = _traced("durable_traced", spans)
 
     @app.action("add")
     def add() -> int:
         return int(request.payload["a"]) + 1
 
-    service = apps.start(app)
-    client = apps.caller(service, tracing=True, tracer_provider=spans.provider)
+    service = where.start(app)
+    client = where.caller(service, tracing=True, tracer_provider=spans.provider)
     assert client.send_request("add", {"a": 1}, durable=True) == 2
     called = spans.named(f"send {service}.add")
     served = spans.named(f"process {service}.add")
@@ -250,7 +250,7 @@ def test_a_durable_request_continues_the_callers_trace(apps: Apps, spans: Spans)
     assert (called.attributes or {})["daebus.durable"] is True
 
 
-def test_a_durable_message_continues_the_publishers_trace(apps: Apps, spans: Spans) -> None:
+def test_a_durable_message_continues_the_publishers_trace(where: Apps, spans: Spans) -> None:
     channel = unique_name("traced-orders")
     received: list[Any] = []
     listener = _traced("durable_listener", spans)
@@ -266,9 +266,9 @@ def test_a_durable_message_continues_the_publishers_trace(apps: Apps, spans: Spa
         message_id: str = broadcast.send(channel, {"item": 7}, durable=True)
         return message_id
 
-    apps.start(listener)
-    service = apps.start(publisher)
-    client = apps.caller(service, tracing=True, tracer_provider=spans.provider)
+    where.start(listener)
+    service = where.start(publisher)
+    client = where.caller(service, tracing=True, tracer_provider=spans.provider)
     assert client.send_request("order")
     wait_for(lambda: received)
     assert received == [{"item": 7}]  # the trace context is not in the message
