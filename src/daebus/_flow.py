@@ -3,6 +3,9 @@
 ``debug=True`` (DEBUG on the ``daebus`` logger) turns them on. Received: ``->`` a
 request or a broadcast, ``<-`` a reply. Sent: ``=>`` a request or a broadcast, ``<=``
 a reply. Fields that came off the wire are shortened and escaped (:func:`preview`).
+
+Each function logs only if ``flow`` is enabled for DEBUG; where every message pays for
+the call, ask ``flow.isEnabledFor(logging.DEBUG)`` first.
 """
 
 from __future__ import annotations

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from . import encoding, protocol
-from ._flow import published, sent_reply
+from ._flow import flow, published, sent_reply
 from ._standalone import standalone_publisher
 from .exceptions import MessageTooLargeError
 
@@ -165,7 +166,8 @@ class PubSubResponse:
                 f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
             )
         channel = self.request.reply_channel
-        sent_reply(channel, status, self.request.request_id, final, data)
+        if flow.isEnabledFor(logging.DEBUG):
+            sent_reply(channel, status, self.request.request_id, final, data)
         # The publisher's result is the count or a future of it (the Publisher protocol).
         result: Receivers
         if channel is None:  # no reply channel, or one the service may not send to

@@ -56,7 +56,8 @@ def encode_request(
         raise MessageTooLargeError(
             f"request of {len(data)} bytes is over the {max_size}-byte limit"
         )
-    sent_request(service, action, request_id, reply_to, data)
+    if flow.isEnabledFor(logging.DEBUG):
+        sent_request(service, action, request_id, reply_to, data)
     return data
 
 
