@@ -218,16 +218,16 @@ class RouteTable:
             allowed.update(route.handlers)
         return None, {}, allowed
 
-    def template(self, canonical: str, method: str) -> str | None:
-        """The path, as registered (``/users/<int:id>``), of the route :meth:`match` finds.
+    def template(self, canonical: str) -> str | None:
+        """The registered path (``/items/<int:id>``) of the route serving ``canonical``.
 
-        Slower than :meth:`match`: for what a trace or a log names a request by.
+        The label of a request in the metrics: a pattern, never the concrete path.
         """
         route = self._static.get(canonical)
-        if route is not None and route.handler_for(method) is not None:
+        if route is not None:
             return route.pattern.path
         for route in self._dynamic:
-            if route.handler_for(method) is not None and route.pattern.match(canonical) is not None:
+            if route.pattern.match(canonical) is not None:
                 return route.pattern.path
         return None
 

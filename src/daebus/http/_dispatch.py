@@ -104,6 +104,8 @@ class Dispatcher:
         #: The routes taken from ``app.routes``; replaced whole when they are rebuilt.
         self.table = RouteTable()
         self.cors: CorsPolicy | None = None
+        #: The app's tracing during a run (see DaebusHttp.start_async); None: off.
+        self.tracing: Tracing | None = None
         #: ``DaebusHttp.mount``'s paths, then those other components provide (each run).
         self.mounts: dict[str, MountHandler] = {}
         self.component_mounts: dict[str, MountHandler] = {}
@@ -117,8 +119,6 @@ class Dispatcher:
         self._active: set[asyncio.Task[Any]] = set()  # requests in progress
         self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
         self._drained: asyncio.Event | None = None  # set while stopping
-        #: The app's tracing during a run (see DaebusHttp.start_async); None: off.
-        self.tracing: Tracing | None = None
 
     # -- a run -------------------------------------------------------------------------
     def open(self, pool: WorkerPool, throttle: LogThrottle) -> None:
@@ -296,7 +296,7 @@ class Dispatcher:
     ) -> web.StreamResponse:
         """:meth:`_call_handler` in a SERVER span, in the trace the request's headers name."""
         method = request.method.upper()
-        route = self.table.template(canonical_path(request.rel_url.raw_path), method)
+        route = self.table.template(canonical_path(request.rel_url.raw_path))
         traced = tracing.http(method, route or "(unknown route)", request.path, request.headers)
         try:
             response = await self._call_handler(request, func, params)

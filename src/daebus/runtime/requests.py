@@ -67,11 +67,11 @@ class Requests:
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.pool = runtime.executor
+        self.tracing = runtime.tracing
         self.invoke = runtime.invoker.invoke
         self.call_sync = runtime.invoker.call_sync
         self.instances = runtime.instances
         self.tally = runtime.tally
-        self.tracing = runtime.tracing
         # The actions the runtime answers itself, under names users cannot register.
         self._builtin = {protocol.HEALTH_ACTION: health_action(runtime)}
 
@@ -335,12 +335,10 @@ class Requests:
         A failure is answered with an error reply. One cut short by the service's stop
         is answered so too, unless ``redone_elsewhere``: another instance runs it again.
         """
-        response = ctx.response
         traced = (
-            None
-            if self.tracing is None
-            else self.tracing.request(self.service, name, response.request)
+            None if self.tracing is None else self.tracing.request(self.service, name, ctx.request)
         )
+        response = ctx.response
         try:
             result = await self.invoke(handler, ctx, (), response)
             with contextlib.suppress(TransportError):  # logged by the publisher, as below
