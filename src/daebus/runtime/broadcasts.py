@@ -76,8 +76,8 @@ class Broadcasts:
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.invoke = runtime.invoker.invoke
-        self.tally = runtime.tally
         self.tracing = runtime.tracing
+        self.tally = runtime.tally
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
         # Channel or pattern -> its _Route: listeners are inspected once, and again only
@@ -201,6 +201,7 @@ class Broadcasts:
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode one broadcast and call its listeners; ends with ``task_done()``."""
+        traced = None
         try:
             found = self._shape_for(delivery)
             if found is None:
@@ -210,8 +211,9 @@ class Broadcasts:
                 await self._call_each(delivery, value)
                 return
             listener, kind, takes_channel = shape
+            if self.tracing is not None:
+                traced = self.tracing.broadcast(delivery)
             ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
-            traced = None if self.tracing is None else self.tracing.broadcast(delivery)
             try:
                 if kind is ASYNC:  # the common case, without invoke()'s layers
                     token = context.push(ctx)
@@ -231,10 +233,9 @@ class Broadcasts:
                 raise
             except BaseException as exc:  # SystemExit too: one listener must not stop the service
                 self._failed(delivery, exc)
-            finally:
-                if traced is not None:
-                    traced.close()
         finally:
+            if traced is not None:
+                traced.close()
             self.tally.broadcasts += 1
             self.admission.task_done()
 
@@ -283,9 +284,9 @@ class Broadcasts:
     async def _call(self, call: _Call, delivery: Delivery, value: Any, named: bool) -> None:
         """Call one listener in a context of its own; a failure is logged."""
         listener, kind, takes_channel, _ = call
+        traced = None if self.tracing is None else self.tracing.broadcast(delivery)
         ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
         args = (value, delivery.channel) if takes_channel else (value,)
-        traced = None if self.tracing is None else self.tracing.broadcast(delivery)
         try:
             await self.invoke(listener, ctx, args, None if kind is ASYNC else ctx.response)
             if ctx.built and ctx.response.sent:

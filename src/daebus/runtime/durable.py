@@ -316,13 +316,13 @@ class ListenerConsumer(StreamConsumer):
             await self._dead_letter(entry, "not a JSON message in a 'data' field")
             return None
         ctx = DurableContext(self, entry, value)
-        func = self.listener.func
-        args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
-        tally = self.runtime.tally
         tracing = self.runtime.tracing
         traced = (
             None if tracing is None else tracing.durable_message(self.channel, self.group, entry)
         )
+        func = self.listener.func
+        args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
+        tally = self.runtime.tally
         try:
             if kind_of(func) is ASYNC:  # the common case, without invoke()'s layers
                 token = context.push(ctx)
@@ -337,10 +337,10 @@ class ListenerConsumer(StreamConsumer):
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            tally.durable += 1
-            tally.durable_errors += 1
             if traced is not None:
                 traced.failed(exc)
+            tally.durable += 1
+            tally.durable_errors += 1
             return await self._failed(entry, exc)
         finally:
             if traced is not None:
