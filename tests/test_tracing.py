@@ -10,6 +10,7 @@ starts a new trace. Off, nothing of it is on the wire.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import sys
@@ -21,8 +22,7 @@ import redis
 
 pytest.importorskip("opentelemetry.sdk")
 
-import itertools
-
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -110,13 +110,16 @@ def test_a_three_hop_chain_is_one_trace(where: Apps, spans: Spans) -> None:
     a_name, b_name, c_name = (unique_name(n) for n in ("hop-a", "hop-b", "hop-c"))
     a, b, c = _traced("hop_a", spans), _traced("hop_b", spans), _traced("hop_c", spans)
     to_c = DaebusCaller(c_name, redis_url=where.url)
+    current: dict[str, int] = {}  # the span current in each handler, as it runs
 
     @c.action("c")
     async def in_c() -> str:
+        current["c"] = trace.get_current_span().get_span_context().span_id
         return "c"
 
     @b.action("b")
     def in_b() -> str:  # in a worker thread: the span must reach the caller there
+        current["b"] = trace.get_current_span().get_span_context().span_id
         return "b" + to_c.send_request("c")
 
     @a.action("a")
@@ -151,6 +154,9 @@ def test_a_three_hop_chain_is_one_trace(where: Apps, spans: Spans) -> None:
     assert attributes["messaging.destination.name"] == b_name
     assert attributes["daebus.action"] == "b"
     assert all(span.status.status_code is StatusCode.UNSET for span in chain)
+    assert serve_b.context is not None
+    assert serve_c.context is not None
+    assert current == {"b": serve_b.context.span_id, "c": serve_c.context.span_id}
 
 
 def test_a_failing_handler_gives_an_error_span_and_an_error_reply(apps: Apps, spans: Spans) -> None:
