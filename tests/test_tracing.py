@@ -288,6 +288,28 @@ def test_a_durable_message_continues_the_publishers_trace(where: Apps, spans: Sp
     assert (consumed.attributes or {})["messaging.consumer.group.name"]
 
 
+def test_a_durable_batch_is_one_producer_span(apps: Apps, spans: Spans) -> None:
+    channel = unique_name("traced-batch")
+    received: list[Any] = []
+    listener = _traced("batch_listener", spans)
+    listener.add_listener(channel, received.append, durable=True)
+    publisher = _traced("batch_publisher", spans)
+
+    @publisher.action("send")
+    def send() -> int:
+        return len(broadcast.send_many([(channel, {"n": 1}), (channel, {"n": 2})], durable=True))
+
+    apps.start(listener)
+    service = apps.start(publisher)
+    assert apps.caller(service).send_request("send") == 2
+    wait_for(lambda: len(received) == 2)
+    produced = spans.named(f"publish {channel}")
+    assert (produced.attributes or {})["messaging.batch.message_count"] == 2
+    wait_for(lambda: spans.names().count(f"process {channel}") == 2)
+    consumed = [span for span in spans.finished() if span.name == f"process {channel}"]
+    assert all(_is_child(span, produced) for span in consumed)
+
+
 def test_a_plain_broadcast_is_a_new_trace_and_its_data_is_untouched(
     apps: Apps, spans: Spans
 ) -> None:
