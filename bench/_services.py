@@ -6,7 +6,9 @@ Roles:
                      ``report``; with ``--listen CH`` also a listener tallying broadcasts
                      (``async def``, or ``def`` with ``--sync-listener``); with
                      ``--durable CH`` a durable listener of CH tallying its messages
-                     (``async def``; its group is the service).
+                     (``async def``; its group is the service). With ``--tracing``,
+                     traced (``app.enable_tracing``) with an OpenTelemetry SDK
+                     TracerProvider that exports nowhere: what the spans themselves cost.
     daebus-worker    a Daebus app with one worker (``max_workers=1``) whose handlers
                      sleep 5 ms: the action ``work`` and a durable listener of
                      ``--durable CH``; a plain listener of ``--reports CH`` answers
@@ -37,12 +39,22 @@ from _common import ECHO_PAYLOAD, STREAM_PARTS, WORK_SECONDS, Tally
 
 
 def daebus_service(
-    url: str, service: str, listen: str | None, sync_listener: bool, durable: str | None
+    url: str,
+    service: str,
+    listen: str | None,
+    sync_listener: bool,
+    durable: str | None,
+    tracing: bool = False,
 ) -> None:
     from daebus import Daebus, request, response
 
     app = Daebus("bench")
     tally = Tally()
+    if tracing:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        # No span processor: each span is made, recorded and ended, then dropped.
+        app.enable_tracing(TracerProvider())
 
     @app.action("echo")
     def echo() -> Any:
@@ -145,11 +157,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, help="entries a bare stream consumer reads at most")
     parser.add_argument("--ack-each", action="store_true", help="one XACK per entry")
     parser.add_argument("--ready", help="file to create once ready")
+    parser.add_argument(
+        "--tracing", action="store_true", help="daebus-service: trace with OpenTelemetry"
+    )
     args = parser.parse_args()
     signal.alarm(max(1, args.ttl))
 
     if args.role == "daebus-service":
-        daebus_service(args.url, args.name, args.listen, args.sync_listener, args.durable)
+        daebus_service(
+            args.url, args.name, args.listen, args.sync_listener, args.durable, args.tracing
+        )
     elif args.role == "daebus-worker":
         daebus_worker(args.url, args.name, args.durable, args.reports)
     elif args.role == "daebus-caller":

@@ -218,6 +218,19 @@ class RouteTable:
             allowed.update(route.handlers)
         return None, {}, allowed
 
+    def template(self, canonical: str) -> str | None:
+        """The registered path (``/items/<int:id>``) of the route serving ``canonical``.
+
+        The label of a request in the metrics: a pattern, never the concrete path.
+        """
+        route = self._static.get(canonical)
+        if route is not None:
+            return route.pattern.path
+        for route in self._dynamic:
+            if route.pattern.match(canonical) is not None:
+                return route.pattern.path
+        return None
+
 
 def allow_header(methods: Iterable[str]) -> str:
     """The ``Allow`` header of a path taking ``methods`` (HEAD with GET, always OPTIONS)."""

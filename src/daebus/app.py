@@ -29,8 +29,10 @@ from .transport._url import redact_url
 
 if TYPE_CHECKING:
     import redis
+    from opentelemetry.trace import TracerProvider
 
     from .runtime.jobs import BackgroundTask
+    from .tracing import Tracing
 
 __all__ = ["Daebus"]
 
@@ -128,6 +130,8 @@ class Daebus(Registry, ThreadTasks):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._signals = 0
+        #: The tracing of the service's messages (:meth:`enable_tracing`); None: off.
+        self.tracing: Tracing | None = None
 
     def __repr__(self) -> str:
         state = f"running as {self.service!r}" if self._running else "stopped"
@@ -177,6 +181,24 @@ class Daebus(Registry, ThreadTasks):
     def is_running(self) -> bool:
         """True from start until the service begins to stop."""
         return self._running
+
+    def enable_tracing(self, tracer_provider: TracerProvider | None = None) -> Tracing:
+        """Trace the service's messages with OpenTelemetry, from its next start on.
+
+        Each request, broadcast and durable message handled, each one sent, and each
+        HTTP request and WebSocket message gets a span, in the trace of the message
+        that caused it (see docs/observability.md). ``tracer_provider``: by default
+        the global one. Needs ``pip install 'daebus[tracing]'``.
+
+        Raises:
+            SetupError: OpenTelemetry is not installed, or the service is running.
+        """
+        if self._runtime is not None:
+            raise SetupError("enable tracing before the service starts")
+        from .tracing import Tracing
+
+        self.tracing = self.broadcast.tracing = Tracing(tracer_provider)
+        return self.tracing
 
     # -- registration that also works while running ----------------------------------
     def add_listener(

@@ -10,6 +10,9 @@ Every channel name and every envelope is built here and nowhere else.
 - A request without ``reply_to`` is answered on ``<service>.responses``.
 - An error reply refusing a request unrun (the service is full, or stopping) also has
   ``payload.code == "busy"``; 0.0.31 callers ignore the extra key and read the message.
+- A traced request also has ``traceparent`` (and ``tracestate``), W3C Trace Context,
+  at its top level (:data:`TRACE_KEYS`); 0.0.31 keeps them in ``request.raw`` and
+  ignores them. A durable stream entry carries them as extra fields.
 
 The instances of one service share its requests through a few names of their own, none
 of which a 0.0.31 peer sees: the membership record and the announcement channel
@@ -54,6 +57,7 @@ __all__ = [
     "STREAM_DATA_FIELD",
     "STREAM_DEADLINE_FIELD",
     "STREAM_GROUP_FIELD",
+    "TRACE_KEYS",
     "BadMessageError",
     "Reply",
     "ReplyChannels",
@@ -105,6 +109,10 @@ FIELD_LIMIT = 200
 #: The keys of a request envelope; anything else at the top level of a request that has
 #: no ``payload`` key is the flat shape 0.0.31's ``send_to_service`` produced.
 ENVELOPE_KEYS = frozenset({"action", "payload", "reply_to", "request_id", "service"})
+
+#: The keys of the W3C Trace Context a traced request carries at its top level, beside
+#: the envelope's, and a durable message as fields of its stream entry (see daebus.tracing).
+TRACE_KEYS = ("traceparent", "tracestate")
 
 _GLOB_CHARS = frozenset("*?[")
 # A plain JSON string field (no escapes), found in bytes that did not decode as JSON.
@@ -379,18 +387,30 @@ def is_pattern(channel: str) -> bool:
 
 
 def encode_request(
-    action: str, payload: Any, reply_to: str | None, request_id: str | None, service: str
+    action: str,
+    payload: Any,
+    reply_to: str | None,
+    request_id: str | None,
+    service: str,
+    trace: dict[str, str] | None = None,
 ) -> bytes:
-    """Encode the 5-key request envelope, in 0.0.31's key order."""
-    return encoding.dumps(
-        {
-            "action": action,
-            "payload": payload,
-            "reply_to": reply_to,
-            "request_id": request_id,
-            "service": service,
-        }
-    )
+    """Encode the 5-key request envelope, in 0.0.31's key order.
+
+    ``trace``: the caller's trace context (:data:`TRACE_KEYS`), added after the five.
+    """
+    envelope = {
+        "action": action,
+        "payload": payload,
+        "reply_to": reply_to,
+        "request_id": request_id,
+        "service": service,
+    }
+    if trace:
+        for key in TRACE_KEYS:
+            value = trace.get(key)
+            if value:
+                envelope[key] = value
+    return encoding.dumps(envelope)
 
 
 def encode_reply(status: str, payload: Any, request_id: Any, final: bool) -> bytes:

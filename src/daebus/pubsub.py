@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 from . import encoding, protocol
+from ._flow import flow, published, sent_reply
 from ._standalone import standalone_publisher
 from .exceptions import MessageTooLargeError
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     import redis
 
     from .app import Daebus
+    from .tracing import Tracing
 
 __all__ = [
     "PubSubBroadcast",
@@ -163,6 +166,8 @@ class PubSubResponse:
                 f"reply of {len(data)} bytes is over the {self.max_message_size}-byte limit"
             )
         channel = self.request.reply_channel
+        if flow.isEnabledFor(logging.DEBUG):
+            sent_reply(channel, status, self.request.request_id, final, data)
         # The publisher's result is the count or a future of it (the Publisher protocol).
         result: Receivers
         if channel is None:  # no reply channel, or one the service may not send to
@@ -194,6 +199,9 @@ class PubSubResponse:
 
 class PubSubBroadcast:
     """Publishes any JSON value to any channel: ``send(channel, data) -> receiver count``."""
+
+    #: The app's tracing, once it enables it: each message sent gets a PRODUCER span.
+    tracing: Tracing | None = None
 
     def __init__(
         self,
@@ -238,17 +246,39 @@ class PubSubBroadcast:
             raise ValueError("channel must be a non-empty string")
         max_age_ms = _retention_ms(max_age, durable)
         data = encoding.dumps(payload)
+        published(channel, data, durable)
+        if self.tracing is not None:
+            with self.tracing.publish(channel, durable) as sending:
+                return self._send(channel, data, durable, maxlen, max_age_ms, sending.headers)
+        return self._send(channel, data, durable, maxlen, max_age_ms)
+
+    def _send(
+        self,
+        channel: str,
+        data: bytes,
+        durable: bool,
+        maxlen: int,
+        max_age_ms: int | None,
+        trace: dict[str, str] | None = None,
+    ) -> Any:
         if durable:
-            return self._append(channel, data, maxlen, max_age_ms)
+            return self._append(channel, data, maxlen, max_age_ms, trace)
         # The count or a future of it, as the Publisher protocol says.
         receivers: Receivers = self._publisher().publish(channel, data)
         return receivers
 
-    def _append(self, channel: str, data: bytes, maxlen: int, max_age_ms: int | None) -> Any:
+    def _append(
+        self,
+        channel: str,
+        data: bytes,
+        maxlen: int,
+        max_age_ms: int | None,
+        trace: dict[str, str] | None = None,
+    ) -> Any:
         if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
         stream = protocol.stream_key(channel)
-        fields = {protocol.STREAM_DATA_FIELD: data}
+        fields = _entry_fields(data, trace)
         if self._client is not None:
             return _append_with_client(self._client, stream, fields, maxlen, max_age_ms)
         # Both publishers have stream_add: the runtime's, or the one outside any app.
@@ -256,26 +286,29 @@ class PubSubBroadcast:
         return cast("_StreamPublisher", publisher).stream_add(stream, fields, maxlen, max_age_ms)
 
     def _append_many(
-        self, messages: Iterable[tuple[str, Any]], maxlen: int, max_age_ms: int | None
+        self,
+        messages: Iterable[tuple[str, Any]],
+        maxlen: int,
+        max_age_ms: int | None,
+        trace: dict[str, str] | None = None,
     ) -> Any:
         """The durable :meth:`send_many`: one round trip for the batch where it can."""
         if self._client is not None:
-            return [
-                self._append(channel, encoding.dumps(payload), maxlen, max_age_ms)
-                for channel, payload in messages
-            ]
+            sent = []
+            for channel, payload in messages:
+                data = encoding.dumps(payload)
+                published(channel, data, True)
+                sent.append(self._append(channel, data, maxlen, max_age_ms, trace))
+            return sent
         if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
         entries = []
         for channel, payload in messages:
             if not isinstance(channel, str) or not channel:
                 raise ValueError("channel must be a non-empty string")
-            entries.append(
-                (
-                    protocol.stream_key(channel),
-                    {protocol.STREAM_DATA_FIELD: encoding.dumps(payload)},
-                )
-            )
+            data = encoding.dumps(payload)
+            published(channel, data, True)
+            entries.append((protocol.stream_key(channel), _entry_fields(data, trace)))
         publisher = self._app._publisher() if self._app is not None else standalone_publisher()
         return cast("_StreamPublisher", publisher).stream_add_many(entries, maxlen, max_age_ms)
 
@@ -294,9 +327,27 @@ class PubSubBroadcast:
         returned instead.
         """
         max_age_ms = _retention_ms(max_age, durable)  # refused before anything is sent
+        if self.tracing is not None:
+            messages = list(messages)
+            channels = {channel for channel, _ in messages if isinstance(channel, str)}
+            name = str(channels.pop()) if len(channels) == 1 else "(several channels)"
+            with self.tracing.publish(name, durable, len(messages)) as sending:
+                return self._send_many(messages, durable, maxlen, max_age_ms, sending.headers)
+        return self._send_many(messages, durable, maxlen, max_age_ms)
+
+    def _send_many(
+        self,
+        messages: Iterable[tuple[str, Any]],
+        durable: bool,
+        maxlen: int,
+        max_age_ms: int | None,
+        trace: dict[str, str] | None = None,
+    ) -> Any:
         if durable:
-            return self._append_many(messages, maxlen, max_age_ms)
+            return self._append_many(messages, maxlen, max_age_ms, trace)
         encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
+        for channel, data in encoded:
+            published(channel, data, False)
         if self._client is None:
             if self._app is not None:
                 return self._app._publish_many(encoded)
@@ -318,6 +369,17 @@ class _StreamPublisher(Protocol):
     def stream_add_many(
         self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
     ) -> Any: ...
+
+
+def _entry_fields(data: bytes, trace: dict[str, str] | None) -> dict[str, bytes]:
+    """A durable message's stream entry: its JSON, and the sender's trace context if any."""
+    fields = {protocol.STREAM_DATA_FIELD: data}
+    if trace:
+        for key in protocol.TRACE_KEYS:
+            value = trace.get(key)
+            if value:
+                fields[key] = value.encode()
+    return fields
 
 
 def _retention_ms(max_age: Any, durable: bool) -> int | None:

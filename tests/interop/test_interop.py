@@ -62,6 +62,27 @@ class TestOurCallerToLegacyService:
             payload = {"a": 1, "nested": {"list": [1, "two", None], "ok": True}}
             assert caller.send_request("echo", payload) == payload
 
+    def test_a_traced_call_is_answered(self, legacy_service: str, redis_url: str) -> None:
+        """0.0.31 reads the envelope's five keys and ignores the trace context's."""
+        sdk = pytest.importorskip("opentelemetry.sdk.trace")
+        provider = sdk.TracerProvider()
+        with (
+            DaebusCaller(
+                legacy_service,
+                redis_url=redis_url,
+                timeout=10,
+                tracing=True,
+                tracer_provider=provider,
+            ) as caller,
+            Subscription(redis_url, legacy_service) as requests,
+        ):
+            assert caller.send_request("echo", {"a": 1}) == {"a": 1}
+            assert "traceparent" in requests.get_json()
+            parts: list[object] = []
+            assert caller.send_request("stream", {}, on_progress=parts.append) == {"done": True}
+            assert parts == PARTS
+        provider.shutdown()
+
     def test_streamed_parts_arrive_in_order_before_the_final(
         self, legacy_service: str, redis_url: str
     ) -> None:

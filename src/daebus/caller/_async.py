@@ -15,15 +15,19 @@ import inspect
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import config, context, protocol
+from .. import config, context, protocol, tracing as _tracing
 from .._compat import timeout as deadline
+from .._flow import published
 from ..encoding import dumps
 from ..exceptions import ConnectionLostError, TransportError
 from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
 from ..transport import Delivery, Subscription, Transport, _shared
 from . import _messages
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["AsyncDaebusCaller", "ReplySink", "durable_ttl"]
 
@@ -55,6 +59,11 @@ class AsyncDaebusCaller:
     Redis is ``redis_url``, else ``redis_host``/``redis_port``, else the running app's
     server, else ``$DAEBUS_REDIS_URL``, else localhost:6379. It connects on first use
     and, after :meth:`aclose`, again on next use.
+
+    ``tracing=True`` (or a ``tracer_provider``) gives each call an OpenTelemetry span
+    and sends its trace context along (see docs/observability.md); ``False`` never
+    does. By default a caller traces when it is used in a service that traces
+    (``app.enable_tracing()``), in the trace of the handler that calls.
     """
 
     def __init__(
@@ -66,8 +75,15 @@ class AsyncDaebusCaller:
         redis_port: int | None = None,
         timeout: float = 5,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        tracing: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.target_service = target_service
+        #: The caller's own tracing (``tracing=True``); None: off, or its app's.
+        self.tracing: _tracing.Tracing | None = None
+        if tracing or (tracing is None and tracer_provider is not None):
+            self.tracing = _tracing.Tracing(tracer_provider)
+        self._follows_app = tracing is None and tracer_provider is None
         self.timeout = timeout
         self.max_message_size = max_message_size
         self.response_channel = protocol.new_reply_channel()
@@ -175,9 +191,17 @@ class AsyncDaebusCaller:
             return due
 
     def encode_request(
-        self, action: str, payload: Any, request_id: str, reply_to: str | None = None
+        self,
+        action: str,
+        payload: Any,
+        request_id: str,
+        reply_to: str | None = None,
+        trace: dict[str, str] | None = None,
     ) -> bytes:
-        """A request for ``action`` whose replies go to ``reply_to`` (the caller's channel)."""
+        """A request for ``action`` whose replies go to ``reply_to`` (the caller's channel).
+
+        ``trace``: the call's trace context (:attr:`daebus.tracing.Call.headers`).
+        """
         return _messages.encode_request(
             self.target_service,
             action,
@@ -185,13 +209,40 @@ class AsyncDaebusCaller:
             reply_to or self.response_channel,
             request_id,
             self.max_message_size,
+            trace,
         )
 
     def encode_fire_and_forget(self, action: str, payload: Any) -> bytes:
-        """A request for ``action`` that wants no reply."""
-        return _messages.encode_request(
-            self.target_service, action, payload, None, protocol.new_request_id()
-        )
+        """A request for ``action`` that wants no reply (in a span of its own, if traced)."""
+        traced = self.trace_call(action, answered=False) if _tracing.in_use else None
+        if traced is None:
+            return _messages.encode_request(
+                self.target_service, action, payload, None, protocol.new_request_id()
+            )
+        with traced:
+            return _messages.encode_request(
+                self.target_service,
+                action,
+                payload,
+                None,
+                protocol.new_request_id(),
+                trace=traced.headers,
+            )
+
+    def trace_call(
+        self, action: str, durable: bool = False, *, answered: bool = True
+    ) -> _tracing.Call | None:
+        """The span of a call made now, or None if it is not traced.
+
+        Traced by the caller's own tracing, else (by default) by that of the app
+        whose handler makes the call. Ask only when :data:`daebus.tracing.in_use`.
+        """
+        tracing = self.tracing
+        if tracing is None and self._follows_app:
+            tracing = _tracing.following()
+        if tracing is None:
+            return None
+        return tracing.call(self.target_service, action, durable, answered=answered)
 
     # -- replies ---------------------------------------------------------------------
     def _on_reply(self, delivery: Delivery) -> None:
@@ -224,7 +275,12 @@ class AsyncDaebusCaller:
         return _messages.server_silent(self.target_service, action, timeout, where)
 
     async def _exchange(
-        self, action: str, payload: Any, timeout: float | None, ttl: float | None = None
+        self,
+        action: str,
+        payload: Any,
+        timeout: float | None,
+        ttl: float | None = None,
+        traced: _tracing.Call | None = None,
     ) -> AsyncGenerator[protocol.Reply, None]:
         # Use with contextlib.aclosing, so that the finally clauses run on exit.
         service = self.target_service
@@ -232,7 +288,9 @@ class AsyncDaebusCaller:
         try:
             wait = timeout or self.timeout
             request_id = protocol.new_request_id()
-            data = self.encode_request(action, payload, request_id)
+            data = self.encode_request(
+                action, payload, request_id, trace=traced.headers if traced is not None else None
+            )
             replies: asyncio.Queue[protocol.Reply | BaseException] = asyncio.Queue()
             self.pending[request_id] = replies.put_nowait
             try:
@@ -269,6 +327,8 @@ class AsyncDaebusCaller:
                 while True:
                     if isinstance(reply, BaseException):
                         raise _messages.connection_lost(service, action, reply) from reply
+                    if traced is not None and reply.final and reply.is_error:
+                        traced.error_reply(reply.error_message)
                     yield reply
                     if reply.final:
                         return
@@ -279,7 +339,13 @@ class AsyncDaebusCaller:
                         raise _messages.timed_out(service, action, wait) from None
             finally:
                 self.pending.pop(request_id, None)
+        except BaseException as exc:
+            if traced is not None:
+                traced.failed(exc)
+            raise
         finally:
+            if traced is not None:
+                traced.end()
             if self.end_use():
                 await self.aclose()
 
@@ -314,7 +380,9 @@ class AsyncDaebusCaller:
         """
         if payload is None:
             payload = {}
-        exchange = self._exchange(action, payload, timeout, durable_ttl(durable, ttl))
+        ttl = durable_ttl(durable, ttl)
+        traced = self.trace_call(action, durable) if _tracing.in_use else None
+        exchange = self._exchange(action, payload, timeout, ttl, traced)
         async with contextlib.aclosing(exchange) as replies:
             async for reply in replies:
                 if not reply.final:
@@ -345,7 +413,9 @@ class AsyncDaebusCaller:
         ``durable`` and ``ttl``: as for :meth:`send_request`.
         """
         payload = {} if payload is None else payload
-        exchange = self._exchange(action, payload, timeout, durable_ttl(durable, ttl))
+        ttl = durable_ttl(durable, ttl)
+        traced = self.trace_call(action, durable) if _tracing.in_use else None
+        exchange = self._exchange(action, payload, timeout, ttl, traced)
         async with contextlib.aclosing(exchange) as replies:
             async for reply in replies:
                 if reply.final and reply.is_error:
@@ -363,7 +433,9 @@ class AsyncDaebusCaller:
         async with self._within_timeout(channel):
             await self.connect()
             assert self._transport is not None
-            count = await self._transport.publish(channel, dumps(payload))
+            data = dumps(payload)
+            published(channel, data, False)
+            count = await self._transport.publish(channel, data)
             if count == 0 and channel != self.target_service:
                 count = await self._transport.publish(
                     protocol.service_channel(self.target_service),

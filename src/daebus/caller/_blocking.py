@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol
+from .. import protocol, tracing as _tracing
+from .._flow import published
 from .._portal import get_portal
 from ..encoding import dumps
 from ..pubsub import DEFAULT_MAX_MESSAGE_SIZE
@@ -25,6 +26,7 @@ from ._reply_paths import OwnConnection, RoutedByPortal, bounded, time_left
 
 if TYPE_CHECKING:
     import redis
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["DaebusCaller"]
 
@@ -44,6 +46,11 @@ class DaebusCaller:
     second reply channel. Otherwise replies are routed by a background event loop
     shared by all callers in the process, and the waiting thread blocks on a queue.
     Either way ``on_progress`` runs in the thread that called :meth:`send_request`.
+
+    ``tracing`` and ``tracer_provider``: as for :class:`~daebus.AsyncDaebusCaller`; by
+    default a call made in a handler of a service that traces is traced, in the
+    handler's trace (plain ``def`` handlers included: they run in a copy of the
+    handler's context).
     """
 
     def __init__(
@@ -55,6 +62,8 @@ class DaebusCaller:
         *,
         redis_url: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        tracing: bool | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self._core = AsyncDaebusCaller(
             target_service,
@@ -63,6 +72,8 @@ class DaebusCaller:
             redis_port=redis_port,
             timeout=timeout,
             max_message_size=max_message_size,
+            tracing=tracing,
+            tracer_provider=tracer_provider,
         )
         self.target_service = target_service
         self.response_channel = self._core.response_channel
@@ -135,7 +146,12 @@ class DaebusCaller:
         self.close()
 
     def _start(
-        self, action: str, payload: Any, timeout: float | None, ttl: float | None = None
+        self,
+        action: str,
+        payload: Any,
+        timeout: float | None,
+        ttl: float | None = None,
+        trace: dict[str, str] | None = None,
     ) -> tuple[OwnConnection | RoutedByPortal, bool]:
         """Publish a request; return the call, and ``alone``.
 
@@ -171,7 +187,7 @@ class DaebusCaller:
             if call is None:
                 call = RoutedByPortal(core)
             payload = {} if payload is None else payload
-            call.start(transport, action, payload, wait, deadline_at, publish_wait, ttl)
+            call.start(transport, action, payload, wait, deadline_at, publish_wait, ttl, trace)
             return call, alone
         except BaseException:
             self._finish(call, alone)
@@ -252,7 +268,23 @@ class DaebusCaller:
             ConnectionLostError: the connection dropped while the call waited.
             TransportError: the server cannot be reached or did not answer in time.
         """
-        call, alone = self._start(action, payload, timeout, durable_ttl(durable, ttl))
+        ttl = durable_ttl(durable, ttl)
+        traced = self._core.trace_call(action, durable) if _tracing.in_use else None
+        if traced is None:
+            return self._request(action, payload, timeout, on_progress, ttl, None)
+        with traced:
+            return self._request(action, payload, timeout, on_progress, ttl, traced.headers)
+
+    def _request(
+        self,
+        action: str,
+        payload: Any,
+        timeout: float | None,
+        on_progress: Callable[[Any], Any] | None,
+        ttl: float | None,
+        trace: dict[str, str] | None,
+    ) -> Any:
+        call, alone = self._start(action, payload, timeout, ttl, trace)
         try:
             reply = call.next_reply()
             while not reply.final:
@@ -281,7 +313,23 @@ class DaebusCaller:
 
         ``durable`` and ``ttl``: as for :meth:`send_request`.
         """
-        call, alone = self._start(action, payload, timeout, durable_ttl(durable, ttl))
+        ttl = durable_ttl(durable, ttl)
+        traced = self._core.trace_call(action, durable) if _tracing.in_use else None
+        if traced is None:
+            yield from self._stream(action, payload, timeout, ttl, None)
+            return
+        with traced:
+            yield from self._stream(action, payload, timeout, ttl, traced.headers)
+
+    def _stream(
+        self,
+        action: str,
+        payload: Any,
+        timeout: float | None,
+        ttl: float | None,
+        trace: dict[str, str] | None,
+    ) -> Iterator[Any]:
+        call, alone = self._start(action, payload, timeout, ttl, trace)
         try:
             while True:
                 reply = call.next_reply()
@@ -303,7 +351,9 @@ class DaebusCaller:
         """
         with self._in_use():
             transport = self._transport()
-            count = transport.publish_blocking(channel, dumps(payload), self.timeout)
+            data = dumps(payload)
+            published(channel, data, False)
+            count = transport.publish_blocking(channel, data, self.timeout)
             if count == 0 and channel != self.target_service:
                 count = transport.publish_blocking(
                     protocol.service_channel(self.target_service),

@@ -11,6 +11,7 @@ import time
 from typing import Any, NoReturn
 
 from .. import protocol
+from .._flow import sent_request
 from ..exceptions import (
     CallTimeoutError,
     ConnectionLostError,
@@ -44,13 +45,19 @@ def encode_request(
     reply_to: str | None,
     request_id: str,
     max_size: int | None = None,
+    trace: dict[str, str] | None = None,
 ) -> bytes:
-    """A request envelope for ``service``; MessageTooLargeError past ``max_size`` bytes."""
-    data = protocol.encode_request(action, payload, reply_to, request_id, service)
+    """A request envelope for ``service``; MessageTooLargeError past ``max_size`` bytes.
+
+    ``trace``: the call's trace context, sent along (see :mod:`daebus.tracing`).
+    """
+    data = protocol.encode_request(action, payload, reply_to, request_id, service, trace)
     if max_size is not None and len(data) > max_size:
         raise MessageTooLargeError(
             f"request of {len(data)} bytes is over the {max_size}-byte limit"
         )
+    if flow.isEnabledFor(logging.DEBUG):
+        sent_request(service, action, request_id, reply_to, data)
     return data
 
 

@@ -86,6 +86,7 @@ class OwnConnection:
         deadline_at: float,
         publish_wait: float,
         ttl: float | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         """Publish a request; ServiceUnavailableError if it reached no one.
 
@@ -100,7 +101,13 @@ class OwnConnection:
         self._durable = ttl is not None
         self._first_deadline = deadline_at
         data = _messages.encode_request(
-            core.target_service, action, payload, lane.channel, request_id, core.max_message_size
+            core.target_service,
+            action,
+            payload,
+            lane.channel,
+            request_id,
+            core.max_message_size,
+            trace,
         )
         lane.open(publish_wait)
         # Its replies come on the lane: the entry only shows the request is in flight.
@@ -162,6 +169,7 @@ class RoutedByPortal:
         deadline_at: float,
         publish_wait: float,
         ttl: float | None = None,
+        trace: dict[str, str] | None = None,
     ) -> None:
         """Publish the request: from this thread if it is the only call, else by the portal.
 
@@ -182,7 +190,7 @@ class RoutedByPortal:
                     f"cannot resubscribe at {transport.shown_url}",
                 )
             )
-        data = core.encode_request(action, payload, self.request_id)
+        data = core.encode_request(action, payload, self.request_id, trace=trace)
         core.pending[self.request_id] = self._replies.put
         channel = protocol.service_channel(core.target_service)
         if ttl is not None:

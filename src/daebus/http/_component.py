@@ -255,6 +255,7 @@ class DaebusHttp:
                 "DaebusHttp(port=...))",
             ) from exc
         dispatcher.open(pool, throttle)
+        dispatcher.tracing = app.tracing
         self._runner = runner
         self.port = int(runner.addresses[0][1])
         scope = (

@@ -41,6 +41,7 @@ from ._messages import (
 from ._static import StaticFolder, serve_static
 
 if TYPE_CHECKING:
+    from ..tracing import Tracing
     from ._component import DaebusHttp
 
 __all__ = ["REFUSED_LOG_EVERY", "Dispatcher", "MountHandler"]
@@ -103,6 +104,8 @@ class Dispatcher:
         #: The routes taken from ``app.routes``; replaced whole when they are rebuilt.
         self.table = RouteTable()
         self.cors: CorsPolicy | None = None
+        #: The app's tracing during a run (see DaebusHttp.start_async); None: off.
+        self.tracing: Tracing | None = None
         #: ``DaebusHttp.mount``'s paths, then those other components provide (each run).
         self.mounts: dict[str, MountHandler] = {}
         self.component_mounts: dict[str, MountHandler] = {}
@@ -278,9 +281,36 @@ class Dispatcher:
             )
         self._busy += 1
         try:
+            if self.tracing is not None:
+                return await self._traced_call(self.tracing, request, func, params)
             return await self._call_handler(request, func, params)
         finally:
             self._busy -= 1
+
+    async def _traced_call(
+        self,
+        tracing: Tracing,
+        request: web.Request,
+        func: Callable[..., Any],
+        params: dict[str, Any],
+    ) -> web.StreamResponse:
+        """:meth:`_call_handler` in a SERVER span, in the trace the request's headers name."""
+        method = request.method.upper()
+        route = self.table.template(canonical_path(request.rel_url.raw_path))
+        traced = tracing.http(method, route or "(unknown route)", request.path, request.headers)
+        try:
+            response = await self._call_handler(request, func, params)
+        except web.HTTPException as exc:  # aiohttp's way of answering (redirects, ...)
+            traced.http_status(exc.status)
+            raise
+        except BaseException as exc:
+            traced.failed(exc)
+            raise
+        else:
+            traced.http_status(response.status)
+            return response
+        finally:
+            traced.close()
 
     async def _call_handler(
         self, request: web.Request, func: Callable[..., Any], params: dict[str, Any]
@@ -343,6 +373,8 @@ class Dispatcher:
     def _failed(
         self, request: web.Request, func: Callable[..., Any], exc: BaseException
     ) -> web.Response:
+        if self.tracing is not None:
+            self.tracing.failed(exc)
         self.component.logger.error(
             "HTTP %s %s: the handler %s failed",
             request.method,

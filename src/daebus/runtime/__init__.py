@@ -73,6 +73,8 @@ class ServiceRuntime:
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.throttle = LogThrottle(logger, self.loop)
+        #: The app's :class:`~daebus.tracing.Tracing`, or None: tracing is off.
+        self.tracing = app.tracing
         self.replies = protocol.ReplyChannels(service, app.reply_channels)
         self.inbox = LoopInbox(self.loop)
         self.executor = WorkerPool(self.loop, app.max_workers, f"daebus_{service}")

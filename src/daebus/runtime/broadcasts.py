@@ -76,6 +76,7 @@ class Broadcasts:
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.invoke = runtime.invoker.invoke
+        self.tracing = runtime.tracing
         self.tally = runtime.tally
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
@@ -200,6 +201,7 @@ class Broadcasts:
 
     async def handle(self, delivery: Delivery) -> None:
         """Decode one broadcast and call its listeners; ends with ``task_done()``."""
+        traced = None
         try:
             found = self._shape_for(delivery)
             if found is None:
@@ -209,6 +211,8 @@ class Broadcasts:
                 await self._call_each(delivery, value)
                 return
             listener, kind, takes_channel = shape
+            if self.tracing is not None:
+                traced = self.tracing.broadcast(delivery)
             ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
             try:
                 if kind is ASYNC:  # the common case, without invoke()'s layers
@@ -231,11 +235,15 @@ class Broadcasts:
             except BaseException as exc:
                 self._failed(delivery, exc)
         finally:
+            if traced is not None:
+                traced.close()
             self.tally.broadcasts += 1
             self.admission.task_done()
 
     def _failed(self, delivery: Delivery, exc: BaseException, name: str | None = None) -> None:
         self.tally.broadcast_errors += 1
+        if self.tracing is not None:
+            self.tracing.failed(exc)
         key = delivery.pattern or delivery.channel
         self.throttle.log(
             logging.ERROR,
@@ -277,6 +285,7 @@ class Broadcasts:
     async def _call(self, call: _Call, delivery: Delivery, value: Any, named: bool) -> None:
         """Call one listener in a context of its own; a failure is logged."""
         listener, kind, takes_channel, _ = call
+        traced = None if self.tracing is None else self.tracing.broadcast(delivery)
         ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
         args = (value, delivery.channel) if takes_channel else (value,)
         try:
@@ -287,6 +296,9 @@ class Broadcasts:
             raise
         except BaseException as exc:
             self._failed(delivery, exc, _name_of(listener) if named else None)
+        finally:
+            if traced is not None:
+                traced.close()
 
     async def _call_in_order(
         self, call: _Call, delivery: Delivery | None, value: Any, *, resumed: bool = False

@@ -322,6 +322,10 @@ class ListenerConsumer(StreamConsumer):
             await self._dead_letter(entry, "not a JSON message in a 'data' field")
             return None
         ctx = DurableContext(self, entry, value)
+        tracing = self.runtime.tracing
+        traced = (
+            None if tracing is None else tracing.durable_message(self.channel, self.group, entry)
+        )
         func = self.listener.func
         args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
         tally = self.runtime.tally
@@ -339,9 +343,14 @@ class ListenerConsumer(StreamConsumer):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # KeyboardInterrupt too: a failed try, as in invoke
+            if traced is not None:
+                traced.failed(exc)
             tally.durable += 1
             tally.durable_errors += 1
             return await self._failed(entry, exc)
+        finally:
+            if traced is not None:
+                traced.close()
         tally.durable += 1
         if self.in_order:
             await self.ack(entry.id)  # confirmed before the next message of its key runs

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import context, protocol
+from .._flow import preview, sent_reply
 from ..exceptions import SerializationError, TransportError
 from ..protocol import shorten
 from ..pubsub import PubSubRequest, PubSubResponse
@@ -45,12 +46,6 @@ _HEALTH = protocol.HEALTH_ACTION.encode()
 _TEXT_LIMIT = 2000
 
 
-def preview(data: bytes) -> str:
-    """The start of a message, for a log line (escaped: it may be anything)."""
-    text = shorten(data[: protocol.FIELD_LIMIT].decode("utf-8", "replace"))
-    return text + (f"... ({len(data)} bytes)" if len(data) > protocol.FIELD_LIMIT else "")
-
-
 def _is_short_id(request_id: Any) -> bool:
     """Whether a request id can be echoed: None, a short string, a number."""
     kind = type(request_id)
@@ -72,6 +67,7 @@ class Requests:
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.pool = runtime.executor
+        self.tracing = runtime.tracing
         self.invoke = runtime.invoker.invoke
         self.call_sync = runtime.invoker.call_sync
         self.instances = runtime.instances
@@ -311,6 +307,7 @@ class Requests:
         data = protocol.encode_reply(
             protocol.STATUS_ERROR, protocol.busy_payload(text), request.request_id, True
         )
+        sent_reply(channel, protocol.STATUS_ERROR, request.request_id, True, data)
         try:
             self.publisher.publish(channel, data)
         except TransportError as exc:  # the transport is closing under us
@@ -338,6 +335,9 @@ class Requests:
         A failure is answered with an error reply. One cut short by the service's stop
         is answered so too, unless ``redone_elsewhere``: another instance runs it again.
         """
+        traced = (
+            None if self.tracing is None else self.tracing.request(self.service, name, ctx.request)
+        )
         response = ctx.response
         try:
             result = await self.invoke(handler, ctx, (), response)
@@ -382,6 +382,8 @@ class Requests:
             if not response.final_sent:
                 await _settled(self.refuse(response, error_text(exc), log=False))
         finally:
+            if traced is not None:
+                traced.close()
             self.tally.requests += 1
 
     def _run_sync(
@@ -390,7 +392,10 @@ class Requests:
         """A plain ``def`` action, start to end in a worker: call, reply, free the slot."""
         response = ctx.response
         token = context.push(ctx)
+        traced = None
         try:
+            if self.tracing is not None:
+                traced = self.tracing.request(self.service, name, response.request)
             try:
                 result = self.call_sync(handler, (), response)
             except BaseException as exc:  # SystemExit too: one handler must not stop the service
@@ -414,12 +419,16 @@ class Requests:
                     exc,
                 )
         finally:
+            if traced is not None:
+                traced.close()
             context.pop(token)
             self.admission.job_done()
 
     def _log_failure(self, name: str, exc: BaseException) -> None:
         """Count and log a failed action (its traceback once a period per action)."""
         self.tally.request_failed()
+        if self.tracing is not None:
+            self.tracing.failed(exc)
         self.throttle.log(
             logging.ERROR,
             f"action {name}",

@@ -425,12 +425,19 @@ class SocketDispatcher:
         if isinstance(data, dict):
             data = SocketData(data, message, client_id, connection)
         ctx = self._context(connection, message, data)
+        tracing = self.runtime.tracing
+        traced = None if tracing is None else tracing.websocket(message_type, client_id)
         try:
             result = await self.runtime.invoke(handler, ctx, _arguments(handler, data, client_id))
         except Exception as exc:
+            if traced is not None:
+                traced.failed(exc)
             log.exception("socket handler %r failed for client %s", message_type, client_id)
             await connection.write(handler_error(exc if self._expose() else _INTERNAL_ERROR))
             return
+        finally:
+            if traced is not None:
+                traced.close()
         if result is not None:
             await self._reply(connection, result)
 
