@@ -119,6 +119,8 @@ class Daebus(Registry, ThreadTasks):
         self.threads: dict[str, threading.Thread] = {}
         self.http: Any = None
         self.websocket: Any = None
+        #: The :class:`~daebus.metrics.MetricsEndpoint` once :meth:`enable_metrics` is called.
+        self.metrics: Any = None
         #: The attached components, in the order of attachment. Internal; see components.
         self._components: list[Component] = []
         self._running = False
@@ -296,6 +298,39 @@ class Daebus(Registry, ThreadTasks):
         self._handlers_changed()
         return component
 
+    def enable_metrics(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        registry: Any = None,
+        buckets: Iterable[float] | None = None,
+    ) -> Any:
+        """Count what the service handles, as Prometheus metrics; returns the registry.
+
+        Served at ``/metrics`` by an attached ``DaebusHttp``; with ``port``, on a port of
+        its own too, bound to ``host`` (this machine only by default). ``registry``:
+        a ``prometheus_client.CollectorRegistry`` (the app's own by default; pass
+        ``prometheus_client.REGISTRY`` for the process's). Takes effect at the next
+        start. docs/observability.md lists the metrics. Needs ``daebus[metrics]``.
+
+        Raises:
+            SetupError: prometheus-client is not installed, or metrics are on already.
+        """
+        try:
+            from .metrics import MetricsEndpoint
+        except ImportError as exc:
+            raise SetupError(
+                "metrics need prometheus-client: pip install 'daebus[metrics]'"
+            ) from exc
+        if self.metrics is not None:
+            raise SetupError(f"metrics of app {self.name!r} are on already")
+        options: dict[str, Any] = {"port": port, "host": host, "registry": registry}
+        if buckets is not None:
+            options["buckets"] = tuple(buckets)
+        endpoint = self.attach(MetricsEndpoint(**options))
+        return endpoint.registry
+
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
         """Copy a blueprint's handlers into the app; on a name clash the blueprint wins.
 
@@ -366,6 +401,8 @@ class Daebus(Registry, ThreadTasks):
         runtime = self._runtime
         if runtime is None:
             return standalone_publisher().publish_many(messages)
+        if runtime.metrics is not None:
+            runtime.metrics.published("broadcast", len(messages))
         if threading.get_ident() == runtime.loop_thread:
             return asyncio.ensure_future(runtime.transport.publish_many(messages))
         return asyncio.run_coroutine_threadsafe(

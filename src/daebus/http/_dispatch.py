@@ -41,6 +41,7 @@ from ._messages import (
 from ._static import StaticFolder, serve_static
 
 if TYPE_CHECKING:
+    from ..runtime.metrics import Recorder
     from ..tracing import Tracing
     from ._component import DaebusHttp
 
@@ -119,6 +120,8 @@ class Dispatcher:
         self._active: set[asyncio.Task[Any]] = set()  # requests in progress
         self._in_workers: dict[asyncio.Future[Any], asyncio.Task[Any] | None] = {}
         self._drained: asyncio.Event | None = None  # set while stopping
+        #: The service's metrics recorder while they are on (set by :meth:`open`).
+        self.metrics: Recorder | None = None
 
     # -- a run -------------------------------------------------------------------------
     def open(self, pool: WorkerPool, throttle: LogThrottle) -> None:
@@ -127,6 +130,9 @@ class Dispatcher:
         self._invoker = Invoker(asyncio.get_running_loop(), _Workers(pool, self._in_workers))
         self.throttle = throttle
         self._drained = None
+        app = self.component.app
+        runtime = app._runtime if app is not None else None
+        self.metrics = runtime.metrics if runtime is not None else None
 
     async def finish(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the requests in progress, then give up on the rest.
@@ -167,6 +173,7 @@ class Dispatcher:
         """
         pool, self._pool = self._pool, None
         self._invoker = None
+        self.metrics = None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         throttle, self.throttle = self.throttle, None
@@ -198,12 +205,35 @@ class Dispatcher:
         assert task is not None
         active = self._active
         active.add(task)
+        metrics = self.metrics
+        started = metrics.clock() if metrics is not None else 0.0
+        status = 500  # unless it is answered
         try:
-            return await self._dispatch(request)
+            response = await self._dispatch(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
         finally:
             active.discard(task)
             if not active and self._drained is not None:
                 self._drained.set()
+            if metrics is not None:
+                metrics.http_request(request.method, self.template(request), status, started)
+
+    def template(self, request: web.Request) -> str:
+        """What a request is counted under: its route's template, mount or static prefix."""
+        path = request.path
+        if path in self.mounts or path in self.component_mounts:
+            return path
+        found = self.table.template(canonical_path(request.rel_url.raw_path))
+        if found is not None:
+            return found
+        for folder in self.statics:
+            if path == folder.prefix or path.startswith(folder.prefix.rstrip("/") + "/"):
+                return folder.prefix
+        return "<unknown>"  # as daebus.runtime.metrics.UNKNOWN: what nothing serves
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         method = request.method.upper()

@@ -16,6 +16,7 @@ parts, one module each:
 - :mod:`.shutdown`: draining and closing;
 - :mod:`.presence`: this instance's entry in the service registry, and its counts;
 - :mod:`.readiness`: whether it is ready (``daebus health``, ``/readyz``);
+- :mod:`.metrics`: its Prometheus metrics, when ``app.enable_metrics()`` turned them on;
 - :mod:`.eager`, :mod:`.workers`, :mod:`.inbox`, :mod:`.loop`, :mod:`.throttle`:
   the machinery under them.
 
@@ -57,6 +58,7 @@ from .workers import WorkerPool
 
 if TYPE_CHECKING:
     from ..app import Daebus
+    from .metrics import Recorder
 
 __all__ = ["ServiceRuntime"]
 
@@ -88,7 +90,16 @@ class ServiceRuntime:
         self.tally = Tally()
         #: True once started: subscribed, jobs started, start hooks run.
         self.started = False
-        self.publisher = Publisher(self)
+        #: What records the Prometheus metrics; None while they are off (the default).
+        self.metrics: Recorder | None = None
+        if app.metrics is not None:
+            from .metrics import Recorder, families_for  # prometheus-client: only when on
+
+            families = families_for(app.metrics.registry, app.metrics.buckets)
+            self.metrics = Recorder(families, self)
+        #: Publishes broadcasts and durable messages; :attr:`replier` publishes replies.
+        self.publisher = Publisher(self, "broadcast")
+        self.replier = Publisher(self, "reply")
         self.instances = Instances(self, instance_id)
         self.requests = Requests(self)
         self.broadcasts = Broadcasts(self)
@@ -110,6 +121,8 @@ class ServiceRuntime:
     async def start(self) -> None:
         """Subscribe everything, start jobs and threads, then run the start hooks."""
         app = self.app
+        if self.metrics is not None:
+            self.metrics.open()
         self.transport.add_batch_end(self.broadcasts.start)
         # Before the service's channel: every request this instance gets is then one
         # the others know to claim (see .instances).
@@ -253,3 +266,5 @@ class ServiceRuntime:
         await self.request_stream.leave_group()
         self.durable.close()
         self.request_stream.close()
+        if self.metrics is not None:
+            self.metrics.close()

@@ -72,12 +72,13 @@ class Broadcasts:
         self.app = runtime.app
         self.loop = runtime.loop
         self.admission = runtime.admission
-        self.publisher = runtime.publisher
+        self.publisher = runtime.replier
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.invoke = runtime.invoker.invoke
         self.tracing = runtime.tracing
         self.tally = runtime.tally
+        self.metrics = runtime.metrics
         self._draining = False  # a task will still take from admission.broadcasts
         self._batched = runtime.transport.ends_batches  # else each one is started at once
         # Channel or pattern -> its _Route: listeners are inspected once, and again only
@@ -141,6 +142,8 @@ class Broadcasts:
             admission.dropped_at_stop += 1
             return
         key = delivery.pattern if delivery.pattern is not None else delivery.channel
+        if self.metrics is not None:
+            self.metrics.refused("broadcast", key, "busy")
         self.throttle.log(
             logging.WARNING,
             f"dropped {key}",
@@ -214,6 +217,9 @@ class Broadcasts:
             if self.tracing is not None:
                 traced = self.tracing.broadcast(delivery)
             ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
+            metrics = self.metrics
+            started = metrics.clock() if metrics is not None else 0.0
+            status = "ok"
             try:
                 if kind is ASYNC:  # the common case, without invoke()'s layers
                     token = context.push(ctx)
@@ -233,7 +239,10 @@ class Broadcasts:
                 raise
             # KeyboardInterrupt and SystemExit too: one listener must not stop the service.
             except BaseException as exc:
+                status = "error"
                 self._failed(delivery, exc)
+            if metrics is not None:
+                metrics.handled("broadcast", delivery.pattern or delivery.channel, status, started)
         finally:
             if traced is not None:
                 traced.close()
@@ -288,6 +297,9 @@ class Broadcasts:
         traced = None if self.tracing is None else self.tracing.broadcast(delivery)
         ctx = BroadcastContext(self.app, self.publisher, self.replies, delivery, value)
         args = (value, delivery.channel) if takes_channel else (value,)
+        metrics = self.metrics
+        started = metrics.clock() if metrics is not None else 0.0
+        status = "ok"
         try:
             await self.invoke(listener, ctx, args, None if kind is ASYNC else ctx.response)
             if ctx.built and ctx.response.sent:
@@ -295,10 +307,13 @@ class Broadcasts:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            status = "error"
             self._failed(delivery, exc, _name_of(listener) if named else None)
         finally:
             if traced is not None:
                 traced.close()
+        if metrics is not None:
+            metrics.handled("broadcast", delivery.pattern or delivery.channel, status, started)
 
     async def _call_in_order(
         self, call: _Call, delivery: Delivery | None, value: Any, *, resumed: bool = False

@@ -329,6 +329,8 @@ class ListenerConsumer(StreamConsumer):
         func = self.listener.func
         args = (value, self.channel) if accepts_arguments(func, 2) else (value,)
         tally = self.runtime.tally
+        metrics = self.runtime.metrics
+        started = metrics.clock() if metrics is not None else 0.0
         try:
             if kind_of(func) is ASYNC:  # the common case, without invoke()'s layers
                 token = context.push(ctx)
@@ -347,11 +349,15 @@ class ListenerConsumer(StreamConsumer):
                 traced.failed(exc)
             tally.durable += 1
             tally.durable_errors += 1
+            if metrics is not None:
+                metrics.handled("durable", self.channel, "error", started)
             return await self._failed(entry, exc)
         finally:
             if traced is not None:
                 traced.close()
         tally.durable += 1
+        if metrics is not None:
+            metrics.handled("durable", self.channel, "ok", started)
         if self.in_order:
             await self.ack(entry.id)  # confirmed before the next message of its key runs
         else:
@@ -376,6 +382,8 @@ class ListenerConsumer(StreamConsumer):
             error = f"{type(exc).__name__}: {error_text(exc)}"
             await self._dead_letter(entry, protocol.shorten(error, _ERROR_LIMIT))
             return None
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.durable_retry(self.channel, self.group)
         delay: float = min(self.listener.backoff * 2.0 ** (entry.deliveries - 1), MAX_BACKOFF)
         # Jitter: instances that failed together do not all try again together.
         return delay * random.uniform(0.5, 1.0)
@@ -396,6 +404,8 @@ class ListenerConsumer(StreamConsumer):
         }
         await self.transport.stream_add(self.dead_letters, fields, protocol.DEFAULT_STREAM_MAXLEN)
         await self.ack(entry.id)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.dead_letter(self.channel, self.group)
         # Poison messages can come in floods: a line, then a count, per channel.
         self.runtime.throttle.log(
             logging.WARNING,
@@ -435,6 +445,6 @@ class DurableContext(context.MessageContext):
         request.delivery_count = entry.deliveries
         request.reply_channel = runtime.replies.fallback(request.service)
         response = PubSubResponse(
-            runtime.publisher, request, max_message_size=runtime.app.max_message_size
+            runtime.replier, request, max_message_size=runtime.app.max_message_size
         )
         return request, response

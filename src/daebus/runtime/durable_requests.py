@@ -113,14 +113,18 @@ class RequestConsumer(StreamConsumer):
                 self.runtime.service,
                 late,
             )
+            self._count_refused()
             await self.ack(entry.id)
             return
         if entry.deliveries > MAX_DELIVERIES:
             self._refuse(entry, data)
+            self._count_refused()
             await self.ack(entry.id)
             return
         accepted = self.requests.accept("request", Delivery(self.channel, data))
-        if accepted is not None:
+        if accepted is None:
+            self._count_refused()
+        else:
             name, handler, ctx = accepted
             request = ctx.request
             assert isinstance(request, PubSubRequest)
@@ -129,8 +133,15 @@ class RequestConsumer(StreamConsumer):
             # Set in this entry's own task: a def action that waits for a worker past its
             # caller's deadline is not run at all.
             START_BY.set(self._deadline(entry))
-            await self.requests.answer(name, handler, ctx, redone_elsewhere=True)
+            await self.requests.answer(
+                name, handler, ctx, redone_elsewhere=True, kind="durable_request"
+            )
         self.ack_soon(entry.id)
+
+    def _count_refused(self) -> None:
+        metrics = self.runtime.metrics
+        if metrics is not None:
+            metrics.refused("durable_request", None, "refused")
 
     @staticmethod
     def _deadline(entry: StreamEntry) -> float | None:
@@ -163,4 +174,4 @@ class RequestConsumer(StreamConsumer):
             f"durable request {entry.id} was handed out {entry.deliveries} times "
             "without being answered (does it stop its instance?); it was not run again"
         )
-        self.requests.refuse(PubSubResponse(self.runtime.publisher, request), text)
+        self.requests.refuse(PubSubResponse(self.runtime.replier, request), text)

@@ -24,14 +24,22 @@ __all__ = ["Publisher"]
 
 
 class Publisher:
-    """``publish(channel, data)`` for the app: ordered futures on the loop, blocking elsewhere."""
+    """``publish(channel, data)`` for the app: ordered futures on the loop, blocking elsewhere.
 
-    def __init__(self, runtime: ServiceRuntime) -> None:
+    ``kind`` (``"broadcast"`` or ``"reply"``) is what its publishes are counted as,
+    while metrics are on; appends to a stream count as ``"durable"``.
+    """
+
+    def __init__(self, runtime: ServiceRuntime, kind: str = "broadcast") -> None:
         self._runtime = runtime
+        self.kind = kind
+        self._metrics = runtime.metrics
 
     def publish(self, channel: str, data: bytes) -> Any:
         """Publish; on the loop returns a future of the receiver count, elsewhere the count."""
         runtime = self._runtime
+        if self._metrics is not None:
+            self._metrics.published(self.kind)
         if threading.get_ident() == runtime.loop_thread:
             future = runtime.transport.publish_nowait(channel, data)
             future.add_done_callback(functools.partial(_report_failure, runtime.throttle, channel))
@@ -43,6 +51,8 @@ class Publisher:
     ) -> Any:
         """Append to a stream (a durable send); on the loop a future of the id, elsewhere the id."""
         runtime = self._runtime
+        if self._metrics is not None:
+            self._metrics.published("durable")
         if threading.get_ident() == runtime.loop_thread:
             future = asyncio.ensure_future(
                 runtime.transport.stream_add(stream, fields, maxlen, max_age_ms=max_age_ms)
@@ -64,6 +74,8 @@ class Publisher:
             return asyncio.gather(
                 *(self.stream_add(stream, fields, maxlen, max_age_ms) for stream, fields in entries)
             )
+        if self._metrics is not None:
+            self._metrics.published("durable", len(entries))
         return runtime.transport.stream_add_many_blocking(entries, maxlen, max_age_ms=max_age_ms)
 
     def publish_detached(self, channel: str, data: bytes) -> None:
@@ -79,6 +91,8 @@ class Publisher:
         if threading.get_ident() == runtime.loop_thread:
             self.publish(channel, data)
             return
+        if self._metrics is not None:
+            self._metrics.published(self.kind)
         if runtime.admission.jobs > 1:
             try:
                 runtime.inbox.call_soon(self._publish_handed_over, channel, data)

@@ -63,7 +63,7 @@ class Requests:
         self.app = runtime.app
         self.service = runtime.service
         self.admission = runtime.admission
-        self.publisher = runtime.publisher
+        self.publisher = runtime.replier
         self.replies = runtime.replies
         self.throttle = runtime.throttle
         self.pool = runtime.executor
@@ -72,6 +72,7 @@ class Requests:
         self.call_sync = runtime.invoker.call_sync
         self.instances = runtime.instances
         self.tally = runtime.tally
+        self.metrics = runtime.metrics
         # The actions the runtime answers itself, under names users cannot register.
         self._builtin = {protocol.HEALTH_ACTION: health_action(runtime)}
 
@@ -134,17 +135,21 @@ class Requests:
             logger.exception("could not dispatch a message on %r", shorten(delivery.channel))
             return
         if accepted is None:
+            if self.metrics is not None:
+                self.metrics.refused(kind, None, "refused")
             return
         name, handler, ctx = accepted
         if kind_of(handler) is SYNC:
             self.admission.jobs_started += 1
             try:
-                self.pool.call(contextvars.copy_context().run, self._run_sync, name, handler, ctx)
+                self.pool.call(
+                    contextvars.copy_context().run, self._run_sync, kind, name, handler, ctx
+                )
             except RuntimeError:  # the pool is shut down: the service is stopping
                 self.admission.job_done()
                 logger.warning("dropped a request for %r: the service is stopping", name)
         else:
-            self.admission.spawn(self._run_async(name, handler, ctx))
+            self.admission.spawn(self._run_async(kind, name, handler, ctx))
 
     def accept(
         self, kind: str, delivery: Delivery
@@ -296,6 +301,8 @@ class Requests:
             message = protocol.decode_object(delivery.data)
         except protocol.BadMessageError:
             return  # not a request: it would have been dropped anyway
+        if self.metrics is not None:
+            self.metrics.refused("request", message.get("action"), "busy")
         # Not PubSubRequest(message): that would decode a string payload too.
         fields = ("reply_to", "request_id", "service")
         request = PubSubRequest({field: message.get(field) for field in fields})
@@ -314,11 +321,11 @@ class Requests:
             logger.debug("could not refuse a request: %s", exc)
 
     async def _run_async(
-        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+        self, kind: str, name: str, handler: Callable[..., Any], ctx: context.MessageContext
     ) -> None:
         """An ``async def`` (or async generator) action on the loop; failures are answered."""
         try:
-            await self.answer(name, handler, ctx)
+            await self.answer(name, handler, ctx, kind=kind)
         finally:
             self.admission.task_done()
 
@@ -329,16 +336,21 @@ class Requests:
         ctx: context.MessageContext,
         *,
         redone_elsewhere: bool = False,
+        kind: str = "request",
     ) -> None:
         """Run an action on the loop (a ``def`` one in a worker) and send its reply.
 
         A failure is answered with an error reply. One cut short by the service's stop
         is answered so too, unless ``redone_elsewhere``: another instance runs it again.
+        ``kind`` is what the metrics count it as (``durable_request``, say).
         """
         traced = (
             None if self.tracing is None else self.tracing.request(self.service, name, ctx.request)
         )
         response = ctx.response
+        metrics = self.metrics
+        started = metrics.clock() if metrics is not None else 0.0
+        status = "ok"
         try:
             result = await self.invoke(handler, ctx, (), response)
             with contextlib.suppress(TransportError):  # logged by the publisher, as below
@@ -351,6 +363,7 @@ class Requests:
                 try:
                     count = response.send(result)
                 except SerializationError as exc:
+                    status = "error"
                     await _settled(
                         self.refuse(response, f"could not encode the reply: {exc}", kind="encode")
                     )
@@ -361,6 +374,7 @@ class Requests:
                     with contextlib.suppress(TransportError):
                         await count
         except asyncio.CancelledError:
+            status = "error"
             if self.admission.stopping and not response.final_sent and not redone_elsewhere:
                 # Abandoned at shutdown: say so rather than leave the caller to time out.
                 self.refuse(
@@ -370,6 +384,7 @@ class Requests:
                 )
             raise
         except StartedTooLateError as exc:
+            status = "refused"
             self.throttle.log(
                 logging.WARNING,
                 "started too late",
@@ -378,6 +393,7 @@ class Requests:
                 exc,
             )
         except Exception as exc:
+            status = "error"
             self._log_failure(name, exc)
             if not response.final_sent:
                 await _settled(self.refuse(response, error_text(exc), log=False))
@@ -385,12 +401,17 @@ class Requests:
             if traced is not None:
                 traced.close()
             self.tally.requests += 1
+            if metrics is not None:
+                metrics.handled(kind, name, status, started)
 
     def _run_sync(
-        self, name: str, handler: Callable[..., Any], ctx: context.MessageContext
+        self, kind: str, name: str, handler: Callable[..., Any], ctx: context.MessageContext
     ) -> None:
         """A plain ``def`` action, start to end in a worker: call, reply, free the slot."""
         response = ctx.response
+        metrics = self.metrics
+        started = metrics.clock() if metrics is not None else 0.0
+        status = "ok"
         token = context.push(ctx)
         traced = None
         try:
@@ -399,6 +420,7 @@ class Requests:
             try:
                 result = self.call_sync(handler, (), response)
             except BaseException as exc:  # SystemExit too: one handler must not stop the service
+                status = "error"
                 self._log_failure(name, exc)
                 if not response.final_sent:
                     self.refuse(response, error_text(exc), log=False)
@@ -409,6 +431,7 @@ class Requests:
             try:
                 response._send(protocol.STATUS_SUCCESS, result, True, detached=True)
             except SerializationError as exc:
+                status = "error"
                 self.refuse(response, f"could not encode the reply: {exc}", kind="encode")
             except TransportError as exc:
                 self.throttle.log(
@@ -422,6 +445,8 @@ class Requests:
             if traced is not None:
                 traced.close()
             context.pop(token)
+            if metrics is not None:
+                metrics.handled(kind, name, status, started)
             self.admission.job_done()
 
     def _log_failure(self, name: str, exc: BaseException) -> None:

@@ -269,6 +269,7 @@ class SocketDispatcher:
         self.table = table
         self.app = server.daemon
         self.runtime = runtime
+        self.metrics = runtime.metrics
         self.loop = runtime.loop
         self.mounted = mounted  # served by DaebusHttp under its path: no path check here
 
@@ -391,6 +392,8 @@ class SocketDispatcher:
     async def _on_frame(self, connection: WebSocketConnection, raw: str | bytes) -> None:
         client_id = connection.client_id
         connection.messages_received += 1
+        if self.metrics is not None:
+            self.metrics.websocket_message()
         connection.last_activity = time.time()
         limiter = self.server._limiter
         if limiter is not None and not limiter.allow(client_id):

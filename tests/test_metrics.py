@@ -1,0 +1,345 @@
+"""Prometheus metrics: scraped over HTTP from real services, parsed by prometheus-client.
+
+Counters must move by exactly the number of messages sent. A handler's count is bumped
+as it ends, just after its reply went out: a test polls the scrape until the count is
+reached, then checks that it is that count and no more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytest.importorskip("prometheus_client")
+
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from _apps import Apps
+from _helpers import unique_name, wait_for
+from _http import fetch, serve
+from daebus import Daebus, DaebusWebSocket, RemoteError, ServiceBusyError, SetupError, request
+from daebus.testing import TestClient
+
+pytestmark = pytest.mark.timeout(60)
+
+Samples = list[tuple[str, dict[str, str], float]]
+
+
+def parse(text: str) -> Samples:
+    return [
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    ]
+
+
+def scrape(url: str) -> Samples:
+    reply = fetch(url, "/metrics")
+    assert reply.status == 200, reply.body
+    assert (reply.header("Content-Type") or "").startswith("text/plain")
+    return parse(reply.body.decode())
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+    return sum(
+        found
+        for sample, sample_labels, found in samples
+        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def reaches(
+    read: Callable[[], Samples], name: str, expected: float, **labels: str
+) -> Callable[[], Samples | None]:
+    def check() -> Samples | None:
+        samples = read()
+        return samples if value(samples, name, **labels) >= expected else None
+
+    return check
+
+
+def settle(read: Callable[[], Samples], name: str, expected: float, **labels: str) -> Samples:
+    """Poll until the count reaches ``expected``, then insist that it is exactly that."""
+    samples = wait_for(
+        reaches(read, name, expected, **labels),
+        message=lambda: f"{name}{labels}: {value(read(), name, **labels)} != {expected}",
+    )
+    assert value(samples, name, **labels) == expected
+    return samples
+
+
+RECEIVED = "daebus_messages_received_total"
+
+
+def test_counters_move_by_exactly_the_calls_made(apps: Apps) -> None:
+    app = Daebus("counted")
+    app.enable_metrics()
+
+    @app.action("echo")
+    async def echo() -> Any:
+        return request.payload
+
+    @app.action("echo_sync")
+    def echo_sync() -> Any:
+        return request.payload
+
+    @app.action("boom")
+    async def boom() -> Any:
+        raise ValueError("no")
+
+    @app.route("/items/<int:item_id>")
+    def item(_req: Any, item_id: int) -> Any:
+        return {"id": item_id}
+
+    http = serve(apps, app)
+    service = app.service
+    assert service is not None
+    caller = apps.caller(service)
+    for n in range(37):
+        assert caller.send_request("echo", n) == n
+    for n in range(5):
+        assert caller.send_request("echo_sync", n) == n
+    for _ in range(3):
+        with pytest.raises(RemoteError, match="no"):
+            caller.send_request("boom")
+    for _ in range(2):
+        with pytest.raises(RemoteError, match="Unknown action"):
+            caller.send_request(f"nothing-{unique_name('x')}")
+    for item_id in (1, 2, 30):
+        assert fetch(http.url, f"/items/{item_id}").json() == {"id": item_id}
+    assert fetch(http.url, "/nowhere").status == 404
+
+    def read() -> Samples:
+        return scrape(http.url)
+
+    ok = {"service": service, "kind": "request", "status": "ok"}
+    settle(read, RECEIVED, 37, name="echo", **ok)
+    settle(read, RECEIVED, 5, name="echo_sync", **ok)
+    settle(read, RECEIVED, 3, name="boom", service=service, status="error")
+    samples = settle(read, RECEIVED, 2, name="<unknown>", service=service, status="refused")
+    # Each request's name is its registered action: nothing else became a label.
+    names = {labels["name"] for name, labels, _ in samples if name == RECEIVED}
+    assert names == {"echo", "echo_sync", "boom", "<unknown>"}
+    assert value(samples, RECEIVED, service=service) == 37 + 5 + 3 + 2
+    histogram = "daebus_handler_duration_seconds_count"
+    assert value(samples, histogram, name="echo", kind="request") == 37
+    assert value(samples, histogram, name="echo_sync") == 5
+    assert value(samples, "daebus_messages_published_total", kind="reply") == 37 + 5 + 3 + 2
+    assert value(samples, "daebus_in_flight", service=service) == 0
+    assert value(samples, "daebus_queued", service=service) == 0
+    route = {"route": "/items/<int:item_id>", "method": "GET"}
+    assert value(samples, "daebus_http_requests_total", status="200", **route) == 3
+    assert value(samples, "daebus_http_request_duration_seconds_count", **route) == 3
+    assert value(samples, "daebus_http_requests_total", route="<unknown>", status="404") == 1
+    routes = {labels["route"] for name, labels, _ in samples if name.startswith("daebus_http")}
+    assert routes <= {"/items/<int:item_id>", "<unknown>", "/metrics"}
+
+
+def test_a_busy_refusal_is_counted_and_a_port_of_its_own_serves(apps: Apps) -> None:
+    app = Daebus("full", max_in_flight=1, max_queued=1)
+    app.enable_metrics(port=0)
+    gate = threading.Event()
+
+    @app.action("wait")
+    async def wait() -> Any:
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 10)
+        return request.payload
+
+    service = apps.start(app)
+    endpoint = app.metrics
+    assert endpoint.host == "127.0.0.1"
+    assert endpoint.url is not None
+    assert endpoint.url.endswith("/metrics")
+    base = endpoint.url[: -len("/metrics")]
+    caller = apps.caller(service, timeout=30)
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda n=n: results.append(caller.send_request("wait", n)))
+        for n in range(2)  # one runs, one waits
+    ]
+    for thread in threads:
+        thread.start()
+    runtime = app._runtime
+    assert runtime is not None
+    wait_for(lambda: runtime.active == 1 and runtime.queued == 1)
+    samples = scrape(base)
+    assert value(samples, "daebus_in_flight", service=service) == 1
+    assert value(samples, "daebus_queued", service=service) == 1
+    with pytest.raises(ServiceBusyError):
+        caller.send_request("wait", 2)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [0, 1]
+    samples = settle(lambda: scrape(base), RECEIVED, 2, name="wait", status="ok")
+    assert value(samples, RECEIVED, name="wait", status="busy") == 1
+
+
+def test_a_pattern_listener_is_labelled_with_its_pattern(apps: Apps) -> None:
+    prefix = unique_name("sensors")
+    pattern = f"{prefix}.*"
+    failing = unique_name("alarms")
+    app = Daebus("listening")
+    registry = app.enable_metrics()
+    seen: list[Any] = []
+
+    @app.listen(pattern)
+    async def on_reading(data: Any) -> None:
+        seen.append(data)
+
+    @app.listen(failing)
+    def on_alarm(data: Any) -> None:
+        raise RuntimeError("alarm listener broke")
+
+    service = apps.start(app)
+    caller = apps.caller(service)
+    for n in range(4):
+        caller.send_message(f"{prefix}.room{n}", n)
+    for n in range(2):
+        caller.send_message(failing, n)
+
+    def read() -> Samples:
+        return parse(generate_latest(registry).decode())
+
+    kind = {"service": service, "kind": "broadcast"}
+    samples = settle(read, RECEIVED, 4, name=pattern, status="ok", **kind)
+    samples = settle(read, RECEIVED, 2, name=failing, status="error", **kind)
+    names = {labels["name"] for name, labels, _ in samples if name == RECEIVED}
+    assert names == {pattern, failing}  # never the concrete channels of the pattern
+    assert value(samples, "daebus_handler_duration_seconds_count", name=pattern) == 4
+    assert sorted(seen) == [0, 1, 2, 3]
+
+
+def test_durable_retries_and_dead_letters_are_counted(apps: Apps) -> None:
+    channel = unique_name("orders")
+    app = Daebus("durable")
+    registry = app.enable_metrics()
+
+    @app.listen(channel, durable=True, retries=1, backoff=0.01)
+    def fail(data: Any) -> None:
+        raise ValueError("cannot")
+
+    @app.listen(channel, durable=True, group="audit")
+    def audit(data: Any) -> None:
+        pass
+
+    service = apps.start(app)
+    app.broadcast.send(channel, {"n": 1}, durable=True)
+
+    def read() -> Samples:
+        return parse(generate_latest(registry).decode())
+
+    group = {"service": service, "channel": channel, "group": service}
+    settle(read, "daebus_durable_dead_letters_total", 1, **group)
+    samples = settle(read, RECEIVED, 2, kind="durable", name=channel, status="error")
+    assert value(samples, "daebus_durable_retries_total", **group) == 1
+    samples = settle(read, RECEIVED, 1, kind="durable", name=channel, status="ok")
+    assert value(samples, "daebus_messages_published_total", kind="durable") == 1
+    # Pending and lag: asked of the server as a scrape over HTTP begins.
+    endpoint = app.metrics
+    runtime = app._runtime
+    assert runtime is not None
+    asyncio.run_coroutine_threadsafe(endpoint.render(), runtime.loop).result(10)
+    samples = read()
+    for name in (service, "audit"):
+        labels = {"service": service, "channel": channel, "group": name}
+        assert value(samples, "daebus_durable_pending", **labels) == 0
+        assert value(samples, "daebus_durable_lag", **labels) == 0
+        assert ("daebus_durable_lag", labels) in [(s, found) for s, found, _ in samples]
+
+
+def test_websocket_connections_go_up_then_down(apps: Apps) -> None:
+    app = Daebus("sockets")
+    app.enable_metrics()
+    websocket = app.attach(DaebusWebSocket(path="/ws"))
+
+    @app.socket("ping")
+    def ping(data: Any) -> Any:
+        return "pong"
+
+    http = serve(apps, app)
+    assert websocket.path == "/ws"
+    service = app.service
+
+    def read() -> Samples:
+        return scrape(http.url)
+
+    async def client() -> None:
+        address = http.url.replace("http", "ws") + "/ws"
+        async with aiohttp.ClientSession() as session, session.ws_connect(address) as ws:
+            for _ in range(3):
+                await ws.send_json({"type": "ping"})
+                reply = await asyncio.wait_for(ws.receive_json(), 5)
+                assert reply["data"] == "pong"
+            samples = await asyncio.to_thread(read)
+            assert value(samples, "daebus_websocket_connections", service=service) == 1
+            assert value(samples, "daebus_websocket_messages_received_total") == 3
+
+    asyncio.run(client())
+    wait_for(
+        lambda: value(read(), "daebus_websocket_connections", service=service) == 0,
+        message="the connection is still counted",
+    )
+
+
+def test_metrics_are_off_by_default(apps: Apps) -> None:
+    app = Daebus("quiet")
+
+    @app.action("echo")
+    async def echo() -> Any:
+        return request.payload
+
+    http = serve(apps, app)
+    assert app.metrics is None
+    assert app._runtime is not None
+    assert app._runtime.metrics is None
+    assert fetch(http.url, "/metrics").status == 404
+
+
+def test_metrics_on_the_memory_transport() -> None:
+    app = Daebus("inventory")
+    registry = app.enable_metrics()
+
+    @app.action("stock")
+    def stock() -> Any:
+        return {"apples": request.payload}
+
+    with TestClient(app) as client:
+        for n in range(5):
+            assert client.call("stock", n) == {"apples": n}
+        settle(
+            lambda: parse(generate_latest(registry).decode()),
+            RECEIVED,
+            5,
+            service="inventory",
+            name="stock",
+            status="ok",
+        )
+
+
+def test_the_global_registry_and_one_switch() -> None:
+    app = Daebus("global")
+    assert app.enable_metrics(registry=REGISTRY) is REGISTRY
+    with pytest.raises(SetupError, match="on already"):
+        app.enable_metrics()
+
+    @app.action("hello")
+    async def hello() -> Any:
+        return "hi"
+
+    with TestClient(app, service=unique_name("global")) as client:
+        assert client.call("hello") == "hi"
+        settle(
+            lambda: parse(generate_latest(REGISTRY).decode()),
+            RECEIVED,
+            1,
+            service=client.service,
+            name="hello",
+        )
