@@ -259,6 +259,13 @@ def render_durable_request(result: dict[str, Any]) -> str:
     return _latency_tables(result, head, ["p50 vs pub/sub", "p99", "mean"])
 
 
+def render_telemetry(result: dict[str, Any]) -> str:
+    n = result["rows"][0]["n"]
+    head = f"10. Telemetry's cost, sequential RPC ({n} timed calls per variant, one at a time)"
+    text = _latency_tables(result, head, ["p50 vs off", "p99", "mean"])
+    return text + (f"\n  {result['note']}" if result.get("note") else "")
+
+
 RENDERERS = {
     "latency": render_latency,
     "throughput": render_throughput,
@@ -269,6 +276,7 @@ RENDERERS = {
     "sharing": render_sharing,
     "faststream": render_faststream,
     "durable_request": render_durable_request,
+    "telemetry": render_telemetry,
 }
 
 
@@ -386,6 +394,18 @@ def targets(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     and row["rss_mb"] <= IDLE_RSS_MB,
                 )
             )
+    telemetry = results.get("telemetry")
+    on, off = _row(telemetry, variant="metrics"), _row(telemetry, variant="off")
+    if on and off:
+        out.append(
+            _target(
+                "RPC p50 with metrics on (served) vs off",
+                f"{on['p50_us']:.0f} us vs {off['p50_us']:.0f} us off",
+                on["p50_ratio"],
+                "<= 1.1x",
+                on["p50_ratio"] is not None and on["p50_ratio"] <= 1.1,
+            )
+        )
     return out + durable_targets(results)
 
 

@@ -9,6 +9,7 @@ Roles:
                      (``async def``; its group is the service). With ``--tracing``,
                      traced (``app.enable_tracing``) with an OpenTelemetry SDK
                      TracerProvider that exports nowhere: what the spans themselves cost.
+                     With ``--metrics-port N``, Prometheus metrics on, served on port N.
     daebus-worker    a Daebus app with one worker (``max_workers=1``) whose handlers
                      sleep 5 ms: the action ``work`` and a durable listener of
                      ``--durable CH``; a plain listener of ``--reports CH`` answers
@@ -45,6 +46,7 @@ def daebus_service(
     sync_listener: bool,
     durable: str | None,
     tracing: bool = False,
+    metrics_port: int | None = None,
 ) -> None:
     from daebus import Daebus, request, response
 
@@ -55,6 +57,8 @@ def daebus_service(
 
         # No span processor: each span is made, recorded and ended, then dropped.
         app.enable_tracing(TracerProvider())
+    if metrics_port is not None:
+        app.enable_metrics(port=metrics_port)
 
     @app.action("echo")
     def echo() -> Any:
@@ -160,12 +164,19 @@ def main() -> None:
     parser.add_argument(
         "--tracing", action="store_true", help="daebus-service: trace with OpenTelemetry"
     )
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     args = parser.parse_args()
     signal.alarm(max(1, args.ttl))
 
     if args.role == "daebus-service":
         daebus_service(
-            args.url, args.name, args.listen, args.sync_listener, args.durable, args.tracing
+            args.url,
+            args.name,
+            args.listen,
+            args.sync_listener,
+            args.durable,
+            args.tracing,
+            args.metrics_port,
         )
     elif args.role == "daebus-worker":
         daebus_worker(args.url, args.name, args.durable, args.reports)

@@ -28,6 +28,7 @@ import _idle
 import _report
 import _rpc
 import _sharing
+import _telemetry
 import hiredis
 import redis
 from _procs import Processes, check_loopback
@@ -47,6 +48,7 @@ SCENARIOS = {
     "sharing": _sharing.sharing,
     "faststream": _durable.faststream,
     "durable_request": _durable_rpc.durable_request,
+    "telemetry": _telemetry.telemetry,
 }
 
 REPO = Path(__file__).resolve().parent.parent
