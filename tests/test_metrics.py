@@ -246,13 +246,26 @@ def test_durable_retries_and_dead_letters_are_counted(apps: Apps) -> None:
     endpoint = app.metrics
     runtime = app._runtime
     assert runtime is not None
-    asyncio.run_coroutine_threadsafe(endpoint.render(), runtime.loop).result(10)
-    samples = read()
-    for name in (service, "audit"):
-        labels = {"service": service, "channel": channel, "group": name}
-        assert value(samples, "daebus_durable_pending", **labels) == 0
-        assert value(samples, "daebus_durable_lag", **labels) == 0
-        assert ("daebus_durable_lag", labels) in [(s, found) for s, found, _ in samples]
+
+    def rendered() -> Samples:
+        text = asyncio.run_coroutine_threadsafe(endpoint.render(), runtime.loop).result(10)
+        return parse(text.decode())
+
+    def groups_done() -> Samples | None:
+        samples = rendered()
+        figures = [
+            [
+                (sample, found)
+                for sample, labels, found in samples
+                if sample in ("daebus_durable_pending", "daebus_durable_lag")
+                and labels == {"service": service, "channel": channel, "group": name}
+            ]
+            for name in (service, "audit")
+        ]
+        done = [("daebus_durable_lag", 0.0), ("daebus_durable_pending", 0.0)]  # sorted
+        return samples if all(sorted(found) == done for found in figures) else None
+
+    wait_for(groups_done, message=lambda: f"{rendered()}")
 
 
 def test_websocket_connections_go_up_then_down(apps: Apps) -> None:

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -77,7 +77,7 @@ class Families:
     """
 
     def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
-        self.registry = registry
+        # Not kept: the registry is the key of the weak table that holds this object.
         self.received = Counter(
             "daebus_messages_received",
             "Messages handled or refused, by kind, action or listener channel, and status.",
@@ -208,10 +208,10 @@ class Recorder:
 
         ``name`` is what the message asked for: counted under it only if registered.
         """
-        if kind == "broadcast":
-            label = name if name in self.runtime.app._listeners else UNKNOWN
-        else:
-            label = name if name in self.runtime.app.action_handlers else UNKNOWN
+        app = self.runtime.app
+        table: Container[Any] = app._listeners if kind == "broadcast" else app.action_handlers
+        # Any JSON value may come in a message: only a registered name is a label.
+        label = name if isinstance(name, str) and name in table else UNKNOWN
         key = (kind, label, status)
         counter = self._received.get(key)
         if counter is None:
