@@ -33,7 +33,8 @@ class Publisher:
     def __init__(self, runtime: ServiceRuntime, kind: str = "broadcast") -> None:
         self._runtime = runtime
         self.kind = kind
-        self._metrics = runtime.metrics
+        # getattr: a publisher may be made for a context alone, without a runtime.
+        self._metrics = getattr(runtime, "metrics", None)
 
     def publish(self, channel: str, data: bytes) -> Any:
         """Publish; on the loop returns a future of the receiver count, elsewhere the count."""
