@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from .exceptions import SetupError
 from .runtime.metrics import DEFAULT_BUCKETS
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .app import Daebus
     from .components import Component, HttpHandler
 
-__all__ = ["METRICS_PATH", "REGISTRY", "MetricsEndpoint"]
+__all__ = ["METRICS_PATH", "MetricsEndpoint"]
 
 log = logging.getLogger("daebus.metrics")
 
@@ -124,17 +125,23 @@ class MetricsEndpoint:
             await runner.cleanup()
 
     # -- serving -----------------------------------------------------------------------
-    async def handle(self, _request: web.Request) -> web.StreamResponse:
-        """``GET /metrics``: the registry in Prometheus's text format."""
-        return web.Response(body=await self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """``GET /metrics``: in the format the scraper asks for (``Accept``), else text."""
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        await self.refresh()
+        return web.Response(body=encoder(self.registry), headers={"Content-Type": content_type})
 
     async def render(self) -> bytes:
-        """The registry's metrics as Prometheus's text format, the server's figures fresh."""
+        """The registry's metrics in Prometheus's text format, the server's figures fresh."""
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    async def refresh(self) -> None:
+        """Ask the server for the figures read at scrape time (the durable groups')."""
         app = self.daemon
         runtime = app._runtime if app is not None else None
         if runtime is not None and runtime.metrics is not None:
             await runtime.metrics.refresh()
-        return generate_latest(self.registry)
 
 
 if TYPE_CHECKING:  # mypy checks that the endpoint keeps to the protocols the app drives
