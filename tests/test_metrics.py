@@ -46,32 +46,32 @@ def scrape(url: str) -> Samples:
     return parse(reply.body.decode())
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels`` (0 if none)."""
+def value(samples: Samples, metric: str, /, **labels: str) -> float:
+    """The sum of the samples of ``metric`` whose labels include ``labels`` (0 if none)."""
     return sum(
         found
         for sample, sample_labels, found in samples
-        if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
+        if sample == metric and all(sample_labels.get(k) == v for k, v in labels.items())
     )
 
 
 def reaches(
-    read: Callable[[], Samples], name: str, expected: float, **labels: str
+    read: Callable[[], Samples], metric: str, expected: float, /, **labels: str
 ) -> Callable[[], Samples | None]:
     def check() -> Samples | None:
         samples = read()
-        return samples if value(samples, name, **labels) >= expected else None
+        return samples if value(samples, metric, **labels) >= expected else None
 
     return check
 
 
-def settle(read: Callable[[], Samples], name: str, expected: float, **labels: str) -> Samples:
+def settle(read: Callable[[], Samples], metric: str, expected: float, /, **labels: str) -> Samples:
     """Poll until the count reaches ``expected``, then insist that it is exactly that."""
     samples = wait_for(
-        reaches(read, name, expected, **labels),
-        message=lambda: f"{name}{labels}: {value(read(), name, **labels)} != {expected}",
+        reaches(read, metric, expected, **labels),
+        message=lambda: f"{metric}{labels}: {value(read(), metric, **labels)} != {expected}",
     )
-    assert value(samples, name, **labels) == expected
+    assert value(samples, metric, **labels) == expected
     return samples
 
 
