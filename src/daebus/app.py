@@ -299,37 +299,21 @@ class Daebus(Registry, ThreadTasks):
         return component
 
     def enable_metrics(
-        self,
-        *,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        registry: Any = None,
-        buckets: Iterable[float] | None = None,
+        self, *, port: int | None = None, host: str = "127.0.0.1", registry: Any = None
     ) -> Any:
-        """Count what the service handles, as Prometheus metrics; returns the registry.
+        """Count what the service handles as Prometheus metrics (from the next start).
 
-        Served at ``/metrics`` by an attached ``DaebusHttp``; with ``port``, on a port of
-        its own too, bound to ``host`` (this machine only by default). ``registry``:
-        a ``prometheus_client.CollectorRegistry`` (the app's own by default; pass
-        ``prometheus_client.REGISTRY`` for the process's). Takes effect at the next
-        start. docs/observability.md lists the metrics. Needs ``daebus[metrics]``.
-
-        Raises:
-            SetupError: prometheus-client is not installed, or metrics are on already.
+        Served at ``/metrics`` by an attached ``DaebusHttp``, and on ``host:port`` if
+        ``port`` is given. Returns the ``CollectorRegistry`` (the app's own unless
+        ``registry``); see :class:`daebus.metrics.MetricsEndpoint` and
+        docs/observability.md. Needs ``pip install 'daebus[metrics]'``.
         """
         try:
             from .metrics import MetricsEndpoint
         except ImportError as exc:
-            raise SetupError(
-                "metrics need prometheus-client: pip install 'daebus[metrics]'"
-            ) from exc
-        if self.metrics is not None:
-            raise SetupError(f"metrics of app {self.name!r} are on already")
-        options: dict[str, Any] = {"port": port, "host": host, "registry": registry}
-        if buckets is not None:
-            options["buckets"] = tuple(buckets)
-        endpoint = self.attach(MetricsEndpoint(**options))
-        return endpoint.registry
+            raise SetupError("metrics need: pip install 'daebus[metrics]'") from exc
+        endpoint = MetricsEndpoint(port=port, host=host, registry=registry)
+        return self.attach(endpoint).registry
 
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
         """Copy a blueprint's handlers into the app; on a name clash the blueprint wins.

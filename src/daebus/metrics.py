@@ -37,6 +37,9 @@ METRICS_PATH = "/metrics"
 class MetricsEndpoint:
     """The component that serves an app's metrics; see :meth:`Daebus.enable_metrics`.
 
+    ``app.enable_metrics(...)`` attaches one; ``app.attach(MetricsEndpoint(...))`` does
+    the same with every option.
+
     Args:
         port: listen on this port too (0: any free one, read :attr:`port` once
             started); None: only on ``DaebusHttp``'s port, if one is attached.
@@ -86,7 +89,7 @@ class MetricsEndpoint:
         if self.daemon is not None and self.daemon is not app:
             raise SetupError("this MetricsEndpoint is already attached to another app")
         if app.metrics is not None and app.metrics is not self:
-            raise SetupError(f"app {app.name!r} serves its metrics already")
+            raise SetupError(f"the metrics of app {app.name!r} are on already")
         self.daemon = app
         app.metrics = self
 
