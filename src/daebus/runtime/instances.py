@@ -162,7 +162,10 @@ class Instances:
         # Claims sent and not yet answered, and the late ones still to send (by when).
         self._unanswered = 0
         self._deferred: list[tuple[float, int, _Claim]] = []
-        self._deferred_timer: asyncio.TimerHandle | None = None
+        # uvloop's call_at gives a plain Handle, without when(), for a time already
+        # past: the timer's due time is kept here.
+        self._deferred_timer: asyncio.Handle | None = None
+        self._deferred_due = 0.0
         self._order = itertools.count()  # keeps claims due together in order
         self._settled: asyncio.Event | None = None
         self._markers: set[asyncio.Task[None]] = set()
@@ -470,10 +473,11 @@ class Instances:
             return
         due = self.loop.time() + defer
         heapq.heappush(self._deferred, (due, next(self._order), claim))
-        if self._deferred_timer is None or due < self._deferred_timer.when():
+        if self._deferred_timer is None or due < self._deferred_due:
             if self._deferred_timer is not None:
                 self._deferred_timer.cancel()
             self._deferred_timer = self.loop.call_at(due, self._send_due)
+            self._deferred_due = due
 
     def _send_due(self) -> None:
         """Send the late claims now due; wake up again for the next one."""
@@ -482,7 +486,8 @@ class Instances:
         while deferred and deferred[0][0] <= now:
             self._send(heapq.heappop(deferred)[2])
         if deferred:
-            self._deferred_timer = self.loop.call_at(deferred[0][0], self._send_due)
+            self._deferred_due = deferred[0][0]
+            self._deferred_timer = self.loop.call_at(self._deferred_due, self._send_due)
 
     def _send(self, claim: _Claim) -> None:
         self._unanswered += 1
