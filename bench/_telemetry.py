@@ -4,11 +4,13 @@ The same ``def`` echo action, called one at a time by one ``DaebusCaller`` as in
 latency scenario, in services that differ only by what they measure: one with
 everything off (the default, and the baseline) and one per entry of :data:`VARIANTS`,
 each a process of its own started with the entry's flags of ``bench/_services.py``.
-Variants take turns in rounds (forwards, then backwards). A variant that needs an
+Variants take turns in rounds (forwards, then backwards), twice as many as the
+latency scenario's. A variant that needs an
 optional package the bench's environment lacks is left out, with a note.
 
-The metrics variant serves ``/metrics`` on a port of its own, and is scraped once at
-the end: its count of echo calls proves the metrics were on while it was timed.
+Each block of calls has a service and a caller of its own, alone: started for it,
+stopped after it. The metrics variant serves ``/metrics`` on a port of its own, and is
+scraped after each block: its count of echo calls proves the metrics were on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import importlib.util
 import socket
 import time
 import urllib.request
+import uuid
 from functools import partial
 from typing import Any
 
@@ -73,6 +76,48 @@ def _scraped_echo_calls(port: int, service: str) -> float:
     )
 
 
+def _timed_block(bench: Bench, key: str, variant: Variant) -> tuple[list[float], dict[str, float]]:
+    """Start the variant's service, time the calls, check its count, stop it.
+
+    One service and one caller at a time: with several alive, the first one started
+    answered markedly faster than an identical one started after it, whatever the
+    order of the calls.
+    """
+    cfg = bench.config
+    service = bench.name(f"telemetry-{key}-{uuid.uuid4().hex[:6]}")
+    port = _free_port()
+    flags = [flag.replace("{port}", str(port)) for flag in variant.flags]
+    child = bench.procs.spawn("daebus-service", "--name", service, *flags)
+    try:
+        bench.procs.wait_subscribed(service, watch=[child])
+        meter = Meter(bench.url, {key: child.pid})
+        caller = DaebusCaller(service, redis_url=bench.url, timeout=cfg.call_timeout).connect()
+        try:
+            call = partial(caller.send_request, "echo", ECHO_PAYLOAD)
+            block = time_calls(call, cfg.latency_warmup, cfg.latency_calls, meter)
+        finally:
+            caller.close()
+            meter.close()
+        if "--metrics-port" in variant.flags:
+            _check_counted(port, service, 1 + cfg.latency_warmup + cfg.latency_calls)
+    finally:
+        bench.procs.stop(child)
+    return block
+
+
+def _check_counted(port: int, service: str, expected: int) -> None:
+    """Every call, the first check and the warm-up included, was counted.
+
+    Each is counted as its handler ends, just after its reply went out: the last one
+    may be a moment late.
+    """
+    deadline = time.monotonic() + 5.0
+    while (counted := _scraped_echo_calls(port, service)) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/metrics counted {counted} echo calls, not {expected}")
+        time.sleep(0.05)
+
+
 def telemetry(bench: Bench) -> dict[str, Any]:
     cfg = bench.config
     variants = {
@@ -81,34 +126,15 @@ def telemetry(bench: Bench) -> dict[str, Any]:
         if variant.needs is None or importlib.util.find_spec(variant.needs) is not None
     }
     skipped = sorted(set(VARIANTS) - set(variants))
-    services: dict[str, str] = {}
-    ports: dict[str, int] = {}
-    pids: dict[str, int] = {}
-    for key, variant in variants.items():
-        service = bench.name(f"telemetry-{key}")
-        port = _free_port()
-        flags = [flag.replace("{port}", str(port)) for flag in variant.flags]
-        child = bench.procs.spawn("daebus-service", "--name", service, *flags)
-        bench.procs.wait_subscribed(service, watch=[child])
-        services[key], ports[key], pids[key] = service, port, child.pid
-    meter = Meter(bench.url, pids)
-    callers = {
-        key: DaebusCaller(service, redis_url=bench.url, timeout=cfg.call_timeout).connect()
-        for key, service in services.items()
-    }
     samples: dict[str, list[float]] = {key: [] for key in variants}
     usage: dict[str, dict[str, float]] = {key: {} for key in variants}
-    try:
-        for order in rounds({key: v.label for key, v in variants.items()}, cfg.rounds):
-            for key in order:
-                call = partial(callers[key].send_request, "echo", ECHO_PAYLOAD)
-                block = time_calls(call, cfg.latency_warmup, cfg.latency_calls, meter)
-                samples[key] += block[0]
-                add_usage(usage[key], block[1])
-    finally:
-        for caller in callers.values():
-            caller.close()
-        meter.close()
+    # Twice the rounds of the latency scenario: a block is short, and each one lands
+    # its fresh processes on the cores afresh, so a round alone varies by 10% or more.
+    for order in rounds({key: v.label for key, v in variants.items()}, 2 * cfg.rounds):
+        for key in order:
+            block = _timed_block(bench, key, variants[key])
+            samples[key] += block[0]
+            add_usage(usage[key], block[1])
     base = summarize(samples[BASELINE])
     rows = []
     for key, variant in variants.items():
@@ -128,15 +154,6 @@ def telemetry(bench: Bench) -> dict[str, Any]:
                 "server_commands": usage[key].get("commands", 0.0) / n,
             }
         )
-    if "metrics" in variants:
-        # Every call, warm-ups and the first check included, was counted (each as its
-        # handler ended, just after its reply went out: the last one may be a moment late).
-        expected = cfg.rounds * (1 + cfg.latency_warmup + cfg.latency_calls)
-        deadline = time.monotonic() + 5.0
-        while (counted := _scraped_echo_calls(ports["metrics"], services["metrics"])) != expected:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"/metrics counted {counted} echo calls, not {expected}")
-            time.sleep(0.05)
     result: dict[str, Any] = {"rows": rows, "baseline": BASELINE}
     if skipped:
         result["note"] = f"left out (a package is missing): {', '.join(skipped)}"
