@@ -106,6 +106,8 @@ def test_counters_move_by_exactly_the_calls_made(apps: Apps) -> None:
         assert caller.send_request("echo", n) == n
     for n in range(5):
         assert caller.send_request("echo_sync", n) == n
+    for n in range(4):
+        assert caller.send_request("echo", n, durable=True) == n
     for _ in range(3):
         with pytest.raises(RemoteError, match="no"):
             caller.send_request("boom")
@@ -122,16 +124,18 @@ def test_counters_move_by_exactly_the_calls_made(apps: Apps) -> None:
     ok = {"service": service, "kind": "request", "status": "ok"}
     settle(read, RECEIVED, 37, name="echo", **ok)
     settle(read, RECEIVED, 5, name="echo_sync", **ok)
+    settle(read, RECEIVED, 4, name="echo", kind="durable_request", status="ok")
     settle(read, RECEIVED, 3, name="boom", service=service, status="error")
     samples = settle(read, RECEIVED, 2, name="<unknown>", service=service, status="refused")
     # Each request's name is its registered action: nothing else became a label.
     names = {labels["name"] for name, labels, _ in samples if name == RECEIVED}
     assert names == {"echo", "echo_sync", "boom", "<unknown>"}
-    assert value(samples, RECEIVED, service=service) == 37 + 5 + 3 + 2
+    assert value(samples, RECEIVED, service=service) == 37 + 5 + 4 + 3 + 2
     histogram = "daebus_handler_duration_seconds_count"
     assert value(samples, histogram, name="echo", kind="request") == 37
     assert value(samples, histogram, name="echo_sync") == 5
-    assert value(samples, "daebus_messages_published_total", kind="reply") == 37 + 5 + 3 + 2
+    replies = 37 + 5 + 4 + 3 + 2
+    assert value(samples, "daebus_messages_published_total", kind="reply") == replies
     assert value(samples, "daebus_in_flight", service=service) == 0
     assert value(samples, "daebus_queued", service=service) == 0
     route = {"route": "/items/<int:item_id>", "method": "GET"}
@@ -204,17 +208,19 @@ def test_a_pattern_listener_is_labelled_with_its_pattern(apps: Apps) -> None:
         caller.send_message(f"{prefix}.room{n}", n)
     for n in range(2):
         caller.send_message(failing, n)
+    app.broadcast.send(f"{prefix}.hall", 4)  # from the app: counted as published
 
     def read() -> Samples:
         return parse(generate_latest(registry).decode())
 
     kind = {"service": service, "kind": "broadcast"}
-    samples = settle(read, RECEIVED, 4, name=pattern, status="ok", **kind)
+    samples = settle(read, RECEIVED, 5, name=pattern, status="ok", **kind)
     samples = settle(read, RECEIVED, 2, name=failing, status="error", **kind)
     names = {labels["name"] for name, labels, _ in samples if name == RECEIVED}
     assert names == {pattern, failing}  # never the concrete channels of the pattern
-    assert value(samples, "daebus_handler_duration_seconds_count", name=pattern) == 4
-    assert sorted(seen) == [0, 1, 2, 3]
+    assert value(samples, "daebus_handler_duration_seconds_count", name=pattern) == 5
+    assert value(samples, "daebus_messages_published_total", kind="broadcast") == 1
+    assert sorted(seen) == [0, 1, 2, 3, 4]
 
 
 def test_durable_retries_and_dead_letters_are_counted(apps: Apps) -> None:
@@ -300,6 +306,29 @@ def test_websocket_connections_go_up_then_down(apps: Apps) -> None:
         lambda: value(read(), "daebus_websocket_connections", service=service) == 0,
         message="the connection is still counted",
     )
+
+
+def test_a_lost_connection_counts_as_a_reconnect(private_apps: Apps, private_redis: Any) -> None:
+    app = Daebus("reconnecting")
+    registry = app.enable_metrics()
+
+    @app.action("echo")
+    async def echo() -> Any:
+        return request.payload
+
+    service = private_apps.start(app)
+
+    def read() -> Samples:
+        return parse(generate_latest(registry).decode())
+
+    assert value(read(), "daebus_transport_reconnects_total", service=service) == 0
+    private_redis.restart()
+    settle(read, "daebus_transport_reconnects_total", 1, service=service)
+    runtime = app._runtime
+    assert runtime is not None
+    wait_for(lambda: runtime.transport.receiving, timeout=10)
+    caller = private_apps.caller(service)
+    assert caller.send_request("echo", 1) == 1
 
 
 def test_metrics_are_off_by_default(apps: Apps) -> None:
