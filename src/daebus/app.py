@@ -17,6 +17,7 @@ from ._compat import timeout as deadline
 from ._logging import configure_for_run, enable_debug_logging
 from ._registry import Registry
 from ._standalone import standalone_publisher
+from ._telemetry import Telemetry
 from ._thread_tasks import ThreadTasks
 from .blueprint import Blueprint
 from .components import Component
@@ -29,10 +30,8 @@ from .transport._url import redact_url
 
 if TYPE_CHECKING:
     import redis
-    from opentelemetry.trace import TracerProvider
 
     from .runtime.jobs import BackgroundTask
-    from .tracing import Tracing
 
 __all__ = ["Daebus"]
 
@@ -44,7 +43,7 @@ _RETRY_DELAY_MAX = 1.0
 _REPORT_EVERY = 10.0
 
 
-class Daebus(Registry, ThreadTasks):
+class Daebus(Registry, ThreadTasks, Telemetry):
     """A service: actions, listeners, background jobs, threads and hooks on one Redis.
 
     Args:
@@ -119,8 +118,6 @@ class Daebus(Registry, ThreadTasks):
         self.threads: dict[str, threading.Thread] = {}
         self.http: Any = None
         self.websocket: Any = None
-        #: The :class:`~daebus.metrics.MetricsEndpoint` once :meth:`enable_metrics` is called.
-        self.metrics: Any = None
         #: The attached components, in the order of attachment. Internal; see components.
         self._components: list[Component] = []
         self._running = False
@@ -132,8 +129,6 @@ class Daebus(Registry, ThreadTasks):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._signals = 0
-        #: The tracing of the service's messages (:meth:`enable_tracing`); None: off.
-        self.tracing: Tracing | None = None
 
     def __repr__(self) -> str:
         state = f"running as {self.service!r}" if self._running else "stopped"
@@ -183,24 +178,6 @@ class Daebus(Registry, ThreadTasks):
     def is_running(self) -> bool:
         """True from start until the service begins to stop."""
         return self._running
-
-    def enable_tracing(self, tracer_provider: TracerProvider | None = None) -> Tracing:
-        """Trace the service's messages with OpenTelemetry, from its next start on.
-
-        Each request, broadcast and durable message handled, each one sent, and each
-        HTTP request and WebSocket message gets a span, in the trace of the message
-        that caused it (see docs/observability.md). ``tracer_provider``: by default
-        the global one. Needs ``pip install 'daebus[tracing]'``.
-
-        Raises:
-            SetupError: OpenTelemetry is not installed, or the service is running.
-        """
-        if self._runtime is not None:
-            raise SetupError("enable tracing before the service starts")
-        from .tracing import Tracing
-
-        self.tracing = self.broadcast.tracing = Tracing(tracer_provider)
-        return self.tracing
 
     # -- registration that also works while running ----------------------------------
     def add_listener(
@@ -297,23 +274,6 @@ class Daebus(Registry, ThreadTasks):
         self._components.append(component)
         self._handlers_changed()
         return component
-
-    def enable_metrics(
-        self, *, port: int | None = None, host: str = "127.0.0.1", registry: Any = None
-    ) -> Any:
-        """Count what the service handles as Prometheus metrics (from the next start).
-
-        Served at ``/metrics`` by an attached ``DaebusHttp``, and on ``host:port`` if
-        ``port`` is given. Returns the ``CollectorRegistry`` (the app's own unless
-        ``registry``); see :class:`daebus.metrics.MetricsEndpoint` and
-        docs/observability.md. Needs ``pip install 'daebus[metrics]'``.
-        """
-        try:
-            from .metrics import MetricsEndpoint
-        except ImportError as exc:
-            raise SetupError("metrics need: pip install 'daebus[metrics]'") from exc
-        endpoint = MetricsEndpoint(port=port, host=host, registry=registry)
-        return self.attach(endpoint).registry
 
     def register_blueprint(self, blueprint: Blueprint) -> Daebus:
         """Copy a blueprint's handlers into the app; on a name clash the blueprint wins.
