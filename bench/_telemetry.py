@@ -49,6 +49,11 @@ VARIANTS = {
         ("--metrics-port", "{port}"),
         needs="prometheus_client",
     ),
+    "tracing": Variant(
+        "DaebusCaller -> def action, tracing on (an SDK provider exporting nowhere)",
+        ("--tracing",),
+        needs="opentelemetry.sdk",
+    ),
 }
 
 
