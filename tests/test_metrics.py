@@ -146,6 +146,37 @@ def test_counters_move_by_exactly_the_calls_made(apps: Apps) -> None:
     assert routes <= {"/items/<int:item_id>", "<unknown>", "/metrics"}
 
 
+def test_instances_of_a_service_count_the_calls_between_them_exactly(apps: Apps) -> None:
+    service = unique_name("shared")
+    started: list[Daebus] = []
+    for _ in range(2):
+        app = Daebus("shared")
+        app.enable_metrics(port=0)
+
+        @app.action("echo")
+        def echo() -> Any:
+            return request.payload
+
+        apps.start(app, service)
+        started.append(app)
+    for app in started:
+        runtime = app._runtime
+        assert runtime is not None
+        wait_for(lambda runtime=runtime: len(runtime.instances.others) == 1)
+    caller = apps.caller(service)
+    for n in range(60):
+        assert caller.send_request("echo", n) == n
+    bases = [app.metrics.url[: -len("/metrics")] for app in started]
+
+    def read() -> Samples:
+        return [sample for base in bases for sample in scrape(base)]
+
+    samples = settle(read, RECEIVED, 60, service=service, name="echo", status="ok")
+    assert value(samples, RECEIVED, service=service) == 60
+    shares = [value(scrape(base), RECEIVED, name="echo") for base in bases]
+    assert all(share > 0 for share in shares), shares
+
+
 def test_a_busy_refusal_is_counted_and_a_port_of_its_own_serves(apps: Apps) -> None:
     app = Daebus("full", max_in_flight=1, max_queued=1)
     app.enable_metrics(port=0)
