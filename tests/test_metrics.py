@@ -408,6 +408,8 @@ def test_the_global_registry_and_one_switch() -> None:
         return "hi"
 
     with TestClient(app, service=unique_name("global")) as client:
+        with pytest.raises(SetupError, match="before the service starts"):
+            app.enable_metrics()
         assert client.call("hello") == "hi"
         settle(
             lambda: parse(generate_latest(REGISTRY).decode()),

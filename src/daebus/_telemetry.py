@@ -41,7 +41,13 @@ class Telemetry:
         ``port`` is given. Returns the ``CollectorRegistry`` (the app's own unless
         ``registry``); see :class:`daebus.metrics.MetricsEndpoint` and
         docs/observability.md. Needs ``pip install 'daebus[metrics]'``.
+
+        Raises:
+            SetupError: prometheus-client is not installed, metrics are on already, or
+                the service is running.
         """
+        if self._runtime is not None:
+            raise SetupError("enable metrics before the service starts")
         try:
             from .metrics import MetricsEndpoint
         except ImportError as exc:
