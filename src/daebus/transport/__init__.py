@@ -15,15 +15,19 @@ from ._endpoint import REDIS_URL_OPTIONS, TLS_URL_OPTIONS, check_url_options
 from .base import BatchEnd, ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
 
 if TYPE_CHECKING:
+    from .cluster import ClusterTransport
     from .redis import RedisTransport
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
+# Kept here as well as in .cluster: importing that module loads redis-py's cluster client.
+_CLUSTER_SCHEMES = frozenset({"redis+cluster", "valkey+cluster"})
 
 __all__ = [
     "REDIS_URL_OPTIONS",
     "TLS_URL_OPTIONS",
     "BatchEnd",
     "ChannelReader",
+    "ClusterTransport",
     "Delivery",
     "DeliveryHandler",
     "RedisTransport",
@@ -39,6 +43,10 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisTransport
 
         return RedisTransport
+    if name == "ClusterTransport":
+        from .cluster import ClusterTransport
+
+        return ClusterTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -46,7 +54,9 @@ def transport_from_url(url: str) -> Transport:
     """Build the transport a URL names.
 
     ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` and ``valkeys://`` are Redis
-    pub/sub; ``memory://`` (or ``memory://<name>``) is the in-process broker of that name.
+    pub/sub; ``redis+cluster://host:port,host:port`` (or ``valkey+cluster://``) is a
+    Valkey/Redis Cluster, on sharded pub/sub; ``memory://`` (or ``memory://<name>``) is
+    the in-process broker of that name.
 
     Raises:
         SetupError: a Redis URL has a query option the transport does not honour
@@ -58,10 +68,15 @@ def transport_from_url(url: str) -> Transport:
         from .redis import RedisTransport  # checks the URL's options
 
         return RedisTransport(url)
+    if scheme in _CLUSTER_SCHEMES:
+        from .cluster import ClusterTransport  # checks the URL's options
+
+        return ClusterTransport(url)
     if scheme == "memory":
         from .memory import MemoryTransport
 
         return MemoryTransport(url)
     raise ValueError(
-        f"unsupported transport URL {url!r}: expected redis://, rediss://, unix:// or memory://"
+        f"unsupported transport URL {url!r}: expected redis://, rediss://, unix://, "
+        "redis+cluster:// or memory://"
     )
