@@ -14,7 +14,8 @@ import redis
 
 from _cluster import ValkeyCluster
 from _helpers import unique_name
-from daebus import SetupError
+from _servers import free_port
+from daebus import SetupError, TransportError
 from daebus.transport import Delivery, Transport, transport_from_url
 from daebus.transport.cluster import ClusterSeeds, ClusterTransport
 
@@ -162,3 +163,17 @@ async def test_streams_live_on_their_own_shards(
         (entry,) = await cluster_transport.stream_read(stream, "g", "c", 10, 10)
         assert (entry.id, entry.fields) == (entry_id, {"data": stream.encode()})
         assert await cluster_transport.stream_ack(stream, "g", [entry.id], delete=True) == 1
+
+
+def nobody_listens() -> str:
+    """A cluster URL of two loopback ports where nothing listens."""
+    return f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+
+
+async def test_an_unreachable_cluster_is_a_transport_error() -> None:
+    transport = transport_from_url(nobody_listens())
+    with pytest.raises(TransportError, match="cannot reach the cluster"):
+        await transport.connect()
+    with pytest.raises(TransportError):
+        await asyncio.to_thread(transport.publish_blocking, "somewhere", b"x")
+    await transport.close()

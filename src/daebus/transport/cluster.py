@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from ..exceptions import SetupError, TransportError
 from ._endpoint import Endpoint
@@ -45,6 +45,9 @@ CLUSTER_SCHEMES = frozenset({"redis+cluster", "valkey+cluster"})
 CLUSTER_URL_OPTIONS = frozenset({"username", "password"})
 
 _CONNECT_TIMEOUT = 2.0
+#: What redis-py raises: its cluster client's own errors (no node reachable, a slot not
+#: covered) are not RedisErrors.
+_REDIS_ERRORS = (RedisError, RedisClusterException)
 
 # A GET and a write in one script, as on a single node: one key, so one slot.
 _RENEW_IF_OWNER = (
@@ -184,7 +187,7 @@ class ClusterTransport(Transport):
             cluster.response_callbacks.pop(command, None)
         try:
             await cluster.initialize()
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             await cluster.aclose()
             raise TransportError(f"cannot reach the cluster {self.shown_url}: {exc}") from exc
         if self._closed:  # closed while it connected
@@ -255,7 +258,7 @@ class ClusterTransport(Transport):
                 for command, _ in batch:
                     pipeline.execute_command(*command)
                 replies = await pipeline.execute(raise_on_error=False)
-            except (RedisError, TransportError) as exc:
+            except (*_REDIS_ERRORS, TransportError) as exc:
                 replies = [exc] * len(batch)
             except asyncio.CancelledError:  # closed: what was sent is not waited for
                 for _, future in batch:
@@ -296,7 +299,7 @@ class ClusterTransport(Transport):
         """The master that holds ``key``'s slot, as the cluster last said."""
         try:
             node = self._client().get_node_from_key(key)
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise TransportError(f"no node serves {key!r}: {exc}") from exc
         if node is None:
             raise TransportError(f"no node serves {key!r}")
@@ -327,9 +330,10 @@ class ClusterTransport(Transport):
         return [int(reply) for reply in replies]
 
     def _blocking_client(self) -> redis.cluster.RedisCluster:
+        """The blocking client; it needs no :meth:`connect` (a script's publisher makes none)."""
         with self._sync_lock:
-            if self._closed or self._cluster is None:
-                raise TransportError(f"{self!r} is closed or not connected")
+            if self._closed:
+                raise TransportError(f"{self!r} is closed")
             if self._sync is None:
                 self._sync = redis.cluster.RedisCluster(
                     startup_nodes=[
@@ -348,7 +352,7 @@ class ClusterTransport(Transport):
         try:
             client = self._blocking_client()
             return client.execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise TransportError(f"{args[0]!s} failed: {exc}") from exc
 
     def _blocking_pipeline(self, *commands: _Command) -> list[Any]:
@@ -360,7 +364,7 @@ class ClusterTransport(Transport):
             for command in commands:
                 pipeline.execute_command(*command)
             return list(pipeline.execute())
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise TransportError(f"{commands[0][0]!s} failed: {exc}") from exc
 
     # -- the instances of a service ---------------------------------------------------
@@ -391,7 +395,7 @@ class ClusterTransport(Transport):
                 asking.add_done_callback(lambda _: self._asking_time.pop(node.name, None))
             try:
                 clock.learn(await asyncio.shield(asking))
-            except RedisError as exc:
+            except _REDIS_ERRORS as exc:
                 raise TransportError(f"TIME failed on {node.name}: {exc!r}") from exc
             now = clock.now_ms()
             assert now is not None
@@ -473,7 +477,7 @@ class ClusterTransport(Transport):
         try:
             client = self._blocking_client()
             node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        except RedisError as exc:
+        except _REDIS_ERRORS as exc:
             raise TransportError(f"no node serves {key!r}: {exc}") from exc
         clock = self._clocks.setdefault(node.name, ServerClock())
         now = clock.now_ms()
