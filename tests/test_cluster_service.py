@@ -1,7 +1,8 @@
 """A service and its callers on a Valkey cluster, end to end: ``redis_url="redis+cluster://..."``.
 
 The requests, replies and broadcasts ride sharded pub/sub, durable messages the streams
-on their shards; a glob listener, which sharded pub/sub cannot serve, stops the start.
+on their shards. A glob listener, which sharded pub/sub cannot serve, stops the start;
+the cache and the admin tools, which would talk to one node, are refused with the reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import redis
 from _apps import Apps
 from _cluster import ValkeyCluster
 from _helpers import unique_name, wait_for
-from daebus import AsyncDaebusCaller, Daebus, SetupError, broadcast, request
+from daebus import AsyncDaebusCaller, Daebus, RemoteError, SetupError, broadcast, cache, request
+from daebus._admin import open_admin
+from daebus.dead_letters import DeadLetters
 from daebus.protocol import stream_key
 
 pytestmark = pytest.mark.timeout(60)
@@ -126,3 +129,39 @@ def test_a_glob_listener_stops_the_start_with_the_reason(on_cluster: Apps) -> No
         on_cluster.start(app)
     assert repr(pattern) in str(refused.value)
     assert not app.is_running()
+
+
+def test_the_cache_is_refused_with_the_reason(on_cluster: Apps, cluster_url: str) -> None:
+    app = Daebus("cached")
+    failures: list[str] = []
+
+    @app.action("get")
+    def get() -> Any:
+        try:
+            return cache.get("anything")
+        except SetupError as exc:
+            failures.append(str(exc))
+            raise
+
+    caller = on_cluster.caller(on_cluster.start(app))
+    with pytest.raises(RemoteError):
+        caller.send_request("get")
+    with pytest.raises(SetupError, match="no cache on a cluster"):
+        app.cache  # noqa: B018
+    with pytest.raises(SetupError, match="no cache on a cluster"):
+        caller.redis  # noqa: B018
+    os.environ["DAEBUS_REDIS_URL"] = cluster_url
+    try:
+        with pytest.raises(SetupError, match="no cache on a cluster"):
+            cache.get("anything")  # outside any app, as a script
+    finally:
+        del os.environ["DAEBUS_REDIS_URL"]
+    assert len(failures) == 1
+    assert "no cache on a cluster" in failures[0]
+
+
+def test_the_admin_tools_refuse_a_cluster(cluster_url: str) -> None:
+    with pytest.raises(SetupError, match="do not read a cluster yet"):
+        open_admin(cluster_url)
+    with pytest.raises(SetupError, match="do not read a cluster yet"):
+        DeadLetters(unique_name("orders"), "svc", redis_url=cluster_url).count()

@@ -23,6 +23,7 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
 _CLUSTER_SCHEMES = frozenset({"redis+cluster", "valkey+cluster"})
 
 __all__ = [
+    "NO_CACHE_ON_A_CLUSTER",
     "REDIS_URL_OPTIONS",
     "TLS_URL_OPTIONS",
     "BatchEnd",
@@ -34,6 +35,7 @@ __all__ = [
     "Subscription",
     "Transport",
     "check_url_options",
+    "is_cluster_url",
     "transport_from_url",
 ]
 
@@ -48,6 +50,19 @@ def __getattr__(name: str) -> Any:
 
         return ClusterTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Why ``cache`` (``app.cache``, ``DaebusCaller.redis``, ``daebus.cache``) fails on a cluster.
+NO_CACHE_ON_A_CLUSTER = (
+    "the cache is a single-node redis-py client, which a cluster would answer with MOVED: "
+    "daebus has no cache on a cluster yet (redis.cluster.RedisCluster, given the cluster's "
+    "nodes, is one)"
+)
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a cluster (``redis+cluster://``, ``valkey+cluster://``)."""
+    return "://" in url and url.split("://", 1)[0].lower() in _CLUSTER_SCHEMES
 
 
 def transport_from_url(url: str) -> Transport:
@@ -68,7 +83,7 @@ def transport_from_url(url: str) -> Transport:
         from .redis import RedisTransport  # checks the URL's options
 
         return RedisTransport(url)
-    if scheme in _CLUSTER_SCHEMES:
+    if is_cluster_url(url):
         from .cluster import ClusterTransport  # checks the URL's options
 
         return ClusterTransport(url)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
@@ -314,6 +315,16 @@ class ClusterTransport(Transport):
         """Publish several messages in order, in one pipeline."""
         futures = [self.publish_nowait(channel, data) for channel, data in messages]
         return [int(count) for count in await asyncio.gather(*futures)]
+
+    def blocking_client(self) -> redis.Redis:
+        """Refused: the app's ``cache`` is a single-node client (see NO_CACHE_ON_A_CLUSTER).
+
+        Raises:
+            SetupError: always, saying why.
+        """
+        from . import NO_CACHE_ON_A_CLUSTER
+
+        raise SetupError(NO_CACHE_ON_A_CLUSTER)
 
     def publish_blocking(self, channel: str, data: bytes, timeout: float | None = None) -> int:
         """``SPUBLISH`` from any thread, on the blocking client.
