@@ -176,3 +176,15 @@ class ValkeyCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def client_for(url: str) -> redis.Redis | redis.RedisCluster:
+    """A redis-py client of the server or the cluster ``url`` names, for a test's own reads.
+
+    For a ``redis+cluster://`` URL, its first node is the seed; the client finds the rest.
+    """
+    if url.startswith("redis+cluster://"):
+        seed = url.split("://", 1)[1].split(",", 1)[0]
+        host, _, port = seed.rpartition(":")
+        return redis.RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)

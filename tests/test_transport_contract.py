@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
 import pytest
-import redis
 
+from _cluster import client_for
 from _helpers import QUIET, unique_name, wait_until
 from daebus import SetupError, TransportError
 from daebus._admin import open_admin
@@ -580,13 +580,7 @@ def stream_ids(url: str, stream: str) -> list[str]:
     """The ids a stream holds (``XRANGE stream - +``), read beside the transport."""
     if url.startswith("memory://"):
         return [entry.id for entry in broker_for(url).streams.entries(stream)]
-    client: redis.Redis | redis.RedisCluster
-    if is_cluster(url):
-        seed = url.split("://", 1)[1].split(",", 1)[0]
-        host, _, port = seed.rpartition(":")
-        client = redis.RedisCluster(host=host, port=int(port))
-    else:
-        client = redis.Redis.from_url(url)
+    client = client_for(url)
     try:
         return [bytes(entry_id).decode() for entry_id, _ in client.xrange(stream)]
     finally:
