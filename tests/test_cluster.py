@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from _cluster import ValkeyCluster
+from _cluster import ValkeyCluster, client_for
 from _helpers import unique_name
 from _servers import free_port
 from daebus import SetupError, TransportError
@@ -94,7 +94,7 @@ async def cluster_transport(cluster_url: str) -> AsyncIterator[Transport]:
 
 
 def channels_on_every_master(cluster: ValkeyCluster, prefix: str) -> dict[str, str]:
-    """One channel name per master: master's "host:port" -> a channel whose slot it owns."""
+    """One name (of a channel, or a key) per master: "host:port" -> a name whose slot it owns."""
     client = redis.RedisCluster(host=cluster.nodes[0].host, port=cluster.nodes[0].port)
     try:
         found: dict[str, str] = {}
@@ -177,3 +177,30 @@ async def test_an_unreachable_cluster_is_a_transport_error() -> None:
     with pytest.raises(TransportError):
         await asyncio.to_thread(transport.publish_blocking, "somewhere", b"x")
     await transport.close()
+
+
+async def test_registry_entries_and_their_index_may_be_on_two_shards(
+    cluster_transport: Transport, cluster_url: str, valkey_cluster: ValkeyCluster
+) -> None:
+    # An index and an entry whose slots are on two different masters.
+    names = channels_on_every_master(valkey_cluster, unique_name("reg") + ":")
+    index, key = list(names.values())[:2]
+    client = client_for(cluster_url)
+    try:
+        await cluster_transport.put_entry(index, key, b'{"a": 1}', 60_000)
+        assert client.get(key) == b'{"a": 1}'
+        assert 50_000 < client.pttl(key) <= 60_000
+        score = client.zscore(index, key)
+        seconds, micros = client.time(target_nodes=client.get_node_from_key(index))
+        assert score is not None
+        assert 50_000 < score - (seconds * 1000 + micros // 1000) <= 60_000
+
+        await cluster_transport.put_entry(index, key + ":short", b"x", 1)
+        await asyncio.sleep(0.01)  # past its expiry, on the index's node's clock
+        await cluster_transport.put_entry(index, key, b'{"a": 2}', 60_000)
+        assert client.zrange(index, 0, -1) == [key.encode()]  # the expired one pruned
+
+        await cluster_transport.drop_entry(index, key)
+        assert (client.get(key), client.zrange(index, 0, -1)) == (None, [])
+    finally:
+        client.close()
