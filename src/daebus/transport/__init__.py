@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._cluster_seeds import CLUSTER_SCHEMES
 from ._endpoint import REDIS_URL_OPTIONS, TLS_URL_OPTIONS, check_url_options
 from .base import BatchEnd, ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
 
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from .redis import RedisTransport
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
-# Kept here as well as in .cluster: importing that module loads redis-py's cluster client.
-_CLUSTER_SCHEMES = frozenset({"redis+cluster", "valkey+cluster"})
 
 __all__ = [
     "NO_CACHE_ON_A_CLUSTER",
@@ -62,7 +61,7 @@ NO_CACHE_ON_A_CLUSTER = (
 
 def is_cluster_url(url: str) -> bool:
     """Whether ``url`` names a cluster (``redis+cluster://``, ``valkey+cluster://``)."""
-    return "://" in url and url.split("://", 1)[0].lower() in _CLUSTER_SCHEMES
+    return "://" in url and url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
 
 
 def transport_from_url(url: str) -> Transport:

@@ -18,37 +18,25 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.cluster
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 from ..exceptions import SetupError, TransportError
-from ._endpoint import Endpoint
-from ._redis_streams import MAX_READ_BLOCK
-from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection
+from ._cluster_seeds import CLUSTER_SCHEMES, ClusterSeeds
+from ._cluster_streams import REDIS_ERRORS, ClusterStreams, Command
+from ._resp import SILENCE_TIMEOUT, RespConnection
 from ._server_clock import ServerClock
 from ._shard_subscriber import ShardSubscriber
-from ._streams import entries_of, flat_fields
-from .base import Delivery, Reclaimed, StreamEntry, Transport
+from .base import Delivery
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterSeeds", "ClusterTransport"]
 
 logger = logging.getLogger(__name__)
 
-#: The URL schemes of a cluster; the part before ``+`` is the protocol, as in ``redis://``.
-CLUSTER_SCHEMES = frozenset({"redis+cluster", "valkey+cluster"})
-#: The query options a cluster URL may carry: what the connections to its nodes honour.
-CLUSTER_URL_OPTIONS = frozenset({"username", "password"})
-
 _CONNECT_TIMEOUT = 2.0
-#: What redis-py raises: its cluster client's own errors (no node reachable, a slot not
-#: covered) are not RedisErrors.
-_REDIS_ERRORS = (RedisError, RedisClusterException)
 
 # A GET and a write in one script, as on a single node: one key, so one slot.
 _RENEW_IF_OWNER = (
@@ -68,73 +56,7 @@ _RAW_REPLIES = (
 )  # fmt: skip
 
 
-#: A command and its arguments, as redis-py's ``execute_command`` takes them.
-_Command = tuple[str | bytes | int, ...]
-
-
-@dataclass(frozen=True)
-class ClusterSeeds:
-    """The nodes a cluster URL names, and the credentials for every node."""
-
-    nodes: tuple[tuple[str, int], ...]
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def from_url(cls, url: str) -> ClusterSeeds:
-        """Parse ``redis+cluster://[user:password@]host:port[,host:port...][/][?options]``.
-
-        Raises:
-            SetupError: a query option other than ``username`` and ``password``, or a
-                database other than 0 (a cluster has only database 0).
-            ValueError: not a cluster URL, or no node in it.
-        """
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in CLUSTER_SCHEMES:
-            raise ValueError(f"not a cluster URL: {url!r}")
-        user_info, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = user_info.partition(":")
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in CLUSTER_URL_OPTIONS:
-                raise SetupError(
-                    f"the cluster URL option {name!r} is not supported: daebus's cluster "
-                    f"transport would ignore it. Supported: "
-                    f"{', '.join(sorted(CLUSTER_URL_OPTIONS))}"
-                )
-            options[name] = value
-        if parts.path.strip("/") not in ("", "0"):
-            raise SetupError(f"a cluster has only database 0, not {parts.path.strip('/')!r}")
-        nodes = tuple(_host_port(address) for address in hosts.split(",") if address)
-        if not nodes:
-            raise ValueError(f"the cluster URL {url!r} names no node")
-        return cls(
-            nodes,
-            username=options.get("username") or unquote(username) or None,
-            password=options.get("password") or (unquote(password) if user_info else None),
-        )
-
-    def endpoint(self, host: str, port: int) -> Endpoint:
-        """Where one node is, with the cluster's credentials."""
-        return Endpoint(host=host, port=port, username=self.username, password=self.password)
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """``host:port``, ``[ipv6]:port`` or a bare host (port 6379) as ``(host, port)``."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:  # a bare host, or an IPv6 address without brackets (so without a port)
-        host, port = address, ""
-    try:
-        return host or "localhost", int(port or 6379)
-    except ValueError:
-        raise ValueError(f"bad port in the cluster node address {address!r}") from None
-
-
-class ClusterTransport(Transport):
+class ClusterTransport(ClusterStreams):
     """Pub/sub and streams over a Valkey or Redis Cluster (``redis+cluster://``).
 
     Commands (publishes included) go through redis-py's asyncio ``RedisCluster``, which
@@ -142,7 +64,8 @@ class ClusterTransport(Transport):
     order. Publishes and appends from other threads go through redis-py's blocking
     ``RedisCluster``, made on first use. Each master with channels on it has a
     :class:`~._shard_subscriber.ShardSubscriber`; a durable read waits on a connection
-    of its own to its stream's master.
+    of its own to its stream's master (the stream commands are
+    :class:`~._cluster_streams.ClusterStreams`').
     """
 
     ends_batches = True  # the messages of one read from a shard's socket
@@ -157,7 +80,7 @@ class ClusterTransport(Transport):
         self._sync_lock = threading.Lock()
         # Commands (publishes included) waiting for the pipeline that sends them, in the
         # order they were made.
-        self._outbox: list[tuple[_Command, asyncio.Future[Any]]] = []
+        self._outbox: list[tuple[Command, asyncio.Future[Any]]] = []
         self._sending: asyncio.Task[None] | None = None
         # node name -> the TIME under way to it, shared by whoever needs the node's clock
         self._asking_time: dict[str, asyncio.Future[Any]] = {}
@@ -188,7 +111,7 @@ class ClusterTransport(Transport):
             cluster.response_callbacks.pop(command, None)
         try:
             await cluster.initialize()
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             await cluster.aclose()
             raise TransportError(f"cannot reach the cluster {self.shown_url}: {exc}") from exc
         if self._closed:  # closed while it connected
@@ -231,7 +154,7 @@ class ClusterTransport(Transport):
             raise TransportError(f"{self!r} is closed or not connected")
         return cluster
 
-    def _send(self, command: _Command) -> asyncio.Future[Any]:
+    def _send(self, command: Command) -> asyncio.Future[Any]:
         """Queue one command; what is queued meanwhile goes in one pipeline, in order.
 
         redis-py sends a pipeline's commands to each shard in order, on one connection:
@@ -259,7 +182,7 @@ class ClusterTransport(Transport):
                 for command, _ in batch:
                     pipeline.execute_command(*command)
                 replies = await pipeline.execute(raise_on_error=False)
-            except (*_REDIS_ERRORS, TransportError) as exc:
+            except (*REDIS_ERRORS, TransportError) as exc:
                 replies = [exc] * len(batch)
             except asyncio.CancelledError:  # closed: what was sent is not waited for
                 for _, future in batch:
@@ -286,7 +209,7 @@ class ClusterTransport(Transport):
         """One command, sent to its key's shard with whatever else is queued."""
         return await self._send(args)
 
-    async def _pipeline(self, *commands: _Command) -> list[Any]:
+    async def _pipeline(self, *commands: Command) -> list[Any]:
         """Several commands, sent together; their replies (the first error raised)."""
         replies = await asyncio.gather(
             *(self._send(command) for command in commands), return_exceptions=True
@@ -300,7 +223,7 @@ class ClusterTransport(Transport):
         """The master that holds ``key``'s slot, as the cluster last said."""
         try:
             node = self._client().get_node_from_key(key)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise TransportError(f"no node serves {key!r}: {exc}") from exc
         if node is None:
             raise TransportError(f"no node serves {key!r}")
@@ -363,10 +286,10 @@ class ClusterTransport(Transport):
         try:
             client = self._blocking_client()
             return client.execute_command(*args, **options)  # type: ignore[no-untyped-call]
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise TransportError(f"{args[0]!s} failed: {exc}") from exc
 
-    def _blocking_pipeline(self, *commands: _Command) -> list[Any]:
+    def _blocking_pipeline(self, *commands: Command) -> list[Any]:
         """Several commands from any thread, one round trip per shard; errors raised."""
         try:
             pipeline = self._blocking_client().pipeline(  # type: ignore[no-untyped-call]
@@ -375,7 +298,7 @@ class ClusterTransport(Transport):
             for command in commands:
                 pipeline.execute_command(*command)
             return list(pipeline.execute())
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise TransportError(f"{commands[0][0]!s} failed: {exc}") from exc
 
     # -- the instances of a service ---------------------------------------------------
@@ -406,7 +329,7 @@ class ClusterTransport(Transport):
                 asking.add_done_callback(lambda _: self._asking_time.pop(node.name, None))
             try:
                 clock.learn(await asyncio.shield(asking))
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 raise TransportError(f"TIME failed on {node.name}: {exc!r}") from exc
             now = clock.now_ms()
             assert now is not None
@@ -443,173 +366,6 @@ class ClusterTransport(Transport):
     async def drop_entry(self, index: str, key: str) -> None:
         """``DEL key`` and ``ZREM index key``."""
         await self._pipeline(("DEL", key), ("ZREM", index, key))
-
-    # -- streams ---------------------------------------------------------------------
-    async def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
-    ) -> str:
-        """``XADD stream MAXLEN ~ maxlen * fields...`` [then ``XTRIM ... MINID``] on its shard."""
-        add = ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
-        if max_age_ms is None:
-            return bytes(await self._command(*add)).decode()
-        oldest = await self._now_ms(stream) - max_age_ms
-        replies = await self._pipeline(add, ("XTRIM", stream, "MINID", "~", oldest))
-        return bytes(replies[0]).decode()
-
-    def stream_add_blocking(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
-    ) -> str:
-        """:meth:`stream_add` from any thread, on the blocking client."""
-        return self.stream_add_many_blocking([(stream, fields)], maxlen, max_age_ms=max_age_ms)[0]
-
-    def stream_add_many_blocking(
-        self,
-        entries: Sequence[tuple[str, dict[str, bytes]]],
-        maxlen: int,
-        *,
-        max_age_ms: int | None = None,
-    ) -> list[str]:
-        """Every ``XADD`` in one pipeline, then an ``XTRIM`` per stream with ``max_age_ms``."""
-        if not entries:
-            return []
-        commands: list[_Command] = [
-            ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
-            for stream, fields in entries
-        ]
-        if max_age_ms is not None:
-            for stream in dict.fromkeys(stream for stream, _ in entries):
-                oldest = self._now_ms_blocking(stream) - max_age_ms
-                commands.append(("XTRIM", stream, "MINID", "~", oldest))
-        replies = self._blocking_pipeline(*commands)
-        return [bytes(reply).decode() for reply in replies[: len(entries)]]
-
-    def _now_ms_blocking(self, key: str) -> int:
-        """:meth:`_now_ms` from any thread."""
-        try:
-            client = self._blocking_client()
-            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        except _REDIS_ERRORS as exc:
-            raise TransportError(f"no node serves {key!r}: {exc}") from exc
-        clock = self._clocks.setdefault(node.name, ServerClock())
-        now = clock.now_ms()
-        if now is None:
-            clock.learn(self._blocking("TIME", target_nodes=node))
-            now = clock.now_ms()
-            assert now is not None
-        return now
-
-    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
-        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
-        try:
-            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
-        except TransportError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        return True
-
-    async def stream_read(
-        self, stream: str, group: str, consumer: str, count: int, block_ms: int
-    ) -> list[StreamEntry]:
-        """``XREADGROUP`` on a connection of ``(stream, group)``'s own, to its master.
-
-        As on a single node: the wait is at most :data:`~._redis_streams.MAX_READ_BLOCK`
-        seconds, and a read cancelled mid-wait drops its connection, whose next reply
-        would answer the wrong read.
-        """
-        reader = self._stream_readers.get((stream, group))
-        if reader is None or not reader.is_open:
-            node = self._node_of(stream)
-            reader = await open_connection(
-                self._seeds.endpoint(node.host, int(node.port)),
-                silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK,
-            )
-            if self._closed:
-                reader.close()
-                raise TransportError(f"{self!r} is closed")
-            self._stream_readers[stream, group] = reader
-        block_ms = min(block_ms, int(MAX_READ_BLOCK * 1000))
-        try:
-            reply = await reader.send(
-                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
-                "STREAMS", stream, ">",
-            )  # fmt: skip
-        except asyncio.CancelledError:
-            if self._stream_readers.get((stream, group)) is reader:
-                del self._stream_readers[stream, group]
-            reader.close()
-            raise
-        return entries_of(reply[0][1]) if reply else []
-
-    async def stream_ack(
-        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
-    ) -> int:
-        """``XACK stream group ids...`` [and ``XDEL stream ids...``] (none: 0, unasked)."""
-        if not ids:
-            return 0
-        if not delete:
-            return int(await self._command("XACK", stream, group, *ids))
-        acked, _deleted = await self._pipeline(
-            ("XACK", stream, group, *ids), ("XDEL", stream, *ids)
-        )
-        return int(acked)
-
-    async def stream_claim(
-        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
-    ) -> list[StreamEntry]:
-        """``XCLAIM stream group consumer 0 ids... [JUSTID]`` (none: nothing to take)."""
-        if not ids:
-            return []
-        if touch:
-            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
-            return []
-        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
-        return await self._with_deliveries(stream, group, entries_of(reply))
-
-    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
-        """``XPENDING stream group - + 1 consumer``, then ``XGROUP DELCONSUMER`` if none."""
-        if await self._command("XPENDING", stream, group, "-", "+", 1, consumer):
-            return False
-        await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
-        return True
-
-    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
-        """``XPENDING stream group``: the counts of the members other than ``consumer``."""
-        reply = await self._command("XPENDING", stream, group)
-        members = reply[3] if reply and len(reply) > 3 and reply[3] else []
-        return sum(int(count) for name, count in members if bytes(name).decode() != consumer)
-
-    async def stream_autoclaim(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int,
-        *,
-        start: str = "0-0",
-    ) -> Reclaimed:
-        """``XAUTOCLAIM ... start COUNT count``."""
-        reply = await self._command(
-            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
-        )
-        entries = await self._with_deliveries(stream, group, entries_of(reply[1]))
-        return Reclaimed(entries, bytes(reply[0]).decode())
-
-    async def _with_deliveries(
-        self, stream: str, group: str, entries: list[StreamEntry]
-    ) -> list[StreamEntry]:
-        """The entries with their delivery counts from ``XPENDING``, in one round trip."""
-        if not entries:
-            return entries
-        pending = await self._pipeline(
-            *(("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
-        )
-        return [
-            entry._replace(deliveries=int(rows[0][3]))
-            for entry, rows in zip(entries, pending, strict=True)
-            if rows
-        ]
 
     # -- subscribing -----------------------------------------------------------------
     async def _add(self, name: str, pattern: bool) -> None:
