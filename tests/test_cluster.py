@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from _cluster import ValkeyCluster, client_for
-from _helpers import unique_name
+from _helpers import unique_name, wait_until
 from _servers import free_port
 from daebus import SetupError, TransportError
 from daebus.transport import Delivery, Transport, transport_from_url
@@ -204,3 +204,30 @@ async def test_registry_entries_and_their_index_may_be_on_two_shards(
         assert (client.get(key), client.zrange(index, 0, -1)) == (None, [])
     finally:
         client.close()
+
+
+async def test_a_lost_subscriber_connection_subscribes_again(
+    cluster_transport: Transport, valkey_cluster: ValkeyCluster
+) -> None:
+    owner, channel = next(
+        iter(channels_on_every_master(valkey_cluster, unique_name("lost") + ":").items())
+    )
+    lost: list[TransportError] = []
+    cluster_transport.add_disconnect_handler(lost.append)
+    received: asyncio.Queue[Delivery] = asyncio.Queue()
+    await cluster_transport.subscribe(channel, received.put_nowait)
+
+    host, _, port = owner.rpartition(":")
+    node = redis.Redis(host=host, port=int(port))
+    try:
+        # The tests run one at a time: the only pub/sub clients of the node are this test's.
+        assert node.client_kill_filter(_type="pubsub") >= 1
+    finally:
+        node.close()
+    await wait_until(lambda: lost, message="the loss was never told")
+    assert owner in str(lost[0])
+
+    await asyncio.wait_for(cluster_transport.until_receiving(), 5)
+    assert cluster_transport.receiving
+    assert await cluster_transport.publish(channel, b"back") == 1
+    assert (await asyncio.wait_for(received.get(), 5)).data == b"back"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 _RECONNECT_FIRST_DELAY = 0.05
 _RECONNECT_MAX_DELAY = 1.0
+_STILL_DOWN_LOG_EVERY = 10.0
 
 #: Called with each ``[b"smessage", channel, data]``; an awaitable pauses reading.
 OnMessage = Callable[[list[Any]], Awaitable[None] | None]
@@ -147,6 +149,8 @@ class ShardSubscriber:
     async def _read_forever(self) -> None:
         """Connect, subscribe everything, wait for the connection to drop, repeat."""
         delay = _RECONNECT_FIRST_DELAY
+        down_since: float | None = None
+        last_report = 0.0
         while not self._closed:
             try:
                 connection = await open_connection(
@@ -164,12 +168,32 @@ class ShardSubscriber:
                     raise
             except TransportError as exc:
                 self._attempted(False)
-                logger.debug("cannot subscribe on %s (%s); retrying", self.endpoint, exc)
+                now = time.monotonic()
+                if down_since is None:
+                    logger.warning("cannot subscribe on %s (%s); retrying", self.endpoint, exc)
+                    down_since = last_report = now
+                elif now - last_report >= _STILL_DOWN_LOG_EVERY:
+                    logger.warning(
+                        "still cannot subscribe on %s after %.0f s (%s); retrying every %.1f s",
+                        self.endpoint,
+                        now - down_since,
+                        exc,
+                        delay,
+                    )
+                    last_report = now
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RECONNECT_MAX_DELAY)
                 continue
             self._subscribed = True
             self._attempted(True)
+            if down_since is not None:
+                logger.warning(
+                    "subscribed again on %s after %.1f s: %d channel(s)",
+                    self.endpoint,
+                    time.monotonic() - down_since,
+                    len(self.channels),
+                )
+            down_since = None
             delay = _RECONNECT_FIRST_DELAY
             error = await asyncio.shield(connection.lost)
             self._subscribed = False
@@ -177,6 +201,7 @@ class ShardSubscriber:
                 self._connection = None
             if self._stopped():
                 return
+            down_since = last_report = time.monotonic()
             reason = str(error) if error else "closed by the server"
             logger.warning(
                 "lost the subscriber connection to %s (%s); reconnecting", self.endpoint, reason

@@ -326,7 +326,7 @@ class ClusterTransport(ClusterStreams):
                 asking = self._asking_time[node.name] = asyncio.ensure_future(
                     self._client().execute_command("TIME", target_nodes=node)
                 )
-                asking.add_done_callback(lambda _: self._asking_time.pop(node.name, None))
+                asking.add_done_callback(lambda done: self._asked_time(node.name, done))
             try:
                 clock.learn(await asyncio.shield(asking))
             except REDIS_ERRORS as exc:
@@ -334,6 +334,12 @@ class ClusterTransport(ClusterStreams):
             now = clock.now_ms()
             assert now is not None
         return now
+
+    def _asked_time(self, name: str, done: asyncio.Future[Any]) -> None:
+        if self._asking_time.get(name) is done:
+            del self._asking_time[name]
+        if not done.cancelled():
+            done.exception()  # seen here: whoever waited for it may have given up
 
     async def renew_member(self, key: str, member: str, ttl_ms: int) -> list[str]:
         """Score ``member`` with its expiry on the node's clock; prune; list the members."""
@@ -389,7 +395,7 @@ class ClusterTransport(ClusterStreams):
         await shard.add(name)
 
     async def _remove(self, name: str, pattern: bool) -> None:
-        for shard in self._shards.values():
+        for shard in list(self._shards.values()):
             if name in shard.channels:
                 await shard.remove(name)
 
