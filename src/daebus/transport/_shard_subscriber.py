@@ -5,7 +5,8 @@ the channel's slot, so the cluster transport keeps one of these per master it ha
 channels on. Each keeps its connection up the way the Redis transport's subscriber
 does: it reconnects to the same node with a capped backoff and subscribes every channel
 again. Following a channel to another node (a slot moved, a replica promoted) is not
-done here.
+done here; whoever does it must also handle the ``sunsubscribe`` a node sends unasked
+when it loses a slot, which this connection would take for the answer to a command.
 """
 
 from __future__ import annotations
