@@ -50,7 +50,7 @@ _DELETE_IF_OWNER = (
 # The commands whose replies are parsed here from the server's own shape (as the Redis
 # transport parses them), not reshaped by redis-py's response callbacks.
 _RAW_REPLIES = (
-    "DEL", "EVAL", "PEXPIRE", "PING", "SET", "SPUBLISH", "TIME", "XACK", "XADD",
+    "DEL", "EVAL", "PEXPIRE", "SET", "SPUBLISH", "TIME", "XACK", "XADD",
     "XAUTOCLAIM", "XCLAIM", "XDEL", "XGROUP", "XPENDING", "XTRIM", "ZADD", "ZRANGE",
     "ZREM", "ZREMRANGEBYSCORE",
 )  # fmt: skip
@@ -235,7 +235,7 @@ class ClusterTransport(ClusterStreams):
         return self._send(("SPUBLISH", channel, data))
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Publish several messages in order, in one pipeline."""
+        """Publish several messages in order (in one pipeline, unless one is under way)."""
         futures = [self.publish_nowait(channel, data) for channel, data in messages]
         return [int(count) for count in await asyncio.gather(*futures)]
 
@@ -378,8 +378,9 @@ class ClusterTransport(ClusterStreams):
         if pattern:
             raise SetupError(
                 f"cannot listen to the pattern {name!r} on a cluster: daebus's cluster "
-                "transport uses sharded pub/sub, which has no patterns (a pattern would "
-                "have to be subscribed on every shard). Listen to the channels by name"
+                "transport uses sharded pub/sub, which has no patterns (serving one would "
+                "take classic pub/sub, every message sent to every node). Listen to the "
+                "channels by name"
             )
         if self._closed or self._cluster is None:
             raise TransportError(f"{self!r} is closed: connect() it again first")
