@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from _apps import Apps
+from _cluster import ValkeyCluster, find_cli
 from _helpers import PHASE_REPORTS, ServiceProcess, dead_url, unique_name
 from _servers import (
     ExternalRedis,
@@ -129,6 +130,26 @@ def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisEndpoint]:
 def redis_url(redis_server: RedisEndpoint) -> str:
     """URL of the shared server, e.g. ``redis://127.0.0.1:PORT/0``."""
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(server_binary: Path) -> Iterator[ValkeyCluster]:
+    """A cluster of three masters and three replicas shared by the session.
+
+    Tests must not stop, kill or flush its nodes: the contract suite shares it.
+    """
+    cli = find_cli(server_binary)
+    if cli is None:
+        skip_or_fail(f"no valkey-cli beside {server_binary}: it joins the nodes into a cluster")
+    assert cli is not None
+    with ValkeyCluster(server_binary, cli) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def cluster_url(valkey_cluster: ValkeyCluster) -> str:
+    """``redis+cluster://host:port,...`` of the shared cluster."""
+    return valkey_cluster.url
 
 
 @pytest.fixture

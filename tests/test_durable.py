@@ -1,8 +1,8 @@
 """Durable channels: streams, consumer groups, retries, dead letters and reclaiming.
 
-Each test runs on a real server and on the memory transport (``daebus.testing``), which
-implements the same stream semantics; the killed-instance test needs a subprocess and
-runs on the server only.
+Each test runs on a real server, on the memory transport (``daebus.testing``), which
+implements the same stream semantics, and on a real cluster; the killed-instance test
+needs a subprocess and runs on the server only.
 """
 
 from __future__ import annotations
@@ -10,24 +10,38 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
 from _apps import Apps
+from _cluster import client_for
 from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request
 from daebus.protocol import dead_letter_key, stream_key
-from daebus.transport.memory import broker_for
+from daebus.transport.memory import broker_for, forget
 
 pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["redis", "memory", "cluster"])
+def where(request: pytest.FixtureRequest) -> Iterator[Apps]:
+    """Apps on the shared server, on a fresh memory://, then on the shared cluster."""
+    if request.param == "memory":
+        url = f"memory://{unique_name('where')}"
+    else:
+        url = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
+    with Apps(url) as manager:
+        yield manager
+    if url.startswith("memory://"):
+        forget(url)
 
 
 def _entries(url: str, stream: str) -> list[dict[str, bytes]]:
     if url.startswith("memory://"):
         return [entry.fields for entry in broker_for(url).streams.entries(stream)]
-    client = redis.Redis.from_url(url)
+    client = client_for(url)
     try:
         return [{k.decode(): v for k, v in fields.items()} for _, fields in client.xrange(stream)]
     finally:
@@ -131,7 +145,7 @@ def test_a_failing_handler_is_retried_then_acked(where: Apps) -> None:
     wait_for(lambda: not runtime.durable.consumers[channel, None].held)
     assert _length(where.url, dead_letter_key(channel, service)) == 0
     if not where.url.startswith("memory://"):
-        client = redis.Redis.from_url(where.url)
+        client = client_for(where.url)
         assert client.xpending(stream_key(channel), service)["pending"] == 0
         client.close()
 

@@ -102,9 +102,13 @@ def quick_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the transports' claims and records ---------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "memory"])
-def any_url(request: pytest.FixtureRequest, redis_url: str) -> str:
-    return redis_url if request.param == "redis" else f"memory://{unique_name('claims')}"
+@pytest.fixture(params=["redis", "memory", "cluster"])
+def any_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "cluster":
+        return str(request.getfixturevalue("cluster_url"))
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"memory://{unique_name('claims')}"
 
 
 async def test_claim_is_taken_once_and_expires(any_url: str) -> None:

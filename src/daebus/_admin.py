@@ -14,9 +14,10 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import config, protocol
-from .exceptions import TransportError
-from .transport import check_url_options
+from .exceptions import SetupError, TransportError
+from .transport import check_url_options, is_cluster_url
 from .transport._glob import compile_glob
+from .transport._url import redact_url
 from .transport.base import StreamEntry
 from .transport.memory import MemoryBroker, broker_for
 
@@ -38,11 +39,17 @@ def open_admin(url: str | None = None, *, timeout: float | None = None) -> Admin
 
     Raises:
         TransportError: no URL is configured and no server can be found or started.
-        SetupError: the URL has an option daebus does not honour.
+        SetupError: the URL has an option daebus does not honour, or names a cluster.
     """
     url = config.resolve_redis_url(url)
     if url.startswith("memory://"):
         return MemoryAdmin(broker_for(url))
+    if is_cluster_url(url):
+        # Its reads (SCAN, PUBSUB CHANNELS, INFO) would see one node of the cluster.
+        raise SetupError(
+            "the dead letters, health checks and registry readers read one server: "
+            f"they do not read a cluster yet ({redact_url(url)})"
+        )
     check_url_options(url)
     return RedisAdmin(url, timeout)
 

@@ -11,7 +11,14 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import config
-from .transport import Transport, check_url_options, transport_from_url
+from .exceptions import SetupError
+from .transport import (
+    NO_CACHE_ON_A_CLUSTER,
+    Transport,
+    check_url_options,
+    is_cluster_url,
+    transport_from_url,
+)
 from .transport.memory import MemoryTransport, broker_for
 
 if TYPE_CHECKING:
@@ -30,6 +37,8 @@ def standalone_cache() -> redis.Redis:
         cache = standalone_publisher().transport.blocking_client()
         assert cache is not None  # memory:// transports have one
         return cache
+    if is_cluster_url(url):
+        raise SetupError(NO_CACHE_ON_A_CLUSTER)
     with _standalone_lock:
         client = _standalone.get(url)
         if client is None:

@@ -40,9 +40,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Called with each pub/sub message (``[b"message", channel, data]`` or
-#: ``[b"pmessage", pattern, channel, data]``). An awaitable result pauses reading
-#: until it is done: back-pressure reaches the socket.
+#: Called with each pub/sub message (``[b"message", channel, data]``,
+#: ``[b"pmessage", pattern, channel, data]`` or, sharded, ``[b"smessage", channel, data]``).
+#: An awaitable result pauses reading until it is done: back-pressure reaches the socket.
 PushHandler = Callable[[list[Any]], Awaitable[Any] | None]
 
 #: Called with a command's reply, or with the TransportError it failed with.
@@ -53,7 +53,7 @@ ReplyCallback = Callable[[Any], None]
 #: messages fed whole costs ~32 MB of memmove; fed 4 KiB at a time, ~8 KB.
 _FEED_SIZE = 4096
 
-_MESSAGE_KINDS = frozenset({b"message", b"pmessage"})
+_MESSAGE_KINDS = frozenset({b"message", b"pmessage", b"smessage"})
 PING = b"*1\r\n$4\r\nPING\r\n"
 _CONFIRMATION_KINDS = frozenset({b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"})
 

@@ -1,0 +1,238 @@
+"""The stream commands of durable channels on a cluster, each sent to its stream's shard.
+
+The same commands as :mod:`._redis_streams`, through redis-py's ``RedisCluster`` (which
+routes each by its one key) rather than the single node's connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import redis.cluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import RedisClusterException, RedisError
+
+from ..exceptions import TransportError
+from ._cluster_seeds import ClusterSeeds
+from ._redis_streams import MAX_READ_BLOCK
+from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection
+from ._server_clock import ServerClock
+from ._streams import entries_of, flat_fields
+from .base import Reclaimed, StreamEntry, Transport
+
+__all__ = ["REDIS_ERRORS", "ClusterStreams", "Command"]
+
+#: A command and its arguments, as redis-py's ``execute_command`` takes them.
+Command = tuple[str | bytes | int, ...]
+
+#: What redis-py raises: its cluster client's own errors (no node reachable, a slot not
+#: covered) are not RedisErrors.
+REDIS_ERRORS = (RedisError, RedisClusterException)
+
+
+class ClusterStreams(Transport):
+    """The stream commands for a cluster transport that has the means below."""
+
+    _closed: bool
+    _seeds: ClusterSeeds
+    #: (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
+    _stream_readers: dict[tuple[str, str], RespConnection]
+    #: node name -> its clock
+    _clocks: dict[str, ServerClock]
+
+    @abstractmethod
+    async def _command(self, *args: str | bytes | int) -> Any:
+        """One command, sent to its key's shard."""
+
+    @abstractmethod
+    async def _pipeline(self, *commands: Command) -> list[Any]:
+        """Several commands, sent together; their replies (the first error raised)."""
+
+    @abstractmethod
+    async def _now_ms(self, key: str) -> int:
+        """Now on the clock of the node that holds ``key``."""
+
+    @abstractmethod
+    def _node_of(self, key: str) -> ClusterNode:
+        """The master that holds ``key``'s slot."""
+
+    @abstractmethod
+    def _blocking_client(self) -> redis.cluster.RedisCluster:
+        """The blocking client of other threads."""
+
+    @abstractmethod
+    def _blocking(self, *args: str | bytes | int, **options: Any) -> Any:
+        """One command from any thread."""
+
+    @abstractmethod
+    def _blocking_pipeline(self, *commands: Command) -> list[Any]:
+        """Several commands from any thread; errors raised."""
+
+    async def stream_add(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """``XADD stream MAXLEN ~ maxlen * fields...`` [then ``XTRIM ... MINID``] on its shard."""
+        add = ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+        if max_age_ms is None:
+            return bytes(await self._command(*add)).decode()
+        oldest = await self._now_ms(stream) - max_age_ms
+        replies = await self._pipeline(add, ("XTRIM", stream, "MINID", "~", oldest))
+        return bytes(replies[0]).decode()
+
+    def stream_add_blocking(
+        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+    ) -> str:
+        """:meth:`stream_add` from any thread, on the blocking client."""
+        return self.stream_add_many_blocking([(stream, fields)], maxlen, max_age_ms=max_age_ms)[0]
+
+    def stream_add_many_blocking(
+        self,
+        entries: Sequence[tuple[str, dict[str, bytes]]],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+    ) -> list[str]:
+        """Every ``XADD`` in one pipeline, then an ``XTRIM`` per stream with ``max_age_ms``."""
+        if not entries:
+            return []
+        commands: list[Command] = [
+            ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+            for stream, fields in entries
+        ]
+        if max_age_ms is not None:
+            for stream in dict.fromkeys(stream for stream, _ in entries):
+                oldest = self._now_ms_blocking(stream) - max_age_ms
+                commands.append(("XTRIM", stream, "MINID", "~", oldest))
+        replies = self._blocking_pipeline(*commands)
+        return [bytes(reply).decode() for reply in replies[: len(entries)]]
+
+    def _now_ms_blocking(self, key: str) -> int:
+        """:meth:`_now_ms` from any thread."""
+        try:
+            client = self._blocking_client()
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        except REDIS_ERRORS as exc:
+            raise TransportError(f"no node serves {key!r}: {exc}") from exc
+        clock = self._clocks.setdefault(node.name, ServerClock())
+        now = clock.now_ms()
+        if now is None:
+            clock.learn(self._blocking("TIME", target_nodes=node))
+            now = clock.now_ms()
+            assert now is not None
+        return now
+
+    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
+        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
+        try:
+            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
+        except TransportError as exc:
+            if "BUSYGROUP" in str(exc):
+                return False
+            raise
+        return True
+
+    async def stream_read(
+        self, stream: str, group: str, consumer: str, count: int, block_ms: int
+    ) -> list[StreamEntry]:
+        """``XREADGROUP`` on a connection of ``(stream, group)``'s own, to its master.
+
+        As on a single node: the wait is at most :data:`~._redis_streams.MAX_READ_BLOCK`
+        seconds, and a read cancelled mid-wait drops its connection, whose next reply
+        would answer the wrong read.
+        """
+        reader = self._stream_readers.get((stream, group))
+        if reader is None or not reader.is_open:
+            node = self._node_of(stream)
+            reader = await open_connection(
+                self._seeds.endpoint(node.host, int(node.port)),
+                silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK,
+            )
+            if self._closed:
+                reader.close()
+                raise TransportError(f"{self!r} is closed")
+            self._stream_readers[stream, group] = reader
+        block_ms = min(block_ms, int(MAX_READ_BLOCK * 1000))
+        try:
+            reply = await reader.send(
+                "XREADGROUP", "GROUP", group, consumer, "COUNT", count, "BLOCK", block_ms,
+                "STREAMS", stream, ">",
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            if self._stream_readers.get((stream, group)) is reader:
+                del self._stream_readers[stream, group]
+            reader.close()
+            raise
+        return entries_of(reply[0][1]) if reply else []
+
+    async def stream_ack(
+        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
+    ) -> int:
+        """``XACK stream group ids...`` [and ``XDEL stream ids...``] (none: 0, unasked)."""
+        if not ids:
+            return 0
+        if not delete:
+            return int(await self._command("XACK", stream, group, *ids))
+        acked, _deleted = await self._pipeline(
+            ("XACK", stream, group, *ids), ("XDEL", stream, *ids)
+        )
+        return int(acked)
+
+    async def stream_claim(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
+    ) -> list[StreamEntry]:
+        """``XCLAIM stream group consumer 0 ids... [JUSTID]`` (none: nothing to take)."""
+        if not ids:
+            return []
+        if touch:
+            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
+            return []
+        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
+        return await self._with_deliveries(stream, group, entries_of(reply))
+
+    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
+        """``XPENDING stream group - + 1 consumer``, then ``XGROUP DELCONSUMER`` if none."""
+        if await self._command("XPENDING", stream, group, "-", "+", 1, consumer):
+            return False
+        await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
+        return True
+
+    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
+        """``XPENDING stream group``: the counts of the members other than ``consumer``."""
+        reply = await self._command("XPENDING", stream, group)
+        members = reply[3] if reply and len(reply) > 3 and reply[3] else []
+        return sum(int(count) for name, count in members if bytes(name).decode() != consumer)
+
+    async def stream_autoclaim(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        min_idle_ms: int,
+        count: int,
+        *,
+        start: str = "0-0",
+    ) -> Reclaimed:
+        """``XAUTOCLAIM ... start COUNT count``."""
+        reply = await self._command(
+            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
+        )
+        entries = await self._with_deliveries(stream, group, entries_of(reply[1]))
+        return Reclaimed(entries, bytes(reply[0]).decode())
+
+    async def _with_deliveries(
+        self, stream: str, group: str, entries: list[StreamEntry]
+    ) -> list[StreamEntry]:
+        """The entries with their delivery counts from ``XPENDING``, in one round trip."""
+        if not entries:
+            return entries
+        pending = await self._pipeline(
+            *(("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
+        )
+        return [
+            entry._replace(deliveries=int(rows[0][3]))
+            for entry, rows in zip(entries, pending, strict=True)
+            if rows
+        ]
