@@ -42,6 +42,7 @@ from daebus import (
 )
 from daebus.protocol import decode_object, encode_request
 from daebus.pubsub import PubSubRequest
+from daebus.tracing import Tracing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -416,6 +417,37 @@ def test_a_valid_context_from_any_client_is_continued(apps: Apps, spans: Spans) 
     assert served.context is not None
     assert f"{served.context.trace_id:032x}" == trace_id
     assert served.context.trace_state.get("vendor") == "value"
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "vendor=value\n2026-12-07 ERROR forged log line",
+        ",".join(f"k{n}=v" for n in range(40)),
+        "k=" + "v" * 900,
+    ],
+    ids=["not-w3c", "too-many-members", "long-value"],
+)
+def test_a_forged_tracestate_is_dropped_quietly(
+    spans: Spans, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who can publish on a service's channel picks these keys: what they send
+    # must not reach the logs, once per message, through OpenTelemetry's warnings.
+    tracing = Tracing(spans.provider)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{trace_id}-b7ad6b7169203331-01"
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    for fields in (
+        {"traceparent": parent, "tracestate": state},
+        {"traceparent": parent + "-" + "f" * 600},
+    ):
+        context = trace.get_current_span(tracing.parent(fields)).get_span_context()
+        if "tracestate" in fields:
+            assert f"{context.trace_id:032x}" == trace_id
+            assert not context.trace_state
+        else:
+            assert not context.is_valid
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
 
 
 # -- off ------------------------------------------------------------------------------------
