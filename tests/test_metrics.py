@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from _apps import Apps
 from _helpers import unique_name, wait_for
 from _http import fetch, serve
 from daebus import Daebus, DaebusWebSocket, RemoteError, ServiceBusyError, SetupError, request
+from daebus.runtime import metrics as runtime_metrics
 from daebus.testing import TestClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -360,6 +362,58 @@ def test_a_lost_connection_counts_as_a_reconnect(private_apps: Apps, private_red
     wait_for(lambda: runtime.transport.receiving, timeout=10)
     caller = private_apps.caller(service)
     assert caller.send_request("echo", 1) == 1
+
+
+def test_scrapes_of_a_frozen_server_answer_soon_and_share_one_read(
+    private_apps: Apps, private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Daebus("frozen")
+    app.enable_metrics(port=0)
+
+    @app.listen("orders", durable=True)
+    def orders(_data: Any) -> None:
+        pass
+
+    service = private_apps.start(app)
+    url = app.metrics.url
+    base = url[: -len("/metrics")]
+    pending = "daebus_durable_pending"
+    assert value(scrape(base), pending, service=service, channel="orders") == 0
+    assert any(name == pending for name, _, _ in scrape(base))
+    reads: list[float] = []
+    read_groups = runtime_metrics._read_groups
+
+    def counted(*args: Any) -> Any:
+        reads.append(time.monotonic())
+        return read_groups(*args)
+
+    monkeypatch.setattr(runtime_metrics, "_read_groups", counted)
+    replies: list[tuple[int, float, Samples]] = []
+
+    def one() -> None:
+        started = time.monotonic()
+        reply = fetch(base, "/metrics", timeout=20)
+        replies.append((reply.status, time.monotonic() - started, parse(reply.body.decode())))
+
+    private_redis.pause()  # connections stay open; nothing is answered
+    try:
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+    finally:
+        private_redis.resume()
+    assert [status for status, _, _ in replies] == [200] * 12
+    assert max(took for _, took, _ in replies) < 2 * runtime_metrics.DURABLE_STATS_TIMEOUT + 1
+    # One read at a time, whatever the number of scrapes: one, or two if the first
+    # had failed before the last scrape came.
+    assert 1 <= len(reads) <= 2
+    # The server could not be read: the figures are absent, not the last ones (a
+    # frozen lag of 0 would look healthy).
+    for _, _, samples in replies:
+        assert not any(name == pending for name, _, _ in samples)
+    wait_for(lambda: any(name == pending for name, _, _ in scrape(base)))
 
 
 def test_metrics_are_off_by_default(apps: Apps) -> None:

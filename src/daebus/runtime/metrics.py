@@ -174,6 +174,7 @@ class Recorder:
         self._websocket = families.websocket_messages.labels(self.service)
         #: (channel, group) -> (pending, lag) as the server last said; lag None if unknown.
         self.durable_stats: dict[tuple[str, str], tuple[int, int | None]] = {}
+        self._reading: asyncio.Future[None] | None = None
 
     def open(self) -> None:
         """Start counting: show the live figures, count the reconnects."""
@@ -184,6 +185,8 @@ class Recorder:
         """The service stops: its live figures go; its counters stay in the registry."""
         self.families.live.discard(self)
         self.runtime.transport.remove_disconnect_handler(self._disconnected)
+        if self._reading is not None:
+            self._reading.cancel()
 
     # -- per message -------------------------------------------------------------------
     def handled(self, kind: str, name: str, status: str, started: float) -> None:
@@ -272,9 +275,20 @@ class Recorder:
     async def refresh(self, timeout: float = DURABLE_STATS_TIMEOUT) -> None:
         """Ask the server for the pending and lag of the groups this service reads.
 
-        A server that does not answer within ``timeout`` leaves the last figures
-        unchanged (they are dropped if it never answered): a scrape is not held up.
+        Scrapes that come while a read is under way wait for that one: one thread and
+        one connection at a time, however many scrape at once. A scrape waits at most
+        ``2 * timeout``; a server that cannot be read drops the figures (absent, not
+        stale: a frozen lag of 0 would look healthy).
         """
+        reading = self._reading
+        if reading is None or reading.done():
+            reading = self._reading = asyncio.ensure_future(self._read(timeout))
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), timeout * 2)
+        except asyncio.TimeoutError:
+            logger.debug("the durable groups' figures are late: the scrape goes on without")
+
+    async def _read(self, timeout: float) -> None:
         runtime = self.runtime
         groups = [
             (consumer.channel, consumer.stream, consumer.group)
@@ -284,11 +298,15 @@ class Recorder:
         groups.append((consumer.channel, consumer.stream, consumer.group))
         url = runtime.transport.url
         try:
-            self.durable_stats = await asyncio.wait_for(
-                asyncio.to_thread(_read_groups, url, groups, timeout), timeout * 2
-            )
-        except (DaebusError, OSError, asyncio.TimeoutError) as exc:
+            # Bounded by the socket's timeouts (each connect and command), not here:
+            # cancelling cannot stop the thread, and the next scrape would start another.
+            self.durable_stats = await asyncio.to_thread(_read_groups, url, groups, timeout)
+        except (DaebusError, OSError) as exc:
+            self.durable_stats = {}
             logger.debug("could not read the durable groups' figures: %s", exc)
+        except Exception:  # a scrape must be answered, whatever the server said
+            self.durable_stats = {}
+            logger.warning("could not read the durable groups' figures", exc_info=True)
 
 
 def _read_groups(
