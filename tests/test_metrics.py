@@ -416,6 +416,23 @@ def test_scrapes_of_a_frozen_server_answer_soon_and_share_one_read(
     wait_for(lambda: any(name == pending for name, _, _ in scrape(base)))
 
 
+def test_metrics_can_be_kept_off_the_http_port(apps: Apps) -> None:
+    # DaebusHttp binds 0.0.0.0 by default: serving /metrics there is a choice.
+    app = Daebus("private_metrics")
+    app.enable_metrics(port=0, http=False)
+
+    @app.route("/hello")
+    def hello(_req: Any) -> Any:
+        return "hi"
+
+    http = serve(apps, app)
+    assert fetch(http.url, "/metrics").status == 404
+    assert app.metrics.url is not None
+    assert fetch(app.metrics.url[: -len("/metrics")], "/metrics").status == 200
+    with pytest.raises(SetupError, match="nowhere"):
+        Daebus("nowhere").enable_metrics(http=False)
+
+
 def test_metrics_are_off_by_default(apps: Apps) -> None:
     app = Daebus("quiet")
 
