@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _apps import Apps
@@ -466,6 +466,47 @@ def test_metrics_on_the_memory_transport() -> None:
             name="stock",
             status="ok",
         )
+
+
+def test_two_instances_on_one_registry_give_one_sample_per_series() -> None:
+    # Two instances of a service in one process, on a shared registry: two samples of
+    # one series would be a broken exposition; their slots add up instead.
+    registry = CollectorRegistry()
+    gates = [threading.Event(), threading.Event()]
+    started = threading.Semaphore(0)
+    apps = []
+    for gate in gates:
+        app = Daebus("twin")
+        app.enable_metrics(registry=registry)
+
+        def hold(gate: threading.Event = gate) -> Any:
+            started.release()
+            gate.wait(10)
+            return "done"
+
+        app.add_action("hold", hold)
+        apps.append(app)
+    service = unique_name("twin")
+    with TestClient(apps[0], service=service) as one, TestClient(apps[1], service=service):
+        threads = [
+            threading.Thread(target=one.call, args=("hold",), kwargs={"timeout": 20})
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(2):
+                assert started.acquire(timeout=10)
+            text = generate_latest(registry).decode()
+        finally:
+            for gate in gates:
+                gate.set()
+            for thread in threads:
+                thread.join(20)
+    samples = parse(text)
+    series = [(name, tuple(sorted(labels.items()))) for name, labels, _ in samples]
+    assert len(series) == len(set(series))
+    assert value(samples, "daebus_in_flight", service=service) == 2
 
 
 def test_the_global_registry_and_one_switch() -> None:

@@ -342,19 +342,34 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         in_flight, queued, sockets, pending, lag = _live_families()
+        # Instances of one service in one process (on a shared registry) have the same
+        # labels: one sample each, never two of the same series. Their slots add up; a
+        # group's pending and lag are the server's, the same for every instance.
+        busy: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         for recorder in list(self._recorders):
             runtime = recorder.runtime
             service = recorder.service
             admission = runtime.admission
-            in_flight.add_metric([service], admission.active)
-            queued.add_metric([service], admission.queued)
             websocket = runtime.app.websocket
-            if websocket is not None:
-                sockets.add_metric([service], websocket.get_client_count())
-            for (channel, group), (waiting, behind) in recorder.durable_stats.items():
-                pending.add_metric([service, channel, group], waiting)
-                if behind is not None:
-                    lag.add_metric([service, channel, group], behind)
+            clients = websocket.get_client_count() if websocket is not None else None
+            figures = busy.setdefault(service, [0, 0, 0, 0])
+            figures[0] += admission.active
+            figures[1] += admission.queued
+            if clients is not None:
+                figures[2] += clients
+                figures[3] = 1
+            for (channel, group), stats in recorder.durable_stats.items():
+                groups[service, channel, group] = stats
+        for service, (active, waiting, clients, serves_sockets) in busy.items():
+            in_flight.add_metric([service], active)
+            queued.add_metric([service], waiting)
+            if serves_sockets:
+                sockets.add_metric([service], clients)
+        for labels, (waiting, behind) in groups.items():
+            pending.add_metric(list(labels), waiting)
+            if behind is not None:
+                lag.add_metric(list(labels), behind)
         return [in_flight, queued, sockets, pending, lag]
 
 
