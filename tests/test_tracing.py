@@ -40,8 +40,10 @@ from daebus import (
     broadcast,
     request,
 )
-from daebus.protocol import decode_object, encode_request
+from daebus.caller._messages import log_reply
+from daebus.protocol import decode_object, decode_reply, encode_request
 from daebus.pubsub import PubSubRequest
+from daebus.testing import TestClient
 from daebus.tracing import Tracing
 
 pytestmark = pytest.mark.timeout(60)
@@ -546,6 +548,25 @@ def test_debug_logs_the_messages_sent(apps: Apps, caplog: pytest.LogCaptureFixtu
         assert any(" success request_id=" in line and "final=True" in line for line in lines())
     finally:
         logging.getLogger("daebus").setLevel(logging.NOTSET)
+
+
+def test_debug_lines_escape_what_came_off_the_wire(caplog: pytest.LogCaptureFixture) -> None:
+    # A request's id and reply_to, and a reply's status and id, are the sender's to
+    # choose: a debug line must not end where they say and start a forged one.
+    app = Daebus("debug_in")
+    app.add_action("echo", lambda: request.payload)
+    caplog.set_level(logging.DEBUG, logger="daebus.flow")
+    with TestClient(app) as client:
+        forged = {"request_id": "r\nFORGED", "reply_to": "caller:x\nFORGED"}
+        client.publish(client.service, {"action": "echo", "payload": 1, **forged})
+        log_reply(
+            "svc", decode_reply(json.dumps({"status": "x\nFORGED", "request_id": "y\nFORGED"}))
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "daebus.flow"]
+    assert any(line.startswith("-> ") for line in lines), lines
+    assert any(line.startswith("<= ") for line in lines), lines
+    assert any(line.startswith("<- svc ") for line in lines), lines
+    assert not [line for line in lines if "\n" in line]
 
 
 def test_enable_tracing_is_refused_while_running(apps: Apps, spans: Spans) -> None:

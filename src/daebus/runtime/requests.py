@@ -182,8 +182,8 @@ class Requests:
                 "-> %s %s request_id=%s reply_to=%s payload=%s",
                 shorten(delivery.channel),
                 shorten(name),
-                request.request_id,
-                request.reply_to,
+                shorten(request.request_id),
+                shorten(request.reply_to),
                 preview(delivery.data),
             )
         if len(delivery.data) > self.app.max_message_size:
