@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -431,6 +432,20 @@ def test_metrics_can_be_kept_off_the_http_port(apps: Apps) -> None:
     assert fetch(app.metrics.url[: -len("/metrics")], "/metrics").status == 200
     with pytest.raises(SetupError, match="nowhere"):
         Daebus("nowhere").enable_metrics(http=False)
+
+
+def test_a_request_not_run_after_all_is_counted_but_not_timed() -> None:
+    # A durable request a worker was free for only after its caller gave up reaches
+    # the recorder as "refused": no handler ran, so no duration is observed.
+    registry = CollectorRegistry()
+    families = runtime_metrics.families_for(registry, runtime_metrics.DEFAULT_BUCKETS)
+    recorder = runtime_metrics.Recorder(families, SimpleNamespace(service="late"))  # type: ignore[arg-type]
+    started = recorder.clock()
+    recorder.handled("durable_request", "work", "refused", started)
+    recorder.handled("durable_request", "work", "ok", started)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, RECEIVED, name="work") == 2
+    assert value(samples, "daebus_handler_duration_seconds_count", name="work") == 1
 
 
 def test_metrics_are_off_by_default(apps: Apps) -> None:

@@ -190,7 +190,11 @@ class Recorder:
 
     # -- per message -------------------------------------------------------------------
     def handled(self, kind: str, name: str, status: str, started: float) -> None:
-        """A handler ended (``status`` ok or error) after starting at ``started``."""
+        """A handler ended (``status`` ok or error) after starting at ``started``.
+
+        ``refused``: the message was not run after all (a durable request a worker was
+        free for only after its caller gave up): counted, but it took no handler time.
+        """
         elapsed = time.perf_counter() - started
         key = (kind, name, status)
         counter = self._received.get(key)
@@ -199,6 +203,8 @@ class Recorder:
                 self.service, kind, name, status
             )
         counter.inc()
+        if status == "refused":
+            return
         histogram = self._durations.get(key[:2])
         if histogram is None:
             histogram = self._durations[key[:2]] = self.families.duration.labels(
