@@ -268,7 +268,7 @@ class Tracing:
         )
 
     def broadcast(self, delivery: Delivery) -> Active:
-        """A broadcast's CONSUMER span, for all its listeners: a new trace, always.
+        """A broadcast's CONSUMER span, for one listener called: a new trace, always.
 
         Named after the listener's channel or pattern (never the channel a pattern
         matched: those may be as many as the ids in them).
