@@ -199,6 +199,31 @@ async def test_an_async_caller_error_reply_marks_its_span(apps: Apps, spans: Spa
     assert spans.named(f"process {service}.no").status.status_code is StatusCode.ERROR
 
 
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_failure_that_cannot_be_printed_is_answered_and_traced(spans: Spans) -> None:
+    app = _traced("unprintable", spans)
+
+    @app.action("on_loop")
+    async def on_loop() -> None:
+        raise _UnprintableError
+
+    @app.action("in_worker")
+    def in_worker() -> None:
+        raise _UnprintableError
+
+    with TestClient(app, timeout=10) as client:
+        for action in ("on_loop", "in_worker"):
+            with pytest.raises(RemoteError, match="_UnprintableError"):
+                client.call(action)
+            served = spans.named(f"process {client.service}.{action}")
+            assert served.status.status_code is StatusCode.ERROR
+            assert served.status.description == "_UnprintableError"
+
+
 def test_streamed_replies_are_one_client_span(apps: Apps, spans: Spans) -> None:
     app = _traced("streaming", spans)
 

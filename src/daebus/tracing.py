@@ -227,9 +227,17 @@ class Tracing:
 
     # -- failures ----------------------------------------------------------------------
     def failed_span(self, span: Span, exc: BaseException) -> None:
-        """Record ``exc`` on ``span`` and set its status to error."""
-        span.record_exception(exc)
-        span.set_status(self._status(self._error, f"{type(exc).__name__}: {exc}"))
+        """Record ``exc`` on ``span`` and set its status to error.
+
+        An exception whose ``__str__`` fails is described by its type: recording a
+        failure must not cost the caller its error reply.
+        """
+        try:
+            described = f"{type(exc).__name__}: {exc}"
+            span.record_exception(exc)
+        except Exception:
+            described = type(exc).__name__
+        span.set_status(self._status(self._error, described))
 
     @staticmethod
     def failed(exc: BaseException) -> None:
