@@ -220,6 +220,35 @@ def test_a_busy_refusal_is_counted_and_a_port_of_its_own_serves(apps: Apps) -> N
     assert value(samples, RECEIVED, name="wait", status="busy") == 1
 
 
+def test_a_busy_workflow_is_counted_as_a_workflow() -> None:
+    app = Daebus("flows", max_in_flight=1, max_queued=1)
+    registry = app.enable_metrics()
+    gate = threading.Event()
+    entered = threading.Event()
+
+    @app.workflow("onboard")
+    def onboard() -> Any:
+        entered.set()
+        gate.wait(10)
+        return "done"
+
+    with TestClient(app) as client:
+        channel = f"{client.service}.workflows"
+        try:
+            client.publish(channel, {"workflow": "onboard", "request_id": "w0"}, wait=False)
+            assert entered.wait(10)
+            for n in (1, 2):  # one waits, one is refused
+                client.publish(channel, {"workflow": "onboard", "request_id": f"w{n}"}, wait=False)
+
+            def read() -> Samples:
+                return parse(generate_latest(registry).decode())
+
+            samples = settle(read, RECEIVED, 1, status="busy")
+        finally:
+            gate.set()
+    assert value(samples, RECEIVED, kind="workflow", name="onboard", status="busy") == 1
+
+
 def test_a_pattern_listener_is_labelled_with_its_pattern(apps: Apps) -> None:
     prefix = unique_name("sensors")
     pattern = f"{prefix}.*"

@@ -218,7 +218,13 @@ class Recorder:
         ``name`` is what the message asked for: counted under it only if registered.
         """
         app = self.runtime.app
-        table: Container[Any] = app._listeners if kind == "broadcast" else app.action_handlers
+        table: Container[Any] = (
+            app._listeners
+            if kind == "broadcast"
+            else app.workflow_handlers
+            if kind == "workflow"
+            else app.action_handlers
+        )
         # Any JSON value may come in a message: only a registered name is a label.
         label = name if isinstance(name, str) and name in table else UNKNOWN
         key = (kind, label, status)
