@@ -477,6 +477,35 @@ def test_a_request_not_run_after_all_is_counted_but_not_timed() -> None:
     assert value(samples, "daebus_handler_duration_seconds_count", name="work") == 1
 
 
+def test_a_render_on_another_loop_does_not_wait_on_the_services_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Daebus("two_loops")
+    app.enable_metrics()
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def held(*_args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the service loop's read hangs; the other loop's answers
+            gate.wait(10)
+        return {}
+
+    monkeypatch.setattr(runtime_metrics, "_read_groups", held)
+    with TestClient(app):
+        runtime = app._runtime
+        assert runtime is not None
+        endpoint = app.metrics
+        try:
+            on_service_loop = asyncio.run_coroutine_threadsafe(endpoint.render(), runtime.loop)
+            wait_for(lambda: runtime.metrics is not None and runtime.metrics._reading is not None)
+            text = asyncio.run(endpoint.render()).decode()  # a loop of its own
+            assert "daebus_in_flight" in text
+        finally:
+            gate.set()
+        assert b"daebus_in_flight" in on_service_loop.result(10)
+
+
 def test_metrics_are_off_by_default(apps: Apps) -> None:
     app = Daebus("quiet")
 

@@ -293,7 +293,13 @@ class Recorder:
         stale: a frozen lag of 0 would look healthy).
         """
         reading = self._reading
-        if reading is None or reading.done():
+        # A read under way on another loop (render() run from a thread of the program's
+        # own) cannot be awaited here.
+        if (
+            reading is None
+            or reading.done()
+            or reading.get_loop() is not asyncio.get_running_loop()
+        ):
             reading = self._reading = asyncio.ensure_future(self._read(timeout))
         try:
             await asyncio.wait_for(asyncio.shield(reading), timeout * 2)
