@@ -8,6 +8,7 @@ reached, then checks that it is that count and no more.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -504,6 +505,23 @@ def test_a_render_on_another_loop_does_not_wait_on_the_services_read(
         finally:
             gate.set()
         assert b"daebus_in_flight" in on_service_loop.result(10)
+
+
+def test_a_route_the_metrics_take_over_is_warned_of(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("own_metrics")
+    app.enable_metrics()
+
+    @app.route("/metrics")
+    def mine(_req: Any) -> Any:
+        return "the app's own"
+
+    caplog.set_level(logging.WARNING, logger="daebus")
+    http = serve(apps, app)
+    assert fetch(http.url, "/metrics").body.startswith(b"# HELP")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("route GET /metrics is not served" in line for line in warned), warned
 
 
 def test_metrics_are_off_by_default(apps: Apps) -> None:
