@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -522,6 +523,23 @@ def test_a_route_the_metrics_take_over_is_warned_of(
     assert fetch(http.url, "/metrics").body.startswith(b"# HELP")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("route GET /metrics is not served" in line for line in warned), warned
+
+
+def test_any_free_port_is_any_free_port_again_after_a_restart() -> None:
+    app = Daebus("restarted")
+    app.enable_metrics(port=0)
+    app.add_action("hello", lambda: "hi")
+    with TestClient(app) as client:
+        assert client.call("hello") == "hi"
+        first = app.metrics.port
+    with socket.socket() as taken:  # someone else takes that port meanwhile
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        with TestClient(app) as client:
+            assert client.call("hello") == "hi"
+            assert app.metrics.port != first
+            samples = scrape(app.metrics.url[: -len("/metrics")])
+    assert value(samples, RECEIVED, name="hello") == 2
 
 
 def test_metrics_are_off_by_default(apps: Apps) -> None:

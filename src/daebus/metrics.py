@@ -69,6 +69,8 @@ class MetricsEndpoint:
         if port is None and not http:
             raise SetupError("metrics served nowhere: give a port of their own with http=False")
         self.port = port
+        # The port asked for: 0 stays "any free one" at the next start of a restarted app.
+        self._asked_port = port
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.buckets = tuple(buckets)
@@ -109,19 +111,19 @@ class MetricsEndpoint:
 
     async def start_async(self, app: Daebus) -> None:
         """Listen on the endpoint's own port, if it has one."""
-        if self.port is None or self._runner is not None:
+        if self._asked_port is None or self._runner is not None:
             return
         web_app = web.Application()
         web_app.router.add_get(METRICS_PATH, self.handle)
         runner = web.AppRunner(web_app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self._asked_port).start()
         except OSError as exc:
             await runner.cleanup()
             raise OSError(
                 exc.errno,
-                f"the metrics endpoint cannot listen on {self.host}:{self.port}: "
+                f"the metrics endpoint cannot listen on {self.host}:{self._asked_port}: "
                 f"{exc.strerror or exc} (choose another with enable_metrics(port=...))",
             ) from exc
         self._runner = runner
