@@ -452,8 +452,9 @@ def test_a_valid_context_from_any_client_is_continued(apps: Apps, spans: Spans) 
         "vendor=value\n2026-12-07 ERROR forged log line",
         ",".join(f"k{n}=v" for n in range(40)),
         "k=" + "v" * 900,
+        "1vendor=value",
     ],
-    ids=["not-w3c", "too-many-members", "long-value"],
+    ids=["not-w3c", "too-many-members", "long-value", "key-of-a-digit"],
 )
 def test_a_forged_tracestate_is_dropped_quietly(
     spans: Spans, state: str, caplog: pytest.LogCaptureFixture
@@ -475,6 +476,16 @@ def test_a_forged_tracestate_is_dropped_quietly(
         else:
             assert not context.is_valid
     assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+def test_a_well_formed_tracestate_is_kept_whole(spans: Spans) -> None:
+    tracing = Tracing(spans.provider)
+    fields = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "t1@sys=a b, ,rojo=00f067aa0ba902b7",
+    }
+    context = trace.get_current_span(tracing.parent(fields)).get_span_context()
+    assert dict(context.trace_state) == {"t1@sys": "a b", "rojo": "00f067aa0ba902b7"}
 
 
 # -- off ------------------------------------------------------------------------------------

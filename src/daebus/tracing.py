@@ -53,7 +53,7 @@ _LONGEST_PARENT = 512
 #: A forged ``tracestate`` is dropped here, quietly: OpenTelemetry's parser would log
 #: a warning quoting it, unescaped, for every message that carries one.
 _MEMBER = re.compile(
-    r"[a-z0-9][_0-9a-z\-*/]{0,255}(?:@[a-z][_0-9a-z\-*/]{0,13})?"
+    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
     r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
 )
 _MOST_MEMBERS = 32
