@@ -8,8 +8,12 @@ reached, then checks that it is that count and no more.
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import threading
+import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -17,13 +21,14 @@ import pytest
 
 pytest.importorskip("prometheus_client")
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _apps import Apps
 from _helpers import unique_name, wait_for
 from _http import fetch, serve
 from daebus import Daebus, DaebusWebSocket, RemoteError, ServiceBusyError, SetupError, request
+from daebus.runtime import metrics as runtime_metrics
 from daebus.testing import TestClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -217,6 +222,35 @@ def test_a_busy_refusal_is_counted_and_a_port_of_its_own_serves(apps: Apps) -> N
     assert value(samples, RECEIVED, name="wait", status="busy") == 1
 
 
+def test_a_busy_workflow_is_counted_as_a_workflow() -> None:
+    app = Daebus("flows", max_in_flight=1, max_queued=1)
+    registry = app.enable_metrics()
+    gate = threading.Event()
+    entered = threading.Event()
+
+    @app.workflow("onboard")
+    def onboard() -> Any:
+        entered.set()
+        gate.wait(10)
+        return "done"
+
+    with TestClient(app) as client:
+        channel = f"{client.service}.workflows"
+        try:
+            client.publish(channel, {"workflow": "onboard", "request_id": "w0"}, wait=False)
+            assert entered.wait(10)
+            for n in (1, 2):  # one waits, one is refused
+                client.publish(channel, {"workflow": "onboard", "request_id": f"w{n}"}, wait=False)
+
+            def read() -> Samples:
+                return parse(generate_latest(registry).decode())
+
+            samples = settle(read, RECEIVED, 1, status="busy")
+        finally:
+            gate.set()
+    assert value(samples, RECEIVED, kind="workflow", name="onboard", status="busy") == 1
+
+
 def test_a_pattern_listener_is_labelled_with_its_pattern(apps: Apps) -> None:
     prefix = unique_name("sensors")
     pattern = f"{prefix}.*"
@@ -362,6 +396,152 @@ def test_a_lost_connection_counts_as_a_reconnect(private_apps: Apps, private_red
     assert caller.send_request("echo", 1) == 1
 
 
+def test_scrapes_of_a_frozen_server_answer_soon_and_share_one_read(
+    private_apps: Apps, private_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Daebus("frozen")
+    app.enable_metrics(port=0)
+
+    @app.listen("orders", durable=True)
+    def orders(_data: Any) -> None:
+        pass
+
+    service = private_apps.start(app)
+    url = app.metrics.url
+    base = url[: -len("/metrics")]
+    pending = "daebus_durable_pending"
+    assert value(scrape(base), pending, service=service, channel="orders") == 0
+    assert any(name == pending for name, _, _ in scrape(base))
+    reads: list[float] = []
+    read_groups = runtime_metrics._read_groups
+
+    def counted(*args: Any) -> Any:
+        reads.append(time.monotonic())
+        return read_groups(*args)
+
+    monkeypatch.setattr(runtime_metrics, "_read_groups", counted)
+    replies: list[tuple[int, float, Samples]] = []
+
+    def one() -> None:
+        started = time.monotonic()
+        reply = fetch(base, "/metrics", timeout=20)
+        replies.append((reply.status, time.monotonic() - started, parse(reply.body.decode())))
+
+    private_redis.pause()  # connections stay open; nothing is answered
+    try:
+        threads = [threading.Thread(target=one) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+    finally:
+        private_redis.resume()
+    assert [status for status, _, _ in replies] == [200] * 12
+    assert max(took for _, took, _ in replies) < 2 * runtime_metrics.DURABLE_STATS_TIMEOUT + 1
+    # One read at a time, whatever the number of scrapes: one, or two if the first
+    # had failed before the last scrape came.
+    assert 1 <= len(reads) <= 2
+    # The server could not be read: the figures are absent, not the last ones (a
+    # frozen lag of 0 would look healthy).
+    for _, _, samples in replies:
+        assert not any(name == pending for name, _, _ in samples)
+    wait_for(lambda: any(name == pending for name, _, _ in scrape(base)))
+
+
+def test_metrics_can_be_kept_off_the_http_port(apps: Apps) -> None:
+    # DaebusHttp binds 0.0.0.0 by default: serving /metrics there is a choice.
+    app = Daebus("private_metrics")
+    app.enable_metrics(port=0, http=False)
+
+    @app.route("/hello")
+    def hello(_req: Any) -> Any:
+        return "hi"
+
+    http = serve(apps, app)
+    assert fetch(http.url, "/metrics").status == 404
+    assert app.metrics.url is not None
+    assert fetch(app.metrics.url[: -len("/metrics")], "/metrics").status == 200
+    with pytest.raises(SetupError, match="nowhere"):
+        Daebus("nowhere").enable_metrics(http=False)
+
+
+def test_a_request_not_run_after_all_is_counted_but_not_timed() -> None:
+    # A durable request a worker was free for only after its caller gave up reaches
+    # the recorder as "refused": no handler ran, so no duration is observed.
+    registry = CollectorRegistry()
+    families = runtime_metrics.families_for(registry, runtime_metrics.DEFAULT_BUCKETS)
+    recorder = runtime_metrics.Recorder(families, SimpleNamespace(service="late"))  # type: ignore[arg-type]
+    started = recorder.clock()
+    recorder.handled("durable_request", "work", "refused", started)
+    recorder.handled("durable_request", "work", "ok", started)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, RECEIVED, name="work") == 2
+    assert value(samples, "daebus_handler_duration_seconds_count", name="work") == 1
+
+
+def test_a_render_on_another_loop_does_not_wait_on_the_services_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Daebus("two_loops")
+    app.enable_metrics()
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def held(*_args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the service loop's read hangs; the other loop's answers
+            gate.wait(10)
+        return {}
+
+    monkeypatch.setattr(runtime_metrics, "_read_groups", held)
+    with TestClient(app):
+        runtime = app._runtime
+        assert runtime is not None
+        endpoint = app.metrics
+        try:
+            on_service_loop = asyncio.run_coroutine_threadsafe(endpoint.render(), runtime.loop)
+            wait_for(lambda: runtime.metrics is not None and runtime.metrics._reading is not None)
+            text = asyncio.run(endpoint.render()).decode()  # a loop of its own
+            assert "daebus_in_flight" in text
+        finally:
+            gate.set()
+        assert b"daebus_in_flight" in on_service_loop.result(10)
+
+
+def test_a_route_the_metrics_take_over_is_warned_of(
+    apps: Apps, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Daebus("own_metrics")
+    app.enable_metrics()
+
+    @app.route("/metrics")
+    def mine(_req: Any) -> Any:
+        return "the app's own"
+
+    caplog.set_level(logging.WARNING, logger="daebus")
+    http = serve(apps, app)
+    assert fetch(http.url, "/metrics").body.startswith(b"# HELP")
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("route GET /metrics is not served" in line for line in warned), warned
+
+
+def test_any_free_port_is_any_free_port_again_after_a_restart() -> None:
+    app = Daebus("restarted")
+    app.enable_metrics(port=0)
+    app.add_action("hello", lambda: "hi")
+    with TestClient(app) as client:
+        assert client.call("hello") == "hi"
+        first = app.metrics.port
+    with socket.socket() as taken:  # someone else takes that port meanwhile
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        with TestClient(app) as client:
+            assert client.call("hello") == "hi"
+            assert app.metrics.port != first
+            samples = scrape(app.metrics.url[: -len("/metrics")])
+    assert value(samples, RECEIVED, name="hello") == 2
+
+
 def test_metrics_are_off_by_default(apps: Apps) -> None:
     app = Daebus("quiet")
 
@@ -395,6 +575,47 @@ def test_metrics_on_the_memory_transport() -> None:
             name="stock",
             status="ok",
         )
+
+
+def test_two_instances_on_one_registry_give_one_sample_per_series() -> None:
+    # Two instances of a service in one process, on a shared registry: two samples of
+    # one series would be a broken exposition; their slots add up instead.
+    registry = CollectorRegistry()
+    gates = [threading.Event(), threading.Event()]
+    started = threading.Semaphore(0)
+    apps = []
+    for gate in gates:
+        app = Daebus("twin")
+        app.enable_metrics(registry=registry)
+
+        def hold(gate: threading.Event = gate) -> Any:
+            started.release()
+            gate.wait(10)
+            return "done"
+
+        app.add_action("hold", hold)
+        apps.append(app)
+    service = unique_name("twin")
+    with TestClient(apps[0], service=service) as one, TestClient(apps[1], service=service):
+        threads = [
+            threading.Thread(target=one.call, args=("hold",), kwargs={"timeout": 20})
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for _ in range(2):
+                assert started.acquire(timeout=10)
+            text = generate_latest(registry).decode()
+        finally:
+            for gate in gates:
+                gate.set()
+            for thread in threads:
+                thread.join(20)
+    samples = parse(text)
+    series = [(name, tuple(sorted(labels.items()))) for name, labels, _ in samples]
+    assert len(series) == len(set(series))
+    assert value(samples, "daebus_in_flight", service=service) == 2
 
 
 def test_the_global_registry_and_one_switch() -> None:

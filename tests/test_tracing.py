@@ -40,8 +40,11 @@ from daebus import (
     broadcast,
     request,
 )
-from daebus.protocol import decode_object, encode_request
+from daebus.caller._messages import log_reply
+from daebus.protocol import decode_object, decode_reply, encode_request
 from daebus.pubsub import PubSubRequest
+from daebus.testing import TestClient
+from daebus.tracing import Tracing
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -194,6 +197,31 @@ async def test_an_async_caller_error_reply_marks_its_span(apps: Apps, spans: Spa
     called = spans.named(f"send {service}.no")
     assert called.status.status_code is StatusCode.ERROR
     assert spans.named(f"process {service}.no").status.status_code is StatusCode.ERROR
+
+
+class _UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_a_failure_that_cannot_be_printed_is_answered_and_traced(spans: Spans) -> None:
+    app = _traced("unprintable", spans)
+
+    @app.action("on_loop")
+    async def on_loop() -> None:
+        raise _UnprintableError
+
+    @app.action("in_worker")
+    def in_worker() -> None:
+        raise _UnprintableError
+
+    with TestClient(app, timeout=10) as client:
+        for action in ("on_loop", "in_worker"):
+            with pytest.raises(RemoteError, match="_UnprintableError"):
+                client.call(action)
+            served = spans.named(f"process {client.service}.{action}")
+            assert served.status.status_code is StatusCode.ERROR
+            assert served.status.description == "_UnprintableError"
 
 
 def test_streamed_replies_are_one_client_span(apps: Apps, spans: Spans) -> None:
@@ -418,6 +446,48 @@ def test_a_valid_context_from_any_client_is_continued(apps: Apps, spans: Spans) 
     assert served.context.trace_state.get("vendor") == "value"
 
 
+@pytest.mark.parametrize(
+    "state",
+    [
+        "vendor=value\n2026-12-07 ERROR forged log line",
+        ",".join(f"k{n}=v" for n in range(40)),
+        "k=" + "v" * 900,
+        "1vendor=value",
+    ],
+    ids=["not-w3c", "too-many-members", "long-value", "key-of-a-digit"],
+)
+def test_a_forged_tracestate_is_dropped_quietly(
+    spans: Spans, state: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone who can publish on a service's channel picks these keys: what they send
+    # must not reach the logs, once per message, through OpenTelemetry's warnings.
+    tracing = Tracing(spans.provider)
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    parent = f"00-{trace_id}-b7ad6b7169203331-01"
+    caplog.set_level(logging.DEBUG, logger="opentelemetry")
+    for fields in (
+        {"traceparent": parent, "tracestate": state},
+        {"traceparent": parent + "-" + "f" * 600},
+    ):
+        context = trace.get_current_span(tracing.parent(fields)).get_span_context()
+        if "tracestate" in fields:
+            assert f"{context.trace_id:032x}" == trace_id
+            assert not context.trace_state
+        else:
+            assert not context.is_valid
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+def test_a_well_formed_tracestate_is_kept_whole(spans: Spans) -> None:
+    tracing = Tracing(spans.provider)
+    fields = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "t1@sys=a b, ,rojo=00f067aa0ba902b7",
+    }
+    context = trace.get_current_span(tracing.parent(fields)).get_span_context()
+    assert dict(context.trace_state) == {"t1@sys": "a b", "rojo": "00f067aa0ba902b7"}
+
+
 # -- off ------------------------------------------------------------------------------------
 def test_off_nothing_is_on_the_wire_and_the_runtime_has_no_tracing(apps: Apps) -> None:
     app = Daebus("untraced")
@@ -514,6 +584,25 @@ def test_debug_logs_the_messages_sent(apps: Apps, caplog: pytest.LogCaptureFixtu
         assert any(" success request_id=" in line and "final=True" in line for line in lines())
     finally:
         logging.getLogger("daebus").setLevel(logging.NOTSET)
+
+
+def test_debug_lines_escape_what_came_off_the_wire(caplog: pytest.LogCaptureFixture) -> None:
+    # A request's id and reply_to, and a reply's status and id, are the sender's to
+    # choose: a debug line must not end where they say and start a forged one.
+    app = Daebus("debug_in")
+    app.add_action("echo", lambda: request.payload)
+    caplog.set_level(logging.DEBUG, logger="daebus.flow")
+    with TestClient(app) as client:
+        forged = {"request_id": "r\nFORGED", "reply_to": "caller:x\nFORGED"}
+        client.publish(client.service, {"action": "echo", "payload": 1, **forged})
+        log_reply(
+            "svc", decode_reply(json.dumps({"status": "x\nFORGED", "request_id": "y\nFORGED"}))
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "daebus.flow"]
+    assert any(line.startswith("-> ") for line in lines), lines
+    assert any(line.startswith("<= ") for line in lines), lines
+    assert any(line.startswith("<- svc ") for line in lines), lines
+    assert not [line for line in lines if "\n" in line]
 
 
 def test_enable_tracing_is_refused_while_running(apps: Apps, spans: Spans) -> None:

@@ -33,8 +33,8 @@ def sent_request(service: str, action: Any, request_id: Any, reply_to: Any, data
             "=> %s %s request_id=%s reply_to=%s payload=%s",
             protocol.shorten(service),
             protocol.shorten(action),
-            request_id,
-            reply_to,
+            protocol.shorten(request_id),
+            protocol.shorten(reply_to),
             preview(data),
         )
 

@@ -33,12 +33,18 @@ class Telemetry:
     _runtime: ServiceRuntime | None
 
     def enable_metrics(
-        self, *, port: int | None = None, host: str = "127.0.0.1", registry: Any = None
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        registry: Any = None,
+        http: bool = True,
     ) -> Any:
         """Count what the service handles as Prometheus metrics (from the next start).
 
-        Served at ``/metrics`` by an attached ``DaebusHttp``, and on ``host:port`` if
-        ``port`` is given. Returns the ``CollectorRegistry`` (the app's own unless
+        Served at ``/metrics`` by an attached ``DaebusHttp`` (unless ``http=False``:
+        that port faces the network by default), and on ``host:port`` if ``port`` is
+        given. Returns the ``CollectorRegistry`` (the app's own unless
         ``registry``); see :class:`daebus.metrics.MetricsEndpoint` and
         docs/observability.md. Needs ``pip install 'daebus[metrics]'``.
 
@@ -52,7 +58,7 @@ class Telemetry:
             from .metrics import MetricsEndpoint
         except ImportError as exc:
             raise SetupError("metrics need: pip install 'daebus[metrics]'") from exc
-        endpoint = MetricsEndpoint(port=port, host=host, registry=registry)
+        endpoint = MetricsEndpoint(port=port, host=host, registry=registry, http=http)
         return cast("Daebus", self).attach(endpoint).registry
 
     def enable_tracing(self, tracer_provider: TracerProvider | None = None) -> Tracing:

@@ -50,6 +50,9 @@ class MetricsEndpoint:
             ``prometheus_client.REGISTRY`` to serve them with the process's other
             metrics (the apps on it share the families, told apart by ``service``).
         buckets: the upper bounds of the duration histograms, in seconds.
+        http: serve ``/metrics`` on ``DaebusHttp``'s port too (the default). That port
+            is bound to ``0.0.0.0`` unless told otherwise: whoever reaches the app's
+            routes reads its metrics. False keeps them to the endpoint's own port.
     """
 
     def __init__(
@@ -59,13 +62,19 @@ class MetricsEndpoint:
         host: str = "127.0.0.1",
         registry: CollectorRegistry | None = None,
         buckets: Sequence[float] = DEFAULT_BUCKETS,
+        http: bool = True,
     ) -> None:
         if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
             raise SetupError(f"port must be an int from 0 to 65535, got {port!r}")
+        if port is None and not http:
+            raise SetupError("metrics served nowhere: give a port of their own with http=False")
         self.port = port
+        # The port asked for: 0 stays "any free one" at the next start of a restarted app.
+        self._asked_port = port
         self.host = host
         self.registry = registry if registry is not None else CollectorRegistry()
         self.buckets = tuple(buckets)
+        self.http = http
         self.daemon: Daebus | None = None
         self._runner: web.AppRunner | None = None
 
@@ -98,23 +107,23 @@ class MetricsEndpoint:
 
     def http_mounts(self, app: Daebus) -> list[tuple[str, HttpHandler]]:
         """``/metrics`` on ``DaebusHttp``'s port."""
-        return [(METRICS_PATH, self.handle)] if app is self.daemon else []
+        return [(METRICS_PATH, self.handle)] if self.http and app is self.daemon else []
 
     async def start_async(self, app: Daebus) -> None:
         """Listen on the endpoint's own port, if it has one."""
-        if self.port is None or self._runner is not None:
+        if self._asked_port is None or self._runner is not None:
             return
         web_app = web.Application()
         web_app.router.add_get(METRICS_PATH, self.handle)
         runner = web.AppRunner(web_app, handle_signals=False, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, self.host, self.port).start()
+            await web.TCPSite(runner, self.host, self._asked_port).start()
         except OSError as exc:
             await runner.cleanup()
             raise OSError(
                 exc.errno,
-                f"the metrics endpoint cannot listen on {self.host}:{self.port}: "
+                f"the metrics endpoint cannot listen on {self.host}:{self._asked_port}: "
                 f"{exc.strerror or exc} (choose another with enable_metrics(port=...))",
             ) from exc
         self._runner = runner

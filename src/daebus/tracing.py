@@ -24,6 +24,7 @@ missing or malformed starts a new trace; it is never an error.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,16 @@ MESSAGING_SYSTEM = "redis"
 #: The longest ``tracestate`` taken from a message (W3C allows 32 members of at most
 #: 256 characters; real ones are far shorter): a bigger one is dropped, not parsed.
 _LONGEST = 1024
+#: The longest ``traceparent`` taken (OpenTelemetry's own bound: past it, it warns).
+_LONGEST_PARENT = 512
+#: One ``tracestate`` member, as W3C Trace Context defines it, and how many may be.
+#: A forged ``tracestate`` is dropped here, quietly: OpenTelemetry's parser would log
+#: a warning quoting it, unescaped, for every message that carries one.
+_MEMBER = re.compile(
+    r"(?:[a-z][_0-9a-z\-*/]{0,255}|[a-z0-9][_0-9a-z\-*/]{0,240}@[a-z][_0-9a-z\-*/]{0,13})"
+    r"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+)
+_MOST_MEMBERS = 32
 
 #: True once any app or caller of this process has enabled tracing. Until then a
 #: caller that follows its app (the default) does not look for the app's tracing.
@@ -201,8 +212,12 @@ class Tracing:
                 value = value.decode("ascii", "replace")
             if type(value) is str and len(value) <= _LONGEST:
                 carrier[key] = value
-        if "traceparent" not in carrier:
+        parent = carrier.get("traceparent")
+        if parent is None or len(parent) > _LONGEST_PARENT:
             return self._nothing
+        state = carrier.get("tracestate")
+        if state is not None and not _valid_state(state):
+            del carrier["tracestate"]
         return self._propagator.extract(carrier, context=self._nothing)
 
     def _headers(self, span: Span) -> dict[str, str]:
@@ -212,9 +227,17 @@ class Tracing:
 
     # -- failures ----------------------------------------------------------------------
     def failed_span(self, span: Span, exc: BaseException) -> None:
-        """Record ``exc`` on ``span`` and set its status to error."""
-        span.record_exception(exc)
-        span.set_status(self._status(self._error, f"{type(exc).__name__}: {exc}"))
+        """Record ``exc`` on ``span`` and set its status to error.
+
+        An exception whose ``__str__`` fails is described by its type: recording a
+        failure must not cost the caller its error reply.
+        """
+        try:
+            described = f"{type(exc).__name__}: {exc}"
+            span.record_exception(exc)
+        except Exception:
+            described = type(exc).__name__
+        span.set_status(self._status(self._error, described))
 
     @staticmethod
     def failed(exc: BaseException) -> None:
@@ -253,7 +276,7 @@ class Tracing:
         )
 
     def broadcast(self, delivery: Delivery) -> Active:
-        """A broadcast's CONSUMER span, for all its listeners: a new trace, always.
+        """A broadcast's CONSUMER span, for one listener called: a new trace, always.
 
         Named after the listener's channel or pattern (never the channel a pattern
         matched: those may be as many as the ids in them).
@@ -333,3 +356,10 @@ class Tracing:
             f"publish {channel}", kind=self._kinds.PRODUCER, attributes=attributes
         )
         return Call(self, span, self._headers(span) if durable else {})
+
+
+def _valid_state(state: str) -> bool:
+    """Whether ``state`` is a well-formed W3C ``tracestate`` (empty members allowed)."""
+    members = [member.strip(" \t") for member in state.split(",")]
+    members = [member for member in members if member]
+    return len(members) <= _MOST_MEMBERS and all(_MEMBER.fullmatch(m) for m in members)

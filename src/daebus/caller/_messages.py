@@ -75,9 +75,9 @@ def log_reply(service: str, reply: protocol.Reply) -> None:
     if flow.isEnabledFor(logging.DEBUG):
         flow.debug(
             "<- %s %s request_id=%s final=%s",
-            service,
-            reply.status,
-            reply.request_id,
+            protocol.shorten(service),
+            protocol.shorten(reply.status),
+            protocol.shorten(reply.request_id),
             reply.final,
         )
 

@@ -219,6 +219,12 @@ class DaebusHttp:
                     providers.append(component)
         if self.health:
             mounts.update(health_mounts(app))
+        for path in mounts:
+            # A mount answers GET and HEAD before the routes: a route there is not served.
+            if dispatcher.table.match(path, "GET")[0] is not None:
+                self.logger.warning(
+                    "route GET %s is not served: daebus serves its metrics or health there", path
+                )
         dispatcher.component_mounts = mounts
         self._mount_providers = providers
         # One throttle for the run's log lines about clients: counted until the stop.

@@ -69,7 +69,7 @@ class Admission:
         self.refused_at_stop = 0
         self.dropped_at_stop = 0
         self._start_request: Callable[[str, Delivery], None] = _unwired
-        self._refuse_unrun: Callable[[Delivery, bool], None] = _unwired
+        self._refuse_unrun: Callable[[str, Delivery, bool], None] = _unwired
         self._start_broadcasts: Callable[[], None] = _unwired
         self._drop_held: Callable[[], None] = _unwired
 
@@ -77,7 +77,7 @@ class Admission:
         self,
         *,
         start_request: Callable[[str, Delivery], None],
-        refuse_unrun: Callable[[Delivery, bool], None],
+        refuse_unrun: Callable[[str, Delivery, bool], None],
         start_broadcasts: Callable[[], None],
         drop_held: Callable[[], None],
     ) -> None:
@@ -126,13 +126,13 @@ class Admission:
     def hold(self, kind: str, delivery: Delivery) -> None:
         """Queue a request that cannot start now; refuse it if the queue is full."""
         if self.stopping:
-            self._refuse_unrun(delivery, True)
+            self._refuse_unrun(kind, delivery, True)
             return
         size = len(delivery.data) + QUEUED_OVERHEAD
         waiting = self.requests
         # One message alone may be larger than the bytes' bound: it is refused as such.
         if len(waiting) >= self.max_requests or (waiting and self.bytes + size > self.max_bytes):
-            self._refuse_unrun(delivery, False)
+            self._refuse_unrun(kind, delivery, False)
             return
         self.bytes += size
         waiting.append((kind, delivery))
@@ -162,8 +162,8 @@ class Admission:
         self.broadcasts.clear()
         self._drop_held()
         self.bytes = 0
-        for _kind, delivery in waiting:
-            self._refuse_unrun(delivery, True)
+        for kind, delivery in waiting:
+            self._refuse_unrun(kind, delivery, True)
 
     # -- taking and freeing slots ----------------------------------------------------
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:

@@ -119,7 +119,11 @@ class HandlerExitError(Exception):
 
 def error_text(exc: BaseException) -> str:
     """What an error reply says of ``exc``: its message, else its type's name."""
-    return str(exc) or type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception:  # its __str__ failed: the caller is answered all the same
+        text = ""
+    return text or type(exc).__name__
 
 
 class Workers(Protocol):

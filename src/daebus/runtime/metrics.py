@@ -174,6 +174,7 @@ class Recorder:
         self._websocket = families.websocket_messages.labels(self.service)
         #: (channel, group) -> (pending, lag) as the server last said; lag None if unknown.
         self.durable_stats: dict[tuple[str, str], tuple[int, int | None]] = {}
+        self._reading: asyncio.Future[None] | None = None
 
     def open(self) -> None:
         """Start counting: show the live figures, count the reconnects."""
@@ -184,10 +185,16 @@ class Recorder:
         """The service stops: its live figures go; its counters stay in the registry."""
         self.families.live.discard(self)
         self.runtime.transport.remove_disconnect_handler(self._disconnected)
+        if self._reading is not None:
+            self._reading.cancel()
 
     # -- per message -------------------------------------------------------------------
     def handled(self, kind: str, name: str, status: str, started: float) -> None:
-        """A handler ended (``status`` ok or error) after starting at ``started``."""
+        """A handler ended (``status`` ok or error) after starting at ``started``.
+
+        ``refused``: the message was not run after all (a durable request a worker was
+        free for only after its caller gave up): counted, but it took no handler time.
+        """
         elapsed = time.perf_counter() - started
         key = (kind, name, status)
         counter = self._received.get(key)
@@ -196,6 +203,8 @@ class Recorder:
                 self.service, kind, name, status
             )
         counter.inc()
+        if status == "refused":
+            return
         histogram = self._durations.get(key[:2])
         if histogram is None:
             histogram = self._durations[key[:2]] = self.families.duration.labels(
@@ -209,7 +218,13 @@ class Recorder:
         ``name`` is what the message asked for: counted under it only if registered.
         """
         app = self.runtime.app
-        table: Container[Any] = app._listeners if kind == "broadcast" else app.action_handlers
+        table: Container[Any] = (
+            app._listeners
+            if kind == "broadcast"
+            else app.workflow_handlers
+            if kind == "workflow"
+            else app.action_handlers
+        )
         # Any JSON value may come in a message: only a registered name is a label.
         label = name if isinstance(name, str) and name in table else UNKNOWN
         key = (kind, label, status)
@@ -272,9 +287,26 @@ class Recorder:
     async def refresh(self, timeout: float = DURABLE_STATS_TIMEOUT) -> None:
         """Ask the server for the pending and lag of the groups this service reads.
 
-        A server that does not answer within ``timeout`` leaves the last figures
-        unchanged (they are dropped if it never answered): a scrape is not held up.
+        Scrapes that come while a read is under way wait for that one: one thread and
+        one connection at a time, however many scrape at once. A scrape waits at most
+        ``2 * timeout``; a server that cannot be read drops the figures (absent, not
+        stale: a frozen lag of 0 would look healthy).
         """
+        reading = self._reading
+        # A read under way on another loop (render() run from a thread of the program's
+        # own) cannot be awaited here.
+        if (
+            reading is None
+            or reading.done()
+            or reading.get_loop() is not asyncio.get_running_loop()
+        ):
+            reading = self._reading = asyncio.ensure_future(self._read(timeout))
+        try:
+            await asyncio.wait_for(asyncio.shield(reading), timeout * 2)
+        except asyncio.TimeoutError:
+            logger.debug("the durable groups' figures are late: the scrape goes on without")
+
+    async def _read(self, timeout: float) -> None:
         runtime = self.runtime
         groups = [
             (consumer.channel, consumer.stream, consumer.group)
@@ -284,11 +316,15 @@ class Recorder:
         groups.append((consumer.channel, consumer.stream, consumer.group))
         url = runtime.transport.url
         try:
-            self.durable_stats = await asyncio.wait_for(
-                asyncio.to_thread(_read_groups, url, groups, timeout), timeout * 2
-            )
-        except (DaebusError, OSError, asyncio.TimeoutError) as exc:
+            # Bounded by the socket's timeouts (each connect and command), not here:
+            # cancelling cannot stop the thread, and the next scrape would start another.
+            self.durable_stats = await asyncio.to_thread(_read_groups, url, groups, timeout)
+        except (DaebusError, OSError) as exc:
+            self.durable_stats = {}
             logger.debug("could not read the durable groups' figures: %s", exc)
+        except Exception:  # a scrape must be answered, whatever the server said
+            self.durable_stats = {}
+            logger.warning("could not read the durable groups' figures", exc_info=True)
 
 
 def _read_groups(
@@ -324,19 +360,34 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         in_flight, queued, sockets, pending, lag = _live_families()
+        # Instances of one service in one process (on a shared registry) have the same
+        # labels: one sample each, never two of the same series. Their slots add up; a
+        # group's pending and lag are the server's, the same for every instance.
+        busy: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str, str], tuple[int, int | None]] = {}
         for recorder in list(self._recorders):
             runtime = recorder.runtime
             service = recorder.service
             admission = runtime.admission
-            in_flight.add_metric([service], admission.active)
-            queued.add_metric([service], admission.queued)
             websocket = runtime.app.websocket
-            if websocket is not None:
-                sockets.add_metric([service], websocket.get_client_count())
-            for (channel, group), (waiting, behind) in recorder.durable_stats.items():
-                pending.add_metric([service, channel, group], waiting)
-                if behind is not None:
-                    lag.add_metric([service, channel, group], behind)
+            clients = websocket.get_client_count() if websocket is not None else None
+            figures = busy.setdefault(service, [0, 0, 0, 0])
+            figures[0] += admission.active
+            figures[1] += admission.queued
+            if clients is not None:
+                figures[2] += clients
+                figures[3] = 1
+            for (channel, group), stats in recorder.durable_stats.items():
+                groups[service, channel, group] = stats
+        for service, (active, waiting, clients, serves_sockets) in busy.items():
+            in_flight.add_metric([service], active)
+            queued.add_metric([service], waiting)
+            if serves_sockets:
+                sockets.add_metric([service], clients)
+        for labels, (waiting, behind) in groups.items():
+            pending.add_metric(list(labels), waiting)
+            if behind is not None:
+                lag.add_metric(list(labels), behind)
         return [in_flight, queued, sockets, pending, lag]
 
 

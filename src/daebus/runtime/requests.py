@@ -182,8 +182,8 @@ class Requests:
                 "-> %s %s request_id=%s reply_to=%s payload=%s",
                 shorten(delivery.channel),
                 shorten(name),
-                request.request_id,
-                request.reply_to,
+                shorten(request.request_id),
+                shorten(request.reply_to),
                 preview(delivery.data),
             )
         if len(delivery.data) > self.app.max_message_size:
@@ -277,8 +277,11 @@ class Requests:
                 kind="malformed",
             )
 
-    def refuse_unrun(self, delivery: Delivery, stopping: bool) -> None:
-        """Answer a request that will not run with a busy error reply, if it can be answered."""
+    def refuse_unrun(self, kind: str, delivery: Delivery, stopping: bool) -> None:
+        """Answer a request that will not run with a busy error reply, if it can be answered.
+
+        ``kind``: ``request``, or ``workflow`` (as the metrics count it).
+        """
         admission = self.admission
         if stopping:
             admission.refused_at_stop += 1
@@ -302,7 +305,10 @@ class Requests:
         except protocol.BadMessageError:
             return  # not a request: it would have been dropped anyway
         if self.metrics is not None:
-            self.metrics.refused("request", message.get("action"), "busy")
+            name = message.get("action")
+            if kind == "workflow":
+                name = message.get("workflow", name)
+            self.metrics.refused(kind, name, "busy")
         # Not PubSubRequest(message): that would decode a string payload too.
         fields = ("reply_to", "request_id", "service")
         request = PubSubRequest({field: message.get(field) for field in fields})
