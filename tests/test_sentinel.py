@@ -2,7 +2,8 @@
 
 The URL's form and options; a service, its callers, broadcasts, durable messages, the
 cache and the admin tools on the master of a shared master, replica and three
-sentinels. What happens when that master dies is in ``test_sentinel_failover.py``.
+sentinels; a replica refused as the master. What happens when that master dies is in
+``test_sentinel_failover.py``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis.sentinel
 
 from _apps import Apps
 from _helpers import unique_name, wait_for
 from daebus import AsyncDaebusCaller, Daebus, SetupError, broadcast, cache, request
 from daebus._admin import open_admin
 from daebus.transport import SentinelTransport, is_sentinel_url, transport_from_url
+from daebus.transport._endpoint import Endpoint, NotMasterError
+from daebus.transport._resp import open_connection, pack
+from daebus.transport._resp_blocking import BlockingConnection
 from daebus.transport._sentinel_url import SentinelSeeds
 from daebus.transport._url import redact_url
 
@@ -191,3 +196,35 @@ def test_the_admin_tools_read_the_master(on_sentinel: Apps) -> None:
         assert any(channel in name for name in admin.stream_names("daebus:"))
     finally:
         admin.close()
+
+
+# -- a replica is never taken for the master -------------------------------------------
+
+
+@pytest.fixture
+def replica(sentinel_url: str) -> Endpoint:
+    """A replica of the shared set-up, as the transport's lookup would give it."""
+    seeds = SentinelSeeds.from_url(sentinel_url)
+    sentinel = redis.sentinel.Sentinel(list(seeds.sentinels))
+    try:
+        replicas = sentinel.discover_slaves(seeds.master_name)
+    finally:
+        for client in sentinel.sentinels:
+            client.close()
+    assert replicas
+    host, port = replicas[0]
+    return seeds.endpoint(host, port)
+
+
+async def test_a_connection_to_a_replica_is_refused(replica: Endpoint) -> None:
+    with pytest.raises(NotMasterError, match="is a slave, not the master"):
+        await open_connection(replica)
+
+
+def test_a_blocking_connection_to_a_replica_is_refused(replica: Endpoint) -> None:
+    connection = BlockingConnection(replica, 2.0)
+    try:
+        with pytest.raises(NotMasterError, match="is a slave, not the master"):
+            connection.command(pack("PING"))
+    finally:
+        connection.close()
