@@ -146,7 +146,7 @@ def _try_send(channel: str, payload: Any) -> str | None:
 
 
 def test_a_durable_listener_keeps_consuming_after_the_failover(
-    private_sentinels: SentinelSet,
+    private_sentinels: SentinelSet, logs: pytest.LogCaptureFixture
 ) -> None:
     url = private_sentinels.url
     channel = unique_name("orders")
@@ -169,7 +169,7 @@ def test_a_durable_listener_keeps_consuming_after_the_failover(
         old = private_sentinels.master_address()
         assert old is not None
         private_sentinels.master.kill()
-        private_sentinels.wait_promoted(old, PROMOTION_TIMEOUT)
+        new, _ = private_sentinels.wait_promoted(old, PROMOTION_TIMEOUT)
         for n in range(1, 4):
             send_durably(url, channel, {"n": n})
         wait_for(
@@ -177,6 +177,11 @@ def test_a_durable_listener_keeps_consuming_after_the_failover(
             timeout=ANSWERS_AGAIN_WITHIN + 10,
             message=lambda: f"seen {seen}",
         )
+    assert any(
+        f"now name 127.0.0.1:{new[1]} the master" in record.getMessage()
+        and f"(was 127.0.0.1:{old[1]}): a failover" in record.getMessage()
+        for record in logs.records
+    ), [record.getMessage() for record in logs.records]
 
 
 def _replica_has(sentinels: SentinelSet, channel: str) -> bool:

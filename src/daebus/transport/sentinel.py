@@ -83,6 +83,7 @@ class SentinelTransport(RedisTransport):
         # redis-py's asyncio clients belong to the loop that made them.
         self._async_sentinel: redis.asyncio.sentinel.Sentinel | None = None
         self._sentinel_loop: asyncio.AbstractEventLoop | None = None
+        self._last_master: str | None = None  # where the last lookup found it, for the log
 
     def __repr__(self) -> str:
         return f"<SentinelTransport {self.shown_url}>"
@@ -105,7 +106,7 @@ class SentinelTransport(RedisTransport):
             host, port = await sentinel.discover_master(self._seeds.master_name)
         except (redis.RedisError, OSError) as exc:
             raise TransportError(f"no sentinel names a master: {exc}") from exc
-        return self._seeds.endpoint(str(host), int(port))
+        return self._found(str(host), int(port))
 
     def _master_blocking(self) -> Endpoint:
         """:meth:`_master` for the blocking connections, on redis-py's blocking client."""
@@ -123,7 +124,24 @@ class SentinelTransport(RedisTransport):
             host, port = sentinel.discover_master(self._seeds.master_name)
         except (redis.RedisError, OSError) as exc:
             raise TransportError(f"no sentinel names a master: {exc}") from exc
-        return self._seeds.endpoint(str(host), int(port))
+        return self._found(str(host), int(port))
+
+    def _found(self, host: str, port: int) -> Endpoint:
+        """The master at ``host:port``; a change of master is logged (a failover)."""
+        endpoint = self._seeds.endpoint(host, port)
+        where, before = str(endpoint), self._last_master
+        if where != before:
+            self._last_master = where
+            if before is None:
+                logger.info("the sentinels name %s the master %r", where, self._seeds.master_name)
+            else:
+                logger.warning(
+                    "the sentinels now name %s the master %r (was %s): a failover",
+                    where,
+                    self._seeds.master_name,
+                    before,
+                )
+        return endpoint
 
     async def _open_connection(self, **options: Any) -> RespConnection:
         """Ask the sentinels where the master is, connect, and check it is a master."""
