@@ -195,3 +195,38 @@ def _replica_has(sentinels: SentinelSet, channel: str) -> bool:
         return False
     finally:
         client.close()
+
+
+def test_the_old_master_back_is_not_used(private_sentinels: SentinelSet) -> None:
+    """Restarted after the failover, the old master claims to be a master (an empty one)
+    until the sentinels make it a replica: nothing connects to it meanwhile."""
+    url = private_sentinels.url
+    with Apps(url) as apps:
+        service = apps.start(adder())
+        old = private_sentinels.master_address()
+        assert old is not None
+        private_sentinels.master.kill()
+        private_sentinels.wait_promoted(old, PROMOTION_TIMEOUT)
+        caller = apps.caller(service, timeout=CALL_TIMEOUT)
+        wait_for(lambda: _answers(caller), timeout=ANSWERS_AGAIN_WITHIN + 5)
+        private_sentinels.master.start()  # on its old port, without the data it had
+        back = redis.Redis(host=old[0], port=old[1])
+
+        def demoted() -> bool:
+            # New callers, and the one there, use the promoted replica all along.
+            assert apps.caller(service, timeout=5.0).send_request("add", {"a": 1, "b": 1}) == 2
+            assert caller.send_request("add", {"a": 2, "b": 2}) == 4
+            return bool(back.execute_command("ROLE")[0] == b"slave")
+
+        try:
+            wait_for(demoted, timeout=30.0, interval=0.2, message="the old master stayed one")
+        finally:
+            back.close()
+        assert apps.caller(service).send_request("add", {"a": 3, "b": 3}) == 6
+
+
+def _answers(caller: Any) -> bool:
+    try:
+        return bool(caller.send_request("add", {"a": 0, "b": 1}) == 1)
+    except DaebusError:
+        return False
