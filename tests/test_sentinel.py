@@ -17,7 +17,7 @@ import pytest
 import redis.sentinel
 
 from _apps import Apps
-from _helpers import unique_name, wait_for
+from _helpers import ServiceProcess, unique_name, wait_for
 from daebus import AsyncDaebusCaller, Daebus, SetupError, broadcast, cache, request
 from daebus._admin import open_admin
 from daebus.transport import SentinelTransport, is_sentinel_url, transport_from_url
@@ -228,3 +228,17 @@ def test_a_blocking_connection_to_a_replica_is_refused(replica: Endpoint) -> Non
             connection.command(pack("PING"))
     finally:
         connection.close()
+
+
+def test_daebus_listen_shows_the_masters_traffic(on_sentinel: Apps) -> None:
+    service = on_sentinel.start(adder())
+    listener = ServiceProcess(
+        module="daebus.cli",
+        args=["listen", service, "--redis-url", on_sentinel.url],
+        redis_url=on_sentinel.url,
+        name="daebus-listen",
+    )
+    with listener:
+        wait_for(lambda: "listening on" in listener.stderr(), timeout=10)
+        on_sentinel.caller(service).send_request("add", {"a": 1, "b": 2})
+        wait_for(lambda: service in listener.stdout(), message=lambda: listener.output())
