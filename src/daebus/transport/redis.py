@@ -69,7 +69,7 @@ _RETRIES = 3
 
 
 def sync_options() -> dict[str, Any]:
-    """Daebus's timeouts and retries, as redis-py's blocking client takes them."""
+    """The timeouts and retries daebus gives redis-py's blocking clients."""
     return {
         "socket_connect_timeout": _CONNECT_TIMEOUT,
         "socket_timeout": COMMAND_TIMEOUT,
