@@ -14,6 +14,7 @@ import redis
 from _apps import Apps
 from _cluster import ValkeyCluster, find_cli
 from _helpers import PHASE_REPORTS, ServiceProcess, dead_url, unique_name
+from _sentinel import SentinelSet
 from _servers import (
     ExternalRedis,
     RedisEndpoint,
@@ -150,6 +151,23 @@ def valkey_cluster(server_binary: Path) -> Iterator[ValkeyCluster]:
 def cluster_url(valkey_cluster: ValkeyCluster) -> str:
     """``redis+cluster://host:port,...`` of the shared cluster."""
     return valkey_cluster.url
+
+
+@pytest.fixture(scope="session")
+def sentinel_url(server_binary: Path) -> Iterator[str]:
+    """``redis+sentinel://`` of a master, a replica and three sentinels shared by the session.
+
+    Tests must not stop or kill its servers: use `private_sentinels` for that.
+    """
+    with SentinelSet(server_binary) as sentinels:
+        yield sentinels.url
+
+
+@pytest.fixture
+def private_sentinels(server_binary: Path) -> Iterator[SentinelSet]:
+    """A master, a replica and three sentinels of this test's own, which it may kill."""
+    with SentinelSet(server_binary) as sentinels:
+        yield sentinels
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Durable channels: streams, consumer groups, retries, dead letters and reclaiming.
 
 Each test runs on a real server, on the memory transport (``daebus.testing``), which
-implements the same stream semantics, and on a real cluster; the killed-instance test
+implements the same stream semantics, on a real cluster and on the master Sentinel names;
+the killed-instance test
 needs a subprocess and runs on the server only.
 """
 
@@ -20,18 +21,21 @@ from _cluster import client_for
 from _helpers import QUIET, ServiceProcess, unique_name, wait_for
 from daebus import Daebus, SetupError, broadcast, request
 from daebus.protocol import dead_letter_key, stream_key
+from daebus.transport import is_sentinel_url
 from daebus.transport.memory import broker_for, forget
+from daebus.transport.redis import sync_client
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["redis", "memory", "cluster"])
+@pytest.fixture(params=["redis", "memory", "cluster", "sentinel"])
 def where(request: pytest.FixtureRequest) -> Iterator[Apps]:
-    """Apps on the shared server, on a fresh memory://, then on the shared cluster."""
+    """Apps on the shared server, on a fresh memory://, on the shared cluster, then on the
+    shared Sentinel set-up's master."""
     if request.param == "memory":
         url = f"memory://{unique_name('where')}"
     else:
-        url = request.getfixturevalue("cluster_url" if request.param == "cluster" else "redis_url")
+        url = request.getfixturevalue(f"{request.param}_url")
     with Apps(url) as manager:
         yield manager
     if url.startswith("memory://"):
@@ -41,11 +45,16 @@ def where(request: pytest.FixtureRequest) -> Iterator[Apps]:
 def _entries(url: str, stream: str) -> list[dict[str, bytes]]:
     if url.startswith("memory://"):
         return [entry.fields for entry in broker_for(url).streams.entries(stream)]
-    client = client_for(url)
+    client = _client(url)
     try:
         return [{k.decode(): v for k, v in fields.items()} for _, fields in client.xrange(stream)]
     finally:
         client.close()
+
+
+def _client(url: str) -> Any:
+    """A redis-py client of the server, the cluster or the Sentinel master ``url`` names."""
+    return sync_client(url) if is_sentinel_url(url) else client_for(url)
 
 
 def _length(url: str, stream: str) -> int:
@@ -145,7 +154,7 @@ def test_a_failing_handler_is_retried_then_acked(where: Apps) -> None:
     wait_for(lambda: not runtime.durable.consumers[channel, None].held)
     assert _length(where.url, dead_letter_key(channel, service)) == 0
     if not where.url.startswith("memory://"):
-        client = client_for(where.url)
+        client = _client(where.url)
         assert client.xpending(stream_key(channel), service)["pending"] == 0
         client.close()
 

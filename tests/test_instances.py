@@ -102,10 +102,10 @@ def quick_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the transports' claims and records ---------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "memory", "cluster"])
+@pytest.fixture(params=["redis", "memory", "cluster", "sentinel"])
 def any_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "cluster":
-        return str(request.getfixturevalue("cluster_url"))
+    if request.param in ("cluster", "sentinel"):
+        return str(request.getfixturevalue(f"{request.param}_url"))
     if request.param == "redis":
         return str(request.getfixturevalue("redis_url"))
     return f"memory://{unique_name('claims')}"

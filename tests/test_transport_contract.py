@@ -23,22 +23,32 @@ from _cluster import client_for
 from _helpers import QUIET, unique_name, wait_until
 from daebus import SetupError, TransportError
 from daebus._admin import open_admin
-from daebus.transport import Delivery, Subscription, Transport, transport_from_url
+from daebus.transport import (
+    Delivery,
+    Subscription,
+    Transport,
+    is_sentinel_url,
+    transport_from_url,
+)
 from daebus.transport._streams import parse_id
 from daebus.transport.memory import broker_for, forget
+from daebus.transport.redis import sync_client
 
 T = TypeVar("T")
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "cluster", "sentinel"])
 def url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of each transport: a private in-memory broker, the test server, the cluster."""
+    """The URL of each transport: a private in-memory broker, the test server, the cluster,
+    the master of a Sentinel set-up."""
     if request.param == "memory":
         memory_url = f"memory://{unique_name('contract')}"
         yield memory_url
         forget(memory_url)
     elif request.param == "cluster":
         yield request.getfixturevalue("cluster_url")
+    elif request.param == "sentinel":
+        yield request.getfixturevalue("sentinel_url")
     else:
         yield request.getfixturevalue("redis_url")
 
@@ -580,7 +590,7 @@ def stream_ids(url: str, stream: str) -> list[str]:
     """The ids a stream holds (``XRANGE stream - +``), read beside the transport."""
     if url.startswith("memory://"):
         return [entry.id for entry in broker_for(url).streams.entries(stream)]
-    client = client_for(url)
+    client = sync_client(url) if is_sentinel_url(url) else client_for(url)
     try:
         return [bytes(entry_id).decode() for entry_id, _ in client.xrange(stream)]
     finally:

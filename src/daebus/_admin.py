@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import config, protocol
 from .exceptions import SetupError, TransportError
-from .transport import check_url_options, is_cluster_url
+from .transport import check_url_options, is_cluster_url, is_sentinel_url
 from .transport._glob import compile_glob
 from .transport._url import redact_url
 from .transport.base import StreamEntry
@@ -147,12 +147,17 @@ class RedisAdmin(Admin):
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        self.client: redis.Redis = redis.Redis.from_url(
-            normalize_url(url),
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        options: dict[str, Any] = {
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if is_sentinel_url(url):  # the master the sentinels name, found at each connect
+            from .transport.sentinel import sentinel_client
+
+            self.client: redis.Redis = sentinel_client(url, **options)
+        else:
+            self.client = redis.Redis.from_url(normalize_url(url), **options)
 
     @contextlib.contextmanager
     def _reported(self, what: str) -> Iterator[None]:

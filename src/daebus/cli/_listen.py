@@ -77,7 +77,7 @@ def _listen(url: str, patterns: list[str], readable: bool = False) -> None:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from ..transport import _resp
+    from ..transport import _resp, is_sentinel_url
     from ..transport.redis import normalize_url
 
     options: dict[str, Any] = {"socket_connect_timeout": 2.0, "retry": Retry(NoBackoff(), 0)}
@@ -85,7 +85,12 @@ def _listen(url: str, patterns: list[str], readable: bool = False) -> None:
         # A unix socket connection (the shared server's) takes no keepalive option.
         options["socket_keepalive"] = True
     try:
-        client = redis.Redis.from_url(normalize_url(url), **options)
+        if is_sentinel_url(url):  # the master its sentinels name, asked at each connect
+            from ..transport.sentinel import sentinel_client
+
+            client = sentinel_client(url, **options)
+        else:
+            client = redis.Redis.from_url(normalize_url(url), **options)
     except ValueError as exc:
         raise Failure(without_password(f"bad Redis URL {url!r}: {exc}", url)) from None
     shown = redact_url(url)

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from ._cluster_seeds import CLUSTER_SCHEMES
 from ._endpoint import REDIS_URL_OPTIONS, TLS_URL_OPTIONS, check_url_options
+from ._sentinel_url import is_sentinel_url
 from .base import BatchEnd, ChannelReader, Delivery, DeliveryHandler, Subscription, Transport
 
 if TYPE_CHECKING:
     from .cluster import ClusterTransport
     from .redis import RedisTransport
+    from .sentinel import SentinelTransport
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
 
@@ -31,10 +33,12 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "RedisTransport",
+    "SentinelTransport",
     "Subscription",
     "Transport",
     "check_url_options",
     "is_cluster_url",
+    "is_sentinel_url",
     "transport_from_url",
 ]
 
@@ -48,6 +52,10 @@ def __getattr__(name: str) -> Any:
         from .cluster import ClusterTransport
 
         return ClusterTransport
+    if name == "SentinelTransport":
+        from .sentinel import SentinelTransport
+
+        return SentinelTransport
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -69,8 +77,10 @@ def transport_from_url(url: str) -> Transport:
 
     ``redis://``, ``rediss://``, ``unix://``, ``valkey://`` and ``valkeys://`` are Redis
     pub/sub; ``redis+cluster://host:port,host:port`` (or ``valkey+cluster://``) is a
-    Valkey/Redis Cluster, on sharded pub/sub; ``memory://`` (or ``memory://<name>``) is
-    the in-process broker of that name.
+    Valkey/Redis Cluster, on sharded pub/sub;
+    ``redis+sentinel://host:port,host:port/MASTER_NAME[/db]`` (or ``valkey+sentinel://``)
+    is the master a set of sentinels names, followed across failovers; ``memory://`` (or
+    ``memory://<name>``) is the in-process broker of that name.
 
     Raises:
         SetupError: a Redis URL has a query option the transport does not honour
@@ -86,11 +96,15 @@ def transport_from_url(url: str) -> Transport:
         from .cluster import ClusterTransport  # checks the URL's options
 
         return ClusterTransport(url)
+    if is_sentinel_url(url):
+        from .sentinel import SentinelTransport  # checks the URL's options
+
+        return SentinelTransport(url)
     if scheme == "memory":
         from .memory import MemoryTransport
 
         return MemoryTransport(url)
     raise ValueError(
         f"unsupported transport URL {url!r}: expected redis://, rediss://, unix://, "
-        "redis+cluster:// or memory://"
+        "redis+cluster://, redis+sentinel:// or memory://"
     )

@@ -12,9 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..exceptions import SetupError
+from ..exceptions import SetupError, TransportError
 
-__all__ = ["REDIS_URL_OPTIONS", "TLS_URL_OPTIONS", "Endpoint", "check_url_options"]
+__all__ = [
+    "REDIS_URL_OPTIONS",
+    "TLS_URL_OPTIONS",
+    "Endpoint",
+    "NotMasterError",
+    "check_role",
+    "check_url_options",
+]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "valkey", "valkeys"})
 _TLS_SCHEMES = frozenset({"rediss", "valkeys"})
@@ -70,6 +77,9 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     ssl_context: ssl.SSLContext | None = None
+    #: Ask the node its ``ROLE`` as a connection is made, and refuse a replica: set where
+    #: the address came from sentinels, which may still name a demoted master.
+    must_be_master: bool = False
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
@@ -99,6 +109,17 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"unix://{self.path}" if self.path else f"{self.host}:{self.port}"
+
+
+class NotMasterError(TransportError):
+    """The node a connection reached is not a master (so sentinels are asked again)."""
+
+
+def check_role(endpoint: Endpoint, reply: Any) -> None:
+    """Raise :class:`NotMasterError` unless ``reply`` (to ``ROLE``) says master."""
+    role = bytes(reply[0]).decode("ascii", "replace") if reply else "?"
+    if role != "master":
+        raise NotMasterError(f"{endpoint} is a {role}, not the master")
 
 
 def _ssl_context(options: dict[str, Any]) -> ssl.SSLContext:

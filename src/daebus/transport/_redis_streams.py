@@ -15,8 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import TransportError
-from ._endpoint import Endpoint
-from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack
+from ._resp import SILENCE_TIMEOUT, RespConnection, pack
 from ._resp_blocking import BlockingConnection
 from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
@@ -33,7 +32,6 @@ class RedisStreams(Transport):
     """Redis's stream commands for a transport that has the connections below."""
 
     _closed: bool
-    _endpoint: Endpoint
     #: (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
     _stream_readers: dict[tuple[str, str], RespConnection]
     _server_clock: ServerClock
@@ -45,6 +43,10 @@ class RedisStreams(Transport):
     @abstractmethod
     def _ready_publisher(self) -> RespConnection | None:
         """The publishing connection, if it is open with nothing queued before it."""
+
+    @abstractmethod
+    async def _open_connection(self, **options: Any) -> RespConnection:
+        """A new connection to the server."""
 
     @abstractmethod
     async def _open_publisher(self) -> RespConnection:
@@ -154,9 +156,7 @@ class RedisStreams(Transport):
         if reader is None or not reader.is_open:
             if self._closed:
                 raise TransportError(f"{self!r} is closed")
-            reader = await open_connection(
-                self._endpoint, silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK
-            )
+            reader = await self._open_connection(silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK)
             self._stream_readers[stream, group] = reader
         block_ms = min(block_ms, int(MAX_READ_BLOCK * 1000))
         try:

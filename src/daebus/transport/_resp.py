@@ -25,7 +25,7 @@ import hiredis
 
 from .._compat import timeout as deadline
 from ..exceptions import TransportError
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, check_role
 
 __all__ = [
     "HEALTH_CHECK_INTERVAL",
@@ -386,8 +386,12 @@ async def open_connection(
         if endpoint.db:
             handshake.append(connection.send("SELECT", endpoint.db))
         handshake.append(connection.send("PING"))
+        if endpoint.must_be_master:
+            handshake.append(connection.send("ROLE"))
         async with deadline(timeout):
-            await asyncio.gather(*handshake)
+            replies = await asyncio.gather(*handshake)
+        if endpoint.must_be_master:
+            check_role(endpoint, replies[-1])
     except asyncio.TimeoutError:
         connection.close()
         raise TransportError(f"{endpoint} accepted the connection but did not answer") from None

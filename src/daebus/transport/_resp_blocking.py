@@ -18,13 +18,14 @@ import struct
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
 
 from ..exceptions import TransportError
 from . import _resp
-from ._endpoint import Endpoint
+from ._endpoint import Endpoint, check_role
 from ._resp import PING, pack
 
 __all__ = ["BlockingConnection", "BlockingSubscriber"]
@@ -50,8 +51,12 @@ class BlockingConnection:
     one, so that a server restart loses none of them.
     """
 
-    def __init__(self, endpoint: Endpoint, timeout: float) -> None:
+    def __init__(
+        self, endpoint: Endpoint, timeout: float, resolve: Callable[[], Endpoint] | None = None
+    ) -> None:
         self._endpoint = endpoint
+        # Where to connect, asked again at each connect (sentinels name the master).
+        self._resolve = resolve
         self._timeout = timeout  # for commands given no timeout of their own
         self._sock: socket.socket | None = None
         self._sock_timeout = timeout  # the receive and send timeout the socket has
@@ -61,6 +66,8 @@ class BlockingConnection:
         self._last_used = 0.0  # monotonic time the connection was last made ready for use
 
     def _connect(self, timeout: float) -> socket.socket:
+        if self._resolve is not None:
+            self._endpoint = self._resolve()
         endpoint = self._endpoint
         try:
             if endpoint.path:
@@ -88,6 +95,9 @@ class BlockingConnection:
             if endpoint.db:
                 self._send(pack("SELECT", endpoint.db))
                 self._read()
+            if endpoint.must_be_master:
+                self._send(pack("ROLE"))
+                check_role(endpoint, self._read())
         except BaseException:
             self.close()
             raise
@@ -250,8 +260,14 @@ class BlockingSubscriber(BlockingConnection):
     server stays silent for ``SILENCE_TIMEOUT`` (both in :mod:`._resp`).
     """
 
-    def __init__(self, endpoint: Endpoint, channel: str, timeout: float) -> None:
-        super().__init__(endpoint, timeout)
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        channel: str,
+        timeout: float,
+        resolve: Callable[[], Endpoint] | None = None,
+    ) -> None:
+        super().__init__(endpoint, timeout, resolve)
         self.channel = channel
         self._silence_timeout = _resp.SILENCE_TIMEOUT
         # A caller waiting for its reply wants to know soon that the server is gone:

@@ -6,8 +6,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 __all__ = ["redact_url"]
 
-# Query options redis-py reads credentials from (redis.connection.parse_url).
-_SECRET_OPTIONS = frozenset({"password"})
+# Query options that carry credentials: redis-py's (redis.connection.parse_url), and the
+# sentinels' of a redis+sentinel:// URL.
+_SECRET_OPTIONS = frozenset({"password", "sentinel_password"})
 
 
 def redact_url(url: str) -> str:

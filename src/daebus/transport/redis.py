@@ -25,6 +25,7 @@ from ._endpoint import Endpoint
 from ._redis_streams import RedisStreams
 from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack, pack_publish
 from ._resp_blocking import BlockingConnection, BlockingSubscriber
+from ._sentinel_url import is_sentinel_url
 from ._server_clock import ServerClock
 from .base import ChannelReader, Delivery
 
@@ -67,17 +68,27 @@ _RETRY_BACKOFF = {"cap": 0.5, "base": 0.05}
 _RETRIES = 3
 
 
+def sync_options() -> dict[str, Any]:
+    """The timeouts and retries daebus gives redis-py's blocking clients."""
+    return {
+        "socket_connect_timeout": _CONNECT_TIMEOUT,
+        "socket_timeout": COMMAND_TIMEOUT,
+        "retry": Retry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
+        "retry_on_error": [RedisConnectionError],
+        "health_check_interval": 30,
+    }
+
+
 def sync_client(url: str, **options: Any) -> redis.Redis:
-    """A blocking redis-py client for ``url`` with daebus's timeouts and retries."""
-    return redis.Redis.from_url(
-        normalize_url(url),
-        socket_connect_timeout=_CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
-        retry=Retry(ExponentialBackoff(**_RETRY_BACKOFF), _RETRIES),
-        retry_on_error=[RedisConnectionError],
-        health_check_interval=30,
-        **options,
-    )
+    """A blocking redis-py client for ``url`` with daebus's timeouts and retries.
+
+    For a ``redis+sentinel://`` URL, a client of the master its sentinels name.
+    """
+    if is_sentinel_url(url):
+        from .sentinel import sentinel_client
+
+        return sentinel_client(url, **sync_options(), **options)
+    return redis.Redis.from_url(normalize_url(url), **sync_options(), **options)
 
 
 class RedisTransport(RedisStreams):
@@ -92,10 +103,15 @@ class RedisTransport(RedisStreams):
 
     ends_batches = True  # the messages of one read from the socket
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, endpoint: Endpoint | None = None) -> None:
         super().__init__(url)
         self._url = normalize_url(url)
-        self._endpoint = Endpoint.from_url(self._url)
+        # ``endpoint``: the credentials and database of a server the URL does not name
+        # itself (a Sentinel transport's master, whose address is looked up at connect).
+        self._endpoint = endpoint if endpoint is not None else Endpoint.from_url(self._url)
+        #: Where the blocking connections connect, asked at each connect: None for the
+        #: URL's own server (``_endpoint``), a lookup for a Sentinel transport's master.
+        self._resolve_blocking: Callable[[], Endpoint] | None = None
         self._closed = False
         self._publisher: RespConnection | None = None
         # PUBLISHes made while the publisher (re)connects, flushed in order once it is up.
@@ -121,6 +137,14 @@ class RedisTransport(RedisStreams):
         return f"<RedisTransport {self.shown_url}>"
 
     # -- lifecycle -------------------------------------------------------------------
+    async def _open_connection(self, **options: Any) -> RespConnection:
+        """A new connection to the server (``options``: :func:`open_connection`'s).
+
+        Every connection is made here, so that a subclass may look up where the server
+        is first (Sentinel): connections are made rarely, never per message.
+        """
+        return await open_connection(self._endpoint, **options)
+
     async def connect(self) -> None:
         """Open the publishing connection and check the server answers."""
         self._closed = False
@@ -130,7 +154,7 @@ class RedisTransport(RedisStreams):
         async with self._publisher_lock:
             publisher = self._publisher
             if publisher is None or not publisher.is_open:
-                publisher = await open_connection(self._endpoint)
+                publisher = await self._open_connection()
                 if self._stopped():
                     publisher.close()
                     raise TransportError(f"{self!r} is closed")
@@ -263,7 +287,7 @@ class RedisTransport(RedisStreams):
         connection: BlockingConnection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = BlockingConnection(
-                self._endpoint, COMMAND_TIMEOUT
+                self._endpoint, COMMAND_TIMEOUT, self._resolve_blocking
             )
             with self._sync_lock:
                 # Close the connections of threads that have ended since.
@@ -275,7 +299,7 @@ class RedisTransport(RedisStreams):
 
     def channel_reader(self, channel: str) -> ChannelReader:
         """A blocking connection subscribed to ``channel`` (connected on first use)."""
-        return BlockingSubscriber(self._endpoint, channel, COMMAND_TIMEOUT)
+        return BlockingSubscriber(self._endpoint, channel, COMMAND_TIMEOUT, self._resolve_blocking)
 
     def blocking_client(self) -> redis.Redis:
         """The transport's blocking client (created on first use; thread-safe)."""
@@ -444,8 +468,7 @@ class RedisTransport(RedisStreams):
         dropped_for_buffer: int | None = None  # the server's count when we connected
         while not self._closed:
             try:
-                subscriber = await open_connection(
-                    self._endpoint,
+                subscriber = await self._open_connection(
                     on_push=self._on_push,
                     on_pushes_end=self._end_batch,
                     ping_when_idle=True,
