@@ -60,6 +60,10 @@ class ClusterStreams(Transport):
         """The master that holds ``key``'s slot."""
 
     @abstractmethod
+    async def _refresh_slots(self, *, force: bool = False) -> None:
+        """Ask the cluster for its slot map again (rate-limited unless ``force``)."""
+
+    @abstractmethod
     def _blocking_client(self) -> redis.cluster.RedisCluster:
         """The blocking client of other threads."""
 
@@ -141,15 +145,21 @@ class ClusterStreams(Transport):
 
         As on a single node: the wait is at most :data:`~._redis_streams.MAX_READ_BLOCK`
         seconds, and a read cancelled mid-wait drops its connection, whose next reply
-        would answer the wrong read.
+        would answer the wrong read. A read that fails because the node is gone or no
+        longer serves the stream's slot (a failover, a moved slot) drops its connection
+        too and has the slot map read again: the next read goes where it says.
         """
         reader = self._stream_readers.get((stream, group))
         if reader is None or not reader.is_open:
             node = self._node_of(stream)
-            reader = await open_connection(
-                self._seeds.endpoint(node.host, int(node.port)),
-                silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK,
-            )
+            try:
+                reader = await open_connection(
+                    self._seeds.endpoint(node.host, int(node.port)),
+                    silence_timeout=SILENCE_TIMEOUT + MAX_READ_BLOCK,
+                )
+            except TransportError:
+                await self._refresh_slots()
+                raise
             if self._closed:
                 reader.close()
                 raise TransportError(f"{self!r} is closed")
@@ -161,11 +171,19 @@ class ClusterStreams(Transport):
                 "STREAMS", stream, ">",
             )  # fmt: skip
         except asyncio.CancelledError:
-            if self._stream_readers.get((stream, group)) is reader:
-                del self._stream_readers[stream, group]
-            reader.close()
+            self._drop_reader(stream, group, reader)
+            raise
+        except TransportError as exc:
+            if not reader.is_open or "MOVED" in str(exc):
+                self._drop_reader(stream, group, reader)
+                await self._refresh_slots(force="MOVED" in str(exc))
             raise
         return entries_of(reply[0][1]) if reply else []
+
+    def _drop_reader(self, stream: str, group: str, reader: RespConnection) -> None:
+        if self._stream_readers.get((stream, group)) is reader:
+            del self._stream_readers[stream, group]
+        reader.close()
 
     async def stream_ack(
         self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
