@@ -192,6 +192,11 @@ class ValkeyCluster:
         return master, replica
 
     @staticmethod
+    def is_master(node: ClusterNode) -> bool:
+        """Whether ``node`` runs and says it is a master."""
+        return node.is_running() and _replication_of(node).get("role") == "master"
+
+    @staticmethod
     def wait_promoted(replica: ClusterNode, timeout: float = PROMOTION_TIMEOUT) -> float:
         """Poll until ``replica`` says it is a master; the monotonic time it first said so."""
         deadline = time.monotonic() + timeout
@@ -202,6 +207,33 @@ class ValkeyCluster:
             if time.monotonic() >= deadline:
                 raise AssertionError(f"{replica!r} was not promoted within {timeout} s")
             time.sleep(0.02)
+
+    def move_slot_of(self, key: str, target: ClusterNode) -> None:
+        """Give the slot of ``key`` (which holds no key) to the master ``target``.
+
+        As a resharding does, without keys to move: the target imports it, the source
+        migrates it, then every master is told its new owner.
+        """
+        source = self.master_of(key)
+        masters = [node for node in self.nodes if self.is_master(node)]
+        with contextlib.ExitStack() as stack:
+            clients = {
+                node.port: stack.enter_context(redis.Redis(host=node.host, port=node.port))
+                for node in masters
+            }
+            slot = int(clients[source.port].execute_command("CLUSTER", "KEYSLOT", key))
+            ids = {
+                port: client.execute_command("CLUSTER", "MYID").decode()
+                for port, client in clients.items()
+            }
+            clients[target.port].execute_command(
+                "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port]
+            )
+            clients[source.port].execute_command(
+                "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port]
+            )
+            for port in (target.port, source.port, *clients):
+                clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
 
     def close(self) -> None:
         """Kill every node (even one that failed to start) and delete their directories."""

@@ -7,18 +7,22 @@ must follow the slots to the promoted replica by themselves.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
 from typing import Any
 
 import pytest
+import redis
 
 from _apps import Apps
-from _cluster import ValkeyCluster
-from _helpers import unique_name, wait_for
-from daebus import Daebus, DaebusError, broadcast, request
+from _cluster import ClusterNode, ValkeyCluster
+from _helpers import unique_name, wait_for, wait_until
+from daebus import Daebus, DaebusError, TransportError, broadcast, request
 from daebus.protocol import service_channel, stream_key
+from daebus.transport import Delivery, transport_from_url
+from daebus.transport.base import StreamEntry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -137,3 +141,67 @@ def test_a_durable_listener_keeps_consuming_after_its_streams_master_fails_over(
 
         wait_for(sent, timeout=30, interval=0.2)
         wait_for(lambda: 1 in seen, timeout=30, message=lambda: f"seen {seen}")
+
+
+# -- the transport on its own -------------------------------------------------------------
+
+
+async def test_a_durable_read_follows_its_stream_to_the_promoted_replica(
+    private_cluster: ValkeyCluster,
+) -> None:
+    stream = unique_name("stream")
+    transport = transport_from_url(private_cluster.url)
+    await transport.connect()
+    try:
+        assert await transport.stream_create_group(stream, "g", "$")
+        assert await transport.stream_read(stream, "g", "c", 10, 10) == []
+        master = private_cluster.master_of(stream)
+        with redis.Redis(host=master.host, port=master.port) as client:
+            assert client.execute_command("WAIT", 1, 5000) == 1  # the group is on the replica
+        _killed, replica = private_cluster.kill_master_of(stream)
+        await asyncio.to_thread(private_cluster.wait_promoted, replica)
+        with redis.Redis(host=replica.host, port=replica.port) as client:
+            entry_id = client.xadd(stream, {"data": b"after"}).decode()
+
+        # Nothing but the reads: no other command of the transport refreshes its slot map.
+        entries: list[StreamEntry] = []
+        deadline = time.monotonic() + 30
+        while not entries:
+            try:
+                entries = await transport.stream_read(stream, "g", "c", 10, 100)
+            except TransportError:
+                assert time.monotonic() < deadline, "the read never reached the new master"
+                await asyncio.sleep(0.1)
+        assert [(e.id, e.fields) for e in entries] == [(entry_id, {"data": b"after"})]
+    finally:
+        await transport.close()
+
+
+async def test_a_channel_whose_slot_moves_is_subscribed_on_its_new_master(
+    private_cluster: ValkeyCluster,
+) -> None:
+    channel = unique_name("moving")
+    transport = transport_from_url(private_cluster.url)
+    await transport.connect()
+    received: asyncio.Queue[Delivery] = asyncio.Queue()
+    try:
+        await transport.subscribe(channel, received.put_nowait)
+        source = private_cluster.master_of(channel)
+        target = next(
+            node
+            for node in private_cluster.nodes
+            if node is not source and private_cluster.is_master(node)
+        )
+        # The source drops the channel's subscribers with a sunsubscribe nobody asked for.
+        await asyncio.to_thread(private_cluster.move_slot_of, channel, target)
+
+        def subscribers_on(node: ClusterNode) -> int:
+            with redis.Redis(host=node.host, port=node.port) as client:
+                return int(client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+
+        await wait_until(lambda: subscribers_on(target) == 1, timeout=10)
+        assert subscribers_on(source) == 0
+        assert await transport.publish(channel, b"moved") == 1
+        assert (await asyncio.wait_for(received.get(), 5)).data == b"moved"
+    finally:
+        await transport.close()
