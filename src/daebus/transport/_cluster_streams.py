@@ -18,7 +18,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from ..exceptions import TransportError
 from ._cluster_seeds import ClusterSeeds
-from ._redis_streams import MAX_READ_BLOCK
+from ._redis_streams import MAX_READ_BLOCK, keep_one
 from ._replicas import (
     DEFAULT_REPLICA_TIMEOUT_MS,
     MAX_REPLICA_TIMEOUT_MS,
@@ -132,7 +132,7 @@ class ClusterStreams(Transport):
             if self._closed:
                 writer.close()
                 raise TransportError(f"{self!r} is closed")
-            self._stream_readers[key] = writer
+            writer = keep_one(self._stream_readers, key, writer)
         replies = await asyncio.gather(
             *(writer.send(*command) for command in commands),
             writer.send(*wait_command(replicas, timeout_ms)),

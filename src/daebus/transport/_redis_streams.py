@@ -29,7 +29,7 @@ from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
 from .base import Reclaimed, StreamEntry, Transport
 
-__all__ = ["MAX_READ_BLOCK", "RedisStreams"]
+__all__ = ["ACKNOWLEDGED_WRITER", "MAX_READ_BLOCK", "RedisStreams", "keep_one"]
 
 #: The longest a read for new entries waits on the server, in seconds: a consumer with
 #: nothing to do reads this seldom.
@@ -119,7 +119,7 @@ class RedisStreams(Transport):
             writer = await open_connection(
                 self._endpoint, silence_timeout=SILENCE_TIMEOUT + MAX_REPLICA_TIMEOUT_MS / 1000
             )
-            self._stream_readers[ACKNOWLEDGED_WRITER] = writer
+            writer = keep_one(self._stream_readers, ACKNOWLEDGED_WRITER, writer)
         commands = [add]
         if max_age_ms is not None:
             oldest = await self._server_now_ms(writer) - max_age_ms
@@ -338,6 +338,20 @@ def _add_command(
     stream: str, fields: dict[str, bytes], maxlen: int
 ) -> tuple[str | bytes | int, ...]:
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+
+
+def keep_one(
+    connections: dict[tuple[str, str], RespConnection],
+    key: tuple[str, str],
+    opened: RespConnection,
+) -> RespConnection:
+    """Keep ``opened`` under ``key``, unless another opened meanwhile: then that one."""
+    kept = connections.get(key)
+    if kept is not None and kept.is_open:
+        opened.close()
+        return kept
+    connections[key] = opened
+    return opened
 
 
 def _added_id(stream: str, replies: Sequence[Any]) -> str:

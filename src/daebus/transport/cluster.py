@@ -452,7 +452,7 @@ class ClusterTransport(ClusterStreams):
             await self._refresh_slots()
             try:
                 await self._regroup()
-            except TransportError as exc:
+            except (TransportError, *REDIS_ERRORS) as exc:
                 logger.debug("cannot follow the channels to their slots yet: %s", exc)
             if self._settled():
                 return
