@@ -27,6 +27,12 @@ REPLICAS_PER_MASTER = 1
 NODES = MASTERS * (1 + REPLICAS_PER_MASTER)
 #: How long ``--cluster create`` and the spread of its configuration may take.
 FORM_TIMEOUT = 30.0
+#: How long a master may be silent before the others take it as failed (milliseconds).
+NODE_TIMEOUT_MS = 3000
+#: A shorter one for the clusters the failover tests kill nodes of: a quick promotion.
+FAILOVER_NODE_TIMEOUT_MS = 1000
+#: How long a failover test waits for the replica of a killed master to take over.
+PROMOTION_TIMEOUT = 30.0
 
 
 def find_cli(server_binary: Path) -> Path | None:
@@ -41,9 +47,10 @@ def find_cli(server_binary: Path) -> Path | None:
 class ClusterNode(RedisServer):
     """One node of a cluster: a server with ``cluster-enabled yes`` and its own bus port."""
 
-    def __init__(self, binary: Path) -> None:
+    def __init__(self, binary: Path, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         super().__init__(binary)
         self.bus_port = free_port()
+        self.node_timeout_ms = node_timeout_ms
 
     def _command(self) -> list[str]:
         return [
@@ -51,17 +58,17 @@ class ClusterNode(RedisServer):
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",
             "--cluster-port", str(self.bus_port),
-            # A short failure detection keeps a failover test short; nothing fails here yet.
-            "--cluster-node-timeout", "3000",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
         ]  # fmt: skip
 
 
 class ValkeyCluster:
     """Six cluster nodes joined into one cluster; :meth:`close` kills every one of them."""
 
-    def __init__(self, binary: Path, cli: Path) -> None:
+    def __init__(self, binary: Path, cli: Path, node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self.binary = binary
         self.cli = cli
+        self.node_timeout_ms = node_timeout_ms
         self.nodes: list[ClusterNode] = []
 
     @property
@@ -82,7 +89,7 @@ class ValkeyCluster:
         """Start the nodes, join them, and wait until every node says the cluster is ok."""
         try:
             for _ in range(NODES):
-                node = ClusterNode(self.binary)
+                node = ClusterNode(self.binary, self.node_timeout_ms)
                 self.nodes.append(node)
                 node.start()
             self._create()
@@ -157,6 +164,77 @@ class ValkeyCluster:
             return "replica not yet linked to its master"
         return "ok"
 
+    # -- failover --------------------------------------------------------------------------
+
+    def master_of(self, key: str) -> ClusterNode:
+        """The running node that is the master of ``key``'s slot, as the cluster says now."""
+        client = client_for(self.url)
+        try:
+            name = client.get_node_from_key(key).name
+        finally:
+            client.close()
+        return next(node for node in self.nodes if f"{node.host}:{node.port}" == name)
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """The replica of ``master`` (each master has one)."""
+        for node in self.nodes:
+            if node is not master and node.is_running():
+                info = _replication_of(node)
+                if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                    return node
+        raise AssertionError(f"no replica of {master!r}")
+
+    def kill_master_of(self, key: str) -> tuple[ClusterNode, ClusterNode]:
+        """SIGKILL the master of ``key``'s slot, as a crash would; its replica and it."""
+        master = self.master_of(key)
+        replica = self.replica_of(master)
+        master.kill()
+        return master, replica
+
+    @staticmethod
+    def is_master(node: ClusterNode) -> bool:
+        """Whether ``node`` runs and says it is a master."""
+        return node.is_running() and _replication_of(node).get("role") == "master"
+
+    @staticmethod
+    def wait_promoted(replica: ClusterNode, timeout: float = PROMOTION_TIMEOUT) -> float:
+        """Poll until ``replica`` says it is a master; the monotonic time it first said so."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                if _replication_of(replica).get("role") == "master":
+                    return time.monotonic()
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{replica!r} was not promoted within {timeout} s")
+            time.sleep(0.02)
+
+    def move_slot_of(self, key: str, target: ClusterNode) -> None:
+        """Give the slot of ``key`` (which holds no key) to the master ``target``.
+
+        As a resharding does, without keys to move: the target imports it, the source
+        migrates it, then every master is told its new owner.
+        """
+        source = self.master_of(key)
+        masters = [node for node in self.nodes if self.is_master(node)]
+        with contextlib.ExitStack() as stack:
+            clients = {
+                node.port: stack.enter_context(redis.Redis(host=node.host, port=node.port))
+                for node in masters
+            }
+            slot = int(clients[source.port].execute_command("CLUSTER", "KEYSLOT", key))
+            ids = {
+                port: client.execute_command("CLUSTER", "MYID").decode()
+                for port, client in clients.items()
+            }
+            clients[target.port].execute_command(
+                "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port]
+            )
+            clients[source.port].execute_command(
+                "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port]
+            )
+            for port in (target.port, source.port, *clients):
+                clients[port].execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+
     def close(self) -> None:
         """Kill every node (even one that failed to start) and delete their directories."""
         for node in self.nodes:
@@ -176,6 +254,22 @@ class ValkeyCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _replication_of(node: ClusterNode) -> dict[str, object]:
+    """``INFO replication`` of one node."""
+    client = redis.Redis(
+        host=node.host,
+        port=node.port,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
+    try:
+        return dict(client.info("replication"))
+    finally:
+        client.close()
 
 
 def client_for(url: str) -> redis.Redis | redis.RedisCluster:

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from _apps import Apps
-from _cluster import ValkeyCluster, find_cli
+from _cluster import FAILOVER_NODE_TIMEOUT_MS, ValkeyCluster, find_cli
 from _helpers import PHASE_REPORTS, ServiceProcess, dead_url, unique_name
 from _sentinel import SentinelSet
 from _servers import (
@@ -144,6 +144,17 @@ def valkey_cluster(server_binary: Path) -> Iterator[ValkeyCluster]:
         skip_or_fail(f"no valkey-cli beside {server_binary}: it joins the nodes into a cluster")
     assert cli is not None
     with ValkeyCluster(server_binary, cli) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def private_cluster(server_binary: Path) -> Iterator[ValkeyCluster]:
+    """A cluster of this test's own, which it may kill nodes of; it fails over quickly."""
+    cli = find_cli(server_binary)
+    if cli is None:
+        skip_or_fail(f"no valkey-cli beside {server_binary}: it joins the nodes into a cluster")
+    assert cli is not None
+    with ValkeyCluster(server_binary, cli, FAILOVER_NODE_TIMEOUT_MS) as cluster:
         yield cluster
 
 

@@ -68,16 +68,29 @@ class StandalonePublisher:
         return self.transport.publish_many_blocking(messages)
 
     def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> str:
         """Append to a stream (a durable send); return the entry's id."""
-        return self.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+        return self.transport.stream_add_blocking(
+            stream, fields, maxlen, max_age_ms=max_age_ms, **replication
+        )
 
     def stream_add_many(
-        self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
+        self,
+        entries: list[tuple[str, dict[str, bytes]]],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> list[str]:
         """Append many entries in one round trip; return their ids."""
-        return self.transport.stream_add_many_blocking(entries, maxlen, max_age_ms=max_age_ms)
+        return self.transport.stream_add_many_blocking(
+            entries, maxlen, max_age_ms=max_age_ms, **replication
+        )
 
     def is_stale(self) -> bool:
         """Whether its ``memory://`` broker was forgotten, so that apps now use another."""

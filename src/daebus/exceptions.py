@@ -8,7 +8,8 @@
     ├── SerializationError (ValueError)    a value cannot be encoded to JSON
     │   └── MessageTooLargeError           an encoded message is over the size limit
     ├── TransportError                     the message broker failed
-    │   └── ConnectionLostError            ... while a call waited for its reply
+    │   ├── ConnectionLostError            ... while a call waited for its reply
+    │   └── ReplicationError               fewer replicas than asked copied a durable write
     └── CallError                          raised to a caller
         ├── RemoteError                    the service answered with an error reply
         │   └── ServiceBusyError           ... refusing the request unrun: full, or stopping
@@ -51,6 +52,20 @@ class ConnectionLostError(TransportError):
     The request may or may not have run: the reply, if any, was lost with the
     connection. Raised at once, not at the call's timeout.
     """
+
+
+class ReplicationError(TransportError):
+    """Fewer replicas than asked for acknowledged a durable write within its time.
+
+    The write is on the master (a retry may write it twice), but it is lost if the
+    master fails before a replica copies it. ``acknowledged`` and ``wanted`` are the
+    counts of replicas.
+    """
+
+    def __init__(self, message: str, *, acknowledged: int, wanted: int) -> None:
+        super().__init__(message)
+        self.acknowledged = acknowledged
+        self.wanted = wanted
 
 
 class CallError(DaebusError):

@@ -12,6 +12,12 @@ from . import encoding, protocol
 from ._flow import flow, published, sent_reply
 from ._standalone import standalone_publisher
 from .exceptions import MessageTooLargeError
+from .transport._replicas import (
+    DEFAULT_REPLICA_TIMEOUT_MS,
+    check_acknowledged,
+    check_replicas,
+    wait_command,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -228,6 +234,8 @@ class PubSubBroadcast:
         durable: bool = False,
         maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
         max_age: float | None = None,
+        replicas: int = 0,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT_MS / 1000,
     ) -> Any:
         """Publish ``payload`` as JSON on ``channel``; returns the receiver count.
 
@@ -237,20 +245,30 @@ class PubSubBroadcast:
         ``maxlen`` messages and, with ``max_age``, none much older than that many
         seconds (by the server's clock): both are trimmed as messages are added.
 
+        With ``replicas=n`` (durable only), the send returns once ``n`` replicas of the
+        stream's master have the message too (``WAIT``), so that it survives the
+        master's failover; if fewer have it after ``replica_timeout`` seconds, it raises
+        :class:`~daebus.ReplicationError` (the master has the message all the same).
+
         Raises:
             ValueError: ``channel`` is empty or not a string; ``maxlen`` or ``max_age``
-                is not a positive number, or ``max_age`` is given without ``durable``.
+                is not a positive number, or ``max_age`` or ``replicas`` is given
+                without ``durable``.
             SerializationError: ``payload`` cannot be encoded.
+            ReplicationError: fewer than ``replicas`` replicas acknowledged it in time.
         """
         if not isinstance(channel, str) or not channel:
             raise ValueError("channel must be a non-empty string")
         max_age_ms = _retention_ms(max_age, durable)
+        replication = _replication(replicas, replica_timeout, durable)
         data = encoding.dumps(payload)
         published(channel, data, durable)
         if self.tracing is not None:
             with self.tracing.publish(channel, durable) as sending:
-                return self._send(channel, data, durable, maxlen, max_age_ms, sending.headers)
-        return self._send(channel, data, durable, maxlen, max_age_ms)
+                return self._send(
+                    channel, data, durable, maxlen, max_age_ms, sending.headers, replication
+                )
+        return self._send(channel, data, durable, maxlen, max_age_ms, None, replication)
 
     def _send(
         self,
@@ -260,9 +278,10 @@ class PubSubBroadcast:
         maxlen: int,
         max_age_ms: int | None,
         trace: dict[str, str] | None = None,
+        replication: dict[str, int] | None = None,
     ) -> Any:
         if durable:
-            return self._append(channel, data, maxlen, max_age_ms, trace)
+            return self._append(channel, data, maxlen, max_age_ms, trace, replication)
         # The count or a future of it, as the Publisher protocol says.
         receivers: Receivers = self._publisher().publish(channel, data)
         return receivers
@@ -274,16 +293,22 @@ class PubSubBroadcast:
         maxlen: int,
         max_age_ms: int | None,
         trace: dict[str, str] | None = None,
+        replication: dict[str, int] | None = None,
     ) -> Any:
         if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
         stream = protocol.stream_key(channel)
         fields = _entry_fields(data, trace)
+        replication = replication or {}
         if self._client is not None:
-            return _append_with_client(self._client, stream, fields, maxlen, max_age_ms)
+            return _append_with_client(
+                self._client, stream, fields, maxlen, max_age_ms, **replication
+            )
         # Both publishers have stream_add: the runtime's, or the one outside any app.
         publisher = self._app._publisher() if self._app is not None else standalone_publisher()
-        return cast("_StreamPublisher", publisher).stream_add(stream, fields, maxlen, max_age_ms)
+        return cast("_StreamPublisher", publisher).stream_add(
+            stream, fields, maxlen, max_age_ms, **replication
+        )
 
     def _append_many(
         self,
@@ -291,14 +316,16 @@ class PubSubBroadcast:
         maxlen: int,
         max_age_ms: int | None,
         trace: dict[str, str] | None = None,
+        replication: dict[str, int] | None = None,
     ) -> Any:
         """The durable :meth:`send_many`: one round trip for the batch where it can."""
+        replication = replication or {}
         if self._client is not None:
             sent = []
             for channel, payload in messages:
                 data = encoding.dumps(payload)
                 published(channel, data, True)
-                sent.append(self._append(channel, data, maxlen, max_age_ms, trace))
+                sent.append(self._append(channel, data, maxlen, max_age_ms, trace, replication))
             return sent
         if not isinstance(maxlen, int) or isinstance(maxlen, bool) or maxlen < 1:
             raise ValueError(f"maxlen must be a positive int, got {maxlen!r}")
@@ -310,7 +337,9 @@ class PubSubBroadcast:
             published(channel, data, True)
             entries.append((protocol.stream_key(channel), _entry_fields(data, trace)))
         publisher = self._app._publisher() if self._app is not None else standalone_publisher()
-        return cast("_StreamPublisher", publisher).stream_add_many(entries, maxlen, max_age_ms)
+        return cast("_StreamPublisher", publisher).stream_add_many(
+            entries, maxlen, max_age_ms, **replication
+        )
 
     def send_many(
         self,
@@ -319,21 +348,28 @@ class PubSubBroadcast:
         durable: bool = False,
         maxlen: int = protocol.DEFAULT_STREAM_MAXLEN,
         max_age: float | None = None,
+        replicas: int = 0,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT_MS / 1000,
     ) -> Any:
         """Publish many ``(channel, payload)`` pairs in one round trip; returns the counts.
 
         With ``durable=True`` each is appended to its channel's stream (see
-        :meth:`send`, which ``maxlen`` and ``max_age`` are for) and their ids are
-        returned instead.
+        :meth:`send`, which ``maxlen``, ``max_age``, ``replicas`` and
+        ``replica_timeout`` are for) and their ids are returned instead. With
+        ``replicas``, :class:`~daebus.ReplicationError` says that some of the batch
+        (maybe all) is on its master only.
         """
         max_age_ms = _retention_ms(max_age, durable)  # refused before anything is sent
+        replication = _replication(replicas, replica_timeout, durable)
         if self.tracing is not None:
             messages = list(messages)
             channels = {channel for channel, _ in messages if isinstance(channel, str)}
             name = str(channels.pop()) if len(channels) == 1 else "(several channels)"
             with self.tracing.publish(name, durable, len(messages)) as sending:
-                return self._send_many(messages, durable, maxlen, max_age_ms, sending.headers)
-        return self._send_many(messages, durable, maxlen, max_age_ms)
+                return self._send_many(
+                    messages, durable, maxlen, max_age_ms, sending.headers, replication
+                )
+        return self._send_many(messages, durable, maxlen, max_age_ms, None, replication)
 
     def _send_many(
         self,
@@ -342,9 +378,10 @@ class PubSubBroadcast:
         maxlen: int,
         max_age_ms: int | None,
         trace: dict[str, str] | None = None,
+        replication: dict[str, int] | None = None,
     ) -> Any:
         if durable:
-            return self._append_many(messages, maxlen, max_age_ms, trace)
+            return self._append_many(messages, maxlen, max_age_ms, trace, replication)
         encoded = [(channel, encoding.dumps(payload)) for channel, payload in messages]
         for channel, data in encoded:
             published(channel, data, False)
@@ -363,11 +400,20 @@ class PubSubBroadcast:
 
 class _StreamPublisher(Protocol):
     def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> Any: ...
 
     def stream_add_many(
-        self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
+        self,
+        entries: list[tuple[str, dict[str, bytes]]],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> Any: ...
 
 
@@ -398,14 +444,47 @@ def _retention_ms(max_age: Any, durable: bool) -> int | None:
     return max(1, math.ceil(max_age * 1000))
 
 
+def _replication(replicas: Any, replica_timeout: Any, durable: bool) -> dict[str, int]:
+    """The transport's options for ``replicas`` acknowledgements: none for 0.
+
+    Raises:
+        ValueError: a count or timeout WAIT cannot take, or replicas without ``durable``.
+    """
+    if replicas == 0 and not isinstance(replicas, bool):
+        return {}
+    if not isinstance(replica_timeout, int | float) or isinstance(replica_timeout, bool):
+        raise ValueError(f"replica_timeout must be a number of seconds, got {replica_timeout!r}")
+    if not math.isfinite(replica_timeout):
+        raise ValueError(f"replica_timeout must be finite, got {replica_timeout!r}")
+    timeout_ms = max(1, math.ceil(replica_timeout * 1000)) if replica_timeout > 0 else 0
+    check_replicas(replicas, timeout_ms)
+    if not durable:
+        raise ValueError("replicas applies to durable messages: pass durable=True")
+    return {"replicas": replicas, "replica_timeout_ms": timeout_ms}
+
+
 def _append_with_client(
-    client: Any, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+    client: Any,
+    stream: str,
+    fields: dict[str, bytes],
+    maxlen: int,
+    max_age_ms: int | None,
+    replicas: int = 0,
+    replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
 ) -> str:
     """``XADD`` with a redis-py client; for an age, ``XTRIM MINID`` from the new id.
 
-    The new id is the server's time: trimming from it needs no clock of ours.
+    The new id is the server's time: trimming from it needs no clock of ours. With
+    ``replicas``, ``WAIT`` follows the ``XADD`` in a pipeline: on its connection.
     """
-    added = client.xadd(stream, fields, maxlen=maxlen, approximate=True)
+    if replicas:
+        pipeline = client.pipeline(transaction=False)
+        pipeline.xadd(stream, fields, maxlen=maxlen, approximate=True)
+        pipeline.execute_command(*wait_command(replicas, replica_timeout_ms))
+        added, acknowledged = pipeline.execute()
+        check_acknowledged(acknowledged, replicas, replica_timeout_ms, repr(stream))
+    else:
+        added = client.xadd(stream, fields, maxlen=maxlen, approximate=True)
     entry_id: str = added.decode() if isinstance(added, bytes) else added
     if max_age_ms is not None:
         added_ms = int(entry_id.partition("-")[0])

@@ -48,22 +48,38 @@ class Publisher:
         return runtime.transport.publish_blocking(channel, data)
 
     def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, max_age_ms: int | None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> Any:
-        """Append to a stream (a durable send); on the loop a future of the id, elsewhere the id."""
+        """Append to a stream (a durable send); on the loop a future of the id, elsewhere the id.
+
+        ``replication`` (``replicas``, ``replica_timeout_ms``) goes to the transport.
+        """
         runtime = self._runtime
         if self._metrics is not None:
             self._metrics.published("durable")
         if threading.get_ident() == runtime.loop_thread:
             future = asyncio.ensure_future(
-                runtime.transport.stream_add(stream, fields, maxlen, max_age_ms=max_age_ms)
+                runtime.transport.stream_add(
+                    stream, fields, maxlen, max_age_ms=max_age_ms, **replication
+                )
             )
             future.add_done_callback(functools.partial(_report_failure, runtime.throttle, stream))
             return future
-        return runtime.transport.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+        return runtime.transport.stream_add_blocking(
+            stream, fields, maxlen, max_age_ms=max_age_ms, **replication
+        )
 
     def stream_add_many(
-        self, entries: list[tuple[str, dict[str, bytes]]], maxlen: int, max_age_ms: int | None
+        self,
+        entries: list[tuple[str, dict[str, bytes]]],
+        maxlen: int,
+        max_age_ms: int | None,
+        **replication: int,
     ) -> Any:
         """Append many entries: on the loop a future of their ids, elsewhere the ids.
 
@@ -73,11 +89,16 @@ class Publisher:
         runtime = self._runtime
         if threading.get_ident() == runtime.loop_thread:
             return asyncio.gather(
-                *(self.stream_add(stream, fields, maxlen, max_age_ms) for stream, fields in entries)
+                *(
+                    self.stream_add(stream, fields, maxlen, max_age_ms, **replication)
+                    for stream, fields in entries
+                )
             )
         if self._metrics is not None:
             self._metrics.published("durable", len(entries))
-        return runtime.transport.stream_add_many_blocking(entries, maxlen, max_age_ms=max_age_ms)
+        return runtime.transport.stream_add_many_blocking(
+            entries, maxlen, max_age_ms=max_age_ms, **replication
+        )
 
     def publish_detached(self, channel: str, data: bytes) -> None:
         """Publish without waiting for the receiver count (a worker's final reply).

@@ -15,17 +15,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..exceptions import TransportError
+from ._replicas import (
+    DEFAULT_REPLICA_TIMEOUT_MS,
+    MAX_REPLICA_TIMEOUT_MS,
+    check_acknowledged,
+    check_replicas,
+    wait_command,
+)
 from ._resp import SILENCE_TIMEOUT, RespConnection, pack
 from ._resp_blocking import BlockingConnection
 from ._server_clock import ServerClock
 from ._streams import entries_of, flat_fields
 from .base import Reclaimed, StreamEntry, Transport
 
-__all__ = ["MAX_READ_BLOCK", "RedisStreams"]
+__all__ = ["ACKNOWLEDGED_WRITER", "MAX_READ_BLOCK", "RedisStreams", "keep_one"]
 
 #: The longest a read for new entries waits on the server, in seconds: a consumer with
 #: nothing to do reads this seldom.
 MAX_READ_BLOCK = 30.0
+#: Where the connection of writes waited on with ``WAIT`` is kept: with the readers
+#: (no stream is named ""), closed with them. ``WAIT`` blocks the connection it is sent
+#: on, so it never goes on the publishing connection, which everything else shares.
+ACKNOWLEDGED_WRITER = ("", "")
 
 
 class RedisStreams(Transport):
@@ -61,15 +72,27 @@ class RedisStreams(Transport):
         """Now on the server's clock, in ms (asking ``publisher`` if need be)."""
 
     async def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
         """``XADD stream MAXLEN ~ maxlen * fields...`` on the publishing connection.
 
         With ``max_age_ms``, ``XTRIM stream MINID ~ <now - max_age_ms>`` follows in the
         same write (``XADD`` takes one of ``MAXLEN`` and ``MINID``, never both); now is
-        the server's time, since the ids it compares are.
+        the server's time, since the ids it compares are. With ``replicas``, the
+        commands and a ``WAIT`` go on a connection of their own instead.
         """
         add = _add_command(stream, fields, maxlen)
+        if replicas:
+            return await self._add_acknowledged(
+                stream, add, max_age_ms, replicas, replica_timeout_ms
+            )
         if max_age_ms is None:
             return bytes(await self._command(*add)).decode()
         publisher = self._ready_publisher() or await self._open_publisher()
@@ -81,10 +104,56 @@ class RedisStreams(Transport):
         )
         return _added_id(stream, replies)
 
+    async def _add_acknowledged(
+        self,
+        stream: str,
+        add: tuple[str | bytes | int, ...],
+        max_age_ms: int | None,
+        replicas: int,
+        timeout_ms: int,
+    ) -> str:
+        """``XADD`` [``XTRIM``] then ``WAIT``, on the connection of acknowledged writes."""
+        check_replicas(replicas, timeout_ms)
+        writer = self._stream_readers.get(ACKNOWLEDGED_WRITER)
+        if writer is None or not writer.is_open:
+            if self._closed:
+                raise TransportError(f"{self!r} is closed")
+            writer = await self._open_connection(
+                silence_timeout=SILENCE_TIMEOUT + MAX_REPLICA_TIMEOUT_MS / 1000
+            )
+            writer = keep_one(self._stream_readers, ACKNOWLEDGED_WRITER, writer)
+        commands = [add]
+        if max_age_ms is not None:
+            oldest = await self._server_now_ms(writer) - max_age_ms
+            commands.append(("XTRIM", stream, "MINID", "~", oldest))
+        replies = await asyncio.gather(
+            *(writer.send(*command) for command in commands),
+            writer.send(*wait_command(replicas, timeout_ms)),
+            return_exceptions=True,  # every one is answered: no error goes unread
+        )
+        entry_id = _added_id(stream, replies[:-1])
+        check_acknowledged(replies[-1], replicas, timeout_ms, repr(stream))
+        return entry_id
+
     def stream_add_blocking(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
         """:meth:`stream_add` from any thread, on that thread's own blocking connection."""
+        if replicas:
+            return self.stream_add_many_blocking(
+                [(stream, fields)],
+                maxlen,
+                max_age_ms=max_age_ms,
+                replicas=replicas,
+                replica_timeout_ms=replica_timeout_ms,
+            )[0]
         connection = self._thread_connection()
         add = pack(*_add_command(stream, fields, maxlen))
         try:
@@ -103,10 +172,17 @@ class RedisStreams(Transport):
         maxlen: int,
         *,
         max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> list[str]:
-        """Every ``XADD`` in one write, then an ``XTRIM`` per stream with ``max_age_ms``."""
+        """Every ``XADD`` in one write, then an ``XTRIM`` per stream with ``max_age_ms``.
+
+        With ``replicas``, one ``WAIT`` after them all: it covers every write before it.
+        """
         if not entries:
             return []
+        if replicas:
+            check_replicas(replicas, replica_timeout_ms)
         connection = self._thread_connection()
         commands = [pack(*_add_command(stream, fields, maxlen)) for stream, fields in entries]
         try:
@@ -114,14 +190,25 @@ class RedisStreams(Transport):
                 now = self._server_now_ms_blocking(connection)
                 streams = dict.fromkeys(stream for stream, _fields in entries)
                 commands += [pack("XTRIM", s, "MINID", "~", now - max_age_ms) for s in streams]
-            replies = connection.pipeline(commands)
+            if replicas:
+                commands.append(pack(*wait_command(replicas, replica_timeout_ms)))
+                replies = connection.pipeline(
+                    commands, timeout=SILENCE_TIMEOUT + replica_timeout_ms / 1000
+                )
+                waited = replies.pop()
+            else:
+                replies = connection.pipeline(commands)
         except TransportError as exc:
             raise TransportError(f"XADD of {len(entries)} entries failed: {exc}") from exc
         trims = replies[len(entries) :]
-        return [
+        ids = [
             _added_id(stream, [reply, *trims])
             for (stream, _fields), reply in zip(entries, replies, strict=False)
         ]
+        if replicas:
+            where = repr(entries[0][0]) if len(entries) == 1 else f"{len(entries)} streams"
+            check_acknowledged(waited, replicas, replica_timeout_ms, where)
+        return ids
 
     def _server_now_ms_blocking(self, connection: BlockingConnection) -> int:
         """Now on the server's clock, in ms (asking with ``TIME`` on ``connection`` if need be)."""
@@ -251,6 +338,20 @@ def _add_command(
     stream: str, fields: dict[str, bytes], maxlen: int
 ) -> tuple[str | bytes | int, ...]:
     return ("XADD", stream, "MAXLEN", "~", maxlen, "*", *flat_fields(fields))
+
+
+def keep_one(
+    connections: dict[tuple[str, str], RespConnection],
+    key: tuple[str, str],
+    opened: RespConnection,
+) -> RespConnection:
+    """Keep ``opened`` under ``key``, unless another opened meanwhile: then that one."""
+    kept = connections.get(key)
+    if kept is not None and kept.is_open:
+        opened.close()
+        return kept
+    connections[key] = opened
+    return opened
 
 
 def _added_id(stream: str, replies: Sequence[Any]) -> str:

@@ -41,7 +41,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Called with each pub/sub message (``[b"message", channel, data]``,
-#: ``[b"pmessage", pattern, channel, data]`` or, sharded, ``[b"smessage", channel, data]``).
+#: ``[b"pmessage", pattern, channel, data]`` or, sharded, ``[b"smessage", channel, data]``)
+#: and each ``[b"sunsubscribe", channel, count]``.
 #: An awaitable result pauses reading until it is done: back-pressure reaches the socket.
 PushHandler = Callable[[list[Any]], Awaitable[Any] | None]
 
@@ -53,7 +54,10 @@ ReplyCallback = Callable[[Any], None]
 #: messages fed whole costs ~32 MB of memmove; fed 4 KiB at a time, ~8 KB.
 _FEED_SIZE = 4096
 
-_MESSAGE_KINDS = frozenset({b"message", b"pmessage", b"smessage"})
+# A node that loses a channel's slot tells its sharded subscribers with a
+# ``sunsubscribe`` nobody asked for: it goes to ``on_push`` with the messages, never
+# taken for the reply to a command (a cluster's subscriber sends SUNSUBSCRIBE unanswered).
+_MESSAGE_KINDS = frozenset({b"message", b"pmessage", b"smessage", b"sunsubscribe"})
 PING = b"*1\r\n$4\r\nPING\r\n"
 _CONFIRMATION_KINDS = frozenset({b"subscribe", b"psubscribe", b"unsubscribe", b"punsubscribe"})
 

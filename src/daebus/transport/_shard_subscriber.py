@@ -4,9 +4,10 @@ Sharded pub/sub delivers a channel's messages only to the clients of the shard t
 the channel's slot, so the cluster transport keeps one of these per master it has
 channels on. Each keeps its connection up the way the Redis transport's subscriber
 does: it reconnects to the same node with a capped backoff and subscribes every channel
-again. Following a channel to another node (a slot moved, a replica promoted) is not
-done here; whoever does it must also handle the ``sunsubscribe`` a node sends unasked
-when it loses a slot, which this connection would take for the answer to a command.
+again. Following a channel to another node (a slot moved, a replica promoted) is the
+transport's job: this connection tells it when the node drops a channel unasked (the
+``sunsubscribe`` a node sends when it loses the channel's slot) or refuses one (its
+``MOVED``), and when the connection is lost.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from ..exceptions import TransportError
 from ._endpoint import Endpoint
-from ._resp import RespConnection, open_connection
+from ._resp import RespConnection, open_connection, pack
 
 __all__ = ["ShardSubscriber"]
 
@@ -43,12 +44,14 @@ class ShardSubscriber:
         on_message: OnMessage,
         on_batch_end: Callable[[], None],
         on_lost: Callable[[TransportError], None],
+        on_moved: Callable[[str], None],
     ) -> None:
         self.endpoint = endpoint
         self.channels: set[str] = set()
         self._on_message = on_message
         self._on_batch_end = on_batch_end
         self._on_lost = on_lost
+        self._on_moved = on_moved
         self._connection: RespConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         # Resolved after each attempt to (re)connect: True once everything is subscribed.
@@ -68,6 +71,8 @@ class ShardSubscriber:
         Raises:
             TransportError: the node refused the subscription (its ``MOVED``, say).
         """
+        if self._closed:
+            raise TransportError(f"{self!r} is closed")
         self.channels.add(channel)
         loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
@@ -94,8 +99,10 @@ class ShardSubscriber:
         connection = self._connection
         if connection is None:
             return  # out of the set: a reconnect will not subscribe it
+        # Unanswered: its confirmation comes as a push (see _on_push), like the
+        # sunsubscribe a node sends unasked.
         with contextlib.suppress(TransportError):
-            await connection.send("SUNSUBSCRIBE", channel)
+            connection.send_unanswered(pack("SUNSUBSCRIBE", channel))
 
     @property
     def receiving(self) -> bool:
@@ -145,7 +152,24 @@ class ShardSubscriber:
             if isinstance(reply, BaseException):
                 if not connection.is_open:
                     raise reply
+                if "MOVED" in str(reply) and channel in self.channels:
+                    # Its slot is served elsewhere now: the transport follows it there.
+                    self.channels.discard(channel)
+                    self._on_moved(channel)
+                    continue
                 logger.error("%s refused the subscription to %r: %s", self.endpoint, channel, reply)
+
+    def _on_push(self, message: list[Any]) -> Awaitable[None] | None:
+        if message[0] != b"sunsubscribe":
+            return self._on_message(message)
+        channel = message[1].decode("utf-8", "replace")
+        if channel in self.channels:
+            # Not asked for (remove() takes the channel out first): the node lost the
+            # channel's slot, to a promoted replica or to another master.
+            self.channels.discard(channel)
+            logger.info("%s dropped the channel %r: following its slot", self.endpoint, channel)
+            self._on_moved(channel)
+        return None
 
     async def _read_forever(self) -> None:
         """Connect, subscribe everything, wait for the connection to drop, repeat."""
@@ -156,7 +180,7 @@ class ShardSubscriber:
             try:
                 connection = await open_connection(
                     self.endpoint,
-                    on_push=self._on_message,
+                    on_push=self._on_push,
                     on_pushes_end=self._on_batch_end,
                     ping_when_idle=True,
                 )

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from ..exceptions import TransportError
+from ._replicas import DEFAULT_REPLICA_TIMEOUT_MS
 from ._url import redact_url
 
 if TYPE_CHECKING:
@@ -317,7 +318,14 @@ class Transport(ABC):
     # the same. Each raises TransportError when the server refuses or cannot be reached,
     # and NotImplementedError for a transport without streams.
     async def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
         """``XADD stream MAXLEN ~ maxlen * fields...``: the new entry's id.
 
@@ -325,11 +333,22 @@ class Transport(ABC):
         older than that are trimmed too (``XTRIM stream MINID ~ <now - max_age_ms>``), age
         being measured on the server's clock, as the ids are. Trimming is approximate
         (``~``): Redis removes whole nodes of the stream, so a few more may stay.
+
+        With ``replicas``, ``WAIT replicas replica_timeout_ms`` follows on the same
+        connection, and :class:`~daebus.exceptions.ReplicationError` is raised if fewer
+        replicas acknowledged the entry in time (see :mod:`._replicas`).
         """
         raise NotImplementedError(f"{type(self).__name__} has no streams")
 
     def stream_add_blocking(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
         """:meth:`stream_add` from a thread that is not the transport's loop."""
         raise NotImplementedError(f"{type(self).__name__} has no streams")
@@ -340,13 +359,22 @@ class Transport(ABC):
         maxlen: int,
         *,
         max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> list[str]:
         """:meth:`stream_add_blocking` for each ``(stream, fields)``: their ids, in order.
 
-        A transport that can sends them in one round trip.
+        A transport that can sends them in one round trip (and one ``WAIT``).
         """
         return [
-            self.stream_add_blocking(stream, fields, maxlen, max_age_ms=max_age_ms)
+            self.stream_add_blocking(
+                stream,
+                fields,
+                maxlen,
+                max_age_ms=max_age_ms,
+                replicas=replicas,
+                replica_timeout_ms=replica_timeout_ms,
+            )
             for stream, fields in entries
         ]
 

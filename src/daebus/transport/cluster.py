@@ -8,7 +8,8 @@ node. Sharded pub/sub has no patterns, so a pattern subscription is refused.
 
 Every command this transport sends names one key (a stream, a claim, a record, an
 entry), so the key names of :mod:`daebus.protocol` need no hash tags: each lives on its
-own slot's shard. A node failing over is not followed yet.
+own slot's shard. When a master fails over (or a slot moves), the subscriptions and the
+durable reads follow their slots to the node that serves them now.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ __all__ = ["CLUSTER_SCHEMES", "ClusterSeeds", "ClusterTransport"]
 logger = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 2.0
+#: How often the slot map may be asked for again while something waits for a new owner
+#: (a promotion takes the cluster a node timeout or more: this keeps the wait short).
+_REFRESH_EVERY = 0.25
+#: The longest pause between two looks at the slot map while a subscription is not back.
+_FOLLOW_MAX_DELAY = 1.0
 
 # A GET and a write in one script, as on a single node: one key, so one slot.
 _RENEW_IF_OWNER = (
@@ -90,6 +96,9 @@ class ClusterTransport(ClusterStreams):
         self._stream_readers: dict[tuple[str, str], RespConnection] = {}
         # Each node has its own clock: times are read on the node that keeps the key.
         self._clocks: dict[str, ServerClock] = {}
+        # Moving the channels to the masters that serve their slots now, while it runs.
+        self._following: asyncio.Task[None] | None = None
+        self._refreshed_at = float("-inf")  # loop time of the last look at the slot map
 
     def __repr__(self) -> str:
         return f"<ClusterTransport {self.shown_url}>"
@@ -129,6 +138,11 @@ class ClusterTransport(ClusterStreams):
             with contextlib.suppress(asyncio.CancelledError):
                 await sending
         self._fail_outbox(TransportError(f"{self!r} closed"))
+        following, self._following = self._following, None
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         shards, self._shards = list(self._shards.values()), {}
         for shard in shards:
             await shard.close()
@@ -384,21 +398,105 @@ class ClusterTransport(ClusterStreams):
             )
         if self._closed or self._cluster is None:
             raise TransportError(f"{self!r} is closed: connect() it again first")
-        node = self._node_of(name)
+        try:
+            await self._shard_of(self._node_of(name)).add(name)
+        except TransportError as exc:
+            if "MOVED" not in str(exc):
+                raise
+            # The slot map was out of date: ask again, and subscribe where it says.
+            await self._refresh_slots(force=True)
+            await self._shard_of(self._node_of(name)).add(name)
+
+    def _shard_of(self, node: ClusterNode) -> ShardSubscriber:
         shard = self._shards.get(node.name)
         if shard is None:
             shard = self._shards[node.name] = ShardSubscriber(
                 self._seeds.endpoint(node.host, int(node.port)),
                 self._on_message,
                 self._end_batch,
-                self._disconnected,
+                self._shard_lost,
+                self._channel_moved,
             )
-        await shard.add(name)
+        return shard
 
     async def _remove(self, name: str, pattern: bool) -> None:
         for shard in list(self._shards.values()):
             if name in shard.channels:
                 await shard.remove(name)
+
+    # -- following the slots ---------------------------------------------------------
+    def _shard_lost(self, error: TransportError) -> None:
+        # Waiting callers are told at once; the node may be gone for good (a failover),
+        # so where its channels live is looked up again until they are all back.
+        self._disconnected(error)
+        self._follow_slots()
+
+    def _channel_moved(self, channel: str) -> None:
+        self._follow_slots()
+
+    def _follow_slots(self) -> None:
+        if self._closed or (self._following is not None and not self._following.done()):
+            return
+        self._following = asyncio.get_running_loop().create_task(
+            self._follow(), name=f"daebus-cluster-slots {self.shown_url}"
+        )
+
+    async def _follow(self) -> None:
+        """Until every channel is subscribed on the master of its slot: look, move, wait.
+
+        A killed master's slots keep its address in the map until the cluster promotes
+        its replica (a node timeout or more), so the map is asked for again and again.
+        """
+        delay = _REFRESH_EVERY
+        while not self._closed:
+            await self._refresh_slots()
+            try:
+                await self._regroup()
+            except (TransportError, *REDIS_ERRORS) as exc:
+                logger.debug("cannot follow the channels to their slots yet: %s", exc)
+            if self._settled():
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _FOLLOW_MAX_DELAY)
+
+    def _settled(self) -> bool:
+        wanted = self._wanted_channels()
+        subscribed = set().union(*(shard.channels for shard in self._shards.values()))
+        return wanted <= subscribed and self.receiving
+
+    def _wanted_channels(self) -> set[str]:
+        return {name for pattern, name in self._subscriptions if not pattern}
+
+    async def _regroup(self) -> None:
+        """Subscribe each channel on the master of its slot; drop shards left empty."""
+        wanted = self._wanted_channels()
+        for name, shard in list(self._shards.items()):
+            for channel in list(shard.channels):
+                if channel not in wanted or self._node_of(channel).name != name:
+                    await shard.remove(channel)
+        for channel in wanted:
+            node = self._node_of(channel)
+            shard = self._shard_of(node)
+            if channel not in shard.channels:
+                logger.info("subscribing %r on %s, the master of its slot now", channel, node.name)
+                with contextlib.suppress(TransportError):  # refused: looked at again
+                    await shard.add(channel)
+        for name, shard in list(self._shards.items()):
+            if not shard.channels and self._shards.get(name) is shard:
+                del self._shards[name]
+                await shard.close()
+
+    async def _refresh_slots(self, *, force: bool = False) -> None:
+        """Ask a node for the slot map again (at most every :data:`_REFRESH_EVERY`)."""
+        cluster = self._cluster
+        now = asyncio.get_running_loop().time()
+        if cluster is None or (not force and now - self._refreshed_at < _REFRESH_EVERY):
+            return
+        self._refreshed_at = now
+        try:
+            await cluster.nodes_manager.initialize()
+        except REDIS_ERRORS as exc:
+            logger.debug("cannot read the slot map of %s yet: %s", self.shown_url, exc)
 
     def _on_message(self, message: list[Any]) -> Any:
         # [b"smessage", channel, data]
@@ -410,6 +508,19 @@ class ClusterTransport(ClusterStreams):
         return all(shard.receiving for shard in self._shards.values())
 
     async def until_receiving(self) -> None:
-        """Return once every shard's subscriber connection is up again."""
-        for shard in list(self._shards.values()):
-            await shard.until_receiving()
+        """Return once every shard's subscriber connection is up again.
+
+        A shard whose master died is dropped once its channels moved to the promoted
+        replica, whose shard is then waited for.
+        """
+        while not self.receiving:
+            shards = [shard for shard in self._shards.values() if not shard.receiving]
+            # Looked at again now and then: the shards change while channels move.
+            waiting = [asyncio.ensure_future(shard.until_receiving()) for shard in shards]
+            try:
+                await asyncio.wait(
+                    waiting, timeout=_FOLLOW_MAX_DELAY, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in waiting:
+                    waiter.cancel()

@@ -37,6 +37,7 @@ from ..exceptions import TransportError
 from ._glob import compile_glob
 from ._memory_records import MemoryRecords
 from ._memory_streams import MemoryStreams
+from ._replicas import DEFAULT_REPLICA_TIMEOUT_MS, check_acknowledged
 from .base import Delivery, DeliveryHandler, Reclaimed, StreamEntry, Subscription, Transport
 
 if TYPE_CHECKING:
@@ -386,17 +387,45 @@ class MemoryTransport(Transport):
 
     # Streams: the broker's (see ._memory_streams), as the Redis commands behave.
     async def stream_add(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
         """``XADD`` (and ``XTRIM ... MINID``) on the broker."""
         self._check_open()
-        return self.broker.streams.add(stream, fields, maxlen, max_age_ms)
+        return self.stream_add_blocking(
+            stream,
+            fields,
+            maxlen,
+            max_age_ms=max_age_ms,
+            replicas=replicas,
+            replica_timeout_ms=replica_timeout_ms,
+        )
 
     def stream_add_blocking(
-        self, stream: str, fields: dict[str, bytes], maxlen: int, *, max_age_ms: int | None = None
+        self,
+        stream: str,
+        fields: dict[str, bytes],
+        maxlen: int,
+        *,
+        max_age_ms: int | None = None,
+        replicas: int = 0,
+        replica_timeout_ms: int = DEFAULT_REPLICA_TIMEOUT_MS,
     ) -> str:
-        """``XADD`` (and ``XTRIM ... MINID``) on the broker, from any thread."""
-        return self.broker.streams.add(stream, fields, maxlen, max_age_ms)
+        """``XADD`` (and ``XTRIM ... MINID``) on the broker, from any thread.
+
+        The broker has no replicas: an entry asked to be acknowledged by any is added
+        (as a server would add it) and :class:`ReplicationError` raised.
+        """
+        entry_id = self.broker.streams.add(stream, fields, maxlen, max_age_ms)
+        if replicas:
+            check_acknowledged(0, replicas, replica_timeout_ms, f"{stream!r} on {self.url}")
+        return entry_id
 
     async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
         """``XGROUP CREATE ... MKSTREAM`` on the broker."""
