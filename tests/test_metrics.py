@@ -639,3 +639,32 @@ def test_the_global_registry_and_one_switch() -> None:
             service=client.service,
             name="hello",
         )
+
+
+def test_handler_durations_fall_in_their_buckets_and_counts_survive_threads() -> None:
+    registry = CollectorRegistry()
+    families = runtime_metrics.families_for(registry, (0.001, 0.01, 0.1))
+    recorder = runtime_metrics.Recorder(families, SimpleNamespace(service="timed"))  # type: ignore[arg-type]
+    now = recorder.clock()
+    for elapsed in (0.0005, 0.001, 0.005, 0.05, 0.5):  # a bound is in its own bucket
+        recorder.handled("request", "work", "ok", now - elapsed)
+
+    def many() -> None:
+        for _ in range(2_000):
+            recorder.handled("request", "busy_one", "ok", recorder.clock())
+            recorder.published("reply")
+
+    threads = [threading.Thread(target=many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    samples = parse(generate_latest(registry).decode())
+    bucket = "daebus_handler_duration_seconds_bucket"
+    cumulative = [value(samples, bucket, name="work", le=le) for le in ("0.001", "0.01", "0.1")]
+    assert cumulative[0] in (1, 2)  # 0.001 itself may measure a hair over its bound
+    assert cumulative[1:] == [3, 4]
+    assert value(samples, bucket, name="work", le="+Inf") == 5
+    assert value(samples, "daebus_handler_duration_seconds_sum", name="work") >= 0.5565
+    assert value(samples, RECEIVED, name="busy_one") == 8_000
+    assert value(samples, "daebus_messages_published_total", kind="reply") == 8_000

@@ -3,8 +3,10 @@
 Turned on with ``app.enable_metrics()`` (docs/observability.md lists every metric).
 Off, the runtime holds ``runtime.metrics = None`` and each message costs one test of
 it; prometheus-client is not even imported. On, each handled message bumps a counter
-and a histogram through a :class:`Recorder`, which keeps the labelled children it has
-made so that a message costs no label lookup in the library.
+and a histogram through a :class:`Recorder`. Those per-message figures are plain numbers
+under one lock (:class:`_MessageCounts`), made into metric families only when scraped:
+prometheus-client's own counters and histograms cost several thousand instructions an
+update, and a handled message makes three.
 
 Labels are bounded: an action's registered name, a listener's registered channel or
 pattern (never the concrete channel a pattern matched), an HTTP route's template;
@@ -21,6 +23,7 @@ a short timeout, never per message.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import threading
 import time
@@ -29,8 +32,14 @@ from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..exceptions import DaebusError
 
@@ -78,25 +87,8 @@ class Families:
 
     def __init__(self, registry: CollectorRegistry, buckets: Sequence[float]) -> None:
         # Not kept: the registry is the key of the weak table that holds this object.
-        self.received = Counter(
-            "daebus_messages_received",
-            "Messages handled or refused, by kind, action or listener channel, and status.",
-            ["service", "kind", "name", "status"],
-            registry=registry,
-        )
-        self.published = Counter(
-            "daebus_messages_published",
-            "Messages published by the service: replies, broadcasts, durable messages.",
-            ["service", "kind"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "daebus_handler_duration_seconds",
-            "Time from a handler's start to its end (reply sent), by kind and name.",
-            ["service", "kind", "name"],
-            buckets=buckets,
-            registry=registry,
-        )
+        self.messages = _MessageCounts(buckets)
+        registry.register(self.messages)
         self.reconnects = Counter(
             "daebus_transport_reconnects",
             "Times the connection carrying the subscriptions was lost and reconnecting began.",
@@ -165,9 +157,7 @@ class Recorder:
         self.families = families
         self.runtime = runtime
         self.service = runtime.service
-        self._received: dict[tuple[str, str, str], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
-        self._published: dict[str, Any] = {}
+        self._messages = families.messages
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._durable: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._reconnects = families.reconnects.labels(self.service)
@@ -196,21 +186,19 @@ class Recorder:
         free for only after its caller gave up): counted, but it took no handler time.
         """
         elapsed = time.perf_counter() - started
-        key = (kind, name, status)
-        counter = self._received.get(key)
-        if counter is None:
-            counter = self._received[key] = self.families.received.labels(
-                self.service, kind, name, status
-            )
-        counter.inc()
-        if status == "refused":
-            return
-        histogram = self._durations.get(key[:2])
-        if histogram is None:
-            histogram = self._durations[key[:2]] = self.families.duration.labels(
-                self.service, kind, name
-            )
-        histogram.observe(elapsed)
+        messages = self._messages
+        key = (self.service, kind, name, status)
+        # One lock for every count: a def action ends in its worker thread.
+        with messages.lock:
+            received = messages.received
+            received[key] = received.get(key, 0) + 1
+            if status == "refused":
+                return
+            durations = messages.durations.get(key[:3])
+            if durations is None:
+                durations = messages.durations[key[:3]] = _Durations(len(messages.bounds))
+            durations.counts[bisect.bisect_left(messages.bounds, elapsed)] += 1
+            durations.total += elapsed
 
     def refused(self, kind: str, name: Any, status: str) -> None:
         """A message was not run: ``busy`` (no room for it) or ``refused`` (not runnable).
@@ -227,20 +215,17 @@ class Recorder:
         )
         # Any JSON value may come in a message: only a registered name is a label.
         label = name if isinstance(name, str) and name in table else UNKNOWN
-        key = (kind, label, status)
-        counter = self._received.get(key)
-        if counter is None:
-            counter = self._received[key] = self.families.received.labels(
-                self.service, kind, label, status
-            )
-        counter.inc()
+        key = (self.service, kind, label, status)
+        messages = self._messages
+        with messages.lock:
+            messages.received[key] = messages.received.get(key, 0) + 1
 
     def published(self, kind: str, count: int = 1) -> None:
         """``count`` messages were handed to the server: ``reply``, ``broadcast``, ``durable``."""
-        counter = self._published.get(kind)
-        if counter is None:
-            counter = self._published[kind] = self.families.published.labels(self.service, kind)
-        counter.inc(count)
+        messages = self._messages
+        key = (self.service, kind)
+        with messages.lock:
+            messages.published[key] = messages.published.get(key, 0) + count
 
     def durable_retry(self, channel: str, group: str) -> None:
         """A durable message failed and will be tried again."""
@@ -340,6 +325,74 @@ def _read_groups(
                 if info["name"] == group:
                     found[channel, group] = (info["pending"], info["lag"])
     return found
+
+
+class _Durations:
+    """One histogram's figures: the count of each bucket (not cumulative), and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, bounds: int) -> None:
+        self.counts = [0] * (bounds + 1)  # the last: above every bound (+Inf)
+        self.total = 0.0
+
+
+class _MessageCounts(Collector):
+    """Messages received and published, and handler durations, of a registry's services.
+
+    Kept for the life of the registry, as counters are: a service that stops and
+    starts again in the process counts on from where it was.
+    """
+
+    def __init__(self, buckets: Sequence[float]) -> None:
+        self.bounds = tuple(sorted(float(bound) for bound in buckets))
+        self.lock = threading.Lock()
+        #: (service, kind, name, status) -> messages.
+        self.received: dict[tuple[str, str, str, str], int] = {}
+        #: (service, kind) -> messages.
+        self.published: dict[tuple[str, str], int] = {}
+        #: (service, kind, name) -> durations.
+        self.durations: dict[tuple[str, str, str], _Durations] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        received, published, durations = self._families()
+        with self.lock:
+            for message, count in self.received.items():
+                received.add_metric(list(message), count)
+            for sent, count in self.published.items():
+                published.add_metric(list(sent), count)
+            taken = [(k, list(d.counts), d.total) for k, d in self.durations.items()]
+        bounds = [*map(floatToGoString, self.bounds), "+Inf"]
+        for labels, counts, total in taken:
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            durations.add_metric(list(labels), cumulative, total)
+        return [received, published, durations]
+
+    @staticmethod
+    def _families() -> list[Any]:
+        return [
+            CounterMetricFamily(
+                "daebus_messages_received",
+                "Messages handled or refused, by kind, action or listener channel, and status.",
+                labels=["service", "kind", "name", "status"],
+            ),
+            CounterMetricFamily(
+                "daebus_messages_published",
+                "Messages published by the service: replies, broadcasts, durable messages.",
+                labels=["service", "kind"],
+            ),
+            HistogramMetricFamily(
+                "daebus_handler_duration_seconds",
+                "Time from a handler's start to its end (reply sent), by kind and name.",
+                labels=["service", "kind", "name"],
+            ),
+        ]
 
 
 class _LiveCollector(Collector):
