@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 from redis.crc import key_slot
@@ -22,6 +23,11 @@ from daebus.server import find_server_binary
 
 SLOTS = 16384
 FORM_TIMEOUT = 30.0
+
+
+def run(client: Any, *args: Any) -> Any:
+    """``client.execute_command(*args)``: redis-py's own is untyped."""
+    return client.execute_command(*args)
 
 
 def _free_port() -> int:
@@ -99,10 +105,10 @@ class Cluster:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)
-            node.client.execute_command("CLUSTER", "ADDSLOTSRANGE", node.first, node.last)
+            run(node.client, "CLUSTER", "ADDSLOTSRANGE", node.first, node.last)
         first = self.nodes[0]
         for node in self.nodes[1:]:
-            first.client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
+            run(first.client, "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
         while not all(self._ok(node) for node in self.nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not form in time")

@@ -56,7 +56,7 @@ import redis
 from _common import ECHO_PAYLOAD, percentile
 from _report import table
 
-from _cluster import Cluster, name_on
+from _cluster import Cluster, name_on, run
 from daebus import DaebusCaller, broadcast, protocol
 from daebus.server import EmbeddedServer
 
@@ -166,7 +166,7 @@ def _until(check: Any, what: str, timeout: float = 30.0) -> None:
 
 def _subscribers(node: redis.Redis, channel: str, sharded: bool) -> int:
     command = "SHARDNUMSUB" if sharded else "NUMSUB"
-    reply = node.execute_command("PUBSUB", command, channel)
+    reply = run(node, "PUBSUB", command, channel)
     return int(reply[1])
 
 
@@ -383,7 +383,7 @@ def costs(quick: bool) -> dict[str, Any]:
             if wanted > held:
                 patterns.psubscribe(*(f"bench:p{i}:*" for i in range(held, wanted)))
                 held = wanted
-                _until(lambda n=held: client.execute_command("PUBSUB", "NUMPAT") >= n, "patterns")
+                _until(lambda n=held: run(client, "PUBSUB", "NUMPAT") >= n, "patterns")
             out["publish_us"][wanted] = _publish_cost(client, 20_000 if quick else 50_000)
             listener.reset()
             listener = client.pubsub()
@@ -407,17 +407,17 @@ def _memory_of(client: redis.Redis, command: str, count: int, form: str) -> floa
     try:
         if command == "SSUBSCRIBE":  # one slot per command: a channel at a time
             for i in range(count):
-                pubsub.execute_command(command, form.format(i))
+                run(pubsub, command, form.format(i))
         else:
             for first in range(0, count, 1000):
                 names = [form.format(i) for i in range(first, min(count, first + 1000))]
-                pubsub.execute_command(command, *names)
+                run(pubsub, command, *names)
 
         def subscribed() -> bool:
             if command == "SUBSCRIBE":
                 last = form.format(count - 1)
-                return int(client.execute_command("PUBSUB", "NUMSUB", last)[1]) >= 1
-            reply = client.execute_command("PUBSUB", counter[command])
+                return int(run(client, "PUBSUB", "NUMSUB", last)[1]) >= 1
+            reply = run(client, "PUBSUB", counter[command])
             return (int(reply) if command == "PSUBSCRIBE" else len(reply)) >= count
 
         _until(subscribed, f"{command} x{count}")
