@@ -1,6 +1,6 @@
 """What a cluster costs daebus and the servers: one node against clusters of 1, 3 and 6 masters.
 
-    python bench/cluster.py             # about 4 minutes on 2 cores
+    python bench/cluster.py             # about 3 minutes on 2 cores
     python bench/cluster.py --quick     # about 1 minute
     python bench/cluster.py --only rpc,fanout,durable,costs
 
@@ -9,8 +9,10 @@ no replicas, all on this machine) and measures, for each:
 
 - **rpc**: sequential calls of the bench's ``echo`` action (``def``) through a
   ``DaebusCaller``: p50, and CPU us per call of the caller (this process), of the service
-  and of the servers (every node's ``used_cpu_user + used_cpu_sys``, summed), over
-  ``redis://`` and ``redis+cluster://``.
+  and of the servers (every node's ``used_cpu_user + used_cpu_sys``, summed), and the
+  server commands per call, over ``redis://`` and ``redis+cluster://``; then the
+  commands per second the service and the connected caller send while idle (15 s; 5 s
+  with ``--quick``).
 - **fanout**: small messages published in turn to 3 channels, each with one listener,
   the channels spread over the shards. Classic: a bare redis-py ``RedisCluster.publish``
   loop to bare ``SUBSCRIBE`` listeners, each on its channel's shard's node (a classic
@@ -21,10 +23,12 @@ no replicas, all on this machine) and measures, for each:
 - **durable**: 3 channels, spread over the shards, each with one durable listener
   service; ``broadcast.send_many(..., durable=True)`` in batches of 1,000 in turn to each;
   delivered/s in all (from the first send to the last acknowledgement), the servers' CPU
-  us per message, and ``INFO commandstats``: calls and us per call of ``XADD``,
-  ``XREADGROUP`` and ``XACK``.
-- **costs** (one node, bare redis-py): the server memory of 10,000 channels subscribed
-  (``SUBSCRIBE``; ``SSUBSCRIBE`` on a 1-master cluster) and of 10,000 patterns; and the
+  us per message of the producer (this process), of the consumers (summed) and of the
+  servers, ``INFO commandstats``: calls per message and us per call of ``XADD``,
+  ``XREADGROUP`` and ``XACK``, and the streams' ``MEMORY USAGE`` per entry.
+- **costs** (one node, bare redis-py): the server memory of 1,000 idle connections, of
+  10,000 channels subscribed (``SUBSCRIBE``; ``SSUBSCRIBE`` on a 1-master cluster) and
+  of 10,000 patterns (``INFO memory``'s ``used_memory`` before and after); and the
   server CPU per pipelined ``PUBLISH`` (one subscriber) with 0, 100 and 1,000 patterns
   subscribed that do not match it: every publish is checked against every pattern.
 
@@ -41,6 +45,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -171,7 +176,7 @@ def _subscribers(node: redis.Redis, channel: str, sharded: bool) -> int:
 
 
 # -- rpc -----------------------------------------------------------------------------
-def rpc(top: Topology, calls: int) -> dict[str, Any]:
+def rpc(top: Topology, calls: int, idle_seconds: float) -> dict[str, Any]:
     service = f"bench-cluster-{uuid.uuid4().hex[:6]}"
     child = top.spawn("daebus-service", "--url", top.url, "--name", service)
     with DaebusCaller(service, redis_url=top.url, timeout=10).connect() as caller:
@@ -200,8 +205,14 @@ def rpc(top: Topology, calls: int) -> dict[str, Any]:
         caller_cpu = time.process_time() - cpu0
         service_cpu = sum(proc.cpu_times()[:2]) - svc0
         server_cpu = top.server_cpu() - srv0 - top.idle_cpu_per_s * took
-        # Less the INFO calls of the two readings (2 per node per reading)
-        commands = top.commands() - commands0 - 3 * len(top.nodes)
+        # Less the INFO calls of the readings: a reading counts those made before it.
+        commands = top.commands() - commands0 - 2 * len(top.nodes)
+        # What the service and the connected caller send with nothing to do (renewals,
+        # health checks), and what the servers spend on them.
+        idle0, idle_cpu0 = top.commands(), top.server_cpu()
+        time.sleep(idle_seconds)
+        idle_commands = (top.commands() - idle0 - 2 * len(top.nodes)) / idle_seconds
+        idle_cpu = (top.server_cpu() - idle_cpu0) / idle_seconds - top.idle_cpu_per_s
     samples.sort()
     return {
         "p50_us": percentile(samples, 0.50),
@@ -210,6 +221,8 @@ def rpc(top: Topology, calls: int) -> dict[str, Any]:
         "service_us": service_cpu / calls * 1e6,
         "server_us": server_cpu / calls * 1e6,
         "commands": commands / calls,
+        "idle_commands_per_s": idle_commands,
+        "idle_server_us_per_s": idle_cpu * 1e6,
     }
 
 
@@ -348,6 +361,10 @@ def durable(top: Topology, messages: int) -> dict[str, Any]:
                 calls + values["calls"],
                 usec + values["usec"],
             ]
+    stream_bytes = sum(
+        int(client.memory_usage(protocol.stream_key(channel), samples=0) or 0)
+        for channel in channels
+    )
     client.close()
     top.stop_children()
 
@@ -361,6 +378,7 @@ def durable(top: Topology, messages: int) -> dict[str, Any]:
         "producer_us": producer / total * 1e6,
         "consumer_us": consumer / total * 1e6,
         "server_us": server / total * 1e6,
+        "stream_bytes_per_entry": stream_bytes / total,
         "commands": {name: command(name) for name in ("xadd", "xreadgroup", "xack")},
     }
 
@@ -373,6 +391,7 @@ def costs(quick: bool) -> dict[str, Any]:
         client = redis.Redis.from_url(server.url)
         for kind, command in (("channels", "SUBSCRIBE"), ("patterns", "PSUBSCRIBE")):
             out[kind] = _memory_of(client, command, count, "bench:mem:{}:x")
+        out["connection"] = _connection_memory(client, 1000)
         out["publish_us"] = {}
         listener = client.pubsub()
         listener.subscribe("bench:target")
@@ -427,6 +446,25 @@ def _memory_of(client: redis.Redis, command: str, count: int, form: str) -> floa
     return (after - before) / count
 
 
+def _connection_memory(client: redis.Redis, count: int) -> float:
+    """Bytes of server memory per idle client connection (each has sent one PING)."""
+    before = int(client.info("memory")["used_memory"])
+    port = client.connection_pool.connection_kwargs["port"]
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"PING\r\n")
+            sockets.append(sock)
+        for sock in sockets:
+            sock.recv(16)
+        after = int(client.info("memory")["used_memory"])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return (after - before) / count
+
+
 def _publish_cost(client: redis.Redis, messages: int) -> float:
     """Server CPU us per PUBLISH to a channel of one subscriber, pipelined 1,000 at a time."""
 
@@ -466,7 +504,7 @@ def main() -> int:
         with topology(masters) as top:
             print(f"{top.name}: idle servers {top.idle_cpu_per_s * 1e3:.1f} ms CPU/s", flush=True)
             if "rpc" in only:
-                results["rpc"][top.name] = rpc(top, calls)
+                results["rpc"][top.name] = rpc(top, calls, 5.0 if args.quick else 15.0)
                 top.stop_children()
             if "fanout" in only:
                 results["fanout"][top.name] = fanout(top, fan_messages)
@@ -497,6 +535,7 @@ def report(results: dict[str, Any]) -> None:
                 _f(r["server_us"], 1),
                 f"{r['server_us'] / base['server_us']:.2f}x",
                 f"{r['commands']:.2f}",
+                f"{r['idle_commands_per_s']:.2f}",
             ]
             for name, r in rpc_rows.items()
         ]
@@ -510,6 +549,7 @@ def report(results: dict[str, Any]) -> None:
             "server",
             "vs node",
             "commands",
+            "idle cmd/s",
         ]
         print(table(headers, rows))
     if results["fanout"]:
@@ -547,16 +587,18 @@ def report(results: dict[str, Any]) -> None:
                     _f(r["consumer_us"], 1),
                     _f(r["server_us"], 1),
                     *(f"{c[k][0]:.3f} / {c[k][1]:.1f}" for k in ("xadd", "xreadgroup", "xack")),
+                    _f(r["stream_bytes_per_entry"]),
                 ]
             )
         headers = ["servers", "published/s", "delivered/s", "producer", "consumers", "servers",
                    "XADD calls/msg / us",
-                   "XREADGROUP", "XACK"]  # fmt: skip
+                   "XREADGROUP", "XACK", "bytes/entry"]  # fmt: skip
         print(table(headers, rows))
     if "costs" in results:
         c = results["costs"]
         print("\nOne node: memory per subscription, CPU per PUBLISH with patterns")
         rows = [
+            ["idle connection, bytes", _f(c["connection"])],
             ["SUBSCRIBE, bytes per channel", _f(c["channels"])],
             ["SSUBSCRIBE (1-master cluster), bytes per channel", _f(c["shard_channels"])],
             ["PSUBSCRIBE, bytes per pattern", _f(c["patterns"])],
