@@ -10,9 +10,10 @@ no replicas, all on this machine) and measures, for each:
 - **rpc**: sequential calls of the bench's ``echo`` action (``def``) through a
   ``DaebusCaller``: p50, and CPU us per call of the caller (this process), of the service
   and of the servers (every node's ``used_cpu_user + used_cpu_sys``, summed), and the
-  server commands per call, over ``redis://`` and ``redis+cluster://``; then the
-  commands per second the service and the connected caller send while idle (15 s; 5 s
-  with ``--quick``).
+  server commands per call, over ``redis://`` and ``redis+cluster://``; the connections
+  and subscriptions the service and the caller hold on the servers (``INFO clients``,
+  ``PUBSUB CHANNELS``, ``SHARDCHANNELS`` and ``NUMPAT``, before and after); then the
+  commands per second they send while idle (15 s; 5 s with ``--quick``).
 - **fanout**: small messages published in turn to 3 channels, each with one listener,
   the channels spread over the shards. Classic: a bare redis-py ``RedisCluster.publish``
   loop to bare ``SUBSCRIBE`` listeners, each on its channel's shard's node (a classic
@@ -97,6 +98,16 @@ class Topology:
         node = self.cluster.nodes[self.node_for(index)]
         return name_on(self.cluster, node, f"{prefix}{index}", key_prefix)
 
+    def held(self) -> tuple[int, int]:
+        """Client connections and subscriptions (channels, shard channels, patterns), summed."""
+        connections = subscriptions = 0
+        for node in self.nodes:
+            connections += int(node.info("clients")["connected_clients"])
+            for kind in ("CHANNELS", "SHARDCHANNELS"):
+                subscriptions += len(run(node, "PUBSUB", kind))
+            subscriptions += int(run(node, "PUBSUB", "NUMPAT"))
+        return connections, subscriptions
+
     def commands(self) -> int:
         return sum(int(node.info("stats")["total_commands_processed"]) for node in self.nodes)
 
@@ -178,6 +189,7 @@ def _subscribers(node: redis.Redis, channel: str, sharded: bool) -> int:
 # -- rpc -----------------------------------------------------------------------------
 def rpc(top: Topology, calls: int, idle_seconds: float) -> dict[str, Any]:
     service = f"bench-cluster-{uuid.uuid4().hex[:6]}"
+    held0 = top.held()
     child = top.spawn("daebus-service", "--url", top.url, "--name", service)
     with DaebusCaller(service, redis_url=top.url, timeout=10).connect() as caller:
 
@@ -191,6 +203,7 @@ def rpc(top: Topology, calls: int, idle_seconds: float) -> dict[str, Any]:
                 return False
 
         _until(ready, "the echo service")
+        held = top.held()
         for _ in range(min(200, calls)):
             caller.send_request("echo", ECHO_PAYLOAD)
         proc = psutil.Process(child.pid)
@@ -222,6 +235,8 @@ def rpc(top: Topology, calls: int, idle_seconds: float) -> dict[str, Any]:
         "server_us": server_cpu / calls * 1e6,
         "commands": commands / calls,
         "idle_commands_per_s": idle_commands,
+        "connections": held[0] - held0[0],
+        "subscriptions": held[1] - held0[1],
         "idle_server_us_per_s": idle_cpu * 1e6,
     }
 
@@ -242,6 +257,7 @@ def fanout(top: Topology, messages: int) -> list[dict[str, Any]]:
         _until(lambda n=node, c=channel: _subscribers(n, c, False) >= 1, f"listener of {channel}")
     client = top.client()
     rows.append(_publish_loop(top, "PUBLISH (bare) -> bare", client.publish, channels, messages))
+    rows.append(_pipelined(top, "PUBLISH pipelined -> bare", "PUBLISH", channels, 5 * messages))
     top.stop_children()  # each channel then has one listener, a daebus one
     if top.cluster is not None:
         # Sharded: daebus listeners, which SSUBSCRIBE on a cluster.
@@ -254,6 +270,8 @@ def fanout(top: Topology, messages: int) -> list[dict[str, Any]]:
         assert isinstance(client, redis.RedisCluster)
         spublish = client.spublish
         rows.append(_publish_loop(top, "SPUBLISH (bare) -> daebus", spublish, channels, messages))
+        label = "SPUBLISH pipelined -> daebus"
+        rows.append(_pipelined(top, label, "SPUBLISH", channels, 5 * messages))
     else:
         for channel in channels:
             service = f"bench-fan-{uuid.uuid4().hex[:6]}"
@@ -279,8 +297,8 @@ def protocol_env() -> str:
 def _publish_loop(
     top: Topology, label: str, publish: Any, channels: Sequence[str], messages: int
 ) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
-    datas = [json.dumps({"run": run, "seq": seq}) for seq in range(messages)]
+    tag = uuid.uuid4().hex[:8]
+    datas = [json.dumps({"run": tag, "seq": seq}) for seq in range(messages)]
     for seq in range(min(500, messages)):  # warm-up: connections to every node made
         publish(channels[seq % len(channels)], datas[seq])
     srv0, cpu0 = top.server_cpu(), time.process_time()
@@ -290,6 +308,34 @@ def _publish_loop(
     took = time.perf_counter() - start
     publisher = time.process_time() - cpu0
     time.sleep(0.5)  # the bus and the listeners' sockets drain
+    server = top.server_cpu() - srv0 - top.idle_cpu_per_s * (time.perf_counter() - start)
+    return {
+        "label": label,
+        "published_per_s": messages / took,
+        "publisher_us": publisher / messages * 1e6,
+        "server_us": server / messages * 1e6,
+    }
+
+
+def _pipelined(
+    top: Topology, label: str, command: str, channels: Sequence[str], messages: int
+) -> dict[str, Any]:
+    """Like ``_publish_loop``, in pipelines of 1,000 sent to each channel's own node."""
+    tag = uuid.uuid4().hex[:8]
+    batch = 1000
+    srv0, cpu0 = top.server_cpu(), time.process_time()
+    start = time.perf_counter()
+    for first in range(0, messages, batch):
+        pipes = [node.pipeline(transaction=False) for node in top.nodes]
+        for seq in range(first, min(messages, first + batch)):
+            index = seq % len(channels)
+            data = json.dumps({"run": tag, "seq": seq})
+            run(pipes[top.node_for(index)], command, channels[index], data)
+        for pipe in pipes:
+            pipe.execute()
+    took = time.perf_counter() - start
+    publisher = time.process_time() - cpu0
+    time.sleep(1.0)  # the bus and the listeners' sockets drain
     server = top.server_cpu() - srv0 - top.idle_cpu_per_s * (time.perf_counter() - start)
     return {
         "label": label,
@@ -328,7 +374,7 @@ def durable(top: Topology, messages: int) -> dict[str, Any]:
     os.environ[protocol_env()] = top.url
     for node in top.nodes:
         node.config_resetstat()
-    run = uuid.uuid4().hex[:8]
+    tag = uuid.uuid4().hex[:8]
 
     def consumers_cpu() -> float:
         return sum(sum(process.cpu_times()[:2]) for process in consumers)
@@ -338,7 +384,7 @@ def durable(top: Topology, messages: int) -> dict[str, Any]:
     batch = 1000
     for first in range(0, messages, batch):
         for channel in channels:
-            pairs = [(channel, {"run": run, "seq": s}) for s in range(first, first + batch)]
+            pairs = [(channel, {"run": tag, "seq": s}) for s in range(first, first + batch)]
             broadcast.send_many(pairs, durable=True, maxlen=2 * messages)
     producer = time.process_time() - producer0
     sent = time.perf_counter() - start
@@ -536,6 +582,7 @@ def report(results: dict[str, Any]) -> None:
                 f"{r['server_us'] / base['server_us']:.2f}x",
                 f"{r['commands']:.2f}",
                 f"{r['idle_commands_per_s']:.2f}",
+                f"{r['connections']} / {r['subscriptions']}",
             ]
             for name, r in rpc_rows.items()
         ]
@@ -550,6 +597,7 @@ def report(results: dict[str, Any]) -> None:
             "vs node",
             "commands",
             "idle cmd/s",
+            "connections / subs",
         ]
         print(table(headers, rows))
     if results["fanout"]:
