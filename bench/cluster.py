@@ -14,18 +14,20 @@ no replicas, all on this machine) and measures, for each:
   and subscriptions the service and the caller hold on the servers (``INFO clients``,
   ``PUBSUB CHANNELS``, ``SHARDCHANNELS`` and ``NUMPAT``, before and after); then the
   commands per second they send while idle (15 s; 5 s with ``--quick``).
-- **fanout**: small messages published in turn to 3 channels, each with one listener,
-  the channels spread over the shards. Classic: a bare redis-py ``RedisCluster.publish``
-  loop to bare ``SUBSCRIBE`` listeners, each on its channel's shard's node (a classic
-  PUBLISH is forwarded to every node over the cluster bus). Sharded: a bare
-  ``RedisCluster.spublish`` loop, and a ``broadcast.send()`` loop (daebus's cluster
-  transport), to daebus listeners (``SSUBSCRIBE``). Published/s, and the servers' CPU us
-  per message, every node summed, less what the nodes use idle over the same time.
+- **fanout** (also on 3 masters with a replica each): small messages published in turn
+  to 3 channels, each with one listener, the channels spread over the shards. Classic: a
+  bare redis-py ``RedisCluster.publish`` loop, and ``PUBLISH`` pipelined 1,000 at a time,
+  to bare ``SUBSCRIBE`` listeners, each on its channel's shard's node (a classic PUBLISH
+  is forwarded to every node over the cluster bus). Sharded: a bare
+  ``RedisCluster.spublish`` loop, ``SPUBLISH`` pipelined, and a ``broadcast.send()``
+  loop (daebus's cluster transport), to daebus listeners (``SSUBSCRIBE``). Published/s,
+  the publisher's CPU us per message, and the servers' CPU us per message, every node
+  summed, less what the nodes use idle over the same time.
 - **durable**: 3 channels, spread over the shards, each with one durable listener
   service; ``broadcast.send_many(..., durable=True)`` in batches of 1,000 in turn to each;
-  delivered/s in all (from the first send to the last acknowledgement), the servers' CPU
-  us per message of the producer (this process), of the consumers (summed) and of the
-  servers, ``INFO commandstats``: calls per message and us per call of ``XADD``,
+  published/s, delivered/s in all (from the first send to the last acknowledgement), the
+  CPU us per message of the producer (this process), of the consumers (summed) and of
+  the servers, ``INFO commandstats``: calls per message and us per call of ``XADD``,
   ``XREADGROUP`` and ``XACK``, and the streams' ``MEMORY USAGE`` per entry.
 - **costs** (one node, bare redis-py): the server memory of 1,000 idle connections, of
   10,000 channels subscribed (``SUBSCRIBE``; ``SSUBSCRIBE`` on a 1-master cluster) and
@@ -79,6 +81,8 @@ class Topology:
     url: str
     nodes: list[redis.Redis]
     cluster: Cluster | None = None
+    #: Every node, replicas included: what the CPU and command counts sum over.
+    everyone: list[redis.Redis] = field(default_factory=list)
     idle_cpu_per_s: float = 0.0
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -101,7 +105,7 @@ class Topology:
     def held(self) -> tuple[int, int]:
         """Client connections and subscriptions (channels, shard channels, patterns), summed."""
         connections = subscriptions = 0
-        for node in self.nodes:
+        for node in self.everyone:
             connections += int(node.info("clients")["connected_clients"])
             for kind in ("CHANNELS", "SHARDCHANNELS"):
                 subscriptions += len(run(node, "PUBSUB", kind))
@@ -109,11 +113,11 @@ class Topology:
         return connections, subscriptions
 
     def commands(self) -> int:
-        return sum(int(node.info("stats")["total_commands_processed"]) for node in self.nodes)
+        return sum(int(node.info("stats")["total_commands_processed"]) for node in self.everyone)
 
     def server_cpu(self) -> float:
         total = 0.0
-        for node in self.nodes:
+        for node in self.everyone:
             info = node.info("cpu")
             total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
         return total
@@ -147,17 +151,20 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(masters: int) -> Iterator[Topology]:
-    """``masters`` = 0: one plain node (``redis://``); else a cluster of that many masters."""
+def topology(masters: int, replicas: int = 0) -> Iterator[Topology]:
+    """``masters`` = 0: one plain node (``redis://``); else a cluster of that many masters,
+    with ``replicas`` replicas each."""
     if masters == 0:
         with EmbeddedServer() as server:
-            top = Topology("1 node", server.url, [redis.Redis.from_url(server.url)])
-            yield from _measured(top)
+            client = redis.Redis.from_url(server.url)
+            yield from _measured(Topology("1 node", server.url, [client], everyone=[client]))
         return
-    with Cluster(masters) as cluster:
+    with Cluster(masters, replicas) as cluster:
         clients = [redis.Redis(port=node.port) for node in cluster.nodes]
-        name = f"cluster {masters}"
-        yield from _measured(Topology(name, cluster.url, clients, cluster))
+        others = [redis.Redis(port=node.port) for node in cluster.replicas]
+        name = f"cluster {masters}" + (f"+{masters * replicas}r" if replicas else "")
+        top = Topology(name, cluster.url, clients, cluster, everyone=clients + others)
+        yield from _measured(top)
 
 
 def _measured(top: Topology) -> Iterator[Topology]:
@@ -168,7 +175,7 @@ def _measured(top: Topology) -> Iterator[Topology]:
         yield top
     finally:
         top.stop_children()
-        for client in top.nodes:
+        for client in top.everyone:
             client.close()
 
 
@@ -219,12 +226,12 @@ def rpc(top: Topology, calls: int, idle_seconds: float) -> dict[str, Any]:
         service_cpu = sum(proc.cpu_times()[:2]) - svc0
         server_cpu = top.server_cpu() - srv0 - top.idle_cpu_per_s * took
         # Less the INFO calls of the readings: a reading counts those made before it.
-        commands = top.commands() - commands0 - 2 * len(top.nodes)
+        commands = top.commands() - commands0 - 2 * len(top.everyone)
         # What the service and the connected caller send with nothing to do (renewals,
         # health checks), and what the servers spend on them.
         idle0, idle_cpu0 = top.commands(), top.server_cpu()
         time.sleep(idle_seconds)
-        idle_commands = (top.commands() - idle0 - 2 * len(top.nodes)) / idle_seconds
+        idle_commands = (top.commands() - idle0 - 2 * len(top.everyone)) / idle_seconds
         idle_cpu = (top.server_cpu() - idle_cpu0) / idle_seconds - top.idle_cpu_per_s
     samples.sort()
     return {
@@ -557,6 +564,11 @@ def main() -> int:
                 top.stop_children()
             if "durable" in only and masters in (0, 3):
                 results["durable"][top.name] = durable(top, durable_messages)
+    if "fanout" in only:
+        # Replicas: every node gets a classic publish, a shard's replicas its sharded ones.
+        with topology(3, 1) as top:
+            print(f"{top.name}: idle servers {top.idle_cpu_per_s * 1e3:.1f} ms CPU/s", flush=True)
+            results["fanout"][top.name] = fanout(top, fan_messages)
     if "costs" in only:
         results["costs"] = costs(args.quick)
     report(results)
