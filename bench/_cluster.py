@@ -1,9 +1,10 @@
-"""A private Valkey cluster of N masters on loopback ports, for the cluster bench.
+"""A private Valkey cluster of N masters (and R replicas each) on loopback ports.
 
 Each node is a ``valkey-server`` with ``cluster-enabled yes`` in a temp directory of its
 own; the bench hands out the slots itself (``CLUSTER ADDSLOTSRANGE``, an equal range per
-master, so it knows which master owns which slot) and joins the nodes with ``CLUSTER
-MEET``: no ``valkey-cli`` needed, no replicas (a replica changes no figure measured here).
+master, so it knows which master owns which slot), joins the nodes with ``CLUSTER MEET``
+and makes the replicas with ``CLUSTER REPLICATE``: no ``valkey-cli`` needed. The tests
+have their own fixture (tests/_cluster.py); the bench does not import the tests.
 """
 
 from __future__ import annotations
