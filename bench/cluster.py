@@ -85,6 +85,7 @@ class Topology:
     everyone: list[redis.Redis] = field(default_factory=list)
     idle_cpu_per_s: float = 0.0
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
 
     def client(self) -> redis.Redis | redis.RedisCluster:
         if self.cluster is None:
@@ -135,6 +136,7 @@ class Topology:
                 start_new_session=True,
             )
         self.children.append(process)
+        self.logs.append(Path(log.name))
         return process
 
     def stop_children(self) -> None:
@@ -148,6 +150,13 @@ class Topology:
                 process.kill()
                 process.wait()
         self.children.clear()
+        # What the children complained of, as run.py reports it; then their logs go.
+        for path in self.logs:
+            for line in path.read_text(errors="replace").splitlines():
+                if "Traceback" in line or " ERROR " in line or " WARNING " in line:
+                    print(f"  child log: {line}", flush=True)
+            path.unlink(missing_ok=True)
+        self.logs.clear()
 
 
 @contextlib.contextmanager
