@@ -29,20 +29,18 @@ from ._replicas import (
 from ._resp import SILENCE_TIMEOUT, RespConnection, open_connection, pack
 from ._resp_blocking import BlockingConnection
 from ._server_clock import ServerClock
+from ._stream_groups import Command, StreamGroups
 from ._streams import entries_of, flat_fields
-from .base import Reclaimed, StreamEntry, Transport
+from .base import StreamEntry
 
-__all__ = ["REDIS_ERRORS", "ClusterStreams", "Command"]
-
-#: A command and its arguments, as redis-py's ``execute_command`` takes them.
-Command = tuple[str | bytes | int, ...]
+__all__ = ["REDIS_ERRORS", "ClusterStreams"]
 
 #: What redis-py raises: its cluster client's own errors (no node reachable, a slot not
 #: covered) are not RedisErrors.
 REDIS_ERRORS = (RedisError, RedisClusterException)
 
 
-class ClusterStreams(Transport):
+class ClusterStreams(StreamGroups):
     """The stream commands for a cluster transport that has the means below."""
 
     _closed: bool
@@ -51,14 +49,6 @@ class ClusterStreams(Transport):
     _stream_readers: dict[tuple[str, str], RespConnection]
     #: node name -> its clock
     _clocks: dict[str, ServerClock]
-
-    @abstractmethod
-    async def _command(self, *args: str | bytes | int) -> Any:
-        """One command, sent to its key's shard."""
-
-    @abstractmethod
-    async def _pipeline(self, *commands: Command) -> list[Any]:
-        """Several commands, sent together; their replies (the first error raised)."""
 
     @abstractmethod
     async def _now_ms(self, key: str) -> int:
@@ -253,16 +243,6 @@ class ClusterStreams(Transport):
             assert now is not None
         return now
 
-    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
-        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
-        try:
-            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
-        except TransportError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        return True
-
     async def stream_read(
         self, stream: str, group: str, consumer: str, count: int, block_ms: int
     ) -> list[StreamEntry]:
@@ -309,73 +289,3 @@ class ClusterStreams(Transport):
         if self._stream_readers.get((stream, group)) is reader:
             del self._stream_readers[stream, group]
         reader.close()
-
-    async def stream_ack(
-        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
-    ) -> int:
-        """``XACK stream group ids...`` [and ``XDEL stream ids...``] (none: 0, unasked)."""
-        if not ids:
-            return 0
-        if not delete:
-            return int(await self._command("XACK", stream, group, *ids))
-        acked, _deleted = await self._pipeline(
-            ("XACK", stream, group, *ids), ("XDEL", stream, *ids)
-        )
-        return int(acked)
-
-    async def stream_claim(
-        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
-    ) -> list[StreamEntry]:
-        """``XCLAIM stream group consumer 0 ids... [JUSTID]`` (none: nothing to take)."""
-        if not ids:
-            return []
-        if touch:
-            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
-            return []
-        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
-        return await self._with_deliveries(stream, group, entries_of(reply))
-
-    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
-        """``XPENDING stream group - + 1 consumer``, then ``XGROUP DELCONSUMER`` if none."""
-        if await self._command("XPENDING", stream, group, "-", "+", 1, consumer):
-            return False
-        await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
-        return True
-
-    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
-        """``XPENDING stream group``: the counts of the members other than ``consumer``."""
-        reply = await self._command("XPENDING", stream, group)
-        members = reply[3] if reply and len(reply) > 3 and reply[3] else []
-        return sum(int(count) for name, count in members if bytes(name).decode() != consumer)
-
-    async def stream_autoclaim(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int,
-        *,
-        start: str = "0-0",
-    ) -> Reclaimed:
-        """``XAUTOCLAIM ... start COUNT count``."""
-        reply = await self._command(
-            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
-        )
-        entries = await self._with_deliveries(stream, group, entries_of(reply[1]))
-        return Reclaimed(entries, bytes(reply[0]).decode())
-
-    async def _with_deliveries(
-        self, stream: str, group: str, entries: list[StreamEntry]
-    ) -> list[StreamEntry]:
-        """The entries with their delivery counts from ``XPENDING``, in one round trip."""
-        if not entries:
-            return entries
-        pending = await self._pipeline(
-            *(("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
-        )
-        return [
-            entry._replace(deliveries=int(rows[0][3]))
-            for entry, rows in zip(entries, pending, strict=True)
-            if rows
-        ]

@@ -25,8 +25,9 @@ from ._replicas import (
 from ._resp import SILENCE_TIMEOUT, RespConnection, pack
 from ._resp_blocking import BlockingConnection
 from ._server_clock import ServerClock
+from ._stream_groups import Command, StreamGroups
 from ._streams import entries_of, flat_fields
-from .base import Reclaimed, StreamEntry, Transport
+from .base import StreamEntry
 
 __all__ = ["ACKNOWLEDGED_WRITER", "MAX_READ_BLOCK", "RedisStreams", "keep_one"]
 
@@ -39,17 +40,13 @@ MAX_READ_BLOCK = 30.0
 ACKNOWLEDGED_WRITER = ("", "")
 
 
-class RedisStreams(Transport):
+class RedisStreams(StreamGroups):
     """Redis's stream commands for a transport that has the connections below."""
 
     _closed: bool
     #: (stream, group) -> the connection its XREADGROUP ... BLOCK waits on.
     _stream_readers: dict[tuple[str, str], RespConnection]
     _server_clock: ServerClock
-
-    @abstractmethod
-    async def _command(self, *args: str | bytes | int) -> Any:
-        """One command on the publishing connection."""
 
     @abstractmethod
     def _ready_publisher(self) -> RespConnection | None:
@@ -219,16 +216,6 @@ class RedisStreams(Transport):
             assert now is not None
         return now
 
-    async def stream_create_group(self, stream: str, group: str, start: str) -> bool:
-        """``XGROUP CREATE ... MKSTREAM``; a BUSYGROUP refusal means it existed."""
-        try:
-            await self._command("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
-        except TransportError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
-        return True
-
     async def stream_read(
         self, stream: str, group: str, consumer: str, count: int, block_ms: int
     ) -> list[StreamEntry]:
@@ -258,80 +245,10 @@ class RedisStreams(Transport):
             raise
         return entries_of(reply[0][1]) if reply else []
 
-    async def stream_ack(
-        self, stream: str, group: str, ids: Sequence[str], *, delete: bool = False
-    ) -> int:
-        """``XACK stream group ids...`` [and ``XDEL stream ids...``] (none: 0, unasked)."""
-        if not ids:
-            return 0
-        if not delete:
-            return int(await self._command("XACK", stream, group, *ids))
-        acked, _deleted = await asyncio.gather(
-            self._command("XACK", stream, group, *ids), self._command("XDEL", stream, *ids)
-        )
-        return int(acked)
-
-    async def stream_claim(
-        self, stream: str, group: str, consumer: str, ids: Sequence[str], *, touch: bool = False
-    ) -> list[StreamEntry]:
-        """``XCLAIM stream group consumer 0 ids... [JUSTID]`` (none: nothing to take)."""
-        if not ids:
-            return []
-        if touch:
-            await self._command("XCLAIM", stream, group, consumer, 0, *ids, "JUSTID")
-            return []
-        reply = await self._command("XCLAIM", stream, group, consumer, 0, *ids)
-        return await self._with_deliveries(stream, group, entries_of(reply))
-
-    async def stream_leave_group(self, stream: str, group: str, consumer: str) -> bool:
-        """``XPENDING stream group - + 1 consumer``, then ``XGROUP DELCONSUMER`` if none."""
-        if await self._command("XPENDING", stream, group, "-", "+", 1, consumer):
-            return False
-        await self._command("XGROUP", "DELCONSUMER", stream, group, consumer)
-        return True
-
-    async def stream_pending_elsewhere(self, stream: str, group: str, consumer: str) -> int:
-        """``XPENDING stream group``: the counts of the members other than ``consumer``."""
-        reply = await self._command("XPENDING", stream, group)
-        members = reply[3] if reply and len(reply) > 3 and reply[3] else []
-        return sum(int(count) for name, count in members if bytes(name).decode() != consumer)
-
-    async def stream_autoclaim(
-        self,
-        stream: str,
-        group: str,
-        consumer: str,
-        min_idle_ms: int,
-        count: int,
-        *,
-        start: str = "0-0",
-    ) -> Reclaimed:
-        """``XAUTOCLAIM ... start COUNT count`` (Redis 6.2 and later)."""
-        reply = await self._command(
-            "XAUTOCLAIM", stream, group, consumer, min_idle_ms, start, "COUNT", count
-        )
-        entries = await self._with_deliveries(stream, group, entries_of(reply[1]))
-        return Reclaimed(entries, bytes(reply[0]).decode())
-
-    async def _with_deliveries(
-        self, stream: str, group: str, entries: list[StreamEntry]
-    ) -> list[StreamEntry]:
-        """The entries with their delivery counts, read from ``XPENDING`` in one round trip.
-
-        An entry no longer pending when asked (another member acknowledged it between
-        the two commands) is left out: it is done with.
-        """
-        if not entries:
-            return entries
+    async def _pipeline(self, *commands: Command) -> list[Any]:
+        """Several commands on the publishing connection, written together."""
         publisher = self._ready_publisher() or await self._open_publisher()
-        pending = await asyncio.gather(
-            *(publisher.send("XPENDING", stream, group, e.id, e.id, 1) for e in entries)
-        )
-        return [
-            entry._replace(deliveries=int(rows[0][3]))
-            for entry, rows in zip(entries, pending, strict=True)
-            if rows
-        ]
+        return list(await asyncio.gather(*(publisher.send(*command) for command in commands)))
 
 
 def _add_command(

@@ -27,10 +27,11 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from ..exceptions import SetupError, TransportError
 from ._cluster_seeds import CLUSTER_SCHEMES, ClusterSeeds
-from ._cluster_streams import REDIS_ERRORS, ClusterStreams, Command
+from ._cluster_streams import REDIS_ERRORS, ClusterStreams
 from ._resp import SILENCE_TIMEOUT, RespConnection
 from ._server_clock import ServerClock
 from ._shard_subscriber import ShardSubscriber
+from ._stream_groups import Command
 from .base import Delivery
 
 __all__ = ["CLUSTER_SCHEMES", "ClusterSeeds", "ClusterTransport"]
