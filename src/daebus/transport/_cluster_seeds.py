@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..exceptions import SetupError
 from ._endpoint import Endpoint
+from ._seed_urls import parse_seed_url
 
 __all__ = ["CLUSTER_SCHEMES", "CLUSTER_URL_OPTIONS", "ClusterSeeds"]
 
@@ -33,46 +33,18 @@ class ClusterSeeds:
                 database other than 0 (a cluster has only database 0).
             ValueError: not a cluster URL, or no node in it.
         """
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in CLUSTER_SCHEMES:
-            raise ValueError(f"not a cluster URL: {url!r}")
-        user_info, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = user_info.partition(":")
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in CLUSTER_URL_OPTIONS:
-                raise SetupError(
-                    f"the cluster URL option {name!r} is not supported: daebus's cluster "
-                    f"transport would ignore it. Supported: "
-                    f"{', '.join(sorted(CLUSTER_URL_OPTIONS))}"
-                )
-            options[name] = value
-        if parts.path.strip("/") not in ("", "0"):
-            raise SetupError(f"a cluster has only database 0, not {parts.path.strip('/')!r}")
-        nodes = tuple(_host_port(address) for address in hosts.split(",") if address)
-        if not nodes:
-            raise ValueError(f"the cluster URL {url!r} names no node")
-        return cls(
-            nodes,
-            username=options.get("username") or unquote(username) or None,
-            password=options.get("password") or (unquote(password) if user_info else None),
+        seeds = parse_seed_url(
+            url,
+            kind="cluster",
+            schemes=CLUSTER_SCHEMES,
+            allowed=CLUSTER_URL_OPTIONS,
+            member="node",
+            default_port=6379,
         )
+        if seeds.path.strip("/") not in ("", "0"):
+            raise SetupError(f"a cluster has only database 0, not {seeds.path.strip('/')!r}")
+        return cls(seeds.addresses, username=seeds.username, password=seeds.password)
 
     def endpoint(self, host: str, port: int) -> Endpoint:
         """Where one node is, with the cluster's credentials."""
         return Endpoint(host=host, port=port, username=self.username, password=self.password)
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """``host:port``, ``[ipv6]:port`` or a bare host (port 6379) as ``(host, port)``."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:  # a bare host, or an IPv6 address without brackets (so without a port)
-        host, port = address, ""
-    try:
-        return host or "localhost", int(port or 6379)
-    except ValueError:
-        raise ValueError(f"bad port in the cluster node address {address!r}") from None

@@ -11,10 +11,11 @@ have credentials of their own, given as the ``sentinel_username`` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 from ..exceptions import SetupError
 from ._endpoint import Endpoint
+from ._seed_urls import parse_seed_url
 
 __all__ = ["SENTINEL_SCHEMES", "SENTINEL_URL_OPTIONS", "SentinelSeeds", "is_sentinel_url"]
 
@@ -53,40 +54,32 @@ class SentinelSeeds:
             SetupError: an unsupported query option, or no master name.
             ValueError: not a Sentinel URL, no sentinel in it, or a malformed address.
         """
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in SENTINEL_SCHEMES:
-            raise ValueError(f"not a Sentinel URL: {url!r}")
-        user_info, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = user_info.partition(":")
-        options: dict[str, str] = {}
-        for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in SENTINEL_URL_OPTIONS:
-                raise SetupError(
-                    f"the Sentinel URL option {name!r} is not supported: daebus's "
-                    f"connections would ignore it. Supported: "
-                    f"{', '.join(sorted(SENTINEL_URL_OPTIONS))}"
-                )
-            options[name] = value
-        path = [unquote(part) for part in parts.path.split("/") if part]
+        seeds = parse_seed_url(
+            url,
+            kind="Sentinel",
+            schemes=SENTINEL_SCHEMES,
+            allowed=SENTINEL_URL_OPTIONS,
+            member="sentinel",
+            default_port=SENTINEL_PORT,
+        )
+        options = seeds.options
+        path = [unquote(part) for part in seeds.path.split("/") if part]
         if not path:
             raise SetupError(
                 f"the Sentinel URL {url!r} names no master: "
                 "redis+sentinel://host:port[,host:port...]/MASTER_NAME[/db]"
             )
         if len(path) > 2:
-            raise SetupError(f"the Sentinel URL path is /MASTER_NAME[/db], not {parts.path!r}")
+            raise SetupError(f"the Sentinel URL path is /MASTER_NAME[/db], not {seeds.path!r}")
         db = options.get("db") or (path[1] if len(path) == 2 else "0")
         if not db.isdigit():
             raise SetupError(f"the database of a Sentinel URL is a number, not {db!r}")
-        sentinels = tuple(_host_port(address) for address in hosts.split(",") if address)
-        if not sentinels:
-            raise ValueError(f"the Sentinel URL {url!r} names no sentinel")
         return cls(
-            sentinels,
+            seeds.addresses,
             path[0],
             db=int(db),
-            username=options.get("username") or unquote(username) or None,
-            password=options.get("password") or (unquote(password) if user_info else None),
+            username=seeds.username,
+            password=seeds.password,
             sentinel_username=options.get("sentinel_username") or None,
             sentinel_password=options.get("sentinel_password") or None,
         )
@@ -104,18 +97,3 @@ class SentinelSeeds:
             password=self.password,
             must_be_master=True,
         )
-
-
-def _host_port(address: str) -> tuple[str, int]:
-    """``host:port``, ``[ipv6]:port`` or a bare host (port 26379) as ``(host, port)``."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:  # a bare host, or an IPv6 address without brackets (so without a port)
-        host, port = address, ""
-    try:
-        return host or "localhost", int(port or SENTINEL_PORT)
-    except ValueError:
-        raise ValueError(f"bad port in the sentinel address {address!r}") from None
